@@ -1,0 +1,94 @@
+// Package driver is the SDK for device drivers: the small interface every
+// protocol implements, the registry the agent builds its drivers from, and
+// the errors drivers report. A driver has no write method: Sightglass is
+// read-only by construction, and each protocol's guard enforces it again at
+// the wire.
+//
+// Lifecycle: the agent builds a Driver with its Factory (no network I/O
+// there), calls Connect, then Read repeatedly from a single goroutine. When
+// Read returns an error wrapping ErrConnLost, the agent backs off and calls
+// Connect again. Close is called once, at shutdown or reconfiguration.
+package driver
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// Driver reads points from one device.
+type Driver interface {
+	// Connect opens the connection to the device. It may be called again
+	// after Read reported ErrConnLost.
+	Connect(ctx context.Context) error
+	// Read returns the current samples of points. A point the device could
+	// not read is a sample with a bad status, not an error; an error means
+	// the whole read failed (see ErrConnLost, ErrBusy).
+	Read(ctx context.Context, points []Point) ([]telemetry.Sample, error)
+	// Close releases the connection.
+	Close() error
+}
+
+// Discoverer is implemented by drivers that can list what a device offers.
+// Discovery obeys the same read-only guard as Read.
+type Discoverer interface {
+	Discover(ctx context.Context) ([]Point, error)
+}
+
+// Point is one value a device offers. ID is the point's pseudonym, computed
+// by the agent from the device name and Ref (see package anon); the driver
+// copies it into every sample it returns and never invents one.
+type Point struct {
+	// ID is the point's pseudonymous id; zero in points a Discoverer returns.
+	ID uint64
+	// Ref is the driver's canonical reference of the point within its
+	// device (a CSV column, a register address, an object id). It never
+	// leaves the box.
+	Ref string
+	// Name is a human name; Ref when the configuration gives none.
+	Name string
+	// Unit is the engineering unit, empty when unknown.
+	Unit string
+	// Interval is how often the point is read; zero means the device's.
+	Interval time.Duration
+	// Settings holds the driver-specific configuration of this point.
+	Settings Settings
+}
+
+// Settings decodes a driver-specific part of the configuration into v.
+// Decoding is strict: unknown fields are errors naming the line.
+type Settings interface {
+	Decode(v any) error
+}
+
+// Device is what a Factory gets to build a driver for one device.
+type Device struct {
+	// Name is the device's name in the configuration; used in logs only.
+	Name string
+	// Settings holds the driver-specific device configuration.
+	Settings Settings
+	// Points are the configured points, IDs filled in.
+	Points []Point
+	// Logger is pre-tagged with the driver and device.
+	Logger *slog.Logger
+}
+
+// Factory builds a driver from its configuration. It validates the
+// configuration and does no network I/O.
+type Factory func(dev Device) (Driver, error)
+
+// Errors drivers wrap so the poller can tell failures apart by kind.
+var (
+	// ErrConnLost means the connection is gone: the poller backs off and
+	// calls Connect again.
+	ErrConnLost = errors.New("connection lost")
+	// ErrBusy means the device asked us to come back later: retry the
+	// same connection after a short pause.
+	ErrBusy = errors.New("device busy")
+	// ErrRefused means the read-only guard refused a request before it was
+	// sent. It is a bug in the driver or a misuse, never retried.
+	ErrRefused = errors.New("refused by read-only guard")
+)
