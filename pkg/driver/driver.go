@@ -92,3 +92,11 @@ var (
 	// sent. It is a bug in the driver or a misuse, never retried.
 	ErrRefused = errors.New("refused by read-only guard")
 )
+
+// Committer is implemented by drivers that consume their source, such as a
+// trend-export reader that moves processed files aside. The poller calls
+// Commit after the samples of the last Read are durable in the buffer, so a
+// crash between the two re-reads the source rather than losing it.
+type Committer interface {
+	Commit(ctx context.Context) error
+}
