@@ -1,0 +1,43 @@
+# Sightglass. `make demo` runs the whole system locally; `make test` runs every test.
+GO      ?= go
+BIN     := .bin
+DEMO_FOR ?=
+FUZZTIME ?= 30s
+export PATH := /usr/local/go/bin:$(PATH)
+
+.PHONY: all build test vet fmt-check demo bench fuzz clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./agent/cmd/... ./ingest/cmd/... ./pkg/sim/cmd/...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.*')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+# Every test, with the race detector. Integration tests start their own
+# servers on loopback; nothing leaves the machine.
+test: fmt-check vet
+	$(GO) test -race -timeout 15m ./...
+
+# The whole system on this machine: an ingest with its embedded defaults, an
+# agent enrolled with it, and simulated devices. DEMO_FOR=30s stops after that
+# long and prints a summary.
+demo: build
+	$(BIN)/sightglass-demo --bin $(BIN) --dir .demo $(if $(DEMO_FOR),--for $(DEMO_FOR))
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/batch/ ./agent/buffer/
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/batch/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodePointTable$$' -fuzztime $(FUZZTIME) ./pkg/batch/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./agent/driver/csvtrend/
+
+clean:
+	rm -rf $(BIN) .demo
