@@ -5,9 +5,12 @@
 // the wire.
 //
 // Lifecycle: the agent builds a Driver with its Factory (no network I/O
-// there), calls Connect, then Read repeatedly from a single goroutine. When
-// Read returns an error wrapping ErrConnLost, the agent backs off and calls
-// Connect again. Close is called once, at shutdown or reconfiguration.
+// there), calls Connect, then Read repeatedly. Read is never called
+// concurrently unless the device's configured concurrency is above 1. When
+// Read returns an error wrapping ErrConnLost (or Connect fails), the agent
+// calls Close, backs off and calls Connect again: Close follows every
+// Connect, successful or not, and is the last call at shutdown. Drivers must
+// honour the context of Connect and Read.
 package driver
 
 import (

@@ -1,0 +1,448 @@
+package poll
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// group is the points of one device that share an interval: they are always
+// due together.
+type group struct {
+	interval time.Duration
+	points   []driver.Point
+	// next is the nominal time of the group's next read, on the grid that
+	// starts when the worker starts.
+	next time.Time
+	// busy is true while a read of the group is in flight.
+	busy bool
+}
+
+// advance moves next to the first tick after now, skipping the ticks
+// missed while the device was busy or down.
+func (g *group) advance(now time.Time) {
+	if g.next.After(now) {
+		return
+	}
+	g.next = g.next.Add((now.Sub(g.next)/g.interval + 1) * g.interval)
+}
+
+// worker polls one device. Its fields below mu are owned by the goroutine
+// running run; reads in flight only touch the driver, the sink and the
+// logger, and hand their outcome back as a result.
+type worker struct {
+	dev       Device
+	sink      Sink
+	opts      Options
+	log       *slog.Logger
+	committer driver.Committer // nil unless the driver consumes its source
+	groups    []*group         // by interval, shortest first
+	shortest  time.Duration
+
+	open      bool // Connect succeeded and Close has not been called since
+	closed    bool // Close was the last call to the driver
+	reconnect bool // the connection is lost: Close once the reads in flight are back
+	failures  int  // consecutive failures
+	downSince time.Time
+	retryAt   time.Time
+	// nominal and delay are the jitter drawn for the tick at nominal, kept
+	// so the loop waking early (a read coming back) does not draw again.
+	nominal time.Time
+	delay   time.Duration
+
+	mu    sync.Mutex
+	stats DeviceStats
+}
+
+func newWorker(d Device, sink Sink, opts Options) *worker {
+	w := &worker{
+		dev:   d,
+		sink:  sink,
+		opts:  opts,
+		log:   opts.Logger.With("device", d.Name),
+		stats: DeviceStats{Name: d.Name},
+	}
+	w.committer, _ = d.Driver.(driver.Committer)
+	byInterval := make(map[time.Duration]*group)
+	for _, p := range d.Points {
+		iv := p.Interval
+		if iv == 0 {
+			iv = d.Interval
+		}
+		g := byInterval[iv]
+		if g == nil {
+			g = &group{interval: iv}
+			byInterval[iv] = g
+			w.groups = append(w.groups, g)
+		}
+		g.points = append(g.points, p)
+	}
+	slices.SortFunc(w.groups, func(a, b *group) int { return cmp.Compare(a.interval, b.interval) })
+	w.shortest = w.groups[0].interval
+	return w
+}
+
+// result is the outcome of one read, handed back to the worker's loop.
+type result struct {
+	groups    []*group
+	err       error
+	samples   int
+	bad       int
+	dropped   bool // the sink refused the samples
+	commitErr bool
+}
+
+// run is the worker's loop: it waits for the next tick or a read coming
+// back, and returns once ctx is done, the reads in flight are back and the
+// driver is closed.
+func (w *worker) run(ctx context.Context) {
+	start := time.Now()
+	for _, g := range w.groups {
+		g.next = start
+	}
+	results := make(chan result)
+	inflight := 0
+	timer := time.NewTimer(0)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		// Shutdown comes first: a tick that is due at the same moment
+		// must not start a read after the context is done.
+		if ctx.Err() != nil {
+			w.shutdown(ctx, results, inflight)
+			return
+		}
+		if w.reconnect && inflight == 0 {
+			w.closeDriver()
+			w.reconnect = false
+		}
+		wake, ok := w.nextWake(inflight)
+		w.update(func(st *DeviceStats) { st.NextAttempt = wake })
+		var tick <-chan time.Time
+		if ok {
+			timer.Reset(time.Until(wake))
+			tick = timer.C
+		} else {
+			timer.Stop()
+		}
+		select {
+		case <-ctx.Done():
+		case r := <-results:
+			inflight--
+			w.handle(ctx, r)
+		case <-tick:
+			if w.dispatch(ctx, results) {
+				inflight++
+			}
+		}
+	}
+}
+
+// shutdown waits for the reads in flight and closes the driver, unless
+// Close was already its last call.
+func (w *worker) shutdown(ctx context.Context, results <-chan result, inflight int) {
+	for ; inflight > 0; inflight-- {
+		w.handle(ctx, <-results)
+	}
+	if !w.closed {
+		w.closeDriver()
+	}
+	w.update(func(st *DeviceStats) { st.NextAttempt = time.Time{} })
+}
+
+// nextWake returns when the loop should next connect or read, or false
+// when it can only wait for the reads in flight.
+func (w *worker) nextWake(inflight int) (time.Time, bool) {
+	if w.reconnect || inflight >= w.dev.Concurrency {
+		return time.Time{}, false
+	}
+	var nominal time.Time
+	found := false
+	for _, g := range w.groups {
+		if !g.busy && (!found || g.next.Before(nominal)) {
+			nominal, found = g.next, true
+		}
+	}
+	if !found {
+		return time.Time{}, false
+	}
+	if w.failures > 0 {
+		// Failed points stay due; the backoff decides when they are tried.
+		if w.retryAt.After(nominal) {
+			return w.retryAt, true
+		}
+		return nominal, true
+	}
+	if !nominal.Equal(w.nominal) {
+		w.nominal = nominal
+		w.delay = 0
+		if span := w.opts.Jitter * float64(w.shortest); span >= 1 {
+			w.delay = time.Duration(rand.Int64N(int64(span)))
+		}
+	}
+	return nominal.Add(w.delay), true
+}
+
+// dispatch connects the driver if needed and starts a read of every idle
+// group that is due, in one Read call. It reports whether a read started.
+func (w *worker) dispatch(ctx context.Context, results chan<- result) bool {
+	if !w.open {
+		if err := w.connect(ctx); err != nil {
+			if ctx.Err() == nil {
+				w.fail(err)
+			}
+			return false
+		}
+	}
+	now := time.Now()
+	var due []*group
+	var points []driver.Point
+	for _, g := range w.groups {
+		if !g.busy && !g.next.After(now) {
+			g.busy = true
+			due = append(due, g)
+			points = append(points, g.points...)
+		}
+	}
+	if len(due) == 0 {
+		return false
+	}
+	go func() { results <- w.poll(ctx, due, points) }()
+	return true
+}
+
+// connect opens the driver; a failed Connect is followed by Close, so the
+// next attempt starts clean.
+func (w *worker) connect(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, w.dev.Timeout)
+	defer cancel()
+	w.closed = false
+	if err := w.dev.Driver.Connect(cctx); err != nil {
+		if cctx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
+			err = fmt.Errorf("no answer within %s: %w", w.dev.Timeout, err)
+		}
+		w.closeDriver()
+		return fmt.Errorf("connecting: %w", err)
+	}
+	w.open = true
+	w.log.Debug("connected")
+	return nil
+}
+
+// closeDriver closes the driver; an error there only matters to the logs.
+func (w *worker) closeDriver() {
+	if err := w.dev.Driver.Close(); err != nil {
+		w.log.Warn("closing the driver failed", "err", err)
+	}
+	w.open, w.closed = false, true
+}
+
+// handle applies the outcome of a read to the worker's state and stats.
+func (w *worker) handle(ctx context.Context, r result) {
+	now := time.Now()
+	for _, g := range r.groups {
+		g.busy = false
+	}
+	switch {
+	case r.err == nil:
+		for _, g := range r.groups {
+			g.advance(now)
+		}
+		w.succeed(now, r)
+	case ctx.Err() != nil:
+		// Shutdown interrupted the read: not the device's fault.
+	case errors.Is(r.err, driver.ErrRefused):
+		// A driver bug: retrying would be refused again, and backing off
+		// would not help the device, so wait for the next tick.
+		for _, g := range r.groups {
+			g.advance(now)
+		}
+		w.log.Error("read refused by the read-only guard; this is a driver bug, please report it", "err", r.err)
+		w.update(func(st *DeviceStats) {
+			st.Failures++
+			st.LastError, st.LastErrorAt = r.err.Error(), now
+		})
+	case errors.Is(r.err, driver.ErrConnLost):
+		w.reconnect = w.open
+		w.fail(r.err)
+	default:
+		w.fail(r.err)
+	}
+}
+
+// succeed records a successful read, logging a recovery.
+func (w *worker) succeed(now time.Time, r result) {
+	if w.failures > 0 {
+		w.log.Info("device recovered", "failures", w.failures, "down_for", now.Sub(w.downSince))
+	}
+	w.failures = 0
+	w.update(func(st *DeviceStats) {
+		st.Up = true
+		st.LastOK = now
+		st.Reads++
+		st.ConsecutiveFailures = 0
+		st.Samples += uint64(r.samples)
+		st.BadSamples += uint64(r.bad)
+		if r.dropped {
+			st.DroppedReads++
+			st.DroppedSamples += uint64(r.samples)
+		}
+		if r.commitErr {
+			st.CommitErrors++
+		}
+	})
+}
+
+// fail records a failed connect or read and schedules the next attempt.
+// Only the first failure of a run of them is logged above debug level.
+func (w *worker) fail(err error) {
+	now := time.Now()
+	w.failures++
+	wait := w.backoff(w.failures)
+	w.retryAt = now.Add(wait)
+	if w.failures == 1 {
+		w.downSince = now
+		w.log.Warn("device down", "err", err, "retry_in", wait)
+	} else {
+		w.log.Debug("device still down", "err", err, "failures", w.failures, "retry_in", wait)
+	}
+	w.update(func(st *DeviceStats) {
+		st.Up = false
+		st.Failures++
+		st.ConsecutiveFailures = w.failures
+		st.LastError, st.LastErrorAt = err.Error(), now
+	})
+}
+
+// backoff returns the wait after n consecutive failures: BackoffBase
+// doubling per failure up to BackoffMax, shortened by a random fraction
+// below Jitter so devices that failed together do not retry together.
+func (w *worker) backoff(n int) time.Duration {
+	d := w.opts.BackoffBase
+	for i := 1; i < n && d < w.opts.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, w.opts.BackoffMax)
+	if span := w.opts.Jitter * float64(d); span >= 1 {
+		d -= time.Duration(rand.Int64N(int64(span)))
+	}
+	return d
+}
+
+// poll reads points, stores the samples and commits the driver; it runs in
+// its own goroutine and touches no worker state.
+func (w *worker) poll(ctx context.Context, groups []*group, points []driver.Point) result {
+	r := result{groups: groups}
+	samples, err := w.read(ctx, points)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	r.samples = len(samples)
+	for _, s := range samples {
+		if s.Status != telemetry.StatusOK {
+			r.bad++
+		}
+	}
+	if !w.store(ctx, samples) {
+		r.dropped = true
+		return r
+	}
+	if w.committer != nil {
+		// Like Append, Commit finishes during shutdown: the samples are
+		// durable, and not committing would read them a second time.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.dev.Timeout)
+		err := w.committer.Commit(cctx)
+		cancel()
+		if err != nil {
+			w.log.Error("commit failed; the same data will be read again", "err", err)
+			r.commitErr = true
+		}
+	}
+	return r
+}
+
+// read calls the driver's Read, pausing and reading again while the device
+// answers busy.
+func (w *worker) read(ctx context.Context, points []driver.Point) ([]telemetry.Sample, error) {
+	for attempt := 0; ; attempt++ {
+		rctx, cancel := context.WithTimeout(ctx, w.dev.Timeout)
+		samples, err := w.dev.Driver.Read(rctx, points)
+		timedOut := rctx.Err() == context.DeadlineExceeded && ctx.Err() == nil
+		cancel()
+		if err == nil {
+			return samples, nil
+		}
+		if timedOut {
+			err = fmt.Errorf("no answer within %s: %w", w.dev.Timeout, err)
+		}
+		if !errors.Is(err, driver.ErrBusy) || attempt >= w.opts.BusyRetries {
+			return nil, fmt.Errorf("reading %d points: %w", len(points), err)
+		}
+		w.log.Debug("device busy, reading again", "err", err, "retry_in", w.opts.BusyPause)
+		if !sleep(ctx, w.opts.BusyPause) {
+			return nil, fmt.Errorf("reading %d points: %w", len(points), ctx.Err())
+		}
+	}
+}
+
+// store appends samples to the sink, trying AppendAttempts times, and
+// reports whether they are durable. Each Append runs under its own timeout,
+// not ctx, so a read that finished before shutdown is still stored; the
+// pauses between attempts end at shutdown.
+func (w *worker) store(ctx context.Context, samples []telemetry.Sample) bool {
+	if len(samples) == 0 {
+		return true
+	}
+	pause := w.opts.AppendPause
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opts.AppendTimeout)
+		err := w.sink.Append(actx, samples)
+		cancel()
+		if err == nil {
+			return true
+		}
+		if attempt >= w.opts.AppendAttempts || !sleep(ctx, pause) {
+			w.log.Error("dropping a read: the buffer refused its samples",
+				"err", err, "samples", len(samples), "attempts", attempt)
+			return false
+		}
+		w.log.Warn("buffer append failed, trying again", "err", err, "attempt", attempt, "retry_in", pause)
+		pause *= 2
+	}
+}
+
+// sleep waits d, or less if ctx ends first; it reports whether d elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// snapshot copies the worker's stats.
+func (w *worker) snapshot() DeviceStats {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.stats
+}
+
+// update changes the worker's stats under its lock.
+func (w *worker) update(f func(st *DeviceStats)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	f(&w.stats)
+}

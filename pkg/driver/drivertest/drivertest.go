@@ -1,0 +1,337 @@
+// Package drivertest is the conformance kit every driver passes. It checks
+// the contract of package driver that no single driver's tests would think
+// to check: samples carry only the IDs they were given, a cancelled context
+// is honoured, Close is final, discovery returns anonymous points, Commit
+// is harmless when there is nothing to commit, and no write ever reaches
+// the wire.
+//
+// A driver author calls Run from a test in the driver's package with a
+// Harness whose New builds a fresh driver against a simulator (or, for a
+// file-based driver, a fresh copy of its fixtures) and returns the points
+// to read, IDs set:
+//
+//	func TestConformance(t *testing.T) {
+//		var peer *recorder // the driver's recording simulator
+//		drivertest.Run(t, drivertest.Harness{
+//			New: func(t *testing.T) (driver.Driver, []driver.Point) {
+//				peer = newRecorder(t) // listens on 127.0.0.1:0, records every request
+//				d, err := New(driver.Device{Name: "sim", Settings: settingsFor(peer.Addr())})
+//				if err != nil {
+//					t.Fatal(err)
+//				}
+//				return d, []driver.Point{{ID: 1, Ref: "40001"}, {ID: 2, Ref: "40002"}}
+//			},
+//			Writes: func() []string { return peer.Writes() },
+//		})
+//	}
+//
+// New is called once per sub-test, so every sub-test starts from a fresh
+// driver and a fresh peer; Writes must report what the peer built by the
+// latest New received. The points New returns must all be readable, and
+// points[0] must be readable on its own.
+package drivertest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// Harness tells Run how to build the driver under test.
+type Harness struct {
+	// New builds a fresh driver and the points to read from it (IDs set,
+	// non-zero and distinct). Called once per sub-test; it should register
+	// any clean-up with t.Cleanup. Required.
+	New func(t *testing.T) (driver.Driver, []driver.Point)
+	// Writes, if set, returns every write request the recording peer
+	// received since the latest New: protocol drivers give their recording
+	// simulator here, file drivers a check that no source file's bytes
+	// changed. Run fails if it returns anything. When nil, the write checks
+	// are skipped (and say so).
+	Writes func() []string
+}
+
+// Run runs the conformance suite against the driver h builds.
+func Run(t *testing.T, h Harness) {
+	t.Helper()
+	if h.New == nil {
+		t.Fatal("drivertest: Harness.New is required")
+	}
+	k := kit{h: h}
+	t.Run("Read", k.read)
+	t.Run("ReadSubset", k.readSubset)
+	t.Run("ReadNoPoints", k.readNoPoints)
+	t.Run("ReadCancelled", k.readCancelled)
+	t.Run("Close", k.close)
+	t.Run("Discover", k.discover)
+	t.Run("Commit", k.commit)
+	t.Run("NoWrites", k.noWrites)
+}
+
+type kit struct{ h Harness }
+
+// fresh builds a driver, checks the points New returned and connects.
+func (k kit) fresh(t *testing.T) (driver.Driver, []driver.Point) {
+	t.Helper()
+	d, points := k.h.New(t)
+	if d == nil {
+		t.Fatal("Harness.New returned a nil driver")
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	if len(points) == 0 {
+		t.Fatal("Harness.New returned no points: give at least one readable point")
+	}
+	ids := map[uint64]bool{}
+	for _, p := range points {
+		if p.ID == 0 || ids[p.ID] {
+			t.Fatalf("Harness.New returned point %q with ID %d: IDs must be non-zero and distinct", p.Ref, p.ID)
+		}
+		ids[p.ID] = true
+	}
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	return d, points
+}
+
+// checkWrites fails the test if the peer received a write.
+func (k kit) checkWrites(t *testing.T) {
+	t.Helper()
+	if k.h.Writes == nil {
+		return
+	}
+	if w := k.h.Writes(); len(w) > 0 {
+		t.Errorf("writes reached the wire, but drivers are read-only: %q", w)
+	}
+}
+
+// checkSamples checks samples against the points they were read for and
+// returns how many each point got.
+func checkSamples(t *testing.T, samples []telemetry.Sample, points []driver.Point) map[uint64]int {
+	t.Helper()
+	given := map[uint64]string{}
+	for _, p := range points {
+		given[p.ID] = p.Ref
+	}
+	got := map[uint64]int{}
+	reported := 0
+	for i, s := range samples {
+		var problems []string
+		if s.PointID == 0 {
+			problems = append(problems, "point ID 0")
+		} else if _, ok := given[s.PointID]; !ok {
+			problems = append(problems, fmt.Sprintf("point ID %d that Read was not given", s.PointID))
+		}
+		if s.Status > telemetry.MaxStatus {
+			problems = append(problems, fmt.Sprintf("undefined status %d", s.Status))
+		}
+		if s.Time == 0 {
+			problems = append(problems, "zero time")
+		}
+		if len(problems) > 0 {
+			// Cap the noise: one broken rule usually breaks every sample.
+			if reported < 5 {
+				t.Errorf("sample %d %+v: %v", i, s, problems)
+			}
+			reported++
+			continue
+		}
+		got[s.PointID]++
+	}
+	if reported > 5 {
+		t.Errorf("... and %d more bad samples", reported-5)
+	}
+	return got
+}
+
+// snapshot copies what Read must not change in the points it is given.
+func snapshot(points []driver.Point) []driver.Point {
+	out := make([]driver.Point, len(points))
+	for i, p := range points {
+		out[i] = driver.Point{ID: p.ID, Ref: p.Ref, Name: p.Name, Unit: p.Unit, Interval: p.Interval}
+	}
+	return out
+}
+
+func (k kit) read(t *testing.T) {
+	d, points := k.fresh(t)
+	before := snapshot(points)
+	samples, err := d.Read(t.Context(), points)
+	if err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	if !slices.Equal(snapshot(points), before) {
+		t.Error("Read modified the points it was given")
+	}
+	if got := checkSamples(t, samples, points); len(got) == 0 {
+		t.Errorf("Read returned no valid sample for %d points (%d samples)", len(points), len(samples))
+	}
+	k.checkWrites(t)
+}
+
+func (k kit) readSubset(t *testing.T) {
+	d, points := k.fresh(t)
+	one := points[:1]
+	samples, err := d.Read(t.Context(), one)
+	if err != nil {
+		t.Fatalf("Read(points[:1]): %v", err)
+	}
+	if got := checkSamples(t, samples, one); got[one[0].ID] == 0 {
+		t.Errorf("Read(points[:1]) returned no sample of point %q", one[0].Ref)
+	}
+	k.checkWrites(t)
+}
+
+func (k kit) readNoPoints(t *testing.T) {
+	d, points := k.fresh(t)
+	samples, err := d.Read(t.Context(), nil)
+	if err != nil || len(samples) > 0 {
+		t.Errorf("Read(no points) = %d samples, %v; want none and no error", len(samples), err)
+	}
+	// An empty read must lose nothing a later read would return.
+	samples, err = d.Read(t.Context(), points)
+	if err != nil {
+		t.Fatalf("Read after an empty Read: %v", err)
+	}
+	if got := checkSamples(t, samples, points); len(got) == 0 {
+		t.Error("Read after an empty Read returned no sample: the empty Read lost data")
+	}
+	k.checkWrites(t)
+}
+
+func (k kit) readCancelled(t *testing.T) {
+	d, points := k.fresh(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	// No timer: a driver that ignores ctx and blocks fails by the test
+	// binary's timeout, and one that does the read anyway fails below.
+	samples, err := d.Read(ctx, points)
+	switch {
+	case err != nil && !errors.Is(err, context.Canceled):
+		t.Errorf("Read(cancelled) error %v does not wrap context.Canceled", err)
+	case err == nil && len(samples) > 0:
+		t.Errorf("Read(cancelled) returned %d samples; want an error wrapping context.Canceled, or nothing", len(samples))
+	}
+	// A cancelled read must neither consume nor break anything.
+	samples, err = d.Read(t.Context(), points)
+	if err != nil {
+		t.Fatalf("Read after a cancelled Read: %v", err)
+	}
+	if got := checkSamples(t, samples, points); len(got) == 0 {
+		t.Error("Read after a cancelled Read returned no sample: the cancelled Read lost data")
+	}
+	k.checkWrites(t)
+}
+
+// close checks that Close is final: a driver is built anew by its Factory
+// after reconfiguration, never revived, so Read and Connect after Close
+// must fail rather than quietly reopen a connection nobody will close.
+func (k kit) close(t *testing.T) {
+	d, points := k.fresh(t)
+	if err := d.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Errorf("second Close: %v; want nil (Close is idempotent)", err)
+	}
+	if samples, err := d.Read(t.Context(), points); err == nil {
+		t.Errorf("Read after Close = %d samples, nil error; want an error", len(samples))
+	}
+	if err := d.Connect(t.Context()); err == nil {
+		t.Error("Connect after Close succeeded; want an error (build a new driver instead)")
+	}
+	k.checkWrites(t)
+}
+
+func (k kit) discover(t *testing.T) {
+	d, points := k.fresh(t)
+	disc, ok := d.(driver.Discoverer)
+	if !ok {
+		t.Skip("driver does not implement driver.Discoverer")
+	}
+	found, err := disc.Discover(t.Context())
+	if err != nil {
+		t.Fatalf("Discover: %v", err)
+	}
+	if len(found) == 0 {
+		t.Error("Discover found no point, but New's points are readable")
+	}
+	refs := map[string]bool{}
+	for _, p := range found {
+		switch {
+		case p.Ref == "":
+			t.Errorf("Discover returned a point with an empty Ref: %+v", p)
+		case p.ID != 0:
+			t.Errorf("Discover returned point %q with ID %d: IDs are the agent's to compute, leave them zero", p.Ref, p.ID)
+		case refs[p.Ref]:
+			t.Errorf("Discover returned Ref %q twice: the agent would derive the same ID for both", p.Ref)
+		}
+		refs[p.Ref] = true
+	}
+	// Discovery is a look, not a read: it must not consume anything.
+	samples, err := d.Read(t.Context(), points)
+	if err != nil {
+		t.Fatalf("Read after Discover: %v", err)
+	}
+	if got := checkSamples(t, samples, points); len(got) == 0 {
+		t.Error("Read after Discover returned no sample: discovery consumed or broke something")
+	}
+	k.checkWrites(t)
+}
+
+func (k kit) commit(t *testing.T) {
+	d, points := k.fresh(t)
+	c, ok := d.(driver.Committer)
+	if !ok {
+		t.Skip("driver does not implement driver.Committer")
+	}
+	if err := c.Commit(t.Context()); err != nil {
+		t.Fatalf("Commit with nothing read: %v", err)
+	}
+	samples, err := d.Read(t.Context(), points)
+	if err != nil {
+		t.Fatalf("Read after an empty Commit: %v", err)
+	}
+	if got := checkSamples(t, samples, points); len(got) == 0 {
+		t.Error("Read after an empty Commit returned no sample: the empty Commit consumed something")
+	}
+	if err := c.Commit(t.Context()); err != nil {
+		t.Fatalf("Commit after Read: %v", err)
+	}
+	if err := c.Commit(t.Context()); err != nil {
+		t.Fatalf("second Commit: %v", err)
+	}
+	k.checkWrites(t)
+}
+
+// noWrites drives everything a driver offers, then asks the peer.
+func (k kit) noWrites(t *testing.T) {
+	if k.h.Writes == nil {
+		t.Skip("Harness.Writes is nil: nothing records what reaches the wire; give a recording peer")
+	}
+	d, points := k.fresh(t)
+	if disc, ok := d.(driver.Discoverer); ok {
+		if _, err := disc.Discover(t.Context()); err != nil {
+			t.Fatalf("Discover: %v", err)
+		}
+	}
+	for i := range 3 {
+		if _, err := d.Read(t.Context(), points); err != nil {
+			t.Fatalf("Read %d: %v", i+1, err)
+		}
+		if c, ok := d.(driver.Committer); ok {
+			if err := c.Commit(t.Context()); err != nil {
+				t.Fatalf("Commit %d: %v", i+1, err)
+			}
+		}
+	}
+	if err := d.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	k.checkWrites(t)
+}
