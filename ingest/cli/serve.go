@@ -1,0 +1,133 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sightglass-bms/sightglass/ingest/blob"
+	"github.com/sightglass-bms/sightglass/ingest/config"
+	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/ingest/server"
+)
+
+func newServeCmd() *cobra.Command {
+	var configPath, dataDir, addrFile string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Accept batches from agents and archive them",
+		Long: `serve runs the agent listener (TLS 1.3, client certificates from the CA) and,
+when internal_listen is set, the plain-HTTP /healthz and /readyz endpoints,
+until interrupted (SIGINT or SIGTERM); in-flight batches are finished first.
+
+Without --config it uses the built-in configuration: listen on
+127.0.0.1:8443, the CA in DATA/ca and the archive in DATA/archive, where DATA
+is --data-dir. Relative paths in a --config file are relative to the file.`,
+		Example: `  # demo: built-in config, data under ./sightglass-data
+  sightglass-ingest ca init
+  sightglass-ingest serve
+
+  # production
+  sightglass-ingest serve --config /etc/sightglass/ingest.yaml
+
+  # tests and scripts: any free port, written to a file once listening
+  sightglass-ingest serve --config ingest.yaml --addr-file /run/sightglass/addr`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var cfg *config.Config
+			var err error
+			if configPath != "" {
+				if cmd.Flags().Changed("data-dir") {
+					return errors.New("--data-dir applies only to the built-in config: set ca_dir and store.dir in the --config file instead")
+				}
+				cfg, err = config.LoadFile(configPath)
+			} else {
+				cfg, err = config.Default(dataDir)
+			}
+			if err != nil {
+				return err
+			}
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: cfg.Level()}))
+
+			ca, err := pki.Load(cfg.CADir)
+			if err != nil {
+				return err
+			}
+			store, err := blob.OpenDir(cfg.Store.Dir)
+			if err != nil {
+				return err
+			}
+			srv, err := server.New(server.Config{
+				MaxBatchBytes: cfg.MaxBatchBytes,
+				MaxSkew:       cfg.MaxSkew,
+				MaxAge:        cfg.MaxAge,
+			}, store, ca, log)
+			if err != nil {
+				return err
+			}
+
+			ln, err := net.Listen("tcp", cfg.Listen)
+			if err != nil {
+				return fmt.Errorf("listening for agents: %w: change listen or stop what holds the port", err)
+			}
+			defer ln.Close()
+			var iln net.Listener
+			internal := "disabled"
+			if cfg.InternalListen != "" {
+				if iln, err = net.Listen("tcp", cfg.InternalListen); err != nil {
+					return fmt.Errorf("listening for health checks: %w: change internal_listen or stop what holds the port", err)
+				}
+				defer iln.Close()
+				internal = "http://" + iln.Addr().String()
+			}
+			addr := ln.Addr().String()
+			if addrFile != "" {
+				if err := writeFileAtomic(addrFile, []byte(addr+"\n")); err != nil {
+					return fmt.Errorf("writing --addr-file: %w", err)
+				}
+				defer os.Remove(addrFile)
+			}
+			log.Info("listening", "addr", addr, "internal", internal, "ca_dir", cfg.CADir, "store", store.Root())
+			fmt.Fprintf(cmd.OutOrStdout(), "listening on https://%s (health: %s)\n", addr, internal)
+
+			if err := srv.Run(cmd.Context(), ln, iln); err != nil {
+				return err
+			}
+			st := srv.Stats()
+			log.Info("stopped", "batches_stored", st.BatchesStored, "batches_duplicate", st.BatchesDuplicate,
+				"samples", st.Samples, "bytes", st.Bytes, "refused", st.Refused)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", "", "configuration file (default: the built-in one)")
+	f.StringVar(&dataDir, "data-dir", defaultDataDir, "data directory of the built-in config")
+	f.StringVar(&addrFile, "addr-file", "", "write the agent listener's host:port to this file once listening")
+	return cmd
+}
+
+// writeFileAtomic writes data to path through a rename, so a reader
+// waiting for the file never sees it half written.
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // after the rename this fails harmlessly
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

@@ -1,0 +1,198 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/ingest/blob"
+	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/pkg/batch"
+)
+
+// Batch statuses of a 200 answer to POST /v1/batches.
+const (
+	StatusStored    = "stored"    // archived now
+	StatusDuplicate = "duplicate" // these very bytes were archived before
+)
+
+// batchReply is the JSON of a 200 answer to POST /v1/batches.
+type batchReply struct {
+	Status string `json:"status"`
+	Seq    uint64 `json:"seq"`
+}
+
+// handleBatch is POST /v1/batches. Nothing is written to the store until
+// the batch has decoded in full and passed every check, so a refused batch
+// leaves no trace in the archive.
+func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request, id pki.Identity) {
+	body, rf := readBody(w, r, s.cfg.MaxBatchBytes, "batch")
+	if rf == nil {
+		var b *batch.Batch
+		b, rf = s.checkBatch(r.Context(), body, id)
+		if rf == nil {
+			var status string
+			status, rf = s.storeBatch(r.Context(), body, b, id)
+			if rf == nil {
+				s.count(func(st *Stats) {
+					if status == StatusStored {
+						st.BatchesStored++
+						st.Samples += uint64(len(b.Samples))
+						st.Bytes += uint64(len(body))
+					} else {
+						st.BatchesDuplicate++
+					}
+				})
+				writeJSON(w, http.StatusOK, batchReply{Status: status, Seq: b.Seq})
+				return
+			}
+		}
+	}
+	s.count(func(st *Stats) { st.Refused[rf.code]++ })
+	writeRefusal(w, rf)
+}
+
+// checkBatch decodes body and checks it against the agent's identity and
+// the time window.
+func (s *Server) checkBatch(ctx context.Context, body []byte, id pki.Identity) (*batch.Batch, *refusal) {
+	var look tableLookup
+	b, err := batch.Decode(body, s.resolver(ctx, id, &look), s.cfg.Limits)
+	if err != nil {
+		switch {
+		case look.storeErr != nil:
+			s.log.Warn("reading point table failed", "tenant", id.Tenant, "site", id.Site, "agent", id.Agent, "err", look.storeErr)
+			return nil, refuse(http.StatusServiceUnavailable, CodeStoreUnavailable,
+				"the archive cannot be read right now: retry in %d seconds", retryAfterStoreSeconds)
+		case errors.Is(err, batch.ErrUnknownTable):
+			rf := refuse(http.StatusUnprocessableEntity, CodeUnknownTable,
+				"the batch refers to point table %s, which this site has not uploaded: PUT it to /v1/tables/%s, then send the batch again",
+				look.missing, look.missing)
+			rf.table = look.missing.String()
+			return nil, rf
+		case errors.Is(err, batch.ErrTooLarge):
+			return nil, refuse(http.StatusRequestEntityTooLarge, CodeTooLarge, "%v: send smaller batches", err)
+		case errors.Is(err, batch.ErrVersion):
+			return nil, refuse(http.StatusBadRequest, CodeBadVersion, "%v: upgrade the ingest or downgrade the agent", err)
+		default:
+			return nil, refuse(http.StatusBadRequest, CodeBadBatch, "%v: the batch is damaged; do not resend these bytes", err)
+		}
+	}
+	if b.AgentID != id.Agent || b.Site != id.Site {
+		return nil, refuse(http.StatusForbidden, CodeIdentityMismatch,
+			"the batch is from agent %q of site %q but your certificate is agent %q of site %q: an agent sends only its own batches",
+			b.AgentID, b.Site, id.Agent, id.Site)
+	}
+	now := s.cfg.Now()
+	lo, hi := now.Add(-s.cfg.MaxAge), now.Add(s.cfg.MaxSkew)
+	first, last := timeRange(b)
+	if first.Before(lo) || last.After(hi) {
+		return nil, refuse(http.StatusBadRequest, CodeBadTime,
+			"sample times %s to %s are outside the accepted window %s to %s (ingest clock %s): check the agent's clock",
+			first.UTC().Format(time.RFC3339Nano), last.UTC().Format(time.RFC3339Nano),
+			lo.UTC().Format(time.RFC3339), hi.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	}
+	return b, nil
+}
+
+// timeRange is the earliest and latest sample time, from the samples
+// themselves rather than the header; a batch of no samples (health only)
+// is placed at its SentAt.
+func timeRange(b *batch.Batch) (first, last time.Time) {
+	if len(b.Samples) == 0 {
+		t := time.UnixMilli(b.SentAt)
+		return t, t
+	}
+	lo, hi := b.Samples[0].Time, b.Samples[0].Time
+	for _, smp := range b.Samples[1:] {
+		lo, hi = min(lo, smp.Time), max(hi, smp.Time)
+	}
+	return time.UnixMilli(lo), time.UnixMilli(hi)
+}
+
+// storeBatch archives a checked batch idempotently. A claim blob named by
+// (agent, seq) and holding the body's hash is written first, create-if-
+// absent, so a second upload under the same seq is recognised whatever its
+// time range: the same bytes are a duplicate (the batch blob is written
+// again if an earlier attempt stopped between the two writes), different
+// bytes a conflict.
+func (s *Server) storeBatch(ctx context.Context, body []byte, b *batch.Batch, id pki.Identity) (string, *refusal) {
+	sum := sha256.Sum256(body)
+	first, _ := timeRange(b)
+	name := blob.BatchName(id.Tenant, id.Site, id.Agent, b.Seq, first)
+	claimName := blob.ClaimName(id.Tenant, id.Site, id.Agent, b.Seq)
+	claim := []byte(hex.EncodeToString(sum[:]) + " " + name + "\n")
+	log := s.log.With("tenant", id.Tenant, "site", id.Site, "agent", id.Agent, "batch_seq", b.Seq)
+
+	_, err := s.store.Put(ctx, claimName, claim)
+	switch {
+	case err == nil:
+	case errors.Is(err, blob.ErrConflict):
+		old, gerr := s.store.Get(ctx, claimName)
+		if gerr != nil {
+			return "", s.storeFailed(log, "reading batch claim", gerr)
+		}
+		oldSum, oldName, ok := parseClaim(old)
+		if !ok {
+			log.Error("batch claim is damaged", "claim", claimName)
+			return "", refuse(http.StatusInternalServerError, CodeInternal,
+				"the archive's record of batch %d is damaged: an operator must repair %s", b.Seq, claimName)
+		}
+		if !bytes.Equal(oldSum, sum[:]) {
+			log.Warn("batch conflict: a different batch was already stored under this seq",
+				"stored_sha256", hex.EncodeToString(oldSum), "new_sha256", hex.EncodeToString(sum[:]), "blob", oldName)
+			return "", refuse(http.StatusConflict, CodeConflict,
+				"a different batch was already stored as seq %d of agent %s: the agent's buffer and the archive disagree; do not resend, call an operator",
+				b.Seq, id.Agent)
+		}
+		// The same bytes: keep the name recorded first, so a change in
+		// naming between versions cannot store the batch twice.
+		name = oldName
+	default:
+		return "", s.storeFailed(log, "writing batch claim", err)
+	}
+
+	created, err := s.store.Put(ctx, name, body)
+	switch {
+	case err == nil && created:
+		log.Debug("batch stored", "blob", name, "samples", len(b.Samples), "bytes", len(body))
+		return StatusStored, nil
+	case err == nil:
+		return StatusDuplicate, nil
+	case errors.Is(err, blob.ErrConflict):
+		// The claim matched, so the blob under its name should too.
+		log.Error("batch blob differs from its claim", "blob", name)
+		return "", refuse(http.StatusConflict, CodeConflict,
+			"a different batch is stored under %s although this one was claimed: do not resend, call an operator", name)
+	default:
+		return "", s.storeFailed(log, "writing batch", err)
+	}
+}
+
+// storeFailed answers a store error: 503, since a store that fails now may
+// answer later, unless the store refused the name itself, which is a bug
+// here that retrying will not cure.
+func (s *Server) storeFailed(log *slog.Logger, op string, err error) *refusal {
+	if errors.Is(err, blob.ErrBadName) {
+		log.Error(op+" failed: the store refused the name", "err", err)
+		return refuse(http.StatusInternalServerError, CodeInternal, "the archive refused a blob name (%s): this is a bug; report it", op)
+	}
+	log.Warn(op+" failed", "err", err)
+	return refuse(http.StatusServiceUnavailable, CodeStoreUnavailable,
+		"the archive is unavailable (%s): retry in %d seconds", op, retryAfterStoreSeconds)
+}
+
+// parseClaim splits a claim into the body's SHA-256 and the blob name.
+func parseClaim(c []byte) (sum []byte, name string, ok bool) {
+	hexSum, name, found := strings.Cut(strings.TrimSuffix(string(c), "\n"), " ")
+	sum, err := hex.DecodeString(hexSum)
+	if !found || err != nil || len(sum) != sha256.Size || name == "" {
+		return nil, "", false
+	}
+	return sum, name, true
+}

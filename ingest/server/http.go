@@ -1,0 +1,179 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/ingest/pki"
+)
+
+// Error codes, the "code" of every JSON error body. Agents act on the code,
+// people on the message.
+const (
+	CodeTooLarge           = "too_large"           // 413: body or decoded batch over a limit; split it
+	CodeBadRequest         = "bad_request"         // 400: the body could not be read
+	CodeBadBatch           = "bad_batch"           // 400: not a valid batch; the message is the decoder's
+	CodeBadVersion         = "unsupported_version" // 400: a batch format this ingest does not know
+	CodeUnknownTable       = "unknown_point_table" // 422: PUT /v1/tables/{table} then retry
+	CodeIdentityMismatch   = "identity_mismatch"   // 403: batch's agent or site is not the certificate's
+	CodeNoIdentity         = "no_identity"         // 403: no usable identity on the connection
+	CodeBadTime            = "bad_time"            // 400: a sample time outside the accepted window
+	CodeConflict           = "conflict"            // 409: another batch was already stored under this seq
+	CodeStoreUnavailable   = "store_unavailable"   // 503: retry after Retry-After seconds
+	CodeBadTable           = "bad_table"           // 400: not a valid point table
+	CodeBadTableHash       = "bad_table_hash"      // 400: the {hash} in the path is malformed
+	CodeTableHashMismatch  = "table_hash_mismatch" // 400: the table's hash is not the {hash} in the path
+	CodeNotFound           = "not_found"           // 404
+	CodeMethodNotAllowed   = "method_not_allowed"  // 405
+	CodeInternal           = "internal"            // 500: a bug or damaged archive on our side
+	retryAfterStoreSeconds = 5
+)
+
+// errorBody is the JSON of every error response.
+type errorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+	Table string `json:"table,omitempty"`
+}
+
+// refusal is a request the server turns down, with what to tell the agent.
+type refusal struct {
+	status int
+	code   string
+	msg    string
+	table  string // for CodeUnknownTable
+}
+
+func refuse(status int, code, format string, args ...any) *refusal {
+	return &refusal{status: status, code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	// The status is sent; a failed write means the client went away.
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeRefusal(w http.ResponseWriter, rf *refusal) {
+	if rf.status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterStoreSeconds))
+	}
+	writeJSON(w, rf.status, errorBody{Error: rf.msg, Code: rf.code, Table: rf.table})
+}
+
+// agentHandler routes the agent protocol. It is written out rather than
+// left to http.ServeMux so that 404 and 405 answer in JSON like every other
+// error, and so that no path but these two exists.
+func (s *Server) agentHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		lw := &logWriter{ResponseWriter: w, status: http.StatusOK}
+		body := &countingReader{r: r.Body}
+		r.Body = body
+		start := time.Now()
+		id, idErr := pki.PeerIdentity(r.TLS)
+		defer func() {
+			s.log.LogAttrs(r.Context(), accessLevel(lw.status), "request",
+				slog.String("method", r.Method), slog.String("path", r.URL.Path),
+				slog.Int("status", lw.status), slog.Int64("bytes", body.n),
+				slog.Int64("resp_bytes", lw.n), slog.Duration("duration", time.Since(start)),
+				slog.String("agent", id.Agent))
+		}()
+
+		var handle func(http.ResponseWriter, *http.Request, pki.Identity)
+		var allow string
+		switch {
+		case r.URL.Path == "/v1/batches":
+			handle, allow = s.handleBatch, http.MethodPost
+		case strings.HasPrefix(r.URL.Path, "/v1/tables/") && !strings.Contains(r.URL.Path[len("/v1/tables/"):], "/"):
+			handle, allow = s.handleTable, http.MethodPut
+		default:
+			writeRefusal(lw, refuse(http.StatusNotFound, CodeNotFound,
+				"no such path %q: agents POST /v1/batches and PUT /v1/tables/{hash}", r.URL.Path))
+			return
+		}
+		if r.Method != allow {
+			lw.Header().Set("Allow", allow)
+			writeRefusal(lw, refuse(http.StatusMethodNotAllowed, CodeMethodNotAllowed,
+				"method %s is not allowed on %s: use %s", r.Method, r.URL.Path, allow))
+			return
+		}
+		if idErr != nil {
+			// ServerTLSConfig refuses such handshakes; this is a second lock.
+			writeRefusal(lw, refuse(http.StatusForbidden, CodeNoIdentity,
+				"no agent identity on this connection (%v): connect with the certificate issued by `sightglass-ingest agents issue`", idErr))
+			return
+		}
+		handle(lw, r, id)
+	})
+}
+
+// readBody reads at most limit bytes of r's body, or says why not.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64, what string) ([]byte, *refusal) {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+			return nil, refuse(http.StatusRequestEntityTooLarge, CodeTooLarge,
+				"%s is larger than the limit of %d bytes: send smaller ones", what, limit)
+		}
+		return nil, refuse(http.StatusBadRequest, CodeBadRequest, "reading the %s: %v: send it again", what, err)
+	}
+	return data, nil
+}
+
+// logWriter remembers the status and size of a response for the access log.
+type logWriter struct {
+	http.ResponseWriter
+	status      int
+	n           int64
+	wroteHeader bool
+}
+
+func (w *logWriter) WriteHeader(status int) {
+	if !w.wroteHeader {
+		w.status, w.wroteHeader = status, true
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	w.wroteHeader = true
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection (MaxBytesReader
+// uses it to close the connection after an oversized body).
+func (w *logWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// countingReader counts the request body bytes read, for the access log.
+type countingReader struct {
+	r io.ReadCloser
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingReader) Close() error { return c.r.Close() }
+
+// accessLevel logs server-side failures louder than refusals of bad input,
+// which are the agent's problem and already answered.
+func accessLevel(status int) slog.Level {
+	if status >= http.StatusInternalServerError {
+		return slog.LevelWarn
+	}
+	return slog.LevelInfo
+}

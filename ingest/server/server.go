@@ -1,0 +1,244 @@
+// Package server is the ingest's agent listener: agents upload point tables
+// and batches over HTTP/2 with TLS 1.3 and a client certificate; every batch
+// is decoded and checked in full before it is archived, and archived under a
+// name derived from the agent and its sequence number so that a retry is
+// idempotent.
+//
+// The protocol:
+//
+//	PUT  /v1/tables/{hash}  a point table (batch.EncodePointTable); 201 stored, 200 already there
+//	POST /v1/batches        a batch (batch.Encode); 200 {"status":"stored"|"duplicate","seq":N}
+//
+// Every error is JSON {"error": "...", "code": "..."} with a 4xx or 5xx
+// status; the codes are the Code* constants. A 503 carries Retry-After.
+// The agent's identity (tenant, site, agent) comes only from its verified
+// certificate, never from what it sends.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/ingest/blob"
+	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/pkg/batch"
+)
+
+// Defaults for the Config fields left zero.
+const (
+	DefaultMaxBatchBytes   = 8 << 20
+	DefaultMaxTableBytes   = 16 << 20
+	DefaultMaxSkew         = 15 * time.Minute
+	DefaultMaxAge          = 10 * 365 * 24 * time.Hour
+	DefaultShutdownTimeout = 30 * time.Second
+)
+
+// Timeouts of the agent listener. A batch of a few MiB over a slow building
+// uplink can take a while, hence the generous read timeout; the header
+// timeout stops idle half-open connections from piling up.
+const (
+	readHeaderTimeout = 10 * time.Second
+	readTimeout       = 2 * time.Minute
+	writeTimeout      = 2 * time.Minute
+	idleTimeout       = 2 * time.Minute
+	readyTimeout      = 5 * time.Second
+)
+
+// Config tunes a Server. A zero field means its default.
+type Config struct {
+	// MaxBatchBytes caps a batch body (DefaultMaxBatchBytes); larger ones
+	// get 413.
+	MaxBatchBytes int64
+	// MaxTableBytes caps a point table body (DefaultMaxTableBytes).
+	MaxTableBytes int64
+	// MaxSkew is how far after now a sample time may be (DefaultMaxSkew).
+	MaxSkew time.Duration
+	// MaxAge is how far before now a sample time may be (DefaultMaxAge).
+	MaxAge time.Duration
+	// Limits bound the batch decoder (its own defaults when zero).
+	Limits batch.Limits
+	// ShutdownTimeout is how long Serve waits for in-flight requests once
+	// its context is done (DefaultShutdownTimeout).
+	ShutdownTimeout time.Duration
+	// Now is the clock for the sample time window (time.Now).
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	if c.MaxTableBytes <= 0 {
+		c.MaxTableBytes = DefaultMaxTableBytes
+	}
+	if c.MaxSkew <= 0 {
+		c.MaxSkew = DefaultMaxSkew
+	}
+	if c.MaxAge <= 0 {
+		c.MaxAge = DefaultMaxAge
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Server serves agents and the internal health endpoints. It holds no
+// per-agent state beyond a cache of immutable point tables, so any number
+// of replicas can share one blob store.
+type Server struct {
+	cfg    Config
+	store  blob.Store
+	tls    *tls.Config
+	log    *slog.Logger
+	tables *tableCache
+
+	// draining turns /readyz to 503 once shutdown starts, so a load
+	// balancer stops sending new work while in-flight batches finish.
+	draining atomic.Bool
+
+	mu    sync.Mutex
+	stats Stats
+}
+
+// New returns a Server archiving into store and accepting agents whose
+// certificates ca issued (pki.ServerTLSConfig: TLS 1.3, client certificate
+// required and verified, h2).
+func New(cfg Config, store blob.Store, ca *pki.CA, logger *slog.Logger) (*Server, error) {
+	if store == nil || ca == nil || logger == nil {
+		return nil, errors.New("creating ingest server: store, CA and logger are required")
+	}
+	tlsCfg, err := pki.ServerTLSConfig(ca)
+	if err != nil {
+		return nil, fmt.Errorf("creating ingest server: %w", err)
+	}
+	// The identity is read from the verified chain; a config that did not
+	// demand one would let anybody in, so refuse to run with it.
+	if tlsCfg.ClientAuth != tls.RequireAndVerifyClientCert || tlsCfg.MinVersion < tls.VersionTLS13 {
+		return nil, errors.New("creating ingest server: TLS config must require a verified client certificate and TLS 1.3")
+	}
+	cfg.setDefaults()
+	return &Server{
+		cfg:    cfg,
+		store:  store,
+		tls:    tlsCfg,
+		log:    logger,
+		tables: newTableCache(maxCachedPoints),
+		stats:  Stats{Refused: map[string]uint64{}},
+	}, nil
+}
+
+// Serve serves agents on ln (a plain TCP listener; Serve adds TLS) until
+// ctx is done, then stops accepting and waits up to ShutdownTimeout for
+// in-flight requests to finish. It returns nil after a clean shutdown.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.agentHandler(),
+		TLSConfig:         s.tls.Clone(),
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		// Refused handshakes (wrong CA, no certificate) land here; an
+		// operator chasing a misconfigured agent needs to see them.
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelInfo),
+	}
+	return s.run(ctx, "agent listener", srv, func() error { return srv.ServeTLS(ln, "", "") })
+}
+
+// ServeInternal serves the plain-HTTP health endpoints on ln until ctx is
+// done: /healthz answers 200 while the process runs; /readyz answers 200
+// when the blob store answers and shutdown has not begun, else 503. Keep ln
+// on loopback or a private network: it is not authenticated.
+func (s *Server) ServeInternal(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.internalHandler(),
+		ReadHeaderTimeout: readHeaderTimeout,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	return s.run(ctx, "internal listener", srv, func() error { return srv.Serve(ln) })
+}
+
+// Run serves agents on agentLn and, when internalLn is not nil, the health
+// endpoints on internalLn, until ctx is done or one of them fails, which
+// stops the other.
+func (s *Server) Run(ctx context.Context, agentLn, internalLn net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var internalErr error
+	if internalLn != nil {
+		wg.Go(func() {
+			internalErr = s.ServeInternal(ctx, internalLn)
+			cancel()
+		})
+	}
+	err := s.Serve(ctx, agentLn)
+	cancel()
+	wg.Wait()
+	return errors.Join(err, internalErr)
+}
+
+func (s *Server) run(ctx context.Context, what string, srv *http.Server, serve func() error) error {
+	errc := make(chan error, 1)
+	go func() { errc <- serve() }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serving %s: %w", what, err)
+	case <-ctx.Done():
+	}
+	s.draining.Store(true)
+	// The parent context is done; shutdown gets its own deadline so that
+	// in-flight batches can still be stored and acknowledged.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if serr := <-errc; !errors.Is(serr, http.ErrServerClosed) && serr != nil && err == nil {
+		err = serr
+	}
+	if err != nil {
+		srv.Close()
+		return fmt.Errorf("shutting down %s: %w", what, err)
+	}
+	return nil
+}
+
+// Stats are the server's counters since it started.
+type Stats struct {
+	BatchesStored    uint64 // batches archived for the first time
+	BatchesDuplicate uint64 // retries of batches already archived
+	// Refused counts refused batch and table requests by error code.
+	Refused         map[string]uint64
+	Samples         uint64 // samples in stored batches
+	Bytes           uint64 // bytes of stored batches
+	TablesStored    uint64
+	TablesDuplicate uint64
+}
+
+// Stats returns a copy of the counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.Refused = make(map[string]uint64, len(s.stats.Refused))
+	for k, v := range s.stats.Refused {
+		st.Refused[k] = v
+	}
+	return st
+}
+
+func (s *Server) count(f func(st *Stats)) {
+	s.mu.Lock()
+	f(&s.stats)
+	s.mu.Unlock()
+}
