@@ -58,7 +58,10 @@ type Batch struct {
 	Samples []telemetry.Sample
 }
 
-// TableResolver finds a point table by hash, for Decode.
+// TableResolver finds a point table by hash, for Decode. PointTable returns
+// the table's ids (sorted, distinct, as DecodePointTable gives them), or an
+// error wrapping ErrUnknownTable when it does not have the table; any other
+// error is passed on as a failure of the resolver itself (e.g. storage).
 type TableResolver interface {
 	PointTable(h TableHash) ([]uint64, error)
 }
