@@ -1,0 +1,119 @@
+package uplink
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// newTransport builds the HTTP/2-over-TLS-1.3 transport with the client
+// certificate. It only dials; it never listens.
+func newTransport(cfg Config, conns *connTracker) (*http.Transport, error) {
+	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
+	if cfg.LocalAddr != "" {
+		ip := net.ParseIP(cfg.LocalAddr)
+		if ip == nil {
+			return nil, fmt.Errorf("local address %q is not an IP address: give the uplink NIC's address, without a port", cfg.LocalAddr)
+		}
+		dialer.LocalAddr = &net.TCPAddr{IP: ip}
+	}
+	proxy := cfg.Proxy
+	if proxy == nil {
+		proxy = http.ProxyFromEnvironment
+	}
+	certFn := cfg.Cert
+	return &http.Transport{
+		Proxy:       proxy,
+		DialContext: conns.wrap(dialer.DialContext),
+		TLSClientConfig: &tls.Config{
+			MinVersion: tls.VersionTLS13,
+			RootCAs:    cfg.Roots,
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				c, err := certFn()
+				if err != nil {
+					return nil, fmt.Errorf("loading the agent's client certificate: %w", err)
+				}
+				if c == nil {
+					return nil, errors.New("loading the agent's client certificate: none available; enroll the agent")
+				}
+				return c, nil
+			},
+		},
+		ForceAttemptHTTP2:      true,
+		TLSHandshakeTimeout:    15 * time.Second,
+		IdleConnTimeout:        90 * time.Second,
+		MaxIdleConnsPerHost:    cfg.MaxInFlight, // over HTTP/1.1 each upload holds a connection
+		MaxResponseHeaderBytes: 64 << 10,
+	}, nil
+}
+
+// connTracker closes every connection the transport opened once Run has
+// stopped. Without it a connection whose dial finished after the last
+// request (the transport keeps dialing in the background when another
+// connection served the request) would sit idle until IdleConnTimeout, and
+// a stopped uplink would still hold sockets to the ingest or the proxy.
+type connTracker struct {
+	mu    sync.Mutex
+	open  bool // Run is running: dials are allowed
+	conns map[*trackedConn]struct{}
+}
+
+func newConnTracker() *connTracker {
+	return &connTracker{conns: map[*trackedConn]struct{}{}}
+}
+
+// wrap returns dial with every connection it makes tracked.
+func (ct *connTracker) wrap(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		tc := &trackedConn{Conn: c, ct: ct}
+		ct.mu.Lock()
+		defer ct.mu.Unlock()
+		if !ct.open {
+			c.Close()
+			return nil, fmt.Errorf("dialing %s: uplink stopped", addr)
+		}
+		ct.conns[tc] = struct{}{}
+		return tc, nil
+	}
+}
+
+// start allows dials; Run calls it first.
+func (ct *connTracker) start() {
+	ct.mu.Lock()
+	ct.open = true
+	ct.mu.Unlock()
+}
+
+// stop refuses further dials and closes every connection still open.
+func (ct *connTracker) stop() {
+	ct.mu.Lock()
+	ct.open = false
+	conns := ct.conns
+	ct.conns = map[*trackedConn]struct{}{}
+	ct.mu.Unlock()
+	for c := range conns {
+		c.Conn.Close()
+	}
+}
+
+// trackedConn removes itself from its tracker when closed.
+type trackedConn struct {
+	net.Conn
+	ct *connTracker
+}
+
+func (c *trackedConn) Close() error {
+	c.ct.mu.Lock()
+	delete(c.ct.conns, c)
+	c.ct.mu.Unlock()
+	return c.Conn.Close()
+}
