@@ -1,0 +1,250 @@
+package buffer
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+	bolt "go.etcd.io/bbolt"
+)
+
+// appendReq is one Append call waiting for the committer.
+type appendReq struct {
+	rec  []byte
+	n    int
+	at   int64
+	done chan error
+}
+
+// Append stores samples as one pending record. When it returns nil the
+// samples are on disk (unless Options.NoSync) and will be sealed, sent and
+// acknowledged, or counted as dropped by the cap. Concurrent calls are
+// committed together, with one fsync per commit.
+//
+// Once the samples are handed to the committer, Append waits for the commit
+// even if ctx is cancelled, so that a nil error always means stored and an
+// error (almost always) means not stored.
+func (b *Buffer) Append(ctx context.Context, samples []telemetry.Sample) error {
+	if len(samples) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("appending %d samples to buffer: %w", len(samples), err)
+	}
+	at := b.now().UnixMilli()
+	rec, err := encodeRecord(samples, at) // outside any lock: callers encode in parallel
+	if err != nil {
+		return fmt.Errorf("appending %d samples to buffer: %w", len(samples), err)
+	}
+	if size := int64(len(rec) + 8); size > b.max {
+		return fmt.Errorf("appending %d samples to buffer: %w (%d bytes, cap %d): raise the buffer cap or poll fewer points per device",
+			len(samples), ErrTooLarge, size, b.max)
+	}
+	req := &appendReq{rec: rec, n: len(samples), at: at, done: make(chan error, 1)}
+	b.closeMu.RLock()
+	if b.closed {
+		b.closeMu.RUnlock()
+		return fmt.Errorf("appending %d samples to buffer: %w", len(samples), ErrClosed)
+	}
+	select {
+	case b.reqs <- req:
+	case <-ctx.Done():
+		b.closeMu.RUnlock()
+		return fmt.Errorf("appending %d samples to buffer: %w", len(samples), ctx.Err())
+	}
+	b.closeMu.RUnlock()
+	if err := <-req.done; err != nil {
+		return fmt.Errorf("appending %d samples to buffer %s: %w", len(samples), b.path, err)
+	}
+	return nil
+}
+
+// commitLoop is the group committer. It takes the first waiting append,
+// gathers every other append queued behind it (they piled up while the
+// previous commit was fsyncing), commits them in one transaction and
+// answers them all. Under load the group grows by itself; alone, an append
+// is committed at once, with no batching delay.
+//
+// One refinement keeps groups large: the appenders answered by a commit
+// need a moment to come back with their next samples, and a committer that
+// took only the first of them would alternate small and large groups. So
+// while the group is smaller than the previous one, it waits a little (a
+// quarter of the previous commit's duration, at most maxLinger) for the
+// rest. A commit is mostly fsync, so the wait costs little latency and
+// saves whole commits.
+func (b *Buffer) commitLoop() {
+	defer b.wg.Done()
+	group := make([]*appendReq, 0, maxGroup)
+	lastSize, lastDur := 0, time.Duration(0)
+	for first := range b.reqs {
+		group = append(group[:0], first)
+		open := b.gather(&group, lastSize, min(lastDur/4, maxLinger))
+		start := time.Now()
+		err := b.commitAppends(group)
+		lastSize, lastDur = len(group), time.Since(start)
+		for _, r := range group {
+			r.done <- err
+		}
+		clear(group) // drop references to the records
+		if !open {
+			return
+		}
+	}
+}
+
+// gather adds queued appends to group: all that are waiting, and, while the
+// group is smaller than want, those arriving within linger. It reports
+// false if the channel was closed.
+func (b *Buffer) gather(group *[]*appendReq, want int, linger time.Duration) bool {
+	for len(*group) < maxGroup {
+		select {
+		case r, ok := <-b.reqs:
+			if !ok {
+				return false
+			}
+			*group = append(*group, r)
+			continue
+		default:
+		}
+		break
+	}
+	if len(*group) >= want || linger <= 0 {
+		return true
+	}
+	timer := time.NewTimer(linger)
+	defer timer.Stop()
+	for len(*group) < want && len(*group) < maxGroup {
+		select {
+		case r, ok := <-b.reqs:
+			if !ok {
+				return false
+			}
+			*group = append(*group, r)
+		case <-timer.C:
+			return true
+		}
+	}
+	return true
+}
+
+// commitAppends stores a group of records in one transaction and applies
+// the cap.
+func (b *Buffer) commitAppends(group []*appendReq) error {
+	var dropped dropInfo
+	err := b.update(func(tx *bolt.Tx, c *counters) error {
+		pend := tx.Bucket(bPending)
+		pend.FillPercent = 1 // keys only ever grow: pack pages full
+		for _, r := range group {
+			key := u64key(c.nextRec)
+			if err := pend.Put(key, r.rec); err != nil {
+				return err
+			}
+			c.nextRec++
+			if c.pendingRecords == 0 {
+				c.oldestPending = r.at
+			}
+			c.pendingRecords++
+			c.pendingSamples += uint64(r.n)
+			c.bytes += int64(len(key) + len(r.rec))
+		}
+		var err error
+		dropped, err = b.enforceCap(tx, c)
+		return err
+	})
+	if err == nil {
+		dropped.log(b, "buffer full: dropped oldest data")
+	}
+	return err
+}
+
+// dropInfo tallies what one enforceCap call dropped, for the log.
+type dropInfo struct {
+	samples                   uint64
+	sealed, records, rejected int
+}
+
+func (d dropInfo) log(b *Buffer, msg string) {
+	if d.samples == 0 && d.rejected == 0 && d.records == 0 && d.sealed == 0 {
+		return
+	}
+	b.log.Warn(msg,
+		"path", b.path, "max_bytes", b.max, "dropped_samples", d.samples,
+		"sealed_batches", d.sealed, "pending_records", d.records, "rejected_batches", d.rejected,
+		"total_dropped_samples", b.Stats().DroppedSamples)
+}
+
+// enforceCap deletes the oldest data until the live data fits the cap:
+// rejected batches first (kept only for inspection, already counted as
+// rejected), then sealed batches by sequence, then pending records.
+func (b *Buffer) enforceCap(tx *bolt.Tx, c *counters) (dropInfo, error) {
+	var d dropInfo
+	pendingTouched := false
+	for c.bytes > b.max {
+		if k, v := tx.Bucket(bRejected).Cursor().First(); k != nil {
+			h, _, _ := decodeRejected(v)
+			if err := b.deleteBatch(tx, bRejected, k, h.hash, int64(len(k)+len(v)), c); err != nil {
+				return d, err
+			}
+			d.rejected++
+			continue
+		}
+		if k, v := tx.Bucket(bSealed).Cursor().First(); k != nil {
+			h, _, err := decodeSealed(v)
+			if err != nil {
+				b.log.Error("dropping damaged sealed batch", "path", b.path, "batch_seq", fmt.Sprintf("%x", k), "err", err)
+			}
+			if err := b.deleteBatch(tx, bSealed, k, h.hash, int64(len(k)+len(v)), c); err != nil {
+				return d, err
+			}
+			c.sealedBatches--
+			c.sealedSamples -= uint64(h.samples)
+			c.dropped += uint64(h.samples)
+			d.samples += uint64(h.samples)
+			d.sealed++
+			continue
+		}
+		if k, v := tx.Bucket(bPending).Cursor().First(); k != nil {
+			n, _, _ := recordHeader(v)
+			size := int64(len(k) + len(v))
+			if err := tx.Bucket(bPending).Delete(k); err != nil {
+				return d, err
+			}
+			c.bytes -= size
+			c.pendingRecords--
+			c.pendingSamples -= uint64(n)
+			c.dropped += uint64(n)
+			d.samples += uint64(n)
+			d.records++
+			pendingTouched = true
+			continue
+		}
+		break // nothing left to drop; cannot happen, as a record fits the cap
+	}
+	if pendingTouched {
+		refreshOldest(tx, c)
+	}
+	return d, nil
+}
+
+// deleteBatch deletes a sealed or rejected batch and releases its table.
+func (b *Buffer) deleteBatch(tx *bolt.Tx, bucket, key []byte, h [16]byte, size int64, c *counters) error {
+	if err := tx.Bucket(bucket).Delete(key); err != nil {
+		return err
+	}
+	c.bytes -= size
+	return unrefTable(tx, h, c)
+}
+
+// refreshOldest sets c.oldestPending from the first pending record after
+// records were removed.
+func refreshOldest(tx *bolt.Tx, c *counters) {
+	if c.pendingRecords == 0 {
+		c.oldestPending = 0
+		return
+	}
+	if k, v := tx.Bucket(bPending).Cursor().First(); k != nil {
+		_, at, _ := recordHeader(v)
+		c.oldestPending = at
+	}
+}
