@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sightglass-bms/sightglass/pkg/batch"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 	bolt "go.etcd.io/bbolt"
 )
@@ -228,7 +229,7 @@ func (b *Buffer) enforceCap(tx *bolt.Tx, c *counters) (dropInfo, error) {
 }
 
 // deleteBatch deletes a sealed or rejected batch and releases its table.
-func (b *Buffer) deleteBatch(tx *bolt.Tx, bucket, key []byte, h [16]byte, size int64, c *counters) error {
+func (b *Buffer) deleteBatch(tx *bolt.Tx, bucket, key []byte, h batch.TableHash, size int64, c *counters) error {
 	if err := tx.Bucket(bucket).Delete(key); err != nil {
 		return err
 	}

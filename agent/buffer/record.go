@@ -22,11 +22,11 @@ import (
 //
 // sealed batch:
 //
-//	0x01 | uvarint samples | varint sealed_at_ms | table hash (16) | encoded batch
+//	0x01 | uvarint samples | varint sealed_at_ms | table hash (8) | encoded batch
 //
 // rejected batch:
 //
-//	0x01 | uvarint samples | varint sealed_at_ms | varint rejected_at_ms | table hash (16) |
+//	0x01 | uvarint samples | varint sealed_at_ms | varint rejected_at_ms | table hash (8) |
 //	uvarint reason length | reason | encoded batch
 const layoutV1 = 1
 

@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"net"
@@ -340,33 +342,37 @@ func TestHandshakeRefused(t *testing.T) {
 	}
 }
 
-// bomb is a batch prefix followed by a zstd frame of n zero bytes; with
-// declare it states its size in the frame header, without it the decoder
-// only finds out by decompressing.
+// bomb is a batch holding a zstd frame of n zero bytes, laid out as
+// pkg/batch/FORMAT.md says: "SGB", version, storage 1 (zstd), the frame
+// without its magic number, CRC-32C. With declare the frame states its
+// size, which the decoder checks against its limit before decompressing;
+// without it the frame is not single-segment, which the format refuses.
 func bomb(t *testing.T, n int, declare bool) []byte {
 	t.Helper()
-	out := []byte{'S', 'G', 'B', batch.Version}
+	var frame []byte
 	if declare {
-		enc, err := zstd.NewWriter(nil)
+		enc, err := zstd.NewWriter(nil, zstd.WithSingleSegment(true), zstd.WithEncoderCRC(false))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer enc.Close()
-		return enc.EncodeAll(make([]byte, n), out)
+		frame = enc.EncodeAll(make([]byte, n), nil)
+	} else {
+		var buf bytes.Buffer
+		w, err := zstd.NewWriter(&buf, zstd.WithEncoderCRC(false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(make([]byte, n)); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		frame = buf.Bytes()
 	}
-	var buf bytes.Buffer
-	buf.Write(out)
-	w, err := zstd.NewWriter(&buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write(make([]byte, n)); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	out := append([]byte{'S', 'G', 'B', batch.Version, 1}, frame[4:]...)
+	return binary.BigEndian.AppendUint32(out, crc32.Checksum(out, crc32.MakeTable(crc32.Castagnoli)))
 }
 
 func TestBatchRefused(t *testing.T) {
@@ -406,7 +412,7 @@ func TestBatchRefused(t *testing.T) {
 			return d
 		}, 400, CodeBadVersion},
 		{"decompression bomb with declared size", func() []byte { return bomb(t, 8<<20, true) }, 413, CodeTooLarge},
-		{"decompression bomb without declared size", func() []byte { return bomb(t, 8<<20, false) }, 413, CodeTooLarge},
+		{"decompression bomb without declared size", func() []byte { return bomb(t, 8<<20, false) }, 400, CodeBadBatch},
 		{"oversized body", func() []byte { return random }, 413, CodeTooLarge},
 		{"another agent's batch", func() []byte {
 			enc, err := batch.Encode(&batch.Batch{Header: batch.Header{AgentID: idB.Agent, Site: "s1", Seq: 3}, Samples: samples(6, now.Add(-time.Hour))})
@@ -532,7 +538,7 @@ func TestRouting(t *testing.T) {
 	}{
 		{http.MethodGet, "/v1/batches", 405, "POST"},
 		{http.MethodPut, "/v1/batches", 405, "POST"},
-		{http.MethodPost, "/v1/tables/00112233445566778899aabbccddeeff", 405, "PUT"},
+		{http.MethodPost, "/v1/tables/0011223344556677", 405, "PUT"},
 		{http.MethodGet, "/", 404, ""},
 		{http.MethodPost, "/v1/batches/", 404, ""},
 		{http.MethodPost, "/v1/batch", 404, ""},

@@ -40,7 +40,7 @@ func (s *Server) putTable(r *http.Request, w http.ResponseWriter, id pki.Identit
 	want, err := batch.ParseTableHash(hashText)
 	if err != nil {
 		return 0, tableReply{}, refuse(http.StatusBadRequest, CodeBadTableHash,
-			"%q is not a point table hash: want 32 lower-case hex digits (batch.TableHash.String)", hashText)
+			"%q is not a point table hash: want %d lower-case hex digits (batch.TableHash.String)", hashText, 2*len(batch.TableHash{}))
 	}
 	body, rf := readBody(w, r, s.cfg.MaxTableBytes, "point table")
 	if rf != nil {

@@ -1,6 +1,6 @@
 // Package batch is the Sightglass wire format: a self-describing, versioned,
-// columnar, zstd-compressed container of samples that the agent uploads and
-// the ingest archives.
+// columnar container of samples, zstd-compressed when that pays and
+// checksummed, that the agent uploads and the ingest archives.
 //
 // A batch references its point table (the sorted, distinct point ids it
 // holds) by hash, so that a point's 64-bit id is not paid in every batch; the
@@ -17,9 +17,11 @@ import (
 // Version is the format version the encoder writes.
 const Version = 1
 
-// TableHash identifies a point table: the first 16 bytes of the SHA-256 of
-// its encoding.
-type TableHash [16]byte
+// TableHash identifies a point table: the first 8 bytes of the SHA-256 of
+// its encoding. 64 bits suffice because tables are namespaced per site and
+// verified by content when uploaded (FORMAT.md says why); every batch
+// carries one, so its size counts.
+type TableHash [8]byte
 
 // Health is the agent's own health, carried in every batch header.
 type Health struct {

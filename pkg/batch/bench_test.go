@@ -322,11 +322,11 @@ func BenchmarkNaiveZstd(b *testing.B) {
 	}
 }
 
-// BenchmarkDecode measures decoding speed over the real data at spp=15
-// and spp=day.
+// BenchmarkDecode measures decoding speed over the real data at spp=1
+// (batches stored raw), spp=15 and spp=day (mostly compressed).
 func BenchmarkDecode(b *testing.B) {
 	ds := datasetsOrSkip(b)
-	for _, c := range []sppCase{sppCases[1], sppCases[3]} {
+	for _, c := range []sppCase{sppCases[0], sppCases[1], sppCases[3]} {
 		b.Run(c.name, func(b *testing.B) {
 			tables := Tables{}
 			var data [][]byte

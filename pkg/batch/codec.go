@@ -5,16 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/bits"
 	"slices"
 
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
-
-// The uncompressed prefix: "SGB" and the version byte, then one zstd
-// frame. FORMAT.md describes the layout byte by byte.
-var magic = [3]byte{'S', 'G', 'B'}
-
-const prefixLen = len(magic) + 1
 
 // Defaults for Limits, and what Encode refuses to exceed so that every
 // batch it writes decodes with the defaults.
@@ -32,7 +27,8 @@ var ErrInvalid = errors.New("invalid batch")
 
 // Encoded is the result of Encode.
 type Encoded struct {
-	// Data is the encoded, compressed batch.
+	// Data is the encoded batch, zstd-compressed when that makes it
+	// smaller, with its checksum.
 	Data []byte
 	// Table is EncodePointTable of the batch's sorted distinct point ids,
 	// and TableHash its hash, which Data references. The receiver must
@@ -43,7 +39,7 @@ type Encoded struct {
 
 // Limits bound what Decode accepts; a zero field means its default.
 type Limits struct {
-	MaxDecompressed int // bytes after decompression (default 64 MiB)
+	MaxDecompressed int // payload bytes, after decompression if compressed (default 64 MiB)
 	MaxSamples      int // default 4,000,000
 	MaxPoints       int // default 1,000,000
 }
@@ -112,10 +108,7 @@ func Encode(b *Batch) (Encoded, error) {
 		return Encoded{}, fmt.Errorf("encoding batch: %d bytes before compression, limit is %d: split it: %w",
 			len(payload), DefaultMaxDecompressed, ErrTooLarge)
 	}
-	data := make([]byte, 0, prefixLen+len(payload)/2+64)
-	data = append(data, magic[:]...)
-	data = append(data, Version)
-	data, err = compress(data, payload)
+	data, err := seal(payload)
 	if err != nil {
 		return Encoded{}, fmt.Errorf("encoding batch: %w", err)
 	}
@@ -289,9 +282,7 @@ func (p *plan) appendBody(out []byte) []byte {
 			out = appendTimes(out, g, p.start, true)
 		}
 	}
-	for i := range p.cols {
-		out = append(out, p.cols[i].desc)
-	}
+	out = appendDescriptors(out, p.cols)
 	for i := range p.cols {
 		for _, n := range p.cols[i].runLens {
 			out = appendUvarint(out, uint64(n-1))
@@ -321,6 +312,42 @@ func (p *plan) appendBody(out []byte) []byte {
 	return out
 }
 
+// appendDescriptors writes the value descriptors as a palette: the
+// distinct descriptors in increasing order, then each point's index into
+// it in as few bits as the palette needs (none when all points share one).
+// A batch uses a handful of descriptors, so a point costs two or three
+// bits instead of a byte, which matters when it has one sample.
+func appendDescriptors(out []byte, cols []column) []byte {
+	var index [descReserved]byte // descriptor -> palette index + 1
+	for i := range cols {
+		index[cols[i].desc] = 1
+	}
+	k := 0
+	for _, u := range index {
+		if u != 0 {
+			k++
+		}
+	}
+	out = appendUvarint(out, uint64(k))
+	k = 0
+	for c, u := range index {
+		if u != 0 {
+			out = append(out, byte(c))
+			index[c] = byte(k)
+			k++
+		}
+	}
+	if k == 1 {
+		return out
+	}
+	width := uint(bits.Len(uint(k - 1)))
+	w := bitWriter{out: out}
+	for i := range cols {
+		w.write(uint64(index[cols[i].desc]), width)
+	}
+	return w.flush()
+}
+
 // appendTimes writes a time column: the first time as an offset from the
 // batch start (unless it is implied), the first delta, then deltas of
 // deltas, which are zero for regular polling.
@@ -348,7 +375,7 @@ func appendTimes(out []byte, ts []int64, start int64, first bool) []byte {
 // resolver's own failure) and says where the problem is.
 func Decode(data []byte, tables TableResolver, lim Limits) (*Batch, error) {
 	lim = lim.withDefaults()
-	payload, release, err := decompress(data, lim.MaxDecompressed)
+	payload, release, err := unseal(data, lim.MaxDecompressed)
 	if err != nil {
 		return nil, fmt.Errorf("decoding batch: %w", err)
 	}
@@ -512,7 +539,7 @@ type bodyDecoder struct {
 func (d *bodyDecoder) decode() error {
 	r, hd := d.r, &d.b.Header
 	np := int(hd.Points)
-	// Every point takes at least its descriptor byte, so the point count is
+	// Every point takes at least one byte of values, so the point count is
 	// bounded by the bytes left before anything sized by it is allocated.
 	if np > r.remaining() {
 		return fmt.Errorf("header: %d points cannot fit in %d bytes: %w", np, r.remaining(), ErrCorrupt)
@@ -604,16 +631,8 @@ func (d *bodyDecoder) decode() error {
 		return fmt.Errorf("header time range %d..%d does not match the samples: %w", hd.Start, hd.End, ErrCorrupt)
 	}
 
-	descs, err := r.bytes(np)
-	if err != nil {
+	if err := d.readDescriptors(np); err != nil {
 		return fmt.Errorf("value descriptors: %w", err)
-	}
-	d.desc = descs
-	for p, c := range descs {
-		form, scale := c>>4&3, int(c&0xf)
-		if c&descReserved != 0 || scale > maxScale || (scale != 0 && (form == formF32 || form == formXOR)) {
-			return fmt.Errorf("point %d: bad value descriptor %#x: %w", p, c, ErrCorrupt)
-		}
 	}
 	if err := d.readRuns(); err != nil {
 		return err
@@ -647,6 +666,68 @@ func (d *bodyDecoder) decode() error {
 			if err := d.readStatuses(samples[d.pointOff[p]:d.pointOff[p+1]]); err != nil {
 				return fmt.Errorf("point %d statuses: %w", p, err)
 			}
+		}
+	}
+	return nil
+}
+
+// readDescriptors reads the descriptor palette and each point's index
+// into it, and fills d.desc. The palette must be in increasing order and
+// every entry used, so a set of descriptors has one encoding.
+func (d *bodyDecoder) readDescriptors(np int) error {
+	r := d.r
+	k, err := r.uvarint()
+	if err != nil {
+		return fmt.Errorf("palette size: %w", err)
+	}
+	if k == 0 || k > uint64(np) || k > descReserved {
+		return fmt.Errorf("%d descriptors for %d points: %w", k, np, ErrCorrupt)
+	}
+	palette, err := r.bytes(int(k))
+	if err != nil {
+		return fmt.Errorf("palette: %w", err)
+	}
+	for i, c := range palette {
+		form, scale := c>>4&3, int(c&0xf)
+		if c&descReserved != 0 || scale > maxScale || (scale != 0 && (form == formF32 || form == formXOR)) {
+			return fmt.Errorf("bad value descriptor %#x: %w", c, ErrCorrupt)
+		}
+		if i > 0 && c <= palette[i-1] {
+			return fmt.Errorf("palette not in increasing order at %#x: %w", c, ErrCorrupt)
+		}
+	}
+	d.desc = make([]byte, np)
+	if k == 1 {
+		for p := range d.desc {
+			d.desc[p] = palette[0]
+		}
+		return nil
+	}
+	width := uint(bits.Len64(k - 1))
+	if need := (uint64(np)*uint64(width) + 7) / 8; need > uint64(r.remaining()) {
+		return fmt.Errorf("%d points' indexes need %d bytes, %d left: %w", np, need, r.remaining(), ErrCorrupt)
+	}
+	var used [descReserved]bool
+	br := bitReader{b: r.b[r.off:]}
+	for p := range d.desc {
+		i, err := br.read(width)
+		if err != nil {
+			return fmt.Errorf("point %d: %w", p, err)
+		}
+		if i >= k {
+			return fmt.Errorf("point %d: index %d, palette has %d: %w", p, i, k, ErrCorrupt)
+		}
+		d.desc[p] = palette[i]
+		used[i] = true
+	}
+	n, err := br.finish()
+	if err != nil {
+		return fmt.Errorf("indexes: %w", err)
+	}
+	r.off += n
+	for i := range palette {
+		if !used[i] {
+			return fmt.Errorf("descriptor %#x in the palette but unused: %w", palette[i], ErrCorrupt)
 		}
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -65,6 +66,7 @@ func roundTrip(t *testing.T, b *Batch) *Batch {
 	if err != nil {
 		t.Fatalf("Decode: %v", err)
 	}
+	checkStorage(t, enc.Data)
 	want := slices.Clone(orig)
 	slices.SortStableFunc(want, compareSamples)
 	checkSamples(t, got.Samples, want)
@@ -92,6 +94,28 @@ func roundTrip(t *testing.T, b *Batch) *Batch {
 		t.Error("re-encoding the decoded batch gives different bytes")
 	}
 	return got
+}
+
+// checkStorage checks that data holds its payload in the smaller of the
+// two storage forms.
+func checkStorage(t *testing.T, data []byte) {
+	t.Helper()
+	payload, release, err := unseal(data, DefaultMaxDecompressed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	compressed, err := compress(nil, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := slices.Concat(magic[:], []byte{Version, storedRaw}, payload)
+	if len(compressed) < len(payload) {
+		want = slices.Concat(magic[:], []byte{Version, storedZstd}, compressed)
+	}
+	if !bytes.Equal(data[:len(data)-crcLen], want) {
+		t.Errorf("stored %d bytes in form %d; payload is %d bytes, %d compressed", len(data), data[prefixLen-1], len(payload), len(compressed))
+	}
 }
 
 // sameSample compares values bit for bit, so NaN equals itself and -0
@@ -351,14 +375,52 @@ func encodeParts(t testing.TB, b *Batch) (header, body []byte, tables Tables) {
 	return header, p.appendBody(nil), Tables{hash: p.ids}
 }
 
-// frame wraps a payload as a batch: prefix and zstd frame.
-func frame(t testing.TB, payload []byte) []byte {
+// container builds a batch around a body as FORMAT.md lays it out:
+// prefix, storage byte, body, CRC-32C; it checks nothing, so tests can
+// wrap anything.
+func container(storage byte, body []byte) []byte {
+	out := slices.Concat(magic[:], []byte{Version, storage}, body)
+	return binary.BigEndian.AppendUint32(out, crc32.Checksum(out, crc32.MakeTable(crc32.Castagnoli)))
+}
+
+// magicless compresses payload with enc and drops the frame's magic
+// number, as the zstd storage form holds it.
+func magicless(t testing.TB, enc *zstd.Encoder, payload []byte) []byte {
 	t.Helper()
-	enc, err := encoder()
+	f := enc.EncodeAll(payload, nil)
+	if !bytes.HasPrefix(f, zstdMagic) {
+		t.Fatal("zstd frame without magic")
+	}
+	return f[len(zstdMagic):]
+}
+
+// storageForms wrap a payload as a batch in each storage form, whichever
+// is smaller, so payload-level tests cover both decoding paths.
+var storageForms = []struct {
+	name string
+	wrap func(t testing.TB, payload []byte) []byte
+}{
+	{"raw", func(_ testing.TB, payload []byte) []byte { return container(storedRaw, payload) }},
+	{"zstd", func(t testing.TB, payload []byte) []byte {
+		enc, err := encoder()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return container(storedZstd, magicless(t, enc, payload))
+	}},
+}
+
+// zstdEncoder builds a zstd encoder with other options than the
+// package's (it writes a checksum unless told not to), to make frames the
+// decoder must refuse.
+func zstdEncoder(t testing.TB, opts ...zstd.EOption) *zstd.Encoder {
+	t.Helper()
+	enc, err := zstd.NewWriter(nil, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return enc.EncodeAll(payload, append(magic[:], Version))
+	t.Cleanup(func() { enc.Close() })
+	return enc
 }
 
 func TestDecodeStrict(t *testing.T) {
@@ -374,21 +436,31 @@ func TestDecodeStrict(t *testing.T) {
 	tables := Tables{h: ids}
 	header, body, _ := encodeParts(t, b)
 	payload := slices.Concat(header, body)
-	if _, err := Decode(frame(t, payload), tables, Limits{}); err != nil {
-		t.Fatalf("the test's own framing does not decode: %v", err)
-	}
 	withHeader := func(edit func(h *Header, allOK *bool)) []byte {
 		hd := testHeader()
 		hd.Start, hd.End, hd.Points, hd.Samples = t0, t0+301_000, 5, 22
 		allOK := false
 		edit(&hd, &allOK)
-		return frame(t, slices.Concat(appendHeader(nil, &hd, allOK, h), body))
+		return slices.Concat(appendHeader(nil, &hd, allOK, h), body)
 	}
-	badVersion := slices.Clone(enc.Data)
-	badVersion[3] = 2
-	badMagic := slices.Clone(enc.Data)
-	badMagic[0] = 'X'
+	edited := func(data []byte, at int, b byte) []byte {
+		d := slices.Clone(data)
+		d[at] = b
+		return d
+	}
+	withCRC := func(data []byte) []byte { // reseals data with a valid checksum
+		return container(data[prefixLen-1], data[prefixLen:len(data)-crcLen])
+	}
+	ours, err := encoder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := magicless(t, ours, payload)
+	// The encoder's own frame with a second frame after it: zstd
+	// decoders would decode both.
+	twoFrames := slices.Concat(frame, ours.EncodeAll([]byte{1}, nil))
 
+	// Cases on the container and the zstd frame.
 	tests := []struct {
 		name    string
 		data    []byte
@@ -398,26 +470,63 @@ func TestDecodeStrict(t *testing.T) {
 		wantMsg string
 	}{
 		{"empty", nil, tables, Limits{}, ErrCorrupt, "bad magic"},
-		{"bad magic", badMagic, tables, Limits{}, ErrCorrupt, "bad magic"},
-		{"wrong version", badVersion, tables, Limits{}, ErrVersion, "version 2"},
-		{"prefix only", enc.Data[:prefixLen], tables, Limits{}, ErrCorrupt, "zstd"},
-		{"not zstd", append(append(magic[:], Version), "hello, world"...), tables, Limits{}, ErrCorrupt, "zstd"},
-		{"trailing garbage after frame", append(slices.Clone(enc.Data), 1, 2, 3), tables, Limits{}, ErrCorrupt, "decompressing"},
+		{"magic only", magic[:], tables, Limits{}, ErrCorrupt, "bad magic"},
+		{"bad magic", edited(enc.Data, 0, 'X'), tables, Limits{}, ErrCorrupt, "bad magic"},
+		{"wrong version", edited(enc.Data, 3, 2), tables, Limits{}, ErrVersion, "version 2"},
+		{"wrong version, no more", []byte("SGB\x02"), tables, Limits{}, ErrVersion, "version 2"},
+		{"prefix only", enc.Data[:prefixLen], tables, Limits{}, ErrCorrupt, "shorter than"},
+		{"no body", container(storedRaw, nil), tables, Limits{}, ErrCorrupt, "agent id"},
+		{"bad checksum", edited(enc.Data, len(enc.Data)-1, enc.Data[len(enc.Data)-1]^1), tables, Limits{}, ErrCorrupt, "checksum"},
+		{"checksum missing", enc.Data[:len(enc.Data)-crcLen], tables, Limits{}, ErrCorrupt, "checksum"},
+		{"unknown storage form", withCRC(edited(enc.Data, prefixLen-1, 2)), tables, Limits{}, ErrCorrupt, "storage form 2"},
+		{"raw stored as zstd", withCRC(edited(enc.Data, prefixLen-1, storedZstd)), tables, Limits{}, ErrCorrupt, "zstd"},
+		{"not zstd", container(storedZstd, []byte("hello, world")), tables, Limits{}, ErrCorrupt, "zstd"},
+		{"zstd with magic", container(storedZstd, ours.EncodeAll(payload, nil)), tables, Limits{}, ErrCorrupt, "zstd"},
+		{"trailing garbage after frame", container(storedZstd, slices.Concat(frame, []byte{1, 2, 3})), tables, Limits{}, ErrCorrupt, "bytes after it"},
+		{"two frames", container(storedZstd, twoFrames), tables, Limits{}, ErrCorrupt, "bytes after it"},
+		{"frame cut", container(storedZstd, frame[:len(frame)-1]), tables, Limits{}, ErrCorrupt, "cut off"},
+		{"frame with checksum", container(storedZstd, magicless(t, zstdEncoder(t, zstd.WithSingleSegment(true)), payload)),
+			tables, Limits{}, ErrCorrupt, "checksum"},
+		{"frame not single-segment", container(storedZstd, magicless(t, zstdEncoder(t, zstd.WithSingleSegment(false), zstd.WithEncoderCRC(false)), payload)),
+			tables, Limits{}, ErrCorrupt, "single-segment"},
 		{"unknown table", enc.Data, Tables{}, Limits{}, ErrUnknownTable, h.String()},
 		{"nil resolver", enc.Data, nil, Limits{}, ErrUnknownTable, ""},
 		{"table of other size", enc.Data, Tables{h: ids[:2]}, Limits{}, ErrCorrupt, "has 2 ids"},
 		{"table not sorted", enc.Data, Tables{h: []uint64{10, 20, 40, 30, 50}}, Limits{}, ErrCorrupt, "not sorted"},
-		{"trailing payload", frame(t, slices.Concat(payload, []byte{0})), tables, Limits{}, ErrCorrupt, "1 trailing bytes"},
-		{"payload cut", frame(t, payload[:len(payload)-1]), tables, Limits{}, ErrCorrupt, "statuses"},
 		{"too many samples", enc.Data, tables, Limits{MaxSamples: 21}, ErrTooLarge, "22 samples"},
 		{"too many points", enc.Data, tables, Limits{MaxPoints: 4}, ErrTooLarge, "5 points"},
-		{"decompressed too large", enc.Data, tables, Limits{MaxDecompressed: len(payload) - 1}, ErrTooLarge, "limit"},
-		{"sample count mismatch", withHeader(func(h *Header, _ *bool) { h.Samples = 23 }), tables, Limits{}, ErrCorrupt, "samples"},
-		{"point count mismatch", withHeader(func(h *Header, _ *bool) { h.Points = 4 }), tables, Limits{}, ErrCorrupt, "points"},
-		{"valid test header", withHeader(func(*Header, *bool) {}), tables, Limits{}, nil, ""},
-		{"end mismatch", withHeader(func(h *Header, _ *bool) { h.End++ }), tables, Limits{}, ErrCorrupt, "time range"},
-		{"statuses flagged ok but present", withHeader(func(_ *Header, ok *bool) { *ok = true }), tables, Limits{}, ErrCorrupt, "trailing"},
-		{"zero points", withHeader(func(h *Header, _ *bool) { h.Points = 0 }), tables, Limits{}, ErrCorrupt, "0 points"},
+	}
+	// Cases on the payload, in each storage form.
+	payloadTests := []struct {
+		name    string
+		payload []byte
+		lim     Limits
+		want    error
+		wantMsg string
+	}{
+		{"valid", payload, Limits{}, nil, ""},
+		{"payload too large", payload, Limits{MaxDecompressed: len(payload) - 1}, ErrTooLarge, "limit"},
+		{"payload at the limit", payload, Limits{MaxDecompressed: len(payload)}, nil, ""},
+		{"trailing payload", slices.Concat(payload, []byte{0}), Limits{}, ErrCorrupt, "1 trailing bytes"},
+		{"payload cut", payload[:len(payload)-1], Limits{}, ErrCorrupt, "statuses"},
+		{"sample count mismatch", withHeader(func(h *Header, _ *bool) { h.Samples = 23 }), Limits{}, ErrCorrupt, "samples"},
+		{"point count mismatch", withHeader(func(h *Header, _ *bool) { h.Points = 4 }), Limits{}, ErrCorrupt, "points"},
+		{"valid test header", withHeader(func(*Header, *bool) {}), Limits{}, nil, ""},
+		{"end mismatch", withHeader(func(h *Header, _ *bool) { h.End++ }), Limits{}, ErrCorrupt, "time range"},
+		{"statuses flagged ok but present", withHeader(func(_ *Header, ok *bool) { *ok = true }), Limits{}, ErrCorrupt, "trailing"},
+		{"zero points", withHeader(func(h *Header, _ *bool) { h.Points = 0 }), Limits{}, ErrCorrupt, "0 points"},
+	}
+	for _, form := range storageForms {
+		for _, pt := range payloadTests {
+			tests = append(tests, struct {
+				name    string
+				data    []byte
+				tables  TableResolver
+				lim     Limits
+				want    error
+				wantMsg string
+			}{form.name + " " + pt.name, form.wrap(t, pt.payload), tables, pt.lim, pt.want, pt.wantMsg})
+		}
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -435,48 +544,112 @@ func TestDecodeStrict(t *testing.T) {
 	}
 }
 
+// compressibleBatch is large and repetitive enough to be stored
+// compressed: 20 points polled every minute for 200 minutes, each cycling
+// through 7 values.
+func compressibleBatch() *Batch {
+	var s []telemetry.Sample
+	for p := range 20 {
+		vals := make([]float64, 200)
+		for i := range vals {
+			vals[i] = float64(20+p) + float64(i%7)/2
+		}
+		s = append(s, series(uint64(p+1)<<20, t0, 60_000, vals...)...)
+	}
+	return &Batch{Header: testHeader(), Samples: s}
+}
+
+// TestStorageForm checks that a batch is compressed exactly when that
+// makes it smaller, and decodes either way.
+func TestStorageForm(t *testing.T) {
+	tests := []struct {
+		name string
+		b    *Batch
+		want byte
+	}{
+		{"one sample", &Batch{Header: testHeader(), Samples: series(1, t0, 0, 21.5)}, storedRaw},
+		{"test batch", testBatch(), storedRaw},
+		{"compressible", compressibleBatch(), storedZstd},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			roundTrip(t, tt.b) // checks the choice was the smaller
+			enc, err := Encode(tt.b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := enc.Data[prefixLen-1]; got != tt.want {
+				t.Errorf("stored in form %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
 // TestDecodeBodyErrors edits single body bytes and checks the error says
 // where the problem is.
 func TestDecodeBodyErrors(t *testing.T) {
 	one := &Batch{Header: testHeader(), Samples: series(1, t0, 60_000, 1.5, 2.5, 3.5)}
 	one.Samples[1].Status = telemetry.StatusFault
-	header, body, tables := encodeParts(t, one)
-	// body: one group (first delta 60000, one zero delta of delta), the
-	// descriptor (decimal, scale 1), mantissas 15, 25, 35 as zigzag
-	// deltas, status runs (ok 1, fault 1, ok 1).
-	if want := []byte{1, 0xe0, 0xd4, 0x03, 0, 0x01, 30, 20, 20, 0, 0, 2, 0, 0, 0}; !bytes.Equal(body, want) {
-		t.Fatalf("body is % x, the test expects % x", body, want)
-	}
+	// body: one group (first delta 60000, one zero delta of delta), a
+	// palette of one descriptor (decimal, scale 1) and so no indexes,
+	// mantissas 15, 25, 35 as zigzag deltas, status runs (ok 1, fault 1,
+	// ok 1).
+	oneBody := []byte{1, 0xe0, 0xd4, 0x03, 0, 1, 0x01, 30, 20, 20, 0, 0, 2, 0, 0, 0}
+	// Three points with one sample each at the same time: 1.5, 2 and
+	// 0.25. body: one group of one time (nothing written), a palette of
+	// three descriptors (decimal scales 0, 1, 2), 2-bit indexes 1, 0, 2
+	// (01 00 10 00), mantissas 15, 2, 25 zigzagged; all statuses ok.
+	three := &Batch{Header: testHeader(), Samples: []telemetry.Sample{
+		{PointID: 1, Time: t0, Value: 1.5}, {PointID: 2, Time: t0, Value: 2}, {PointID: 3, Time: t0, Value: 0.25}}}
+	threeBody := []byte{1, 3, 0x00, 0x01, 0x02, 0x48, 30, 4, 50}
 	tests := []struct {
 		name    string
+		b       *Batch
 		at, n   int // replace body[at:at+n]
 		with    []byte
 		wantMsg string
 	}{
-		{"bad status", 11, 1, []byte{9}, "point 0 statuses: unknown status 9"},
-		{"status run overshoots", 12, 1, []byte{5}, "point 0 statuses: run of 6 overshoots"},
-		{"reserved descriptor bit", 5, 1, []byte{0x81}, "point 0: bad value descriptor"},
-		{"scale too large", 5, 1, []byte{0x0a}, "bad value descriptor"},
-		{"scale on float form", 5, 1, []byte{0x31}, "bad value descriptor"},
-		{"zero groups", 0, 1, []byte{0}, "0 groups"},
-		{"two groups for one point", 0, 1, []byte{2}, "2 groups for 1 points"},
-		{"time goes backwards", 4, 1, binary.AppendUvarint(nil, zigzag(-60_001)), "time group 0: time 2 goes backwards"},
-		{"time after end", 4, 1, []byte{2}, "time group 0: time 2 after the batch end"},
-		{"varint overflow", 6, 1, bytes.Repeat([]byte{0xff}, 10), "point 0 values: value 0: varint overflows"},
-		{"non-minimal varint", 6, 1, []byte{0x9e, 0x00}, "point 0 values: value 0: varint not minimally encoded"},
-		{"mantissa out of range", 6, 1, binary.AppendUvarint(nil, zigzag(maxMantissa+1)), "point 0 values: value 0: mantissa out of range"},
+		{"bad status", one, 12, 1, []byte{9}, "point 0 statuses: unknown status 9"},
+		{"status run overshoots", one, 13, 1, []byte{5}, "point 0 statuses: run of 6 overshoots"},
+		{"reserved descriptor bit", one, 6, 1, []byte{0x81}, "value descriptors: bad value descriptor 0x81"},
+		{"scale too large", one, 6, 1, []byte{0x0a}, "bad value descriptor"},
+		{"scale on float form", one, 6, 1, []byte{0x31}, "bad value descriptor"},
+		{"empty palette", one, 5, 1, []byte{0}, "value descriptors: 0 descriptors for 1 points"},
+		{"palette larger than points", one, 5, 2, []byte{2, 0x01, 0x02}, "2 descriptors for 1 points"},
+		{"zero groups", one, 0, 1, []byte{0}, "0 groups"},
+		{"two groups for one point", one, 0, 1, []byte{2}, "2 groups for 1 points"},
+		{"time goes backwards", one, 4, 1, binary.AppendUvarint(nil, zigzag(-60_001)), "time group 0: time 2 goes backwards"},
+		{"time after end", one, 4, 1, []byte{2}, "time group 0: time 2 after the batch end"},
+		{"varint overflow", one, 7, 1, bytes.Repeat([]byte{0xff}, 10), "point 0 values: value 0: varint overflows"},
+		{"non-minimal varint", one, 7, 1, []byte{0x9e, 0x00}, "point 0 values: value 0: varint not minimally encoded"},
+		{"mantissa out of range", one, 7, 1, binary.AppendUvarint(nil, zigzag(maxMantissa+1)), "point 0 values: value 0: mantissa out of range"},
+		{"palette out of order", three, 2, 3, []byte{0x00, 0x02, 0x01}, "palette not in increasing order at 0x1"},
+		{"palette repeats", three, 2, 3, []byte{0x00, 0x01, 0x01}, "palette not in increasing order"},
+		{"index out of palette", three, 5, 1, []byte{0x4c}, "point 2: index 3, palette has 3"},
+		{"palette entry unused", three, 5, 1, []byte{0x40}, "descriptor 0x2 in the palette but unused"},
+		{"index padding", three, 5, 1, []byte{0x49}, "nonzero padding"},
+		{"indexes cut", three, 5, 4, nil, "indexes need 1 bytes, 0 left"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			b := slices.Concat(body[:tt.at], tt.with, body[tt.at+tt.n:])
-			_, err := Decode(frame(t, slices.Concat(header, b)), tables, Limits{})
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("got %v, want ErrCorrupt", err)
-			}
-			if !strings.Contains(err.Error(), tt.wantMsg) {
-				t.Errorf("error %q does not mention %q", err, tt.wantMsg)
-			}
-		})
+	bodies := map[*Batch][]byte{one: oneBody, three: threeBody}
+	for b, want := range bodies {
+		if _, body, _ := encodeParts(t, b); !bytes.Equal(body, want) {
+			t.Fatalf("body is % x, the test expects % x", body, want)
+		}
+	}
+	for _, form := range storageForms {
+		for _, tt := range tests {
+			t.Run(form.name+" "+tt.name, func(t *testing.T) {
+				header, body, tables := encodeParts(t, tt.b)
+				b := slices.Concat(body[:tt.at], tt.with, body[tt.at+tt.n:])
+				_, err := Decode(form.wrap(t, slices.Concat(header, b)), tables, Limits{})
+				if !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("got %v, want ErrCorrupt", err)
+				}
+				if !strings.Contains(err.Error(), tt.wantMsg) {
+					t.Errorf("error %q does not mention %q", err, tt.wantMsg)
+				}
+			})
+		}
 	}
 }
 
@@ -501,14 +674,11 @@ func TestDecodeTruncated(t *testing.T) {
 	}
 }
 
-// TestDecodeBitFlips flips every bit of a batch and of its payload: never
-// a panic, and whatever decodes is a valid batch.
+// TestDecodeBitFlips flips every bit of a batch, in each storage form,
+// and of its payload: never a panic, a damaged batch is always refused
+// (the checksum), and whatever payload decodes is a valid batch.
 func TestDecodeBitFlips(t *testing.T) {
 	b := testBatch()
-	enc, err := Encode(b)
-	if err != nil {
-		t.Fatal(err)
-	}
 	header, body, tables := encodeParts(t, b)
 	payload := slices.Concat(header, body)
 	check := func(name string, got *Batch, err error) int {
@@ -523,22 +693,18 @@ func TestDecodeBitFlips(t *testing.T) {
 		}
 		return 1
 	}
-	want, err := Decode(enc.Data, tables, Limits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 8 * len(enc.Data) {
-		d := slices.Clone(enc.Data)
-		d[i/8] ^= 1 << (i % 8)
-		got, err := Decode(d, tables, Limits{})
-		// A flip in the zstd frame header's window size or unused bit
-		// changes nothing; anywhere else the frame checksum or the
-		// structure must catch it: never a silently different batch.
-		if check("data", got, err) == 1 {
-			if got.Header != want.Header {
-				t.Errorf("flip of bit %d of byte %d changes the header", i%8, i/8)
+	for _, form := range storageForms {
+		data := form.wrap(t, payload)
+		if _, err := Decode(data, tables, Limits{}); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 8 * len(data) {
+			d := slices.Clone(data)
+			d[i/8] ^= 1 << (i % 8)
+			got, err := Decode(d, tables, Limits{})
+			if check(form.name, got, err) == 1 {
+				t.Errorf("%s: flip of bit %d of byte %d is not detected", form.name, i%8, i/8)
 			}
-			checkSamples(t, got.Samples, want.Samples)
 		}
 	}
 	accepted := 0
@@ -548,22 +714,25 @@ func TestDecodeBitFlips(t *testing.T) {
 		got, err := decodePayload(p, tables, Limits{}.withDefaults())
 		accepted += check("payload", got, err)
 	}
-	t.Logf("%d of %d payload bit flips decode (values and times can change undetectably without the frame checksum)", accepted, 8*len(payload))
+	t.Logf("%d of %d payload bit flips decode (values and times can change undetectably without the checksum)", accepted, 8*len(payload))
 }
 
 // TestDecodeBomb decompresses tiny frames that expand past the limit.
 func TestDecodeBomb(t *testing.T) {
 	const size = 80 << 20
 	zeros := make([]byte, size)
-	enc, err := zstd.NewWriter(nil)
-	if err != nil {
-		t.Fatal(err)
+	declared := magicless(t, zstdEncoder(t, zstd.WithSingleSegment(true), zstd.WithEncoderCRC(false)), zeros)
+	// The same frame claiming to hold less: the decoder must stop at the
+	// declared size.
+	h := zstd.Header{}
+	if err := h.Decode(slices.Concat(zstdMagic, declared)); err != nil || h.HeaderSize != 9 {
+		t.Fatalf("frame header: %+v, %v; the test expects magic, descriptor and a 4-byte size", h, err)
 	}
-	withSize := enc.EncodeAll(zeros, append(magic[:], Version))
-	// A streamed frame does not declare its size: the decoder must stop
-	// on its own.
+	lying := slices.Clone(declared)
+	binary.LittleEndian.PutUint32(lying[1:], 1000)
+	// A streamed frame does not declare its size: refused before
+	// decompressing.
 	var buf bytes.Buffer
-	buf.Write(append(magic[:], Version))
 	w, err := zstd.NewWriter(&buf, zstd.WithWindowSize(1<<20))
 	if err != nil {
 		t.Fatal(err)
@@ -574,24 +743,27 @@ func TestDecodeBomb(t *testing.T) {
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	streamed := buf.Bytes()
+	streamed := buf.Bytes()[len(zstdMagic):]
 	tests := []struct {
-		name string
-		data []byte
-		lim  Limits
+		name    string
+		body    []byte
+		lim     Limits
+		want    error
+		wantMsg string
 	}{
-		{"declared size", withSize, Limits{}},
-		{"undeclared size", streamed, Limits{}},
-		{"undeclared size small limit", streamed, Limits{MaxDecompressed: 4096}},
+		{"declared size", declared, Limits{}, ErrTooLarge, "declares 83886080 bytes, limit is 67108864"},
+		{"declared size small limit", declared, Limits{MaxDecompressed: 4096}, ErrTooLarge, "limit is 4096"},
+		{"size understated", lying, Limits{}, ErrCorrupt, "decompressing"},
+		{"undeclared size", streamed, Limits{}, ErrCorrupt, "not single-segment"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if len(tt.data) > 64<<10 {
-				t.Fatalf("bomb is %d bytes, not tiny", len(tt.data))
+			if len(tt.body) > 64<<10 {
+				t.Fatalf("bomb is %d bytes, not tiny", len(tt.body))
 			}
-			_, err := Decode(tt.data, Tables{}, tt.lim)
-			if !errors.Is(err, ErrTooLarge) {
-				t.Fatalf("got %v, want ErrTooLarge", err)
+			_, err := Decode(container(storedZstd, tt.body), Tables{}, tt.lim)
+			if !errors.Is(err, tt.want) || !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Fatalf("got %v, want %v mentioning %q", err, tt.want, tt.wantMsg)
 			}
 		})
 	}

@@ -1,18 +1,22 @@
 package batch
 
 import (
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"slices"
 	"testing"
 
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
 
-// FuzzDecode feeds each input to Decode as a whole batch, and, so the
-// fuzzer reaches the payload parser without fighting the zstd checksum,
-// also as a decompressed payload. Decoding must never panic, must fail
-// with one of the package's sentinels, and whatever it accepts must be a
-// valid batch that survives a round trip.
+// FuzzDecode feeds each input to Decode as a whole batch; so that the
+// fuzzer gets past the checksum, also as a batch without its checksum
+// (appending a valid one), which reaches the storage forms and the zstd
+// frame; and as a payload, which reaches the payload parser directly.
+// Decoding must never panic, must fail with one of the package's
+// sentinels, and whatever it accepts must be a valid batch that survives
+// a round trip.
 func FuzzDecode(f *testing.F) {
 	seeds, tables := fuzzSeeds(f)
 	for _, s := range seeds {
@@ -21,6 +25,9 @@ func FuzzDecode(f *testing.F) {
 	lim := Limits{MaxDecompressed: 1 << 20, MaxSamples: 100_000, MaxPoints: 10_000}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		b, err := Decode(data, tables, lim)
+		checkDecoded(t, tables, b, err)
+		sealed := binary.BigEndian.AppendUint32(slices.Clip(data), crc32.Checksum(data, castagnoli))
+		b, err = Decode(sealed, tables, lim)
 		checkDecoded(t, tables, b, err)
 		b, err = decodePayload(data, tables, lim.withDefaults())
 		checkDecoded(t, tables, b, err)

@@ -46,6 +46,9 @@ func goldenBatches() map[string]*Batch {
 		"cov":        cov,
 		"all-forms":  testBatch(),
 		"non-finite": {Header: testHeader(), Samples: series(5, -1000, 1, math.NaN(), math.Inf(-1), math.Copysign(0, -1), 1e-310, math.MaxFloat64)},
+		// Stored zstd-compressed; the others are small enough to be
+		// stored raw.
+		"compressed": compressibleBatch(),
 	}
 }
 
@@ -97,8 +100,8 @@ func TestGolden(t *testing.T) {
 				t.Errorf("point table encoding changed")
 			}
 			if !bytes.Equal(enc.Data, data) {
-				gotP, _, err1 := decompress(enc.Data, DefaultMaxDecompressed)
-				wantP, _, err2 := decompress(data, DefaultMaxDecompressed)
+				gotP, _, err1 := unseal(enc.Data, DefaultMaxDecompressed)
+				wantP, _, err2 := unseal(data, DefaultMaxDecompressed)
 				if err1 == nil && err2 == nil && bytes.Equal(gotP, wantP) {
 					t.Errorf("payload unchanged but the zstd output differs (compress library upgrade?): check, then go test -update")
 				} else {
@@ -126,11 +129,18 @@ func fuzzSeeds(t testing.TB) (seeds [][]byte, tables Tables) {
 		tables[h] = ids
 		header, body, _ := encodeParts(t, b)
 		payload := slices.Concat(header, body)
-		seeds = append(seeds, enc.Data, payload,
+		unsealed := enc.Data[:len(enc.Data)-crcLen]
+		seeds = append(seeds, enc.Data, payload, unsealed,
 			enc.Data[:len(enc.Data)/2], payload[:len(payload)-1],
 			append(slices.Clone(payload), 0))
+		// Both storage forms of each payload, without their checksum
+		// (FuzzDecode adds it).
+		for _, form := range storageForms {
+			d := form.wrap(t, payload)
+			seeds = append(seeds, d[:len(d)-crcLen])
+		}
 	}
-	seeds = append(seeds, []byte{}, []byte("SGB\x01"), []byte("SGB\x02garbage"))
+	seeds = append(seeds, []byte{}, []byte("SGB\x01"), []byte("SGB\x01\x00"), []byte("SGB\x02garbage"))
 	return seeds, tables
 }
 

@@ -147,11 +147,11 @@ func decodePointTable(data []byte) ([]uint64, error) {
 	}
 }
 
-// HashPointTable hashes an encoded point table: the first 16 bytes of its
+// HashPointTable hashes an encoded point table: the first 8 bytes of its
 // SHA-256.
 func HashPointTable(encoded []byte) TableHash {
 	sum := sha256.Sum256(encoded)
-	return TableHash(sum[:16])
+	return TableHash(sum[:len(TableHash{})])
 }
 
 // ParseTableHash parses the lower-case hex form of a table hash
@@ -172,5 +172,5 @@ func ParseTableHash(s string) (TableHash, error) {
 	return h, nil
 }
 
-// String returns h as 32 lower-case hex digits.
+// String returns h as 16 lower-case hex digits.
 func (h TableHash) String() string { return hex.EncodeToString(h[:]) }

@@ -2,7 +2,9 @@ package batch
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"math"
 	"slices"
@@ -103,16 +105,18 @@ func TestDecodePointTableStrict(t *testing.T) {
 }
 
 func TestTableHashText(t *testing.T) {
-	h := HashPointTable(EncodePointTable([]uint64{1, 2, 3}))
+	table := EncodePointTable([]uint64{1, 2, 3})
+	h := HashPointTable(table)
 	s := h.String()
-	if len(s) != 32 || strings.ToLower(s) != s {
-		t.Fatalf("String() = %q, want 32 lower-case hex digits", s)
+	sum := sha256.Sum256(table)
+	if want := hex.EncodeToString(sum[:8]); s != want {
+		t.Fatalf("String() = %q, want %q (the first 8 bytes of the SHA-256, in lower-case hex)", s, want)
 	}
 	got, err := ParseTableHash(s)
 	if err != nil || got != h {
 		t.Fatalf("ParseTableHash(%q) = %v, %v", s, got, err)
 	}
-	for _, bad := range []string{"", s[:31], s + "0", strings.ToUpper(s), "g" + s[1:], " " + s[1:]} {
+	for _, bad := range []string{"", s[:15], s + "0", s + s, strings.ToUpper(s), "g" + s[1:], " " + s[1:]} {
 		t.Run(bad, func(t *testing.T) {
 			if _, err := ParseTableHash(bad); err == nil {
 				t.Errorf("ParseTableHash(%q) succeeded", bad)
