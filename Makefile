@@ -11,7 +11,7 @@ all: build
 
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./agent/cmd/... ./ingest/cmd/... ./pkg/sim/cmd/...
+	$(GO) build -o $(BIN)/ ./agent/cmd/... ./ingest/cmd/... ./pkg/demo/cmd/...
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.*')); \

@@ -150,3 +150,10 @@ func TestParseByteSize(t *testing.T) {
 		}
 	}
 }
+
+// The shipped example must stay valid as the config grows.
+func TestExampleConfigIsValid(t *testing.T) {
+	if _, err := Load("../../configs/agent.example.yaml"); err != nil {
+		t.Fatal(err)
+	}
+}

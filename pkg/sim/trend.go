@@ -19,8 +19,12 @@ import (
 // time. At Speed 900, a 15-minute trend becomes a 1-second one.
 type TrendReplay struct {
 	// Source is the trend CSV to replay: a header, then rows whose first
-	// column is an ISO timestamp (2006-01-02 15:04:05).
+	// column is a timestamp in one of the forms BMS exports use
+	// (2006-01-02 15:04:05, 02-Jan-06 3:04:05 PM MST, 1/2/2006 15:04).
 	Source string
+	// Location resolves timestamps without a zone and zone abbreviations;
+	// nil is UTC.
+	Location *time.Location
 	// Dir receives the exported files, named Prefix-000001.csv and so on.
 	Dir    string
 	Prefix string
@@ -57,8 +61,8 @@ func (r *TrendReplay) rows() (header string, rows []trendRow, err error) {
 		if !ok || strings.Count(line, ",") != strings.Count(header, ",") {
 			continue
 		}
-		t, err := time.Parse("2006-01-02 15:04:05", ts)
-		if err != nil {
+		t, ok := parseTrendTime(ts, r.Location)
+		if !ok {
 			continue
 		}
 		if first.IsZero() {
@@ -70,7 +74,7 @@ func (r *TrendReplay) rows() (header string, rows []trendRow, err error) {
 		return "", nil, fmt.Errorf("reading trend %s: %w", r.Source, err)
 	}
 	if len(rows) == 0 {
-		return "", nil, fmt.Errorf("trend %s has no rows with an ISO timestamp", r.Source)
+		return "", nil, fmt.Errorf("trend %s has no rows with a timestamp", r.Source)
 	}
 	return header, rows, nil
 }
@@ -147,4 +151,21 @@ func writeAtomic(path string, data []byte) error {
 		return fmt.Errorf("trend replay: %w", err)
 	}
 	return nil
+}
+
+var trendLayouts = []string{"2006-01-02 15:04:05", "02-Jan-06 3:04:05 PM MST", "1/2/2006 15:04"}
+
+// parseTrendTime reads the timestamp forms of the real exports. Only the
+// offsets between rows matter for a replay, so an abbreviation the location
+// does not know is read as UTC rather than refused.
+func parseTrendTime(s string, loc *time.Location) (time.Time, bool) {
+	if loc == nil {
+		loc = time.UTC
+	}
+	for _, layout := range trendLayouts {
+		if t, err := time.ParseInLocation(layout, strings.TrimSpace(s), loc); err == nil {
+			return t, true
+		}
+	}
+	return time.Time{}, false
 }

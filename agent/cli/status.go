@@ -1,0 +1,70 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sightglass-bms/sightglass/agent/config"
+	"github.com/sightglass-bms/sightglass/agent/daemon"
+)
+
+func newStatusCmd() *cobra.Command {
+	var path, socket string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the running agent's health: buffer, uplink, devices",
+		Example: `  sightglass-agent status --config /etc/sightglass/agent.yaml
+  sightglass-agent status --socket /var/lib/sightglass/agent.sock --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if socket == "" {
+				cfg, err := config.Load(path)
+				if err != nil {
+					return err
+				}
+				socket = cfg.StatusSocket
+			}
+			st, err := daemon.FetchStatus(cmd.Context(), socket)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			fmt.Fprintf(out, "agent %s  site %s  version %s  up %s\n", st.Agent, st.Site, st.Version, time.Since(st.StartedAt).Round(time.Second))
+			fmt.Fprintf(out, "buffer: %d samples pending, %d batches (%d samples) sealed, %d bytes, %d dropped, %d rejected\n",
+				st.Buffer.PendingSamples, st.Buffer.SealedBatches, st.Buffer.SealedSamples, st.Buffer.Bytes, st.Buffer.DroppedSamples, st.Buffer.RejectedBatches)
+			last := "never"
+			if !st.Uplink.LastSuccess.IsZero() {
+				last = time.Since(st.Uplink.LastSuccess).Round(time.Second).String() + " ago"
+			}
+			fmt.Fprintf(out, "uplink: last upload %s, %d batches / %d samples sent", last, st.Uplink.Batches, st.Uplink.Samples)
+			if st.Uplink.LastError != "" {
+				fmt.Fprintf(out, ", last error: %s", st.Uplink.LastError)
+			}
+			fmt.Fprintln(out)
+			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "DEVICE\tSTATE\tREADS\tFAILURES\tSAMPLES\tBAD\tLAST ERROR")
+			for _, d := range st.Devices {
+				state := "up"
+				if !d.Up {
+					state = "down"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\n", d.Name, state, d.Reads, d.Failures, d.Samples, d.BadSamples, d.LastError)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "/etc/sightglass/agent.yaml", "the agent's configuration file (to find its status socket)")
+	cmd.Flags().StringVar(&socket, "socket", "", "the agent's status socket (overrides --config)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	return cmd
+}

@@ -1,0 +1,127 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/sightglass-bms/sightglass/agent/config"
+	"github.com/sightglass-bms/sightglass/agent/poll"
+	"github.com/sightglass-bms/sightglass/pkg/anon"
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+)
+
+// BuildDevices turns the configured devices into poll devices: each point
+// gets its pseudonymous id (a collision is an error), devices with
+// `discover: true` are asked for their points first (through the same
+// read-only driver), and every driver validates its own settings. All
+// problems are reported together.
+func BuildDevices(ctx context.Context, cfg *config.Config, reg *driver.Registry, ids *anon.Registry, log *slog.Logger) ([]poll.Device, error) {
+	var devs []poll.Device
+	var errs []error
+	for i := range cfg.Devices {
+		d := &cfg.Devices[i]
+		info, ok := reg.Lookup(d.Driver)
+		if !ok {
+			errs = append(errs, fmt.Errorf("device %q (line %d): driver: %q is not a known driver (known: %v)", d.Name, d.Line, d.Driver, reg.Names()))
+			continue
+		}
+		dlog := log.With("device", d.Name, "driver", d.Driver)
+		points, err := configuredPoints(d, ids)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if d.Discover {
+			found, err := discover(ctx, info, d, dlog)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			points, err = mergeDiscovered(d, points, found, ids)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			dlog.Info("discovered points", "points", len(found), "configured", len(d.Points))
+		}
+		drv, err := info.New(driver.Device{Name: d.Name, Settings: d.DeviceSettings(), Points: points, Logger: dlog})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("device %q (line %d): %w", d.Name, d.Line, err))
+			continue
+		}
+		devs = append(devs, poll.Device{Name: d.Name, Driver: drv, Points: points, Interval: d.Interval, Timeout: d.Timeout, Concurrency: d.Concurrency})
+	}
+	if err := errors.Join(errs...); err != nil {
+		for _, d := range devs {
+			d.Driver.Close()
+		}
+		return nil, err
+	}
+	return devs, nil
+}
+
+func pointRef(driverName, device, ref string) string {
+	return anon.Ref(driverName, device, ref)
+}
+
+func configuredPoints(d *config.Device, ids *anon.Registry) ([]driver.Point, error) {
+	points := make([]driver.Point, 0, len(d.Points))
+	for j := range d.Points {
+		p := &d.Points[j]
+		id, err := ids.Add(pointRef(d.Driver, d.Name, p.Ref))
+		if err != nil {
+			return nil, fmt.Errorf("device %q: point %q (line %d): %w", d.Name, p.Ref, p.Line, err)
+		}
+		points = append(points, driver.Point{ID: id, Ref: p.Ref, Name: p.Name, Unit: p.Unit, Interval: p.Interval, Settings: p.PointSettings(d.Name)})
+	}
+	return points, nil
+}
+
+// discover asks a throwaway instance of the driver for the device's points,
+// so the instance that polls starts clean.
+func discover(ctx context.Context, info driver.Info, d *config.Device, log *slog.Logger) ([]driver.Point, error) {
+	drv, err := info.New(driver.Device{Name: d.Name, Settings: d.DeviceSettings(), Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("device %q (line %d): %w", d.Name, d.Line, err)
+	}
+	defer drv.Close()
+	disc, ok := drv.(driver.Discoverer)
+	if !ok {
+		return nil, fmt.Errorf("device %q (line %d): discover: the %s driver cannot discover points; list them under points", d.Name, d.Line, d.Driver)
+	}
+	if err := drv.Connect(ctx); err != nil {
+		return nil, fmt.Errorf("device %q: connecting for discovery: %w", d.Name, err)
+	}
+	found, err := disc.Discover(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("device %q: discovering points: %w", d.Name, err)
+	}
+	return found, nil
+}
+
+// mergeDiscovered adds discovered points that the configuration does not
+// list; configured points win, since the installer may have named them.
+func mergeDiscovered(d *config.Device, configured, found []driver.Point, ids *anon.Registry) ([]driver.Point, error) {
+	have := make(map[string]bool, len(configured))
+	for _, p := range configured {
+		have[p.Ref] = true
+	}
+	for _, p := range found {
+		if have[p.Ref] {
+			continue
+		}
+		have[p.Ref] = true
+		id, err := ids.Add(pointRef(d.Driver, d.Name, p.Ref))
+		if err != nil {
+			return nil, fmt.Errorf("device %q: discovered point %q: %w", d.Name, p.Ref, err)
+		}
+		p.ID = id
+		if p.Name == "" {
+			p.Name = p.Ref
+		}
+		configured = append(configured, p)
+	}
+	return configured, nil
+}

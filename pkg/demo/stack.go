@@ -1,0 +1,309 @@
+// Package demo runs the whole Sightglass system on one machine from the
+// built binaries: a CA, an ingest with its directory archive, an agent with
+// a certificate from that CA, and simulated devices. `make demo` uses it, and
+// so do the end-to-end tests, which kill and restart its processes.
+package demo
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/agent/daemon"
+	"github.com/sightglass-bms/sightglass/ingest/blob"
+	"github.com/sightglass-bms/sightglass/pkg/batch"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// Stack is a local Sightglass system in one directory.
+type Stack struct {
+	// Bin holds sightglass-agent and sightglass-ingest.
+	Bin string
+	// Dir is the working directory; Init empties it.
+	Dir string
+	// Logs receives the children's output; nil discards it.
+	Logs io.Writer
+	// Tenant and Site are the opaque ids the agent's certificate names.
+	Tenant, Site string
+
+	// IngestURL is where the agent sends batches; fixed by Init so the
+	// ingest can restart on the same port.
+	IngestURL  string
+	ingestAddr string
+
+	ingest, agent *proc
+}
+
+// proc is a running child; done is closed when it has exited, with err set.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// Paths inside the stack's directory.
+func (s *Stack) caDir() string        { return filepath.Join(s.Dir, "ingest", "ca") }
+func (s *Stack) ArchiveDir() string   { return filepath.Join(s.Dir, "ingest", "archive") }
+func (s *Stack) ingestConfig() string { return filepath.Join(s.Dir, "ingest", "ingest.yaml") }
+
+// AgentDir is the agent's data directory (buffer, secret, status socket).
+func (s *Stack) AgentDir() string { return filepath.Join(s.Dir, "agent") }
+
+// AgentConfig is the agent's configuration file.
+func (s *Stack) AgentConfig() string { return filepath.Join(s.Dir, "agent", "agent.yaml") }
+
+// StatusSocket is the agent's status socket.
+func (s *Stack) StatusSocket() string { return filepath.Join(s.AgentDir(), "agent.sock") }
+
+// Init empties Dir, creates the CA, issues the agent's certificate and
+// writes the ingest's configuration.
+func (s *Stack) Init(ctx context.Context) error {
+	if s.Tenant == "" {
+		s.Tenant = "demo"
+	}
+	if s.Site == "" {
+		s.Site = "site-0001"
+	}
+	dir, err := filepath.Abs(s.Dir)
+	if err != nil {
+		return err
+	}
+	s.Dir = dir
+	if err := os.RemoveAll(s.Dir); err != nil {
+		return fmt.Errorf("emptying %s: %w", s.Dir, err)
+	}
+	if err := os.MkdirAll(filepath.Join(s.Dir, "ingest"), 0o700); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(s.AgentDir(), 0o700); err != nil {
+		return err
+	}
+	if _, err := s.runIngest(ctx, "ca", "init", "--dir", s.caDir()); err != nil {
+		return err
+	}
+	if _, err := s.runIngest(ctx, "agents", "issue", "--ca-dir", s.caDir(), "--tenant", s.Tenant, "--site", s.Site,
+		"--out", filepath.Join(s.AgentDir(), "cert")); err != nil {
+		return err
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	s.ingestAddr = fmt.Sprintf("127.0.0.1:%d", port)
+	s.IngestURL = "https://" + s.ingestAddr
+	cfg := fmt.Sprintf("listen: %s\nca_dir: %s\nstore:\n  kind: dir\n  dir: %s\nlog_level: info\n",
+		s.ingestAddr, s.caDir(), s.ArchiveDir())
+	return os.WriteFile(s.ingestConfig(), []byte(cfg), 0o600)
+}
+
+// WriteAgentConfig writes the agent's configuration with the given devices
+// section (YAML, a list) and batch interval.
+func (s *Stack) WriteAgentConfig(devices string, batchInterval time.Duration) error {
+	cfg := fmt.Sprintf(`site:
+  name: Demo Building
+data_dir: %s
+uplink:
+  url: %s
+  batch_interval: %s
+  timeout: 5s
+poll:
+  backoff_max: 5s
+devices:
+%s`, s.AgentDir(), s.IngestURL, batchInterval, devices)
+	return os.WriteFile(s.AgentConfig(), []byte(cfg), 0o600)
+}
+
+func (s *Stack) runIngest(ctx context.Context, args ...string) (string, error) {
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, filepath.Join(s.Bin, "sightglass-ingest"), args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("sightglass-ingest %s: %w\n%s", strings.Join(args, " "), err, out.String())
+	}
+	return out.String(), nil
+}
+
+func (s *Stack) start(name string, args ...string) (*proc, error) {
+	cmd := exec.Command(filepath.Join(s.Bin, name), args...)
+	w := s.Logs
+	if w == nil {
+		w = io.Discard
+	}
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// StartIngest starts the ingest and waits until it accepts connections.
+func (s *Stack) StartIngest(ctx context.Context) error {
+	p, err := s.start("sightglass-ingest", "serve", "--config", s.ingestConfig())
+	if err != nil {
+		return err
+	}
+	s.ingest = p
+	for {
+		if c, err := net.DialTimeout("tcp", s.ingestAddr, 100*time.Millisecond); err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("the ingest exited at start-up: %v (see its log)", p.err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// StartAgent starts the agent and waits until its status socket answers.
+func (s *Stack) StartAgent(ctx context.Context) error {
+	p, err := s.start("sightglass-agent", "run", "--config", s.AgentConfig())
+	if err != nil {
+		return err
+	}
+	s.agent = p
+	for {
+		if _, err := daemon.FetchStatus(ctx, s.StatusSocket()); err == nil {
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("the agent exited at start-up: %v (see its log)", p.err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// StopAgent sends sig (SIGTERM for a clean stop, SIGKILL for a crash) to the
+// agent and waits for it to exit.
+func (s *Stack) StopAgent(sig syscall.Signal) error { return s.agent.stop(sig) }
+
+// StopIngest does the same for the ingest.
+func (s *Stack) StopIngest(sig syscall.Signal) error { return s.ingest.stop(sig) }
+
+// stop signals the process and waits for it. After SIGKILL any exit is
+// expected; after SIGTERM the process must exit cleanly.
+func (p *proc) stop(sig syscall.Signal) error {
+	if p == nil {
+		return nil
+	}
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("%s did not stop within 15s after %v; killed", filepath.Base(p.cmd.Path), sig)
+	}
+	if sig == syscall.SIGKILL {
+		return nil
+	}
+	return p.err
+}
+
+// Close kills whatever is still running.
+func (s *Stack) Close() {
+	_ = s.StopAgent(syscall.SIGKILL)
+	_ = s.StopIngest(syscall.SIGKILL)
+	s.agent, s.ingest = nil, nil
+}
+
+// AgentStatus asks the running agent for its status.
+func (s *Stack) AgentStatus(ctx context.Context) (daemon.Status, error) {
+	return daemon.FetchStatus(ctx, s.StatusSocket())
+}
+
+// WaitDrained waits until the agent's buffer holds nothing: every sample it
+// acknowledged has been sent and acknowledged by the ingest.
+func (s *Stack) WaitDrained(ctx context.Context) error {
+	for {
+		st, err := s.AgentStatus(ctx)
+		if err == nil && st.Buffer.PendingSamples == 0 && st.Buffer.SealedBatches == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the agent's buffer to drain: %w (last status error: %v)", ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Archive decodes every stored batch.
+func (s *Stack) Archive(ctx context.Context) (samples []telemetry.Sample, batches []*batch.Batch, err error) {
+	return ReadArchive(ctx, s.ArchiveDir())
+}
+
+// ReadArchive decodes every batch blob under an archive directory,
+// resolving point tables from the same archive.
+func ReadArchive(ctx context.Context, root string) ([]telemetry.Sample, []*batch.Batch, error) {
+	store, err := blob.OpenDir(root)
+	if err != nil {
+		return nil, nil, err
+	}
+	names, err := store.List(ctx, "")
+	if err != nil {
+		return nil, nil, err
+	}
+	var samples []telemetry.Sample
+	var batches []*batch.Batch
+	for _, name := range names {
+		if !strings.HasSuffix(name, ".sgb") {
+			continue
+		}
+		data, err := store.Get(ctx, name)
+		if err != nil {
+			return nil, nil, err
+		}
+		parts := strings.SplitN(name, "/", 3)
+		b, err := batch.Decode(data, tables{ctx, store, parts[0], parts[1]}, batch.Limits{})
+		if err != nil {
+			return nil, nil, fmt.Errorf("decoding %s: %w", name, err)
+		}
+		batches = append(batches, b)
+		samples = append(samples, b.Samples...)
+	}
+	return samples, batches, nil
+}
+
+type tables struct {
+	ctx          context.Context
+	store        blob.Store
+	tenant, site string
+}
+
+func (t tables) PointTable(h batch.TableHash) ([]uint64, error) {
+	data, err := t.store.Get(t.ctx, blob.TableName(t.tenant, t.site, h.String()))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", batch.ErrUnknownTable, h, err)
+	}
+	ids, _, err := batch.DecodePointTable(data)
+	return ids, err
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
