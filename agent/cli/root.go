@@ -31,7 +31,7 @@ Start with 'sightglass-agent config validate FILE', then 'sightglass-agent run -
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newConfigCmd(), newStatusCmd(), newVersionCmd())
+	root.AddCommand(newRunCmd(), newConfigCmd(), newStatusCmd(), newDiscoverCmd(), newVersionCmd())
 	return root
 }
 
