@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -44,7 +45,7 @@ func Run(ctx context.Context, o Options) error {
 		// Hourly data at 3600x: one row a second.
 		{Source: filepath.Join(o.Data, "ahu7", "RTU11.csv"), Dir: filepath.Join(trends, "rtu11"), Prefix: "rtu11", Speed: 3600, Loop: true, Location: eastern},
 	}
-	if err := s.WriteAgentConfig(fmt.Sprintf(`  - name: ahu7
+	devices := fmt.Sprintf(`  - name: ahu7
     driver: csvtrend
     interval: 1s
     discover: true
@@ -54,7 +55,18 @@ func Run(ctx context.Context, o Options) error {
     interval: 1s
     discover: true
     settings: {path: %s, timezone: UTC, settle: 0s}
-`, replays[0].Dir, replays[1].Dir), 2*time.Second); err != nil {
+`, replays[0].Dir, replays[1].Dir)
+	described := []string{fmt.Sprintf("two real trend exports (AHU7 at 900x, RTU11 at 3600x) written into %s", trends)}
+	for _, start := range simulators() {
+		d, err := start(ctx, o)
+		if err != nil {
+			return err
+		}
+		defer d.Stop()
+		devices += d.Devices
+		described = append(described, d.Describe)
+	}
+	if err := s.WriteAgentConfig(devices, 2*time.Second); err != nil {
 		return err
 	}
 	if err := s.StartIngest(ctx); err != nil {
@@ -84,10 +96,10 @@ func Run(ctx context.Context, o Options) error {
 Sightglass demo is running.
   ingest      %s  (archive in %s)
   agent       status: %s status --socket %s
-  devices     two real trend exports (AHU7 at 900x, RTU11 at 3600x) written into %s
+  devices     %s
   read it     %s archive cat --store-dir %s %s/
 The dashboard arrives with a later issue. Stop with Ctrl-C.
-`, s.IngestURL, s.ArchiveDir(), filepath.Join(o.Bin, "sightglass-agent"), s.StatusSocket(), trends,
+`, s.IngestURL, s.ArchiveDir(), filepath.Join(o.Bin, "sightglass-agent"), s.StatusSocket(), strings.Join(described, "\n              "),
 		filepath.Join(o.Bin, "sightglass-ingest"), s.ArchiveDir(), s.Tenant)
 
 	var wait <-chan time.Time
@@ -135,4 +147,21 @@ func waitForFile(ctx context.Context, dir string) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// simDevice is a simulated device the demo runs beside the trend replays.
+type simDevice struct {
+	// Devices is the agent configuration that polls it: YAML list items
+	// indented for the devices section, as in WriteAgentConfig.
+	Devices string
+	// Describe is one line for the demo's banner.
+	Describe string
+	// Stop stops the simulator.
+	Stop func()
+}
+
+// simulators lists the live device simulators the demo starts, one per
+// protocol; each listens on loopback only.
+func simulators() []func(ctx context.Context, o Options) (simDevice, error) {
+	return []func(ctx context.Context, o Options) (simDevice, error){}
 }
