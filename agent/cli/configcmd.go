@@ -16,6 +16,7 @@ func newConfigCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "config",
 		Short: "Work with the agent's configuration",
+		Example: "  sightglass-agent config validate /etc/sightglass/agent.yaml",
 	}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "validate FILE",

@@ -28,6 +28,9 @@ the control network (never writing to them), buffers samples on disk and sends
 anonymized, compressed batches outbound-only over mTLS to the Sightglass ingest.
 
 Start with 'sightglass-agent config validate FILE', then 'sightglass-agent run --config FILE'.`,
+		Example: `  sightglass-agent config validate /etc/sightglass/agent.yaml
+  sightglass-agent run --config /etc/sightglass/agent.yaml
+  sightglass-agent status --json`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -1,0 +1,83 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/agent/buffer"
+	"github.com/sightglass-bms/sightglass/agent/daemon"
+	"github.com/sightglass-bms/sightglass/agent/poll"
+)
+
+// fakeAgent serves st on a unix socket the way a running agent does.
+func fakeAgent(t *testing.T, st daemon.Status) string {
+	t.Helper()
+	// Unix socket paths are short: t.TempDir() can exceed the limit.
+	dir, err := os.MkdirTemp("", "sg-status-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/status" {
+			http.NotFound(w, r)
+			return
+		}
+		json.NewEncoder(w).Encode(st)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return sock
+}
+
+func TestStatus(t *testing.T) {
+	st := daemon.Status{
+		Agent: "ag-test", Site: "s-1", Version: "v1", StartedAt: time.Now().Add(-time.Hour),
+		Buffer:  buffer.Stats{PendingSamples: 12, SealedBatches: 3, DroppedSamples: 7},
+		Devices: []poll.DeviceStats{{Name: "ahu1", Up: true, Reads: 5}, {Name: "rtu2", Up: false, LastError: "connection refused"}},
+	}
+	sock := fakeAgent(t, st)
+	t.Run("table", func(t *testing.T) {
+		out, _, err := run(t, context.Background(), "status", "--socket", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"agent ag-test", "12 samples pending", "7 dropped", "last upload never", "ahu1", "rtu2", "down", "connection refused"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+	})
+	t.Run("json", func(t *testing.T) {
+		out, _, err := run(t, context.Background(), "status", "--socket", sock, "--json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got daemon.Status
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatalf("--json printed no JSON: %v\n%s", err, out)
+		}
+		if got.Agent != "ag-test" || len(got.Devices) != 2 || got.Buffer.DroppedSamples != 7 {
+			t.Errorf("--json = %+v", got)
+		}
+	})
+}
+
+func TestStatusNoAgent(t *testing.T) {
+	_, _, err := run(t, context.Background(), "status", "--socket", filepath.Join(t.TempDir(), "none.sock"))
+	if err == nil || !strings.Contains(err.Error(), "is it running?") {
+		t.Errorf("err = %v, want a hint that the agent is not running", err)
+	}
+}
