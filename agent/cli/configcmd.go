@@ -14,8 +14,8 @@ import (
 
 func newConfigCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "config",
-		Short: "Work with the agent's configuration",
+		Use:     "config",
+		Short:   "Work with the agent's configuration",
 		Example: "  sightglass-agent config validate /etc/sightglass/agent.yaml",
 	}
 	cmd.AddCommand(&cobra.Command{
