@@ -1,0 +1,132 @@
+// Package store is the ingest's relational store: the agent registry
+// (enrollment tokens, agents, their certificates and revocations), the
+// point catalogue and the append-only, hash-chained audit log. SQLite
+// through modernc.org/sqlite (pure Go) is the embedded default; the
+// dashboard's tables join it with the same migrations.
+//
+// Every method takes a context and is safe for concurrent use, including by
+// several processes sharing one database file (the CLI revokes an agent
+// while `serve` runs): writes run in IMMEDIATE transactions and wait for
+// each other up to the busy timeout.
+//
+// To move to PostgreSQL when one node is not enough, implement the small
+// interfaces the ingest's packages define where they use the store (for
+// example server.Registry) over a *sql.DB opened with a PostgreSQL driver;
+// the schema in migrations.go uses only types both databases share.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+// Errors the store returns; check with errors.Is.
+var (
+	// ErrNotFound means no row matched.
+	ErrNotFound = errors.New("not found")
+	// ErrTokenUsed means an enrollment token was redeemed already.
+	ErrTokenUsed = errors.New("enrollment token already used")
+	// ErrTokenExpired means an enrollment token's validity ended.
+	ErrTokenExpired = errors.New("enrollment token expired")
+	// ErrExists means a row with the same key exists.
+	ErrExists = errors.New("already exists")
+	// ErrAuditBroken means the audit log's hash chain does not verify.
+	ErrAuditBroken = errors.New("audit log hash chain broken")
+)
+
+// busyTimeout is how long a write waits for another writer (another
+// process included) before failing. Revocation from the CLI must not fail
+// because the server is writing an audit entry.
+const busyTimeout = 10 * time.Second
+
+// Options tune Open. The zero value is usable.
+type Options struct {
+	// Now is the store's clock (time.Now).
+	Now func() time.Time
+}
+
+// DB is the relational store.
+type DB struct {
+	db  *sql.DB
+	now func() time.Time
+}
+
+// Open opens (creating if absent, mode 0600) the SQLite database at path and
+// brings its schema up to date.
+func Open(ctx context.Context, path string, opts Options) (*DB, error) {
+	if path == "" {
+		return nil, errors.New("opening the store: no path given")
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("opening the store: creating %s: %w", filepath.Dir(path), err)
+	}
+	// Create the file ourselves so it is never world-readable: it holds
+	// token hashes, user data and the audit log.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening the store %s: %w", path, err)
+	}
+	f.Close()
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "synchronous(FULL)")
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("opening the store %s: %w", path, err)
+	}
+	s := &DB{db: db, now: opts.Now}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("opening the store %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *DB) Close() error { return s.db.Close() }
+
+// Ping checks that the database answers, for /readyz.
+func (s *DB) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+
+// tx runs fn in a write transaction and commits it if fn returns nil.
+func (s *DB) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// ms and fromMS store times as Unix milliseconds: portable between SQLite
+// and PostgreSQL and cheap to compare.
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v).UTC()
+}
