@@ -115,4 +115,3 @@ func (s *DB) VerifyAudit(ctx context.Context) (int64, error) {
 		}
 	}
 }
-
