@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -123,6 +124,9 @@ func (b Bundle) WriteDir(dir string) error {
 // certificate, the pool of CAs it trusts for the server, and its identity.
 // It refuses an agent key that group or others can read.
 func LoadAgentBundle(dir string) (tls.Certificate, *x509.CertPool, Identity, error) {
+	if err := finishRotation(dir); err != nil {
+		return tls.Certificate{}, nil, Identity{}, fmt.Errorf("loading agent bundle: finishing an interrupted certificate rotation in %s: %w", dir, err)
+	}
 	read := func(name string, secret bool) ([]byte, error) {
 		p := filepath.Join(dir, name)
 		fi, err := os.Stat(p)
@@ -168,4 +172,88 @@ func LoadAgentBundle(dir string) (tls.Certificate, *x509.CertPool, Identity, err
 		return tls.Certificate{}, nil, Identity{}, fmt.Errorf("loading agent bundle: %s holds no PEM certificate", filepath.Join(dir, BundleCAFile))
 	}
 	return cert, pool, id, nil
+}
+
+// nextSuffix marks the files of a rotation in progress (RotateAgentCert).
+const nextSuffix = ".next"
+
+// NewBundle is the bundle an enrolled agent writes: its own key, the
+// certificate the CA issued for it, and the CA it pinned.
+func NewBundle(key crypto.Signer, certPEM, caPEM []byte) (Bundle, error) {
+	keyPEM, err := pemKey(key)
+	if err != nil {
+		return Bundle{}, fmt.Errorf("encoding the agent's key: %w", err)
+	}
+	c, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return Bundle{}, fmt.Errorf("the certificate the ingest issued does not fit the agent's key: %w", err)
+	}
+	id, err := IdentityFromCert(c.Leaf)
+	if err != nil {
+		return Bundle{}, err
+	}
+	return Bundle{Identity: id, CertPEM: certPEM, KeyPEM: keyPEM, CAPEM: caPEM}, nil
+}
+
+// RotateAgentCert replaces the agent's key and certificate in dir with a
+// renewed pair. Two files cannot be replaced at once, so both are written
+// beside the old ones first and then renamed key first; LoadAgentBundle
+// finishes (or undoes) a rotation that a crash interrupted, so the pair on
+// disk always matches.
+func RotateAgentCert(dir string, key crypto.Signer, certPEM []byte) error {
+	keyPEM, err := pemKey(key)
+	if err != nil {
+		return fmt.Errorf("rotating the agent certificate: %w", err)
+	}
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		return fmt.Errorf("rotating the agent certificate: the new certificate does not fit the new key: %w", err)
+	}
+	keyNext := filepath.Join(dir, AgentKeyFile+nextSuffix)
+	certNext := filepath.Join(dir, AgentCertFile+nextSuffix)
+	for _, p := range []string{keyNext, certNext} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("rotating the agent certificate: %w", err)
+		}
+	}
+	if err := writeNew(keyNext, keyPEM, 0o600); err != nil {
+		return fmt.Errorf("rotating the agent certificate: %w", err)
+	}
+	if err := writeNew(certNext, certPEM, 0o644); err != nil {
+		os.Remove(keyNext)
+		return fmt.Errorf("rotating the agent certificate: %w", err)
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("rotating the agent certificate: %w", err)
+	}
+	// From here on the rotation is committed: a crash after this rename
+	// leaves certNext alone, which LoadAgentBundle moves into place.
+	if err := os.Rename(keyNext, filepath.Join(dir, AgentKeyFile)); err != nil {
+		return fmt.Errorf("rotating the agent certificate: %w", err)
+	}
+	if err := os.Rename(certNext, filepath.Join(dir, AgentCertFile)); err != nil {
+		return fmt.Errorf("rotating the agent certificate: %w", err)
+	}
+	return syncDir(dir)
+}
+
+// finishRotation completes or undoes an interrupted RotateAgentCert.
+func finishRotation(dir string) error {
+	keyNext := filepath.Join(dir, AgentKeyFile+nextSuffix)
+	certNext := filepath.Join(dir, AgentCertFile+nextSuffix)
+	_, kerr := os.Stat(keyNext)
+	_, cerr := os.Stat(certNext)
+	switch {
+	case kerr == nil:
+		// The key was not renamed yet: the old pair is intact and still
+		// valid; drop the new one (the agent renews again).
+		os.Remove(certNext)
+		return os.Remove(keyNext)
+	case cerr == nil:
+		// The key was renamed, the certificate not: finish.
+		if err := os.Rename(certNext, filepath.Join(dir, AgentCertFile)); err != nil {
+			return err
+		}
+		return syncDir(dir)
+	}
+	return nil
 }

@@ -157,7 +157,7 @@ func TestTLSHandshake(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srvCfg, err := ServerTLSConfig(ca)
+	srvCfg, err := ServerTLSConfig(ca, ServerOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +253,7 @@ func TestTLSHandshake(t *testing.T) {
 	}
 
 	t.Run("client refuses a server from another CA", func(t *testing.T) {
-		otherSrv, err := ServerTLSConfig(otherCA)
+		otherSrv, err := ServerTLSConfig(otherCA, ServerOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -55,6 +55,12 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request, id pki.Iden
 		}
 	}
 	s.count(func(st *Stats) { st.Refused[rf.code]++ })
+	switch rf.code {
+	case CodeUnknownTable, CodeStoreUnavailable, CodeInternal:
+		// The protocol's normal flow, or our own trouble: not the agent's doing.
+	default:
+		s.audit(r.Context(), "agent:"+id.Agent, "batch_refused", id.Agent, rf.code+": "+rf.msg)
+	}
 	writeRefusal(w, rf)
 }
 

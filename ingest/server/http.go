@@ -89,27 +89,58 @@ func (s *Server) agentHandler() http.Handler {
 		}()
 
 		var handle func(http.ResponseWriter, *http.Request, pki.Identity)
+		var anon func(http.ResponseWriter, *http.Request) // routes that need no certificate
 		var allow string
+		trust := s.cfg.Registry != nil
+		p := r.URL.Path
 		switch {
-		case r.URL.Path == "/v1/batches":
+		case p == "/v1/batches":
 			handle, allow = s.handleBatch, http.MethodPost
-		case strings.HasPrefix(r.URL.Path, "/v1/tables/") && !strings.Contains(r.URL.Path[len("/v1/tables/"):], "/"):
+		case strings.HasPrefix(p, "/v1/tables/") && !strings.Contains(p[len("/v1/tables/"):], "/"):
 			handle, allow = s.handleTable, http.MethodPut
+		case trust && p == "/v1/enroll":
+			anon, allow = s.handleEnroll, http.MethodPost
+		case trust && p == "/v1/ca.crt":
+			anon, allow = s.handleCACert, http.MethodGet
+		case trust && p == "/v1/crl":
+			anon, allow = s.handleCRL, http.MethodGet
+		case trust && p == "/v1/renew":
+			handle, allow = s.handleRenew, http.MethodPost
+		case trust && p == "/v1/catalog":
+			handle, allow = s.handleCatalog, http.MethodPut
+		case trust && strings.HasPrefix(p, "/v1/certs/") && !strings.Contains(p[len("/v1/certs/"):], "/"):
+			handle, allow = s.handleCertStatus, http.MethodGet
 		default:
 			writeRefusal(lw, refuse(http.StatusNotFound, CodeNotFound,
-				"no such path %q: agents POST /v1/batches and PUT /v1/tables/{hash}", r.URL.Path))
+				"no such path %q: agents POST /v1/batches and PUT /v1/tables/{hash}", p))
 			return
 		}
 		if r.Method != allow {
 			lw.Header().Set("Allow", allow)
 			writeRefusal(lw, refuse(http.StatusMethodNotAllowed, CodeMethodNotAllowed,
-				"method %s is not allowed on %s: use %s", r.Method, r.URL.Path, allow))
+				"method %s is not allowed on %s: use %s", r.Method, p, allow))
+			return
+		}
+		if anon != nil {
+			anon(lw, r)
+			return
+		}
+		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+			writeRefusal(lw, refuse(http.StatusUnauthorized, CodeUnauthorized,
+				"%s needs the agent's client certificate: enroll the agent (`sightglass-agent enroll`) and connect with its certificate", p))
 			return
 		}
 		if idErr != nil {
 			// ServerTLSConfig refuses such handshakes; this is a second lock.
 			writeRefusal(lw, refuse(http.StatusForbidden, CodeNoIdentity,
 				"no agent identity on this connection (%v): connect with the certificate issued by `sightglass-ingest agents issue`", idErr))
+			return
+		}
+		// The handshake checked revocation; a keep-alive connection can
+		// outlive that check by hours, so every request checks again.
+		if err := s.checkAgent(r.Context(), id, r.TLS.PeerCertificates[0]); err != nil {
+			s.count(func(st *Stats) { st.Refused[CodeRevoked]++ })
+			writeRefusal(lw, refuse(http.StatusForbidden, CodeRevoked, "%v: this agent may no longer upload; enroll it anew", err))
 			return
 		}
 		handle(lw, r, id)

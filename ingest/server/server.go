@@ -18,6 +18,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -70,6 +71,17 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Now is the clock for the sample time window (time.Now).
 	Now func() time.Time
+	// Registry, when set, enables enrollment, renewal, the CRL, status
+	// queries and the catalogue, checks every agent against it at every
+	// handshake and request (revocation), and receives the audit log.
+	// Without it only certificates from the CA are checked.
+	Registry Registry
+	// AgentValidity is the lifetime of certificates issued at enrollment
+	// and renewal (pki.DefaultAgentValidity).
+	AgentValidity time.Duration
+	// CatalogPolicy caps what point metadata is kept: CatalogFull (the
+	// default), CatalogTagsOnly or CatalogNone.
+	CatalogPolicy string
 }
 
 func (c *Config) setDefaults() {
@@ -91,6 +103,12 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.AgentValidity <= 0 {
+		c.AgentValidity = pki.DefaultAgentValidity
+	}
+	if c.CatalogPolicy == "" {
+		c.CatalogPolicy = CatalogFull
+	}
 }
 
 // Server serves agents and the internal health endpoints. It holds no
@@ -99,6 +117,7 @@ func (c *Config) setDefaults() {
 type Server struct {
 	cfg    Config
 	store  blob.Store
+	ca     *pki.CA
 	tls    *tls.Config
 	log    *slog.Logger
 	tables *tableCache
@@ -118,24 +137,43 @@ func New(cfg Config, store blob.Store, ca *pki.CA, logger *slog.Logger) (*Server
 	if store == nil || ca == nil || logger == nil {
 		return nil, errors.New("creating ingest server: store, CA and logger are required")
 	}
-	tlsCfg, err := pki.ServerTLSConfig(ca)
+	switch cfg.CatalogPolicy {
+	case "", CatalogFull, CatalogTagsOnly, CatalogNone:
+	default:
+		return nil, fmt.Errorf("creating ingest server: catalogue policy %q: want %s, %s or %s", cfg.CatalogPolicy, CatalogFull, CatalogTagsOnly, CatalogNone)
+	}
+	cfg.setDefaults()
+	s := &Server{
+		cfg:    cfg,
+		store:  store,
+		ca:     ca,
+		log:    logger,
+		tables: newTableCache(maxCachedPoints),
+		stats:  Stats{Refused: map[string]uint64{}},
+	}
+	// Without a registry there is no enrollment, so every connection must
+	// bring a certificate; with one, enrollment and the CRL need none and
+	// every other route refuses a connection without one.
+	tlsCfg, err := pki.ServerTLSConfig(ca, pki.ServerOptions{
+		AllowAnonymous: cfg.Registry != nil,
+		Check: func(id pki.Identity, leaf *x509.Certificate) error {
+			if err := s.checkAgent(context.Background(), id, leaf); err != nil {
+				s.log.Warn("refused a revoked or unknown agent at the handshake", "agent", id.Agent, "err", err)
+				return err
+			}
+			return nil
+		},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("creating ingest server: %w", err)
 	}
 	// The identity is read from the verified chain; a config that did not
-	// demand one would let anybody in, so refuse to run with it.
-	if tlsCfg.ClientAuth != tls.RequireAndVerifyClientCert || tlsCfg.MinVersion < tls.VersionTLS13 {
-		return nil, errors.New("creating ingest server: TLS config must require a verified client certificate and TLS 1.3")
+	// verify one would let anybody in, so refuse to run with it.
+	if (tlsCfg.ClientAuth != tls.RequireAndVerifyClientCert && tlsCfg.ClientAuth != tls.VerifyClientCertIfGiven) || tlsCfg.MinVersion < tls.VersionTLS13 {
+		return nil, errors.New("creating ingest server: TLS config must verify client certificates and require TLS 1.3")
 	}
-	cfg.setDefaults()
-	return &Server{
-		cfg:    cfg,
-		store:  store,
-		tls:    tlsCfg,
-		log:    logger,
-		tables: newTableCache(maxCachedPoints),
-		stats:  Stats{Refused: map[string]uint64{}},
-	}, nil
+	s.tls = tlsCfg
+	return s, nil
 }
 
 // Serve serves agents on ln (a plain TCP listener; Serve adds TLS) until

@@ -1,0 +1,326 @@
+package server
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/ingest/store"
+)
+
+// Registry is what the listener needs from the agent registry: the
+// revocation check on every handshake and request, enrollment, renewal,
+// certificate status, the catalogue and the audit log. *store.DB
+// implements it.
+type Registry interface {
+	AgentAllowed(ctx context.Context, agentID, serial string) error
+	Enroll(ctx context.Context, tokenHash []byte, issue func(tenant, site string) (store.Agent, store.Cert, error)) (store.Agent, store.Cert, error)
+	Renew(ctx context.Context, agentID string, issue func(store.Agent) (store.Cert, error)) (store.Cert, error)
+	CertStatus(ctx context.Context, serial string) (store.CertStatus, store.Cert, store.Agent, error)
+	RevokedCerts(ctx context.Context) ([]store.Cert, []time.Time, error)
+	PutCatalog(ctx context.Context, tenant, site, agentID string, points []store.CatalogPoint) error
+	Audit(ctx context.Context, actor, action, subject, detail string) (store.AuditEntry, error)
+}
+
+var _ Registry = (*store.DB)(nil)
+
+// Catalogue policies: how much point metadata the ingest keeps. The agent
+// applies its own site policy before sending; the ingest's is a ceiling.
+const (
+	CatalogFull     = "full"      // names, descriptions, units, kinds, tags
+	CatalogTagsOnly = "tags-only" // units, kinds and tags; no names or descriptions
+	CatalogNone     = "none"      // nothing is stored
+)
+
+// More error codes, for the trust routes.
+const (
+	CodeRevoked      = "revoked"       // 403: the agent was revoked; enroll anew
+	CodeBadToken     = "bad_token"     // 403: unknown, used or expired token
+	CodeBadCSR       = "bad_csr"       // 400: the certificate request is unusable
+	CodeWrongCA      = "wrong_ca"      // 403: the token was made for another CA
+	CodeUnauthorized = "unauthorized"  // 401: this route needs the agent's certificate
+	CodeNoRegistry   = "no_registry"   // 501: this ingest runs without a registry
+	CodeBadCatalog   = "bad_catalog"   // 400: the catalogue JSON is malformed
+	maxTrustBody     = 64 << 10        // enrollment and renewal bodies are a CSR and a token
+	maxCatalogBody   = 32 << 20        // a catalogue of 100,000 points with tags
+	crlValidity      = 24 * time.Hour  // agents and relying parties refetch daily
+	registryTimeout  = 5 * time.Second // a handshake must not hang on a slow database
+)
+
+// checkAgent is the revocation check, run at every handshake (through
+// pki.ServerOptions.Check) and at every request.
+func (s *Server) checkAgent(ctx context.Context, id pki.Identity, leaf *x509.Certificate) error {
+	if s.cfg.Registry == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, registryTimeout)
+	defer cancel()
+	return s.cfg.Registry.AgentAllowed(ctx, id.Agent, pki.SerialHex(leaf))
+}
+
+// audit writes an audit entry; a failure is logged, not returned: the
+// operation it records has happened.
+func (s *Server) audit(ctx context.Context, actor, action, subject, detail string) {
+	if s.cfg.Registry == nil {
+		return
+	}
+	if _, err := s.cfg.Registry.Audit(context.WithoutCancel(ctx), actor, action, subject, detail); err != nil {
+		s.log.Error("writing the audit log failed", "action", action, "subject", subject, "err", err)
+	}
+}
+
+type enrollRequest struct {
+	Token string `json:"token"`
+	CSR   []byte `json:"csr"` // DER, base64 in JSON
+}
+
+// EnrollReply is the answer to POST /v1/enroll and POST /v1/renew.
+type EnrollReply struct {
+	Tenant      string    `json:"tenant"`
+	Site        string    `json:"site"`
+	Agent       string    `json:"agent"`
+	Certificate string    `json:"certificate"` // PEM
+	CA          string    `json:"ca"`          // PEM: the root the agent trusts from now on
+	NotAfter    time.Time `json:"not_after"`
+}
+
+// handleCACert is GET /v1/ca.crt: the root certificate, which the agent
+// checks against the fingerprint in its token before it trusts this server.
+func (s *Server) handleCACert(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Write(s.ca.CertPEM())
+}
+
+// handleEnroll is POST /v1/enroll: a one-time token and a CSR become an
+// agent certificate. The agent's key never leaves the box; the requested
+// subject is ignored and the certificate names the token's tenant and site
+// and a fresh agent id.
+func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
+	reg := s.cfg.Registry
+	body, rf := readBody(w, r, maxTrustBody, "enrollment request")
+	if rf != nil {
+		writeRefusal(w, rf)
+		return
+	}
+	var req enrollRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeRefusal(w, refuse(http.StatusBadRequest, CodeBadRequest, "enrollment request: %v: send {\"token\": \"sge1…\", \"csr\": base64 DER}", err))
+		return
+	}
+	tok, err := pki.ParseEnrollToken(req.Token)
+	if err != nil {
+		s.audit(r.Context(), "anonymous:"+r.RemoteAddr, "enroll_refused", "", "malformed token")
+		writeRefusal(w, refuse(http.StatusForbidden, CodeBadToken, "%v", err))
+		return
+	}
+	subject := fmt.Sprintf("token:%x", tok.Hash()[:6])
+	if !tok.MatchesCA(s.ca.Certificate()) {
+		s.audit(r.Context(), "anonymous:"+r.RemoteAddr, "enroll_refused", subject, "token for another CA")
+		writeRefusal(w, refuse(http.StatusForbidden, CodeWrongCA, "this token was made for another ingest's CA: ask for a token from the ingest at this address"))
+		return
+	}
+	pub, err := pki.ParseCSR(req.CSR)
+	if err != nil {
+		writeRefusal(w, refuse(http.StatusBadRequest, CodeBadCSR, "%v", err))
+		return
+	}
+	var certPEM []byte
+	var leaf *x509.Certificate
+	agent, _, err := reg.Enroll(r.Context(), tok.Hash(), func(tenant, site string) (store.Agent, store.Cert, error) {
+		agentID, err := pki.NewAgentID()
+		if err != nil {
+			return store.Agent{}, store.Cert{}, err
+		}
+		id := pki.Identity{Tenant: tenant, Site: site, Agent: agentID}
+		leaf, certPEM, err = s.ca.IssueAgent(id, pub, s.cfg.AgentValidity)
+		if err != nil {
+			return store.Agent{}, store.Cert{}, err
+		}
+		return store.Agent{ID: agentID, Tenant: tenant, Site: site},
+			store.Cert{Serial: pki.SerialHex(leaf), AgentID: agentID, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
+	})
+	if err != nil {
+		why := "unknown"
+		switch {
+		case errors.Is(err, store.ErrTokenUsed):
+			why = "already used"
+		case errors.Is(err, store.ErrTokenExpired):
+			why = "expired"
+		case errors.Is(err, store.ErrNotFound):
+		default:
+			s.log.Error("enrollment failed", "err", err)
+			writeRefusal(w, refuse(http.StatusServiceUnavailable, CodeStoreUnavailable, "enrollment failed on our side; try again shortly"))
+			return
+		}
+		s.audit(r.Context(), "anonymous:"+r.RemoteAddr, "enroll_refused", subject, "token "+why)
+		// One answer for every bad token: a guesser learns nothing.
+		writeRefusal(w, refuse(http.StatusForbidden, CodeBadToken, "enrollment token refused (unknown, already used or expired): ask the operator for a new one"))
+		return
+	}
+	s.audit(r.Context(), "agent:"+agent.ID, "enroll", agent.ID, fmt.Sprintf("tenant=%s site=%s serial=%s not_after=%s %s", agent.Tenant, agent.Site, pki.SerialHex(leaf), leaf.NotAfter.UTC().Format(time.RFC3339), subject))
+	s.log.Info("agent enrolled", "agent", agent.ID, "tenant", agent.Tenant, "site", agent.Site, "not_after", leaf.NotAfter)
+	writeJSON(w, http.StatusOK, EnrollReply{Tenant: agent.Tenant, Site: agent.Site, Agent: agent.ID,
+		Certificate: string(certPEM), CA: string(s.ca.CertPEM()), NotAfter: leaf.NotAfter})
+}
+
+// handleRenew is POST /v1/renew over mTLS: a new CSR (a new key) becomes a
+// new certificate for the same identity, unless the agent was revoked.
+func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request, id pki.Identity) {
+	body, rf := readBody(w, r, maxTrustBody, "renewal request")
+	if rf != nil {
+		writeRefusal(w, rf)
+		return
+	}
+	var req enrollRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeRefusal(w, refuse(http.StatusBadRequest, CodeBadRequest, "renewal request: %v: send {\"csr\": base64 DER}", err))
+		return
+	}
+	pub, err := pki.ParseCSR(req.CSR)
+	if err != nil {
+		writeRefusal(w, refuse(http.StatusBadRequest, CodeBadCSR, "%v", err))
+		return
+	}
+	var certPEM []byte
+	var leaf *x509.Certificate
+	_, err = s.cfg.Registry.Renew(r.Context(), id.Agent, func(a store.Agent) (store.Cert, error) {
+		if a.Tenant != id.Tenant || a.Site != id.Site {
+			return store.Cert{}, fmt.Errorf("the certificate names %s/%s but the registry has %s/%s", id.Tenant, id.Site, a.Tenant, a.Site)
+		}
+		var err error
+		leaf, certPEM, err = s.ca.IssueAgent(id, pub, s.cfg.AgentValidity)
+		if err != nil {
+			return store.Cert{}, err
+		}
+		return store.Cert{Serial: pki.SerialHex(leaf), AgentID: id.Agent, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
+	})
+	if err != nil {
+		s.audit(r.Context(), "agent:"+id.Agent, "renew_refused", id.Agent, err.Error())
+		writeRefusal(w, refuse(http.StatusForbidden, CodeRevoked, "renewal refused: %v", err))
+		return
+	}
+	s.audit(r.Context(), "agent:"+id.Agent, "renew", id.Agent, fmt.Sprintf("serial=%s not_after=%s", pki.SerialHex(leaf), leaf.NotAfter.UTC().Format(time.RFC3339)))
+	s.log.Info("agent certificate renewed", "agent", id.Agent, "not_after", leaf.NotAfter)
+	writeJSON(w, http.StatusOK, EnrollReply{Tenant: id.Tenant, Site: id.Site, Agent: id.Agent,
+		Certificate: string(certPEM), CA: string(s.ca.CertPEM()), NotAfter: leaf.NotAfter})
+}
+
+// handleCRL is GET /v1/crl: a CRL of every unexpired certificate of a
+// revoked agent, signed by the CA, DER.
+func (s *Server) handleCRL(w http.ResponseWriter, r *http.Request) {
+	certs, at, err := s.cfg.Registry.RevokedCerts(r.Context())
+	if err != nil {
+		s.log.Error("listing revoked certificates failed", "err", err)
+		writeRefusal(w, refuse(http.StatusServiceUnavailable, CodeStoreUnavailable, "the registry is unavailable; try again shortly"))
+		return
+	}
+	revoked := make([]pki.Revoked, len(certs))
+	for i, c := range certs {
+		revoked[i] = pki.Revoked{Serial: c.Serial, At: at[i]}
+	}
+	der, err := s.ca.CRL(revoked, crlValidity)
+	if err != nil {
+		s.log.Error("signing the CRL failed", "err", err)
+		writeRefusal(w, refuse(http.StatusInternalServerError, CodeInternal, "signing the CRL failed"))
+		return
+	}
+	w.Header().Set("Content-Type", "application/pkix-crl")
+	w.Write(der)
+}
+
+// CertStatusReply is the answer to GET /v1/certs/{serial}.
+type CertStatusReply struct {
+	Serial   string           `json:"serial"`
+	Status   store.CertStatus `json:"status"`
+	NotAfter time.Time        `json:"not_after,omitzero"`
+}
+
+// handleCertStatus is GET /v1/certs/{serial}: the status of one of the
+// calling agent's own certificates (another agent's is "unknown" to it).
+func (s *Server) handleCertStatus(w http.ResponseWriter, r *http.Request, id pki.Identity) {
+	serial := strings.ToLower(strings.TrimPrefix(r.URL.Path, "/v1/certs/"))
+	st, c, a, err := s.cfg.Registry.CertStatus(r.Context(), serial)
+	if err != nil {
+		writeRefusal(w, refuse(http.StatusServiceUnavailable, CodeStoreUnavailable, "the registry is unavailable; try again shortly"))
+		return
+	}
+	if st != store.CertUnknown && a.ID != id.Agent {
+		st, c = store.CertUnknown, store.Cert{}
+	}
+	writeJSON(w, http.StatusOK, CertStatusReply{Serial: serial, Status: st, NotAfter: c.NotAfter})
+}
+
+type catalogRequest struct {
+	Points []store.CatalogPoint `json:"points"`
+}
+
+// handleCatalog is PUT /v1/catalog: the agent's point metadata, as far as
+// the site's policy lets it share, into the relational store (never the
+// blob archive). The ingest's own policy is a ceiling.
+func (s *Server) handleCatalog(w http.ResponseWriter, r *http.Request, id pki.Identity) {
+	body, rf := readBody(w, r, maxCatalogBody, "catalogue")
+	if rf != nil {
+		writeRefusal(w, rf)
+		return
+	}
+	var req catalogRequest
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeRefusal(w, refuse(http.StatusBadRequest, CodeBadCatalog, "catalogue: %v", err))
+		return
+	}
+	for i, p := range req.Points {
+		if err := checkCatalogPoint(p); err != nil {
+			writeRefusal(w, refuse(http.StatusBadRequest, CodeBadCatalog, "catalogue: point %d: %v", i, err))
+			return
+		}
+	}
+	switch s.cfg.CatalogPolicy {
+	case CatalogNone:
+		req.Points = nil
+	case CatalogTagsOnly:
+		for i := range req.Points {
+			req.Points[i].Name, req.Points[i].Description = "", ""
+		}
+	}
+	if err := s.cfg.Registry.PutCatalog(r.Context(), id.Tenant, id.Site, id.Agent, req.Points); err != nil {
+		s.log.Error("storing the catalogue failed", "agent", id.Agent, "err", err)
+		writeRefusal(w, refuse(http.StatusServiceUnavailable, CodeStoreUnavailable, "storing the catalogue failed on our side; try again shortly"))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "stored", "points": len(req.Points)})
+}
+
+// Bounds of one catalogue entry: generous for real BMS names, small enough
+// that a broken agent cannot fill the store.
+const (
+	maxCatalogString = 1024
+	maxCatalogTags   = 64
+)
+
+func checkCatalogPoint(p store.CatalogPoint) error {
+	if p.ID == 0 {
+		return errors.New("no id")
+	}
+	for _, f := range []struct{ name, v string }{{"name", p.Name}, {"description", p.Description}, {"unit", p.Unit}, {"kind", p.Kind}} {
+		if len(f.v) > maxCatalogString {
+			return fmt.Errorf("%s is %d bytes, longer than %d", f.name, len(f.v), maxCatalogString)
+		}
+	}
+	if len(p.Tags) > maxCatalogTags {
+		return fmt.Errorf("%d tags, more than %d", len(p.Tags), maxCatalogTags)
+	}
+	for _, t := range p.Tags {
+		if t == "" || len(t) > maxCatalogString {
+			return fmt.Errorf("tag of %d bytes: want 1 to %d", len(t), maxCatalogString)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,335 @@
+package server
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/ingest/blob"
+	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/ingest/store"
+)
+
+// trustEnv is an env whose server has a registry.
+type trustEnv struct {
+	*env
+	db *store.DB
+}
+
+func newTrustEnv(t *testing.T, opts ...envOpt) *trustEnv {
+	t.Helper()
+	db, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "ingest.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	opts = append([]envOpt{func(c *Config, _ *blob.Store) { c.Registry = db }}, opts...)
+	return &trustEnv{env: newEnv(t, opts...), db: db}
+}
+
+// token stores a new enrollment token for tenant/site and returns it.
+func (e *trustEnv) token(site string, ttl time.Duration) pki.EnrollToken {
+	e.t.Helper()
+	tok, err := pki.NewEnrollToken(pki.FingerprintOf(e.ca.Certificate()))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.db.CreateToken(context.Background(), store.Token{Hash: tok.Hash(), Tenant: tenant, Site: site, ExpiresAt: time.Now().Add(ttl), CreatedBy: "test"}); err != nil {
+		e.t.Fatal(err)
+	}
+	return tok
+}
+
+// anonymous is a client without a certificate that trusts the CA.
+func (e *trustEnv) anonymous() *http.Client {
+	return clientWith(e.t, &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: e.ca.Pool()})
+}
+
+func postJSON(t *testing.T, e *env, c *http.Client, path string, v any) reply {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.do(c, http.MethodPost, path, b)
+}
+
+// enroll enrolls with tok and returns a client holding the new certificate.
+func (e *trustEnv) enroll(tok pki.EnrollToken) (*http.Client, EnrollReply, *ecdsa.PrivateKey) {
+	e.t.Helper()
+	key, csr, err := pki.NewAgentKey()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	r := postJSON(e.t, e.env, e.anonymous(), "/v1/enroll", map[string]any{"token": tok.String(), "csr": csr})
+	wantReply(e.t, r, http.StatusOK, "")
+	var er EnrollReply
+	raw, _ := json.Marshal(r.body)
+	if err := json.Unmarshal(raw, &er); err != nil {
+		e.t.Fatal(err)
+	}
+	b, err := pki.NewBundle(key, []byte(er.Certificate), []byte(er.CA))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.agents[er.Agent] = b
+	return e.client(er.Agent), er, key
+}
+
+func TestEnrollThenUpload(t *testing.T) {
+	e := newTrustEnv(t)
+	tok := e.token("s1", time.Hour)
+	c, er, _ := e.enroll(tok)
+	if er.Tenant != tenant || er.Site != "s1" || !strings.HasPrefix(er.Agent, "ag-") {
+		t.Errorf("enrolled as %+v", er)
+	}
+	if life := time.Until(er.NotAfter); life > pki.DefaultAgentValidity || life < pki.DefaultAgentValidity-time.Hour {
+		t.Errorf("certificate lives %v, want about %v", life, pki.DefaultAgentValidity)
+	}
+	wantReply(t, e.upload(er.Agent, e.encode(er.Agent, 1, samples(5, now))), http.StatusOK, "")
+	_ = c
+
+	// The token is single-use, and a bad token tells nothing about why.
+	_, csr, _ := pki.NewAgentKey()
+	r := postJSON(t, e.env, e.anonymous(), "/v1/enroll", map[string]any{"token": tok.String(), "csr": csr})
+	wantReply(t, r, http.StatusForbidden, CodeBadToken)
+	unknown, _ := pki.NewEnrollToken(pki.FingerprintOf(e.ca.Certificate()))
+	wantReply(t, postJSON(t, e.env, e.anonymous(), "/v1/enroll", map[string]any{"token": unknown.String(), "csr": csr}), http.StatusForbidden, CodeBadToken)
+
+	entries, err := e.db.AuditLog(context.Background(), 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var actions []string
+	for _, en := range entries {
+		actions = append(actions, en.Action)
+	}
+	if got := strings.Join(actions, ","); got != "enroll,enroll_refused,enroll_refused" {
+		t.Errorf("audit actions %q", got)
+	}
+}
+
+func TestEnrollRefused(t *testing.T) {
+	e := newTrustEnv(t)
+	_, goodCSR, _ := pki.NewAgentKey()
+	otherCA, err := pki.NewEnrollToken(pki.Fingerprint{1, 2, 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired := e.token("s1", -time.Minute)
+	tests := []struct {
+		name   string
+		body   any
+		status int
+		code   string
+	}{
+		{"not JSON", "{", http.StatusBadRequest, CodeBadRequest},
+		{"malformed token", map[string]any{"token": "sge1.nope", "csr": goodCSR}, http.StatusForbidden, CodeBadToken},
+		{"token for another CA", map[string]any{"token": otherCA.String(), "csr": goodCSR}, http.StatusForbidden, CodeWrongCA},
+		{"expired token", map[string]any{"token": expired.String(), "csr": goodCSR}, http.StatusForbidden, CodeBadToken},
+		{"garbage CSR", map[string]any{"token": e.token("s1", time.Hour).String(), "csr": []byte("nope")}, http.StatusBadRequest, CodeBadCSR},
+		{"CSR with a broken signature", map[string]any{"token": e.token("s1", time.Hour).String(), "csr": flipLast(goodCSR)}, http.StatusBadRequest, CodeBadCSR},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var body []byte
+			if s, ok := tt.body.(string); ok {
+				body = []byte(s)
+			} else {
+				body, _ = json.Marshal(tt.body)
+			}
+			wantReply(t, e.do(e.anonymous(), http.MethodPost, "/v1/enroll", body), tt.status, tt.code)
+		})
+	}
+	if agents, _ := e.db.Agents(context.Background()); len(agents) != 0 {
+		t.Errorf("refused enrollments made agents: %+v", agents)
+	}
+}
+
+func flipLast(b []byte) []byte {
+	c := append([]byte(nil), b...)
+	c[len(c)-1] ^= 0x55
+	return c
+}
+
+func TestRouteNeedsCertificate(t *testing.T) {
+	e := newTrustEnv(t)
+	for _, p := range []struct{ method, path string }{
+		{http.MethodPost, "/v1/batches"}, {http.MethodPut, "/v1/tables/0011223344556677"},
+		{http.MethodPost, "/v1/renew"}, {http.MethodPut, "/v1/catalog"}, {http.MethodGet, "/v1/certs/01"},
+	} {
+		wantReply(t, e.do(e.anonymous(), p.method, p.path, []byte("x")), http.StatusUnauthorized, CodeUnauthorized)
+	}
+	if n := len(e.list()); n != 0 {
+		t.Errorf("%d blobs stored by anonymous requests", n)
+	}
+}
+
+func TestUnregisteredCertificateRefused(t *testing.T) {
+	e := newTrustEnv(t)
+	// "a" has a certificate from our CA that the registry never recorded
+	// (a CA key used outside the ingest): refused at the handshake.
+	req, _ := http.NewRequest(http.MethodPost, e.base+"/v1/batches", strings.NewReader("x"))
+	if resp, err := e.client("a").Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("an unregistered agent got an answer: %d", resp.StatusCode)
+	}
+}
+
+func TestRevocationTakesEffectAtOnce(t *testing.T) {
+	e := newTrustEnv(t)
+	_, er, _ := e.enroll(e.token("s1", time.Hour))
+	b := e.agents[er.Agent]
+	cert, err := tls.X509KeyPair(b.CertPEM, b.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := pki.ClientTLSConfig(cert, e.ca.Pool())
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+	c := clientWith(t, cfg)
+	enc := e.encode(er.Agent, 1, samples(3, now))
+	wantReply(t, e.do(c, http.MethodPut, "/v1/tables/"+enc.TableHash.String(), enc.Table), http.StatusCreated, "")
+
+	if _, err := e.db.Revoke(context.Background(), er.Agent, "test"); err != nil {
+		t.Fatal(err)
+	}
+	// The keep-alive connection from before the revocation is refused at
+	// its next request.
+	wantReply(t, e.do(c, http.MethodPost, "/v1/batches", enc.Data), http.StatusForbidden, CodeRevoked)
+	// A new connection resuming the old TLS session is refused at the
+	// handshake: VerifyConnection runs on resumption too.
+	c.Transport.(*http.Transport).CloseIdleConnections()
+	req, _ := http.NewRequest(http.MethodPost, e.base+"/v1/batches", strings.NewReader(string(enc.Data)))
+	if resp, err := c.Do(req); err == nil {
+		resp.Body.Close()
+		t.Errorf("a revoked agent got an answer on a new connection: %d", resp.StatusCode)
+	}
+	if n := len(e.list()); n != 1 { // the table only
+		t.Errorf("%d blobs stored, want only the table", n)
+	}
+}
+
+func TestRenew(t *testing.T) {
+	e := newTrustEnv(t)
+	c, er, _ := e.enroll(e.token("s1", time.Hour))
+	oldSerial := pki.SerialHex(mustLeaf(t, e.agents[er.Agent]))
+	key, csr, _ := pki.NewAgentKey()
+	r := postJSON(t, e.env, c, "/v1/renew", map[string]any{"csr": csr})
+	wantReply(t, r, http.StatusOK, "")
+	b, err := pki.NewBundle(key, []byte(r.body["certificate"].(string)), e.ca.CertPEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Identity != e.agents[er.Agent].Identity {
+		t.Errorf("renewed identity %v, want %v", b.Identity, e.agents[er.Agent].Identity)
+	}
+	e.agents["renewed"] = b
+	nc := e.client("renewed")
+	wantReply(t, e.do(nc, http.MethodGet, "/v1/certs/"+pki.SerialHex(mustLeaf(t, b)), nil), http.StatusOK, "")
+	st := e.do(nc, http.MethodGet, "/v1/certs/"+oldSerial, nil)
+	if st.body["status"] != string(store.CertGood) {
+		t.Errorf("old certificate status %v", st.body)
+	}
+	// Another agent's serial is unknown to this one.
+	_, other, _ := e.enroll(e.token("s1", time.Hour))
+	if st := e.do(nc, http.MethodGet, "/v1/certs/"+pki.SerialHex(mustLeaf(t, e.agents[other.Agent])), nil); st.body["status"] != string(store.CertUnknown) {
+		t.Errorf("another agent's certificate status %v, want unknown", st.body)
+	}
+	// A revoked agent cannot renew (a fresh DB check, not only the
+	// handshake's): revoke, then renew on the open connection.
+	wantReply(t, postJSON(t, e.env, nc, "/v1/renew", map[string]any{"csr": []byte("x")}), http.StatusBadRequest, CodeBadCSR)
+	e.db.Revoke(context.Background(), er.Agent, "test")
+	_, csr2, _ := pki.NewAgentKey()
+	wantReply(t, postJSON(t, e.env, nc, "/v1/renew", map[string]any{"csr": csr2}), http.StatusForbidden, CodeRevoked)
+}
+
+func mustLeaf(t *testing.T, b pki.Bundle) *x509.Certificate {
+	t.Helper()
+	c, err := tls.X509KeyPair(b.CertPEM, b.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Leaf
+}
+
+func TestCRL(t *testing.T) {
+	e := newTrustEnv(t)
+	_, er, _ := e.enroll(e.token("s1", time.Hour))
+	_, kept, _ := e.enroll(e.token("s1", time.Hour))
+	e.db.Revoke(context.Background(), er.Agent, "stolen")
+	resp, err := e.anonymous().Get(e.base + "/v1/crl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		t.Fatalf("parsing the CRL: %v", err)
+	}
+	if err := crl.CheckSignatureFrom(e.ca.Certificate()); err != nil {
+		t.Errorf("CRL signature: %v", err)
+	}
+	if len(crl.RevokedCertificateEntries) != 1 || crl.RevokedCertificateEntries[0].SerialNumber.Cmp(mustLeaf(t, e.agents[er.Agent]).SerialNumber) != 0 {
+		t.Errorf("CRL entries %+v, want the revoked agent's certificate only", crl.RevokedCertificateEntries)
+	}
+	_ = kept
+}
+
+func TestCatalogPolicy(t *testing.T) {
+	points := map[string]any{"points": []map[string]any{
+		{"id": 11, "name": "AHU-1 SAT", "description": "supply air", "unit": "°F", "kind": "float", "tags": []string{"air", "temp"}},
+		{"id": 12, "name": "AHU-1 Fan", "unit": "", "kind": "bool"},
+	}}
+	for _, tt := range []struct {
+		policy   string
+		wantN    int
+		wantName string
+	}{{CatalogFull, 2, "AHU-1 SAT"}, {CatalogTagsOnly, 2, ""}, {CatalogNone, 0, ""}} {
+		t.Run(tt.policy, func(t *testing.T) {
+			e := newTrustEnv(t, func(c *Config, _ *blob.Store) { c.CatalogPolicy = tt.policy })
+			c, er, _ := e.enroll(e.token("s1", time.Hour))
+			b, _ := json.Marshal(points)
+			wantReply(t, e.do(c, http.MethodPut, "/v1/catalog", b), http.StatusOK, "")
+			got, err := e.db.Catalog(context.Background(), er.Tenant, er.Site)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != tt.wantN {
+				t.Fatalf("%d points stored, want %d", len(got), tt.wantN)
+			}
+			if tt.wantN > 0 && (got[0].Name != tt.wantName || got[0].Unit != "°F" || len(got[0].Tags) != 2) {
+				t.Errorf("stored %+v", got[0])
+			}
+			for _, bad := range []string{`{"points":[{"id":0}]}`, `{"points":[{"id":1,"bogus":2}]}`, `{"points":[{"id":1,"name":"` + strings.Repeat("x", 2000) + `"}]}`} {
+				wantReply(t, e.do(c, http.MethodPut, "/v1/catalog", []byte(bad)), http.StatusBadRequest, CodeBadCatalog)
+			}
+			if n := len(e.list()); n != 0 {
+				t.Errorf("the catalogue reached the blob archive: %d blobs", n)
+			}
+		})
+	}
+}
+
+func TestRefusedBatchIsAudited(t *testing.T) {
+	e := newTrustEnv(t)
+	_, er, _ := e.enroll(e.token("s1", time.Hour))
+	c := e.client(er.Agent)
+	wantReply(t, e.do(c, http.MethodPost, "/v1/batches", []byte("garbage")), http.StatusBadRequest, CodeBadBatch)
+	entries, _ := e.db.AuditLog(context.Background(), 0, 100)
+	last := entries[len(entries)-1]
+	if last.Action != "batch_refused" || last.Subject != er.Agent || !strings.HasPrefix(last.Detail, CodeBadBatch) {
+		t.Errorf("last audit entry %+v", last)
+	}
+	if _, err := e.db.VerifyAudit(context.Background()); err != nil {
+		t.Error(err)
+	}
+}
