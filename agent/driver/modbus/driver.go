@@ -1,0 +1,494 @@
+// Package modbus is the Modbus TCP driver: it reads coils, discrete
+// inputs, holding and input registers from controllers, meters and drives,
+// directly or through a gateway with several unit ids, and never writes.
+//
+// Every request passes the read-only Guard at the wire (function codes
+// 1-4 and 43/14 only), on our own Transport (dials from the control NIC,
+// deadlines from the context, one request at a time, answers checked).
+// Points due together are coalesced into block reads by the planner, and
+// the driver learns a device's limits from its exceptions: a block the
+// device refuses as "illegal data address" or "illegal data value" is
+// split until the culprit is found; holes, cuts and a smaller maximum
+// block size are remembered and never asked again. See README.md.
+package modbus
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	gmodbus "github.com/goburrow/modbus"
+
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// Name is the driver's name in a device's `driver:` key.
+const Name = "modbus"
+
+// SampleConfig is an example device configuration.
+//
+//go:embed sample.yaml
+var SampleConfig string
+
+// Info describes the driver to the registry.
+func Info() driver.Info {
+	return driver.Info{Name: Name, New: New}
+}
+
+// Compile-time checks that the driver offers what the agent looks for.
+var (
+	_ driver.Driver     = (*Driver)(nil)
+	_ driver.Discoverer = (*Driver)(nil)
+)
+
+// New is the driver's Factory: it validates the settings and every point
+// and does no network I/O.
+func New(dev driver.Device) (driver.Driver, error) {
+	return newDriver(dev)
+}
+
+func newDriver(dev driver.Device) (*Driver, error) {
+	cfg, err := parseSettings(dev.Settings)
+	errs := []error{}
+	if err != nil {
+		errs = append(errs, err)
+	}
+	log := dev.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &Driver{cfg: cfg, log: log, guard: NewGuard(log), specs: map[string]spec{},
+		learned: map[area]*limits{}, warned: map[string]bool{}}
+	if cfg.profile != nil {
+		d.profile = cfg.profile.forUnit(cfg.unit)
+	}
+	for i, p := range dev.Points {
+		s, err := d.resolve(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("point %d %q: %w", i+1, p.Ref, err))
+			continue
+		}
+		d.specs[p.Ref] = s
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("modbus device %q: %w", dev.Name, err)
+	}
+	d.tr, err = NewTransport(TransportOptions{Address: cfg.address, LocalAddr: cfg.local, RequestTimeout: cfg.timeout})
+	if err != nil {
+		return nil, fmt.Errorf("modbus device %q: %w", dev.Name, err)
+	}
+	return d, nil
+}
+
+// resolve turns a configured point into a spec: a profile point by its
+// canonical ref, anything else by parsing the ref, with the point's
+// settings over the device's.
+func (d *Driver) resolve(p driver.Point) (spec, error) {
+	ps, line, err := decodePointSettings(p.Settings)
+	if err != nil {
+		return spec{}, err
+	}
+	at := func(err error) error {
+		if line > 0 {
+			return fmt.Errorf("line %d: %w", line, err)
+		}
+		return err
+	}
+	if s, ok := d.profile[p.Ref]; ok {
+		// Discovered points carry the profile's settings; anything else
+		// would quietly change what the profile says.
+		t, err := applySettings(s, ps)
+		if err != nil || t != s {
+			return spec{}, at(errors.New("a profile point takes its order, scale and offset from the profile: fix the profile, or give the point a ref of its own"))
+		}
+		return s, nil
+	}
+	s, err := resolvePoint(p.Ref, ps, refDefaults{unit: d.cfg.unit, oneBased: d.cfg.oneBased}, d.cfg.order)
+	if err != nil {
+		return spec{}, at(err)
+	}
+	return s, nil
+}
+
+// Driver reads one Modbus TCP device, or several units behind one gateway.
+// Its methods are safe for concurrent use; requests are serialised on the
+// one connection.
+type Driver struct {
+	cfg     config
+	log     *slog.Logger
+	guard   *Guard
+	tr      *Transport
+	profile map[string]spec // the profile's points for the device's unit, by ref
+
+	mu        sync.Mutex
+	specs     map[string]spec // resolved points by ref
+	learned   map[area]*limits
+	warned    map[string]bool
+	connected bool
+	closed    bool
+}
+
+var (
+	errClosed       = errors.New("modbus driver closed: build a new one")
+	errNotConnected = errors.New("modbus driver not connected: call Connect first")
+)
+
+// Refused returns how many requests the driver's guard refused.
+func (d *Driver) Refused() uint64 { return d.guard.Refused() }
+
+// Connect dials the device. It may be called again after ErrConnLost.
+func (d *Driver) Connect(ctx context.Context) error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return errClosed
+	}
+	d.mu.Unlock()
+	if err := d.tr.Connect(ctx); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		d.tr.Close()
+		return errClosed
+	}
+	d.connected = true
+	return nil
+}
+
+// Close closes the connection. It is idempotent; every other method fails
+// afterwards.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	d.closed, d.connected = true, false
+	d.mu.Unlock()
+	return d.tr.Close()
+}
+
+func (d *Driver) ready() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.closed:
+		return errClosed
+	case !d.connected:
+		return errNotConnected
+	}
+	return nil
+}
+
+// specFor returns the spec of a ref, parsing refs not configured at New.
+func (d *Driver) specFor(p driver.Point) (spec, error) {
+	d.mu.Lock()
+	s, ok := d.specs[p.Ref]
+	d.mu.Unlock()
+	if ok {
+		return s, nil
+	}
+	s, err := d.resolve(p)
+	if err != nil {
+		return spec{}, err
+	}
+	d.mu.Lock()
+	d.specs[p.Ref] = s
+	d.mu.Unlock()
+	return s, nil
+}
+
+// limitsLocked returns the learned limits of an area, creating them.
+func (d *Driver) limitsLocked(a area) *limits {
+	l := d.learned[a]
+	if l == nil {
+		l = &limits{}
+		d.learned[a] = l
+	}
+	return l
+}
+
+// warnOnce logs a warning the first time key is seen.
+func (d *Driver) warnOnce(key, msg string, args ...any) {
+	d.mu.Lock()
+	seen := d.warned[key]
+	d.warned[key] = true
+	d.mu.Unlock()
+	if !seen {
+		d.log.Warn(msg, args...)
+	}
+}
+
+// Read reads points, coalesced into as few block reads as the device
+// allows. A point the device cannot deliver is a sample with a fault
+// status (an exception) or a comm-failure status (its unit did not
+// answer); the read fails only when the connection is lost, the device is
+// busy, or no unit answered at all.
+func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sample, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := d.ready(); err != nil {
+		return nil, err
+	}
+	if len(points) == 0 {
+		return nil, nil
+	}
+	r := &read{d: d, ctx: ctx, points: points, specs: make([]spec, len(points)),
+		samples: make([]telemetry.Sample, len(points)), dead: map[byte]error{}}
+	type loc struct {
+		area area
+		span span
+	}
+	byLoc := map[loc]*item{}
+	var items []*item
+	for i, p := range points {
+		r.samples[i].PointID = p.ID
+		s, err := d.specFor(p)
+		if err != nil {
+			d.warnOnce("ref:"+p.Ref, "point cannot be read: its ref is invalid", "point", p.Ref, "err", err)
+			r.set(i, 0, telemetry.StatusFault)
+			continue
+		}
+		r.specs[i] = s
+		key := loc{area: area{s.unit, s.table}, span: span{int(s.addr), int(s.addr) + s.size()}}
+		it := byLoc[key]
+		if it == nil {
+			it = &item{area: key.area, span: key.span}
+			byLoc[key] = it
+			items = append(items, it)
+		}
+		it.specs = append(it.specs, i)
+	}
+	d.mu.Lock()
+	blocks, skipped := plan(items, d.limitsLocked, d.cfg.plan)
+	d.mu.Unlock()
+	for _, it := range skipped {
+		// A learned hole or unsupported table: never asked again.
+		r.fail(it, telemetry.StatusFault)
+	}
+	for _, b := range blocks {
+		if _, err := r.block(b); err != nil {
+			return nil, err
+		}
+	}
+	if len(r.dead) > 0 && r.answered == 0 {
+		for u, err := range r.dead {
+			return nil, fmt.Errorf("no unit answered (unit %d: %w): %w", u, err, driver.ErrConnLost)
+		}
+	}
+	return r.samples, nil
+}
+
+// read is the state of one Read.
+type read struct {
+	d        *Driver
+	ctx      context.Context
+	points   []driver.Point
+	specs    []spec
+	samples  []telemetry.Sample
+	dead     map[byte]error // units that did not answer in this read
+	answered int            // requests answered, exceptions included
+	requests int
+}
+
+func (r *read) set(i int, v float64, st telemetry.Status) {
+	r.samples[i].Time = time.Now().UnixMilli()
+	r.samples[i].Value, r.samples[i].Status = v, st
+}
+
+func (r *read) fail(it *item, st telemetry.Status) {
+	for _, i := range it.specs {
+		r.set(i, 0, st)
+	}
+}
+
+func (r *read) failBlock(b block, st telemetry.Status) {
+	for _, it := range b.items {
+		r.fail(it, st)
+	}
+}
+
+// block reads one block and decodes its items. It reports whether the
+// device answered it without an exception. An exception 2 or 3 splits the
+// block and teaches the driver the device's limits.
+func (r *read) block(b block) (bool, error) {
+	d := r.d
+	if _, dead := r.dead[b.area.unit]; dead {
+		r.failBlock(b, telemetry.StatusCommFailure)
+		return false, nil
+	}
+	data, err := r.fetch(b)
+	var mbErr *gmodbus.ModbusError
+	switch {
+	case err == nil:
+		r.answered++
+		r.decode(b, data)
+		return true, nil
+	case errors.As(err, &mbErr):
+		r.answered++
+	case errors.Is(err, errTimeout) && r.ctx.Err() == nil:
+		// One silent unit behind a gateway must not cost the others:
+		// give up on it for this read only.
+		r.dead[b.area.unit] = err
+		d.log.Debug("unit did not answer", "unit", b.area.unit, "err", err)
+		r.failBlock(b, telemetry.StatusCommFailure)
+		return false, nil
+	default:
+		return false, err
+	}
+	where := fmt.Sprintf("%s %d+%d on unit %d", b.area.table, b.span.start, b.span.end-b.span.start, b.area.unit)
+	switch mbErr.ExceptionCode {
+	case gmodbus.ExceptionCodeIllegalDataAddress, gmodbus.ExceptionCodeIllegalDataValue:
+		if len(b.items) == 1 {
+			d.mu.Lock()
+			l := d.limitsLocked(b.area)
+			l.holes = append(l.holes, b.items[0].span)
+			d.mu.Unlock()
+			d.log.Warn("device refuses to read these registers; their points get a fault status and are not asked again",
+				"range", where, "exception", mbErr.ExceptionCode)
+			r.fail(b.items[0], telemetry.StatusFault)
+			return false, nil
+		}
+		left, right, atGap := b.split()
+		okL, err := r.block(left)
+		if err != nil {
+			return false, err
+		}
+		okR, err := r.block(right)
+		if err != nil {
+			return false, err
+		}
+		if okL && okR {
+			d.mu.Lock()
+			l := d.limitsLocked(b.area)
+			if atGap {
+				// The unused registers between the halves cannot be read.
+				l.cuts = append(l.cuts, right.span.start)
+			} else {
+				n := max(left.span.end-left.span.start, right.span.end-right.span.start)
+				if l.maxLen == 0 || n < l.maxLen {
+					l.maxLen = n
+				}
+			}
+			d.mu.Unlock()
+			d.log.Info("learned a device limit: reading in smaller blocks from now on", "range", where,
+				"exception", mbErr.ExceptionCode, "split_at_gap", atGap)
+		}
+		return false, nil
+	case gmodbus.ExceptionCodeIllegalFunction:
+		d.mu.Lock()
+		d.limitsLocked(b.area).unsupported = true
+		d.mu.Unlock()
+		d.log.Warn("unit does not support reading this table; its points get a fault status and are not asked again",
+			"range", where, "function_code", b.area.table.function())
+		r.failBlock(b, telemetry.StatusFault)
+		return false, nil
+	case gmodbus.ExceptionCodeAcknowledge, gmodbus.ExceptionCodeServerDeviceBusy:
+		return false, fmt.Errorf("reading %s: %w: %w", where, mbErr, driver.ErrBusy)
+	case gmodbus.ExceptionCodeGatewayPathUnavailable, gmodbus.ExceptionCodeGatewayTargetDeviceFailedToRespond:
+		r.dead[b.area.unit] = mbErr
+		r.failBlock(b, telemetry.StatusCommFailure)
+		d.warnOnce(fmt.Sprintf("gw:%d", b.area.unit), "the gateway cannot reach this unit", "unit", b.area.unit, "err", mbErr)
+		return false, nil
+	default:
+		d.warnOnce("exc:"+where, "device answered with an exception; its points get a fault status", "range", where, "err", mbErr)
+		r.failBlock(b, telemetry.StatusFault)
+		return false, nil
+	}
+}
+
+// fetch sends the block's read request and returns the answer's data
+// (registers or packed bits), its length checked.
+func (r *read) fetch(b block) ([]byte, error) {
+	r.requests++
+	c := r.d.guard.Client(r.ctx, r.d.tr, b.area.unit)
+	addr, n := uint16(b.span.start), uint16(b.span.end-b.span.start)
+	var data []byte
+	var err error
+	switch b.area.table {
+	case coils:
+		data, err = c.ReadCoils(addr, n)
+	case discrete:
+		data, err = c.ReadDiscreteInputs(addr, n)
+	case holding:
+		data, err = c.ReadHoldingRegisters(addr, n)
+	case input:
+		data, err = c.ReadInputRegisters(addr, n)
+	}
+	where := fmt.Sprintf("reading %s %d+%d on unit %d", b.area.table, addr, n, b.area.unit)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	want := 2 * int(n)
+	if b.area.table.bits() {
+		want = (int(n) + 7) / 8
+	}
+	if len(data) != want {
+		return nil, fmt.Errorf("%s: the answer holds %d data bytes, want %d: the device answered a different request", where, len(data), want)
+	}
+	return data, nil
+}
+
+// decode turns a block's data into its items' samples.
+func (r *read) decode(b block, data []byte) {
+	for _, it := range b.items {
+		off := it.span.start - b.span.start
+		for _, i := range it.specs {
+			s := r.specs[i]
+			if s.table.bits() {
+				r.set(i, bitAt(data, off), telemetry.StatusOK)
+				continue
+			}
+			v, err := decodeRegisters(s, data[2*off:2*(off+s.size())])
+			if err != nil {
+				r.d.warnOnce("val:"+r.points[i].Ref, "point value unusable; its samples get a fault status", "point", r.points[i].Ref, "err", err)
+				r.set(i, 0, telemetry.StatusFault)
+				continue
+			}
+			r.set(i, v, telemetry.StatusOK)
+		}
+	}
+}
+
+// Discover returns the points of the device's profile: the configured one,
+// or the built-in profile matching the device's identification (43/14).
+// Refs are canonical (u1/hr/2999/float32).
+func (d *Driver) Discover(ctx context.Context) ([]driver.Point, error) {
+	if err := d.ready(); err != nil {
+		return nil, err
+	}
+	p := d.cfg.profile
+	id, idErr := d.guard.ReadDeviceID(ctx, d.tr, d.cfg.unit)
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("discovering modbus points: %w", ctx.Err())
+	}
+	if idErr != nil && errors.Is(idErr, driver.ErrConnLost) {
+		return nil, fmt.Errorf("discovering modbus points: %w", idErr)
+	}
+	if idErr == nil {
+		d.log.Info("device identification", "unit", d.cfg.unit, "id", id.String())
+	}
+	if p == nil {
+		if idErr != nil {
+			return nil, fmt.Errorf("discovering modbus points: no settings.profile, and the device gives no identification to choose one (%w): name a profile or list the points", idErr)
+		}
+		if p = MatchProfile(id); p == nil {
+			return nil, fmt.Errorf("discovering modbus points: no built-in profile matches %q: name a profile or list the points", id.String())
+		}
+		d.log.Info("chose a profile from the device identification", "profile", p.Name)
+		d.mu.Lock()
+		d.profile = p.forUnit(d.cfg.unit)
+		d.mu.Unlock()
+	}
+	points := make([]driver.Point, 0, len(p.Points))
+	for _, pp := range p.Points {
+		s := pp.spec
+		s.unit = d.cfg.unit
+		points = append(points, driver.Point{Ref: s.ref(), Name: pp.Name, Unit: pp.Unit, Settings: settingsOf(s)})
+	}
+	return points, nil
+}

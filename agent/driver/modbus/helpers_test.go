@@ -1,0 +1,81 @@
+package modbus_test
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v4"
+
+	"github.com/sightglass-bms/sightglass/agent/driver/modbus"
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	modbussim "github.com/sightglass-bms/sightglass/pkg/sim/modbus"
+)
+
+// yamlSettings is driver.Settings over a YAML text, strict like the
+// agent's config.
+type yamlSettings string
+
+func (s yamlSettings) Decode(v any) error {
+	if strings.TrimSpace(string(s)) == "" {
+		return nil
+	}
+	var n yaml.Node
+	if err := yaml.Load([]byte(s), &n); err != nil {
+		return err
+	}
+	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
+		n = *n.Content[0]
+	}
+	if n.Kind == yaml.MappingNode && len(n.Content) == 0 {
+		return nil
+	}
+	return n.Load(v, yaml.WithKnownFields())
+}
+
+// point builds a configured point; extra is YAML of its own settings.
+func point(id uint64, ref, extra string) driver.Point {
+	p := driver.Point{ID: id, Ref: ref, Name: ref}
+	if extra != "" {
+		p.Settings = yamlSettings(extra)
+	}
+	return p
+}
+
+// startSim starts a simulator on loopback and stops it with the test.
+func startSim(t testing.TB, opts modbussim.Options, units map[byte]*modbussim.Unit) *modbussim.Server {
+	t.Helper()
+	s, err := modbussim.Start(opts, units)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// newDriver builds and connects a driver for addr with extra settings.
+func newDriver(t testing.TB, addr, extra string, points ...driver.Point) *modbus.Driver {
+	t.Helper()
+	d, err := modbus.New(driver.Device{Name: "dev", Settings: yamlSettings(fmt.Sprintf("host: %s\n%s", addr, extra)), Points: points, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return d.(*modbus.Driver)
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
