@@ -312,9 +312,9 @@ func (r *read) failBlock(b block, st telemetry.Status) {
 	}
 }
 
-// block reads one block and decodes its items. It reports whether the
-// device answered it without an exception. An exception 2 or 3 splits the
-// block and teaches the driver the device's limits.
+// block reads one block and decodes its items. It reports whether every
+// item got its data, in one read or after splitting. An exception 2 or 3
+// splits the block and teaches the driver the device's limits.
 func (r *read) block(b block) (bool, error) {
 	d := r.d
 	if _, dead := r.dead[b.area.unit]; dead {
@@ -326,6 +326,9 @@ func (r *read) block(b block) (bool, error) {
 	switch {
 	case err == nil:
 		r.answered++
+		d.mu.Lock()
+		d.limitsLocked(b.area).succeeded(b.span.end - b.span.start)
+		d.mu.Unlock()
 		r.decode(b, data)
 		return true, nil
 	case errors.As(err, &mbErr):
@@ -369,10 +372,7 @@ func (r *read) block(b block) (bool, error) {
 				// The unused registers between the halves cannot be read.
 				l.cuts = append(l.cuts, right.span.start)
 			} else {
-				n := max(left.span.end-left.span.start, right.span.end-right.span.start)
-				if l.maxLen == 0 || n < l.maxLen {
-					l.maxLen = n
-				}
+				l.refused(b.span.end - b.span.start)
 			}
 			d.mu.Unlock()
 			d.log.Info("learned a device limit: reading in smaller blocks from now on", "range", where,

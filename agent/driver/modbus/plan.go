@@ -26,15 +26,46 @@ type span struct{ start, end int }
 
 func (s span) overlaps(o span) bool { return s.start < o.end && o.start < s.end }
 
-// limits is what the driver has learned about one area: reads longer than
-// maxLen fail, the holes cannot be read at all, and no read may cover both
-// sides of a cut (the unmapped gap behind it made a bridging read fail).
-// It only ever tightens, so learning ends.
+// limits is what the driver has learned about one area: the holes cannot
+// be read at all, no read may cover both sides of a cut (the unmapped gap
+// behind it made a bridging read fail), and reads of badLen registers fail
+// while reads of okLen succeed. Holes and cuts only accumulate and badLen
+// only shrinks, so learning ends.
 type limits struct {
-	maxLen      int // 0: the protocol's limit
-	holes       []span
-	cuts        []int // a cut at c: no read covers both c-1 and c
-	unsupported bool  // the unit answered "illegal function" for the table
+	okLen, badLen int // 0: unknown
+	holes         []span
+	cuts          []int // a cut at c: no read covers both c-1 and c
+	unsupported   bool  // the unit answered "illegal function" for the table
+}
+
+// maxLen is the longest read to try, 0 for the protocol's limit. Between
+// the longest read seen to work and the shortest refused it probes the
+// middle, so the limit is found in a few polls rather than guessed low.
+func (l *limits) maxLen() int {
+	switch {
+	case l.badLen == 0:
+		return 0
+	case l.okLen+1 >= l.badLen:
+		return l.okLen
+	}
+	return (l.okLen + l.badLen) / 2
+}
+
+// succeeded records a read of n registers or bits that worked.
+func (l *limits) succeeded(n int) {
+	l.okLen = max(l.okLen, n)
+	if l.badLen != 0 && n >= l.badLen {
+		// What looked like a size limit was not one.
+		l.badLen = 0
+	}
+}
+
+// refused records that a contiguous read of n failed while its halves
+// worked: the device's limit is below n.
+func (l *limits) refused(n int) {
+	if l.badLen == 0 || n < l.badLen {
+		l.badLen = n
+	}
 }
 
 func (l *limits) hole(s span) bool {
@@ -43,7 +74,7 @@ func (l *limits) hole(s span) bool {
 
 // allows reports whether one read may cover s.
 func (l *limits) allows(s span) bool {
-	if l.maxLen > 0 && s.end-s.start > l.maxLen {
+	if m := l.maxLen(); m > 0 && s.end-s.start > m {
 		return false
 	}
 	if l.hole(s) {

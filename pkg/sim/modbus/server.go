@@ -53,7 +53,7 @@ const (
 	Silent
 	// CloseBeforeAnswer closes the connection instead of answering.
 	CloseBeforeAnswer
-	// CloseMidAnswer writes half of the answer, then closes.
+	// CloseMidAnswer writes the answer but its last two bytes, then closes.
 	CloseMidAnswer
 	// WrongTransaction answers with another transaction id.
 	WrongTransaction
@@ -273,7 +273,7 @@ func (s *Server) serve(c net.Conn) error {
 		case BadHeaderLength:
 			binary.BigEndian.PutUint16(frame[4:], 0)
 		case CloseMidAnswer:
-			c.Write(frame[:len(frame)/2])
+			c.Write(frame[:len(frame)-2])
 			return nil
 		}
 		if _, err := c.Write(frame); err != nil {
