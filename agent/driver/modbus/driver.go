@@ -365,20 +365,23 @@ func (r *read) block(b block) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		if okL && okR {
-			d.mu.Lock()
-			l := d.limitsLocked(b.area)
-			if atGap {
-				// The unused registers between the halves cannot be read.
-				l.cuts = append(l.cuts, right.span.start)
-			} else {
-				l.refused(b.span.end - b.span.start)
-			}
-			d.mu.Unlock()
-			d.log.Info("learned a device limit: reading in smaller blocks from now on", "range", where,
-				"exception", mbErr.ExceptionCode, "split_at_gap", atGap)
+		d.mu.Lock()
+		l := d.limitsLocked(b.area)
+		switch {
+		case atGap:
+			// The unmapped registers between the halves, or a hole
+			// found in one of them, made the bridging read fail: do not
+			// bridge this gap again. Cutting every gap split here makes
+			// the next poll use this read's working partition at once.
+			l.cuts = append(l.cuts, right.span.start)
+		case okL && okR:
+			// Contiguous and both halves fine: the read was too long.
+			l.refused(b.span.end - b.span.start)
 		}
-		return false, nil
+		d.mu.Unlock()
+		d.log.Info("learned a device limit: reading in smaller blocks from now on", "range", where,
+			"exception", mbErr.ExceptionCode, "split_at_gap", atGap)
+		return okL && okR, nil
 	case gmodbus.ExceptionCodeIllegalFunction:
 		d.mu.Lock()
 		d.limitsLocked(b.area).unsupported = true

@@ -71,7 +71,7 @@ func Value(pp modbus.ProfilePoint, t float64) float64 {
 			return 45 + 5*wave(1200)
 		}
 		return 50 + 0.03*wave(120)
-	case "kWh", "kvarh", "Wh", "MWh", "kBtu", "MJ", "GJ", "ton-h", "m³", "h":
+	case "kWh", "kvarh", "Wh", "MWh", "MJ", "GJ", "m³", "h":
 		// Counters only grow; a modest rate so the demo shows movement.
 		return 1000 + float64(h.Sum32()%5000) + t/10
 	case "°C":
@@ -90,6 +90,21 @@ func Value(pp modbus.ProfilePoint, t float64) float64 {
 		return 2.5 + 0.2*wave(600)
 	case "Nm":
 		return 80 + 10*wave(900)
+	case "ppm":
+		return 650 + 250*wave(3600)
+	case "Btu/h":
+		return 600000 + 150000*wave(1800)
+	case "ton":
+		return 50 + 12*wave(1800)
+	case "kBtu", "ton-h", "gal", "l":
+		return 1000 + float64(h.Sum32()%5000) + t/10
+	case "":
+		if strings.Contains(name, "mode") || strings.Contains(name, "state") || strings.Contains(name, "fan speed") {
+			return float64(int(t/300+phase)%3 + 1)
+		}
+		if strings.Contains(name, "model") {
+			return 1751
+		}
 	}
 	if strings.Contains(name, "power factor") {
 		return 0.93 + 0.03*wave(900)
