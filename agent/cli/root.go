@@ -12,6 +12,7 @@ import (
 
 	"github.com/sightglass-bms/sightglass/agent/config"
 	"github.com/sightglass-bms/sightglass/agent/driver/csvtrend"
+	"github.com/sightglass-bms/sightglass/agent/driver/modbus"
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 )
 
@@ -34,13 +35,13 @@ Start with 'sightglass-agent config validate FILE', then 'sightglass-agent run -
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newConfigCmd(), newStatusCmd(), newDiscoverCmd(), newVersionCmd())
+	root.AddCommand(newRunCmd(), newEnrollCmd(), newConfigCmd(), newStatusCmd(), newDiscoverCmd(), newVersionCmd())
 	return root
 }
 
 // Registry returns the drivers this agent is built with.
 func Registry() (*driver.Registry, error) {
-	return driver.NewRegistry(csvtrend.Info())
+	return driver.NewRegistry(csvtrend.Info(), modbus.Info())
 }
 
 func newLogger(w io.Writer, c config.Log) *slog.Logger {

@@ -45,7 +45,18 @@ type Config struct {
 type Site struct {
 	Name        string `yaml:"name"`
 	Description string `yaml:"description"`
+	// Catalog is how much point metadata the agent shares with the ingest
+	// (never with the archive): full (names, descriptions, units, kinds,
+	// tags), tags-only (units, kinds and tags) or none. Default full.
+	Catalog string `yaml:"catalog"`
 }
+
+// Catalogue policies for Site.Catalog.
+const (
+	CatalogFull     = "full"
+	CatalogTagsOnly = "tags-only"
+	CatalogNone     = "none"
+)
 
 // Uplink configures the outbound connection to the ingest.
 type Uplink struct {
@@ -261,6 +272,9 @@ func (c *Config) applyDefaults() {
 		}
 		return filepath.Join(base, p)
 	}
+	if c.Site.Catalog == "" {
+		c.Site.Catalog = CatalogFull
+	}
 	if c.DataDir == "" {
 		c.DataDir = "/var/lib/sightglass"
 	}
@@ -335,6 +349,11 @@ func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
+	switch c.Site.Catalog {
+	case CatalogFull, CatalogTagsOnly, CatalogNone:
+	default:
+		bad("site.catalog: %q is not a policy: want %s, %s or %s", c.Site.Catalog, CatalogFull, CatalogTagsOnly, CatalogNone)
+	}
 	switch {
 	case c.Uplink.URL == "":
 		bad("uplink.url: required: the ingest's address, e.g. https://ingest.example.com:8443")

@@ -14,12 +14,14 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sightglass-bms/sightglass/agent/buffer"
 	"github.com/sightglass-bms/sightglass/agent/config"
+	"github.com/sightglass-bms/sightglass/agent/enroll"
 	"github.com/sightglass-bms/sightglass/agent/poll"
 	"github.com/sightglass-bms/sightglass/agent/uplink"
 	"github.com/sightglass-bms/sightglass/ingest/pki"
@@ -67,7 +69,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	cert, roots, id, err := pki.LoadAgentBundle(cfg.Uplink.CertDir)
 	if err != nil {
-		return fmt.Errorf("loading the agent's certificate from %s: %w (issue one with `sightglass-ingest agents issue` and copy it there)", cfg.Uplink.CertDir, err)
+		return fmt.Errorf("loading the agent's certificate from %s: %w (enroll the agent first: sightglass-agent enroll --token TOKEN --ingest URL)", cfg.Uplink.CertDir, err)
 	}
 	secret, created, err := anon.LoadOrCreateSecret(filepath.Join(cfg.DataDir, "site.key"))
 	if err != nil {
@@ -93,9 +95,11 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("starting the poller: %w", err)
 	}
+	var current atomic.Pointer[tls.Certificate]
+	current.Store(&cert)
 	a.up, err = uplink.New(uplink.Config{
 		URL:         cfg.Uplink.URL,
-		Cert:        func() (*tls.Certificate, error) { return &cert, nil },
+		Cert:        func() (*tls.Certificate, error) { return current.Load(), nil },
 		Roots:       roots,
 		LocalAddr:   cfg.Uplink.LocalAddress,
 		MaxInFlight: cfg.Uplink.MaxInFlight,
@@ -116,6 +120,10 @@ func Run(ctx context.Context, opts Options) error {
 	g.Go(func() error { return a.up.Run(gctx) })
 	g.Go(func() error { return a.sealLoop(gctx) })
 	g.Go(func() error { return serveStatus(gctx, status, a, log) })
+	renewer := &enroll.Renewer{Dir: cfg.Uplink.CertDir, Cert: &current, Up: a.up, Log: log.With("component", "renew")}
+	g.Go(func() error { return renewer.Run(gctx) })
+	catalog := Catalog(devices, cfg.Site.Catalog)
+	g.Go(func() error { return sendCatalog(gctx, a.up, catalog, log.With("component", "catalog")) })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		err = nil

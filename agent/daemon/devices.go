@@ -34,7 +34,7 @@ func BuildDevices(ctx context.Context, cfg *config.Config, reg *driver.Registry,
 			continue
 		}
 		if d.Discover {
-			found, err := discover(ctx, info, d, dlog)
+			found, err := discover(ctx, info, d, cfg.DataDir, dlog)
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -46,7 +46,7 @@ func BuildDevices(ctx context.Context, cfg *config.Config, reg *driver.Registry,
 			}
 			dlog.Info("discovered points", "points", len(found), "configured", len(d.Points))
 		}
-		drv, err := info.New(driver.Device{Name: d.Name, Settings: d.DeviceSettings(), Points: points, Logger: dlog})
+		drv, err := info.New(driver.Device{Name: d.Name, Settings: d.DeviceSettings(), Points: points, Logger: dlog, DataDir: cfg.DataDir})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("device %q (line %d): %w", d.Name, d.Line, err))
 			continue
@@ -74,15 +74,15 @@ func configuredPoints(d *config.Device, ids *anon.Registry) ([]driver.Point, err
 		if err != nil {
 			return nil, fmt.Errorf("device %q: point %q (line %d): %w", d.Name, p.Ref, p.Line, err)
 		}
-		points = append(points, driver.Point{ID: id, Ref: p.Ref, Name: p.Name, Unit: p.Unit, Interval: p.Interval, Settings: p.PointSettings(d.Name)})
+		points = append(points, driver.Point{ID: id, Ref: p.Ref, Name: p.Name, Unit: p.Unit, Tags: p.Tags, Interval: p.Interval, Settings: p.PointSettings(d.Name)})
 	}
 	return points, nil
 }
 
 // discover asks a throwaway instance of the driver for the device's points,
 // so the instance that polls starts clean.
-func discover(ctx context.Context, info driver.Info, d *config.Device, log *slog.Logger) ([]driver.Point, error) {
-	drv, err := info.New(driver.Device{Name: d.Name, Settings: d.DeviceSettings(), Logger: log})
+func discover(ctx context.Context, info driver.Info, d *config.Device, dataDir string, log *slog.Logger) ([]driver.Point, error) {
+	drv, err := info.New(driver.Device{Name: d.Name, Settings: d.DeviceSettings(), Logger: log, DataDir: dataDir})
 	if err != nil {
 		return nil, fmt.Errorf("device %q (line %d): %w", d.Name, d.Line, err)
 	}

@@ -145,6 +145,7 @@ type answer struct {
 	header     http.Header
 	reply      reply
 	text       string // the body when it is not JSON
+	body       []byte
 }
 
 // result turns an answer to op into a result.
@@ -204,7 +205,7 @@ func (u *Uplink) exchange(ctx context.Context, method, target, contentType strin
 	if err != nil {
 		return answer{}, fmt.Errorf("reading the ingest's answer to %s %s: %w", method, target, err)
 	}
-	a := answer{status: resp.StatusCode, statusText: resp.Status, header: resp.Header}
+	a := answer{status: resp.StatusCode, statusText: resp.Status, header: resp.Header, body: data}
 	if json.Unmarshal(data, &a.reply) != nil {
 		a.reply = reply{}
 		a.text = string(data[:min(len(data), 200)])

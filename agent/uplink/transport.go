@@ -13,7 +13,7 @@ import (
 
 // newTransport builds the HTTP/2-over-TLS-1.3 transport with the client
 // certificate. It only dials; it never listens.
-func newTransport(cfg Config, conns *connTracker) (*http.Transport, error) {
+func newTransport(cfg Config, conns *connTracker, sessions *sessionCache) (*http.Transport, error) {
 	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
 	if cfg.LocalAddr != "" {
 		ip := net.ParseIP(cfg.LocalAddr)
@@ -33,6 +33,10 @@ func newTransport(cfg Config, conns *connTracker) (*http.Transport, error) {
 		TLSClientConfig: &tls.Config{
 			MinVersion: tls.VersionTLS13,
 			RootCAs:    cfg.Roots,
+			// Resumed sessions skip the certificate exchange on reconnects
+			// over a slow uplink; the cache is emptied at every certificate
+			// rotation so no session of the old certificate is resumed.
+			ClientSessionCache: sessions,
 			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 				c, err := certFn()
 				if err != nil {
@@ -116,4 +120,38 @@ func (c *trackedConn) Close() error {
 	delete(c.ct.conns, c)
 	c.ct.mu.Unlock()
 	return c.Conn.Close()
+}
+
+// sessionCache is a TLS client session cache that can be emptied: the
+// transport copies the cache pointer into every connection's config, so
+// the cache itself must change, not the pointer.
+type sessionCache struct {
+	mu sync.Mutex
+	c  tls.ClientSessionCache
+}
+
+// sessionCacheSize holds tickets for the ingest behind a few names.
+const sessionCacheSize = 16
+
+func newSessionCache() *sessionCache {
+	return &sessionCache{c: tls.NewLRUClientSessionCache(sessionCacheSize)}
+}
+
+func (s *sessionCache) Get(key string) (*tls.ClientSessionState, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.c.Get(key)
+}
+
+func (s *sessionCache) Put(key string, cs *tls.ClientSessionState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.c.Put(key, cs)
+}
+
+// reset forgets every session.
+func (s *sessionCache) reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.c = tls.NewLRUClientSessionCache(sessionCacheSize)
 }

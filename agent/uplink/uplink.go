@@ -160,6 +160,7 @@ type Uplink struct {
 	pace     *pacer            // nil without a bandwidth cap
 	rnd      func(int64) int64 // the backoff's jitter; tests replace it
 	conns    *connTracker      // nil over a test transport
+	sessions *sessionCache     // nil over a test transport
 	notify   chan struct{}
 	running  atomic.Bool
 
@@ -186,7 +187,8 @@ func New(cfg Config, src Source) (*Uplink, error) {
 		problems = append(problems, errors.New("no CA pool for the ingest's certificate: set Config.Roots"))
 	}
 	conns := newConnTracker()
-	tr, err := newTransport(cfg.withDefaults(), conns)
+	sessions := newSessionCache()
+	tr, err := newTransport(cfg.withDefaults(), conns, sessions)
 	if err != nil {
 		problems = append(problems, err)
 	}
@@ -197,7 +199,7 @@ func New(cfg Config, src Source) (*Uplink, error) {
 	if err != nil {
 		return nil, err
 	}
-	u.conns = conns
+	u.conns, u.sessions = conns, sessions
 	return u, nil
 }
 
@@ -306,11 +308,28 @@ func (u *Uplink) Notify() {
 	}
 }
 
-// CertificateRotated closes idle connections so that the next request opens
-// a new one and presents the certificate Config.Cert returns now. Requests
-// in flight finish on their connection.
+// CertificateRotated forgets the TLS sessions and closes idle connections
+// so that the next request opens a new one with a full handshake and
+// presents the certificate Config.Cert returns now. Requests in flight
+// finish on their connection.
 func (u *Uplink) CertificateRotated() {
+	if u.sessions != nil {
+		u.sessions.reset()
+	}
 	u.client.CloseIdleConnections()
+}
+
+// Call sends one request to the ingest over the uplink's mTLS transport
+// (proxy, local address and bandwidth cap included) with the uplink's
+// per-request timeout, and returns the status and body. It is for the
+// agent's other conversations with the ingest: certificate renewal and the
+// point catalogue. path is relative to the ingest URL, such as "v1/renew".
+func (u *Uplink) Call(ctx context.Context, method, path, contentType string, body []byte) (int, []byte, error) {
+	a, err := u.exchange(ctx, method, u.base.JoinPath(path).String(), contentType, body, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	return a.status, a.body, nil
 }
 
 // Stats returns a snapshot of the uplink's state.

@@ -55,6 +55,11 @@ type Point struct {
 	Name string
 	// Unit is the engineering unit, empty when unknown.
 	Unit string
+	// Description is the device's or installer's longer text, if any.
+	Description string
+	// Tags classify the point (from the configuration, or a driver's
+	// discovery); they travel in the point catalogue, never in batches.
+	Tags []string
 	// Interval is how often the point is read; zero means the device's.
 	Interval time.Duration
 	// Settings holds the driver-specific configuration of this point.
@@ -77,6 +82,10 @@ type Device struct {
 	Points []Point
 	// Logger is pre-tagged with the driver and device.
 	Logger *slog.Logger
+	// DataDir is the agent's data directory, where a driver keeps state
+	// that must survive restarts (certificates, pins), each in its own
+	// subdirectory. Empty when unknown; drivers then need a setting.
+	DataDir string
 }
 
 // Factory builds a driver from its configuration. It validates the
