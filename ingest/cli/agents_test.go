@@ -20,10 +20,13 @@ func newCA(t *testing.T) string {
 	return dir
 }
 
+// dbOf is the registry database beside a test CA.
+func dbOf(caDir string) string { return filepath.Join(filepath.Dir(caDir), "ingest.db") }
+
 func TestAgentsIssue(t *testing.T) {
 	caDir := newCA(t)
 	out := filepath.Join(t.TempDir(), "bundle")
-	stdout, stderr, err := run(t, context.Background(), "agents", "issue", "--ca-dir", caDir, "--tenant", "acme", "--site", "s1", "--out", out)
+	stdout, stderr, err := run(t, context.Background(), "agents", "issue", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme", "--site", "s1", "--out", out)
 	if err != nil {
 		t.Fatalf("agents issue: %v", err)
 	}
@@ -43,7 +46,7 @@ func TestAgentsIssue(t *testing.T) {
 func TestAgentsIssueJSON(t *testing.T) {
 	caDir := newCA(t)
 	out := filepath.Join(t.TempDir(), "bundle")
-	stdout, _, err := run(t, context.Background(), "agents", "issue", "--ca-dir", caDir, "--tenant", "acme", "--site", "s-2", "--out", out, "--validity", "720h", "--json")
+	stdout, _, err := run(t, context.Background(), "agents", "issue", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme", "--site", "s-2", "--out", out, "--validity", "720h", "--json")
 	if err != nil {
 		t.Fatalf("agents issue: %v", err)
 	}
@@ -69,7 +72,7 @@ func TestAgentsIssueJSON(t *testing.T) {
 func TestAgentsIssueRefuses(t *testing.T) {
 	caDir := newCA(t)
 	used := filepath.Join(t.TempDir(), "used")
-	if _, _, err := run(t, context.Background(), "agents", "issue", "--ca-dir", caDir, "--tenant", "acme", "--site", "s1", "--out", used); err != nil {
+	if _, _, err := run(t, context.Background(), "agents", "issue", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme", "--site", "s1", "--out", used); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -91,6 +94,7 @@ func TestAgentsIssueRefuses(t *testing.T) {
 			if !strings.Contains(strings.Join(tt.args, " "), "--ca-dir") {
 				args = append(args, "--ca-dir", caDir)
 			}
+			args = append(args, "--db", dbOf(caDir))
 			_, _, err := run(t, context.Background(), args...)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("err = %v, want it to mention %q", err, tt.want)

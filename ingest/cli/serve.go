@@ -10,10 +10,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sightglass-bms/sightglass/ingest/blob"
 	"github.com/sightglass-bms/sightglass/ingest/config"
 	"github.com/sightglass-bms/sightglass/ingest/pki"
 	"github.com/sightglass-bms/sightglass/ingest/server"
+	rdb "github.com/sightglass-bms/sightglass/ingest/store"
 )
 
 func newServeCmd() *cobra.Command {
@@ -58,14 +58,22 @@ is --data-dir. Relative paths in a --config file are relative to the file.`,
 			if err != nil {
 				return err
 			}
-			store, err := blob.OpenDir(cfg.Store.Dir)
+			store, storeName, err := openStore(cmd.Context(), cfg, log)
 			if err != nil {
 				return err
 			}
+			db, err := rdb.Open(cmd.Context(), cfg.Database, rdb.Options{})
+			if err != nil {
+				return err
+			}
+			defer db.Close()
 			srv, err := server.New(server.Config{
 				MaxBatchBytes: cfg.MaxBatchBytes,
 				MaxSkew:       cfg.MaxSkew,
 				MaxAge:        cfg.MaxAge,
+				Registry:      db,
+				AgentValidity: cfg.AgentValidity,
+				CatalogPolicy: cfg.CatalogPolicy,
 			}, store, ca, log)
 			if err != nil {
 				return err
@@ -92,7 +100,7 @@ is --data-dir. Relative paths in a --config file are relative to the file.`,
 				}
 				defer os.Remove(addrFile)
 			}
-			log.Info("listening", "addr", addr, "internal", internal, "ca_dir", cfg.CADir, "store", store.Root())
+			log.Info("listening", "addr", addr, "internal", internal, "ca_dir", cfg.CADir, "store", storeName)
 			fmt.Fprintf(cmd.OutOrStdout(), "listening on https://%s (health: %s)\n", addr, internal)
 
 			if err := srv.Run(cmd.Context(), ln, iln); err != nil {

@@ -84,10 +84,10 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("ca init: %v", err)
 	}
 	bundle := filepath.Join(dir, "bundle")
-	if _, _, err := run(t, ctx, "agents", "issue", "--ca-dir", filepath.Join(dir, "ca"), "--tenant", "acme", "--site", "s1", "--out", bundle); err != nil {
+	if _, _, err := run(t, ctx, "agents", "issue", "--ca-dir", filepath.Join(dir, "ca"), "--db", filepath.Join(dir, "ingest.db"), "--tenant", "acme", "--site", "s1", "--out", bundle); err != nil {
 		t.Fatalf("agents issue: %v", err)
 	}
-	cfg := writeConfig(t, dir, "listen: 127.0.0.1:0\ninternal_listen: 127.0.0.1:0\nca_dir: ca\nstore:\n  kind: dir\n  dir: archive\nlog_level: debug\n")
+	cfg := writeConfig(t, dir, "listen: 127.0.0.1:0\ninternal_listen: 127.0.0.1:0\nca_dir: ca\ndatabase: ingest.db\nstore:\n  kind: dir\n  dir: archive\nlog_level: debug\n")
 	addrFile := filepath.Join(dir, "addr")
 	srv := startServe(t, "--config", cfg, "--addr-file", addrFile)
 
@@ -200,9 +200,9 @@ func TestServeRefuses(t *testing.T) {
 
 func TestServePortTaken(t *testing.T) {
 	caDir := newCA(t)
-	first := startServe(t, "--config", writeConfig(t, t.TempDir(), fmt.Sprintf("listen: 127.0.0.1:0\nca_dir: %s\nstore:\n  dir: a\n", caDir)))
+	first := startServe(t, "--config", writeConfig(t, t.TempDir(), fmt.Sprintf("listen: 127.0.0.1:0\nca_dir: %s\ndatabase: db\nstore:\n  dir: a\n", caDir)))
 	_, _, err := run(t, context.Background(), "serve", "--config",
-		writeConfig(t, t.TempDir(), fmt.Sprintf("listen: %s\nca_dir: %s\nstore:\n  dir: a\n", first.addr, caDir)))
+		writeConfig(t, t.TempDir(), fmt.Sprintf("listen: %s\nca_dir: %s\ndatabase: db\nstore:\n  dir: a\n", first.addr, caDir)))
 	if err == nil || !strings.Contains(err.Error(), "listening for agents") {
 		t.Errorf("second serve on %s: err = %v, want a listen error", first.addr, err)
 	}

@@ -27,10 +27,24 @@ const (
 	DefaultMaxSkew       = 15 * time.Minute
 	DefaultMaxAge        = 10 * 365 * 24 * time.Hour
 	DefaultLogLevel      = "info"
+	DefaultAgentValidity = 7 * 24 * time.Hour
+	DefaultCatalogPolicy = "full"
 )
 
-// StoreKindDir is the only store kind so far: a local directory.
-const StoreKindDir = "dir"
+// Bounds on agent_validity: renewal runs at two thirds of it, so an hour is
+// the least that leaves room for retries; past 90 days a lost box keeps
+// working too long.
+const (
+	minAgentValidity = time.Hour
+	maxAgentValidity = 90 * 24 * time.Hour
+)
+
+// Store kinds: a local directory (the embedded default) or an Azure Blob
+// Storage container.
+const (
+	StoreKindDir   = "dir"
+	StoreKindAzure = "azure"
+)
 
 // Bounds on max_batch_bytes: below the lower one no real batch fits, above
 // the upper one a few concurrent uploads could exhaust the ingest's memory,
@@ -63,6 +77,14 @@ type Config struct {
 	MaxAge time.Duration `yaml:"max_age"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
+	// Database is the relational store (SQLite file): the agent registry,
+	// enrollment tokens, revocations, the catalogue and the audit log.
+	Database string `yaml:"database"`
+	// AgentValidity is the lifetime of agent certificates issued at
+	// enrollment and renewal. Agents renew at about two thirds of it.
+	AgentValidity time.Duration `yaml:"agent_validity"`
+	// CatalogPolicy caps the point metadata kept: full, tags-only or none.
+	CatalogPolicy string `yaml:"catalog_policy"`
 
 	// source names the file in errors; lines maps a field path such as
 	// "store.dir" to the line it was set on, so validation can point at it.
@@ -72,10 +94,44 @@ type Config struct {
 
 // Store selects and configures the blob store.
 type Store struct {
-	// Kind is "dir" (the only kind so far).
+	// Kind is "dir" or "azure".
 	Kind string `yaml:"kind"`
 	// Dir is the archive's root directory, for kind dir.
 	Dir string `yaml:"dir"`
+	// Azure configures kind azure.
+	Azure Azure `yaml:"azure"`
+}
+
+// Azure configures an archive in an Azure Blob Storage container. Auth
+// chooses how the ingest signs in; each mode takes only its own fields
+// (see ingest/blob/azure/README.md).
+type Azure struct {
+	// AccountURL is the account's blob endpoint, such as
+	// https://myaccount.blob.core.windows.net (no SAS token).
+	AccountURL string `yaml:"account_url"`
+	// Container holds the archive; it must exist.
+	Container string `yaml:"container"`
+	// Auth is client-certificate, managed-identity, workload-identity or
+	// shared-key-emulator (a local emulator on loopback only).
+	Auth string `yaml:"auth"`
+	// TenantID is the Entra ID tenant: required for client-certificate,
+	// optional for workload-identity (default AZURE_TENANT_ID).
+	TenantID string `yaml:"tenant_id"`
+	// ClientID is the app's client id: required for client-certificate;
+	// for managed-identity a user-assigned identity (empty: the system-
+	// assigned one); for workload-identity optional (AZURE_CLIENT_ID).
+	ClientID string `yaml:"client_id"`
+	// CertificateFile is the service principal's certificate with its RSA
+	// key (PEM, or PKCS#12), for client-certificate.
+	CertificateFile string `yaml:"certificate_file"`
+	// CertificatePasswordFile holds the PKCS#12 file's password, if any.
+	CertificatePasswordFile string `yaml:"certificate_password_file"`
+	// TokenFile is the projected service account token, for
+	// workload-identity (default AZURE_FEDERATED_TOKEN_FILE).
+	TokenFile string `yaml:"token_file"`
+	// TryTimeout bounds one HTTP try to the service; zero is the store's
+	// default (15s), enough for the default 8 MiB batches.
+	TryTimeout time.Duration `yaml:"try_timeout"`
 }
 
 // FieldError is one validation problem; Validate joins them with errors.Join.
@@ -109,6 +165,8 @@ func Defaults() Config {
 		MaxSkew:       DefaultMaxSkew,
 		MaxAge:        DefaultMaxAge,
 		LogLevel:      DefaultLogLevel,
+		AgentValidity: DefaultAgentValidity,
+		CatalogPolicy: DefaultCatalogPolicy,
 	}
 }
 
@@ -151,6 +209,10 @@ func Parse(data []byte, source, baseDir string) (*Config, error) {
 	if baseDir != "" {
 		c.CADir = resolve(baseDir, c.CADir)
 		c.Store.Dir = resolve(baseDir, c.Store.Dir)
+		c.Store.Azure.CertificateFile = resolve(baseDir, c.Store.Azure.CertificateFile)
+		c.Store.Azure.CertificatePasswordFile = resolve(baseDir, c.Store.Azure.CertificatePasswordFile)
+		c.Store.Azure.TokenFile = resolve(baseDir, c.Store.Azure.TokenFile)
+		c.Database = resolve(baseDir, c.Database)
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -216,12 +278,18 @@ func (c *Config) Validate() error {
 		if c.Store.Dir == "" {
 			bad("store.dir", "is empty: set it to the directory that holds the archive")
 		}
-	case "azure":
-		bad("store.kind", "azure is not supported yet: use %q", StoreKindDir)
+		if c.Store.Azure != (Azure{}) {
+			bad("store.azure", "is set but store.kind is %q: set store.kind to %q or remove store.azure", StoreKindDir, StoreKindAzure)
+		}
+	case StoreKindAzure:
+		if c.Store.Dir != "" {
+			bad("store.dir", "is set but store.kind is %q: remove it (the archive is the container)", StoreKindAzure)
+		}
+		errs = append(errs, c.validateAzure()...)
 	case "":
-		bad("store.kind", "is empty: set it to %q", StoreKindDir)
+		bad("store.kind", "is empty: set it to %q or %q", StoreKindDir, StoreKindAzure)
 	default:
-		bad("store.kind", "%q is not a store kind: want %q", c.Store.Kind, StoreKindDir)
+		bad("store.kind", "%q is not a store kind: want %q or %q", c.Store.Kind, StoreKindDir, StoreKindAzure)
 	}
 	if c.MaxBatchBytes < minBatchBytes || c.MaxBatchBytes > maxBatchBytes {
 		bad("max_batch_bytes", "%d is out of range: want %d to %d (default %d)",
@@ -232,6 +300,17 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxAge <= 0 {
 		bad("max_age", "%v must be positive: want a duration such as 87600h (10 years)", c.MaxAge)
+	}
+	if c.Database == "" {
+		bad("database", "is empty: set it to the SQLite file that holds the agent registry and audit log, such as /var/lib/sightglass-ingest/ingest.db")
+	}
+	if c.AgentValidity < minAgentValidity || c.AgentValidity > maxAgentValidity {
+		bad("agent_validity", "%v is out of range: want %v to %v (default %v)", c.AgentValidity, minAgentValidity, maxAgentValidity, DefaultAgentValidity)
+	}
+	switch c.CatalogPolicy {
+	case "full", "tags-only", "none":
+	default:
+		bad("catalog_policy", "%q is not a policy: want full, tags-only or none", c.CatalogPolicy)
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {

@@ -21,6 +21,9 @@ max_batch_bytes: 1048576
 max_skew: 5m
 max_age: 720h
 log_level: debug
+database: db/ingest.db
+agent_validity: 72h
+catalog_policy: tags-only
 `
 
 func TestParseGood(t *testing.T) {
@@ -37,6 +40,9 @@ func TestParseGood(t *testing.T) {
 		MaxSkew:        5 * time.Minute,
 		MaxAge:         720 * time.Hour,
 		LogLevel:       "debug",
+		Database:       filepath.Join("/srv/sg", "db/ingest.db"),
+		AgentValidity:  72 * time.Hour,
+		CatalogPolicy:  "tags-only",
 	}
 	c.source, c.lines = "", nil
 	if !reflect.DeepEqual(*c, want) {
@@ -48,12 +54,13 @@ func TestParseGood(t *testing.T) {
 }
 
 func TestParseDefaults(t *testing.T) {
-	c, err := Parse([]byte("ca_dir: ca\nstore:\n  dir: data\n"), "x.yaml", "")
+	c, err := Parse([]byte("ca_dir: ca\ndatabase: x.db\nstore:\n  dir: data\n"), "x.yaml", "")
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
 	if c.Listen != DefaultListen || c.MaxBatchBytes != DefaultMaxBatchBytes || c.MaxSkew != DefaultMaxSkew ||
-		c.MaxAge != DefaultMaxAge || c.LogLevel != DefaultLogLevel || c.Store.Kind != StoreKindDir || c.InternalListen != "" {
+		c.MaxAge != DefaultMaxAge || c.LogLevel != DefaultLogLevel || c.Store.Kind != StoreKindDir || c.InternalListen != "" ||
+		c.AgentValidity != DefaultAgentValidity || c.CatalogPolicy != DefaultCatalogPolicy {
 		t.Errorf("defaults not applied: %+v", c)
 	}
 	if c.CADir != "ca" || c.Store.Dir != "data" {
@@ -78,7 +85,7 @@ func TestDefault(t *testing.T) {
 func TestLoadFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "ingest.yaml")
-	if err := os.WriteFile(path, []byte("ca_dir: pki\nstore:\n  dir: /abs/archive\n"), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte("ca_dir: pki\ndatabase: ingest.db\nstore:\n  dir: /abs/archive\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c, err := LoadFile(path)
@@ -97,7 +104,7 @@ func TestLoadFile(t *testing.T) {
 }
 
 func TestParseBad(t *testing.T) {
-	const base = "ca_dir: ca\nstore:\n  dir: d\n"
+	const base = "ca_dir: ca\ndatabase: x.db\nstore: {dir: d}\n"
 	tests := []struct {
 		name string
 		yaml string
@@ -117,7 +124,7 @@ func TestParseBad(t *testing.T) {
 		{"internal same as listen", base + "listen: 127.0.0.1:8443\ninternal_listen: 127.0.0.1:8443\n", []string{"bad.yaml:5: internal_listen:", "same address"}},
 		{"internal bad", base + "internal_listen: nope\n", []string{"bad.yaml:4: internal_listen:"}},
 		{"no ca dir", "store:\n  dir: d\n", []string{"bad.yaml: ca_dir: is empty"}},
-		{"azure", "ca_dir: ca\nstore:\n  kind: azure\n", []string{"bad.yaml:3: store.kind: azure is not supported yet"}},
+		{"azure without settings", "ca_dir: ca\nstore:\n  kind: azure\n", []string{"bad.yaml:2: store.azure.auth: is empty", "bad.yaml:2: store.azure.account_url: is empty", "bad.yaml:2: store.azure.container: is empty"}},
 		{"unknown kind", "ca_dir: ca\nstore:\n  kind: s3\n  dir: d\n", []string{"bad.yaml:3: store.kind:", `"s3"`}},
 		{"no store dir", "ca_dir: ca\n", []string{"store.dir: is empty"}},
 		{"tiny batches", base + "max_batch_bytes: 10\n", []string{"bad.yaml:4: max_batch_bytes: 10 is out of range"}},
@@ -126,6 +133,10 @@ func TestParseBad(t *testing.T) {
 		{"zero skew", base + "max_skew: 0s\n", []string{"bad.yaml:4: max_skew:", "positive"}},
 		{"zero age", base + "max_age: 0s\n", []string{"bad.yaml:4: max_age:", "positive"}},
 		{"bad level", base + "log_level: loud\n", []string{"bad.yaml:4: log_level:", "loud"}},
+		{"no database", "ca_dir: ca\nstore:\n  dir: d\n", []string{"bad.yaml: database: is empty"}},
+		{"short agent validity", base + "agent_validity: 10m\n", []string{"bad.yaml:4: agent_validity: 10m0s is out of range"}},
+		{"long agent validity", base + "agent_validity: 8760h\n", []string{"bad.yaml:4: agent_validity:", "out of range"}},
+		{"bad catalog policy", base + "catalog_policy: some\n", []string{"bad.yaml:4: catalog_policy:", `"some"`}},
 		{
 			"every problem at once",
 			"listen: x\nstore:\n  kind: s3\nmax_age: -1h\nlog_level: loud\n",
@@ -161,13 +172,13 @@ func TestValidateFieldErrors(t *testing.T) {
 			fields[fe.Field] = true
 		}
 	}
-	for _, f := range []string{"ca_dir", "store.dir", "log_level"} {
+	for _, f := range []string{"ca_dir", "store.dir", "log_level", "database"} {
 		if !fields[f] {
 			t.Errorf("no problem reported for %s; got %v", f, fields)
 		}
 	}
-	if len(fields) != 3 {
-		t.Errorf("got problems for %v, want exactly ca_dir, store.dir, log_level", fields)
+	if len(fields) != 4 {
+		t.Errorf("got problems for %v, want exactly ca_dir, store.dir, log_level, database", fields)
 	}
 }
 

@@ -1,0 +1,104 @@
+package cli
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/ingest/store"
+)
+
+func newEnrollCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "enroll",
+		Short: "Make one-time enrollment tokens for new agents",
+		Example: `  sightglass-ingest enroll create --tenant acme --site s-7f3a
+  sightglass-ingest enroll create --config /etc/sightglass-ingest/ingest.yaml --tenant acme --site s-7f3a --ttl 2h --json`,
+	}
+	cmd.AddCommand(newEnrollCreateCmd())
+	return cmd
+}
+
+// tokenReport is what enroll create prints with --json.
+type tokenReport struct {
+	Token         string    `json:"token"`
+	Tenant        string    `json:"tenant"`
+	Site          string    `json:"site"`
+	ExpiresAt     time.Time `json:"expires_at"`
+	CAFingerprint string    `json:"ca_fingerprint"`
+}
+
+func newEnrollCreateCmd() *cobra.Command {
+	var (
+		rf           registryFlags
+		tenant, site string
+		ttl          time.Duration
+		asJSON       bool
+	)
+	cmd := &cobra.Command{
+		Use:   "create",
+		Short: "Create a single-use enrollment token for one agent of a site",
+		Long: `create makes a token that lets one agent enroll for --tenant and --site, once,
+within --ttl (at most 24h). The ingest stores only the token's hash. The token
+also carries the fingerprint of this ingest's CA, so the agent can check it is
+talking to the right ingest before it trusts it. Give the token to the
+installer, who runs on the box:
+
+  sightglass-agent enroll --token TOKEN --ingest https://ingest.example.com:8443
+
+The token is printed on standard output and nowhere else: treat it like a
+password until it is used or has expired.`,
+		Example: `  sightglass-ingest enroll create --tenant acme --site s-7f3a
+  sightglass-ingest enroll create --config /etc/sightglass-ingest/ingest.yaml --tenant acme --site s-7f3a --ttl 2h --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if ttl <= 0 || ttl > pki.MaxTokenValidity {
+				return fmt.Errorf("--ttl %v: want more than 0 and at most %v", ttl, pki.MaxTokenValidity)
+			}
+			id := pki.Identity{Tenant: tenant, Site: site, Agent: "ag-check"}
+			if err := id.Validate(); err != nil {
+				return fmt.Errorf("--tenant/--site: %w", err)
+			}
+			db, err := rf.open(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			ca, err := pki.Load(rf.caDir)
+			if err != nil {
+				return err
+			}
+			fp := pki.FingerprintOf(ca.Certificate())
+			tok, err := pki.NewEnrollToken(fp)
+			if err != nil {
+				return err
+			}
+			exp := time.Now().Add(ttl).UTC().Truncate(time.Second)
+			if err := db.CreateToken(cmd.Context(), store.Token{Hash: tok.Hash(), Tenant: tenant, Site: site, ExpiresAt: exp, CreatedBy: "cli"}); err != nil {
+				return err
+			}
+			if _, err := db.Audit(cmd.Context(), "cli", "token_create", fmt.Sprintf("token:%x", tok.Hash()[:6]), fmt.Sprintf("tenant=%s site=%s expires=%s", tenant, site, exp.Format(time.RFC3339))); err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), tokenReport{Token: tok.String(), Tenant: tenant, Site: site, ExpiresAt: exp, CAFingerprint: fp.String()})
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), tok.String())
+			fmt.Fprintf(cmd.ErrOrStderr(), "enrollment token for tenant %s site %s, single use, valid until %s\non the box: sightglass-agent enroll --token TOKEN --ingest https://HOST:PORT\n",
+				tenant, site, exp.Format(time.RFC3339))
+			return nil
+		},
+	}
+	rf.add(cmd, true)
+	f := cmd.Flags()
+	f.StringVar(&tenant, "tenant", "", "tenant id (required)")
+	f.StringVar(&site, "site", "", "site id, opaque (required)")
+	f.DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token can be used (at most 24h)")
+	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	for _, name := range []string{"tenant", "site"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
+	return cmd
+}

@@ -1,0 +1,103 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sightglass-bms/sightglass/ingest/pki"
+)
+
+func TestEnrollCreate(t *testing.T) {
+	caDir := newCA(t)
+	stdout, stderr, err := run(t, context.Background(), "enroll", "create", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme", "--site", "s-7f3a", "--ttl", "2h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := pki.ParseEnrollToken(stdout)
+	if err != nil {
+		t.Fatalf("stdout is not a token: %v\n%s", err, stdout)
+	}
+	ca, err := pki.Load(caDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tok.MatchesCA(ca.Certificate()) {
+		t.Error("the token does not pin this ingest's CA")
+	}
+	if !strings.Contains(stderr, "sightglass-agent enroll") || strings.Contains(stderr, stdout) {
+		t.Errorf("stderr should explain without repeating the token: %s", stderr)
+	}
+	out, _, err := run(t, context.Background(), "enroll", "create", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme", "--site", "s-7f3a", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep tokenReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Site != "s-7f3a" || rep.CAFingerprint != pki.FingerprintOf(ca.Certificate()).String() {
+		t.Errorf("--json = %s (%v)", out, err)
+	}
+	for _, bad := range [][]string{
+		{"--ttl", "25h"}, {"--ttl", "0s"}, {"--site", "Main Street"},
+	} {
+		args := append([]string{"enroll", "create", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme", "--site", "s1"}, bad...)
+		if _, _, err := run(t, context.Background(), args...); err == nil {
+			t.Errorf("enroll create %v succeeded", bad)
+		}
+	}
+}
+
+func TestAgentsListRevokeStatusAudit(t *testing.T) {
+	ctx := context.Background()
+	caDir := newCA(t)
+	db := dbOf(caDir)
+	out := filepath.Join(t.TempDir(), "bundle")
+	agent, _, err := run(t, ctx, "agents", "issue", "--ca-dir", caDir, "--db", db, "--tenant", "acme", "--site", "s1", "--out", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent = strings.TrimSpace(agent)
+	cert, _, _, err := pki.LoadAgentBundle(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := pki.SerialHex(cert.Leaf)
+
+	list, _, err := run(t, ctx, "agents", "list", "--db", db)
+	if err != nil || !strings.Contains(list, agent) || !strings.Contains(list, "active") {
+		t.Errorf("agents list = %q, %v", list, err)
+	}
+	if st, _, err := run(t, ctx, "agents", "status", "--db", db, serial); err != nil || strings.TrimSpace(st) != "good" {
+		t.Errorf("status = %q, %v", st, err)
+	}
+	if _, _, err := run(t, ctx, "agents", "revoke", "--db", db, agent); err == nil || !strings.Contains(err.Error(), "--reason") {
+		t.Errorf("revoke without a reason: %v", err)
+	}
+	if _, _, err := run(t, ctx, "agents", "revoke", "--db", db, "ag-nobody", "--reason", "x"); err == nil || !strings.Contains(err.Error(), "agents list") {
+		t.Errorf("revoking an unknown agent: %v", err)
+	}
+	if _, _, err := run(t, ctx, "agents", "revoke", "--db", db, agent, "--reason", "box stolen"); err != nil {
+		t.Fatal(err)
+	}
+	st, _, err := run(t, ctx, "agents", "status", "--db", db, strings.ToUpper(serial))
+	if err == nil || strings.TrimSpace(st) != "revoked" {
+		t.Errorf("status after revoke = %q, %v (want revoked and a non-zero exit)", st, err)
+	}
+	if st, _, _ := run(t, ctx, "agents", "status", "--db", db, "abcdef"); strings.TrimSpace(st) != "unknown" {
+		t.Errorf("status of an unknown serial = %q", st)
+	}
+	list, _, _ = run(t, ctx, "agents", "list", "--db", db, "--json")
+	var reps []agentReport
+	if err := json.Unmarshal([]byte(list), &reps); err != nil || len(reps) != 1 || reps[0].RevokeReason != "box stolen" {
+		t.Errorf("agents list --json = %s (%v)", list, err)
+	}
+
+	audit, _, err := run(t, ctx, "audit", "list", "--db", db)
+	if err != nil || !strings.Contains(audit, "issue") || !strings.Contains(audit, "revoke") || !strings.Contains(audit, "box stolen") {
+		t.Errorf("audit list = %q, %v", audit, err)
+	}
+	if v, _, err := run(t, ctx, "audit", "verify", "--db", db); err != nil || !strings.Contains(v, "2 entries") {
+		t.Errorf("audit verify = %q, %v", v, err)
+	}
+}
