@@ -163,5 +163,7 @@ type simDevice struct {
 // simulators lists the live device simulators the demo starts, one per
 // protocol; each listens on loopback only.
 func simulators() []func(ctx context.Context, o Options) (simDevice, error) {
-	return []func(ctx context.Context, o Options) (simDevice, error){}
+	return []func(ctx context.Context, o Options) (simDevice, error){
+		startModbus,
+	}
 }

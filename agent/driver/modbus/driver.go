@@ -275,6 +275,10 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 			return nil, err
 		}
 	}
+	if r.learned > 0 {
+		d.log.Info("learned the device's limits from refused block reads; later polls read in blocks that work",
+			"refusals", r.learned, "requests", r.requests)
+	}
 	if len(r.dead) > 0 && r.answered == 0 {
 		for u, err := range r.dead {
 			return nil, fmt.Errorf("no unit answered (unit %d: %w): %w", u, err, driver.ErrConnLost)
@@ -293,6 +297,7 @@ type read struct {
 	dead     map[byte]error // units that did not answer in this read
 	answered int            // requests answered, exceptions included
 	requests int
+	learned  int // limits learned from refused blocks
 }
 
 func (r *read) set(i int, v float64, st telemetry.Status) {
@@ -351,6 +356,7 @@ func (r *read) block(b block) (bool, error) {
 			l := d.limitsLocked(b.area)
 			l.holes = append(l.holes, b.items[0].span)
 			d.mu.Unlock()
+			r.learned++
 			d.log.Warn("device refuses to read these registers; their points get a fault status and are not asked again",
 				"range", where, "exception", mbErr.ExceptionCode)
 			r.fail(b.items[0], telemetry.StatusFault)
@@ -379,7 +385,8 @@ func (r *read) block(b block) (bool, error) {
 			l.refused(b.span.end - b.span.start)
 		}
 		d.mu.Unlock()
-		d.log.Info("learned a device limit: reading in smaller blocks from now on", "range", where,
+		r.learned++
+		d.log.Debug("device refused a block read; split it", "range", where,
 			"exception", mbErr.ExceptionCode, "split_at_gap", atGap)
 		return okL && okR, nil
 	case gmodbus.ExceptionCodeIllegalFunction:
