@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -251,7 +252,17 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bacnet client: local: %w", err)
 	}
-	var lc net.ListenConfig
+	// SO_BROADCAST: Linux refuses to send to a broadcast address (the
+	// subnet's, or 127.255.255.255 in tests) without it.
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_BROADCAST, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
 	pc, err := lc.ListenPacket(ctx, "udp4", local.String())
 	if err != nil {
 		return nil, fmt.Errorf("bacnet client: binding %s (is another BACnet application using the port? set a different local address): %w", local, err)
@@ -521,7 +532,8 @@ func (c *Client) WhoIs(ctx context.Context, to *Address, network uint16, low, hi
 				continue
 			}
 			seen[inst] = true
-			out = append(out, Device{Instance: inst, Addr: r.from, MaxAPDU: iam.MaxAPDU, Segmentation: iam.Segmentation, Vendor: iam.Vendor})
+			// Some stacks announce more than the 1476 octets BACnet/IP carries.
+			out = append(out, Device{Instance: inst, Addr: r.from, MaxAPDU: min(iam.MaxAPDU, 1476), Segmentation: iam.Segmentation, Vendor: iam.Vendor})
 			if low >= 0 && low == high {
 				return out, nil
 			}
@@ -848,3 +860,6 @@ func (c *Client) ReadRange(ctx context.Context, dev Device, obj ObjectID, p Prop
 	}
 	return res, nil
 }
+
+// Timeout is the configured timeout of one request attempt.
+func (c *Client) Timeout() time.Duration { return c.cfg.Timeout }

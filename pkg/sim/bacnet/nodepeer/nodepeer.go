@@ -1,0 +1,188 @@
+// Package nodepeer runs testdata/peers/bacnet_device.js, a BACnet device
+// built on @bacnet-js/client (a stack written by others), for integration
+// tests, and collects the services it logs receiving.
+package nodepeer
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Peer is a running node BACnet device.
+type Peer struct {
+	// Addr is where it listens (for a peer bound to 0.0.0.0, 127.0.0.1
+	// and its port).
+	Addr netip.AddrPort
+
+	mu       sync.Mutex
+	services []string
+	changed  chan struct{}
+}
+
+// reads are the services a read-only client may send.
+var reads = []string{"whoIs", "whoHas", "readProperty", "readPropertyMultiple", "readRange"}
+
+// Start runs the peer as device instance device, bound to iface: a
+// loopback address ("127.0.0.2"; a random 127.x.y.z when empty) on port
+// 47808, or "0.0.0.0" on a free port so it hears loopback broadcasts. It
+// skips the test when node or the npm package is missing, unless CI is set.
+func Start(t testing.TB, iface string, device int) *Peer {
+	t.Helper()
+	dir := peersDir(t)
+	node, err := exec.LookPath("node")
+	if err == nil {
+		_, err = os.Stat(filepath.Join(dir, "node_modules", "@bacnet-js", "client"))
+	}
+	if err != nil {
+		msg := fmt.Sprintf("node BACnet peer unavailable (install node and run npm ci --prefix testdata/peers): %v", err)
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	port := 47808
+	switch iface {
+	case "":
+		// A random loopback address: test packages run in parallel, and
+		// the library binds with SO_REUSEADDR, so a fixed one could be shared.
+		iface = fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(250), rand.IntN(250), 2+rand.IntN(250))
+	case "0.0.0.0":
+		l, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		port = l.LocalAddr().(*net.UDPAddr).Port
+		l.Close()
+	}
+	cmd := exec.Command(node, "bacnet_device.js", "--interface", iface, "--port", strconv.Itoa(port), "--device", strconv.Itoa(device))
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "TZ=UTC")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting the node BACnet peer: %v", err)
+	}
+	ip := netip.MustParseAddr(iface)
+	if ip.IsUnspecified() {
+		ip = netip.MustParseAddr("127.0.0.1")
+	}
+	p := &Peer{Addr: netip.AddrPortFrom(ip, uint16(port)), changed: make(chan struct{}, 1)}
+	ready := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			var ev struct {
+				Event   string `json:"event"`
+				Service string `json:"service"`
+			}
+			if json.Unmarshal(sc.Bytes(), &ev) != nil {
+				continue
+			}
+			switch ev.Event {
+			case "listening":
+				close(ready)
+			case "service":
+				p.mu.Lock()
+				p.services = append(p.services, ev.Service)
+				p.mu.Unlock()
+				select {
+				case p.changed <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		_ = cmd.Wait()
+	})
+	select {
+	case <-ready:
+	case <-done:
+		t.Fatal("the node BACnet peer exited before listening")
+	case <-time.After(15 * time.Second):
+		t.Fatal("the node BACnet peer did not start listening within 15s")
+	}
+	return p
+}
+
+func peersDir(t testing.TB) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for d := wd; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return filepath.Join(d, "testdata", "peers")
+		}
+		if filepath.Dir(d) == d {
+			t.Fatal("no go.mod above the test's directory")
+		}
+	}
+}
+
+// Services lists the services received, in order.
+func (p *Peer) Services() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.services)
+}
+
+// Count returns how often service was received.
+func (p *Peer) Count(service string) int {
+	n := 0
+	for _, s := range p.Services() {
+		if s == service {
+			n++
+		}
+	}
+	return n
+}
+
+// Writes lists the received services that are not reads.
+func (p *Peer) Writes() []string {
+	var out []string
+	for _, s := range p.Services() {
+		if !slices.Contains(reads, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// WaitFor waits until service was received n times, or fails after 5s.
+func (p *Peer) WaitFor(t testing.TB, service string, n int) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for p.Count(service) < n {
+		select {
+		case <-p.changed:
+		case <-deadline:
+			t.Fatalf("the peer received %q %d times, want %d (got %v)", service, p.Count(service), n, p.Services())
+		}
+	}
+}
