@@ -138,4 +138,3 @@ func TestNodePeerBroadcastIntegration(t *testing.T) {
 		t.Errorf("peer received %v", w)
 	}
 }
-
