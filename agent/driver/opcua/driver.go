@@ -1,0 +1,699 @@
+// Package opcua is the OPC UA driver. It reads variables from an OPC UA
+// server, read-only: every request passes the guard in guard.go, which
+// admits only the session, browse, read, history-read and subscription
+// services and refuses Write, Call, node management and everything else
+// before it leaves the process. It is the only package that imports the
+// gopcua client.
+//
+// Connect fetches the server's endpoints, picks the configured security
+// policy and mode, checks the server's certificate against the pinned one
+// and opens a session as the configured user, then reads the server's
+// MaxNodesPerRead. Read reads polled points in batches of that size and
+// returns the latest values of subscribed points. A lost connection is
+// reported as driver.ErrConnLost; the next Connect waits out a jittered
+// exponential backoff, recreates the subscription and, for points with
+// history, backfills the gap with HistoryRead. See README.md.
+package opcua
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/gopcua/opcua"
+	"github.com/gopcua/opcua/id"
+	"github.com/gopcua/opcua/ua"
+	"github.com/gopcua/opcua/uasc"
+
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// Name is the driver's name in a device's `driver:` key.
+const Name = "opcua"
+
+// SampleConfig is an example device configuration.
+//
+//go:embed sample.yaml
+var SampleConfig string
+
+// Info describes the driver to the registry.
+func Info() driver.Info {
+	return driver.Info{Name: Name, New: New}
+}
+
+// Compile-time checks that the driver offers what the agent looks for.
+var (
+	_ driver.Driver     = (*Driver)(nil)
+	_ driver.Discoverer = (*Driver)(nil)
+)
+
+// Driver reads one OPC UA server.
+type Driver struct {
+	cfg       config
+	log       *slog.Logger
+	g         *guard
+	points    map[string]pointConfig // by ref; the configured points
+	subs      []driver.Point         // configured points read by subscription
+	pointList []driver.Point         // the configured points, for backfill
+	now       func() time.Time
+
+	connMu sync.Mutex // one connection attempt at a time
+
+	mu        sync.Mutex
+	closed    bool
+	connected bool
+	lost      error // set when the subscription's publish loop saw the connection go
+	maxNodes  int
+	failures  int       // consecutive failed Connects
+	nextTry   time.Time // no Connect before this
+	sessions  int       // CreateSession attempts, for tests and status
+	faulty    map[string]ua.StatusCode
+	id        *identity
+	sub       *subscription
+	lastSeen  map[uint64]time.Time // newest sample time per point, for backfill
+	backfill  []telemetry.Sample   // history read after a reconnect, returned by the next Read
+	everOnce  bool                 // a session was up before: the next one may backfill
+	warnedOff bool
+}
+
+// New builds a driver for one device. It validates the settings and does
+// no network I/O.
+func New(dev driver.Device) (driver.Driver, error) {
+	return newDriver(dev)
+}
+
+func newDriver(dev driver.Device) (*Driver, error) {
+	cfg, err := parseSettings(dev.Settings, dev.DataDir)
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	}
+	d := &Driver{
+		cfg:      cfg,
+		log:      dev.Logger,
+		points:   map[string]pointConfig{},
+		now:      time.Now,
+		faulty:   map[string]ua.StatusCode{},
+		lastSeen: map[uint64]time.Time{},
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	d.g = newGuard(d.log, cfg.requestTimeout)
+	for _, p := range dev.Points {
+		pc, err := parsePoint(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		d.points[p.Ref] = pc
+		d.pointList = append(d.pointList, p)
+		if pc.subscribe {
+			d.subs = append(d.subs, p)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// Connect opens a session to the server (see the package doc). After a
+// failure it refuses to try again before the backoff has passed, so a
+// restarting server never sees a storm of CreateSession requests.
+func (d *Driver) Connect(ctx context.Context) error {
+	d.mu.Lock()
+	closed := d.closed
+	d.mu.Unlock()
+	if closed {
+		return errors.New("opcua: connect after Close: build a new driver")
+	}
+	err := d.ensure(ctx)
+	if err != nil && !errors.Is(err, ErrServerCertChanged) && !errors.Is(err, driver.ErrRefused) && ctx.Err() == nil {
+		return fmt.Errorf("%w: %w", err, driver.ErrConnLost)
+	}
+	return err
+}
+
+// ensure opens the session unless it is open, honouring the backoff. Read
+// calls it too, so the driver heals itself after a lost connection instead
+// of relying on Close and Connect (Close is final).
+func (d *Driver) ensure(ctx context.Context) error {
+	d.connMu.Lock()
+	defer d.connMu.Unlock()
+	d.mu.Lock()
+	switch {
+	case d.closed:
+		d.mu.Unlock()
+		return errors.New("opcua: closed")
+	case d.connected:
+		d.mu.Unlock()
+		return nil
+	}
+	if wait := d.nextTry.Sub(d.now()); wait > 0 {
+		n := d.failures
+		d.mu.Unlock()
+		return fmt.Errorf("connecting to %s: holding off %s after %d failed attempts", d.cfg.endpoint, wait.Round(time.Millisecond), n)
+	}
+	d.mu.Unlock()
+
+	err := d.connect(ctx)
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err == nil && d.closed {
+		err = errors.New("opcua: closed while connecting")
+	}
+	if err != nil {
+		d.failures++
+		d.nextTry = d.now().Add(backoff(d.cfg.reconnectMin, d.cfg.reconnectMax, d.failures))
+		sub := d.sub
+		d.sub = nil
+		d.mu.Unlock()
+		sub.stop()
+		d.g.hangUp(ctx)
+		d.mu.Lock()
+		if errors.Is(err, ErrServerCertChanged) || errors.Is(err, driver.ErrRefused) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("connecting to %s: %w", d.cfg.endpoint, errors.Join(ctx.Err(), err))
+		}
+		return fmt.Errorf("connecting to %s: %w", d.cfg.endpoint, err)
+	}
+	if d.failures > 0 {
+		d.log.Info("OPC UA server reachable again", "endpoint", d.cfg.endpoint, "failed_attempts", d.failures)
+	}
+	d.failures, d.nextTry, d.connected, d.lost = 0, time.Time{}, true, nil
+	return nil
+}
+
+// drop forgets the session after an error that broke it; the next Read
+// reconnects.
+func (d *Driver) drop(ctx context.Context, why error) {
+	d.mu.Lock()
+	was := d.connected
+	d.connected = false
+	sub := d.sub
+	d.sub = nil
+	d.mu.Unlock()
+	sub.stop()
+	d.g.hangUp(ctx)
+	if was {
+		d.log.Warn("OPC UA session lost; reconnecting", "endpoint", d.cfg.endpoint, "err", why)
+	}
+}
+
+// backoff is the wait after n consecutive failures: min doubling up to
+// max, with "equal jitter" (half fixed, half random) so agents restarted
+// together spread out but none retries immediately.
+func backoff(lo, hi time.Duration, n int) time.Duration {
+	b := lo
+	for i := 1; i < n && b < hi; i++ {
+		b *= 2
+	}
+	b = min(b, hi)
+	half := b / 2
+	return half + rand.N(half+1)
+}
+
+func (d *Driver) connect(ctx context.Context) error {
+	if d.cfg.mode == ua.MessageSecurityModeNone && !d.warnedOff {
+		d.log.Warn("OPC UA security is off (security_policy None): anyone on the control network can read and alter this traffic; use Basic256Sha256 with SignAndEncrypt where the server supports it", "endpoint", d.cfg.endpoint)
+		d.warnedOff = true
+	}
+	ep, err := d.endpoint(ctx)
+	if err != nil {
+		return err
+	}
+	opts, sess, err := d.sessionOptions(ep)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.sessions++
+	d.mu.Unlock()
+	if err := d.g.dial(ctx, d.cfg.endpoint, opts, sess); err != nil {
+		return err
+	}
+	maxNodes, err := d.readMaxNodes(ctx)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.maxNodes = maxNodes
+	again := d.everOnce
+	d.everOnce = true
+	d.mu.Unlock()
+	if len(d.subs) > 0 {
+		if err := d.subscribe(ctx); err != nil {
+			return err
+		}
+	}
+	if again {
+		d.backfillGap(ctx)
+	}
+	d.log.Info("OPC UA session open", "endpoint", d.cfg.endpoint, "security_policy", d.cfg.policyName, "security_mode", d.cfg.mode.String(), "max_nodes_per_read", maxNodes, "subscribed", len(d.subs))
+	return nil
+}
+
+// endpoint asks the server for its endpoints over an unsecured channel (as
+// OPC UA discovery does) and picks the configured one, checking the
+// server's certificate against the pin.
+func (d *Driver) endpoint(ctx context.Context) (*ua.EndpointDescription, error) {
+	eps, err := getEndpoints(ctx, d.g, d.cfg.endpoint, d.cfg.requestTimeout)
+	if err != nil {
+		return nil, err
+	}
+	ep, err := selectEndpoint(eps, d.cfg.policyURI, d.cfg.mode)
+	if err != nil {
+		return nil, err
+	}
+	if !d.cfg.secure() {
+		return ep, nil
+	}
+	p := pinner{file: pinFile(d.cfg.pkiDir, d.cfg.endpoint)}
+	if d.cfg.serverCertFile != "" {
+		if p.given, err = readCert(d.cfg.serverCertFile); err != nil {
+			return nil, fmt.Errorf("settings.server_certificate: %w", err)
+		}
+	}
+	pinned, err := p.check(ep.ServerCertificate)
+	if err != nil {
+		return nil, err
+	}
+	if pinned {
+		d.log.Warn("pinned the OPC UA server's certificate on first use; check its thumbprint with the server's administrator", "endpoint", d.cfg.endpoint, "sha256", thumbprint(ep.ServerCertificate), "file", p.file)
+	}
+	return ep, nil
+}
+
+// getEndpoints opens an unsecured channel without a session and asks for
+// the server's endpoints through the guard.
+func getEndpoints(ctx context.Context, g *guard, endpoint string, timeout time.Duration) ([]*ua.EndpointDescription, error) {
+	opts := []opcua.Option{
+		opcua.SecurityPolicy(ua.SecurityPolicyURINone),
+		opcua.SecurityMode(ua.MessageSecurityModeNone),
+		opcua.RequestTimeout(timeout),
+		opcua.DialTimeout(timeout),
+	}
+	if err := g.dial(ctx, endpoint, opts, nil); err != nil {
+		return nil, fmt.Errorf("asking for endpoints: %w", err)
+	}
+	defer g.hangUp(ctx)
+	var res *ua.GetEndpointsResponse
+	err := g.Send(ctx, &ua.GetEndpointsRequest{EndpointURL: endpoint}, func(v ua.Response) error { return assign(v, &res) })
+	if err != nil {
+		return nil, fmt.Errorf("asking %s for its endpoints: %w", endpoint, err)
+	}
+	if len(res.Endpoints) == 0 {
+		return nil, fmt.Errorf("%s offers no endpoints", endpoint)
+	}
+	return res.Endpoints, nil
+}
+
+// sessionOptions builds the channel options and the session configuration
+// for endpoint ep.
+func (d *Driver) sessionOptions(ep *ua.EndpointDescription) ([]opcua.Option, *uasc.SessionConfig, error) {
+	opts := []opcua.Option{
+		opcua.SecurityPolicy(d.cfg.policyURI),
+		opcua.SecurityMode(d.cfg.mode),
+		opcua.RequestTimeout(d.cfg.requestTimeout),
+		opcua.DialTimeout(d.cfg.requestTimeout),
+		opcua.SessionTimeout(d.cfg.sessionTimeout),
+	}
+	uri := appURI()
+	if d.cfg.secure() || d.cfg.authType == ua.UserTokenTypeCertificate {
+		if d.id == nil {
+			id, err := loadIdentity(d.cfg.pkiDir)
+			if err != nil {
+				return nil, nil, err
+			}
+			d.id = &id
+		}
+		uri = d.id.uri
+		// SecurityFromEndpoint also sets the server certificate's
+		// thumbprint, without which the OpenSecureChannel is not
+		// encrypted for the server (node-opcua drops it).
+		opts = append(opts, opcua.Certificate(d.id.cert), opcua.PrivateKey(d.id.key), opcua.SecurityFromEndpoint(ep, d.cfg.authType))
+	}
+	pol, err := userPolicy(ep, d.cfg.authType)
+	if err != nil {
+		return nil, nil, err
+	}
+	sess := &uasc.SessionConfig{
+		ClientDescription: &ua.ApplicationDescription{
+			ApplicationURI:  uri,
+			ProductURI:      "urn:sightglass-bms:sightglass",
+			ApplicationName: ua.NewLocalizedText("Sightglass agent"),
+			ApplicationType: ua.ApplicationTypeClient,
+		},
+		LocaleIDs:          []string{"en-US"},
+		UserTokenSignature: &ua.SignatureData{},
+		SessionName:        "sightglass",
+		SessionTimeout:     d.cfg.sessionTimeout,
+		AuthPolicyURI:      pol.SecurityPolicyURI,
+	}
+	if sess.AuthPolicyURI == "" {
+		sess.AuthPolicyURI = ep.SecurityPolicyURI
+	}
+	switch d.cfg.authType {
+	case ua.UserTokenTypeAnonymous:
+		sess.UserIdentityToken = &ua.AnonymousIdentityToken{PolicyID: pol.PolicyID}
+	case ua.UserTokenTypeUserName:
+		sess.UserIdentityToken = &ua.UserNameIdentityToken{PolicyID: pol.PolicyID, UserName: d.cfg.auth.Username}
+		sess.AuthPassword = d.cfg.password
+	case ua.UserTokenTypeCertificate:
+		cert, err := readCert(d.cfg.auth.Certificate)
+		if err != nil {
+			return nil, nil, fmt.Errorf("settings.auth.certificate: %w", err)
+		}
+		kb, err := readPrivate(d.cfg.auth.PrivateKey)
+		if err != nil {
+			return nil, nil, fmt.Errorf("settings.auth.private_key: %w", err)
+		}
+		key, err := parseKey(kb)
+		if err != nil {
+			return nil, nil, fmt.Errorf("settings.auth.private_key: %w", err)
+		}
+		sess.UserIdentityToken = &ua.X509IdentityToken{PolicyID: pol.PolicyID, CertificateData: cert}
+		opts = append(opts, opcua.AuthPrivateKey(key))
+	}
+	return opts, sess, nil
+}
+
+// readMaxNodes reads Server_ServerCapabilities_OperationLimits_MaxNodesPerRead;
+// zero (no limit) or an unreadable node gives the default, and a
+// configured value is kept when it is lower.
+func (d *Driver) readMaxNodes(ctx context.Context) (int, error) {
+	n := DefaultMaxNodesPerRead
+	res, err := d.g.Read(ctx, &ua.ReadRequest{
+		NodesToRead:        []*ua.ReadValueID{valueID(ua.NewNumericNodeID(0, id.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead))},
+		TimestampsToReturn: ua.TimestampsToReturnNeither,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("reading the server's MaxNodesPerRead: %w", err)
+	}
+	if len(res.Results) == 1 && res.Results[0].Status == ua.StatusOK && res.Results[0].Value != nil {
+		if v, ok := toFloat(res.Results[0].Value.Value()); ok && v >= 1 {
+			n = int(min(v, math.MaxInt32))
+		}
+	}
+	if d.cfg.maxNodes > 0 && d.cfg.maxNodes < n {
+		n = d.cfg.maxNodes
+	}
+	return n, nil
+}
+
+// valueID is a ReadValueID for a node's value. DataEncoding must be an
+// empty name rather than nil: node-opcua never answers a ReadRequest whose
+// DataEncoding is missing.
+func valueID(n *ua.NodeID) *ua.ReadValueID {
+	return &ua.ReadValueID{NodeID: n, AttributeID: ua.AttributeIDValue, DataEncoding: &ua.QualifiedName{}}
+}
+
+// Read returns the samples of points (see driver.Driver).
+func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sample, error) {
+	d.mu.Lock()
+	closed, lost := d.closed, d.lost
+	d.mu.Unlock()
+	if closed {
+		return nil, errors.New("opcua: read after Close")
+	}
+	if len(points) == 0 {
+		return nil, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if lost != nil {
+		d.drop(ctx, lost)
+	}
+	if err := d.ensure(ctx); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", d.cfg.endpoint, err)
+	}
+	d.mu.Lock()
+	maxNodes := d.maxNodes
+	d.mu.Unlock()
+	var polled, subscribed []driver.Point
+	for _, p := range points {
+		pc, ok := d.points[p.Ref]
+		if !ok {
+			var err error
+			if pc, err = parsePoint(p); err != nil {
+				return nil, err
+			}
+		}
+		if pc.subscribe {
+			subscribed = append(subscribed, p)
+		} else {
+			polled = append(polled, p)
+		}
+	}
+	out := make([]telemetry.Sample, 0, len(points))
+	for start := 0; start < len(polled); {
+		end := min(start+maxNodes, len(polled))
+		chunk := polled[start:end]
+		samples, err := d.readChunk(ctx, chunk)
+		if errors.Is(err, ua.StatusBadTooManyOperations) && len(chunk) > 1 {
+			// The server's stated limit was wrong (or it changed): halve
+			// and keep going rather than fail the whole poll.
+			maxNodes = max(1, len(chunk)/2)
+			d.mu.Lock()
+			d.maxNodes = maxNodes
+			d.mu.Unlock()
+			d.log.Warn("server refused a read as too large; lowering max_nodes_per_read", "max_nodes_per_read", maxNodes)
+			continue
+		}
+		if err != nil {
+			return nil, d.readError(ctx, err)
+		}
+		out = append(out, samples...)
+		start = end
+	}
+	out = append(out, d.subscribedSamples(subscribed)...)
+	d.mu.Lock()
+	for _, s := range out {
+		if t := time.UnixMilli(s.Time); t.After(d.lastSeen[s.PointID]) && s.Status == telemetry.StatusOK {
+			d.lastSeen[s.PointID] = t
+		}
+	}
+	if len(d.backfill) > 0 {
+		out = append(d.backfill, out...)
+		d.backfill = nil
+	}
+	d.mu.Unlock()
+	return out, nil
+}
+
+// readChunk reads one batch, at most MaxNodesPerRead points.
+func (d *Driver) readChunk(ctx context.Context, points []driver.Point) ([]telemetry.Sample, error) {
+	req := &ua.ReadRequest{
+		MaxAge:             0,
+		TimestampsToReturn: ua.TimestampsToReturnBoth,
+		NodesToRead:        make([]*ua.ReadValueID, len(points)),
+	}
+	for i, p := range points {
+		req.NodesToRead[i] = valueID(d.nodeOf(p))
+	}
+	res, err := d.g.Read(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if res.ResponseHeader != nil && res.ResponseHeader.ServiceResult != ua.StatusOK {
+		return nil, res.ResponseHeader.ServiceResult
+	}
+	if len(res.Results) != len(points) {
+		return nil, fmt.Errorf("reading %d nodes: the server answered %d results", len(points), len(res.Results))
+	}
+	now := d.now()
+	out := make([]telemetry.Sample, len(points))
+	for i, p := range points {
+		out[i] = d.sample(p, res.Results[i], now)
+	}
+	return out, nil
+}
+
+func (d *Driver) nodeOf(p driver.Point) *ua.NodeID {
+	if pc, ok := d.points[p.Ref]; ok {
+		return pc.node
+	}
+	n, _ := ua.ParseNodeID(p.Ref) // Read validated it
+	return n
+}
+
+// sample turns a DataValue into a sample of p, logging a point's bad
+// status when it starts and again when it clears.
+func (d *Driver) sample(p driver.Point, dv *ua.DataValue, now time.Time) telemetry.Sample {
+	s := telemetry.Sample{PointID: p.ID, Time: now.UnixMilli()}
+	if dv == nil {
+		s.Status = telemetry.StatusFault
+		return s
+	}
+	switch {
+	case !dv.SourceTimestamp.IsZero() && dv.SourceTimestamp.Unix() > 0:
+		s.Time = dv.SourceTimestamp.UnixMilli()
+	case !dv.ServerTimestamp.IsZero() && dv.ServerTimestamp.Unix() > 0:
+		s.Time = dv.ServerTimestamp.UnixMilli()
+	}
+	s.Status = mapStatus(dv.Status)
+	if s.Status == telemetry.StatusOK || s.Status == telemetry.StatusStale || s.Status == telemetry.StatusOverridden {
+		var v any
+		if dv.Value != nil {
+			v = dv.Value.Value()
+		}
+		f, ok := toFloat(v)
+		if !ok {
+			d.noteFault(p, ua.StatusBadTypeMismatch, fmt.Sprintf("value of type %T is not a number", v))
+			s.Status = telemetry.StatusFault
+			return s
+		}
+		s.Value = f
+	}
+	if dv.Status&0x80000000 != 0 {
+		d.noteFault(p, dv.Status, "")
+	} else {
+		d.noteOK(p)
+	}
+	return s
+}
+
+func (d *Driver) noteFault(p driver.Point, code ua.StatusCode, why string) {
+	d.mu.Lock()
+	prev, had := d.faulty[p.Ref]
+	d.faulty[p.Ref] = code
+	d.mu.Unlock()
+	if had && prev == code {
+		return
+	}
+	if why == "" {
+		why = code.Error()
+	}
+	// The node id is local information: logs stay on the box.
+	d.log.Warn("OPC UA point is faulty", "point", p.Ref, "status", fmt.Sprintf("0x%08X", uint32(code)), "reason", why)
+}
+
+func (d *Driver) noteOK(p driver.Point) {
+	d.mu.Lock()
+	_, had := d.faulty[p.Ref]
+	delete(d.faulty, p.Ref)
+	d.mu.Unlock()
+	if had {
+		d.log.Info("OPC UA point recovered", "point", p.Ref)
+	}
+}
+
+// mapStatus maps an OPC UA status code onto a sample status. Severity
+// decides most: Good is ok, Uncertain is stale (the server vouches for the
+// value only partly), Bad is a fault; the codes that say more are mapped
+// on their own.
+func mapStatus(c ua.StatusCode) telemetry.Status {
+	switch c & 0xFFFF0000 { // the low bits are info bits
+	case ua.StatusGoodLocalOverride:
+		return telemetry.StatusOverridden
+	case ua.StatusBadOutOfService:
+		return telemetry.StatusOutOfService
+	case ua.StatusBadNoCommunication, ua.StatusBadCommunicationError, ua.StatusBadNotConnected, ua.StatusBadWaitingForInitialData, ua.StatusBadServerNotConnected, ua.StatusBadTimeout:
+		return telemetry.StatusCommFailure
+	}
+	switch c >> 30 {
+	case 0:
+		return telemetry.StatusOK
+	case 1:
+		return telemetry.StatusStale
+	}
+	return telemetry.StatusFault
+}
+
+// toFloat converts a variant's value to a float64 where it is a number.
+func toFloat(v any) (float64, bool) {
+	switch x := v.(type) {
+	case bool:
+		if x {
+			return 1, true
+		}
+		return 0, true
+	case int8:
+		return float64(x), true
+	case uint8:
+		return float64(x), true
+	case int16:
+		return float64(x), true
+	case uint16:
+		return float64(x), true
+	case int32:
+		return float64(x), true
+	case uint32:
+		return float64(x), true
+	case int64:
+		return float64(x), true
+	case uint64:
+		return float64(x), true
+	case float32:
+		return float64(x), !math.IsNaN(float64(x)) && !math.IsInf(float64(x), 0)
+	case float64:
+		return x, !math.IsNaN(x) && !math.IsInf(x, 0)
+	}
+	return 0, false
+}
+
+// readError classifies a failed read for the poller. A busy server is
+// ErrBusy; a refusal or a cancelled context is passed on; anything else
+// drops the session, which the next Read reopens after the backoff. It
+// does not wrap driver.ErrConnLost: the driver reconnects by itself.
+func (d *Driver) readError(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, driver.ErrRefused), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err
+	case isBusy(err):
+		return fmt.Errorf("reading %s: %w: %w", d.cfg.endpoint, err, driver.ErrBusy)
+	}
+	d.drop(ctx, err)
+	return fmt.Errorf("reading %s: %w (reconnecting)", d.cfg.endpoint, err)
+}
+
+func isBusy(err error) bool {
+	var sc ua.StatusCode
+	if errors.As(err, &sc) {
+		switch sc {
+		case ua.StatusBadTooManyOperations, ua.StatusBadTCPServerTooBusy, ua.StatusBadTooManySessions, ua.StatusBadResourceUnavailable:
+			return true
+		}
+	}
+	return false
+}
+
+// Close ends the session. It is final: build a new driver to read again.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	d.connected = false
+	sub := d.sub
+	d.sub = nil
+	d.mu.Unlock()
+	sub.stop()
+	d.g.hangUp(context.Background())
+	return nil
+}
+
+// Sessions returns how many sessions the driver has tried to create; with
+// Refusals it is what the status command and the reconnect tests look at.
+func (d *Driver) Sessions() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.sessions
+}
+
+// Refusals returns how many requests the read-only guard refused.
+func (d *Driver) Refusals() uint64 { return d.g.refusals() }

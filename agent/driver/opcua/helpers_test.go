@@ -1,0 +1,102 @@
+package opcua
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"go.yaml.in/yaml/v4"
+
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	simopcua "github.com/sightglass-bms/sightglass/pkg/sim/opcua"
+)
+
+// yamlSettings is driver.Settings from YAML text, decoded strictly like
+// the agent's configuration.
+type yamlSettings string
+
+func (s yamlSettings) Decode(v any) error {
+	if strings.TrimSpace(string(s)) == "" {
+		return nil
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(s)))
+	dec.KnownFields(true)
+	return dec.Decode(v)
+}
+
+// logBuffer collects a driver's log lines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *logBuffer) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// startSim starts the in-process simulator for one test.
+func startSim(t testing.TB, o simopcua.Options) *simopcua.Server {
+	t.Helper()
+	s, err := simopcua.Start(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// noneSettings are settings for an unsecured session to url.
+func noneSettings(t testing.TB, url string, extra ...string) yamlSettings {
+	t.Helper()
+	s := fmt.Sprintf("endpoint: %s\nsecurity_policy: None\nsecurity_mode: None\npki_dir: %s\nreconnect_min: 50ms\nreconnect_max: 200ms\n", url, t.TempDir())
+	for _, e := range extra {
+		s += e + "\n"
+	}
+	return yamlSettings(s)
+}
+
+// simPoints are points for the first n variables of the simulator.
+func simPoints(s *simopcua.Server, n int) []driver.Point {
+	vars := s.Variables()
+	points := make([]driver.Point, 0, n)
+	for i := 0; i < n && i < len(vars); i++ {
+		points = append(points, driver.Point{ID: uint64(i + 1), Ref: vars[i], Name: vars[i]})
+	}
+	return points
+}
+
+// readServices are the services a read-only client may send.
+var readServices = []string{
+	"GetEndpoints", "FindServers", "CreateSession", "ActivateSession", "CloseSession",
+	"Browse", "BrowseNext", "TranslateBrowsePathsToNodeIDs", "TranslateBrowsePathsToNodeIds", "Read", "HistoryRead",
+	"CreateSubscription", "ModifySubscription", "SetPublishingMode", "Publish", "Republish",
+	"TransferSubscriptions", "DeleteSubscriptions", "CreateMonitoredItems", "ModifyMonitoredItems",
+	"SetMonitoringMode", "DeleteMonitoredItems",
+}
+
+// notReads returns the services in got that are not reads.
+func notReads(got []string) []string {
+	var out []string
+	for _, s := range got {
+		if !slices.Contains(readServices, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}

@@ -1,0 +1,230 @@
+package opcua
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/gopcua/opcua/ua"
+
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// maxPending bounds the values kept per subscribed point between Reads, so
+// a stalled poller cannot grow memory without end; the oldest go first.
+const maxPending = 1000
+
+// subscription is the driver's one OPC UA subscription with a monitored
+// item per subscribed point. The driver runs it itself, through the guard,
+// rather than with gopcua's Subscribe, whose requests would bypass the
+// guard. It lives as long as one session: after a reconnect the driver
+// creates it anew.
+type subscription struct {
+	id      uint32
+	cancel  context.CancelFunc
+	done    chan struct{}
+	handles map[string]uint32 // point ref -> client handle
+
+	mu      sync.Mutex
+	pending map[uint32][]*ua.DataValue // by client handle, oldest first
+}
+
+// stop ends the publish loop and waits for it. A nil subscription is fine.
+func (s *subscription) stop() {
+	if s == nil {
+		return
+	}
+	s.cancel()
+	<-s.done
+}
+
+// push queues a value of a monitored item.
+func (s *subscription) push(handle uint32, dv *ua.DataValue) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := append(s.pending[handle], dv)
+	if len(q) > maxPending {
+		q = q[len(q)-maxPending:]
+	}
+	s.pending[handle] = q
+}
+
+// take removes and returns the values queued for handle.
+func (s *subscription) take(handle uint32) []*ua.DataValue {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.pending[handle]
+	delete(s.pending, handle)
+	return q
+}
+
+// subscribe creates the subscription and its monitored items and starts
+// the publish loop. An item the server refuses (a node that is gone) is a
+// faulty point, not a failed subscription.
+func (d *Driver) subscribe(ctx context.Context) error {
+	pubMs := float64(d.cfg.publishing) / float64(time.Millisecond)
+	// The server answers a Publish at least every keep-alive; keep that
+	// well inside the request timeout so a quiet subscription is not
+	// mistaken for a dead server.
+	keepAlive := uint32(max(1, int64(d.cfg.requestTimeout/2)/int64(d.cfg.publishing)))
+	var cres *ua.CreateSubscriptionResponse
+	err := d.g.Send(ctx, &ua.CreateSubscriptionRequest{
+		RequestedPublishingInterval: pubMs,
+		RequestedMaxKeepAliveCount:  keepAlive,
+		RequestedLifetimeCount:      keepAlive * 6,
+		PublishingEnabled:           true,
+	}, func(v ua.Response) error { return assign(v, &cres) })
+	if err != nil {
+		return fmt.Errorf("creating the subscription: %w", err)
+	}
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s := &subscription{
+		id:      cres.SubscriptionID,
+		cancel:  cancel,
+		done:    make(chan struct{}),
+		handles: map[string]uint32{},
+		pending: map[uint32][]*ua.DataValue{},
+	}
+	d.mu.Lock()
+	maxItems := max(1, d.maxNodes)
+	d.mu.Unlock()
+	items := make([]*ua.MonitoredItemCreateRequest, 0, len(d.subs))
+	for i, p := range d.subs {
+		pc := d.points[p.Ref]
+		h := uint32(i + 1)
+		s.handles[p.Ref] = h
+		params := &ua.MonitoringParameters{
+			ClientHandle:     h,
+			SamplingInterval: float64(pc.sampling) / float64(time.Millisecond),
+			QueueSize:        pc.queue,
+			DiscardOldest:    true,
+		}
+		if pc.sampling == 0 {
+			params.SamplingInterval = -1 // the publishing interval
+		}
+		if pc.dbType != ua.DeadbandTypeNone {
+			params.Filter = ua.NewExtensionObject(&ua.DataChangeFilter{
+				Trigger:       ua.DataChangeTriggerStatusValue,
+				DeadbandType:  uint32(pc.dbType),
+				DeadbandValue: pc.deadband,
+			})
+		}
+		items = append(items, &ua.MonitoredItemCreateRequest{
+			ItemToMonitor:       valueID(pc.node),
+			MonitoringMode:      ua.MonitoringModeReporting,
+			RequestedParameters: params,
+		})
+	}
+	for start := 0; start < len(items); start += maxItems {
+		chunk := items[start:min(start+maxItems, len(items))]
+		var mres *ua.CreateMonitoredItemsResponse
+		err := d.g.Send(ctx, &ua.CreateMonitoredItemsRequest{
+			SubscriptionID:     s.id,
+			TimestampsToReturn: ua.TimestampsToReturnBoth,
+			ItemsToCreate:      chunk,
+		}, func(v ua.Response) error { return assign(v, &mres) })
+		if err != nil {
+			cancel()
+			return fmt.Errorf("creating %d monitored items: %w", len(chunk), err)
+		}
+		if len(mres.Results) != len(chunk) {
+			cancel()
+			return fmt.Errorf("creating %d monitored items: the server answered %d results", len(chunk), len(mres.Results))
+		}
+		for i, r := range mres.Results {
+			if r.StatusCode != ua.StatusOK {
+				// Report it the way a Read would: the point's next
+				// sample carries the bad status.
+				s.push(chunk[i].RequestedParameters.ClientHandle, &ua.DataValue{Status: r.StatusCode, ServerTimestamp: d.now()})
+			}
+		}
+	}
+	d.mu.Lock()
+	d.sub = s
+	d.mu.Unlock()
+	go d.publish(lctx, s)
+	return nil
+}
+
+// publish is the subscription's loop: one Publish outstanding at a time,
+// acknowledging what it received. Any failure marks the session lost, and
+// the next Read reconnects and subscribes again.
+func (d *Driver) publish(ctx context.Context, s *subscription) {
+	defer close(s.done)
+	var acks []*ua.SubscriptionAcknowledgement
+	for ctx.Err() == nil {
+		var res *ua.PublishResponse
+		err := d.g.Send(ctx, &ua.PublishRequest{SubscriptionAcknowledgements: acks}, func(v ua.Response) error { return assign(v, &res) })
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil && res.ResponseHeader != nil && res.ResponseHeader.ServiceResult != ua.StatusOK {
+			err = res.ResponseHeader.ServiceResult
+		}
+		if err != nil {
+			d.mu.Lock()
+			if d.lost == nil {
+				d.lost = fmt.Errorf("subscription %d: publish failed: %w", s.id, err)
+			}
+			d.mu.Unlock()
+			return
+		}
+		acks = nil
+		msg := res.NotificationMessage
+		if msg == nil || len(msg.NotificationData) == 0 {
+			continue // a keep-alive
+		}
+		acks = append(acks, &ua.SubscriptionAcknowledgement{SubscriptionID: res.SubscriptionID, SequenceNumber: msg.SequenceNumber})
+		for _, eo := range msg.NotificationData {
+			if eo == nil {
+				continue
+			}
+			switch n := eo.Value.(type) {
+			case *ua.DataChangeNotification:
+				for _, item := range n.MonitoredItems {
+					if item != nil && item.Value != nil {
+						s.push(item.ClientHandle, item.Value)
+					}
+				}
+			case *ua.StatusChangeNotification:
+				if n.Status != ua.StatusOK {
+					d.mu.Lock()
+					if d.lost == nil {
+						d.lost = fmt.Errorf("subscription %d: server reports %w", s.id, n.Status)
+					}
+					d.mu.Unlock()
+					return
+				}
+			}
+		}
+	}
+}
+
+// subscribedSamples returns the values that arrived for points since the
+// last Read; a point whose value did not change has none.
+func (d *Driver) subscribedSamples(points []driver.Point) []telemetry.Sample {
+	d.mu.Lock()
+	s := d.sub
+	d.mu.Unlock()
+	if s == nil || len(points) == 0 {
+		return nil
+	}
+	now := d.now()
+	var out []telemetry.Sample
+	for _, p := range points {
+		h, ok := s.handles[p.Ref]
+		if !ok {
+			// Not configured at start: only configured points are
+			// monitored. Say so once per point instead of failing reads.
+			d.noteFault(p, ua.StatusBadNodeIDUnknown, "mode subscribe on a point the device was not configured with")
+			out = append(out, telemetry.Sample{PointID: p.ID, Time: now.UnixMilli(), Status: telemetry.StatusFault})
+			continue
+		}
+		for _, dv := range s.take(h) {
+			out = append(out, d.sample(p, dv, now))
+		}
+	}
+	return out
+}

@@ -1,0 +1,499 @@
+// Package opcua is an OPC UA server simulating a small building, for
+// `make demo` and the OPC UA driver's in-process tests. It is built on
+// gopcua's server package and listens on loopback only.
+//
+// The address space under Objects/Building holds two air handlers, a
+// chiller plant and a few zones, each variable a Double (or Boolean) whose
+// value changes with time and that carries an EngineeringUnits property.
+// Plant/ChilledWaterSupplyTemp keeps history (HistoryRead of raw values, one
+// a second). The server enforces MaxNodesPerRead with BadTooManyOperations,
+// as strict servers do, and records every service request it receives so a
+// test can assert that a client only ever read.
+package opcua
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/big"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gopcua/opcua/id"
+	"github.com/gopcua/opcua/server"
+	"github.com/gopcua/opcua/server/attrs"
+	"github.com/gopcua/opcua/ua"
+	"github.com/gopcua/opcua/uasc"
+)
+
+// NamespaceURI is the simulator's namespace.
+const NamespaceURI = "urn:sightglass-bms:sim:building"
+
+// HistoryNode is the node id (without namespace index) of the variable
+// that keeps history.
+const HistoryNode = "Plant.ChilledWaterSupplyTemp"
+
+// Options configure a simulator. Zero values mean the defaults given.
+type Options struct {
+	// Host is the loopback address to listen on; default 127.0.0.1. Any
+	// address outside 127.0.0.0/8 is refused.
+	Host string
+	// Port is the TCP port; 0 picks a free one.
+	Port int
+	// MaxNodesPerRead is the server's OperationLimits value, enforced;
+	// default 32.
+	MaxNodesPerRead uint32
+	// Secure adds Basic256Sha256, Aes128_Sha256_RsaOaep and
+	// Aes256_Sha256_RsaPss endpoints (Sign and SignAndEncrypt) beside None,
+	// with Key as the server's key (generated when nil).
+	Secure bool
+	Key    *rsa.PrivateKey
+	// Zones is the number of zones, each with a temperature and a setpoint;
+	// default 4. The 10,000-node benchmark sets it high.
+	Zones int
+	// Logger receives the server's own log lines at debug level; nil
+	// discards them.
+	Logger *slog.Logger
+}
+
+// Server is a running simulator.
+type Server struct {
+	// URL is the endpoint, opc.tcp://127.0.0.1:port.
+	URL string
+	// NS is the index of the simulator's namespace.
+	NS uint16
+	// Cert is the server's certificate (DER) when Secure.
+	Cert []byte
+
+	srv     *server.Server
+	cancel  context.CancelFunc
+	nodes   *server.NodeNameSpace
+	start   time.Time
+	maxRead uint32
+
+	mu       sync.Mutex
+	services []string
+	removed  map[string]bool
+	vars     []string // node ids of the building's variables
+	closed   bool
+}
+
+// Start starts a simulator; Close stops it. ctx bounds only the start.
+func Start(ctx context.Context, o Options) (*Server, error) {
+	if o.Host == "" {
+		o.Host = "127.0.0.1"
+	}
+	if ip := net.ParseIP(o.Host); ip == nil || !ip.IsLoopback() {
+		return nil, fmt.Errorf("opcua sim: host %q: the simulator listens on loopback (127.0.0.0/8) only", o.Host)
+	}
+	if o.MaxNodesPerRead == 0 {
+		o.MaxNodesPerRead = 32
+	}
+	if o.Zones == 0 {
+		o.Zones = 4
+	}
+	if o.Port == 0 {
+		// gopcua's server reports the port it was given, so a free port
+		// is picked first; the race with another process is tiny.
+		l, err := net.Listen("tcp", net.JoinHostPort(o.Host, "0"))
+		if err != nil {
+			return nil, fmt.Errorf("opcua sim: finding a free port: %w", err)
+		}
+		o.Port = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	}
+	s := &Server{start: time.Now(), maxRead: o.MaxNodesPerRead, removed: map[string]bool{}}
+	s.URL = fmt.Sprintf("opc.tcp://%s:%d", o.Host, o.Port)
+	opts := []server.Option{
+		server.EndPoint(o.Host, o.Port),
+		server.EnableSecurity("None", ua.MessageSecurityModeNone),
+		server.EnableAuthMode(ua.UserTokenTypeAnonymous),
+		server.SetLogger(recorder{s: s, log: o.Logger}),
+		server.ServerName("Sightglass building simulator"),
+	}
+	if o.Secure {
+		key := o.Key
+		if key == nil {
+			var err error
+			if key, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+				return nil, fmt.Errorf("opcua sim: generating the server key: %w", err)
+			}
+		}
+		cert, err := selfSigned(key, o.Host)
+		if err != nil {
+			return nil, err
+		}
+		s.Cert = cert
+		opts = append(opts, server.PrivateKey(key), server.Certificate(cert))
+		for _, p := range []string{"Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"} {
+			opts = append(opts,
+				server.EnableSecurity(p, ua.MessageSecurityModeSign),
+				server.EnableSecurity(p, ua.MessageSecurityModeSignAndEncrypt))
+		}
+	}
+	srv := server.New(opts...)
+	s.srv = srv
+	s.buildAddressSpace(o.Zones)
+	// Registered before Start, these replace gopcua's own Read (which
+	// ignores MaxNodesPerRead) and HistoryRead (which has no history).
+	srv.RegisterHandler(id.ReadRequest_Encoding_DefaultBinary, s.read)
+	srv.RegisterHandler(id.HistoryReadRequest_Encoding_DefaultBinary, s.historyRead)
+	// The server's goroutines live until Close, not until ctx ends: a
+	// server that stops answering while clients still talk is what
+	// Close is for, deliberately.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	if err := srv.Start(sctx); err != nil {
+		cancel()
+		return nil, fmt.Errorf("opcua sim: starting on %s: %w", s.URL, err)
+	}
+	return s, nil
+}
+
+// Close stops the server and drops every connection.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	err := s.srv.Close()
+	s.cancel()
+	return err
+}
+
+// Services returns every service request received so far, by name
+// ("Read", "CreateSession", ...), in order.
+func (s *Server) Services() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.services...)
+}
+
+// Variables returns the node ids of the building's variables.
+func (s *Server) Variables() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.vars...)
+}
+
+// Remove makes a node disappear: reads of it answer BadNodeIdUnknown, as
+// after a server's configuration changed.
+func (s *Server) Remove(nodeID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.removed[nodeID] = true
+}
+
+// recorder is gopcua's server logger: it records the service of every
+// request the server handles (gopcua logs each one at debug level) and
+// forwards log lines to an slog logger.
+type recorder struct {
+	s   *Server
+	log *slog.Logger
+}
+
+func (r recorder) Debug(msg string, args ...any) {
+	if strings.HasPrefix(msg, "handleService: Got:") && len(args) == 1 {
+		name := strings.TrimSuffix(strings.TrimPrefix(fmt.Sprintf("%T", args[0]), "*ua."), "Request")
+		r.s.mu.Lock()
+		r.s.services = append(r.s.services, name)
+		r.s.mu.Unlock()
+	}
+	r.logf(slog.LevelDebug, msg, args...)
+}
+func (r recorder) Info(msg string, args ...any)  { r.logf(slog.LevelDebug, msg, args...) }
+func (r recorder) Warn(msg string, args ...any)  { r.logf(slog.LevelDebug, msg, args...) }
+func (r recorder) Error(msg string, args ...any) { r.logf(slog.LevelDebug, msg, args...) }
+
+func (r recorder) logf(level slog.Level, msg string, args ...any) {
+	if r.log != nil {
+		r.log.Log(context.Background(), level, strings.TrimSpace(fmt.Sprintf(msg, args...)))
+	}
+}
+
+// variable is one simulated point.
+type variable struct {
+	name string // browse name
+	unit string
+	// value is the value at t seconds since the start.
+	value func(t float64) any
+}
+
+// buildAddressSpace creates Objects/Building/{AHU1,AHU2,Plant,Zones/...}.
+func (s *Server) buildAddressSpace(zones int) {
+	ns := server.NewNodeNameSpace(s.srv, NamespaceURI)
+	s.nodes = ns
+	s.NS = ns.ID()
+	root, _ := s.srv.Namespace(0)
+	objects := root.Objects()
+	// Report the limit the read handler enforces, not gopcua's default.
+	root.AddNode(server.NewNode(
+		ua.NewNumericNodeID(0, id.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead),
+		map[ua.AttributeID]*ua.DataValue{
+			ua.AttributeIDBrowseName: server.DataValueFromValue(attrs.BrowseName("MaxNodesPerRead")),
+			ua.AttributeIDNodeClass:  server.DataValueFromValue(uint32(ua.NodeClassVariable)),
+		},
+		nil,
+		func() *ua.DataValue { return server.DataValueFromValue(s.maxRead) },
+	))
+
+	building := s.folder(ns, "Building", "Building")
+	objects.AddRef(building, id.Organizes, true)
+
+	wave := func(base, amp, period, phase float64) func(float64) any {
+		return func(t float64) any { return base + amp*math.Sin(2*math.Pi*t/period+phase) }
+	}
+	groups := []struct {
+		name string
+		vars []variable
+	}{
+		{"AHU1", []variable{
+			{"SupplyAirTemp", "°C", wave(13, 1.5, 120, 0)},
+			{"ReturnAirTemp", "°C", wave(22, 0.8, 300, 1)},
+			{"FanSpeed", "%", wave(65, 20, 90, 0)},
+			{"FanStatus", "", func(t float64) any { return math.Mod(t, 600) < 540 }},
+		}},
+		{"AHU2", []variable{
+			{"SupplyAirTemp", "°C", wave(14, 1.2, 150, 2)},
+			{"ReturnAirTemp", "°C", wave(23, 0.6, 280, 0.5)},
+			{"FanSpeed", "%", wave(55, 15, 100, 1)},
+		}},
+		{"Plant", []variable{
+			{"ChilledWaterSupplyTemp", "°C", chilledWater},
+			{"ChilledWaterReturnTemp", "°C", wave(12, 0.7, 240, 0.3)},
+			{"ChillerPower", "kW", wave(180, 40, 400, 0)},
+		}},
+	}
+	for _, g := range groups {
+		f := s.folder(ns, g.name, g.name)
+		building.AddRef(f, id.Organizes, true)
+		for _, v := range g.vars {
+			f.AddRef(s.variable(ns, g.name+"."+v.name, v), id.HasComponent, true)
+		}
+	}
+	zf := s.folder(ns, "Zones", "Zones")
+	building.AddRef(zf, id.Organizes, true)
+	for i := 1; i <= zones; i++ {
+		name := fmt.Sprintf("Zone%d", i)
+		z := s.folder(ns, "Zones."+name, name)
+		zf.AddRef(z, id.Organizes, true)
+		phase := float64(i)
+		z.AddRef(s.variable(ns, "Zones."+name+".Temp", variable{"Temp", "°C", wave(21.5, 1, 600, phase)}), id.HasComponent, true)
+		z.AddRef(s.variable(ns, "Zones."+name+".Setpoint", variable{"Setpoint", "°C", func(float64) any { return 21.0 + float64(i%3)*0.5 }}), id.HasComponent, true)
+	}
+}
+
+// chilledWater is the value with history: a slow wave, so a backfill has
+// something to show.
+func chilledWater(t float64) any { return 6.5 + 0.5*math.Sin(2*math.Pi*t/900) }
+
+func (s *Server) folder(ns *server.NodeNameSpace, nodeID, name string) *server.Node {
+	n := server.NewNode(ua.NewStringNodeID(ns.ID(), nodeID), map[ua.AttributeID]*ua.DataValue{
+		ua.AttributeIDNodeClass:     server.DataValueFromValue(uint32(ua.NodeClassObject)),
+		ua.AttributeIDBrowseName:    server.DataValueFromValue(&ua.QualifiedName{NamespaceIndex: ns.ID(), Name: name}),
+		ua.AttributeIDDisplayName:   server.DataValueFromValue(attrs.DisplayName(name, "")),
+		ua.AttributeIDEventNotifier: server.DataValueFromValue(byte(0)),
+	}, nil, nil)
+	n.AddRef(s.srv.Node(ua.NewNumericNodeID(0, id.FolderType)), id.HasTypeDefinition, true)
+	return ns.AddNode(n)
+}
+
+func (s *Server) variable(ns *server.NodeNameSpace, nodeID string, v variable) *server.Node {
+	nid := ua.NewStringNodeID(ns.ID(), nodeID)
+	dt := uint32(id.Double)
+	if _, ok := v.value(0).(bool); ok {
+		dt = id.Boolean
+	}
+	n := server.NewNode(nid, map[ua.AttributeID]*ua.DataValue{
+		ua.AttributeIDNodeClass:   server.DataValueFromValue(uint32(ua.NodeClassVariable)),
+		ua.AttributeIDBrowseName:  server.DataValueFromValue(&ua.QualifiedName{NamespaceIndex: ns.ID(), Name: v.name}),
+		ua.AttributeIDDisplayName: server.DataValueFromValue(attrs.DisplayName(v.name, "")),
+		// gopcua's server keeps DataType as an ExpandedNodeID.
+		ua.AttributeIDDataType:        server.DataValueFromValue(ua.NewNumericExpandedNodeID(0, dt)),
+		ua.AttributeIDAccessLevel:     server.DataValueFromValue(byte(ua.AccessLevelTypeCurrentRead | ua.AccessLevelTypeHistoryRead)),
+		ua.AttributeIDUserAccessLevel: server.DataValueFromValue(byte(ua.AccessLevelTypeCurrentRead | ua.AccessLevelTypeHistoryRead)),
+		ua.AttributeIDValueRank:       server.DataValueFromValue(int32(-1)),
+		ua.AttributeIDHistorizing:     server.DataValueFromValue(nodeID == HistoryNode),
+	}, nil, func() *ua.DataValue {
+		now := time.Now()
+		return &ua.DataValue{
+			EncodingMask:    ua.DataValueValue | ua.DataValueSourceTimestamp | ua.DataValueServerTimestamp,
+			Value:           ua.MustVariant(v.value(now.Sub(s.start).Seconds())),
+			SourceTimestamp: now,
+			ServerTimestamp: now,
+		}
+	})
+	n.AddRef(s.srv.Node(ua.NewNumericNodeID(0, id.BaseDataVariableType)), id.HasTypeDefinition, true)
+	ns.AddNode(n)
+	if v.unit != "" {
+		eu := server.NewNode(ua.NewStringNodeID(ns.ID(), nodeID+".EngineeringUnits"), map[ua.AttributeID]*ua.DataValue{
+			ua.AttributeIDNodeClass:   server.DataValueFromValue(uint32(ua.NodeClassVariable)),
+			ua.AttributeIDBrowseName:  server.DataValueFromValue(&ua.QualifiedName{Name: "EngineeringUnits"}),
+			ua.AttributeIDDisplayName: server.DataValueFromValue(attrs.DisplayName("EngineeringUnits", "")),
+			ua.AttributeIDDataType:    server.DataValueFromValue(ua.NewNumericExpandedNodeID(0, id.EUInformation)),
+		}, nil, func() *ua.DataValue {
+			return server.DataValueFromValue(ua.MustVariant(ua.NewExtensionObject(&ua.EUInformation{
+				NamespaceURI: "http://www.opcfoundation.org/UA/units/un/cefact",
+				DisplayName:  ua.NewLocalizedText(v.unit),
+				Description:  ua.NewLocalizedText(v.unit),
+			})))
+		})
+		eu.AddRef(s.srv.Node(ua.NewNumericNodeID(0, id.PropertyType)), id.HasTypeDefinition, true)
+		ns.AddNode(eu)
+		n.AddRef(eu, id.HasProperty, true)
+	}
+	s.vars = append(s.vars, nid.String())
+	return n
+}
+
+// read is the Read service, enforcing MaxNodesPerRead and honouring Remove.
+func (s *Server) read(_ *uasc.SecureChannel, r ua.Request, _ uint32) (ua.Response, error) {
+	req, ok := r.(*ua.ReadRequest)
+	if !ok {
+		return nil, ua.StatusBadRequestTypeInvalid
+	}
+	if uint32(len(req.NodesToRead)) > s.maxRead {
+		return nil, ua.StatusBadTooManyOperations
+	}
+	if len(req.NodesToRead) == 0 {
+		return nil, ua.StatusBadNothingToDo
+	}
+	results := make([]*ua.DataValue, len(req.NodesToRead))
+	for i, n := range req.NodesToRead {
+		results[i] = s.attribute(n.NodeID, n.AttributeID)
+	}
+	return &ua.ReadResponse{ResponseHeader: responseHeader(req.RequestHeader), Results: results}, nil
+}
+
+func (s *Server) attribute(n *ua.NodeID, attr ua.AttributeID) *ua.DataValue {
+	bad := func(code ua.StatusCode) *ua.DataValue {
+		return &ua.DataValue{EncodingMask: ua.DataValueStatusCode | ua.DataValueServerTimestamp, Status: code, ServerTimestamp: time.Now()}
+	}
+	if n == nil {
+		return bad(ua.StatusBadNodeIDInvalid)
+	}
+	s.mu.Lock()
+	gone := s.removed[n.String()]
+	s.mu.Unlock()
+	if gone {
+		return bad(ua.StatusBadNodeIDUnknown)
+	}
+	ns, err := s.srv.Namespace(int(n.Namespace()))
+	if err != nil {
+		return bad(ua.StatusBadNodeIDUnknown)
+	}
+	return ns.Attribute(n, attr)
+}
+
+// historyRead serves raw history of HistoryNode: one value a second since
+// the server started, computed from the same function as the live value.
+func (s *Server) historyRead(_ *uasc.SecureChannel, r ua.Request, _ uint32) (ua.Response, error) {
+	req, ok := r.(*ua.HistoryReadRequest)
+	if !ok {
+		return nil, ua.StatusBadRequestTypeInvalid
+	}
+	var details *ua.ReadRawModifiedDetails
+	if req.HistoryReadDetails != nil {
+		details, _ = req.HistoryReadDetails.Value.(*ua.ReadRawModifiedDetails)
+	}
+	if details == nil || details.IsReadModified {
+		return nil, ua.StatusBadHistoryOperationUnsupported
+	}
+	results := make([]*ua.HistoryReadResult, len(req.NodesToRead))
+	for i, n := range req.NodesToRead {
+		results[i] = s.history(n, details, req.ReleaseContinuationPoints)
+	}
+	return &ua.HistoryReadResponse{ResponseHeader: responseHeader(req.RequestHeader), Results: results}, nil
+}
+
+func (s *Server) history(n *ua.HistoryReadValueID, d *ua.ReadRawModifiedDetails, release bool) *ua.HistoryReadResult {
+	if n == nil || n.NodeID == nil || n.NodeID.String() != ua.NewStringNodeID(s.NS, HistoryNode).String() {
+		return &ua.HistoryReadResult{StatusCode: ua.StatusBadHistoryOperationUnsupported}
+	}
+	if release {
+		return &ua.HistoryReadResult{StatusCode: ua.StatusOK}
+	}
+	from := d.StartTime
+	if len(n.ContinuationPoint) > 0 {
+		t, err := time.Parse(time.RFC3339Nano, string(n.ContinuationPoint))
+		if err != nil {
+			return &ua.HistoryReadResult{StatusCode: ua.StatusBadContinuationPointInvalid}
+		}
+		from = t
+	}
+	end := d.EndTime
+	if now := time.Now(); end.IsZero() || end.After(now) {
+		end = now
+	}
+	// One value on each whole second since start.
+	t := from.Truncate(time.Second)
+	if t.Before(from) {
+		t = t.Add(time.Second)
+	}
+	if first := s.start.Truncate(time.Second).Add(time.Second); t.Before(first) {
+		t = first
+	}
+	limit := int(d.NumValuesPerNode)
+	if limit == 0 {
+		limit = math.MaxInt
+	}
+	var values []*ua.DataValue
+	var cont []byte
+	for ; t.Before(end); t = t.Add(time.Second) {
+		if len(values) == limit {
+			cont = []byte(t.Format(time.RFC3339Nano))
+			break
+		}
+		values = append(values, &ua.DataValue{
+			EncodingMask:    ua.DataValueValue | ua.DataValueSourceTimestamp | ua.DataValueServerTimestamp,
+			Value:           ua.MustVariant(chilledWater(t.Sub(s.start).Seconds()).(float64)),
+			SourceTimestamp: t,
+			ServerTimestamp: t,
+		})
+	}
+	return &ua.HistoryReadResult{StatusCode: ua.StatusOK, ContinuationPoint: cont, HistoryData: ua.NewExtensionObject(&ua.HistoryData{DataValues: values})}
+}
+
+func responseHeader(h *ua.RequestHeader) *ua.ResponseHeader {
+	rh := &ua.ResponseHeader{Timestamp: time.Now(), ServiceResult: ua.StatusOK, ServiceDiagnostics: &ua.DiagnosticInfo{}, StringTable: []string{}, AdditionalHeader: ua.NewExtensionObject(nil)}
+	if h != nil {
+		rh.RequestHandle = h.RequestHandle
+	}
+	return rh
+}
+
+// selfSigned makes the server's application-instance certificate.
+func selfSigned(key *rsa.PrivateKey, host string) ([]byte, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, err
+	}
+	uri, _ := url.Parse("urn:sightglass-bms:sim:opcua")
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "Sightglass OPC UA simulator"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().AddDate(1, 0, 0),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageContentCommitment | x509.KeyUsageKeyEncipherment | x509.KeyUsageDataEncipherment | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		URIs:                  []*url.URL{uri},
+		IPAddresses:           []net.IP{net.ParseIP(host)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("opcua sim: making the server certificate: %w", err)
+	}
+	return der, nil
+}
