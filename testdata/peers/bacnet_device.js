@@ -85,7 +85,7 @@ function propertyList(o, required) {
   }
   if (o.log) {
     return common.concat([P.STATUS_FLAGS, P.EVENT_STATE, P.RECORD_COUNT, P.TOTAL_RECORD_COUNT],
-      required ? [] : [P.DESCRIPTION, P.LOG_DEVICE_OBJECT_PROPERTY]);
+      required ? [] : [P.DESCRIPTION]);
   }
   let l = common.concat([P.PRESENT_VALUE, P.STATUS_FLAGS, P.EVENT_STATE, P.OUT_OF_SERVICE]);
   if (o.units !== undefined) l.push(P.UNITS);
@@ -176,6 +176,21 @@ client.on('whoIs', (msg) => {
 client.on('readProperty', (msg) => {
   const { objectId, property } = msg.payload;
   const o = find(objectId);
+  if (o && o.log && property.id === P.LOG_DEVICE_OBJECT_PROPERTY) {
+    // The library cannot encode a BACnetDeviceObjectPropertyReference as
+    // property data, so this answer is built from its encoders.
+    const buffer = client._getApduBuffer(msg.header.sender);
+    npdu.encode(buffer, bacnet.NpduControlPriority.NORMAL_MESSAGE, msg.header.sender);
+    apdu.encodeComplexAck(buffer, bacnet.PduType.COMPLEX_ACK, bacnet.ConfirmedServiceChoice.READ_PROPERTY, msg.invokeId);
+    asn1.encodeContextObjectId(buffer, 0, objectId.type, objectId.instance);
+    asn1.encodeContextEnumerated(buffer, 1, property.id);
+    asn1.encodeOpeningTag(buffer, 3);
+    asn1.encodeContextObjectId(buffer, 0, o.log.source.type, o.log.source.instance);
+    asn1.encodeContextEnumerated(buffer, 1, P.PRESENT_VALUE);
+    asn1.encodeClosingTag(buffer, 3);
+    client.sendBvlc(msg.header.sender, buffer);
+    return;
+  }
   const res = o ? read(o, property.id, property.index) : { error: UNKNOWN_OBJECT };
   if (res.error) {
     client.errorResponse(msg.header.sender, msg.service, msg.invokeId, res.error.errorClass, res.error.errorCode);

@@ -60,6 +60,9 @@ type Server struct {
 	conn *net.UDPConn
 	all  []*Device
 
+	// devMu guards the devices: answers read them, Update changes them.
+	devMu sync.RWMutex
+
 	mu       sync.Mutex
 	requests []Request
 	acks     map[ackKey]chan bacnet.APDU
@@ -122,6 +125,14 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}()
 	return s, nil
+}
+
+// Update changes the simulated devices (flags, values, NoRPM, Silent)
+// while the simulator runs: f runs while no answer is being computed.
+func (s *Server) Update(f func()) {
+	s.devMu.Lock()
+	defer s.devMu.Unlock()
+	f()
 }
 
 // Addr is the address the simulator listens on.
@@ -224,12 +235,14 @@ func (s *Server) serve() {
 			s.log.Debug("simulator ignoring datagram", "from", from.String(), "request", req.String(), "err", err)
 			continue
 		}
+		s.devMu.RLock()
 		for _, d := range s.targets(m) {
 			if d.Silent {
 				continue
 			}
 			s.handle(from, d, m)
 		}
+		s.devMu.RUnlock()
 	}
 }
 
@@ -334,8 +347,19 @@ func appendContext(b []byte, tag uint8, v bacnet.Value) []byte {
 
 // confirmed answers one confirmed request.
 func (s *Server) confirmed(from netip.AddrPort, d *Device, a bacnet.APDU) {
+	s.devMu.RLock()
+	payload, answer, maxResp := s.answer(from, d, a)
+	s.devMu.RUnlock()
+	if answer {
+		s.send(from, d, a, payload, maxResp)
+	}
+}
+
+// answer computes the ComplexACK of a confirmed request, or sends the
+// Error or Reject itself and returns answer false.
+func (s *Server) answer(from netip.AddrPort, d *Device, a bacnet.APDU) (payload []byte, answer bool, maxResp int) {
 	now := time.Now()
-	maxResp := min(a.MaxAPDU, d.MaxAPDU)
+	maxResp = min(a.MaxAPDU, d.MaxAPDU)
 	fail := func(e *bacnet.Error) {
 		s.reply(from, d, bacnet.APDU{Type: bacnet.PDUError, InvokeID: a.InvokeID, Service: a.Service,
 			Payload: appendAll(nil, bacnet.Enumerated(uint64(e.Class)), bacnet.Enumerated(uint64(e.Code)))})
@@ -345,25 +369,24 @@ func (s *Server) confirmed(from netip.AddrPort, d *Device, a bacnet.APDU) {
 	}
 	if a.Service != bacnet.ServiceReadProperty && d.NoRPM {
 		reject(9) // unrecognized-service
-		return
+		return nil, false, 0
 	}
-	var payload []byte
 	switch a.Service {
 	case bacnet.ServiceReadProperty:
 		obj, p, err := bacnet.DecodeReadPropertyRequest(a.Payload)
 		if err != nil {
 			reject(4)
-			return
+			return nil, false, 0
 		}
 		o := d.object(obj)
 		if o == nil {
 			fail(errUnknownObject)
-			return
+			return nil, false, 0
 		}
 		vals, e := d.read(o, p, now)
 		if e != nil {
 			fail(e)
-			return
+			return nil, false, 0
 		}
 		payload = appendContext(nil, 0, bacnet.ObjectValue(o.ID))
 		payload = appendPropRef(payload, 1, 2, p)
@@ -373,23 +396,23 @@ func (s *Server) confirmed(from netip.AddrPort, d *Device, a bacnet.APDU) {
 		specs, err := bacnet.DecodeReadPropertyMultipleRequest(a.Payload)
 		if err != nil {
 			reject(4)
-			return
+			return nil, false, 0
 		}
 		payload = s.rpm(d, specs, now)
 	case bacnet.ServiceReadRange:
 		obj, p, r, err := bacnet.DecodeReadRangeRequest(a.Payload, s.cfg.Location)
 		if err != nil {
 			reject(4)
-			return
+			return nil, false, 0
 		}
 		o := d.object(obj)
 		if o == nil {
 			fail(errUnknownObject)
-			return
+			return nil, false, 0
 		}
 		if o.Log == nil || p.ID != bacnet.PropLogBuffer {
 			fail(&bacnet.Error{Class: bacnet.ErrorClassServices, Code: 9})
-			return
+			return nil, false, 0
 		}
 		segs := 1
 		if d.Segmentation.CanTransmit() && a.SegmentedResponseAccepted {
@@ -398,9 +421,9 @@ func (s *Server) confirmed(from netip.AddrPort, d *Device, a bacnet.APDU) {
 		payload = s.readRange(d, o, p, r, now, segs*(maxResp-5)-5)
 	default:
 		reject(9)
-		return
+		return nil, false, 0
 	}
-	s.send(from, d, a, payload, maxResp)
+	return payload, true, maxResp
 }
 
 func appendPropRef(b []byte, idTag, indexTag uint8, p bacnet.PropertyRef) []byte {

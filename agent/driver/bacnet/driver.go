@@ -1,0 +1,240 @@
+// Package bacnet is the BACnet/IP driver: it reads points (a property,
+// present-value by default, of an object of a device) together with their
+// status flags and reliability, grouped into ReadPropertyMultiple requests
+// sized to the device's max APDU and segmentation, falling back to
+// ReadProperty for devices without it. Points with a Trend Log in the
+// controller are backfilled with ReadRange after a gap. It never writes:
+// package bacnet (pkg/bacnet) offers no write service, and its guard
+// refuses anything but reads at the wire. See README.md.
+package bacnet
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/bacnet"
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// Name is the driver's name in a device's `driver:` key.
+const Name = "bacnet"
+
+// SampleConfig is an example device configuration.
+//
+//go:embed sample.yaml
+var SampleConfig string
+
+// Info describes the driver to the registry.
+func Info() driver.Info { return driver.Info{Name: Name, New: New} }
+
+// Compile-time checks that the driver offers what the agent looks for.
+var (
+	_ driver.Driver     = (*Driver)(nil)
+	_ driver.Discoverer = (*Driver)(nil)
+	_ driver.Committer  = (*Driver)(nil)
+)
+
+// Driver reads one BACnet device.
+type Driver struct {
+	cfg    config
+	name   string
+	log    *slog.Logger
+	points map[string]point // parsed configured points by ref
+	state  *backfillState
+
+	mu     sync.Mutex
+	client *sharedClient
+	dev    bacnet.Device
+	rpm    bool
+	closed bool
+}
+
+// ErrClosed is returned by Connect and Read after Close.
+var ErrClosed = errors.New("bacnet driver closed: build a new driver")
+
+// New builds a driver from a device's configuration; it does no network I/O.
+func New(d driver.Device) (driver.Driver, error) {
+	cfg, err := parseSettings(d.Settings)
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	}
+	log := d.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	drv := &Driver{cfg: cfg, name: d.Name, log: log, points: map[string]point{}}
+	for _, p := range d.Points {
+		pt, err := parsePoint(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("point %q: %w", p.Ref, err))
+			continue
+		}
+		drv.points[p.Ref] = pt
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	drv.state = newBackfillState(d.DataDir, d.Name)
+	return drv, nil
+}
+
+// Connect opens (or shares) the socket and locates the device: by Who-Is
+// unless its address is configured, then reads what it supports.
+func (d *Driver) Connect(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	if d.client == nil {
+		cl, err := acquireClient(ctx, d.cfg.client, d.log)
+		if err != nil {
+			return fmt.Errorf("%w: %w", driver.ErrConnLost, err)
+		}
+		d.client = cl
+	}
+	dev, rpm, err := locate(ctx, d.client.c, d.cfg)
+	if err != nil {
+		return fmt.Errorf("%w: locating device %d: %w", driver.ErrConnLost, d.cfg.instance, err)
+	}
+	d.dev, d.rpm = dev, rpm
+	if err := d.state.load(); err != nil {
+		d.log.Warn("backfill state unreadable; trend logs will only fill gaps seen from now on", "err", err)
+	}
+	d.log.Info("bacnet device located", "instance", dev.Instance, "max_apdu", dev.MaxAPDU,
+		"segmentation", dev.Segmentation.String(), "read_property_multiple", rpm)
+	return nil
+}
+
+// locate finds the device and what it supports.
+func locate(ctx context.Context, c *bacnet.Client, cfg config) (bacnet.Device, bool, error) {
+	var dev bacnet.Device
+	if cfg.addr != nil {
+		dev = bacnet.Device{Instance: cfg.instance, Addr: *cfg.addr, MaxAPDU: 480, Segmentation: bacnet.NoSegmentation}
+		// Ask the device itself (RP is the one service every device has)
+		// rather than trust defaults.
+		devObj := bacnet.ObjectID{Type: bacnet.ObjectDevice, Instance: cfg.instance}
+		v, err := c.ReadProperty(ctx, dev, devObj, bacnet.Prop(bacnet.PropMaxAPDULengthAccepted))
+		if err != nil {
+			return dev, false, err
+		}
+		if len(v) == 1 && v[0].Kind == bacnet.KindUnsigned && v[0].Uint >= 50 {
+			dev.MaxAPDU = int(min(v[0].Uint, 1476))
+		}
+		if v, err := c.ReadProperty(ctx, dev, devObj, bacnet.Prop(bacnet.PropSegmentationSupported)); err == nil && len(v) == 1 && v[0].Uint <= 3 {
+			dev.Segmentation = bacnet.Segmentation(v[0].Uint)
+		}
+	} else {
+		devs, err := c.WhoIs(ctx, nil, bacnet.GlobalNetwork, int(cfg.instance), int(cfg.instance), c.Timeout())
+		if err != nil {
+			return dev, false, err
+		}
+		if len(devs) == 0 {
+			return dev, false, fmt.Errorf("no I-Am from device %d: check the instance number, the broadcast address and that the device is on line", cfg.instance)
+		}
+		dev = devs[0]
+	}
+	if cfg.maxAPDU > 0 {
+		dev.MaxAPDU = min(dev.MaxAPDU, cfg.maxAPDU)
+	}
+	rpm := cfg.rpm
+	if rpm {
+		devObj := bacnet.ObjectID{Type: bacnet.ObjectDevice, Instance: cfg.instance}
+		v, err := c.ReadProperty(ctx, dev, devObj, bacnet.Prop(bacnet.PropProtocolServicesSupported))
+		if err == nil && len(v) == 1 && v[0].Kind == bacnet.KindBitString {
+			rpm = v[0].Bits.Bit(int(bacnet.ServiceReadPropertyMultiple))
+		} else if ctx.Err() != nil {
+			return dev, false, ctx.Err()
+		}
+	}
+	return dev, rpm, nil
+}
+
+// Close releases the socket (when no other device shares it). It is final
+// and idempotent.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	if d.client != nil {
+		d.client.release()
+		d.client = nil
+	}
+	return nil
+}
+
+// session returns what a Read needs, or an error if not connected.
+func (d *Driver) session() (*bacnet.Client, bacnet.Device, bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, bacnet.Device{}, false, ErrClosed
+	}
+	if d.client == nil {
+		return nil, bacnet.Device{}, false, fmt.Errorf("%w: not connected", driver.ErrConnLost)
+	}
+	return d.client.c, d.dev, d.rpm, nil
+}
+
+// Read reads points: the live values, then any trend-log backfill due.
+func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sample, error) {
+	c, dev, rpm, err := d.session()
+	if err != nil {
+		return nil, err
+	}
+	if len(points) == 0 {
+		return nil, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	parsed := make([]point, len(points))
+	valid := make([]bool, len(points))
+	for i, p := range points {
+		pt, ok := d.points[p.Ref]
+		if !ok {
+			var err error
+			if pt, err = parsePoint(p); err != nil {
+				d.log.Warn("unreadable point reference", "point", p.Ref, "err", err)
+				continue
+			}
+		}
+		parsed[i], valid[i] = pt, true
+	}
+	now := time.Now()
+	res, fellBack, err := readAll(ctx, c, dev, rpm, parsed, valid)
+	if fellBack {
+		d.mu.Lock()
+		d.rpm = false
+		d.mu.Unlock()
+		d.log.Info("device rejected ReadPropertyMultiple; reading property by property from now on")
+	}
+	if err != nil {
+		return nil, err
+	}
+	samples := make([]telemetry.Sample, 0, len(points))
+	for i, p := range points {
+		s := telemetry.Sample{PointID: p.ID, Time: now.UnixMilli(), Status: telemetry.StatusFault}
+		if valid[i] {
+			s.Value, s.Status = res[i].sample()
+		}
+		samples = append(samples, s)
+	}
+	samples = append(samples, d.backfill(ctx, c, dev, points, parsed, valid, res, now)...)
+	return samples, nil
+}
+
+// Commit persists the backfill marks of the samples now buffered.
+func (d *Driver) Commit(ctx context.Context) error {
+	return d.state.commit()
+}

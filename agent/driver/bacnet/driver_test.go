@@ -1,0 +1,346 @@
+package bacnet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v4"
+
+	"github.com/sightglass-bms/sightglass/pkg/bacnet"
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/driver/drivertest"
+	bacnetsim "github.com/sightglass-bms/sightglass/pkg/sim/bacnet"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// yamlText is driver.Settings from YAML text, decoded strictly like the
+// agent's configuration.
+type yamlText string
+
+func (y yamlText) Decode(v any) error {
+	if strings.TrimSpace(string(y)) == "" {
+		return nil
+	}
+	return yaml.Load([]byte(y), v, yaml.WithKnownFields())
+}
+
+func startSim(t *testing.T, cfg bacnetsim.Config) *bacnetsim.Server {
+	t.Helper()
+	s, err := bacnetsim.Start(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func newDriver(t *testing.T, settings string, points []driver.Point) *Driver {
+	t.Helper()
+	d, err := New(driver.Device{Name: "test", Settings: yamlText(settings), Points: points})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d.(*Driver)
+}
+
+func simSettings(s *bacnetsim.Server, instance uint32, extra string) string {
+	return fmt.Sprintf("device_instance: %d\nlocal_address: 127.0.0.1:0\nbroadcast: %s\ntimeout: 500ms\n%s", instance, s.Addr(), extra)
+}
+
+func TestConformance(t *testing.T) {
+	var sim *bacnetsim.Server
+	drivertest.Run(t, drivertest.Harness{
+		New: func(t *testing.T) (driver.Driver, []driver.Point) {
+			dev := bacnetsim.NewDevice(1001, "ahu", 3, 2, 1, true)
+			sim = startSim(t, bacnetsim.Config{Local: dev})
+			points := []driver.Point{
+				{ID: 1, Ref: "analog-input:1"}, {ID: 2, Ref: "analog-input:2"},
+				{ID: 3, Ref: "binary-value:1"}, {ID: 4, Ref: "multi-state-value:1"},
+				{ID: 5, Ref: "analog-input:3/object-name"},
+			}
+			return newDriver(t, simSettings(sim, 1001, ""), points), points
+		},
+		Writes: func() []string { return sim.Writes() },
+	})
+}
+
+// TestStatusMapping reads points whose objects carry every status flag and
+// reliability the device can report.
+func TestStatusMapping(t *testing.T) {
+	dev := bacnetsim.NewDevice(7, "flags", 6, 0, 0, false)
+	dev.Objects[1].Flags[0] = true                           // in alarm: value still good
+	dev.Objects[2].Flags[1] = true                           // fault
+	dev.Objects[3].Flags[2] = true                           // overridden
+	dev.Objects[4].Flags[3] = true                           // out of service
+	dev.Objects[5].Reliability = 7                           // unreliable-other, flags clear
+	noRPM := bacnetsim.NewDevice(8, "small", 6, 0, 0, false) // the same by ReadProperty
+	noRPM.NoRPM, noRPM.Segmentation, noRPM.MaxAPDU = true, bacnet.NoSegmentation, 128
+	noRPM.Objects[1].Flags[0] = true
+	noRPM.Objects[2].Flags[1] = true
+	noRPM.Objects[3].Flags[2] = true
+	noRPM.Objects[4].Flags[3] = true
+	noRPM.Objects[5].Reliability = 7
+	noRPM.Objects[5].Flags[1] = true // by ReadProperty, reliability is read only on a fault
+	want := []telemetry.Status{telemetry.StatusOK, telemetry.StatusOK, telemetry.StatusFault, telemetry.StatusOverridden,
+		telemetry.StatusOutOfService, telemetry.StatusFault, telemetry.StatusFault, telemetry.StatusFault}
+	var points []driver.Point
+	for i := range 6 {
+		points = append(points, driver.Point{ID: uint64(i + 1), Ref: fmt.Sprintf("analog-input:%d", i+1)})
+	}
+	points = append(points, driver.Point{ID: 7, Ref: "analog-input:99"}, driver.Point{ID: 8, Ref: "analog-input:1/state-text"})
+	for _, d := range []*bacnetsim.Device{dev, noRPM} {
+		t.Run(d.Name, func(t *testing.T) {
+			sim := startSim(t, bacnetsim.Config{Local: d})
+			drv := newDriver(t, simSettings(sim, d.Instance, ""), points)
+			if err := drv.Connect(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if drv.rpm == d.NoRPM {
+				t.Fatalf("rpm = %v for a device with NoRPM %v", drv.rpm, d.NoRPM)
+			}
+			samples, err := drv.Read(t.Context(), points)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(samples) != len(points) {
+				t.Fatalf("%d samples for %d points", len(samples), len(points))
+			}
+			for i, s := range samples {
+				if s.PointID != points[i].ID || s.Status != want[i] {
+					t.Errorf("%s: status %v, want %v", points[i].Ref, s.Status, want[i])
+				}
+				if s.Status == telemetry.StatusOK && (s.Value < 15 || s.Value > 30) {
+					t.Errorf("%s: value %v out of the simulated range", points[i].Ref, s.Value)
+				}
+			}
+			if w := sim.Writes(); len(w) > 0 {
+				t.Errorf("non-reads reached the device: %q", w)
+			}
+		})
+	}
+}
+
+// TestRPMFallback proves a device that rejects ReadPropertyMultiple (after
+// claiming it) is read property by property.
+func TestRPMFallback(t *testing.T) {
+	d := bacnetsim.NewDevice(9, "liar", 2, 0, 0, false)
+	sim := startSim(t, bacnetsim.Config{Local: d})
+	points := []driver.Point{{ID: 1, Ref: "analog-input:1"}, {ID: 2, Ref: "analog-input:2"}}
+	drv := newDriver(t, simSettings(sim, 9, ""), points)
+	if err := drv.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	sim.Update(func() { d.NoRPM = true }) // after Connect saw RPM in services-supported
+	for range 2 {
+		samples, err := drv.Read(t.Context(), points)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range samples {
+			if s.Status != telemetry.StatusOK {
+				t.Fatalf("sample %+v", s)
+			}
+		}
+	}
+	rpms := 0
+	for _, r := range sim.Requests() {
+		if r.PDU == bacnet.PDUConfirmedRequest && r.Service == bacnet.ServiceReadPropertyMultiple {
+			rpms++
+		}
+	}
+	if rpms != 1 {
+		t.Errorf("sent %d RPM requests; want exactly the one that was rejected", rpms)
+	}
+}
+
+// TestPlanFitsDevice checks that every planned request and its expected
+// answer fit the device, for devices with and without segmentation.
+func TestPlanFitsDevice(t *testing.T) {
+	var points []point
+	var valid []bool
+	for i := range 500 {
+		points = append(points, point{obj: bacnet.ObjectID{Type: bacnet.ObjectAnalogInput, Instance: uint32(i)}, prop: bacnet.Prop(bacnet.PropPresentValue)})
+		valid = append(valid, true)
+	}
+	tests := []struct {
+		dev     bacnet.Device
+		maxReqs int
+	}{
+		{bacnet.Device{MaxAPDU: 1476, Segmentation: bacnet.SegmentedBoth}, 5},
+		{bacnet.Device{MaxAPDU: 480, Segmentation: bacnet.NoSegmentation}, 60},
+		{bacnet.Device{MaxAPDU: 50, Segmentation: bacnet.NoSegmentation}, 500},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%d/%v", tt.dev.MaxAPDU, tt.dev.Segmentation), func(t *testing.T) {
+			batches := plan(tt.dev, points, valid)
+			seen := 0
+			for _, b := range batches {
+				req, err := bacnet.AppendReadPropertyMultiple(nil, b.specs)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(req)+4 > tt.dev.MaxAPDU {
+					t.Errorf("request of %d octets exceeds max apdu %d", len(req)+4, tt.dev.MaxAPDU)
+				}
+				seen += len(b.specs)
+			}
+			if seen != len(points) || len(batches) > tt.maxReqs {
+				t.Errorf("%d objects in %d requests; want %d in at most %d", seen, len(batches), len(points), tt.maxReqs)
+			}
+		})
+	}
+}
+
+func TestRoutedAndDeadDevices(t *testing.T) {
+	r1 := bacnetsim.NewDevice(501, "mstp", 2, 0, 0, false)
+	r1.Network, r1.MAC, r1.MaxAPDU, r1.Segmentation = 5, []byte{0x0a}, 480, bacnet.NoSegmentation
+	dead := bacnetsim.NewDevice(502, "dead", 1, 0, 0, false)
+	dead.Network, dead.MAC, dead.Silent = 5, []byte{0x0b}, true
+	sim := startSim(t, bacnetsim.Config{Routed: []*bacnetsim.Device{r1, dead}})
+	points := []driver.Point{{ID: 1, Ref: "analog-input:1"}}
+	t.Run("by who-is", func(t *testing.T) {
+		d := newDriver(t, simSettings(sim, 501, ""), points)
+		if err := d.Connect(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if !d.dev.Addr.Routed() || d.dev.Addr.Net != 5 {
+			t.Fatalf("located at %v, want network 5", d.dev.Addr)
+		}
+		if _, err := d.Read(t.Context(), points); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("by address", func(t *testing.T) {
+		d := newDriver(t, fmt.Sprintf("device_instance: 501\nlocal_address: 127.0.0.1:0\naddress: %s/5:0a\n", sim.Addr()), points)
+		if err := d.Connect(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if d.dev.MaxAPDU != 480 || d.dev.Segmentation != bacnet.NoSegmentation {
+			t.Fatalf("device %+v: max apdu and segmentation not read from the device", d.dev)
+		}
+		s, err := d.Read(t.Context(), points)
+		if err != nil || s[0].Status != telemetry.StatusOK {
+			t.Fatalf("%v %v", s, err)
+		}
+	})
+	t.Run("dead", func(t *testing.T) {
+		d := newDriver(t, fmt.Sprintf("device_instance: 502\nlocal_address: 127.0.0.1:0\naddress: %s/5:0b\ntimeout: 50ms\nretries: -1\n", sim.Addr()), points)
+		err := d.Connect(t.Context())
+		if !errors.Is(err, driver.ErrConnLost) {
+			t.Fatalf("Connect to a dead device: %v, want ErrConnLost", err)
+		}
+	})
+}
+
+// TestBackfill takes a device away for a while, then checks the gap is
+// filled from its trend log with the logged timestamps.
+func TestBackfill(t *testing.T) {
+	dev := bacnetsim.NewDevice(11, "logged", 1, 0, 0, true)
+	log := dev.Objects[1].Log
+	log.Interval = 100 * time.Millisecond
+	log.Start = time.Now().Add(-time.Minute)
+	sim := startSim(t, bacnetsim.Config{Local: dev})
+	dir := t.TempDir()
+	pointSettings := yamlText("trend_log: trend-log:1")
+	points := []driver.Point{{ID: 1, Ref: "analog-input:1", Settings: pointSettings}}
+	settings := simSettings(sim, 11, "backfill_after: 300ms\n")
+	d, err := New(driver.Device{Name: "logged", Settings: yamlText(settings), Points: points, DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := d.(*Driver)
+	if err := drv.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	first, err := drv.Read(t.Context(), points)
+	if err != nil || len(first) != 1 {
+		t.Fatalf("first read: %v %v (no backfill expected without a mark)", first, err)
+	}
+	if err := drv.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	drv.Close()
+	time.Sleep(time.Second) // the agent is down: ~10 records are logged meanwhile
+	// A new driver (a restarted agent) finds the mark on disk.
+	d2, err := New(driver.Device{Name: "logged", Settings: yamlText(settings), Points: points, DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	if err := d2.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	samples, err := d2.Read(t.Context(), points)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(samples) < 8 || len(samples) > 14 {
+		t.Fatalf("%d samples after a 1s gap logged every 100ms; want the live one and about 10 backfilled", len(samples))
+	}
+	for _, s := range samples[1:] {
+		if s.Time <= first[0].Time || s.Time >= samples[0].Time || s.PointID != 1 {
+			t.Errorf("backfilled sample %+v outside the gap (%d, %d)", s, first[0].Time, samples[0].Time)
+		}
+	}
+	if w := sim.Writes(); len(w) > 0 {
+		t.Errorf("non-reads reached the device: %q", w)
+	}
+}
+
+func TestSettingsErrors(t *testing.T) {
+	tests := []struct{ settings, want string }{
+		{"", "device_instance: required"},
+		{"device_instance: 5000000\naddress: 127.0.0.1", "out of range"},
+		{"device_instance: 1", "set the device's address"},
+		{"device_instance: 1\naddress: nowhere", "want IPv4"},
+		{"device_instance: 1\naddress: 127.0.0.1\ntimezone: Mars/Base", "timezone"},
+		{"device_instance: 1\naddress: 127.0.0.1\nread_property_multiple: sometimes", "want auto or off"},
+		{"device_instance: 1\naddress: 127.0.0.1\nmax_apdu: 20", "max_apdu"},
+		{"device_instance: 1\naddress: 127.0.0.1\nwrite: true", "write"},
+	}
+	for _, tt := range tests {
+		_, err := New(driver.Device{Name: "x", Settings: yamlText(tt.settings)})
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("settings %q: %v, want an error containing %q", tt.settings, err, tt.want)
+		}
+	}
+	_, err := New(driver.Device{Name: "x", Settings: yamlText("device_instance: 1\naddress: 127.0.0.1"),
+		Points: []driver.Point{{ID: 1, Ref: "analog-input"}, {ID: 2, Ref: "nonsense:1"}, {ID: 3, Ref: "analog-input:1/bogus-prop"}}})
+	if err == nil || strings.Count(err.Error(), "point") < 3 {
+		t.Errorf("bad points: %v, want each reported", err)
+	}
+}
+
+func TestRef(t *testing.T) {
+	tests := []struct{ in, canon string }{
+		{"analog-input:1", "analog-input:1"},
+		{"0:1", "analog-input:1"},
+		{"analog-value:3/present-value", "analog-value:3"},
+		{"multi-state-value:2/state-text[1]", "multi-state-value:2/state-text[1]"},
+		{"analog-output:4/104", "analog-output:4/relinquish-default"},
+	}
+	for _, tt := range tests {
+		p, err := parseRef(tt.in)
+		if err != nil {
+			t.Fatalf("%q: %v", tt.in, err)
+		}
+		if got := Ref(p.obj, p.prop); got != tt.canon {
+			t.Errorf("Ref(parseRef(%q)) = %q, want %q", tt.in, got, tt.canon)
+		}
+	}
+}
+
+func TestCancelledConnect(t *testing.T) {
+	sim := startSim(t, bacnetsim.Config{Local: bacnetsim.NewDevice(1, "x", 1, 0, 0, false)})
+	d := newDriver(t, simSettings(sim, 1, ""), nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := d.Connect(ctx); err == nil {
+		t.Fatal("Connect with a cancelled context succeeded")
+	}
+}

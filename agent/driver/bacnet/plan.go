@@ -1,0 +1,339 @@
+package bacnet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sightglass-bms/sightglass/pkg/bacnet"
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// result is what a read found for one point.
+type result struct {
+	value      bacnet.Value
+	hasValue   bool
+	err        error // the property itself could not be read
+	flags      bacnet.BitString
+	hasFlags   bool
+	reliable   bool // reliability read and no-fault-detected, or not read
+	commFailed bool
+}
+
+// sample maps a result to a value and status: a fault (the flag or a
+// reliability other than no-fault-detected) outranks out-of-service,
+// which outranks overridden. In-alarm alone leaves the value good: the
+// value is what the device measured, and telemetry has no alarm status.
+func (r result) sample() (float64, telemetry.Status) {
+	switch {
+	case r.commFailed:
+		return 0, telemetry.StatusCommFailure
+	case r.err != nil || !r.hasValue:
+		return 0, telemetry.StatusFault
+	}
+	v, ok := r.value.Float()
+	switch {
+	case !ok:
+		return 0, telemetry.StatusFault
+	case !r.reliable || (r.hasFlags && r.flags.Bit(1)):
+		return v, telemetry.StatusFault
+	case r.hasFlags && r.flags.Bit(3):
+		return v, telemetry.StatusOutOfService
+	case r.hasFlags && r.flags.Bit(2):
+		return v, telemetry.StatusOverridden
+	}
+	return v, telemetry.StatusOK
+}
+
+// Size estimates for planning. A request's object costs its id and the
+// list brackets, each property its tag; an answer's property costs its tag,
+// the value brackets and a value (status flags, a real, an enumeration).
+const (
+	reqObject  = 7
+	reqProp    = 2
+	ackObject  = 7
+	ackProp    = 12
+	apduHeader = 5
+	// maxPlanSegments bounds the segments an answer is planned to need,
+	// below what devices typically buffer (and what we accept).
+	maxPlanSegments = 8
+)
+
+// batch is one ReadPropertyMultiple request: object specs and, for each
+// property asked, the point and role it answers.
+type batch struct {
+	specs []bacnet.ReadAccessSpec
+	slots [][]slot // per spec, per property
+}
+
+type slot struct {
+	point int
+	role  uint8 // roleValue, roleFlags, roleReliability
+	ref   bacnet.PropertyRef
+}
+
+const (
+	roleValue uint8 = iota
+	roleFlags
+	roleReliability
+)
+
+// plan groups the points' reads into requests that fit the device: the
+// request within its max APDU, the answer within its max APDU times the
+// segments it can send (one when it cannot segment).
+func plan(dev bacnet.Device, points []point, valid []bool) []batch {
+	maxReq := dev.MaxAPDU - apduHeader
+	maxAck := dev.MaxAPDU - apduHeader
+	if dev.Segmentation.CanTransmit() {
+		maxAck = (dev.MaxAPDU - apduHeader) * maxPlanSegments
+	}
+	// One spec per object, in first-seen order, so the points of one
+	// object share its brackets.
+	type objReads struct {
+		spec  bacnet.ReadAccessSpec
+		slots []slot
+		seen  map[bacnet.PropertyRef]bool
+	}
+	var order []bacnet.ObjectID
+	byObj := map[bacnet.ObjectID]*objReads{}
+	for i, p := range points {
+		if !valid[i] {
+			continue
+		}
+		o := byObj[p.obj]
+		if o == nil {
+			o = &objReads{spec: bacnet.ReadAccessSpec{Object: p.obj}, seen: map[bacnet.PropertyRef]bool{}}
+			byObj[p.obj] = o
+			order = append(order, p.obj)
+		}
+		for role, ref := range []bacnet.PropertyRef{p.prop, bacnet.Prop(bacnet.PropStatusFlags), bacnet.Prop(bacnet.PropReliability)} {
+			// Duplicates are asked once, but every point gets its slot.
+			if !o.seen[ref] {
+				o.seen[ref] = true
+				o.spec.Properties = append(o.spec.Properties, ref)
+			}
+			o.slots = append(o.slots, slot{point: i, role: uint8(role), ref: ref})
+		}
+	}
+	var out []batch
+	var cur batch
+	reqSize, ackSize := 0, 0
+	for _, id := range order {
+		o := byObj[id]
+		rs := reqObject + reqProp*len(o.spec.Properties)
+		as := ackObject + ackProp*len(o.spec.Properties)
+		if len(cur.specs) > 0 && (reqSize+rs > maxReq || ackSize+as > maxAck) {
+			out = append(out, cur)
+			cur, reqSize, ackSize = batch{}, 0, 0
+		}
+		cur.specs = append(cur.specs, o.spec)
+		cur.slots = append(cur.slots, o.slots)
+		reqSize += rs
+		ackSize += as
+	}
+	if len(cur.specs) > 0 {
+		out = append(out, cur)
+	}
+	return out
+}
+
+// readAll reads every valid point. It returns per-point results, whether
+// the device rejected RPM (and ReadProperty was used instead), and an error
+// only when no read got through at all (the device is gone).
+func readAll(ctx context.Context, c *bacnet.Client, dev bacnet.Device, rpm bool, points []point, valid []bool) ([]result, bool, error) {
+	res := make([]result, len(points))
+	for i := range res {
+		res[i].reliable = true
+	}
+	fellBack := false
+	var failed, tried int
+	if rpm {
+		batches := plan(dev, points, valid)
+		errs := make([]error, len(batches))
+		g, gctx := errgroup.WithContext(ctx)
+		// The client bounds what is outstanding per device and network;
+		// this only avoids one goroutine per batch for huge polls.
+		g.SetLimit(8)
+		for bi, b := range batches {
+			g.Go(func() error {
+				errs[bi] = readBatch(gctx, c, dev, b, res)
+				if isRPMUnsupported(errs[bi]) {
+					return errs[bi] // stop the others: the device has no RPM
+				}
+				return nil
+			})
+		}
+		_ = g.Wait()
+		for _, err := range errs {
+			if isRPMUnsupported(err) {
+				fellBack, rpm = true, false
+				break
+			}
+		}
+		if !fellBack {
+			for bi, err := range errs {
+				tried++
+				if err != nil {
+					failed++
+					markFailed(res, batches[bi], err)
+				}
+			}
+		}
+	}
+	if !rpm {
+		for i := range res {
+			res[i] = result{reliable: true}
+		}
+		tried, failed = 0, 0
+		for i, p := range points {
+			if !valid[i] {
+				continue
+			}
+			tried++
+			if err := readSingle(ctx, c, dev, p, &res[i]); err != nil {
+				if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+					return nil, fellBack, err
+				}
+				if isTransport(err) {
+					failed++
+					res[i].commFailed = true
+				}
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fellBack, err
+	}
+	if tried > 0 && failed == tried {
+		return nil, fellBack, fmt.Errorf("%w: device %d answered none of %d requests", driver.ErrConnLost, dev.Instance, tried)
+	}
+	return res, fellBack, nil
+}
+
+// isRPMUnsupported reports a device's refusal of the service itself.
+func isRPMUnsupported(err error) bool {
+	var r *bacnet.RejectError
+	var e *bacnet.Error
+	return errors.As(err, &r) && r.Reason == 9 ||
+		errors.As(err, &e) && e.Class == bacnet.ErrorClassServices && e.Code == bacnet.ErrorCodeServiceRequestDenied
+}
+
+// isTransport reports a failure to reach the device, as opposed to the
+// device answering with an error.
+func isTransport(err error) bool {
+	var e *bacnet.Error
+	var r *bacnet.RejectError
+	return !errors.As(err, &e) && !errors.As(err, &r)
+}
+
+func markFailed(res []result, b batch, err error) {
+	for _, slots := range b.slots {
+		for _, s := range slots {
+			if isTransport(err) {
+				res[s.point].commFailed = true
+			} else if s.role == roleValue {
+				res[s.point].err = err
+			}
+		}
+	}
+}
+
+func readBatch(ctx context.Context, c *bacnet.Client, dev bacnet.Device, b batch, res []result) error {
+	out, err := c.ReadPropertyMultiple(ctx, dev, b.specs)
+	if err != nil {
+		return err
+	}
+	for si, spec := range b.specs {
+		var obj *bacnet.ObjectResult
+		for k := range out {
+			if out[k].Object == spec.Object {
+				obj = &out[k]
+				break
+			}
+		}
+		for _, s := range b.slots[si] {
+			if obj == nil {
+				if s.role == roleValue {
+					res[s.point].err = fmt.Errorf("object %v missing from the answer", spec.Object)
+				}
+				continue
+			}
+			apply(&res[s.point], s.role, find(obj.Results, s.ref))
+		}
+	}
+	return nil
+}
+
+func find(rs []bacnet.PropertyResult, ref bacnet.PropertyRef) *bacnet.PropertyResult {
+	for i := range rs {
+		if rs[i].Property == ref {
+			return &rs[i]
+		}
+	}
+	return nil
+}
+
+// apply records one property's answer in a point's result.
+func apply(r *result, role uint8, pr *bacnet.PropertyResult) {
+	switch role {
+	case roleValue:
+		switch {
+		case pr == nil:
+			r.err = errors.New("property missing from the answer")
+		case pr.Err != nil:
+			r.err = pr.Err
+		case len(pr.Values) == 1:
+			r.value, r.hasValue = pr.Values[0], true
+		default:
+			r.err = fmt.Errorf("property has %d values, want one", len(pr.Values))
+		}
+	case roleFlags:
+		if pr != nil && pr.Err == nil && len(pr.Values) == 1 && pr.Values[0].Kind == bacnet.KindBitString {
+			r.flags, r.hasFlags = pr.Values[0].Bits, true
+		}
+	case roleReliability:
+		// Objects without reliability answer unknown-property: reliable.
+		if pr != nil && pr.Err == nil && len(pr.Values) == 1 && pr.Values[0].Kind == bacnet.KindEnumerated {
+			r.reliable = pr.Values[0].Uint == 0
+		}
+	}
+}
+
+// readSingle reads one point by ReadProperty: its property, its status
+// flags, and its reliability only when the flags say fault (to save
+// requests on slow devices).
+func readSingle(ctx context.Context, c *bacnet.Client, dev bacnet.Device, p point, r *result) error {
+	v, err := c.ReadProperty(ctx, dev, p.obj, p.prop)
+	apply(r, roleValue, propResult(p.prop, v, err))
+	if err != nil {
+		return err
+	}
+	v, err = c.ReadProperty(ctx, dev, p.obj, bacnet.Prop(bacnet.PropStatusFlags))
+	apply(r, roleFlags, propResult(bacnet.Prop(bacnet.PropStatusFlags), v, err))
+	if isTransport(err) && err != nil {
+		return err
+	}
+	if r.hasFlags && r.flags.Bit(1) {
+		v, err = c.ReadProperty(ctx, dev, p.obj, bacnet.Prop(bacnet.PropReliability))
+		apply(r, roleReliability, propResult(bacnet.Prop(bacnet.PropReliability), v, err))
+		if isTransport(err) && err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func propResult(ref bacnet.PropertyRef, v []bacnet.Value, err error) *bacnet.PropertyResult {
+	pr := &bacnet.PropertyResult{Property: ref, Values: v}
+	if err != nil {
+		var e *bacnet.Error
+		if !errors.As(err, &e) {
+			e = &bacnet.Error{}
+		}
+		pr.Err = e
+	}
+	return pr
+}
