@@ -5,7 +5,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io/fs"
 	"math"
 	"os"
 	"os/exec"
@@ -18,6 +17,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/sightglass-bms/sightglass/ingest/blob"
+	"github.com/sightglass-bms/sightglass/ingest/blob/azure/azuritetest"
 	"github.com/sightglass-bms/sightglass/pkg/anon"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
@@ -124,14 +125,34 @@ func sortSamples(s []telemetry.Sample) {
 	})
 }
 
-// newStack starts an ingest and prepares an agent watching one trend folder.
+// newStack starts an ingest archiving into a directory and prepares an
+// agent watching one trend folder.
 func newStack(t *testing.T) (*Stack, *trendFixture) {
+	t.Helper()
+	return newStackOn(t, nil)
+}
+
+// newAzuriteStack starts Azurite and a stack whose ingest archives into it
+// (store kind azure, shared-key-emulator mode).
+func newAzuriteStack(t *testing.T) (*Stack, *trendFixture, *azuritetest.Server) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped with -short")
+	}
+	srv := azuritetest.Start(t, azuritetest.Options{})
+	s, f := newStackOn(t, &AzureArchive{AccountURL: srv.AccountURL, Container: "sightglass-archive"})
+	return s, f, srv
+}
+
+// newStackOn starts an ingest archiving into az, or a directory when az is
+// nil, and prepares an agent watching one trend folder.
+func newStackOn(t *testing.T, az *AzureArchive) (*Stack, *trendFixture) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test: skipped with -short")
 	}
 	ctx := t.Context()
-	s := &Stack{Bin: binDir, Dir: t.TempDir(), Logs: &testLog{t: t}}
+	s := &Stack{Bin: binDir, Dir: t.TempDir(), Logs: &testLog{t: t}, Azure: az}
 	if err := s.Init(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -194,6 +215,30 @@ func checkArchive(t *testing.T, s *Stack, want []telemetry.Sample) {
 
 func TestEndToEndIntegration(t *testing.T) {
 	s, f := newStack(t)
+	endToEnd(t, s, f)
+}
+
+// TestEndToEndAzuriteIntegration is the same run with the ingest archiving
+// into Azurite through the Azure store.
+func TestEndToEndAzuriteIntegration(t *testing.T) {
+	s, f, _ := newAzuriteStack(t)
+	endToEnd(t, s, f)
+	names := archiveNames(t, s)
+	for _, n := range names {
+		if !strings.HasPrefix(n, s.Tenant+"/"+s.Site+"/") {
+			t.Errorf("blob %s is outside {tenant}/{site}/", n)
+		}
+	}
+	if len(names) == 0 {
+		t.Fatal("nothing archived in Azurite")
+	}
+}
+
+// endToEnd feeds six trend files to a running stack, checks the archive
+// holds every sample exactly once, that the agent listens nowhere, and that
+// no stored blob names the building.
+func endToEnd(t *testing.T, s *Stack, f *trendFixture) {
+	t.Helper()
 	for i := range 3 {
 		f.write(t, i, 50)
 	}
@@ -219,9 +264,66 @@ func TestEndToEndIntegration(t *testing.T) {
 	if err := s.StopAgent(syscall.SIGTERM); err != nil {
 		t.Errorf("agent did not stop cleanly: %v", err)
 	}
-	scanArchiveForNames(t, s.ArchiveDir(), []string{
+	scanArchiveForNames(t, s, []string{
 		"Zone Temp", "Fan Status", "Valve Cmd", "°F", "export-", ".csv", "ahu-1", "Demo Building", "trends",
 	})
+}
+
+// TestAzuriteKilledIntegration kills Azurite (SIGKILL) in the middle of a
+// run and starts it again on the same port and location later: while it is
+// down the ingest answers 503 and the agent keeps its batches; once it is
+// back they all arrive, none twice.
+func TestAzuriteKilledIntegration(t *testing.T) {
+	s, f, srv := newAzuriteStack(t)
+	f.write(t, 0, 40)
+	if err := s.StartAgent(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	checkArchive(t, s, f.expected(t, s, "ahu-1"))
+	// Azurite holds acknowledged writes in memory for up to 5s (see
+	// azuritetest.SaveInterval); real Azure acknowledges only durable
+	// ones. Kill it once what was acknowledged is on its disk.
+	time.Sleep(azuritetest.SaveInterval)
+	srv.Kill()
+	for i := 1; i < 5; i++ {
+		f.write(t, i, 100)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := s.AgentStatus(t.Context())
+		if err == nil && st.Buffer.SealedBatches > 0 && st.Uplink.LastError != "" {
+			t.Logf("with Azurite down the agent buffers %d batches; last uplink error: %s", st.Buffer.SealedBatches, st.Uplink.LastError)
+			if !strings.Contains(st.Uplink.LastError, "503") && !strings.Contains(st.Uplink.LastError, "store_unavailable") {
+				t.Errorf("the uplink error %q is not the ingest's 503 store_unavailable", st.Uplink.LastError)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent never buffered a batch while Azurite was down: %+v, %v", st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Down a little longer, so several retries meet the dead store.
+	time.Sleep(2 * time.Second)
+	srv.Restart(t)
+	checkArchive(t, s, f.expected(t, s, "ahu-1"))
+	if err := s.WaitDrained(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// archiveNames lists every blob in the stack's archive.
+func archiveNames(t *testing.T, s *Stack) []string {
+	t.Helper()
+	store, err := s.OpenArchive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := store.List(t.Context(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
 }
 
 // TestAgentKilledWhileUploadingIntegration kills the agent with SIGKILL
@@ -286,47 +388,51 @@ func TestIngestDownIntegration(t *testing.T) {
 	checkArchive(t, s, f.expected(t, s, "ahu-1"))
 }
 
-// scanArchiveForNames fails if any stored file, decompressed where it is a
-// batch, or any path in the archive contains one of the names.
-func scanArchiveForNames(t *testing.T, root string, names []string) {
+// scanArchiveForNames fails if any stored blob, decompressed where it is a
+// batch, or any blob name contains one of the names.
+func scanArchiveForNames(t *testing.T, s *Stack, names []string) {
 	t.Helper()
 	dec, err := zstd.NewReader(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer dec.Close()
-	files := 0
-	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		files++
-		data, err := os.ReadFile(path)
+	store, err := s.OpenArchive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	scanStore(t, store, dec, names)
+}
+
+func scanStore(t *testing.T, store blob.Store, dec *zstd.Decoder, names []string) {
+	t.Helper()
+	blobs, err := store.List(t.Context(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(blobs) == 0 {
+		t.Fatal("the archive is empty")
+	}
+	for _, name := range blobs {
+		data, err := store.Get(t.Context(), name)
 		if err != nil {
-			return err
+			t.Fatal(err)
 		}
-		contents := [][]byte{data, []byte(path[len(root):])}
-		if strings.HasSuffix(path, ".sgb") {
+		contents := [][]byte{data, []byte(name)}
+		if strings.HasSuffix(name, ".sgb") {
 			plain, err := batchPayload(dec, data)
 			if err != nil {
-				t.Errorf("%s: %v", path, err)
+				t.Errorf("%s: %v", name, err)
 			}
 			contents = append(contents, plain)
 		}
 		for _, c := range contents {
 			for _, n := range names {
 				if bytes.Contains(c, []byte(n)) {
-					t.Errorf("%s contains %q", path, n)
+					t.Errorf("%s contains %q", name, n)
 				}
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if files == 0 {
-		t.Fatal("the archive is empty")
 	}
 }
 

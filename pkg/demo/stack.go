@@ -19,6 +19,7 @@ import (
 
 	"github.com/sightglass-bms/sightglass/agent/daemon"
 	"github.com/sightglass-bms/sightglass/ingest/blob"
+	"github.com/sightglass-bms/sightglass/ingest/blob/azure"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
@@ -33,6 +34,9 @@ type Stack struct {
 	Logs io.Writer
 	// Tenant and Site are the opaque ids the agent's certificate names.
 	Tenant, Site string
+	// Azure, when set, makes the ingest archive into an Azure Blob Storage
+	// emulator instead of ArchiveDir.
+	Azure *AzureArchive
 
 	// IngestURL is where the agent sends batches; fixed by Init so the
 	// ingest can restart on the same port.
@@ -40,6 +44,16 @@ type Stack struct {
 	ingestAddr string
 
 	ingest, agent *proc
+}
+
+// AzureArchive is an emulator account and container the ingest archives
+// into, in shared-key-emulator mode (the ingest creates the container).
+type AzureArchive struct {
+	// AccountURL is the emulator's account endpoint, such as
+	// http://127.0.0.1:10000/devstoreaccount1.
+	AccountURL string
+	// Container is the archive's container.
+	Container string
 }
 
 // proc is a running child; done is closed when it has exited, with err set.
@@ -53,6 +67,7 @@ type proc struct {
 func (s *Stack) caDir() string        { return filepath.Join(s.Dir, "ingest", "ca") }
 func (s *Stack) ArchiveDir() string   { return filepath.Join(s.Dir, "ingest", "archive") }
 func (s *Stack) ingestConfig() string { return filepath.Join(s.Dir, "ingest", "ingest.yaml") }
+func (s *Stack) database() string     { return filepath.Join(s.Dir, "ingest", "ingest.db") }
 
 // AgentDir is the agent's data directory (buffer, secret, status socket).
 func (s *Stack) AgentDir() string { return filepath.Join(s.Dir, "agent") }
@@ -89,7 +104,9 @@ func (s *Stack) Init(ctx context.Context) error {
 	if _, err := s.runIngest(ctx, "ca", "init", "--dir", s.caDir()); err != nil {
 		return err
 	}
-	if _, err := s.runIngest(ctx, "agents", "issue", "--ca-dir", s.caDir(), "--tenant", s.Tenant, "--site", s.Site,
+	// The agent must be in the registry the ingest checks at every
+	// handshake, so it is issued into the ingest's own database.
+	if _, err := s.runIngest(ctx, "agents", "issue", "--ca-dir", s.caDir(), "--db", s.database(), "--tenant", s.Tenant, "--site", s.Site,
 		"--out", filepath.Join(s.AgentDir(), "cert")); err != nil {
 		return err
 	}
@@ -99,9 +116,26 @@ func (s *Stack) Init(ctx context.Context) error {
 	}
 	s.ingestAddr = fmt.Sprintf("127.0.0.1:%d", port)
 	s.IngestURL = "https://" + s.ingestAddr
-	cfg := fmt.Sprintf("listen: %s\nca_dir: %s\nstore:\n  kind: dir\n  dir: %s\nlog_level: info\n",
-		s.ingestAddr, s.caDir(), s.ArchiveDir())
+	cfg := fmt.Sprintf("listen: %s\nca_dir: %s\ndatabase: %s\n%slog_level: info\n",
+		s.ingestAddr, s.caDir(), s.database(), s.storeYAML())
 	return os.WriteFile(s.ingestConfig(), []byte(cfg), 0o600)
+}
+
+// storeYAML is the ingest configuration's store section.
+func (s *Stack) storeYAML() string {
+	if s.Azure == nil {
+		return fmt.Sprintf("store:\n  kind: dir\n  dir: %s\n", s.ArchiveDir())
+	}
+	return fmt.Sprintf("store:\n  kind: azure\n  azure:\n    account_url: %s\n    container: %s\n    auth: %s\n",
+		s.Azure.AccountURL, s.Azure.Container, azure.AuthSharedKeyEmulator)
+}
+
+// OpenArchive opens the store the ingest archives into, for reading it.
+func (s *Stack) OpenArchive() (blob.Store, error) {
+	if s.Azure == nil {
+		return blob.OpenDir(s.ArchiveDir())
+	}
+	return azure.New(azure.Options{AccountURL: s.Azure.AccountURL, Container: s.Azure.Container, SharedKey: azure.EmulatorSharedKey()})
 }
 
 // WriteAgentConfig writes the agent's configuration with the given devices
@@ -249,7 +283,11 @@ func (s *Stack) WaitDrained(ctx context.Context) error {
 
 // Archive decodes every stored batch.
 func (s *Stack) Archive(ctx context.Context) (samples []telemetry.Sample, batches []*batch.Batch, err error) {
-	return ReadArchive(ctx, s.ArchiveDir())
+	store, err := s.OpenArchive()
+	if err != nil {
+		return nil, nil, err
+	}
+	return ReadStore(ctx, store)
 }
 
 // ReadArchive decodes every batch blob under an archive directory,
@@ -259,6 +297,12 @@ func ReadArchive(ctx context.Context, root string) ([]telemetry.Sample, []*batch
 	if err != nil {
 		return nil, nil, err
 	}
+	return ReadStore(ctx, store)
+}
+
+// ReadStore decodes every batch blob in an archive store, resolving point
+// tables from the same store.
+func ReadStore(ctx context.Context, store blob.Store) ([]telemetry.Sample, []*batch.Batch, error) {
 	names, err := store.List(ctx, "")
 	if err != nil {
 		return nil, nil, err
