@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sightglass-bms/sightglass/agent/config"
+	bacnetdrv "github.com/sightglass-bms/sightglass/agent/driver/bacnet"
 	"github.com/sightglass-bms/sightglass/agent/driver/csvtrend"
 	"github.com/sightglass-bms/sightglass/agent/driver/modbus"
 	"github.com/sightglass-bms/sightglass/pkg/driver"
@@ -41,7 +42,7 @@ Start with 'sightglass-agent config validate FILE', then 'sightglass-agent run -
 
 // Registry returns the drivers this agent is built with.
 func Registry() (*driver.Registry, error) {
-	return driver.NewRegistry(csvtrend.Info(), modbus.Info())
+	return driver.NewRegistry(csvtrend.Info(), modbus.Info(), bacnetdrv.Info())
 }
 
 func newLogger(w io.Writer, c config.Log) *slog.Logger {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/bacnet"
@@ -37,13 +38,17 @@ type DiscoverOptions struct {
 	// Every is the least time between two requests (rate limiting);
 	// zero does not wait.
 	Every time.Duration
+	pacer *pacer // shared by a Scan's devices
 }
 
 // DiscoverObjects reads a device's object list (element by element when
 // the whole list does not fit an answer), then each readable object's
 // name, description and units, and which Trend Logs log which objects.
 func DiscoverObjects(ctx context.Context, c *bacnet.Client, dev bacnet.Device, o DiscoverOptions) ([]Object, error) {
-	pace := newPacer(o.Every)
+	pace := o.pacer
+	if pace == nil {
+		pace = newPacer(o.Every)
+	}
 	devObj := bacnet.ObjectID{Type: bacnet.ObjectDevice, Instance: dev.Instance}
 	if err := pace.wait(ctx); err != nil {
 		return nil, err
@@ -198,9 +203,11 @@ func describe(ctx context.Context, c *bacnet.Client, dev bacnet.Device, rpm bool
 	return nil
 }
 
-// pacer spaces requests at least every apart.
+// pacer spaces requests at least every apart; it is shared by the
+// goroutines of one scan, so the rate holds for the whole network.
 type pacer struct {
 	every time.Duration
+	mu    sync.Mutex
 	next  time.Time
 }
 
@@ -210,19 +217,27 @@ func (p *pacer) wait(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if p.every <= 0 {
+	if p == nil || p.every <= 0 {
 		return nil
 	}
-	if d := time.Until(p.next); d > 0 {
+	// Reserve a slot, then sleep until it comes.
+	p.mu.Lock()
+	now := time.Now()
+	at := p.next
+	if at.Before(now) {
+		at = now
+	}
+	p.next = at.Add(p.every)
+	p.mu.Unlock()
+	if d := time.Until(at); d > 0 {
 		t := time.NewTimer(d)
+		defer t.Stop()
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return ctx.Err()
 		case <-t.C:
 		}
 	}
-	p.next = time.Now().Add(p.every)
 	return nil
 }
 
