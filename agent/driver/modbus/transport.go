@@ -49,6 +49,8 @@ type TransportOptions struct {
 type Transport struct {
 	opts  TransportOptions
 	local *net.TCPAddr
+	// dial replaces the TCP dial in tests that feed the transport bytes.
+	dial func(ctx context.Context) (net.Conn, error)
 
 	mu   sync.Mutex
 	conn net.Conn
@@ -91,7 +93,11 @@ func (t *Transport) dialLocked(ctx context.Context) error {
 	if t.local != nil {
 		d.LocalAddr = t.local
 	}
-	conn, err := d.DialContext(ctx, "tcp", t.opts.Address)
+	dial := func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", t.opts.Address) }
+	if t.dial != nil {
+		dial = t.dial
+	}
+	conn, err := dial(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("connecting to %s: %w", t.opts.Address, ctx.Err())
