@@ -17,6 +17,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/sightglass-bms/sightglass/agent/daemon"
 	"github.com/sightglass-bms/sightglass/ingest/blob"
 	"github.com/sightglass-bms/sightglass/ingest/blob/azure/azuritetest"
 	"github.com/sightglass-bms/sightglass/pkg/anon"
@@ -288,20 +289,10 @@ func TestAzuriteKilledIntegration(t *testing.T) {
 	for i := 1; i < 5; i++ {
 		f.write(t, i, 100)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st, err := s.AgentStatus(t.Context())
-		if err == nil && st.Buffer.SealedBatches > 0 && st.Uplink.LastError != "" {
-			t.Logf("with Azurite down the agent buffers %d batches; last uplink error: %s", st.Buffer.SealedBatches, st.Uplink.LastError)
-			if !strings.Contains(st.Uplink.LastError, "503") && !strings.Contains(st.Uplink.LastError, "store_unavailable") {
-				t.Errorf("the uplink error %q is not the ingest's 503 store_unavailable", st.Uplink.LastError)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent never buffered a batch while Azurite was down: %+v, %v", st, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	st := waitBuffering(t, s)
+	t.Logf("with Azurite down the agent buffers %d batches; last uplink error: %s", st.Buffer.SealedBatches, st.Uplink.LastError)
+	if !strings.Contains(st.Uplink.LastError, "503") || !strings.Contains(st.Uplink.LastError, "store_unavailable") {
+		t.Errorf("the uplink error %q is not the ingest's 503 store_unavailable", st.Uplink.LastError)
 	}
 	// Down a little longer, so several retries meet the dead store.
 	time.Sleep(2 * time.Second)
@@ -309,6 +300,23 @@ func TestAzuriteKilledIntegration(t *testing.T) {
 	checkArchive(t, s, f.expected(t, s, "ahu-1"))
 	if err := s.WaitDrained(t.Context()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// waitBuffering waits until the agent holds a sealed batch it failed to
+// send, and returns its status then.
+func waitBuffering(t *testing.T, s *Stack) daemon.Status {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := s.AgentStatus(t.Context())
+		if err == nil && st.Buffer.SealedBatches > 0 && st.Uplink.LastError != "" {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent never buffered a batch it could not send: %+v, %v", st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -371,17 +379,7 @@ func TestIngestDownIntegration(t *testing.T) {
 		f.write(t, i, 100)
 	}
 	// The agent keeps reading and buffering while the ingest is away.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st, err := s.AgentStatus(t.Context())
-		if err == nil && st.Buffer.SealedBatches > 0 && st.Uplink.LastError != "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent never buffered a batch while the ingest was down: %+v, %v", st, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitBuffering(t, s)
 	if err := s.StartIngest(t.Context()); err != nil {
 		t.Fatal(err)
 	}
