@@ -165,5 +165,6 @@ type simDevice struct {
 func simulators() []func(ctx context.Context, o Options) (simDevice, error) {
 	return []func(ctx context.Context, o Options) (simDevice, error){
 		startModbus,
+		startBACnet,
 	}
 }
