@@ -32,7 +32,7 @@ demo: build
 	$(BIN)/sightglass-demo --bin $(BIN) --dir .demo $(if $(DEMO_FOR),--for $(DEMO_FOR))
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./pkg/batch/ ./agent/buffer/
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/batch/ ./agent/buffer/ ./ingest/blob/azure/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/batch/
