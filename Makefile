@@ -32,12 +32,15 @@ demo: build
 	$(BIN)/sightglass-demo --bin $(BIN) --dir .demo $(if $(DEMO_FOR),--for $(DEMO_FOR))
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./pkg/batch/ ./agent/buffer/ ./ingest/blob/azure/
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/batch/ ./agent/buffer/ ./agent/driver/modbus/ ./ingest/blob/azure/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/batch/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePointTable$$' -fuzztime $(FUZZTIME) ./pkg/batch/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./agent/driver/csvtrend/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadResponse$$' -fuzztime $(FUZZTIME) ./agent/driver/modbus/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeDeviceID$$' -fuzztime $(FUZZTIME) ./agent/driver/modbus/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRef$$' -fuzztime $(FUZZTIME) ./agent/driver/modbus/
 
 clean:
 	rm -rf $(BIN) .demo
