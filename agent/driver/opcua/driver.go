@@ -74,6 +74,7 @@ type Driver struct {
 	failures  int       // consecutive failed Connects
 	nextTry   time.Time // no Connect before this
 	sessions  int       // CreateSession attempts, for tests and status
+	attempts  int       // connection attempts
 	faulty    map[string]ua.StatusCode
 	id        *identity
 	sub       *subscription
@@ -225,6 +226,9 @@ func backoff(lo, hi time.Duration, n int) time.Duration {
 }
 
 func (d *Driver) connect(ctx context.Context) error {
+	d.mu.Lock()
+	d.attempts++
+	d.mu.Unlock()
 	if d.cfg.mode == ua.MessageSecurityModeNone && !d.warnedOff {
 		d.log.Warn("OPC UA security is off (security_policy None): anyone on the control network can read and alter this traffic; use Basic256Sha256 with SignAndEncrypt where the server supports it", "endpoint", d.cfg.endpoint)
 		d.warnedOff = true
@@ -683,7 +687,7 @@ func (d *Driver) Close() error {
 	d.sub = nil
 	d.mu.Unlock()
 	sub.stop()
-	d.g.hangUp(context.Background())
+	d.g.close(context.Background(), 2*time.Second)
 	return nil
 }
 
@@ -693,6 +697,13 @@ func (d *Driver) Sessions() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.sessions
+}
+
+// Attempts returns how many times the driver tried to connect.
+func (d *Driver) Attempts() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.attempts
 }
 
 // Refusals returns how many requests the read-only guard refused.

@@ -279,7 +279,12 @@ func (g *guard) dial(ctx context.Context, endpoint string, opts []opcua.Option, 
 }
 
 // hangUp closes the session (CloseSession passes admit) and the channel.
-func (g *guard) hangUp(ctx context.Context) {
+// After a failure the server may be gone or hung, so it waits only
+// briefly for the CloseSession answer; a graceful close waits longer.
+func (g *guard) hangUp(ctx context.Context) { g.close(ctx, 300*time.Millisecond) }
+
+// close is hangUp with the wait for CloseSession given.
+func (g *guard) close(ctx context.Context, wait time.Duration) {
 	g.mu.Lock()
 	c := g.client
 	g.client = nil
@@ -293,7 +298,7 @@ func (g *guard) hangUp(ctx context.Context) {
 		_ = g.admit(&ua.CloseSessionRequest{})
 	}
 	// Close also sends CloseSecureChannel and closes the socket.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wait)
 	defer cancel()
 	_ = c.Close(ctx)
 }

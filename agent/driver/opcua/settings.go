@@ -273,6 +273,11 @@ type pointConfig struct {
 // parsePoint validates a point: its ref must be a node id.
 func parsePoint(p driver.Point) (pointConfig, error) {
 	id, err := ua.ParseNodeID(p.Ref)
+	if err == nil && !strings.Contains(p.Ref, "=") {
+		// gopcua reads a bare name as a string id in namespace 0, which
+		// is never what an installer meant.
+		err = errors.New("no identifier type (i=, s=, g=, b=)")
+	}
 	if err != nil {
 		return pointConfig{}, fmt.Errorf("point %q: ref is not an OPC UA node id (want e.g. ns=2;s=AHU1.SAT or i=2258): %w", p.Ref, err)
 	}

@@ -59,6 +59,11 @@ type Options struct {
 	// Zones is the number of zones, each with a temperature and a setpoint;
 	// default 4. The 10,000-node benchmark sets it high.
 	Zones int
+	// Epoch is when the simulated building's clock started: values and
+	// history are functions of the time since. Default now; a restarted
+	// simulator given the same Epoch keeps continuous history, as a real
+	// historian would.
+	Epoch time.Time
 	// Logger receives the server's own log lines at debug level; nil
 	// discards them.
 	Logger *slog.Logger
@@ -110,7 +115,10 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		o.Port = l.Addr().(*net.TCPAddr).Port
 		l.Close()
 	}
-	s := &Server{start: time.Now(), maxRead: o.MaxNodesPerRead, removed: map[string]bool{}}
+	if o.Epoch.IsZero() {
+		o.Epoch = time.Now()
+	}
+	s := &Server{start: o.Epoch, maxRead: o.MaxNodesPerRead, removed: map[string]bool{}}
 	s.URL = fmt.Sprintf("opc.tcp://%s:%d", o.Host, o.Port)
 	opts := []server.Option{
 		server.EndPoint(o.Host, o.Port),

@@ -1,0 +1,205 @@
+package opcua
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	simopcua "github.com/sightglass-bms/sightglass/pkg/sim/opcua"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// TestHistoryBackfill restarts the simulator (whose history is continuous
+// across restarts) while the driver polls: after it reconnects, the next
+// Read carries the values logged during the outage, from HistoryRead.
+func TestHistoryBackfill(t *testing.T) {
+	epoch := time.Now().Add(-time.Minute)
+	sim := startSim(t, simopcua.Options{Epoch: epoch})
+	ref := fmt.Sprintf("ns=%d;s=%s", sim.NS, simopcua.HistoryNode)
+	points := []driver.Point{{ID: 1, Ref: ref, Settings: yamlSettings("history: true")}}
+	var logs logBuffer
+	d, err := New(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL, "request_timeout: 2s"), Points: points, Logger: logs.logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	first, err := d.Read(t.Context(), points)
+	if err != nil || len(first) != 1 {
+		t.Fatalf("Read = %v, %v", first, err)
+	}
+	last := time.UnixMilli(first[0].Time)
+	sim.Close()
+	t0 := time.Now()
+	if _, err := d.Read(t.Context(), points); err == nil {
+		t.Fatal("Read with the server gone succeeded")
+	}
+	t.Logf("read with the server gone failed after %s", time.Since(t0))
+	time.Sleep(3 * time.Second)
+	port, _ := strconv.Atoi(sim.URL[strings.LastIndex(sim.URL, ":")+1:])
+	sim2 := startSim(t, simopcua.Options{Epoch: epoch, Port: port})
+	var got []telemetry.Sample
+	if !waitFor(t.Context(), 10*time.Second, func() bool {
+		got, err = d.Read(t.Context(), points)
+		return err == nil
+	}) {
+		t.Fatalf("no Read succeeded after the restart: %v\n%s", err, logs.String())
+	}
+	var gap int
+	for _, s := range got[:len(got)-1] { // the last one is the live value
+		ts := time.UnixMilli(s.Time)
+		if !ts.After(last) || s.Status != telemetry.StatusOK {
+			t.Errorf("backfilled sample %+v is not after the last one read (%s)", s, last)
+		}
+		gap++
+	}
+	if gap < 2 {
+		t.Errorf("backfill returned %d samples for a gap of over 3s at one a second:\n%s", gap, logs.String())
+	}
+	if !strings.Contains(strings.Join(sim2.Services(), ","), "HistoryRead") {
+		t.Errorf("no HistoryRead reached the server: %q", sim2.Services())
+	}
+}
+
+// TestNodeOPCUAReconnectIntegration kills the node-opcua peer under a
+// driver with polled and subscribed points, restarts it on the same port,
+// and measures how the driver comes back: how long after the server
+// listens again data resumes, how many sessions it tried to create while
+// the server was away (the backoff keeps that small), and that the
+// subscription is recreated and delivers again.
+func TestNodeOPCUAReconnectIntegration(t *testing.T) {
+	pki := t.TempDir()
+	p1 := startPeer(t, peerOptions{PKI: pki})
+	settings := yamlSettings(fmt.Sprintf(`endpoint: %s
+security_policy: Basic256Sha256
+security_mode: SignAndEncrypt
+pki_dir: %s
+reconnect_min: 200ms
+reconnect_max: 2s
+request_timeout: 3s
+publishing_interval: 200ms
+`, p1.URL, t.TempDir()))
+	points := []driver.Point{
+		{ID: 1, Ref: peerRef("AHU1.SupplyAirTemp")},
+		{ID: 2, Ref: peerRef("Plant.ChilledWaterSupplyTemp"), Settings: yamlSettings("history: true")},
+		{ID: 3, Ref: peerRef("AHU1.FanSpeed"), Settings: yamlSettings("mode: subscribe\nsampling_interval: 100ms\nqueue_size: 10")},
+		{ID: 4, Ref: peerRef("AHU1.ReturnAirTemp"), Settings: yamlSettings("mode: subscribe\nsampling_interval: 100ms\ndeadband: 100")},
+	}
+	var logs logBuffer
+	d, err := newDriver(driver.Device{Name: "peer", Settings: settings, Points: points, Logger: logs.logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	counts := map[uint64]int{}
+	collect := func(samples []telemetry.Sample) {
+		for _, s := range samples {
+			if s.Status == telemetry.StatusOK {
+				counts[s.PointID]++
+			}
+		}
+	}
+	for range 10 {
+		samples, err := d.Read(t.Context(), points)
+		if err != nil {
+			t.Fatalf("Read: %v", err)
+		}
+		collect(samples)
+		time.Sleep(200 * time.Millisecond)
+	}
+	// FanSpeed changes all the time: a queue of values arrives per
+	// publish. ReturnAirTemp moves less than the deadband: its first
+	// value only.
+	if counts[3] < 8 {
+		t.Errorf("subscribed FanSpeed delivered %d values in 2s, want many", counts[3])
+	}
+	if counts[4] != 1 {
+		t.Errorf("ReturnAirTemp under a deadband of 100 delivered %d values, want the initial one only", counts[4])
+	}
+	before, beforeAttempts := d.Sessions(), d.Attempts()
+
+	p1.stop()
+	down := time.Now()
+	// The poller keeps reading while the server is away.
+	var failures int
+	for time.Since(down) < 2*time.Second {
+		if _, err := d.Read(t.Context(), points); err != nil {
+			failures++
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if failures == 0 {
+		t.Fatal("reads kept succeeding with the server killed")
+	}
+	reads := make(chan struct{})
+	stopReads := make(chan struct{})
+	// Keep polling every 100 ms while the peer starts (it takes seconds).
+	var resumed time.Time
+	var afterCounts = map[uint64]int{}
+	go func() {
+		defer close(reads)
+		for {
+			select {
+			case <-stopReads:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			samples, err := d.Read(t.Context(), points)
+			if err != nil {
+				continue
+			}
+			for _, s := range samples {
+				if s.Status == telemetry.StatusOK {
+					afterCounts[s.PointID]++
+				}
+			}
+			if resumed.IsZero() && afterCounts[1] > 0 {
+				resumed = time.Now()
+			}
+			if afterCounts[3] > 0 {
+				return
+			}
+		}
+	}()
+	p2 := startPeer(t, peerOptions{PKI: pki, Port: p1.Port})
+	listening := time.Now()
+	select {
+	case <-reads:
+	case <-time.After(20 * time.Second):
+		close(stopReads)
+		<-reads
+		t.Fatalf("no subscribed value within 20s of the server's restart\n%s", logs.String())
+	}
+	attempts := d.Attempts() - beforeAttempts
+	outage := listening.Sub(down)
+	t.Logf("reconnect: server down %s; data resumed %s after it listened again; %d connection attempts (%d reaching CreateSession) for about %d reads; %d CreateSession on the restarted server",
+		outage.Round(time.Millisecond), resumed.Sub(listening).Round(time.Millisecond), attempts, d.Sessions()-before, failures+int(time.Since(down)/(100*time.Millisecond)), p2.count("CreateSession"))
+	if resumed.Sub(listening) > 3*time.Second {
+		t.Errorf("data resumed %s after the server listened; the backoff caps at 2s", resumed.Sub(listening))
+	}
+	// Backoff: 200ms doubling to 2s with jitter; a storm would be one
+	// attempt per Read (every 100ms).
+	if limit := int(outage/(100*time.Millisecond)) / 3; attempts > limit {
+		t.Errorf("%d connection attempts in %s of outage: a storm (limit %d)", attempts, outage, limit)
+	}
+	waitFor(t.Context(), 2*time.Second, func() bool { return p2.count("CreateSession") > 0 })
+	if n := p2.count("CreateSession"); n != 1 {
+		t.Errorf("the restarted server saw %d CreateSession, want 1", n)
+	}
+	for _, want := range []string{"CreateSubscription", "CreateMonitoredItems", "Publish", "HistoryRead"} {
+		if p2.count(want) == 0 {
+			t.Errorf("the restarted server saw no %s: the driver did not recreate its subscription or backfill (%q)", want, p2.Services())
+		}
+	}
+	if bad := notReads(p2.Services()); len(bad) > 0 {
+		t.Errorf("the restarted server received %q", bad)
+	}
+}
