@@ -344,3 +344,21 @@ func TestCancelledConnect(t *testing.T) {
 		t.Fatal("Connect with a cancelled context succeeded")
 	}
 }
+
+// FuzzParseRef checks that any point reference either fails cleanly or
+// round-trips through its canonical form.
+func FuzzParseRef(f *testing.F) {
+	for _, s := range []string{"analog-input:1", "2:7/85", "multi-state-value:2/state-text[1]", "x", "analog-input:1/[", "device:4194303"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, ref string) {
+		p, err := parseRef(ref)
+		if err != nil {
+			return
+		}
+		q, err := parseRef(Ref(p.obj, p.prop))
+		if err != nil || q != p {
+			t.Fatalf("%q -> %q -> %+v, %v; want %+v", ref, Ref(p.obj, p.prop), q, err, p)
+		}
+	})
+}

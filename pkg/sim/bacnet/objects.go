@@ -88,6 +88,8 @@ type Device struct {
 	Network uint16
 	MAC     []byte
 	Objects []*Object
+
+	index map[bacnet.ObjectID]*Object // built at Start: devices of thousands of objects
 }
 
 func (d *Device) withDefaults() {
@@ -99,6 +101,10 @@ func (d *Device) withDefaults() {
 	}
 	if d.Window == 0 {
 		d.Window = 4
+	}
+	d.index = make(map[bacnet.ObjectID]*Object, len(d.Objects))
+	for _, o := range d.Objects {
+		d.index[o.ID] = o
 	}
 	for _, o := range d.Objects {
 		if o.Log != nil && o.Log.value == nil {
@@ -118,6 +124,9 @@ func (d *Device) id() bacnet.ObjectID {
 func (d *Device) object(id bacnet.ObjectID) *Object {
 	if id.Type == bacnet.ObjectDevice && (id.Instance == d.Instance || id.Instance == bacnet.MaxInstance) {
 		return &Object{ID: d.id(), Name: d.Name}
+	}
+	if d.index != nil {
+		return d.index[id]
 	}
 	for _, o := range d.Objects {
 		if o.ID == id {
