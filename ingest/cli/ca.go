@@ -41,11 +41,13 @@ func newCAInitCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create a new CA and the ingest's server certificate",
-		Long: `init creates a certificate authority in --dir: its certificate (ca.crt), its
-key (ca.key, keep it secret and backed up) and a server certificate for the
+		Long: `init creates a certificate authority in --dir: a root (ca.crt, and its key
+ca.key), an online issuing CA signed by the root (issuing.crt, issuing.key)
+that signs agent certificates and CRLs, and a server certificate for the
 ingest's TLS listener (server.crt, server.key) valid for the --server-name
-names and addresses agents connect to. It refuses a directory that already
-holds a CA.`,
+names and addresses agents connect to. Agents pin and trust only the root.
+The ingest never needs ca.key after init: move it to offline storage. It
+refuses a directory that already holds a CA.`,
 		Example: `  # demo: everything on this machine
   sightglass-ingest ca init
 
@@ -65,7 +67,7 @@ holds a CA.`,
 			sum := sha256.Sum256(cert.Raw)
 			rep := caInitReport{
 				Dir:         dir,
-				Files:       []string{pki.CACertFile, pki.CAKeyFile, pki.ServerCertFile, pki.ServerKeyFile},
+				Files:       []string{pki.CACertFile, pki.CAKeyFile, pki.IssuingCertFile, pki.IssuingKeyFile, pki.ServerCertFile, pki.ServerKeyFile},
 				ServerNames: names,
 				Subject:     cert.Subject.CommonName,
 				NotAfter:    cert.NotAfter.UTC(),
@@ -76,8 +78,9 @@ holds a CA.`,
 				return writeJSON(out, rep)
 			}
 			fmt.Fprintf(out, "created CA %q in %s, valid until %s\n", rep.Subject, dir, rep.NotAfter.Format(time.DateOnly))
-			fmt.Fprintf(out, "  %s: the CA certificate; agents trust it (agents issue puts it in every bundle)\n", filepath.Join(dir, pki.CACertFile))
-			fmt.Fprintf(out, "  %s: the CA key: keep it secret and back it up\n", filepath.Join(dir, pki.CAKeyFile))
+			fmt.Fprintf(out, "  %s: the root certificate; agents pin and trust only it\n", filepath.Join(dir, pki.CACertFile))
+			fmt.Fprintf(out, "  %s: the root key: back it up and move it offline, the ingest does not need it\n", filepath.Join(dir, pki.CAKeyFile))
+			fmt.Fprintf(out, "  %s, %s: the online issuing CA that signs agent certificates and CRLs\n", filepath.Join(dir, pki.IssuingCertFile), filepath.Join(dir, pki.IssuingKeyFile))
 			fmt.Fprintf(out, "  %s: the ingest's server certificate, for %v\n", filepath.Join(dir, pki.ServerCertFile), names)
 			fmt.Fprintf(out, "CA certificate SHA-256: %s\n", rep.SHA256)
 			return nil

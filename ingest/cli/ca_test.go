@@ -18,7 +18,7 @@ func TestCAInit(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ca init: %v", err)
 	}
-	for _, want := range []string{dir, "ca.key", "keep it secret", "ingest.example.com", "SHA-256"} {
+	for _, want := range []string{dir, "ca.key", "move it offline", "issuing.key", "ingest.example.com", "SHA-256"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

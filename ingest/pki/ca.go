@@ -1,12 +1,16 @@
-// Package pki is the ingest's certificate authority: it keeps an ECDSA P-256
-// root CA and the ingest's TLS server certificate in a directory, issues agent
-// client certificates that name an Identity in a URI SAN, and builds the
-// TLS 1.3 mutual-authentication configs both ends use.
+// Package pki is the ingest's certificate authority: an ECDSA P-256 root
+// that can be kept offline, an online issuing CA it signs, and the ingest's
+// TLS server certificate, in a directory. It issues short-lived agent client
+// certificates that name an Identity in a URI SAN, enrollment tokens and
+// CRLs, and builds the TLS 1.3 mutual-authentication configs both ends use.
 //
 // Files in a CA directory (keys are PKCS#8 PEM, mode 0600):
 //
-//	ca.crt ca.key          the root CA
-//	server.crt server.key  the ingest listener's certificate, signed by the root
+//	ca.crt ca.key           the root CA; agents and the ingest trust only it.
+//	                        ca.key is needed only by `ca init`: move it offline.
+//	issuing.crt issuing.key the online issuing CA, signed by the root; it signs
+//	                        agent certificates, the server certificate and CRLs
+//	server.crt server.key   the ingest listener's certificate and chain
 package pki
 
 import (
@@ -32,17 +36,20 @@ import (
 
 // File names inside a CA directory.
 const (
-	CACertFile     = "ca.crt"
-	CAKeyFile      = "ca.key"
-	ServerCertFile = "server.crt"
-	ServerKeyFile  = "server.key"
+	CACertFile      = "ca.crt"
+	CAKeyFile       = "ca.key"
+	ServerCertFile  = "server.crt"
+	ServerKeyFile   = "server.key"
+	IssuingCertFile = "issuing.crt"
+	IssuingKeyFile  = "issuing.key"
 )
 
 // Lifetimes of what Init creates. The server certificate is shorter-lived
 // than the root because it sits on every replica's disk.
 const (
-	caValidity     = 10 * 365 * 24 * time.Hour
-	serverValidity = 2 * 365 * 24 * time.Hour
+	caValidity      = 10 * 365 * 24 * time.Hour
+	issuingValidity = 5 * 365 * 24 * time.Hour
+	serverValidity  = 2 * 365 * 24 * time.Hour
 	// backdate absorbs clock skew between the ingest and agents.
 	backdate = 5 * time.Minute
 )
@@ -65,9 +72,13 @@ type InitOptions struct {
 // CA is an issuing certificate authority loaded from a directory. It is safe
 // for concurrent use: it is read-only after Init or Load.
 type CA struct {
-	dir        string
-	cert       *x509.Certificate
-	certPEM    []byte
+	dir     string
+	cert    *x509.Certificate // the root
+	certPEM []byte
+	// issuer and key sign everything the CA issues: the issuing CA, or the
+	// root itself in a directory made before the issuing CA existed.
+	issuer     *x509.Certificate
+	issuerPEM  []byte // empty when the root issues
 	key        *ecdsa.PrivateKey
 	serverCert []byte // PEM
 	serverKey  []byte // PEM
@@ -86,7 +97,7 @@ func Init(dir string, opts InitOptions) (*CA, error) {
 	if len(names) == 0 {
 		names = DefaultServerNames
 	}
-	for _, f := range []string{CACertFile, CAKeyFile, ServerCertFile, ServerKeyFile} {
+	for _, f := range []string{CACertFile, CAKeyFile, IssuingCertFile, IssuingKeyFile, ServerCertFile, ServerKeyFile} {
 		if _, err := os.Lstat(filepath.Join(dir, f)); err == nil {
 			return nil, fmt.Errorf("initialising CA in %s: %s already exists; refusing to overwrite an existing CA: use it as is (load it with --dir %s) or choose another directory", dir, f, dir)
 		} else if !errors.Is(err, fs.ErrNotExist) {
@@ -116,7 +127,7 @@ func Init(dir string, opts InitOptions) (*CA, error) {
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		MaxPathLenZero:        true,
+		MaxPathLen:            1, // the issuing CA, then leaves
 	}
 	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
 	if err != nil {
@@ -126,7 +137,33 @@ func Init(dir string, opts InitOptions) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("initialising CA: parsing root certificate: %w", err)
 	}
-	ca := &CA{dir: dir, cert: caCert, certPEM: pemCert(caDER), key: caKey, now: now}
+	ca := &CA{dir: dir, cert: caCert, certPEM: pemCert(caDER), now: now}
+
+	issKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("initialising CA: generating issuing key: %w", err)
+	}
+	issSerial, err := randomSerial()
+	if err != nil {
+		return nil, fmt.Errorf("initialising CA: %w", err)
+	}
+	issDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber:          issSerial,
+		Subject:               pkix.Name{CommonName: "Sightglass issuing CA " + issSerial.Text(16)[:8]},
+		NotBefore:             t.Add(-backdate),
+		NotAfter:              minTime(t.Add(issuingValidity), caCert.NotAfter),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}, caCert, &issKey.PublicKey, caKey)
+	if err != nil {
+		return nil, fmt.Errorf("initialising CA: creating issuing certificate: %w", err)
+	}
+	if ca.issuer, err = x509.ParseCertificate(issDER); err != nil {
+		return nil, fmt.Errorf("initialising CA: parsing issuing certificate: %w", err)
+	}
+	ca.issuerPEM, ca.key = pemCert(issDER), issKey
 
 	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -136,8 +173,12 @@ func Init(dir string, opts InitOptions) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("initialising CA: %w", err)
 	}
-	ca.serverCert = pemCert(srvDER)
+	ca.serverCert = ca.chain(srvDER)
 	caKeyPEM, err := pemKey(caKey)
+	if err != nil {
+		return nil, fmt.Errorf("initialising CA: %w", err)
+	}
+	issKeyPEM, err := pemKey(issKey)
 	if err != nil {
 		return nil, fmt.Errorf("initialising CA: %w", err)
 	}
@@ -153,8 +194,10 @@ func Init(dir string, opts InitOptions) (*CA, error) {
 		mode fs.FileMode
 	}{
 		{CAKeyFile, caKeyPEM, 0o600},
+		{IssuingKeyFile, issKeyPEM, 0o600},
 		{ServerKeyFile, ca.serverKey, 0o600},
 		{CACertFile, ca.certPEM, 0o644},
+		{IssuingCertFile, ca.issuerPEM, 0o644},
 		{ServerCertFile, ca.serverCert, 0o644},
 	} {
 		if err := writeNew(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
@@ -178,7 +221,7 @@ func (ca *CA) signServer(names []string, pub crypto.PublicKey, t time.Time) ([]b
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: names[0]},
 		NotBefore:    t.Add(-backdate),
-		NotAfter:     minTime(t.Add(serverValidity), ca.cert.NotAfter),
+		NotAfter:     minTime(t.Add(serverValidity), ca.issuer.NotAfter),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
@@ -191,7 +234,7 @@ func (ca *CA) signServer(names []string, pub crypto.PublicKey, t time.Time) ([]b
 			tmpl.DNSNames = append(tmpl.DNSNames, n)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.issuer, pub, ca.key)
 	if err != nil {
 		return nil, fmt.Errorf("creating server certificate: %w", err)
 	}
@@ -229,7 +272,33 @@ func Load(dir string) (*CA, error) {
 	if ca.certPEM, err = read(CACertFile, false); err != nil {
 		return nil, err
 	}
-	caKeyPEM, err := read(CAKeyFile, true)
+	if ca.cert, err = parseCertPEM(ca.certPEM); err != nil {
+		return nil, fmt.Errorf("loading CA: %s: %w", filepath.Join(dir, CACertFile), err)
+	}
+	if !ca.cert.IsCA {
+		return nil, fmt.Errorf("loading CA: %s is not a CA certificate", filepath.Join(dir, CACertFile))
+	}
+	// The issuing CA signs; the root key may be offline. A directory made
+	// before the issuing CA existed has none, and its root signs.
+	issuerFile, keyFile := IssuingCertFile, IssuingKeyFile
+	if _, err := os.Stat(filepath.Join(dir, IssuingCertFile)); errors.Is(err, fs.ErrNotExist) {
+		issuerFile, keyFile = CACertFile, CAKeyFile
+		ca.issuer = ca.cert
+	} else {
+		if ca.issuerPEM, err = read(IssuingCertFile, false); err != nil {
+			return nil, err
+		}
+		if ca.issuer, err = parseCertPEM(ca.issuerPEM); err != nil {
+			return nil, fmt.Errorf("loading CA: %s: %w", filepath.Join(dir, IssuingCertFile), err)
+		}
+		if !ca.issuer.IsCA {
+			return nil, fmt.Errorf("loading CA: %s is not a CA certificate", filepath.Join(dir, IssuingCertFile))
+		}
+		if err := ca.issuer.CheckSignatureFrom(ca.cert); err != nil {
+			return nil, fmt.Errorf("loading CA: %s is not signed by %s: %w", filepath.Join(dir, IssuingCertFile), filepath.Join(dir, CACertFile), err)
+		}
+	}
+	keyPEM, err := read(keyFile, true)
 	if err != nil {
 		return nil, err
 	}
@@ -239,20 +308,13 @@ func Load(dir string) (*CA, error) {
 	if ca.serverKey, err = read(ServerKeyFile, true); err != nil {
 		return nil, err
 	}
-
-	if ca.cert, err = parseCertPEM(ca.certPEM); err != nil {
-		return nil, fmt.Errorf("loading CA: %s: %w", filepath.Join(dir, CACertFile), err)
-	}
-	if !ca.cert.IsCA {
-		return nil, fmt.Errorf("loading CA: %s is not a CA certificate", filepath.Join(dir, CACertFile))
-	}
-	key, err := parseKeyPEM(caKeyPEM)
+	key, err := parseKeyPEM(keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("loading CA: %s: %w", filepath.Join(dir, CAKeyFile), err)
+		return nil, fmt.Errorf("loading CA: %s: %w", filepath.Join(dir, keyFile), err)
 	}
 	ecKey, ok := key.(*ecdsa.PrivateKey)
-	if !ok || !ecKey.PublicKey.Equal(ca.cert.PublicKey) {
-		return nil, fmt.Errorf("loading CA: %s does not belong to %s", filepath.Join(dir, CAKeyFile), filepath.Join(dir, CACertFile))
+	if !ok || !ecKey.PublicKey.Equal(ca.issuer.PublicKey) {
+		return nil, fmt.Errorf("loading CA: %s does not belong to %s", filepath.Join(dir, keyFile), filepath.Join(dir, issuerFile))
 	}
 	ca.key = ecKey
 
@@ -260,20 +322,38 @@ func Load(dir string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading CA: %w", err)
 	}
-	if err := srv.Leaf.CheckSignatureFrom(ca.cert); err != nil {
-		return nil, fmt.Errorf("loading CA: %s is not signed by %s: %w", filepath.Join(dir, ServerCertFile), filepath.Join(dir, CACertFile), err)
+	if err := srv.Leaf.CheckSignatureFrom(ca.issuer); err != nil {
+		return nil, fmt.Errorf("loading CA: %s is not signed by %s: %w", filepath.Join(dir, ServerCertFile), filepath.Join(dir, issuerFile), err)
 	}
 	now := ca.now()
 	for _, c := range []struct {
 		file string
 		cert *x509.Certificate
-	}{{CACertFile, ca.cert}, {ServerCertFile, srv.Leaf}} {
+	}{{CACertFile, ca.cert}, {issuerFile, ca.issuer}, {ServerCertFile, srv.Leaf}} {
 		if now.After(c.cert.NotAfter) {
 			return nil, fmt.Errorf("loading CA: %s expired on %s", filepath.Join(dir, c.file), c.cert.NotAfter.UTC().Format(time.RFC3339))
 		}
 	}
 	return ca, nil
 }
+
+// chain is a leaf's PEM followed by the issuing CA's, so that a peer that
+// trusts only the root can build the path.
+func (ca *CA) chain(der []byte) []byte {
+	return append(pemCert(der), ca.issuerPEM...)
+}
+
+// Intermediates is a pool holding the issuing CA, for verifying a leaf
+// outside a TLS handshake (where the peer sends it).
+func (ca *CA) Intermediates() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.issuer)
+	return p
+}
+
+// IssuingCertificate is the certificate that signs agent certificates and
+// CRLs: the issuing CA, or the root in a directory without one.
+func (ca *CA) IssuingCertificate() *x509.Certificate { return ca.issuer }
 
 // Dir is the directory the CA lives in.
 func (ca *CA) Dir() string { return ca.dir }
@@ -313,8 +393,8 @@ func (ca *CA) IssueAgent(id Identity, pub crypto.PublicKey, validity time.Durati
 	}
 	t := ca.now()
 	notAfter := t.Add(validity)
-	if notAfter.After(ca.cert.NotAfter) {
-		return nil, nil, fmt.Errorf("issuing agent certificate for %s: validity %v would outlive the CA, which expires on %s: choose a shorter validity", id, validity, ca.cert.NotAfter.UTC().Format(time.RFC3339))
+	if notAfter.After(ca.issuer.NotAfter) {
+		return nil, nil, fmt.Errorf("issuing agent certificate for %s: validity %v would outlive the issuing CA, which expires on %s: choose a shorter validity", id, validity, ca.issuer.NotAfter.UTC().Format(time.RFC3339))
 	}
 	serial, err := randomSerial()
 	if err != nil {
@@ -329,7 +409,7 @@ func (ca *CA) IssueAgent(id Identity, pub crypto.PublicKey, validity time.Durati
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		URIs:         []*url.URL{id.URI()},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.issuer, pub, ca.key)
 	if err != nil {
 		return nil, nil, fmt.Errorf("issuing agent certificate for %s: %w", id, err)
 	}
@@ -337,7 +417,7 @@ func (ca *CA) IssueAgent(id Identity, pub crypto.PublicKey, validity time.Durati
 	if err != nil {
 		return nil, nil, fmt.Errorf("issuing agent certificate for %s: %w", id, err)
 	}
-	return cert, pemCert(der), nil
+	return cert, ca.chain(der), nil
 }
 
 // randomSerial is a positive 128-bit random serial number.

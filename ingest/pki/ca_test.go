@@ -60,6 +60,18 @@ func TestInitLoadRoundTrip(t *testing.T) {
 	if !loaded.key.Equal(ca.key) {
 		t.Error("loaded CA key differs from the one Init made")
 	}
+	if iss := loaded.IssuingCertificate(); !iss.IsCA || iss.CheckSignatureFrom(loaded.Certificate()) != nil || iss.Equal(loaded.Certificate()) {
+		t.Error("the issuing CA is not a CA signed by the root")
+	}
+	// The root key can go offline: the CA keeps working without it.
+	if err := os.Remove(filepath.Join(dir, CAKeyFile)); err != nil {
+		t.Fatal(err)
+	}
+	if offline, err := Load(dir); err != nil {
+		t.Errorf("Load without the root key: %v", err)
+	} else if _, _, err := offline.IssueAgent(Identity{Tenant: "t", Site: "s", Agent: "ag-1"}, newKey(t).Public(), time.Hour); err != nil {
+		t.Errorf("issuing with the root key offline: %v", err)
+	}
 	a, err := ca.ServerCertificate()
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +88,7 @@ func TestInitLoadRoundTrip(t *testing.T) {
 		t.Errorf("default server SANs: dns=%v ip=%v, want localhost, 127.0.0.1, ::1", b.Leaf.DNSNames, b.Leaf.IPAddresses)
 	}
 	if _, err := b.Leaf.Verify(x509.VerifyOptions{
-		DNSName: "localhost", Roots: loaded.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSName: "localhost", Roots: loaded.Pool(), Intermediates: loaded.Intermediates(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}); err != nil {
 		t.Errorf("server certificate does not verify for localhost against the CA: %v", err)
 	}
@@ -133,15 +145,15 @@ func TestLoadErrors(t *testing.T) {
 			os.RemoveAll(dir)
 			os.Mkdir(dir, 0o700)
 		}, "ca init --dir"},
-		{"ca key readable by group", func(t *testing.T, dir string) { os.Chmod(filepath.Join(dir, CAKeyFile), 0o640) }, "chmod 600"},
+		{"issuing key readable by group", func(t *testing.T, dir string) { os.Chmod(filepath.Join(dir, IssuingKeyFile), 0o640) }, "chmod 600"},
 		{"server key readable by others", func(t *testing.T, dir string) { os.Chmod(filepath.Join(dir, ServerKeyFile), 0o604) }, "chmod 600"},
 		{"server cert missing", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, ServerCertFile)) }, "incomplete"},
-		{"ca key from another CA", func(t *testing.T, dir string) {
-			b, err := os.ReadFile(filepath.Join(other.Dir(), CAKeyFile))
+		{"issuing key from another CA", func(t *testing.T, dir string) {
+			b, err := os.ReadFile(filepath.Join(other.Dir(), IssuingKeyFile))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(filepath.Join(dir, CAKeyFile), b, 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, IssuingKeyFile), b, 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}, "does not belong"},
@@ -214,7 +226,7 @@ func TestIssueAgent(t *testing.T) {
 	if n := cert.SerialNumber.BitLen(); n > 128 || cert.SerialNumber.Sign() <= 0 {
 		t.Errorf("serial %v: %d bits, want a positive 128-bit number", cert.SerialNumber, n)
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: ca.Pool(), CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: ca.Pool(), Intermediates: ca.Intermediates(), CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Errorf("agent certificate does not verify against the CA: %v", err)
 	}
 	again, _, err := ca.IssueAgent(id, key.Public(), time.Hour)

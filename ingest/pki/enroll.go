@@ -173,7 +173,7 @@ func (ca *CA) CRL(revoked []Revoked, validity time.Duration) ([]byte, error) {
 		ThisUpdate:                now,
 		NextUpdate:                now.Add(validity),
 		RevokedCertificateEntries: entries,
-	}, ca.cert, ca.key)
+	}, ca.issuer, ca.key)
 	if err != nil {
 		return nil, fmt.Errorf("signing the CRL: %w", err)
 	}

@@ -130,7 +130,7 @@ func TestCRL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := crl.CheckSignatureFrom(ca.Certificate()); err != nil || len(crl.RevokedCertificateEntries) != 1 || crl.RevokedCertificateEntries[0].SerialNumber.Text(16) != "abc" {
+	if err := crl.CheckSignatureFrom(ca.IssuingCertificate()); err != nil || len(crl.RevokedCertificateEntries) != 1 || crl.RevokedCertificateEntries[0].SerialNumber.Text(16) != "abc" {
 		t.Errorf("CRL %+v, %v", crl.RevokedCertificateEntries, err)
 	}
 	if _, err := ca.CRL([]Revoked{{Serial: "xyz"}}, time.Hour); err == nil {

@@ -24,7 +24,7 @@ func signed(t *testing.T, ca *CA, tmpl *x509.Certificate, pub crypto.PublicKey) 
 		tmpl.NotBefore = time.Now().Add(-time.Hour)
 		tmpl.NotAfter = time.Now().Add(time.Hour)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.issuer, pub, ca.key)
 	if err != nil {
 		t.Fatal(err)
 	}

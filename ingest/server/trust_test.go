@@ -275,7 +275,7 @@ func TestCRL(t *testing.T) {
 	if err != nil {
 		t.Fatalf("parsing the CRL: %v", err)
 	}
-	if err := crl.CheckSignatureFrom(e.ca.Certificate()); err != nil {
+	if err := crl.CheckSignatureFrom(e.ca.IssuingCertificate()); err != nil {
 		t.Errorf("CRL signature: %v", err)
 	}
 	if len(crl.RevokedCertificateEntries) != 1 || crl.RevokedCertificateEntries[0].SerialNumber.Cmp(mustLeaf(t, e.agents[er.Agent]).SerialNumber) != 0 {
