@@ -14,6 +14,7 @@ import (
 	bacnetdrv "github.com/sightglass-bms/sightglass/agent/driver/bacnet"
 	"github.com/sightglass-bms/sightglass/agent/driver/csvtrend"
 	"github.com/sightglass-bms/sightglass/agent/driver/modbus"
+	"github.com/sightglass-bms/sightglass/agent/driver/opcua"
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 )
 
@@ -42,7 +43,7 @@ Start with 'sightglass-agent config validate FILE', then 'sightglass-agent run -
 
 // Registry returns the drivers this agent is built with.
 func Registry() (*driver.Registry, error) {
-	return driver.NewRegistry(csvtrend.Info(), modbus.Info(), bacnetdrv.Info())
+	return driver.NewRegistry(csvtrend.Info(), modbus.Info(), bacnetdrv.Info(), opcua.Info())
 }
 
 func newLogger(w io.Writer, c config.Log) *slog.Logger {
