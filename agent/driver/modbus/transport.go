@@ -150,8 +150,9 @@ func (t *Transport) send(ctx context.Context, adu []byte) ([]byte, error) {
 	conn := t.conn
 	start := time.Now()
 	deadline := start.Add(t.opts.RequestTimeout)
+	ctxDeadline := false
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
+		deadline, ctxDeadline = d, true
 	}
 	if err := conn.SetDeadline(deadline); err != nil {
 		t.closeLocked()
@@ -166,6 +167,9 @@ func (t *Transport) send(ctx context.Context, adu []byte) ([]byte, error) {
 		switch {
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("modbus request to %s: %w", t.opts.Address, ctx.Err())
+		case errors.Is(err, os.ErrDeadlineExceeded) && ctxDeadline:
+			// The read's own deadline, a hair before its context says so.
+			return nil, fmt.Errorf("modbus request to %s: %w", t.opts.Address, context.DeadlineExceeded)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			return nil, fmt.Errorf("modbus request to %s: %w within %s: %w", t.opts.Address, errTimeout, deadline.Sub(start).Round(time.Millisecond), driver.ErrConnLost)
 		}
