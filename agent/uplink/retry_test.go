@@ -77,6 +77,7 @@ func TestClassify(t *testing.T) {
 		{422, "bad_time", rejected},
 		{409, "conflict", rejected},
 		{400, "", rejected},
+		{400, codeBadClock, retry},
 		{413, "", rejected},
 		{408, "", retry},
 		{429, "", retry},

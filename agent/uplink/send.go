@@ -21,7 +21,13 @@ const (
 	TableContentType = "application/octet-stream"
 	// SeqHeader carries the batch's sequence number, for the ingest's logs.
 	SeqHeader = "Sightglass-Seq"
+	// SentAtHeader carries the time of each request in Unix milliseconds.
+	SentAtHeader = "Sightglass-Sent-At"
 )
+
+// codeBadClock is the 400 error code saying this box's clock is far off
+// the ingest's.
+const codeBadClock = "bad_clock"
 
 // codeUnknownTable is the 422 error code asking for a point table.
 const codeUnknownTable = "unknown_point_table"
@@ -70,6 +76,9 @@ func classify(status int, code string) verdict {
 		return stored
 	case status == http.StatusUnprocessableEntity && code == codeUnknownTable:
 		return needTable
+	case status == http.StatusBadRequest && code == codeBadClock:
+		// Our clock is off, not the batch: it goes once time sync is fixed.
+		return retry
 	case status == http.StatusRequestTimeout, status == http.StatusTooManyRequests,
 		status == http.StatusUnauthorized, status == http.StatusForbidden,
 		status == http.StatusNotFound, status == http.StatusMethodNotAllowed,
@@ -187,6 +196,9 @@ func (u *Uplink) exchange(ctx context.Context, method, target, contentType strin
 	}
 	req.Header.Set("Content-Type", contentType)
 	req.Header.Set("User-Agent", "sightglass-agent")
+	// The time of this attempt, not of the batch: the ingest refuses a
+	// request from a clock far off its own, while old backlog is normal.
+	req.Header.Set(SentAtHeader, strconv.FormatInt(time.Now().UnixMilli(), 10))
 	if header != nil {
 		header(req.Header)
 	}

@@ -136,6 +136,12 @@ func (s *Server) agentHandler() http.Handler {
 				"no agent identity on this connection (%v): connect with the certificate issued by `sightglass-ingest agents issue`", idErr))
 			return
 		}
+		if rf := s.checkClock(r); rf != nil {
+			s.count(func(st *Stats) { st.Refused[rf.code]++ })
+			s.audit(r.Context(), "agent:"+id.Agent, "request_refused", id.Agent, rf.code+": "+rf.msg)
+			writeRefusal(lw, rf)
+			return
+		}
 		// The handshake checked revocation; a keep-alive connection can
 		// outlive that check by hours, so every request checks again.
 		if err := s.checkAgent(r.Context(), id, r.TLS.PeerCertificates[0]); err != nil {

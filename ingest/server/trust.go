@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -47,6 +48,7 @@ const (
 	CodeUnauthorized = "unauthorized"  // 401: this route needs the agent's certificate
 	CodeNoRegistry   = "no_registry"   // 501: this ingest runs without a registry
 	CodeBadCatalog   = "bad_catalog"   // 400: the catalogue JSON is malformed
+	CodeBadClock     = "bad_clock"     // 400: the request's Sightglass-Sent-At is far from our clock
 	maxTrustBody     = 64 << 10        // enrollment and renewal bodies are a CSR and a token
 	maxCatalogBody   = 32 << 20        // a catalogue of 100,000 points with tags
 	crlValidity      = 24 * time.Hour  // agents and relying parties refetch daily
@@ -321,6 +323,35 @@ func checkCatalogPoint(p store.CatalogPoint) error {
 		if t == "" || len(t) > maxCatalogString {
 			return fmt.Errorf("tag of %d bytes: want 1 to %d", len(t), maxCatalogString)
 		}
+	}
+	return nil
+}
+
+// SentAtHeader is the request header in which the agent says when it sent
+// the request (Unix milliseconds).
+const SentAtHeader = "Sightglass-Sent-At"
+
+// checkClock refuses a request sent at a time far from the ingest's clock
+// (more than MaxSkew either way). It judges the request, not the samples:
+// a batch sealed days ago during an outage is normal backlog, but a
+// request that says it was sent hours away from now comes from a box whose
+// clock is wrong, and every sample time it reports is suspect. A request
+// without the header (an older agent, a test tool) is not judged.
+func (s *Server) checkClock(r *http.Request) *refusal {
+	v := r.Header.Get(SentAtHeader)
+	if v == "" {
+		return nil
+	}
+	ms, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return refuse(http.StatusBadRequest, CodeBadClock, "%s %q is not Unix milliseconds", SentAtHeader, v)
+	}
+	now := s.cfg.Now()
+	off := time.UnixMilli(ms).Sub(now)
+	if off.Abs() > s.cfg.MaxSkew {
+		return refuse(http.StatusBadRequest, CodeBadClock,
+			"this request says it was sent at %s, %s from the ingest's clock (%s; at most %s allowed): fix the agent's time sync (NTP) and it will be sent again",
+			time.UnixMilli(ms).UTC().Format(time.RFC3339), off.Round(time.Second), now.UTC().Format(time.RFC3339), s.cfg.MaxSkew)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -332,4 +333,34 @@ func TestRefusedBatchIsAudited(t *testing.T) {
 	if _, err := e.db.VerifyAudit(context.Background()); err != nil {
 		t.Error(err)
 	}
+}
+
+func TestRequestClockChecked(t *testing.T) {
+	e := newTrustEnv(t)
+	_, er, _ := e.enroll(e.token("s1", time.Hour))
+	c := e.client(er.Agent)
+	enc := e.encode(er.Agent, 1, samples(3, now.Add(-30*24*time.Hour))) // a month-old backlog
+	wantReply(t, e.do(c, http.MethodPut, "/v1/tables/"+enc.TableHash.String(), enc.Table), http.StatusCreated, "")
+	send := func(sentAt string) reply {
+		req, _ := http.NewRequest(http.MethodPost, e.base+"/v1/batches", strings.NewReader(string(enc.Data)))
+		req.Header.Set(SentAtHeader, sentAt)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		r := reply{status: resp.StatusCode}
+		json.NewDecoder(resp.Body).Decode(&r.body)
+		return r
+	}
+	ms := func(d time.Duration) string { return strconv.FormatInt(now.Add(d).UnixMilli(), 10) }
+	wantReply(t, send(ms(2*time.Hour)), http.StatusBadRequest, CodeBadClock)
+	wantReply(t, send(ms(-2*time.Hour)), http.StatusBadRequest, CodeBadClock)
+	wantReply(t, send("soon"), http.StatusBadRequest, CodeBadClock)
+	if n := len(e.list()); n != 1 {
+		t.Errorf("%d blobs after refused requests, want the table only", n)
+	}
+	// Within the skew, even a batch of old samples is taken: the window is
+	// the request's, not the samples'.
+	wantReply(t, send(ms(time.Minute)), http.StatusOK, "")
 }
