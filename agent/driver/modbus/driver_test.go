@@ -2,6 +2,7 @@ package modbus_test
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -193,5 +194,56 @@ func TestDeadDevice(t *testing.T) {
 	}
 	if el := time.Since(start); el > 2*time.Second {
 		t.Errorf("Read of a silent device took %s with request_timeout 200ms", el)
+	}
+}
+
+// TestLocalAddress dials from the configured local IP (127.0.0.2 stands
+// in for the control NIC).
+func TestLocalAddress(t *testing.T) {
+	sim := startSim(t, modbussim.Options{}, map[byte]*modbussim.Unit{1: handMap()})
+	p := point(1, "hr/0/float32", "")
+	d := newDriver(t, sim.Addr(), "local_address: 127.0.0.2", p)
+	if _, err := d.Read(t.Context(), []driver.Point{p}); err != nil {
+		t.Fatal(err)
+	}
+	reqs := sim.Requests()
+	if len(reqs) != 1 || !strings.HasPrefix(reqs[0].From, "127.0.0.2:") {
+		t.Errorf("requests came from %+v, want 127.0.0.2", reqs)
+	}
+}
+
+// TestConcurrentReads: with concurrency above 1 the poller may call Read
+// from several goroutines; requests are serialised on the connection and
+// every answer lands with its own request.
+func TestConcurrentReads(t *testing.T) {
+	sim := startSim(t, modbussim.Options{}, map[byte]*modbussim.Unit{1: handMap()})
+	a, b := point(1, "hr/0/float32", ""), point(2, "ir/9", "")
+	d := newDriver(t, sim.Addr(), "", a, b)
+	errs := make(chan error, 8)
+	for i := range 8 {
+		go func() {
+			p := a
+			want := 12.5
+			if i%2 == 1 {
+				p, want = b, 500
+			}
+			for range 20 {
+				s, err := d.Read(t.Context(), []driver.Point{p})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if s[0].Value != want {
+					errs <- fmt.Errorf("%s = %v, want %v: answers crossed", p.Ref, s[0].Value, want)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
 	}
 }

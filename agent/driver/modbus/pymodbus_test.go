@@ -290,6 +290,23 @@ func TestPymodbusIntegration(t *testing.T) {
 		}
 	})
 
+	t.Run("scan", func(t *testing.T) {
+		peer.reset()
+		reports, err := modbus.Scan(t.Context(), modbus.ScanOptions{Address: peer.addr, Units: []byte{1, 2, 3}, Timeout: 300 * time.Millisecond, Rate: 500})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(reports) != 3 || !reports[0].Present || !reports[1].Present || reports[2].Present {
+			t.Fatalf("reports %+v: want units 1 and 2 present, 3 absent", reports)
+		}
+		if reports[0].Identity == nil || reports[0].Identity.Vendor != "pymodbus" || len(reports[0].Probes) != 4 {
+			t.Errorf("unit 1: %+v", reports[0])
+		}
+		if w := peer.writes(); len(w) > 0 {
+			t.Errorf("writes reached pymodbus: %v", w)
+		}
+	})
+
 	t.Run("guard", func(t *testing.T) {
 		peer.reset()
 		g := modbus.NewGuard(nil)

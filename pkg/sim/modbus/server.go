@@ -35,6 +35,8 @@ type Request struct {
 	Function byte
 	// Address and Quantity of a read (functions 1-4); zero otherwise.
 	Address, Quantity uint16
+	// From is the client's address, ip:port.
+	From string
 }
 
 // IsRead reports whether the request is a read: functions 1-4, or 43 with
@@ -219,7 +221,7 @@ func (s *Server) serve(c net.Conn) error {
 		if _, err := io.ReadFull(c, pdu); err != nil {
 			return err
 		}
-		req := Request{Unit: hdr[6], Function: pdu[0]}
+		req := Request{Unit: hdr[6], Function: pdu[0], From: c.RemoteAddr().String()}
 		switch {
 		case req.Function >= 1 && req.Function <= 4 && len(pdu) == 5:
 			req.Address = binary.BigEndian.Uint16(pdu[1:])
