@@ -501,44 +501,27 @@ func (c *Client) unlisten(id int) {
 // (0: local, GlobalNetwork: every network, N: remote network N). With a
 // single instance asked, it returns as soon as that device answered.
 func (c *Client) WhoIs(ctx context.Context, to *Address, network uint16, low, high int, wait time.Duration) ([]Device, error) {
-	id, ch := c.listen()
-	defer c.unlisten(id)
-	if err := c.unconfirmed(to, network, ServiceWhoIs, AppendWhoIs(nil, low, high)); err != nil {
-		return nil, fmt.Errorf("who-is: %w", err)
-	}
 	seen := map[uint32]bool{}
 	var out []Device
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return out, fmt.Errorf("who-is: %w", ctx.Err())
-		case <-c.done:
-			return out, ErrClosed
-		case <-t.C:
-			return out, nil
-		case r := <-ch:
-			if r.apdu.Service != ServiceIAm {
-				continue
-			}
-			iam, err := DecodeIAm(r.apdu.Payload)
-			if err != nil {
-				c.log.Debug("dropping malformed i-am", "from", r.from.String(), "err", err)
-				continue
-			}
-			inst := iam.Device.Instance
-			if low >= 0 && (int(inst) < low || int(inst) > high) || seen[inst] {
-				continue
-			}
-			seen[inst] = true
-			// Some stacks announce more than the 1476 octets BACnet/IP carries.
-			out = append(out, Device{Instance: inst, Addr: r.from, MaxAPDU: min(iam.MaxAPDU, 1476), Segmentation: iam.Segmentation, Vendor: iam.Vendor})
-			if low >= 0 && low == high {
-				return out, nil
-			}
+	err := c.ask(ctx, to, network, ServiceWhoIs, AppendWhoIs(nil, low, high), ServiceIAm, wait, func(r received) bool {
+		iam, err := DecodeIAm(r.apdu.Payload)
+		if err != nil {
+			c.log.Debug("dropping malformed i-am", "from", r.from.String(), "err", err)
+			return false
 		}
+		inst := iam.Device.Instance
+		if low >= 0 && (int(inst) < low || int(inst) > high) || seen[inst] {
+			return false
+		}
+		seen[inst] = true
+		// Some stacks announce more than the 1476 octets BACnet/IP carries.
+		out = append(out, Device{Instance: inst, Addr: r.from, MaxAPDU: min(iam.MaxAPDU, 1476), Segmentation: iam.Segmentation, Vendor: iam.Vendor})
+		return low >= 0 && low == high
+	})
+	if err != nil {
+		return out, fmt.Errorf("who-is: %w", err)
 	}
+	return out, nil
 }
 
 // WhoHas asks which devices hold the object obj (or, name not empty, the
@@ -548,31 +531,41 @@ func (c *Client) WhoHas(ctx context.Context, network uint16, low, high int, obj 
 	if err != nil {
 		return nil, fmt.Errorf("who-has: %w", err)
 	}
+	var out []IHave
+	err = c.ask(ctx, nil, network, ServiceWhoHas, payload, ServiceIHave, wait, func(r received) bool {
+		if ih, err := DecodeIHave(r.apdu.Payload); err == nil {
+			out = append(out, ih)
+		}
+		return false
+	})
+	if err != nil {
+		return out, fmt.Errorf("who-has: %w", err)
+	}
+	return out, nil
+}
+
+// ask sends an unconfirmed request and hands each unconfirmed answer of
+// service answer to take, until wait elapses or take returns true.
+func (c *Client) ask(ctx context.Context, to *Address, network uint16, service uint8, payload []byte, answer uint8, wait time.Duration, take func(received) bool) error {
 	id, ch := c.listen()
 	defer c.unlisten(id)
-	if err := c.unconfirmed(nil, network, ServiceWhoHas, payload); err != nil {
-		return nil, fmt.Errorf("who-has: %w", err)
+	if err := c.unconfirmed(to, network, service, payload); err != nil {
+		return err
 	}
-	var out []IHave
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return out, fmt.Errorf("who-has: %w", ctx.Err())
+			return ctx.Err()
 		case <-c.done:
-			return out, ErrClosed
+			return ErrClosed
 		case <-t.C:
-			return out, nil
+			return nil
 		case r := <-ch:
-			if r.apdu.Service != ServiceIHave {
-				continue
+			if r.apdu.Service == answer && take(r) {
+				return nil
 			}
-			ih, err := DecodeIHave(r.apdu.Payload)
-			if err != nil {
-				continue
-			}
-			out = append(out, ih)
 		}
 	}
 }

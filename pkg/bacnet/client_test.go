@@ -225,6 +225,30 @@ func TestSegmentation(t *testing.T) {
 			}
 		})
 	}
+	t.Run("a lost segment", func(t *testing.T) {
+		c := newClient(t, bacnet.Config{Window: 4})
+		dev := find(t, c, s1, 200)
+		s1.Update(func() { seg.DropSegment = 2 })
+		res, err := c.ReadPropertyMultiple(t.Context(), dev, all())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res) != 12 || res[11].Results[1].Values[0].Str != "segmenting AI-12" {
+			t.Fatalf("assembled answer wrong after a lost segment: %d objects", len(res))
+		}
+		naks := 0
+		for _, r := range s1.Requests() {
+			if r.PDU == bacnet.PDUSegmentACK && r.NAK {
+				naks++
+			}
+		}
+		if naks == 0 {
+			t.Error("no negative Segment-ACK reached the device: the lost segment was not asked for again")
+		}
+		if c.Stats().Retries != 0 {
+			t.Errorf("the lost segment cost a whole retry; the negative Segment-ACK should have recovered it")
+		}
+	})
 	t.Run("device cannot segment", func(t *testing.T) {
 		c := newClient(t, bacnet.Config{})
 		dev := find(t, c, s2, 201)

@@ -79,6 +79,10 @@ type Device struct {
 	MaxSegments int
 	// Window is the segment window it proposes. Default 4.
 	Window int
+	// DropSegment, when above zero, makes the device leave out segment
+	// DropSegment of its next segmented answer, once, as a lossy trunk
+	// would: the client must ask for it again with a negative Segment-ACK.
+	DropSegment int
 	// NoRPM makes the device reject ReadPropertyMultiple and ReadRange,
 	// like the small controllers that only know ReadProperty.
 	NoRPM bool

@@ -41,6 +41,8 @@ type Request struct {
 	Network bool
 	PDU     uint8
 	Service uint8
+	// NAK marks a negative Segment-ACK.
+	NAK bool
 	// Read says whether the datagram is one of the reads a read-only
 	// client may send.
 	Read bool
@@ -190,7 +192,7 @@ func (s *Server) Writes() []string {
 // needs, are reads.
 func isRead(m bacnet.Message) bool {
 	switch m.BVLC.Function {
-	case bacnet.BVLCOriginalUnicast, bacnet.BVLCOriginalBroadcast, bacnet.BVLCDistributeBroadcast:
+	case bacnet.BVLCOriginalUnicast, bacnet.BVLCOriginalBroadcast, bacnet.BVLCDistributeBroadcast, bacnet.BVLCForwardedNPDU:
 	default:
 		return false
 	}
@@ -224,7 +226,7 @@ func (s *Server) serve() {
 		frame := append([]byte(nil), buf[:n]...)
 		m, err := bacnet.DecodeMessage(frame)
 		bv, _ := bacnet.DecodeBVLC(frame)
-		req := Request{From: from, BVLC: bv.Function, Network: m.NPDU.NetworkMessage, PDU: m.APDU.Type, Service: m.APDU.Service}
+		req := Request{From: from, BVLC: bv.Function, Network: m.NPDU.NetworkMessage, PDU: m.APDU.Type, Service: m.APDU.Service, NAK: m.APDU.NAK}
 		if err == nil {
 			req.Read = isRead(m)
 		}
@@ -234,6 +236,10 @@ func (s *Server) serve() {
 		if err != nil || !req.Read {
 			s.log.Debug("simulator ignoring datagram", "from", from.String(), "request", req.String(), "err", err)
 			continue
+		}
+		if m.BVLC.Function == bacnet.BVLCForwardedNPDU {
+			// A broadcast a BBMD forwarded: answer its originator.
+			from = m.BVLC.Origin
 		}
 		s.devMu.RLock()
 		for _, d := range s.targets(m) {
@@ -612,7 +618,15 @@ func (s *Server) send(to netip.AddrPort, d *Device, a bacnet.APDU, payload []byt
 		delete(s.acks, key)
 		s.mu.Unlock()
 	}()
+	s.devMu.Lock()
+	drop := d.DropSegment
+	d.DropSegment = 0
+	s.devMu.Unlock()
 	segment := func(i int) {
+		if drop > 0 && i == drop {
+			drop = 0
+			return
+		}
 		ack.Segmented, ack.MoreFollows = true, i < len(segs)-1
 		ack.Sequence, ack.Window, ack.Payload = uint8(i), uint8(d.Window), segs[i]
 		s.reply(to, d, ack)
