@@ -75,6 +75,7 @@ func newDriver(dev driver.Device) (*Driver, error) {
 		}
 		d.specs[p.Ref] = s
 	}
+	errs = append(errs, overlaps(dev.Points, d.specs)...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("modbus device %q: %w", dev.Name, err)
 	}
@@ -113,6 +114,33 @@ func (d *Driver) resolve(p driver.Point) (spec, error) {
 		return spec{}, at(err)
 	}
 	return s, nil
+}
+
+// overlaps reports points whose registers partly overlap another's with a
+// multi-register value: one register holds one value, so that is almost
+// always an address off by one (zero- versus one-based). Several points
+// on the very same registers (bit fields of a status word) are fine.
+func overlaps(points []driver.Point, specs map[string]spec) []error {
+	var errs []error
+	for i, p := range points {
+		a, ok := specs[p.Ref]
+		if !ok || a.table.bits() {
+			continue
+		}
+		for _, q := range points[:i] {
+			b, ok := specs[q.Ref]
+			if !ok || a.unit != b.unit || a.table != b.table {
+				continue
+			}
+			sa := span{int(a.addr), int(a.addr) + a.size()}
+			sb := span{int(b.addr), int(b.addr) + b.size()}
+			if sa.overlaps(sb) && sa != sb {
+				errs = append(errs, fmt.Errorf("point %q (%s) overlaps point %q (%s): their registers would hold two values; check the addresses (zero- or one-based? see addressing)",
+					p.Ref, a.ref(), q.Ref, b.ref()))
+			}
+		}
+	}
+	return errs
 }
 
 // Driver reads one Modbus TCP device, or several units behind one gateway.

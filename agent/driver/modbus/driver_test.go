@@ -88,6 +88,11 @@ func TestReadTypes(t *testing.T) {
 			t.Errorf("%s (%s): got %+v, want value %v status %v", tt.ref, tt.extra, s, tt.want, tt.status)
 		}
 	}
+	// Bit fields and whole words on the very same register are fine.
+	if _, err := modbus.New(driver.Device{Name: "d", Settings: yamlSettings("host: 127.0.0.1"),
+		Points: []driver.Point{point(1, "hr/5/bit0", ""), point(2, "hr/5/bits4-7", ""), point(3, "hr/5", ""), point(4, "hr/6/int32", "")}}); err != nil {
+		t.Errorf("points sharing a register: %v", err)
+	}
 	// Everything but the coils and discrete inputs sits within 125
 	// registers per table: one read per table.
 	if got := len(sim.Requests()); got != 4 {
@@ -115,10 +120,15 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"unknown point key", "host: 127.0.0.1", "hr/3", "scael: 2", "line"},
 		{"scale on coil", "host: 127.0.0.1", "coil/3", "scale: 2", "single bit"},
 		{"trailing", "host: 127.0.0.1", "hr/3/uint16/x", "", "trailing"},
+		{"overlap", "host: 127.0.0.1", "hr/1/float32", "", `point "hr/1/float32" (u1/hr/1/float32) overlaps point "hr/0/float32"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := modbus.New(driver.Device{Name: "d", Settings: yamlSettings(tt.settings), Points: []driver.Point{point(1, tt.ref, tt.extra)}})
+			points := []driver.Point{point(1, tt.ref, tt.extra)}
+			if tt.name == "overlap" {
+				points = append([]driver.Point{point(2, "hr/0/float32", "")}, points...)
+			}
+			_, err := modbus.New(driver.Device{Name: "d", Settings: yamlSettings(tt.settings), Points: points})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want it to say %q", err, tt.want)
 			}
