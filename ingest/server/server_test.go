@@ -37,7 +37,7 @@ const tenant = "acme"
 // env is a running server with its CA, store and two agents of site s1
 // and one of site s2.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	ca     *pki.CA
 	store  blob.Store
 	dir    *blob.Dir
@@ -50,12 +50,12 @@ type env struct {
 
 type envOpt func(*Config, *blob.Store)
 
-func newEnv(t *testing.T, opts ...envOpt) *env {
+func newEnv(t testing.TB, opts ...envOpt) *env {
 	t.Helper()
 	return newEnvLog(t, slog.New(slog.NewTextHandler(io.Discard, nil)), opts...)
 }
 
-func newEnvLog(t *testing.T, logger *slog.Logger, opts ...envOpt) *env {
+func newEnvLog(t testing.TB, logger *slog.Logger, opts ...envOpt) *env {
 	t.Helper()
 	ca, err := pki.Init(t.TempDir(), pki.InitOptions{})
 	if err != nil {
@@ -117,7 +117,7 @@ func (e *env) client(agent string) *http.Client {
 	return clientWith(e.t, pki.ClientTLSConfig(cert, e.ca.Pool()))
 }
 
-func clientWith(t *testing.T, cfg *tls.Config) *http.Client {
+func clientWith(t testing.TB, cfg *tls.Config) *http.Client {
 	tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr}
@@ -206,7 +206,7 @@ func (e *env) upload(agent string, enc batch.Encoded) reply {
 	return e.do(c, http.MethodPost, "/v1/batches", enc.Data)
 }
 
-func wantReply(t *testing.T, r reply, status int, code string) {
+func wantReply(t testing.TB, r reply, status int, code string) {
 	t.Helper()
 	if r.status != status || (code != "" && r.body["code"] != code) {
 		t.Fatalf("got %d %v, want %d code %q", r.status, r.body, status, code)

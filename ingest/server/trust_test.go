@@ -25,7 +25,7 @@ type trustEnv struct {
 	db *store.DB
 }
 
-func newTrustEnv(t *testing.T, opts ...envOpt) *trustEnv {
+func newTrustEnv(t testing.TB, opts ...envOpt) *trustEnv {
 	t.Helper()
 	db, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "ingest.db"), store.Options{})
 	if err != nil {
@@ -54,7 +54,7 @@ func (e *trustEnv) anonymous() *http.Client {
 	return clientWith(e.t, &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: e.ca.Pool()})
 }
 
-func postJSON(t *testing.T, e *env, c *http.Client, path string, v any) reply {
+func postJSON(t testing.TB, e *env, c *http.Client, path string, v any) reply {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
