@@ -255,7 +255,7 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) (bool, error)
 	if err == nil {
 		return true, nil
 	}
-	if !bloberror.HasCode(err, bloberror.BlobAlreadyExists, bloberror.ConditionNotMet) {
+	if !nameTaken(err) {
 		return false, s.explain(ctx, "putting blob "+name, err)
 	}
 	existing, err := s.get(ctx, name)
@@ -271,6 +271,19 @@ func (s *Store) Put(ctx context.Context, name string, data []byte) (bool, error)
 		return false, fmt.Errorf("putting blob %s in %s: %d bytes already stored differ from the %d bytes offered: %w", name, s, len(existing), len(data), blob.ErrConflict)
 	}
 	return false, nil
+}
+
+// nameTaken reports whether a Put failed because the name exists: 409
+// BlobAlreadyExists or 412 ConditionNotMet (the If-None-Match: * failing),
+// status and code both, so a proxy's stray code cannot make a failed
+// write read as stored.
+func nameTaken(err error) bool {
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) {
+		return false
+	}
+	return re.StatusCode == http.StatusConflict && re.ErrorCode == string(bloberror.BlobAlreadyExists) ||
+		re.StatusCode == http.StatusPreconditionFailed && re.ErrorCode == string(bloberror.ConditionNotMet)
 }
 
 // Get returns the blob's bytes, or an error wrapping ErrNotFound. When the
@@ -296,6 +309,12 @@ func (s *Store) get(ctx context.Context, name string) ([]byte, error) {
 	}
 	if err != nil {
 		return nil, s.explain(ctx, op, err)
+	}
+	if resp.Body == nil {
+		// azblob turns a 304 Not Modified into a success without a body
+		// (and its retry reader would then crash); we send no condition
+		// that allows a 304, so whatever sent it is not the service.
+		return nil, fmt.Errorf("%s in %s: the answer had no body (HTTP 304 to an unconditional read): a proxy between the ingest and the account is interfering; retry", op, s)
 	}
 	// The retry reader resumes a body cut off mid-way with a ranged
 	// request pinned to the blob's ETag, so it cannot splice two versions.
@@ -361,17 +380,24 @@ func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 	return names, nil
 }
 
-// Ping asks the service for the container's properties: one cheap request
-// that fails the same ways a Put would (unreachable, bad credential,
-// missing role, missing container). The server's /readyz uses it.
+// Ping lists at most one blob under a prefix nothing uses: one cheap
+// request that fails the same ways a Put would (unreachable, bad
+// credential, missing role, missing container) and needs no permission
+// beyond the ones the archive needs anyway. The server's /readyz uses it.
 func (s *Store) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
-	if _, err := s.client.GetProperties(ctx, nil); err != nil {
+	one := int32(1)
+	prefix := pingPrefix
+	pager := s.client.NewListBlobsFlatPager(&container.ListBlobsFlatOptions{Prefix: &prefix, MaxResults: &one})
+	if _, err := pager.NextPage(ctx); err != nil {
 		return s.explain(ctx, "checking the archive container", err)
 	}
 	return nil
 }
+
+// pingPrefix starts no blob name: '~' is not a name character.
+const pingPrefix = "~ping/"
 
 // CreateContainer creates the container if it does not exist. Production
 // needs no call: the operator creates the container and grants the
