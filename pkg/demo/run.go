@@ -166,5 +166,6 @@ func simulators() []func(ctx context.Context, o Options) (simDevice, error) {
 	return []func(ctx context.Context, o Options) (simDevice, error){
 		startModbus,
 		startBACnet,
+		startOPCUA,
 	}
 }

@@ -80,6 +80,7 @@ type Server struct {
 
 	srv     *server.Server
 	cancel  context.CancelFunc
+	ticked  chan struct{} // closed when tick returns
 	nodes   *server.NodeNameSpace
 	start   time.Time
 	maxRead uint32
@@ -163,6 +164,8 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		cancel()
 		return nil, fmt.Errorf("opcua sim: starting on %s: %w", s.URL, err)
 	}
+	s.ticked = make(chan struct{})
+	go s.tick(sctx)
 	return s, nil
 }
 
@@ -175,9 +178,9 @@ func (s *Server) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	err := s.srv.Close()
 	s.cancel()
-	return err
+	<-s.ticked
+	return s.srv.Close()
 }
 
 // Services returns every service request received so far, by name
@@ -201,6 +204,30 @@ func (s *Server) Remove(nodeID string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.removed[nodeID] = true
+}
+
+// changeEvery is how often the simulated values are announced to
+// subscriptions; gopcua's server samples nothing by itself.
+const changeEvery = 250 * time.Millisecond
+
+// tick tells the server's subscriptions that every variable changed.
+func (s *Server) tick(ctx context.Context) {
+	defer close(s.ticked)
+	t := time.NewTicker(changeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, v := range s.Variables() {
+			n, err := ua.ParseNodeID(v)
+			if err == nil {
+				s.srv.ChangeNotification(n)
+			}
+		}
+	}
 }
 
 // recorder is gopcua's server logger: it records the service of every

@@ -1,0 +1,54 @@
+package opcua
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	simopcua "github.com/sightglass-bms/sightglass/pkg/sim/opcua"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// TestSubscribeSim subscribes to the simulator's fan speed next to a
+// polled point and a node that does not exist: values arrive between
+// Reads, the missing node is a faulty point, the polled one is read.
+func TestSubscribeSim(t *testing.T) {
+	sim := startSim(t, simopcua.Options{})
+	points := []driver.Point{
+		{ID: 1, Ref: fmt.Sprintf("ns=%d;s=AHU1.SupplyAirTemp", sim.NS)},
+		{ID: 2, Ref: fmt.Sprintf("ns=%d;s=AHU1.FanSpeed", sim.NS), Settings: yamlSettings("mode: subscribe\nsampling_interval: 100ms\nqueue_size: 5")},
+		{ID: 3, Ref: fmt.Sprintf("ns=%d;s=Nowhere", sim.NS), Settings: yamlSettings("mode: subscribe")},
+	}
+	d, err := New(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL, "publishing_interval: 200ms"), Points: points})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	counts := map[uint64]map[telemetry.Status]int{1: {}, 2: {}, 3: {}}
+	for range 10 {
+		samples, err := d.Read(t.Context(), points)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range samples {
+			counts[s.PointID][s.Status]++
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if counts[1][telemetry.StatusOK] != 10 {
+		t.Errorf("polled point: %v, want 10 ok", counts[1])
+	}
+	if counts[2][telemetry.StatusOK] < 3 {
+		t.Errorf("subscribed point: %v, want values between reads", counts[2])
+	}
+	if counts[3][telemetry.StatusFault] != 1 || counts[3][telemetry.StatusOK] != 0 {
+		t.Errorf("missing subscribed node: %v, want one fault", counts[3])
+	}
+	if bad := notReads(sim.Services()); len(bad) > 0 {
+		t.Errorf("sent %q", bad)
+	}
+}
