@@ -38,6 +38,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/batch/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePointTable$$' -fuzztime $(FUZZTIME) ./pkg/batch/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./agent/driver/csvtrend/
+	$(GO) test -run '^$$' -fuzz '^FuzzServiceResponse$$' -fuzztime $(FUZZTIME) ./ingest/blob/azure/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadResponse$$' -fuzztime $(FUZZTIME) ./agent/driver/modbus/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeDeviceID$$' -fuzztime $(FUZZTIME) ./agent/driver/modbus/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRef$$' -fuzztime $(FUZZTIME) ./agent/driver/modbus/
