@@ -353,23 +353,38 @@ func TestTimeoutAndRetries(t *testing.T) {
 	}
 }
 
-// TestPerDeviceLimit proves that concurrent reads to one device never have
-// more than PerDevice requests outstanding, and all complete.
-func TestConcurrentReads(t *testing.T) {
-	sim := routedSim(t)
-	c := newClient(t, bacnet.Config{PerDevice: 2, PerNetwork: 1})
-	devs := []bacnet.Device{find(t, c, sim, 100), find(t, c, sim, 501), find(t, c, sim, 502)}
-	errs := make(chan error, 30)
-	for i := range 30 {
+// TestOutstandingLimits proves that concurrent reads never have more than
+// PerDevice requests outstanding to one device, nor PerNetwork to all
+// devices of one routed network, and that the limits are reached.
+func TestOutstandingLimits(t *testing.T) {
+	local := bacnetsim.NewDevice(100, "local", 1, 0, 0, false)
+	local.Delay = 20 * time.Millisecond
+	var routed []*bacnetsim.Device
+	for i := range 3 {
+		d := bacnetsim.NewDevice(uint32(501+i), fmt.Sprintf("mstp-%d", i), 1, 0, 0, false)
+		d.Network, d.MAC, d.Delay = 5, []byte{byte(i + 1)}, 20*time.Millisecond
+		routed = append(routed, d)
+	}
+	sim := startSim(t, bacnetsim.Config{Local: local, Routed: routed})
+	c := newClient(t, bacnet.Config{PerDevice: 3, PerNetwork: 2})
+	devs := []bacnet.Device{find(t, c, sim, 100), find(t, c, sim, 501), find(t, c, sim, 502), find(t, c, sim, 503)}
+	errs := make(chan error, 40)
+	for i := range 40 {
 		go func() {
-			_, err := c.ReadProperty(t.Context(), devs[i%3], ai1, bacnet.Prop(bacnet.PropPresentValue))
+			_, err := c.ReadProperty(t.Context(), devs[i%4], ai1, bacnet.Prop(bacnet.PropPresentValue))
 			errs <- err
 		}()
 	}
-	for range 30 {
+	for range 40 {
 		if err := <-errs; err != nil {
 			t.Error(err)
 		}
+	}
+	if dev, _ := sim.MaxInFlight(100, 0); dev != 3 {
+		t.Errorf("local device had at most %d requests in flight, want exactly PerDevice 3", dev)
+	}
+	if _, network := sim.MaxInFlight(501, 5); network != 2 {
+		t.Errorf("network 5 had at most %d requests in flight, want exactly PerNetwork 2", network)
 	}
 }
 

@@ -362,3 +362,41 @@ func FuzzParseRef(f *testing.F) {
 		}
 	})
 }
+
+// TestScanSurvivesHungDevice discovers three devices, one of which
+// answers Who-Is and then nothing: it is reported with its error within
+// the per-device limit, and the others are read completely.
+func TestScanSurvivesHungDevice(t *testing.T) {
+	good := bacnetsim.NewDevice(1, "good", 2, 1, 0, true)
+	hung := bacnetsim.NewDevice(2, "hung", 2, 0, 0, false)
+	hung.Network, hung.MAC, hung.Hung = 5, []byte{2}, true
+	other := bacnetsim.NewDevice(3, "other", 1, 0, 0, false)
+	other.Network, other.MAC = 5, []byte{3}
+	sim := startSim(t, bacnetsim.Config{Local: good, Routed: []*bacnetsim.Device{hung, other}})
+	start := time.Now()
+	reports, err := Scan(t.Context(), ScanOptions{
+		Client:  bacnet.Config{Local: "127.0.0.1:0", Broadcast: sim.Addr().String(), Timeout: 100 * time.Millisecond, Retries: -1},
+		Network: bacnet.GlobalNetwork, Low: -1, High: -1, Wait: 200 * time.Millisecond, Rate: 1000, PerDevice: 2 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 4*time.Second {
+		t.Errorf("scan took %v with a hung device", d)
+	}
+	if len(reports) != 3 {
+		t.Fatalf("%d reports, want 3", len(reports))
+	}
+	if reports[0].Err != "" || len(reports[0].Objects) != 3 || reports[0].Objects[0].TrendLog == nil {
+		t.Errorf("good device: %+v", reports[0])
+	}
+	if reports[1].Err == "" || len(reports[1].Objects) != 0 {
+		t.Errorf("hung device: %+v, want an error", reports[1])
+	}
+	if reports[2].Err != "" || len(reports[2].Objects) != 1 {
+		t.Errorf("device behind the hung one: %+v", reports[2])
+	}
+	if w := sim.Writes(); len(w) > 0 {
+		t.Errorf("non-reads reached the devices: %q", w)
+	}
+}

@@ -88,6 +88,12 @@ type Device struct {
 	NoRPM bool
 	// Silent devices never answer (a dead controller).
 	Silent bool
+	// Hung devices answer Who-Is but no confirmed request (a controller
+	// whose application crashed, its network stack alive).
+	Hung bool
+	// Delay holds every answer to a confirmed request this long (a slow
+	// MS/TP trunk), so tests can see how many requests are in flight.
+	Delay time.Duration
 	// Network and MAC place a routed device behind the simulator's router.
 	Network uint16
 	MAC     []byte

@@ -68,6 +68,9 @@ type Server struct {
 	mu       sync.Mutex
 	requests []Request
 	acks     map[ackKey]chan bacnet.APDU
+	// inflight and maxInflight count confirmed requests being answered,
+	// by device instance and (negative keys) by network.
+	inflight, maxInflight map[int64]int
 	wg       sync.WaitGroup
 	done     chan struct{}
 	closed   bool
@@ -98,7 +101,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log, acks: map[ackKey]chan bacnet.APDU{}, done: make(chan struct{})}
+	s := &Server{cfg: cfg, log: log, acks: map[ackKey]chan bacnet.APDU{}, done: make(chan struct{}),
+		inflight: map[int64]int{}, maxInflight: map[int64]int{}}
 	if cfg.Local != nil {
 		cfg.Local.withDefaults()
 		s.all = append(s.all, cfg.Local)
@@ -354,11 +358,49 @@ func appendContext(b []byte, tag uint8, v bacnet.Value) []byte {
 // confirmed answers one confirmed request.
 func (s *Server) confirmed(from netip.AddrPort, d *Device, a bacnet.APDU) {
 	s.devMu.RLock()
+	hung, delay := d.Hung, d.Delay
+	s.devMu.RUnlock()
+	if hung {
+		return
+	}
+	s.mu.Lock()
+	s.inflight[int64(d.Instance)]++
+	s.inflight[-int64(d.Network)-1]++
+	s.maxInflight[int64(d.Instance)] = max(s.maxInflight[int64(d.Instance)], s.inflight[int64(d.Instance)])
+	s.maxInflight[-int64(d.Network)-1] = max(s.maxInflight[-int64(d.Network)-1], s.inflight[-int64(d.Network)-1])
+	s.mu.Unlock()
+	// The request stops counting before its answer leaves, or the client's
+	// next request could arrive while this one still counts.
+	finished := func() {
+		s.mu.Lock()
+		s.inflight[int64(d.Instance)]--
+		s.inflight[-int64(d.Network)-1]--
+		s.mu.Unlock()
+	}
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-s.done:
+			finished()
+			return
+		}
+	}
+	s.devMu.RLock()
+	finished()
 	payload, answer, maxResp := s.answer(from, d, a)
 	s.devMu.RUnlock()
 	if answer {
 		s.send(from, d, a, payload, maxResp)
 	}
+}
+
+// MaxInFlight reports the most confirmed requests the simulator was
+// answering at once for one device, and for all devices of one network
+// (0: the devices at the simulator's own address).
+func (s *Server) MaxInFlight(instance uint32, network uint16) (device, onNetwork int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxInflight[int64(instance)], s.maxInflight[-int64(network)-1]
 }
 
 // answer computes the ComplexACK of a confirmed request, or sends the
