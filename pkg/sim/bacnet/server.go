@@ -71,9 +71,9 @@ type Server struct {
 	// inflight and maxInflight count confirmed requests being answered,
 	// by device instance and (negative keys) by network.
 	inflight, maxInflight map[int64]int
-	wg       sync.WaitGroup
-	done     chan struct{}
-	closed   bool
+	wg                    sync.WaitGroup
+	done                  chan struct{}
+	closed                bool
 }
 
 type ackKey struct {
