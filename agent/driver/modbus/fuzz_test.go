@@ -60,7 +60,7 @@ func (s yamlText) Decode(v any) error { return yaml.Load([]byte(s), v, yaml.With
 // and the value decoding. It must never panic, and a sample it returns as
 // OK must come from an answer of the right size.
 func FuzzReadResponse(f *testing.F) {
-	f.Add([]byte{0, 0, 0, 7, 1, 3, 4, 0x41, 0x48, 0, 0})       // hr 0+2: 12.5
+	f.Add([]byte{0, 0, 0, 9, 1, 3, 6, 0x41, 0x48, 0, 0, 0, 5}) // hr 0+3: 12.5, bits 5
 	f.Add([]byte{0, 0, 0, 3, 1, 0x83, 2})                      // exception 2
 	f.Add([]byte{0, 0, 0, 3, 1, 0x83, 6})                      // busy
 	f.Add([]byte{0, 0, 0, 6, 1, 3, 4, 0x41, 0x48})             // cut off
@@ -72,7 +72,7 @@ func FuzzReadResponse(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 7, 1, 4, 4, 0x41, 0x48, 0, 0})       // wrong function
 	f.Add([]byte{0, 0, 0, 7, 1, 3, 5, 0x41, 0x48, 0, 0})       // count disagrees
 	f.Add([]byte{0, 0, 0xff, 0xff, 1, 3, 4, 0x41, 0x48, 0, 0}) // huge length
-	points := []driver.Point{{ID: 1, Ref: "hr/0/float32"}, {ID: 2, Ref: "hr/1/bits0-3"}, {ID: 3, Ref: "coil/0"}, {ID: 4, Ref: "ir/5/string4"}}
+	points := []driver.Point{{ID: 1, Ref: "hr/0/float32"}, {ID: 2, Ref: "hr/2/bits0-3"}, {ID: 3, Ref: "coil/0"}, {ID: 4, Ref: "ir/5/string4"}}
 	f.Fuzz(func(t *testing.T, feed []byte) {
 		d, err := newDriver(driver.Device{Name: "fuzz", Settings: yamlText("host: 127.0.0.1\nrequest_timeout: 1s"), Points: points})
 		if err != nil {
