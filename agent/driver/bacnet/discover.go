@@ -244,7 +244,7 @@ func (p *pacer) wait(ctx context.Context) error {
 // Discover lists the device's readable objects as points, with names,
 // units and trend logs from the device.
 func (d *Driver) Discover(ctx context.Context) ([]driver.Point, error) {
-	c, dev, rpm, err := d.session()
+	c, dev, rpm, err := d.session(ctx)
 	if err != nil {
 		return nil, err
 	}

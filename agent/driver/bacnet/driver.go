@@ -49,10 +49,11 @@ type Driver struct {
 	state  *backfillState
 
 	mu     sync.Mutex
-	client *sharedClient
-	dev    bacnet.Device
-	rpm    bool
-	closed bool
+	client  *sharedClient
+	located bool
+	dev     bacnet.Device
+	rpm     bool
+	closed  bool
 }
 
 // ErrClosed is returned by Connect and Read after Close.
@@ -87,11 +88,19 @@ func New(d driver.Device) (driver.Driver, error) {
 
 // Connect opens (or shares) the socket and locates the device: by Who-Is
 // unless its address is configured, then reads what it supports.
+//
+// BACnet/IP has no connection to lose, and the agent closes a driver whose
+// Connect failed: so Connect fails only when the socket cannot be opened.
+// A device that does not answer yet is logged and located again by the
+// next Read, whose error (not ErrConnLost) makes the agent back off.
 func (d *Driver) Connect(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	if d.client == nil {
 		cl, err := acquireClient(ctx, d.cfg.client, d.log)
@@ -100,14 +109,25 @@ func (d *Driver) Connect(ctx context.Context) error {
 		}
 		d.client = cl
 	}
-	dev, rpm, err := locate(ctx, d.client.c, d.cfg)
-	if err != nil {
-		return fmt.Errorf("%w: locating device %d: %w", driver.ErrConnLost, d.cfg.instance, err)
-	}
-	d.dev, d.rpm = dev, rpm
 	if err := d.state.load(); err != nil {
 		d.log.Warn("backfill state unreadable; trend logs will only fill gaps seen from now on", "err", err)
 	}
+	if err := d.locateLocked(ctx); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		d.log.Warn("bacnet device not found yet; trying again on the next read", "instance", d.cfg.instance, "err", err)
+	}
+	return nil
+}
+
+// locateLocked finds the device; d.mu is held.
+func (d *Driver) locateLocked(ctx context.Context) error {
+	dev, rpm, err := locate(ctx, d.client.c, d.cfg)
+	if err != nil {
+		return fmt.Errorf("locating device %d: %w", d.cfg.instance, err)
+	}
+	d.dev, d.rpm, d.located = dev, rpm, true
 	d.log.Info("bacnet device located", "instance", dev.Instance, "max_apdu", dev.MaxAPDU,
 		"segmentation", dev.Segmentation.String(), "read_property_multiple", rpm)
 	return nil
@@ -173,8 +193,9 @@ func (d *Driver) Close() error {
 	return nil
 }
 
-// session returns what a Read needs, or an error if not connected.
-func (d *Driver) session() (*bacnet.Client, bacnet.Device, bool, error) {
+// session returns what a Read needs, locating the device first if that
+// has not succeeded yet.
+func (d *Driver) session(ctx context.Context) (*bacnet.Client, bacnet.Device, bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -183,19 +204,41 @@ func (d *Driver) session() (*bacnet.Client, bacnet.Device, bool, error) {
 	if d.client == nil {
 		return nil, bacnet.Device{}, false, fmt.Errorf("%w: not connected", driver.ErrConnLost)
 	}
+	if !d.located {
+		if err := ctx.Err(); err != nil {
+			return nil, bacnet.Device{}, false, err
+		}
+		if err := d.locateLocked(ctx); err != nil {
+			return nil, bacnet.Device{}, false, err
+		}
+	}
 	return d.client.c, d.dev, d.rpm, nil
+}
+
+// lost forgets where a device found by Who-Is is, after it answered
+// nothing: it may have moved (a new address, a replaced router).
+func (d *Driver) lost() {
+	if d.cfg.addr != nil {
+		return
+	}
+	d.mu.Lock()
+	d.located = false
+	d.mu.Unlock()
 }
 
 // Read reads points: the live values, then any trend-log backfill due.
 func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sample, error) {
-	c, dev, rpm, err := d.session()
-	if err != nil {
+	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if len(points) == 0 {
+		if _, _, _, err := d.session(ctx); errors.Is(err, ErrClosed) {
+			return nil, err
+		}
 		return nil, nil
 	}
-	if err := ctx.Err(); err != nil {
+	c, dev, rpm, err := d.session(ctx)
+	if err != nil {
 		return nil, err
 	}
 	parsed := make([]point, len(points))
@@ -218,6 +261,9 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 		d.rpm = false
 		d.mu.Unlock()
 		d.log.Info("device rejected ReadPropertyMultiple; reading property by property from now on")
+	}
+	if errors.Is(err, bacnet.ErrTimeout) {
+		d.lost()
 	}
 	if err != nil {
 		return nil, err

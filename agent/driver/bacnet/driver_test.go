@@ -230,9 +230,20 @@ func TestRoutedAndDeadDevices(t *testing.T) {
 	})
 	t.Run("dead", func(t *testing.T) {
 		d := newDriver(t, fmt.Sprintf("device_instance: 502\nlocal_address: 127.0.0.1:0\naddress: %s/5:0b\ntimeout: 50ms\nretries: -1\n", sim.Addr()), points)
-		err := d.Connect(t.Context())
-		if !errors.Is(err, driver.ErrConnLost) {
-			t.Fatalf("Connect to a dead device: %v, want ErrConnLost", err)
+		// Connect succeeds (the socket is open, the agent must not close
+		// the driver for a device that is down); Read reports the outage.
+		if err := d.Connect(t.Context()); err != nil {
+			t.Fatalf("Connect with a dead device: %v", err)
+		}
+		_, err := d.Read(t.Context(), points)
+		if err == nil || errors.Is(err, driver.ErrConnLost) || !errors.Is(err, bacnet.ErrTimeout) {
+			t.Fatalf("Read of a dead device: %v, want a timeout that is not ErrConnLost", err)
+		}
+		// It comes back: the same driver reads it, with no reconnect.
+		sim.Update(func() { dead.Silent = false })
+		s, err := d.Read(t.Context(), points)
+		if err != nil || s[0].Status != telemetry.StatusOK {
+			t.Fatalf("Read after the device came back: %v %v", s, err)
 		}
 	})
 }

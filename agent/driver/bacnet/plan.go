@@ -8,7 +8,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sightglass-bms/sightglass/pkg/bacnet"
-	"github.com/sightglass-bms/sightglass/pkg/driver"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
 
@@ -208,7 +207,9 @@ func readAll(ctx context.Context, c *bacnet.Client, dev bacnet.Device, rpm bool,
 		return nil, fellBack, err
 	}
 	if tried > 0 && failed == tried {
-		return nil, fellBack, fmt.Errorf("%w: device %d answered none of %d requests", driver.ErrConnLost, dev.Instance, tried)
+		// Not ErrConnLost: there is no connection to rebuild, and the agent
+		// backs off a device that fails this way all the same.
+		return nil, fellBack, fmt.Errorf("device %d answered none of %d requests: %w", dev.Instance, tried, bacnet.ErrTimeout)
 	}
 	return res, fellBack, nil
 }

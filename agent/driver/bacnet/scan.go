@@ -34,7 +34,7 @@ type ScanOptions struct {
 	PerDevice time.Duration
 	// Parallel is how many devices are read at once. Default 4.
 	Parallel int
-	// Progress, if set, is called after each device.
+	// Progress, if set, is called after each device, never concurrently.
 	Progress func(done, total int, r DeviceReport)
 	Logger   *slog.Logger
 }
@@ -97,12 +97,13 @@ func Scan(ctx context.Context, o ScanOptions) ([]DeviceReport, error) {
 			dctx, cancel := context.WithTimeout(ctx, o.PerDevice)
 			defer cancel()
 			reports[i] = scanDevice(dctx, c, dev, pace)
+			// Progress is called under the lock: one call at a time, in
+			// the order devices finish.
 			mu.Lock()
+			defer mu.Unlock()
 			done++
-			n := done
-			mu.Unlock()
 			if o.Progress != nil {
-				o.Progress(n, len(devs), reports[i])
+				o.Progress(done, len(devs), reports[i])
 			}
 		}()
 	}
