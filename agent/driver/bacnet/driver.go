@@ -48,7 +48,7 @@ type Driver struct {
 	points map[string]point // parsed configured points by ref
 	state  *backfillState
 
-	mu     sync.Mutex
+	mu      sync.Mutex
 	client  *sharedClient
 	located bool
 	dev     bacnet.Device
