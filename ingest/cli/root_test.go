@@ -1,52 +1,20 @@
 package cli
 
 import (
-	"bytes"
 	"context"
-	"strings"
 	"testing"
 
-	"github.com/spf13/cobra"
+	"github.com/sightglass-bms/sightglass/pkg/clitest"
 )
 
 // run executes the command line args in-process and returns its output.
 func run(t *testing.T, ctx context.Context, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	root := New()
-	root.SetArgs(args)
-	root.SetOut(&out)
-	root.SetErr(&errOut)
-	err = root.ExecuteContext(ctx)
-	return out.String(), errOut.String(), err
+	return clitest.Run(t, ctx, New, args...)
 }
 
 func TestEveryCommandHasHelpWithExample(t *testing.T) {
-	var walk func(c *cobra.Command)
-	walk = func(c *cobra.Command) {
-		t.Run(c.CommandPath(), func(t *testing.T) {
-			if c.Example == "" {
-				t.Error("no Example")
-			}
-			if c.Short == "" {
-				t.Error("no Short")
-			}
-			args := append(strings.Fields(c.CommandPath())[1:], "--help")
-			out, _, err := run(t, context.Background(), args...)
-			if err != nil {
-				t.Fatalf("--help: %v", err)
-			}
-			if !strings.Contains(out, "Examples:") {
-				t.Errorf("--help shows no examples:\n%s", out)
-			}
-		})
-		for _, sub := range c.Commands() {
-			if sub.Name() != "help" && sub.Name() != "completion" {
-				walk(sub)
-			}
-		}
-	}
-	walk(New())
+	clitest.CheckHelp(t, New)
 }
 
 func TestUnknownCommand(t *testing.T) {

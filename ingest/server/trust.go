@@ -82,6 +82,22 @@ type enrollRequest struct {
 	CSR   []byte `json:"csr"` // DER, base64 in JSON
 }
 
+// readTrustRequest reads an enrollment or renewal body, or answers why not.
+func readTrustRequest(w http.ResponseWriter, r *http.Request, what, want string) (enrollRequest, bool) {
+	var req enrollRequest
+	body, rf := readBody(w, r, maxTrustBody, what)
+	if rf == nil {
+		if err := json.Unmarshal(body, &req); err != nil {
+			rf = refuse(http.StatusBadRequest, CodeBadRequest, "%s: %v: send %s", what, err, want)
+		}
+	}
+	if rf != nil {
+		writeRefusal(w, rf)
+		return req, false
+	}
+	return req, true
+}
+
 // EnrollReply is the answer to POST /v1/enroll and POST /v1/renew.
 type EnrollReply struct {
 	Tenant      string    `json:"tenant"`
@@ -105,14 +121,8 @@ func (s *Server) handleCACert(w http.ResponseWriter, _ *http.Request) {
 // and a fresh agent id.
 func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	reg := s.cfg.Registry
-	body, rf := readBody(w, r, maxTrustBody, "enrollment request")
-	if rf != nil {
-		writeRefusal(w, rf)
-		return
-	}
-	var req enrollRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		writeRefusal(w, refuse(http.StatusBadRequest, CodeBadRequest, "enrollment request: %v: send {\"token\": \"sge1…\", \"csr\": base64 DER}", err))
+	req, ok := readTrustRequest(w, r, "enrollment request", `{"token": "sge1…", "csr": base64 DER}`)
+	if !ok {
 		return
 	}
 	tok, err := pki.ParseEnrollToken(req.Token)
@@ -174,14 +184,8 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 // handleRenew is POST /v1/renew over mTLS: a new CSR (a new key) becomes a
 // new certificate for the same identity, unless the agent was revoked.
 func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request, id pki.Identity) {
-	body, rf := readBody(w, r, maxTrustBody, "renewal request")
-	if rf != nil {
-		writeRefusal(w, rf)
-		return
-	}
-	var req enrollRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		writeRefusal(w, refuse(http.StatusBadRequest, CodeBadRequest, "renewal request: %v: send {\"csr\": base64 DER}", err))
+	req, ok := readTrustRequest(w, r, "renewal request", `{"csr": base64 DER}`)
+	if !ok {
 		return
 	}
 	pub, err := pki.ParseCSR(req.CSR)
