@@ -30,7 +30,8 @@ type Settings struct {
 	// With discover: true, the device polls all of its points.
 	Profile string `yaml:"profile"`
 	// Order is the byte order of multi-register values: ABCD (default),
-	// CDAB, BADC or DCBA. Points may override it.
+	// CDAB, BADC or DCBA. Points may override it; when set, it also
+	// overrides the profile's.
 	Order string `yaml:"order"`
 	// Addressing is 0 (default) when table/N refs give zero-based protocol
 	// addresses, 1 when they give one-based register numbers as many
@@ -74,6 +75,7 @@ type config struct {
 	unit     byte
 	profile  *Profile
 	order    byteOrder
+	orderSet bool // order was given: it overrides the profile's
 	oneBased bool
 	timeout  time.Duration
 	plan     planOptions
@@ -130,7 +132,7 @@ func parseSettings(s driver.Settings) (config, error) {
 		if err != nil {
 			bad("settings.order: %v", err)
 		}
-		c.order = o
+		c.order, c.orderSet = o, true
 	}
 	switch raw.Addressing {
 	case 0:

@@ -65,7 +65,7 @@ func newDriver(dev driver.Device) (*Driver, error) {
 	d := &Driver{cfg: cfg, log: log, guard: NewGuard(log), specs: map[string]spec{},
 		learned: map[area]*limits{}, warned: map[string]bool{}}
 	if cfg.profile != nil {
-		d.profile = cfg.profile.forUnit(cfg.unit)
+		d.profile = byRef(cfg.profile.forUnit(cfg.unit, d.orderOverride()))
 	}
 	for i, p := range dev.Points {
 		s, err := d.resolve(p)
@@ -100,7 +100,10 @@ func (d *Driver) resolve(p driver.Point) (spec, error) {
 		}
 		return err
 	}
-	if s, ok := d.profile[p.Ref]; ok {
+	d.mu.Lock()
+	s, ok := d.profile[p.Ref]
+	d.mu.Unlock()
+	if ok {
 		// Discovered points carry the profile's settings; anything else
 		// would quietly change what the profile says.
 		t, err := applySettings(s, ps)
@@ -109,7 +112,7 @@ func (d *Driver) resolve(p driver.Point) (spec, error) {
 		}
 		return s, nil
 	}
-	s, err := resolvePoint(p.Ref, ps, refDefaults{unit: d.cfg.unit, oneBased: d.cfg.oneBased}, d.cfg.order)
+	s, err = resolvePoint(p.Ref, ps, refDefaults{unit: d.cfg.unit, oneBased: d.cfg.oneBased}, d.cfg.order)
 	if err != nil {
 		return spec{}, at(err)
 	}
@@ -518,15 +521,24 @@ func (d *Driver) Discover(ctx context.Context) ([]driver.Point, error) {
 			return nil, fmt.Errorf("discovering modbus points: no built-in profile matches %q: name a profile or list the points", id.String())
 		}
 		d.log.Info("chose a profile from the device identification", "profile", p.Name)
-		d.mu.Lock()
-		d.profile = p.forUnit(d.cfg.unit)
-		d.mu.Unlock()
 	}
+	specs := p.forUnit(d.cfg.unit, d.orderOverride())
+	d.mu.Lock()
+	d.profile = byRef(specs)
+	d.mu.Unlock()
 	points := make([]driver.Point, 0, len(p.Points))
-	for _, pp := range p.Points {
-		s := pp.spec
-		s.unit = d.cfg.unit
-		points = append(points, driver.Point{Ref: s.ref(), Name: pp.Name, Unit: pp.Unit, Settings: settingsOf(s)})
+	for i, pp := range p.Points {
+		points = append(points, driver.Point{Ref: specs[i].ref(), Name: pp.Name, Unit: pp.Unit, Settings: settingsOf(specs[i])})
 	}
 	return points, nil
+}
+
+// orderOverride returns the device's byte order when its settings give
+// one, which then applies to the profile's points too.
+func (d *Driver) orderOverride() *byteOrder {
+	if !d.cfg.orderSet {
+		return nil
+	}
+	o := d.cfg.order
+	return &o
 }

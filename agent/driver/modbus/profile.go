@@ -205,13 +205,26 @@ func MatchProfile(id DeviceID) *Profile {
 	return nil
 }
 
-// forUnit returns the profile's points as specs for one unit, keyed by
-// canonical ref.
-func (p *Profile) forUnit(unit byte) map[string]spec {
-	m := make(map[string]spec, len(p.Points))
+// forUnit returns the profile's points as specs for one unit, in file
+// order; order, when set, overrides the profile's byte order of
+// multi-register values (a device whose firmware swaps words).
+func (p *Profile) forUnit(unit byte, order *byteOrder) []spec {
+	out := make([]spec, 0, len(p.Points))
 	for _, pp := range p.Points {
 		s := pp.spec
 		s.unit = unit
+		if order != nil && !s.table.bits() {
+			s.order = *order
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// byRef keys specs by canonical ref.
+func byRef(specs []spec) map[string]spec {
+	m := make(map[string]spec, len(specs))
+	for _, s := range specs {
 		m[s.ref()] = s
 	}
 	return m

@@ -87,3 +87,28 @@ func TestParseProfileErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestProfileOrderOverride: a device whose firmware swaps words sets
+// order on the device, and the profile's floats follow it.
+func TestProfileOrderOverride(t *testing.T) {
+	p, err := modbus.LoadProfile("eastron-sdm630")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 230.5 as float32 is 0x43668000: the device sends the low word first.
+	u := modbussim.NewUnit().SetRegisters(modbussim.Input, 0, 0x8000, 0x4366)
+	sim := startSim(t, modbussim.Options{}, map[byte]*modbussim.Unit{1: u})
+	d := newDriver(t, sim.Addr(), "profile: eastron-sdm630\norder: CDAB")
+	found, err := d.Discover(t.Context())
+	if err != nil || len(found) != len(p.Points) {
+		t.Fatalf("Discover: %d points, %v", len(found), err)
+	}
+	pt := found[0]
+	pt.ID = 1
+	// The polling instance gets the discovered point, as the agent does.
+	d2 := newDriver(t, sim.Addr(), "profile: eastron-sdm630\norder: CDAB", pt)
+	samples, err := d2.Read(t.Context(), []driver.Point{pt})
+	if err != nil || samples[0].Value != 230.5 {
+		t.Errorf("%s with order CDAB: %+v, %v; want 230.5", pt.Ref, samples, err)
+	}
+}
