@@ -411,3 +411,37 @@ func TestScanSurvivesHungDevice(t *testing.T) {
 		t.Errorf("non-reads reached the devices: %q", w)
 	}
 }
+
+// TestDiscoverLongObjectList discovers a small controller whose object
+// list does not fit one answer and that cannot segment: the list is read
+// element by element, and names come property by property.
+func TestDiscoverLongObjectList(t *testing.T) {
+	d := bacnetsim.NewDevice(21, "tiny", 40, 10, 0, false)
+	d.MaxAPDU, d.Segmentation, d.NoRPM = 128, bacnet.NoSegmentation, true
+	sim := startSim(t, bacnetsim.Config{Local: d})
+	drv := newDriver(t, simSettings(sim, 21, ""), nil)
+	if err := drv.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	found, err := drv.Discover(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(found) != 50 || found[49].Name != "tiny BV-10" || found[0].Unit != "°C" {
+		t.Fatalf("%d points, last %+v", len(found), found[len(found)-1])
+	}
+	// 51 object-list elements and its size, then names, descriptions and
+	// (40 analogs) units one by one: at least 192 ReadProperty requests.
+	rp := 0
+	for _, r := range sim.Requests() {
+		if r.PDU == bacnet.PDUConfirmedRequest && r.Service == bacnet.ServiceReadProperty {
+			rp++
+		}
+	}
+	if rp < 192 {
+		t.Errorf("%d ReadProperty requests; the object list was not read element by element", rp)
+	}
+	if w := sim.Writes(); len(w) > 0 {
+		t.Errorf("non-reads reached the device: %q", w)
+	}
+}

@@ -3,6 +3,7 @@ package bacnet
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 	"github.com/sightglass-bms/sightglass/pkg/driver/drivertest"
@@ -67,5 +68,48 @@ func TestNodePeerStatusIntegration(t *testing.T) {
 	}
 	if w := peer.Writes(); len(w) > 0 {
 		t.Errorf("the peer received non-reads: %v", w)
+	}
+}
+
+// TestNodePeerBackfillIntegration backfills ten minutes the agent was
+// away from the peer's trend log (one record a minute), by ReadRange by
+// time, from a mark left on disk as a stopped agent would.
+func TestNodePeerBackfillIntegration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: skipped under -short")
+	}
+	peer := nodepeer.Start(t, "", 4242)
+	dir := t.TempDir()
+	away := time.Now().Add(-10*time.Minute - 30*time.Second)
+	state := newBackfillState(dir, "node")
+	state.stage("analog-input:0", away.UnixMilli())
+	if err := state.commit(); err != nil {
+		t.Fatal(err)
+	}
+	points := []driver.Point{{ID: 1, Ref: "analog-input:0", Settings: yamlText("trend_log: trend-log:0")}}
+	d, err := New(driver.Device{Name: "node", DataDir: dir, Points: points,
+		Settings: yamlText(fmt.Sprintf("device_instance: 4242\nlocal_address: 127.0.0.1:0\naddress: %s\n", peer.Addr))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	samples, err := d.Read(t.Context(), points)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backfilled := samples[1:]
+	if len(backfilled) < 10 || len(backfilled) > 11 {
+		t.Fatalf("%d backfilled samples for 10.5 minutes logged every minute", len(backfilled))
+	}
+	for _, s := range backfilled {
+		if s.Time <= away.UnixMilli() || s.Time >= samples[0].Time || s.Value < 17 || s.Value > 23 {
+			t.Errorf("backfilled %+v outside the gap or the logged range", s)
+		}
+	}
+	if peer.Count("readRange") == 0 || len(peer.Writes()) > 0 {
+		t.Errorf("peer received %v", peer.Services())
 	}
 }
