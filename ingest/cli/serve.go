@@ -27,7 +27,12 @@ until interrupted (SIGINT or SIGTERM); in-flight batches are finished first.
 
 Without --config it uses the built-in configuration: listen on
 127.0.0.1:8443, the CA in DATA/ca and the archive in DATA/archive, where DATA
-is --data-dir. Relative paths in a --config file are relative to the file.`,
+is --data-dir. Relative paths in a --config file are relative to the file.
+
+With store.kind azure the archive is an Azure Blob Storage container that
+every replica shares, reached with a token credential (client-certificate,
+managed-identity or workload-identity; see ingest/blob/azure/README.md).
+While the store does not answer, batches get 503 and stay with the agents.`,
 		Example: `  # demo: built-in config, data under ./sightglass-data
   sightglass-ingest ca init
   sightglass-ingest serve
