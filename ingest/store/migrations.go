@@ -64,6 +64,99 @@ CREATE TABLE audit (
 CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 `,
+	// 2: the dashboard: tenants and buildings with display names, users,
+	// their roles and buildings, sessions, login failures for lockout, the
+	// latest value of every point, rollups for charts and agent health.
+	`
+CREATE TABLE tenants (
+	id         TEXT PRIMARY KEY,
+	name       TEXT NOT NULL DEFAULT '',
+	created_at INTEGER NOT NULL
+);
+CREATE TABLE sites (
+	tenant     TEXT NOT NULL,
+	site       TEXT NOT NULL,
+	name       TEXT NOT NULL DEFAULT '',    -- display name; empty shows the pseudonym
+	created_at INTEGER NOT NULL,
+	PRIMARY KEY (tenant, site)
+);
+CREATE TABLE users (
+	id           INTEGER PRIMARY KEY,
+	name         TEXT NOT NULL UNIQUE,
+	role         TEXT NOT NULL,             -- admin, engineer or viewer
+	hash         TEXT NOT NULL,             -- argon2id, PHC string format
+	totp_secret  BLOB NOT NULL DEFAULT x'', -- empty: no second factor
+	totp_last    INTEGER NOT NULL DEFAULT 0,-- last accepted TOTP step, against replay
+	disabled_at  INTEGER NOT NULL DEFAULT 0,
+	created_at   INTEGER NOT NULL,
+	password_at  INTEGER NOT NULL
+);
+CREATE TABLE user_sites (
+	user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+	tenant  TEXT NOT NULL,
+	site    TEXT NOT NULL,
+	PRIMARY KEY (user_id, tenant, site)
+);
+CREATE TABLE sessions (
+	hash       BLOB PRIMARY KEY,            -- SHA-256 of the cookie's id; the id itself is never stored
+	user_id    INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+	csrf       BLOB NOT NULL,
+	stage      TEXT NOT NULL,               -- "full", or "totp" while the second factor is due
+	created_at INTEGER NOT NULL,
+	seen_at    INTEGER NOT NULL
+);
+CREATE INDEX sessions_user ON sessions(user_id);
+CREATE TABLE login_failures (
+	at     INTEGER NOT NULL,
+	name   TEXT NOT NULL,                   -- the user name tried, known or not
+	source TEXT NOT NULL                    -- the client's address
+);
+CREATE INDEX login_failures_name ON login_failures(name, at);
+CREATE INDEX login_failures_source ON login_failures(source, at);
+CREATE TABLE latest (
+	tenant      TEXT NOT NULL,
+	site        TEXT NOT NULL,
+	point_id    INTEGER NOT NULL,
+	agent_id    TEXT NOT NULL,
+	time        INTEGER NOT NULL,
+	value       REAL NOT NULL,
+	status      INTEGER NOT NULL,
+	first_time  INTEGER NOT NULL,           -- the first sample ever received
+	interval_ms INTEGER NOT NULL DEFAULT 0, -- the sampling interval as observed; 0 until two samples
+	PRIMARY KEY (tenant, site, point_id)
+);
+CREATE TABLE rollups (
+	tenant   TEXT NOT NULL,
+	site     TEXT NOT NULL,
+	point_id INTEGER NOT NULL,
+	res      INTEGER NOT NULL,              -- bucket width in seconds: 300 or 3600
+	bucket   INTEGER NOT NULL,              -- bucket start, Unix ms
+	n        INTEGER NOT NULL,              -- samples received, any status
+	bad      INTEGER NOT NULL,              -- of which fault or comm-failure
+	good     INTEGER NOT NULL,              -- samples with a usable value: what min..last cover
+	min      REAL NOT NULL,
+	max      REAL NOT NULL,
+	sum      REAL NOT NULL,
+	last     REAL NOT NULL,
+	last_time INTEGER NOT NULL,
+	PRIMARY KEY (tenant, site, point_id, res, bucket)
+);
+CREATE TABLE agent_health (
+	agent_id       TEXT PRIMARY KEY,
+	tenant         TEXT NOT NULL,
+	site           TEXT NOT NULL,
+	last_upload    INTEGER NOT NULL,
+	last_seq       INTEGER NOT NULL,
+	last_sample    INTEGER NOT NULL,
+	buffer_samples INTEGER NOT NULL,
+	buffer_bytes   INTEGER NOT NULL,
+	dropped        INTEGER NOT NULL,
+	poll_errors    INTEGER NOT NULL,
+	devices_up     INTEGER NOT NULL,
+	devices_down   INTEGER NOT NULL,
+	uptime_s       INTEGER NOT NULL
+);
+`,
 }
 
 func (s *DB) migrate(ctx context.Context) error {
