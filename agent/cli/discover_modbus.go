@@ -80,6 +80,9 @@ one, and with --out writes a starter devices section for the agent config.`,
 					if r.Profile != "" {
 						fmt.Fprintf(w, " (profile %s)", r.Profile)
 					}
+					if r.SameAs != 0 {
+						fmt.Fprintf(w, " (answers exactly like unit %d)", r.SameAs)
+					}
 					fmt.Fprintln(w)
 					for _, p := range r.Probes {
 						if p.Value != nil {
@@ -90,10 +93,20 @@ one, and with --out writes a starter devices section for the agent config.`,
 					}
 				}
 				fmt.Fprintf(w, "%d of %d unit ids answered at %s\n", found, len(ids), addr)
+				if modbus.IgnoresUnitID(reports) {
+					fmt.Fprintln(w, "every unit id answered alike: the device ignores the unit id; poll it once (unit 1, or the first that answered)")
+				}
 			}
 			if out != "" {
 				h, _, _ := net.SplitHostPort(addr)
-				cfg := modbus.StarterConfig(addr, "modbus-"+strings.ReplaceAll(h, ".", "-"), reports)
+				// Device names take letters, digits, '.', '_' and '-'.
+				name := strings.Map(func(r rune) rune {
+					if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+						return r
+					}
+					return '-'
+				}, h)
+				cfg := modbus.StarterConfig(addr, "modbus-"+name, reports)
 				if err := os.WriteFile(out, []byte(cfg), 0o644); err != nil {
 					return fmt.Errorf("writing the starter config: %w", err)
 				}

@@ -117,3 +117,33 @@ func TestDiscoverModbusFlags(t *testing.T) {
 type nodeSettings struct{ n *yaml.Node }
 
 func (s nodeSettings) Decode(v any) error { return s.n.Load(v, yaml.WithKnownFields()) }
+
+// TestDiscoverModbusIgnoredUnitID: a device answering every unit id alike
+// is listed once.
+func TestDiscoverModbusIgnoredUnitID(t *testing.T) {
+	u := modbussim.NewUnit().SetRegisters(modbussim.Holding, 0, 9)
+	units := map[byte]*modbussim.Unit{}
+	for id := range byte(5) {
+		units[id+1] = u
+	}
+	sim, err := modbussim.Start(modbussim.Options{}, units)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	out := filepath.Join(t.TempDir(), "modbus.yaml")
+	stdout, stderr, err := run(t, t.Context(), "discover", "modbus", "--host", sim.Addr(), "--units", "1-5", "--rate", "500", "--out", out)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	if !strings.Contains(stdout, "ignores the unit id") || !strings.Contains(stdout, "unit 3: (answers exactly like unit 1)") {
+		t.Errorf("output:\n%s", stdout)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(data), "driver: modbus"); n != 1 {
+		t.Errorf("starter config lists %d devices, want 1:\n%s", n, data)
+	}
+}

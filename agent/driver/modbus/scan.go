@@ -44,6 +44,43 @@ type UnitReport struct {
 	Profile string `json:"profile,omitempty"`
 	// Probes lists the single reads tried and their answers.
 	Probes []Probe `json:"probes,omitempty"`
+	// SameAs is the first unit that answered exactly alike, or 0. When
+	// every unit answers alike, the device ignores the unit id.
+	SameAs byte `json:"same_as,omitempty"`
+}
+
+// signature is what a unit answered, to spot a device that ignores the
+// unit id and answers every one alike.
+func (u UnitReport) signature() string {
+	var b strings.Builder
+	if u.Identity != nil {
+		b.WriteString(u.Identity.String())
+	}
+	for _, p := range u.Probes {
+		ref := p.Ref[strings.IndexByte(p.Ref, '/'):] // without the unit
+		fmt.Fprintf(&b, "|%s", ref)
+		if p.Value != nil {
+			fmt.Fprintf(&b, "=%d", *p.Value)
+		} else {
+			fmt.Fprintf(&b, "!%d", p.Exception)
+		}
+	}
+	return b.String()
+}
+
+// IgnoresUnitID reports whether at least three units answered and all
+// alike: the device answers whatever unit id it is asked for.
+func IgnoresUnitID(reports []UnitReport) bool {
+	present, alike := 0, 0
+	for _, r := range reports {
+		if r.Present {
+			present++
+			if r.SameAs != 0 {
+				alike++
+			}
+		}
+	}
+	return present >= 3 && alike == present-1
 }
 
 // Probe is one single-register or single-bit read.
@@ -138,6 +175,14 @@ func Scan(ctx context.Context, opts ScanOptions) ([]UnitReport, error) {
 				rep.Probes = append(rep.Probes, pr)
 			}
 		}
+		if rep.Present {
+			for _, prev := range reports {
+				if prev.Present && prev.SameAs == 0 && prev.signature() == rep.signature() {
+					rep.SameAs = prev.Unit
+					break
+				}
+			}
+		}
 		reports = append(reports, rep)
 		if opts.Progress != nil {
 			opts.Progress(i+1, len(opts.Units), rep)
@@ -226,9 +271,16 @@ func ParseUnits(s string) ([]byte, error) {
 func StarterConfig(address, namePrefix string, reports []UnitReport) string {
 	var b strings.Builder
 	b.WriteString("# Written by `sightglass-agent discover modbus`: check every device before use.\ndevices:\n")
+	ignores := IgnoresUnitID(reports)
+	if ignores {
+		b.WriteString("  # Every unit id answered alike: the device ignores the unit id, so it is listed once.\n")
+	}
 	for _, r := range reports {
-		if !r.Present {
+		if !r.Present || ignores && r.SameAs != 0 {
 			continue
+		}
+		if r.SameAs != 0 {
+			fmt.Fprintf(&b, "  # unit %d answered exactly like unit %d: the same model, or the same device twice?\n", r.Unit, r.SameAs)
 		}
 		name := fmt.Sprintf("%s-u%d", namePrefix, r.Unit)
 		if r.Identity != nil {
