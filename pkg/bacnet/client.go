@@ -117,13 +117,36 @@ func parseAddrPort(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ip.Unmap(), 47808), nil
 }
 
-// Device is a device as its I-Am described it.
+// Device is a device as its I-Am described it, and how to treat it.
 type Device struct {
 	Instance     uint32
 	Addr         Address
 	MaxAPDU      int
 	Segmentation Segmentation
 	Vendor       uint32
+	// Timeout, Retries and MaxOutstanding override the client's Timeout,
+	// Retries and PerDevice for this device when non-zero (Retries < 0:
+	// none), so devices sharing one socket can be treated differently.
+	Timeout        time.Duration
+	Retries        int
+	MaxOutstanding int
+}
+
+func (d Device) timeout(c *Client) time.Duration {
+	if d.Timeout > 0 {
+		return d.Timeout
+	}
+	return c.cfg.Timeout
+}
+
+func (d Device) retries(c *Client) int {
+	switch {
+	case d.Retries < 0:
+		return 0
+	case d.Retries > 0:
+		return d.Retries
+	}
+	return c.cfg.Retries
 }
 
 // Stats counts what a client sent and received.
@@ -572,7 +595,8 @@ func (c *Client) ask(ctx context.Context, to *Address, network uint16, service u
 
 // acquire takes a slot of the device's and its network's outstanding
 // request limits and an invoke id; release gives them back.
-func (c *Client) acquire(ctx context.Context, dst Address) (uint8, chan Message, func(), error) {
+func (c *Client) acquire(ctx context.Context, dev Device) (uint8, chan Message, func(), error) {
+	dst := dev.Addr
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -580,7 +604,11 @@ func (c *Client) acquire(ctx context.Context, dst Address) (uint8, chan Message,
 	}
 	p := c.peers[dst.key()]
 	if p == nil {
-		p = &peer{sem: make(chan struct{}, c.cfg.PerDevice)}
+		n := c.cfg.PerDevice
+		if dev.MaxOutstanding > 0 {
+			n = min(dev.MaxOutstanding, 255)
+		}
+		p = &peer{sem: make(chan struct{}, n)}
 		c.peers[dst.key()] = p
 	}
 	var nsem chan struct{}
@@ -649,7 +677,7 @@ func (c *Client) confirmed(ctx context.Context, dev Device, service uint8, paylo
 	if len(payload)+4 > dev.MaxAPDU {
 		return nil, fmt.Errorf("request of %d octets exceeds device %d's max apdu %d: read fewer properties at once", len(payload)+4, dev.Instance, dev.MaxAPDU)
 	}
-	id, ch, release, err := c.acquire(ctx, dev.Addr)
+	id, ch, release, err := c.acquire(ctx, dev)
 	if err != nil {
 		return nil, err
 	}
@@ -670,7 +698,7 @@ func (c *Client) confirmed(ctx context.Context, dev Device, service uint8, paylo
 			return nil, err
 		}
 		data, err := c.await(ctx, dev, id, service, ch)
-		if !errors.Is(err, ErrTimeout) || attempt >= c.cfg.Retries {
+		if !errors.Is(err, ErrTimeout) || attempt >= dev.retries(c) {
 			if errors.Is(err, ErrTimeout) {
 				c.timeouts.Add(1)
 			}
@@ -681,7 +709,7 @@ func (c *Client) confirmed(ctx context.Context, dev Device, service uint8, paylo
 
 // await waits for the answer to one attempt, receiving segments.
 func (c *Client) await(ctx context.Context, dev Device, id, service uint8, ch chan Message) ([]byte, error) {
-	t := time.NewTimer(c.cfg.Timeout)
+	t := time.NewTimer(dev.timeout(c))
 	defer t.Stop()
 	for {
 		select {
@@ -747,7 +775,7 @@ func (c *Client) segmented(ctx context.Context, dev Device, first APDU, ch chan 
 	}
 	last, initial, count := uint8(0), uint8(0), 1
 	limit := c.cfg.MaxAPDU * max(c.cfg.MaxSegments, 1)
-	t := time.NewTimer(c.cfg.Timeout)
+	t := time.NewTimer(dev.timeout(c))
 	defer t.Stop()
 	for {
 		select {
@@ -784,7 +812,7 @@ func (c *Client) segmented(ctx context.Context, dev Device, first APDU, ch chan 
 				return nil, fmt.Errorf("segmented answer exceeds the %d segments of %d octets we accept", c.cfg.MaxSegments, c.cfg.MaxAPDU)
 			}
 			buf = append(buf, a.Payload...)
-			t.Reset(c.cfg.Timeout)
+			t.Reset(dev.timeout(c))
 			if !a.MoreFollows {
 				return buf, ack(last, false)
 			}

@@ -136,8 +136,12 @@ func (d *Driver) locateLocked(ctx context.Context) error {
 // locate finds the device and what it supports.
 func locate(ctx context.Context, c *bacnet.Client, cfg config) (bacnet.Device, bool, error) {
 	var dev bacnet.Device
+	mine := func(d bacnet.Device) bacnet.Device {
+		d.Timeout, d.Retries, d.MaxOutstanding = cfg.timeout, cfg.retries, cfg.outstanding
+		return d
+	}
 	if cfg.addr != nil {
-		dev = bacnet.Device{Instance: cfg.instance, Addr: *cfg.addr, MaxAPDU: 480, Segmentation: bacnet.NoSegmentation}
+		dev = mine(bacnet.Device{Instance: cfg.instance, Addr: *cfg.addr, MaxAPDU: 480, Segmentation: bacnet.NoSegmentation})
 		// Ask the device itself (RP is the one service every device has)
 		// rather than trust defaults.
 		devObj := bacnet.ObjectID{Type: bacnet.ObjectDevice, Instance: cfg.instance}
@@ -152,14 +156,18 @@ func locate(ctx context.Context, c *bacnet.Client, cfg config) (bacnet.Device, b
 			dev.Segmentation = bacnet.Segmentation(v[0].Uint)
 		}
 	} else {
-		devs, err := c.WhoIs(ctx, nil, bacnet.GlobalNetwork, int(cfg.instance), int(cfg.instance), c.Timeout())
+		wait := cfg.timeout
+		if wait <= 0 {
+			wait = c.Timeout()
+		}
+		devs, err := c.WhoIs(ctx, nil, bacnet.GlobalNetwork, int(cfg.instance), int(cfg.instance), wait)
 		if err != nil {
 			return dev, false, err
 		}
 		if len(devs) == 0 {
 			return dev, false, fmt.Errorf("no I-Am from device %d: check the instance number, the broadcast address and that the device is on line", cfg.instance)
 		}
-		dev = devs[0]
+		dev = mine(devs[0])
 	}
 	if cfg.maxAPDU > 0 {
 		dev.MaxAPDU = min(dev.MaxAPDU, cfg.maxAPDU)

@@ -40,7 +40,7 @@ func acquireClient(ctx context.Context, cfg bacnet.Config, log *slog.Logger) (*s
 		want, have := cfg, sc.cfg
 		want.Logger, have.Logger = nil, nil
 		if want != have {
-			return nil, fmt.Errorf("devices sharing local_address %s must share broadcast, bbmd, timeout, retries and limits: give this device the same settings or another local address", key)
+			return nil, fmt.Errorf("devices sharing local_address %s must share broadcast, bbmd and max_per_network: give this device the same settings or another local address", key)
 		}
 		sc.refs++
 		return sc, nil

@@ -70,6 +70,9 @@ type config struct {
 	instance      uint32
 	addr          *bacnet.Address
 	client        bacnet.Config
+	timeout       time.Duration
+	retries       int
+	outstanding   int
 	maxAPDU       int
 	rpm           bool
 	loc           *time.Location
@@ -103,8 +106,10 @@ func parseSettings(s driver.Settings) (config, error) {
 		}
 		c.addr = &a
 	}
-	c.client = bacnet.Config{Local: raw.LocalAddress, Broadcast: raw.Broadcast, BBMD: raw.BBMD, Timeout: raw.Timeout,
-		Retries: raw.Retries, PerDevice: raw.MaxOutstanding, PerNetwork: raw.MaxPerNetwork}
+	// What the socket needs is shared by the devices on one local address;
+	// timeouts, retries and outstanding requests are each device's own.
+	c.client = bacnet.Config{Local: raw.LocalAddress, Broadcast: raw.Broadcast, BBMD: raw.BBMD, PerNetwork: raw.MaxPerNetwork}
+	c.timeout, c.retries, c.outstanding = raw.Timeout, raw.Retries, raw.MaxOutstanding
 	if raw.Address == "" && raw.Broadcast == "" && raw.BBMD == "" {
 		bad("settings.address: set the device's address, or settings.broadcast (or bbmd) so it can be found by Who-Is")
 	}
