@@ -36,7 +36,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
@@ -150,10 +152,17 @@ func checkSamples(t *testing.T, samples []telemetry.Sample, points []driver.Poin
 }
 
 // snapshot copies what Read must not change in the points it is given.
-func snapshot(points []driver.Point) []driver.Point {
-	out := make([]driver.Point, len(points))
+// pointCopy is the comparable part of a driver.Point, tags joined.
+type pointCopy struct {
+	id                          uint64
+	ref, name, unit, desc, tags string
+	interval                    time.Duration
+}
+
+func snapshot(points []driver.Point) []pointCopy {
+	out := make([]pointCopy, len(points))
 	for i, p := range points {
-		out[i] = driver.Point{ID: p.ID, Ref: p.Ref, Name: p.Name, Unit: p.Unit, Interval: p.Interval}
+		out[i] = pointCopy{id: p.ID, ref: p.Ref, name: p.Name, unit: p.Unit, desc: p.Description, tags: strings.Join(p.Tags, "\x00"), interval: p.Interval}
 	}
 	return out
 }
