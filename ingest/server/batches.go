@@ -40,6 +40,9 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request, id pki.Iden
 			var status string
 			status, rf = s.storeBatch(r.Context(), body, b, id)
 			if rf == nil {
+				if status == StatusStored {
+					s.observe(r.Context(), id, b)
+				}
 				s.count(func(st *Stats) {
 					if status == StatusStored {
 						st.BatchesStored++
@@ -201,4 +204,18 @@ func parseClaim(c []byte) (sum []byte, name string, ok bool) {
 		return nil, "", false
 	}
 	return sum, name, true
+}
+
+// observe hands a newly stored batch to the Observer. The batch is
+// archived already, so neither an error nor the agent hanging up may undo
+// that: the error is logged and counted, the context detached.
+func (s *Server) observe(ctx context.Context, id pki.Identity, b *batch.Batch) {
+	if s.cfg.Observer == nil {
+		return
+	}
+	if err := s.cfg.Observer.Observe(context.WithoutCancel(ctx), id, b); err != nil {
+		s.count(func(st *Stats) { st.ObserveErrors++ })
+		s.log.Error("updating the hot store failed; the batch is archived", "tenant", id.Tenant, "site", id.Site,
+			"agent", id.Agent, "batch_seq", b.Seq, "err", err)
+	}
 }

@@ -30,6 +30,7 @@ import (
 
 	"github.com/sightglass-bms/sightglass/ingest/blob"
 	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/ingest/store"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 )
 
@@ -82,7 +83,21 @@ type Config struct {
 	// CatalogPolicy caps what point metadata is kept: CatalogFull (the
 	// default), CatalogTagsOnly or CatalogNone.
 	CatalogPolicy string
+	// Observer, when set, is shown every batch once it is archived for
+	// the first time (never a duplicate), e.g. to update the dashboard's
+	// hot store. Its error is logged and never fails the upload: the
+	// archive is the truth and the hot store can be rebuilt from it.
+	Observer Observer
 }
+
+// Observer receives every batch the server archives for the first time.
+// Observe runs on the request's goroutine before the agent is answered, so
+// it must be quick; it may be called concurrently.
+type Observer interface {
+	Observe(ctx context.Context, id pki.Identity, b *batch.Batch) error
+}
+
+var _ Observer = (*store.DB)(nil)
 
 func (c *Config) setDefaults() {
 	if c.MaxBatchBytes <= 0 {
@@ -261,6 +276,7 @@ type Stats struct {
 	Bytes           uint64 // bytes of stored batches
 	TablesStored    uint64
 	TablesDuplicate uint64
+	ObserveErrors   uint64 // batches the Observer failed on
 }
 
 // Stats returns a copy of the counters.
