@@ -40,6 +40,9 @@ type Settings struct {
 	// RequestTimeout bounds each request within the read's timeout.
 	// Default 3s.
 	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// Pause is the least time between requests, for devices that drop
+	// requests sent back to back. Default 0.
+	Pause time.Duration `yaml:"pause"`
 	// MaxRegisters caps the registers of one read. Default (and at most) 125.
 	MaxRegisters int `yaml:"max_registers"`
 	// MaxBits caps the coils or inputs of one read. Default (and at most) 2000.
@@ -78,6 +81,7 @@ type config struct {
 	orderSet bool // order was given: it overrides the profile's
 	oneBased bool
 	timeout  time.Duration
+	pause    time.Duration
 	plan     planOptions
 }
 
@@ -145,6 +149,11 @@ func parseSettings(s driver.Settings) (config, error) {
 		bad("settings.request_timeout: %s is negative", raw.RequestTimeout)
 	} else if raw.RequestTimeout > 0 {
 		c.timeout = raw.RequestTimeout
+	}
+	if raw.Pause < 0 || raw.Pause > 10*time.Second {
+		bad("settings.pause: %s out of range 0 to 10s", raw.Pause)
+	} else {
+		c.pause = raw.Pause
 	}
 	if raw.MaxRegisters < 0 || raw.MaxRegisters > maxReadRegisters {
 		bad("settings.max_registers: %d out of range 1 to %d", raw.MaxRegisters, maxReadRegisters)

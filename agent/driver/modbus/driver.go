@@ -79,7 +79,7 @@ func newDriver(dev driver.Device) (*Driver, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("modbus device %q: %w", dev.Name, err)
 	}
-	d.tr, err = NewTransport(TransportOptions{Address: cfg.address, LocalAddr: cfg.local, RequestTimeout: cfg.timeout})
+	d.tr, err = NewTransport(TransportOptions{Address: cfg.address, LocalAddr: cfg.local, RequestTimeout: cfg.timeout, Pause: cfg.pause})
 	if err != nil {
 		return nil, fmt.Errorf("modbus device %q: %w", dev.Name, err)
 	}

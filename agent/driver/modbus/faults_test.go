@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 	modbussim "github.com/sightglass-bms/sightglass/pkg/sim/modbus"
@@ -136,5 +137,35 @@ func TestLearnsMaxBlock(t *testing.T) {
 			// 100 registers in reads of at most 40: 3 at best.
 			t.Errorf("round %d: %d requests, want 3 at most", round, len(reqs))
 		}
+	}
+}
+
+// TestIdleConnectionDropped: a gateway that closed the idle connection
+// costs no read; the driver dials again and asks once more.
+func TestIdleConnectionDropped(t *testing.T) {
+	sim := startSim(t, modbussim.Options{}, map[byte]*modbussim.Unit{1: handMap()})
+	p := point(1, "hr/0/float32", "")
+	d := newDriver(t, sim.Addr(), "", p)
+	for i := range 3 {
+		sim.DropConnections()
+		time.Sleep(20 * time.Millisecond) // let the close reach our side
+		samples, err := d.Read(t.Context(), []driver.Point{p})
+		if err != nil || samples[0].Value != 12.5 {
+			t.Fatalf("read %d after the device dropped the connection: %+v, %v", i, samples, err)
+		}
+	}
+}
+
+// TestPause spaces requests for devices that drop them back to back.
+func TestPause(t *testing.T) {
+	sim := startSim(t, modbussim.Options{}, map[byte]*modbussim.Unit{1: handMap()})
+	points := []driver.Point{point(1, "hr/0", ""), point(2, "ir/9", ""), point(3, "coil/0", "")}
+	d := newDriver(t, sim.Addr(), "pause: 60ms", points...)
+	start := time.Now()
+	if _, err := d.Read(t.Context(), points); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el < 120*time.Millisecond {
+		t.Errorf("three requests with pause 60ms took %s", el)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	gmodbus "github.com/goburrow/modbus"
@@ -38,6 +39,10 @@ type TransportOptions struct {
 	// RequestTimeout bounds one request and its answer, and each dial,
 	// within the caller's context. Default 3s.
 	RequestTimeout time.Duration
+	// Pause is the least time between the end of one request and the
+	// next, for gateways and controllers that drop requests sent back to
+	// back. Default 0.
+	Pause time.Duration
 }
 
 // Transport is a Modbus TCP connection to one device or gateway. It dials
@@ -54,6 +59,7 @@ type Transport struct {
 
 	mu   sync.Mutex
 	conn net.Conn
+	last time.Time // when the last request ended, for Pause
 }
 
 // NewTransport validates opts and returns a transport; it does no I/O.
@@ -144,6 +150,42 @@ func (t *Transport) send(ctx context.Context, adu []byte) ([]byte, error) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if err := t.pauseLocked(ctx); err != nil {
+		return nil, err
+	}
+	reused := t.conn != nil
+	resp, err := t.sendLocked(ctx, adu)
+	if reused && errors.Is(err, errStale) && ctx.Err() == nil {
+		// Gateways drop idle connections without a word; the first
+		// request after that finds the connection closed. Reads are
+		// idempotent: dial again and ask once more.
+		resp, err = t.sendLocked(ctx, adu)
+	}
+	t.last = time.Now()
+	return resp, err
+}
+
+// errStale marks a connection the peer had closed before our request:
+// it ended before a byte of the answer arrived.
+var errStale = errors.New("connection closed by the device")
+
+// pauseLocked waits until Pause has passed since the last request.
+func (t *Transport) pauseLocked(ctx context.Context) error {
+	wait := time.Until(t.last.Add(t.opts.Pause))
+	if t.opts.Pause <= 0 || wait <= 0 {
+		return nil
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("modbus request to %s: %w", t.opts.Address, ctx.Err())
+	case <-timer.C:
+		return nil
+	}
+}
+
+func (t *Transport) sendLocked(ctx context.Context, adu []byte) ([]byte, error) {
 	if err := t.dialLocked(ctx); err != nil {
 		return nil, err
 	}
@@ -182,6 +224,9 @@ func (t *Transport) send(ctx context.Context, adu []byte) ([]byte, error) {
 // against the request.
 func exchange(rw io.ReadWriter, req []byte) ([]byte, error) {
 	if _, err := rw.Write(req); err != nil {
+		if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
+			return nil, fmt.Errorf("sending: %w: %w", err, errStale)
+		}
 		return nil, fmt.Errorf("sending: %w", err)
 	}
 	return readFrame(rw, req)
@@ -192,8 +237,11 @@ func exchange(rw io.ReadWriter, req []byte) ([]byte, error) {
 // length that fits a Modbus PDU. The frame returned is complete.
 func readFrame(r io.Reader, req []byte) ([]byte, error) {
 	var buf [maxADU]byte
-	if _, err := io.ReadFull(r, buf[:mbapHeader]); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+	if n, err := io.ReadFull(r, buf[:mbapHeader]); err != nil {
+		if n == 0 && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+			return nil, fmt.Errorf("the device closed the connection before answering: %w: %w", err, errStale)
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, fmt.Errorf("the device closed the connection before answering: %w", err)
 		}
 		return nil, fmt.Errorf("reading the answer's header: %w", err)
