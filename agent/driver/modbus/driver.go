@@ -18,6 +18,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -268,7 +270,7 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 	if len(points) == 0 {
 		return nil, nil
 	}
-	r := &read{d: d, ctx: ctx, points: points, specs: make([]spec, len(points)),
+	r := &read{d: d, points: points, specs: make([]spec, len(points)),
 		samples: make([]telemetry.Sample, len(points)), dead: map[byte]error{}}
 	type loc struct {
 		area area
@@ -302,7 +304,7 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 		r.fail(it, telemetry.StatusFault)
 	}
 	for _, b := range blocks {
-		if _, err := r.block(b); err != nil {
+		if _, err := r.block(ctx, b); err != nil {
 			return nil, err
 		}
 	}
@@ -311,9 +313,8 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 			"refusals", r.learned, "requests", r.requests)
 	}
 	if len(r.dead) > 0 && r.answered == 0 {
-		for u, err := range r.dead {
-			return nil, fmt.Errorf("no unit answered (unit %d: %w): %w", u, err, driver.ErrConnLost)
-		}
+		u := slices.Min(slices.Collect(maps.Keys(r.dead)))
+		return nil, fmt.Errorf("no unit answered (unit %d: %w): %w", u, r.dead[u], driver.ErrConnLost)
 	}
 	return r.samples, nil
 }
@@ -321,7 +322,6 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 // read is the state of one Read.
 type read struct {
 	d        *Driver
-	ctx      context.Context
 	points   []driver.Point
 	specs    []spec
 	samples  []telemetry.Sample
@@ -351,13 +351,13 @@ func (r *read) failBlock(b block, st telemetry.Status) {
 // block reads one block and decodes its items. It reports whether every
 // item got its data, in one read or after splitting. An exception 2 or 3
 // splits the block and teaches the driver the device's limits.
-func (r *read) block(b block) (bool, error) {
+func (r *read) block(ctx context.Context, b block) (bool, error) {
 	d := r.d
 	if _, dead := r.dead[b.area.unit]; dead {
 		r.failBlock(b, telemetry.StatusCommFailure)
 		return false, nil
 	}
-	data, err := r.fetch(b)
+	data, err := r.fetch(ctx, b)
 	var mbErr *gmodbus.ModbusError
 	switch {
 	case err == nil:
@@ -369,7 +369,7 @@ func (r *read) block(b block) (bool, error) {
 		return true, nil
 	case errors.As(err, &mbErr):
 		r.answered++
-	case errors.Is(err, errTimeout) && r.ctx.Err() == nil:
+	case errors.Is(err, errTimeout) && ctx.Err() == nil:
 		// One silent unit behind a gateway must not cost the others:
 		// give up on it for this read only.
 		r.dead[b.area.unit] = err
@@ -394,11 +394,11 @@ func (r *read) block(b block) (bool, error) {
 			return false, nil
 		}
 		left, right, atGap := b.split()
-		okL, err := r.block(left)
+		okL, err := r.block(ctx, left)
 		if err != nil {
 			return false, err
 		}
-		okR, err := r.block(right)
+		okR, err := r.block(ctx, right)
 		if err != nil {
 			return false, err
 		}
@@ -444,9 +444,9 @@ func (r *read) block(b block) (bool, error) {
 
 // fetch sends the block's read request and returns the answer's data
 // (registers or packed bits), its length checked.
-func (r *read) fetch(b block) ([]byte, error) {
+func (r *read) fetch(ctx context.Context, b block) ([]byte, error) {
 	r.requests++
-	c := r.d.guard.Client(r.ctx, r.d.tr, b.area.unit)
+	c := r.d.guard.Client(ctx, r.d.tr, b.area.unit)
 	addr, n := uint16(b.span.start), uint16(b.span.end-b.span.start)
 	var data []byte
 	var err error
