@@ -96,6 +96,9 @@ func TestNodePeerIntegration(t *testing.T) {
 		if err := c.SendForTest(peer.Addr, frame); !errors.Is(err, driver.ErrRefused) {
 			t.Fatalf("write through the client: %v, want refused", err)
 		}
+		if w := peer.Writes(); len(w) > 0 {
+			t.Fatalf("the peer received %v after the refused write", w)
+		}
 		// The same bytes sent around the client do arrive and are logged:
 		// the peer's record would show a write that got through.
 		raw, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, net.UDPAddrFromAddrPort(peer.Addr))

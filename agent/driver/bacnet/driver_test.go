@@ -85,7 +85,6 @@ func TestStatusMapping(t *testing.T) {
 	noRPM.Objects[3].Flags[2] = true
 	noRPM.Objects[4].Flags[3] = true
 	noRPM.Objects[5].Reliability = 7
-	noRPM.Objects[5].Flags[1] = true // by ReadProperty, reliability is read only on a fault
 	want := []telemetry.Status{telemetry.StatusOK, telemetry.StatusOK, telemetry.StatusFault, telemetry.StatusOverridden,
 		telemetry.StatusOutOfService, telemetry.StatusFault, telemetry.StatusFault, telemetry.StatusFault}
 	var points []driver.Point
@@ -177,7 +176,7 @@ func TestPlanFitsDevice(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%d/%v", tt.dev.MaxAPDU, tt.dev.Segmentation), func(t *testing.T) {
-			batches := plan(tt.dev, points, valid)
+			batches := plan(tt.dev, points, valid, roleValue, roleFlags, roleReliability)
 			seen := 0
 			for _, b := range batches {
 				req, err := bacnet.AppendReadPropertyMultiple(nil, b.specs)

@@ -28,7 +28,7 @@ type Object struct {
 	// Value gives the present value at t; nil is a constant 0.
 	Value func(t time.Time) float64
 	// Flags are the status flags: in-alarm, fault, overridden,
-	// out-of-service.
+	// out-of-service. Fault is also reported while Reliability is not 0.
 	Flags [4]bool
 	// Reliability is the BACnetReliability (0: no-fault-detected).
 	Reliability uint32
@@ -284,7 +284,8 @@ func (d *Device) read(o *Object, p bacnet.PropertyRef, now time.Time) ([]bacnet.
 	case bacnet.PropDescription:
 		return one(bacnet.CharString(o.Description))
 	case bacnet.PropStatusFlags:
-		return one(bacnet.Bits(bacnet.NewBitString(o.Flags[:]...)))
+		// FAULT is set whenever reliability is not no-fault-detected (clause 12).
+		return one(bacnet.Bits(bacnet.NewBitString(o.Flags[0], o.Flags[1] || o.Reliability != 0, o.Flags[2], o.Flags[3])))
 	case bacnet.PropEventState:
 		if o.Flags[0] {
 			return one(bacnet.Enumerated(3)) // high-limit

@@ -6,6 +6,7 @@ package nodepeer
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -29,8 +30,14 @@ type Peer struct {
 
 	mu       sync.Mutex
 	services []string
+	markers  map[int]bool
+	nextMark int
 	changed  chan struct{}
 }
+
+// markerBase is where the instance numbers of the log barrier's Who-Is
+// requests start; no test device uses them.
+const markerBase = 4_000_000
 
 // reads are the services a read-only client may send.
 var reads = []string{"whoIs", "whoHas", "readProperty", "readPropertyMultiple", "readRange"}
@@ -82,7 +89,7 @@ func Start(t testing.TB, iface string, device int) *Peer {
 	if ip.IsUnspecified() {
 		ip = netip.MustParseAddr("127.0.0.1")
 	}
-	p := &Peer{Addr: netip.AddrPortFrom(ip, uint16(port)), changed: make(chan struct{}, 1)}
+	p := &Peer{Addr: netip.AddrPortFrom(ip, uint16(port)), changed: make(chan struct{}, 1), markers: map[int]bool{}}
 	ready := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -92,6 +99,7 @@ func Start(t testing.TB, iface string, device int) *Peer {
 			var ev struct {
 				Event   string `json:"event"`
 				Service string `json:"service"`
+				Low     *int   `json:"low"`
 			}
 			if json.Unmarshal(sc.Bytes(), &ev) != nil {
 				continue
@@ -101,7 +109,11 @@ func Start(t testing.TB, iface string, device int) *Peer {
 				close(ready)
 			case "service":
 				p.mu.Lock()
-				p.services = append(p.services, ev.Service)
+				if ev.Service == "whoIs" && ev.Low != nil && *ev.Low >= markerBase {
+					p.markers[*ev.Low] = true
+				} else {
+					p.services = append(p.services, ev.Service)
+				}
 				p.mu.Unlock()
 				select {
 				case p.changed <- struct{}{}:
@@ -145,17 +157,67 @@ func peersDir(t testing.TB) string {
 	}
 }
 
-// Services lists the services received, in order.
+// Services lists the services received, in order, once every datagram
+// sent to the peer before the call is in its log (see sync).
 func (p *Peer) Services() []string {
+	if err := p.sync(); err != nil {
+		return []string{err.Error()}
+	}
+	return p.logged()
+}
+
+func (p *Peer) logged() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return slices.Clone(p.services)
 }
 
+// sync is a barrier: the peer logs on its own pipe, so a datagram it has
+// received may not be in the log yet. sync sends it a Who-Is for a unique
+// instance, from a socket of its own, and waits until that is logged: the
+// peer handles datagrams in order, so everything sent before is logged too.
+func (p *Peer) sync() error {
+	p.mu.Lock()
+	p.nextMark++
+	mark := markerBase + p.nextMark
+	p.mu.Unlock()
+	conn, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}, net.UDPAddrFromAddrPort(p.Addr))
+	if err != nil {
+		return fmt.Errorf("syncing with the peer's log: %w", err)
+	}
+	defer conn.Close()
+	// Who-Is [mark, mark]: BVLC Original-Unicast, NPDU, unconfirmed Who-Is
+	// with context tags 0 and 1 of three octets each.
+	m := []byte{byte(mark >> 16), byte(mark >> 8), byte(mark)}
+	frame := []byte{0x81, 0x0a, 0, 16, 0x01, 0x00, 0x10, 0x08, 0x0b, m[0], m[1], m[2], 0x1b, m[0], m[1], m[2]}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := conn.Write(frame); err != nil {
+			return fmt.Errorf("syncing with the peer's log: %w", err)
+		}
+		wait := time.After(200 * time.Millisecond)
+		for {
+			p.mu.Lock()
+			ok := p.markers[mark]
+			p.mu.Unlock()
+			if ok {
+				return nil
+			}
+			select {
+			case <-p.changed:
+				continue
+			case <-wait:
+			}
+			break
+		}
+	}
+	return errors.New("the peer's log did not catch up within 5s: what it received is unknown")
+}
+
 // Count returns how often service was received.
 func (p *Peer) Count(service string) int {
 	n := 0
-	for _, s := range p.Services() {
+	for _, s := range p.logged() {
 		if s == service {
 			n++
 		}
@@ -182,7 +244,7 @@ func (p *Peer) WaitFor(t testing.TB, service string, n int) {
 		select {
 		case <-p.changed:
 		case <-deadline:
-			t.Fatalf("the peer received %q %d times, want %d (got %v)", service, p.Count(service), n, p.Services())
+			t.Fatalf("the peer received %q %d times, want %d (got %v)", service, p.Count(service), n, p.logged())
 		}
 	}
 }
