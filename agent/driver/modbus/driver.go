@@ -65,7 +65,7 @@ func newDriver(dev driver.Device) (*Driver, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	d := &Driver{cfg: cfg, log: log, guard: NewGuard(log), specs: map[string]spec{},
-		learned: map[area]*limits{}, warned: map[string]bool{}}
+		learned: map[area]*limits{}, units: map[byte]*unitHealth{}, warned: map[string]bool{}}
 	if cfg.profile != nil {
 		d.profile = byRef(cfg.profile.forUnit(cfg.unit, d.orderOverride()))
 	}
@@ -161,6 +161,7 @@ type Driver struct {
 	mu        sync.Mutex
 	specs     map[string]spec // resolved points by ref
 	learned   map[area]*limits
+	units     map[byte]*unitHealth // units that stopped answering
 	warned    map[string]bool
 	connected bool
 	closed    bool
@@ -296,6 +297,7 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 		}
 		it.specs = append(it.specs, i)
 	}
+	items = r.skipResting(items)
 	d.mu.Lock()
 	blocks, skipped := plan(items, d.limitsLocked, d.cfg.plan)
 	d.mu.Unlock()
@@ -317,6 +319,67 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 		return nil, fmt.Errorf("no unit answered (unit %d: %w): %w", u, r.dead[u], driver.ErrConnLost)
 	}
 	return r.samples, nil
+}
+
+// unitHealth is a unit that stopped answering: it rests until retryAt, so
+// a dead unit behind a gateway does not cost every poll of the others its
+// timeout.
+type unitHealth struct {
+	failures int
+	since    time.Time
+	retryAt  time.Time
+}
+
+// Unit rest after consecutive silences: doubling from unitRestBase.
+const (
+	unitRestBase = 2 * time.Second
+	unitRestMax  = 5 * time.Minute
+)
+
+// unitSilent records that unit did not answer (or a gateway said so).
+func (d *Driver) unitSilent(unit byte, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	h := d.units[unit]
+	if h == nil {
+		h = &unitHealth{since: time.Now()}
+		d.units[unit] = h
+		d.log.Warn("unit not answering; its points get a comm-failure status, and it rests between tries", "unit", unit, "err", err)
+	}
+	h.failures++
+	rest := unitRestBase << min(h.failures-1, 10)
+	h.retryAt = time.Now().Add(min(rest, unitRestMax))
+}
+
+// unitAnswered records that unit answered, logging a recovery.
+func (d *Driver) unitAnswered(unit byte) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if h := d.units[unit]; h != nil {
+		d.log.Info("unit answering again", "unit", unit, "down_for", time.Since(h.since).Round(time.Second))
+		delete(d.units, unit)
+	}
+}
+
+// skipResting gives the points of resting units a comm-failure status
+// and returns the other items, unless every unit of the read rests: then
+// all are tried, so a read always asks something.
+func (r *read) skipResting(items []*item) []*item {
+	d := r.d
+	now := time.Now()
+	d.mu.Lock()
+	resting := func(u byte) bool { h := d.units[u]; return h != nil && now.Before(h.retryAt) }
+	awake := slices.ContainsFunc(items, func(it *item) bool { return !resting(it.area.unit) })
+	var keep []*item
+	for _, it := range items {
+		if awake && resting(it.area.unit) {
+			r.fail(it, telemetry.StatusCommFailure)
+			continue
+		}
+		keep = append(keep, it)
+	}
+	d.mu.Unlock()
+	return keep
 }
 
 // read is the state of one Read.
@@ -362,6 +425,7 @@ func (r *read) block(ctx context.Context, b block) (bool, error) {
 	switch {
 	case err == nil:
 		r.answered++
+		d.unitAnswered(b.area.unit)
 		d.mu.Lock()
 		d.limitsLocked(b.area).succeeded(b.span.end - b.span.start)
 		d.mu.Unlock()
@@ -369,10 +433,14 @@ func (r *read) block(ctx context.Context, b block) (bool, error) {
 		return true, nil
 	case errors.As(err, &mbErr):
 		r.answered++
+		if c := mbErr.ExceptionCode; c != gmodbus.ExceptionCodeGatewayPathUnavailable && c != gmodbus.ExceptionCodeGatewayTargetDeviceFailedToRespond {
+			d.unitAnswered(b.area.unit)
+		}
 	case errors.Is(err, errTimeout) && ctx.Err() == nil:
 		// One silent unit behind a gateway must not cost the others:
 		// give up on it for this read only.
 		r.dead[b.area.unit] = err
+		d.unitSilent(b.area.unit, err)
 		d.log.Debug("unit did not answer", "unit", b.area.unit, "err", err)
 		r.failBlock(b, telemetry.StatusCommFailure)
 		return false, nil
@@ -432,8 +500,8 @@ func (r *read) block(ctx context.Context, b block) (bool, error) {
 		return false, fmt.Errorf("reading %s: %w: %w", where, mbErr, driver.ErrBusy)
 	case gmodbus.ExceptionCodeGatewayPathUnavailable, gmodbus.ExceptionCodeGatewayTargetDeviceFailedToRespond:
 		r.dead[b.area.unit] = mbErr
+		d.unitSilent(b.area.unit, mbErr)
 		r.failBlock(b, telemetry.StatusCommFailure)
-		d.warnOnce(fmt.Sprintf("gw:%d", b.area.unit), "the gateway cannot reach this unit", "unit", b.area.unit, "err", mbErr)
 		return false, nil
 	default:
 		d.warnOnce("exc:"+where, "device answered with an exception; its points get a fault status", "range", where, "err", mbErr)

@@ -79,7 +79,7 @@ func TestUnitsBehindGateway(t *testing.T) {
 		point(5, "u4/hr/0", ""), // no such unit: the gateway answers 11
 		point(6, "u1/ir/9", ""),
 	}
-	d := newDriver(t, sim.Addr(), "request_timeout: 200ms", points...)
+	d := newDriver(t, sim.Addr(), "request_timeout: 1s", points...)
 	samples, err := d.Read(t.Context(), points)
 	if err != nil {
 		t.Fatal(err)
@@ -100,6 +100,38 @@ func TestUnitsBehindGateway(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("silent unit asked %d times in one read, want 1", n)
+	}
+
+	// The next poll lets the silent and the missing unit rest: the
+	// others are read at once, without waiting for a timeout.
+	sim.ResetRequests()
+	start := time.Now()
+	samples, err = d.Read(t.Context(), points)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 900*time.Millisecond {
+		t.Errorf("second read took %s: it waited for a resting unit", el)
+	}
+	for i, s := range samples {
+		if s.Status != want[i] {
+			t.Errorf("second read %s: status %v, want %v", points[i].Ref, s.Status, want[i])
+		}
+	}
+	for _, r := range sim.Requests() {
+		if r.Unit == 3 || r.Unit == 4 {
+			t.Errorf("resting unit %d asked: %+v", r.Unit, r)
+		}
+	}
+
+	// When every unit of a read rests, it is asked anyway.
+	sim.ResetRequests()
+	only := []driver.Point{points[2]}
+	if _, err := d.Read(t.Context(), only); err == nil {
+		t.Error("read of the silent unit alone succeeded")
+	}
+	if len(sim.Requests()) != 1 {
+		t.Errorf("read of a resting unit alone sent %d requests, want 1", len(sim.Requests()))
 	}
 }
 
