@@ -57,12 +57,17 @@ func Run(ctx context.Context, o Options) error {
     settings: {path: %s, timezone: UTC, settle: 0s}
 `, replays[0].Dir, replays[1].Dir)
 	described := []string{fmt.Sprintf("two real trend exports (AHU7 at 900x, RTU11 at 3600x) written into %s", trends)}
+	// Live devices keep producing samples; they stop before the final
+	// drain, or the agent's buffer would never be empty.
+	var stopSims []func()
 	for _, start := range simulators() {
 		d, err := start(ctx, o)
 		if err != nil {
 			return err
 		}
-		defer d.Stop()
+		stop := sync.OnceFunc(d.Stop)
+		defer stop()
+		stopSims = append(stopSims, stop)
 		devices += d.Devices
 		described = append(described, d.Describe)
 	}
@@ -114,6 +119,9 @@ The dashboard arrives with a later issue. Stop with Ctrl-C.
 	}
 	stopReplay()
 	wg.Wait()
+	for _, stop := range stopSims {
+		stop()
+	}
 	// Let the agent read the last exports and send everything it holds.
 	dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

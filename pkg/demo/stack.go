@@ -44,6 +44,7 @@ type Stack struct {
 	ingestAddr string
 
 	ingest, agent *proc
+	token         string // the enrollment token, until the agent used it
 }
 
 // AzureArchive is an emulator account and container the ingest archives
@@ -104,12 +105,14 @@ func (s *Stack) Init(ctx context.Context) error {
 	if _, err := s.runIngest(ctx, "ca", "init", "--dir", s.caDir()); err != nil {
 		return err
 	}
-	// The agent must be in the registry the ingest checks at every
-	// handshake, so it is issued into the ingest's own database.
-	if _, err := s.runIngest(ctx, "agents", "issue", "--ca-dir", s.caDir(), "--db", s.database(), "--tenant", s.Tenant, "--site", s.Site,
-		"--out", filepath.Join(s.AgentDir(), "cert")); err != nil {
+	// The agent enrolls the way an installer's box does: a one-time token
+	// from the operator, redeemed by `sightglass-agent enroll` once the
+	// ingest runs (StartAgent), with a key made on the agent's side.
+	tok, err := s.runIngest(ctx, "enroll", "create", "--ca-dir", s.caDir(), "--db", s.database(), "--tenant", s.Tenant, "--site", s.Site, "--ttl", "1h")
+	if err != nil {
 		return err
 	}
+	s.token = strings.TrimSpace(strings.SplitN(tok, "\n", 2)[0])
 	port, err := freePort()
 	if err != nil {
 		return err
@@ -207,6 +210,13 @@ func (s *Stack) StartIngest(ctx context.Context) error {
 
 // StartAgent starts the agent and waits until its status socket answers.
 func (s *Stack) StartAgent(ctx context.Context) error {
+	if s.token != "" {
+		out, err := exec.CommandContext(ctx, filepath.Join(s.Bin, "sightglass-agent"), "enroll", "--config", s.AgentConfig(), "--token", s.token).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("sightglass-agent enroll: %w\n%s", err, out)
+		}
+		s.token = ""
+	}
 	p, err := s.start("sightglass-agent", "run", "--config", s.AgentConfig())
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log"
 	"os"
 	"os/signal"
 	"syscall"
@@ -47,6 +48,9 @@ func newRoot() *cobra.Command {
 			}
 			defer f.Close()
 			o.Logs = f
+			// The simulators' libraries log through the standard logger
+			// (gopcua's server does); their chatter belongs with the logs.
+			log.SetOutput(f)
 			fmt.Fprintf(o.Out, "logs of the ingest and the agent: %s\n", logFile)
 			return demo.Run(cmd.Context(), o)
 		},
