@@ -575,11 +575,19 @@ func (d *Driver) Discover(ctx context.Context) ([]driver.Point, error) {
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("discovering modbus points: %w", ctx.Err())
 	}
-	if idErr != nil && errors.Is(idErr, driver.ErrConnLost) {
-		return nil, fmt.Errorf("discovering modbus points: %w", idErr)
-	}
-	if idErr == nil {
+	switch {
+	case idErr == nil:
 		d.log.Info("device identification", "unit", d.cfg.unit, "id", id.String())
+		if p != nil && (p.Match.Vendor != "" || p.Match.Product != "") && !p.matches(id) {
+			d.log.Warn("the device does not identify as the configured profile's model; check settings.profile",
+				"profile", p.Name, "id", id.String())
+		}
+	case p != nil:
+		// Some devices never answer functions they lack; the profile
+		// is all discovery needs.
+		d.log.Debug("no device identification", "unit", d.cfg.unit, "err", idErr)
+	case errors.Is(idErr, driver.ErrConnLost):
+		return nil, fmt.Errorf("discovering modbus points: %w", idErr)
 	}
 	if p == nil {
 		if idErr != nil {

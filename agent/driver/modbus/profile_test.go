@@ -112,3 +112,24 @@ func TestProfileOrderOverride(t *testing.T) {
 		t.Errorf("%s with order CDAB: %+v, %v; want 230.5", pt.Ref, samples, err)
 	}
 }
+
+// TestDiscoverSilentIdentification: a device that never answers 43/14
+// still gets its configured profile's points.
+func TestDiscoverSilentIdentification(t *testing.T) {
+	sim := startSim(t, modbussim.Options{Fault: func(r modbussim.Request) modbussim.Fault {
+		if r.Function == 43 {
+			return modbussim.Silent
+		}
+		return modbussim.NoFault
+	}}, map[byte]*modbussim.Unit{1: handMap()})
+	d := newDriver(t, sim.Addr(), "profile: regin-rcfd230c\nrequest_timeout: 200ms")
+	found, err := d.Discover(t.Context())
+	if err != nil || len(found) != 10 {
+		t.Errorf("Discover: %d points, %v; want the profile's 10", len(found), err)
+	}
+	// Without a profile there is nothing to go on.
+	d2 := newDriver(t, sim.Addr(), "request_timeout: 200ms")
+	if _, err := d2.Discover(t.Context()); err == nil {
+		t.Error("Discover without a profile or identification succeeded")
+	}
+}
