@@ -238,6 +238,7 @@ func settingsOf(s spec) driver.Settings {
 // fixedSettings are point settings given in code rather than YAML.
 type fixedSettings struct{ v pointSettings }
 
+// Decode decodes the fixed settings into v, strictly, as YAML would.
 func (f fixedSettings) Decode(v any) error {
 	var n yaml.Node
 	if err := n.Encode(f.v); err != nil {

@@ -84,6 +84,7 @@ type guardedPackager struct {
 	gmodbus.Packager
 }
 
+// Encode refuses any PDU that is not a read, before a frame exists.
 func (p guardedPackager) Encode(pdu *gmodbus.ProtocolDataUnit) ([]byte, error) {
 	if pdu == nil {
 		return nil, p.g.refuse("encode", 0)

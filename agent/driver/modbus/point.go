@@ -19,6 +19,7 @@ const (
 
 var tableNames = [...]string{"coil", "di", "hr", "ir"}
 
+// String is the table's name in refs: coil, di, hr, ir.
 func (t table) String() string { return tableNames[t] }
 
 // function is the read function code of the table.
@@ -137,6 +138,7 @@ const (
 
 var orderNames = [...]string{"ABCD", "CDAB", "BADC", "DCBA"}
 
+// String is the order's name: ABCD, CDAB, BADC or DCBA.
 func (o byteOrder) String() string { return orderNames[o] }
 
 func (o byteOrder) swapWords() bool { return o == orderCDAB || o == orderDCBA }

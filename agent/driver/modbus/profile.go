@@ -74,6 +74,7 @@ type profilePointFile struct {
 	line          int
 }
 
+// UnmarshalYAML decodes a profile point strictly, keeping its line.
 func (p *profilePointFile) UnmarshalYAML(n *yaml.Node) error {
 	type plain profilePointFile
 	var v plain

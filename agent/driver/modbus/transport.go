@@ -141,6 +141,7 @@ type boundTransport struct {
 	ctx context.Context
 }
 
+// Send sends one frame under the bound context.
 func (b boundTransport) Send(adu []byte) ([]byte, error) { return b.t.send(b.ctx, adu) }
 
 // send writes one request frame and reads its answer.
