@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -374,6 +375,13 @@ func (d *Driver) sessionOptions(ep *ua.EndpointDescription) ([]opcua.Option, *ua
 	case ua.UserTokenTypeUserName:
 		sess.UserIdentityToken = &ua.UserNameIdentityToken{PolicyID: pol.PolicyID, UserName: d.cfg.auth.Username}
 		sess.AuthPassword = d.cfg.password
+		if d.cfg.auth.PasswordFile != "" {
+			b, err := readPrivate(d.cfg.auth.PasswordFile)
+			if err != nil {
+				return nil, nil, fmt.Errorf("settings.auth.password_file: %w", err)
+			}
+			sess.AuthPassword = strings.TrimRight(string(b), "\r\n")
+		}
 	case ua.UserTokenTypeCertificate:
 		cert, err := readCert(d.cfg.auth.Certificate)
 		if err != nil {
@@ -511,6 +519,11 @@ func (d *Driver) readChunk(ctx context.Context, points []driver.Point) ([]teleme
 	if err != nil {
 		return nil, err
 	}
+	return d.readResults(points, res)
+}
+
+// readResults turns a ReadResponse for points into their samples.
+func (d *Driver) readResults(points []driver.Point, res *ua.ReadResponse) ([]telemetry.Sample, error) {
 	if res.ResponseHeader != nil && res.ResponseHeader.ServiceResult != ua.StatusOK {
 		return nil, res.ResponseHeader.ServiceResult
 	}

@@ -87,33 +87,46 @@ func (d *Driver) History(ctx context.Context, p driver.Point, start, end time.Ti
 			d.log.Warn("history backfill stopped at its page limit", "point", p.Ref, "samples", len(out))
 			return out, nil
 		}
-		if res.ResponseHeader != nil && res.ResponseHeader.ServiceResult != ua.StatusOK {
-			return out, fmt.Errorf("history of %s: %w", p.Ref, res.ResponseHeader.ServiceResult)
-		}
-		if len(res.Results) != 1 {
-			return out, fmt.Errorf("history of %s: the server answered %d results for 1 node", p.Ref, len(res.Results))
-		}
-		r := res.Results[0]
-		if r.StatusCode&0x80000000 != 0 {
-			return out, fmt.Errorf("history of %s: %w", p.Ref, r.StatusCode)
-		}
-		if r.HistoryData != nil {
-			hd, ok := r.HistoryData.Value.(*ua.HistoryData)
-			if !ok {
-				return out, fmt.Errorf("history of %s: unexpected history data %T", p.Ref, r.HistoryData.Value)
-			}
-			now := d.now()
-			for _, dv := range hd.DataValues {
-				s := d.sample(p, dv, now)
-				if t := time.UnixMilli(s.Time); t.Before(start) || !t.Before(end) {
-					continue // bounds or a server that ignores the range
-				}
-				out = append(out, s)
-			}
+		samples, r, err := d.historyPage(p, res, start, end)
+		out = append(out, samples...)
+		if err != nil {
+			return out, err
 		}
 		if len(r.ContinuationPoint) == 0 {
 			return out, nil
 		}
 		cont = r.ContinuationPoint
 	}
+}
+
+// historyPage turns one HistoryRead answer for p into samples within
+// [start, end), and returns the node's result for its continuation point.
+func (d *Driver) historyPage(p driver.Point, res *ua.HistoryReadResponse, start, end time.Time) ([]telemetry.Sample, *ua.HistoryReadResult, error) {
+	if res.ResponseHeader != nil && res.ResponseHeader.ServiceResult != ua.StatusOK {
+		return nil, nil, fmt.Errorf("history of %s: %w", p.Ref, res.ResponseHeader.ServiceResult)
+	}
+	if len(res.Results) != 1 || res.Results[0] == nil {
+		return nil, nil, fmt.Errorf("history of %s: the server answered %d results for 1 node", p.Ref, len(res.Results))
+	}
+	r := res.Results[0]
+	if r.StatusCode&0x80000000 != 0 {
+		return nil, nil, fmt.Errorf("history of %s: %w", p.Ref, r.StatusCode)
+	}
+	if r.HistoryData == nil || r.HistoryData.Value == nil {
+		return nil, r, nil
+	}
+	hd, ok := r.HistoryData.Value.(*ua.HistoryData)
+	if !ok {
+		return nil, nil, fmt.Errorf("history of %s: unexpected history data %T", p.Ref, r.HistoryData.Value)
+	}
+	now := d.now()
+	var out []telemetry.Sample
+	for _, dv := range hd.DataValues {
+		s := d.sample(p, dv, now)
+		if t := time.UnixMilli(s.Time); t.Before(start) || !t.Before(end) {
+			continue // bounds, or a server that ignores the range
+		}
+		out = append(out, s)
+	}
+	return out, r, nil
 }

@@ -79,6 +79,10 @@ func userCert(t *testing.T) (certFile, keyFile string) {
 func TestNodeOPCUAIntegration(t *testing.T) {
 	p := shared(t)
 	certFile, keyFile := userCert(t)
+	passFile := filepath.Join(t.TempDir(), "pass")
+	if err := os.WriteFile(passFile, []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name, policy, mode, auth string
 	}{
@@ -89,6 +93,7 @@ func TestNodeOPCUAIntegration(t *testing.T) {
 		{"Aes256_Sha256_RsaPss-SignAndEncrypt", "Aes256_Sha256_RsaPss", "SignAndEncrypt", ""},
 		{"Aes256_Sha256_RsaPss-Sign", "Aes256_Sha256_RsaPss", "Sign", ""},
 		{"username", "Basic256Sha256", "SignAndEncrypt", "auth: {type: username, username: reader, password: secret}"},
+		{"username-password-file", "Aes256_Sha256_RsaPss", "SignAndEncrypt", "auth: {type: username, username: reader, password_file: " + passFile + "}"},
 		{"certificate", "Aes128_Sha256_RsaOaep", "SignAndEncrypt", fmt.Sprintf("auth: {type: certificate, certificate: %s, private_key: %s}", certFile, keyFile)},
 	}
 	for _, tt := range tests {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"math"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -141,7 +140,7 @@ type config struct {
 func (c config) secure() bool { return c.mode != ua.MessageSecurityModeNone }
 
 // parseSettings decodes and validates a device's settings, reporting every
-// problem at once. It reads the password file, and does no network I/O.
+// problem at once. It does no I/O.
 func parseSettings(s driver.Settings, dataDir string) (config, error) {
 	var raw Settings
 	if s == nil {
@@ -216,11 +215,8 @@ func parseSettings(s driver.Settings, dataDir string) (config, error) {
 		case c.auth.Password != "" && c.auth.PasswordFile != "":
 			bad("settings.auth: give password or password_file, not both")
 		case c.auth.PasswordFile != "":
-			b, err := os.ReadFile(c.auth.PasswordFile)
-			if err != nil {
-				bad("settings.auth.password_file: %v", err)
-			}
-			c.password = strings.TrimRight(string(b), "\r\n")
+			// Read at connect: the file lives on the box the agent runs
+			// on, not where the config is validated.
 		default:
 			c.password = c.auth.Password
 		}

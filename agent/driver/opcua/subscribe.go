@@ -172,34 +172,48 @@ func (d *Driver) publish(ctx context.Context, s *subscription) {
 			return
 		}
 		acks = nil
-		msg := res.NotificationMessage
-		if msg == nil || len(msg.NotificationData) == 0 {
-			continue // a keep-alive
+		ack, err := deliver(s, res)
+		if ack != nil {
+			acks = append(acks, ack)
 		}
-		acks = append(acks, &ua.SubscriptionAcknowledgement{SubscriptionID: res.SubscriptionID, SequenceNumber: msg.SequenceNumber})
-		for _, eo := range msg.NotificationData {
-			if eo == nil {
-				continue
+		if err != nil {
+			d.mu.Lock()
+			if d.lost == nil {
+				d.lost = err
 			}
-			switch n := eo.Value.(type) {
-			case *ua.DataChangeNotification:
-				for _, item := range n.MonitoredItems {
-					if item != nil && item.Value != nil {
-						s.push(item.ClientHandle, item.Value)
-					}
+			d.mu.Unlock()
+			return
+		}
+	}
+}
+
+// deliver queues the values of one PublishResponse and returns the
+// acknowledgement to send with the next Publish (nil for a keep-alive). A
+// status change the server reports ends the subscription with an error.
+func deliver(s *subscription, res *ua.PublishResponse) (*ua.SubscriptionAcknowledgement, error) {
+	msg := res.NotificationMessage
+	if msg == nil || len(msg.NotificationData) == 0 {
+		return nil, nil // a keep-alive
+	}
+	ack := &ua.SubscriptionAcknowledgement{SubscriptionID: res.SubscriptionID, SequenceNumber: msg.SequenceNumber}
+	for _, eo := range msg.NotificationData {
+		if eo == nil {
+			continue
+		}
+		switch n := eo.Value.(type) {
+		case *ua.DataChangeNotification:
+			for _, item := range n.MonitoredItems {
+				if item != nil && item.Value != nil {
+					s.push(item.ClientHandle, item.Value)
 				}
-			case *ua.StatusChangeNotification:
-				if n.Status != ua.StatusOK {
-					d.mu.Lock()
-					if d.lost == nil {
-						d.lost = fmt.Errorf("subscription %d: server reports %w", s.id, n.Status)
-					}
-					d.mu.Unlock()
-					return
-				}
+			}
+		case *ua.StatusChangeNotification:
+			if n.Status != ua.StatusOK {
+				return ack, fmt.Errorf("subscription %d: server reports %w", s.id, n.Status)
 			}
 		}
 	}
+	return ack, nil
 }
 
 // subscribedSamples returns the values that arrived for points since the

@@ -1,0 +1,47 @@
+package opcua
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	simopcua "github.com/sightglass-bms/sightglass/pkg/sim/opcua"
+)
+
+// BenchmarkRead10000 polls 10,000 nodes of the simulator once per
+// iteration under different server limits, and reports the ReadRequests
+// one poll takes (reads/poll) beside the time per poll.
+func BenchmarkRead10000(b *testing.B) {
+	const nodes = 10_000
+	for _, limit := range []uint32{100, 1000, 5000} {
+		b.Run(fmt.Sprintf("MaxNodesPerRead=%d", limit), func(b *testing.B) {
+			// 2 variables per zone plus the 10 of the plant and AHUs.
+			sim := startSim(b, simopcua.Options{MaxNodesPerRead: limit, Zones: nodes / 2})
+			points := simPoints(sim, nodes)
+			if len(points) != nodes {
+				b.Fatalf("simulator has %d variables, want %d", len(points), nodes)
+			}
+			d, err := New(driver.Device{Name: "bench", Settings: noneSettings(b, sim.URL), Points: points})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer d.Close()
+			if err := d.Connect(b.Context()); err != nil {
+				b.Fatal(err)
+			}
+			before := countOf(sim.Services(), "Read")
+			b.ResetTimer()
+			for b.Loop() {
+				samples, err := d.Read(b.Context(), points)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(samples) != nodes {
+					b.Fatalf("%d samples", len(samples))
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(countOf(sim.Services(), "Read")-before)/float64(b.N), "reads/poll")
+		})
+	}
+}
