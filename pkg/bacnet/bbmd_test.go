@@ -119,3 +119,19 @@ func TestWhoHas(t *testing.T) {
 		t.Fatalf("by id within 100..501: %+v, want devices 100 and 501", byID)
 	}
 }
+
+// TestForeignDeviceBBMDDown opens a client whose BBMD does not answer
+// yet: the client works (unicast reads need no BBMD) and keeps trying.
+func TestForeignDeviceBBMDDown(t *testing.T) {
+	silent, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	sim := startSim(t, bacnetsim.Config{Local: bacnetsim.NewDevice(301, "near", 1, 0, 0, false)})
+	c := newClient(t, bacnet.Config{BBMD: silent.LocalAddr().String(), Timeout: 100 * time.Millisecond, Retries: -1})
+	dev := find(t, c, sim, 301)
+	if _, err := c.ReadProperty(t.Context(), dev, ai1, bacnet.Prop(bacnet.PropPresentValue)); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -294,12 +294,18 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	c.wg.Add(1)
 	go c.readLoop()
 	if c.bbmd.IsValid() {
-		if err := c.register(ctx); err != nil {
+		// A BBMD that refuses us is a configuration error; one that does
+		// not answer yet may be rebooting, and is tried again soon.
+		err := c.register(ctx)
+		if err != nil && !errors.Is(err, ErrTimeout) {
 			c.Close()
 			return nil, err
 		}
+		if err != nil {
+			c.log.Warn("bbmd did not answer the foreign device registration; trying again", "bbmd", c.bbmd.String(), "err", err)
+		}
 		c.wg.Add(1)
-		go c.reregister()
+		go c.reregister(err == nil)
 	}
 	return c, nil
 }
@@ -448,21 +454,33 @@ func (c *Client) register(ctx context.Context) error {
 	return fmt.Errorf("registering with bbmd %s: %w", c.bbmd, ErrTimeout)
 }
 
-func (c *Client) reregister() {
+func (c *Client) reregister(ok bool) {
 	defer c.wg.Done()
-	t := time.NewTicker(c.cfg.ForeignTTL / 2)
-	defer t.Stop()
 	for {
+		// Renew at half the time-to-live; after a failure, every 10s.
+		wait := c.cfg.ForeignTTL / 2
+		if !ok {
+			wait = min(wait, 10*time.Second)
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-c.done:
+			t.Stop()
 			return
 		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout*time.Duration(c.cfg.Retries+1))
-			if err := c.register(ctx); err != nil && !errors.Is(err, ErrClosed) {
-				c.log.Warn("foreign device re-registration failed", "bbmd", c.bbmd.String(), "err", err)
-			}
-			cancel()
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout*time.Duration(c.cfg.Retries+1))
+		err := c.register(ctx)
+		cancel()
+		switch {
+		case errors.Is(err, ErrClosed):
+			return
+		case err != nil:
+			c.log.Warn("foreign device registration failed", "bbmd", c.bbmd.String(), "err", err)
+		case !ok:
+			c.log.Info("registered with the bbmd as a foreign device", "bbmd", c.bbmd.String())
+		}
+		ok = err == nil
 	}
 }
 
