@@ -69,6 +69,7 @@ type Driver struct {
 
 	mu        sync.Mutex
 	closed    bool
+	opened    bool // a session was open once: Close is final from then on
 	connected bool
 	lost      error // set when the subscription's publish loop saw the connection go
 	maxNodes  int
@@ -193,7 +194,7 @@ func (d *Driver) ensure(ctx context.Context) error {
 	if d.failures > 0 {
 		d.log.Info("OPC UA server reachable again", "endpoint", d.cfg.endpoint, "failed_attempts", d.failures)
 	}
-	d.failures, d.nextTry, d.connected, d.lost = 0, time.Time{}, true, nil
+	d.failures, d.nextTry, d.connected, d.lost, d.opened = 0, time.Time{}, true, nil, true
 	return nil
 }
 
@@ -687,14 +688,19 @@ func isBusy(err error) bool {
 	return false
 }
 
-// Close ends the session. It is final: build a new driver to read again.
+// Close ends the session. Once a session was open it is final: build a
+// new driver to read again. A Close after Connect never succeeded has no
+// session to end and leaves the driver able to Connect: the poller closes
+// a driver whose Connect failed and calls Connect again, and a server that
+// is down when the agent starts must not cost the device until the next
+// restart.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
 		return nil
 	}
-	d.closed = true
+	d.closed = d.opened
 	d.connected = false
 	sub := d.sub
 	d.sub = nil

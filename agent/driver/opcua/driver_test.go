@@ -2,6 +2,8 @@ package opcua
 
 import (
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -272,5 +274,38 @@ func TestTooManyOperations(t *testing.T) {
 	}
 	if d.maxNodes != 2 {
 		t.Errorf("maxNodes = %d after BadTooManyOperations, want 2", d.maxNodes)
+	}
+}
+
+// TestConnectAfterFailedConnect is the poller's cycle when the server is
+// down at start: Connect fails, Close, later Connect again, which must
+// work once the server is up. After a session was open, Close is final.
+func TestConnectAfterFailedConnect(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close() // nothing listens there now
+	url := fmt.Sprintf("opc.tcp://127.0.0.1:%d", port)
+	d, err := New(driver.Device{Name: "late", Settings: noneSettings(t, url)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Connect(t.Context()); !errors.Is(err, driver.ErrConnLost) {
+		t.Fatalf("Connect with no server = %v, want ErrConnLost", err)
+	}
+	d.Close()
+	sim := startSim(t, simopcua.Options{Port: port})
+	points := simPoints(sim, 2)
+	if !waitFor(t.Context(), 5*time.Second, func() bool { return d.Connect(t.Context()) == nil }) {
+		t.Fatal("Connect after a failed Connect and Close never succeeded")
+	}
+	if _, err := d.Read(t.Context(), points); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if err := d.Connect(t.Context()); err == nil {
+		t.Fatal("Connect after closing an open session succeeded; Close must be final then")
 	}
 }
