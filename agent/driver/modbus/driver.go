@@ -85,6 +85,8 @@ func newDriver(dev driver.Device) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("modbus device %q: %w", dev.Name, err)
 	}
+	d.state = stateFile(dev.DataDir, dev.Name)
+	d.loadLearned()
 	return d, nil
 }
 
@@ -157,11 +159,13 @@ type Driver struct {
 	guard   *Guard
 	tr      *Transport
 	profile map[string]spec // the profile's points for the device's unit, by ref
+	state   string          // file keeping the learned limits; "" without a data dir
 
 	mu        sync.Mutex
 	specs     map[string]spec // resolved points by ref
 	learned   map[area]*limits
 	units     map[byte]*unitHealth // units that stopped answering
+	saved     []learnedArea        // the learned limits last written to state
 	warned    map[string]bool
 	connected bool
 	closed    bool
@@ -314,6 +318,9 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 		d.log.Info("learned the device's limits from refused block reads; later polls read in blocks that work",
 			"refusals", r.learned, "requests", r.requests)
 	}
+	if r.learned > 0 || r.probed {
+		d.saveLearned()
+	}
 	if len(r.dead) > 0 && r.answered == 0 {
 		u := slices.Min(slices.Collect(maps.Keys(r.dead)))
 		return nil, fmt.Errorf("no unit answered (unit %d: %w): %w", u, r.dead[u], driver.ErrConnLost)
@@ -391,7 +398,8 @@ type read struct {
 	dead     map[byte]error // units that did not answer in this read
 	answered int            // requests answered, exceptions included
 	requests int
-	learned  int // limits learned from refused blocks
+	learned  int  // limits learned from refused blocks
+	probed   bool // a read below a refused length worked: the limit moved
 }
 
 func (r *read) set(i int, v float64, st telemetry.Status) {
@@ -427,7 +435,9 @@ func (r *read) block(ctx context.Context, b block) (bool, error) {
 		r.answered++
 		d.unitAnswered(b.area.unit)
 		d.mu.Lock()
-		d.limitsLocked(b.area).succeeded(b.span.end - b.span.start)
+		l := d.limitsLocked(b.area)
+		r.probed = r.probed || l.badLen != 0
+		l.succeeded(b.span.end - b.span.start)
 		d.mu.Unlock()
 		r.decode(b, data)
 		return true, nil

@@ -57,7 +57,14 @@ func startSim(t testing.TB, opts modbussim.Options, units map[byte]*modbussim.Un
 // newDriver builds and connects a driver for addr with extra settings.
 func newDriver(t testing.TB, addr, extra string, points ...driver.Point) *modbus.Driver {
 	t.Helper()
-	d, err := modbus.New(driver.Device{Name: "dev", Settings: yamlSettings(fmt.Sprintf("host: %s\n%s", addr, extra)), Points: points, Logger: testLogger(t)})
+	return connect(t, driver.Device{Name: "dev", Settings: yamlSettings(fmt.Sprintf("host: %s\n%s", addr, extra)), Points: points})
+}
+
+// connect builds and connects a driver for dev, closed with the test.
+func connect(t testing.TB, dev driver.Device) *modbus.Driver {
+	t.Helper()
+	dev.Logger = testLogger(t)
+	d, err := modbus.New(dev)
 	if err != nil {
 		t.Fatal(err)
 	}
