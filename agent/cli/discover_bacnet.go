@@ -39,6 +39,9 @@ writes a starter devices section for the agent config.`,
   sightglass-agent discover bacnet --local-address 192.168.10.5:47808 --address 192.168.10.40 --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if local == "" {
+				return fmt.Errorf("--local-address: required: the control NIC's IP:port, e.g. 192.168.10.5:47808")
+			}
 			if broadcast == "" && bbmd == "" && address == "" {
 				return fmt.Errorf("--broadcast: required (the control subnet's broadcast address, e.g. 192.168.10.255:47808), unless --bbmd or --address is given")
 			}
@@ -103,7 +106,7 @@ writes a starter devices section for the agent config.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&local, "local-address", "0.0.0.0:47808", "address to bind on the control NIC, IP:port")
+	f.StringVar(&local, "local-address", "", "the control NIC's address to bind, IP:port (e.g. 192.168.10.5:47808); required")
 	f.StringVar(&broadcast, "broadcast", "", "the control subnet's broadcast address, IP:port (no default: a limited broadcast could leave on the uplink)")
 	f.StringVar(&bbmd, "bbmd", "", "register as a foreign device with this BBMD and discover across subnets")
 	f.StringVar(&address, "address", "", "ask one device or router directly (IP[:port]) instead of broadcasting")

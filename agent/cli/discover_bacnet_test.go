@@ -89,12 +89,23 @@ func TestDiscoverBACnet(t *testing.T) {
 	}
 }
 
-func TestDiscoverBACnetNeedsBroadcast(t *testing.T) {
-	root := NewRoot()
-	root.SetOut(&bytes.Buffer{})
-	root.SetErr(&bytes.Buffer{})
-	root.SetArgs([]string{"discover", "bacnet", "--local-address", "127.0.0.1:0"})
-	if err := root.Execute(); err == nil || !strings.Contains(err.Error(), "--broadcast") {
-		t.Fatalf("err = %v, want one naming --broadcast", err)
+func TestDiscoverBACnetFlagErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--broadcast", "127.255.255.255:47808"}, "--local-address"},
+		{[]string{"--local-address", "127.0.0.1:0"}, "--broadcast"},
+		{[]string{"--local-address", "127.0.0.1:0", "--broadcast", "127.255.255.255:47808", "--network", "70000"}, "--network"},
+		{[]string{"--local-address", "127.0.0.1:0", "--broadcast", "127.255.255.255:47808", "--rate", "0"}, "--rate"},
+	}
+	for _, tt := range tests {
+		root := NewRoot()
+		root.SetOut(&bytes.Buffer{})
+		root.SetErr(&bytes.Buffer{})
+		root.SetArgs(append([]string{"discover", "bacnet"}, tt.args...))
+		if err := root.Execute(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: err = %v, want one naming %s", tt.args, err, tt.want)
+		}
 	}
 }

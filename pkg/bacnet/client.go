@@ -21,7 +21,8 @@ import (
 // field.
 type Config struct {
 	// Local is the UDP address to bind, "IP:port": the control NIC's
-	// address. Default "0.0.0.0:47808".
+	// address, e.g. "192.168.10.5:47808". Required: binding every NIC
+	// would also listen on the uplink.
 	Local string
 	// Broadcast is where Who-Is and Who-Has go when no BBMD is set, e.g.
 	// "192.168.10.255:47808", the control subnet's broadcast address.
@@ -210,7 +211,7 @@ var ErrTimeout = errors.New("bacnet device did not answer")
 // as a foreign device.
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.Local == "" {
-		cfg.Local = "0.0.0.0:47808"
+		return nil, errors.New("bacnet client: the local address is required: the control NIC's IP and port, e.g. 192.168.10.5:47808 (binding every NIC would listen on the uplink too)")
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 3 * time.Second

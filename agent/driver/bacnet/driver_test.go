@@ -312,6 +312,9 @@ func TestSettingsErrors(t *testing.T) {
 		{"device_instance: 1\naddress: 127.0.0.1\nread_property_multiple: sometimes", "want auto or off"},
 		{"device_instance: 1\naddress: 127.0.0.1\nmax_apdu: 20", "max_apdu"},
 		{"device_instance: 1\naddress: 127.0.0.1\nwrite: true", "write"},
+		{"device_instance: 1\naddress: 127.0.0.1", "local_address: required"},
+		{"device_instance: 1\naddress: 127.0.0.1\nlocal_address: 0.0.0.0:47808", "binds every NIC"},
+		{"device_instance: 1\naddress: 127.0.0.1\nlocal_address: nic0", "want IP:port"},
 	}
 	for _, tt := range tests {
 		_, err := New(driver.Device{Name: "x", Settings: yamlText(tt.settings)})
@@ -319,7 +322,7 @@ func TestSettingsErrors(t *testing.T) {
 			t.Errorf("settings %q: %v, want an error containing %q", tt.settings, err, tt.want)
 		}
 	}
-	_, err := New(driver.Device{Name: "x", Settings: yamlText("device_instance: 1\naddress: 127.0.0.1"),
+	_, err := New(driver.Device{Name: "x", Settings: yamlText("device_instance: 1\naddress: 127.0.0.1\nlocal_address: 127.0.0.1:0"),
 		Points: []driver.Point{{ID: 1, Ref: "analog-input"}, {ID: 2, Ref: "nonsense:1"}, {ID: 3, Ref: "analog-input:1/bogus-prop"}}})
 	if err == nil || strings.Count(err.Error(), "point") < 3 {
 		t.Errorf("bad points: %v, want each reported", err)

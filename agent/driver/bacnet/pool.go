@@ -27,9 +27,6 @@ type sharedClient struct {
 
 func acquireClient(ctx context.Context, cfg bacnet.Config, log *slog.Logger) (*sharedClient, error) {
 	key := cfg.Local
-	if key == "" {
-		key = "0.0.0.0:47808"
-	}
 	shared := true
 	if ap, err := netip.ParseAddrPort(key); err == nil && ap.Port() == 0 {
 		shared = false // an ephemeral port is nobody else's

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -23,8 +24,8 @@ type Settings struct {
 	// "IP:port/NET:MAC" for a device behind a router (MAC in hex). Empty:
 	// found by Who-Is, which needs Broadcast or BBMD.
 	Address string `yaml:"address"`
-	// LocalAddress is the address to bind on the control NIC. Devices
-	// sharing it share one socket. Default "0.0.0.0:47808".
+	// LocalAddress is the address to bind on the control NIC, IP:port.
+	// Required. Devices sharing it share one socket.
 	LocalAddress string `yaml:"local_address"`
 	// Broadcast is the control subnet's broadcast address for Who-Is,
 	// e.g. 192.168.10.255:47808. No default (see package bacnet).
@@ -110,6 +111,13 @@ func parseSettings(s driver.Settings) (config, error) {
 	// timeouts, retries and outstanding requests are each device's own.
 	c.client = bacnet.Config{Local: raw.LocalAddress, Broadcast: raw.Broadcast, BBMD: raw.BBMD, PerNetwork: raw.MaxPerNetwork}
 	c.timeout, c.retries, c.outstanding = raw.Timeout, raw.Retries, raw.MaxOutstanding
+	if raw.LocalAddress == "" {
+		bad("settings.local_address: required: the control NIC's IP:port, e.g. 192.168.10.5:47808 (so the agent does not listen on its uplink)")
+	} else if ap, err := netip.ParseAddrPort(raw.LocalAddress); err != nil {
+		bad("settings.local_address: %q: want IP:port: %v", raw.LocalAddress, err)
+	} else if ap.Addr().IsUnspecified() {
+		bad("settings.local_address: %s binds every NIC, the uplink included: give the control NIC's address", raw.LocalAddress)
+	}
 	if raw.Address == "" && raw.Broadcast == "" && raw.BBMD == "" {
 		bad("settings.address: set the device's address, or settings.broadcast (or bbmd) so it can be found by Who-Is")
 	}
