@@ -3,6 +3,7 @@ package opcua
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 	simopcua "github.com/sightglass-bms/sightglass/pkg/sim/opcua"
@@ -44,4 +45,41 @@ func BenchmarkRead10000(b *testing.B) {
 			b.ReportMetric(float64(countOf(sim.Services(), "Read")-before)/float64(b.N), "reads/poll")
 		})
 	}
+}
+
+// BenchmarkNodeOPCUARead10000 polls 10,000 variables of the node-opcua
+// peer (MaxNodesPerRead 1000) over Basic256Sha256 SignAndEncrypt.
+func BenchmarkNodeOPCUARead10000(b *testing.B) {
+	const nodes = 10_000
+	p := startPeer(b, peerOptions{MaxNodesPerRead: 1000, Zones: nodes})
+	points := make([]driver.Point, nodes)
+	for i := range points {
+		points[i] = driver.Point{ID: uint64(i + 1), Ref: peerRef(fmt.Sprintf("Zones.Zone%d.Temp", i+1))}
+	}
+	settings := yamlSettings(fmt.Sprintf("endpoint: %s\nsecurity_policy: Basic256Sha256\nsecurity_mode: SignAndEncrypt\npki_dir: %s\nrequest_timeout: 30s\n", p.URL, b.TempDir()))
+	d, err := New(driver.Device{Name: "bench", Settings: settings, Points: points})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Connect(b.Context()); err != nil {
+		b.Fatal(err)
+	}
+	before := p.count("Read")
+	polls := 0
+	b.ResetTimer()
+	for b.Loop() {
+		samples, err := d.Read(b.Context(), points)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(samples) != nodes {
+			b.Fatalf("%d samples", len(samples))
+		}
+		polls++
+	}
+	b.StopTimer()
+	// The peer's log arrives through a pipe.
+	waitFor(b.Context(), 5*time.Second, func() bool { return p.count("Read")-before >= polls*nodes/1000 })
+	b.ReportMetric(float64(p.count("Read")-before)/float64(polls), "reads/poll")
 }

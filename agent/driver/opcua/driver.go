@@ -266,7 +266,7 @@ func (d *Driver) connect(ctx context.Context) error {
 	if again {
 		d.backfillGap(ctx)
 	}
-	d.log.Info("OPC UA session open", "endpoint", d.cfg.endpoint, "security_policy", d.cfg.policyName, "security_mode", d.cfg.mode.String(), "max_nodes_per_read", maxNodes, "subscribed", len(d.subs))
+	d.log.Info("OPC UA session open", "endpoint", d.cfg.endpoint, "security_policy", d.cfg.policyName, "security_mode", strings.TrimPrefix(d.cfg.mode.String(), "MessageSecurityMode"), "max_nodes_per_read", maxNodes, "subscribed", len(d.subs))
 	return nil
 }
 

@@ -31,6 +31,7 @@ type peerOptions struct {
 	Port            string
 	PKI             string
 	MaxNodesPerRead int
+	Zones           int // zones with one variable each; default 4
 }
 
 // repoRoot walks up from the package to go.mod.
@@ -101,7 +102,10 @@ func launchPeer(node, script string, o peerOptions) (*peer, error) {
 		o.MaxNodesPerRead = 50
 	}
 	// Not CommandContext: the peer's life is the caller's, ended by stop.
-	cmd := exec.Command(node, script, "--port", o.Port, "--pki", o.PKI, "--max-nodes-per-read", fmt.Sprint(o.MaxNodesPerRead))
+	if o.Zones == 0 {
+		o.Zones = 4
+	}
+	cmd := exec.Command(node, script, "--port", o.Port, "--pki", o.PKI, "--max-nodes-per-read", fmt.Sprint(o.MaxNodesPerRead), "--zones", fmt.Sprint(o.Zones))
 	cmd.Dir = filepath.Dir(script)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
