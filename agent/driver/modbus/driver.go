@@ -606,7 +606,7 @@ func (d *Driver) Discover(ctx context.Context) ([]driver.Point, error) {
 		if p = MatchProfile(id); p == nil {
 			return nil, fmt.Errorf("discovering modbus points: no built-in profile matches %q: name a profile or list the points", id.String())
 		}
-		d.log.Info("chose a profile from the device identification", "profile", p.Name)
+		d.log.Info("chose a profile from the device identification; name it in settings.profile to rename or override its points", "profile", p.Name)
 	}
 	specs := p.forUnit(d.cfg.unit, d.orderOverride())
 	d.mu.Lock()
