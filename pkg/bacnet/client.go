@@ -164,6 +164,7 @@ type Client struct {
 	cfg   Config
 	log   *slog.Logger
 	conn  *net.UDPConn
+	bconn *net.UDPConn // receive-only, on the broadcast address; nil if none
 	guard *Guard
 	bcast netip.AddrPort
 	bbmd  netip.AddrPort
@@ -293,7 +294,18 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c.conn = pc.(*net.UDPConn)
 	c.wg.Add(1)
-	go c.readLoop()
+	go c.readLoop(c.conn)
+	// Many devices answer Who-Is with a broadcast I-Am, which a socket
+	// bound to one unicast address never sees: a second, receive-only
+	// socket on the subnet's broadcast address hears them.
+	if bc, err := c.listenBroadcast(ctx, local); err != nil {
+		c.Close()
+		return nil, err
+	} else if bc != nil {
+		c.bconn = bc
+		c.wg.Add(1)
+		go c.readLoop(bc)
+	}
 	if c.bbmd.IsValid() {
 		// A BBMD that refuses us is a configuration error; one that does
 		// not answer yet may be rebooting, and is tried again soon.
@@ -339,6 +351,9 @@ func (c *Client) Close() error {
 	close(c.done)
 	c.mu.Unlock()
 	err := c.conn.Close()
+	if c.bconn != nil {
+		c.bconn.Close()
+	}
 	c.wg.Wait()
 	return err
 }
@@ -356,11 +371,63 @@ func (c *Client) send(to netip.AddrPort, frame []byte) error {
 	return nil
 }
 
-func (c *Client) readLoop() {
+// listenBroadcast binds the receive-only broadcast socket when the
+// configured broadcast address is the directed broadcast of the interface
+// holding local (and local is not already every interface).
+func (c *Client) listenBroadcast(ctx context.Context, local netip.AddrPort) (*net.UDPConn, error) {
+	if !c.bcast.IsValid() || local.Addr().IsUnspecified() || !isBroadcastOf(c.bcast.Addr(), local.Addr()) {
+		return nil, nil
+	}
+	// SO_REUSEADDR: other BACnet software on the box may listen there too.
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	pc, err := lc.ListenPacket(ctx, "udp4", c.bcast.String())
+	if err != nil {
+		return nil, fmt.Errorf("bacnet client: listening for broadcast answers on %s: %w", c.bcast, err)
+	}
+	return pc.(*net.UDPConn), nil
+}
+
+// isBroadcastOf reports whether b is the directed broadcast address of the
+// interface network that ip belongs to.
+func isBroadcastOf(b, ip netip.Addr) bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		n, ok := a.(*net.IPNet)
+		if !ok || n.IP.To4() == nil {
+			continue
+		}
+		pfx, err := netip.ParsePrefix(n.String())
+		if err != nil || !pfx.Contains(ip) || pfx.Bits() >= 31 {
+			continue
+		}
+		base := pfx.Masked().Addr().As4()
+		mask := uint32(1)<<(32-pfx.Bits()) - 1
+		v := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3]) | mask
+		if netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}) == b {
+			return true
+		}
+	}
+	return false
+}
+
+// readLoop receives on conn (the client's socket, or the receive-only
+// broadcast socket) until Close.
+func (c *Client) readLoop(conn *net.UDPConn) {
 	defer c.wg.Done()
 	buf := make([]byte, 2048)
 	for {
-		n, from, err := c.conn.ReadFromUDPAddrPort(buf)
+		n, from, err := conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			select {
 			case <-c.done:

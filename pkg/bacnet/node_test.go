@@ -141,3 +141,21 @@ func TestNodePeerBroadcastIntegration(t *testing.T) {
 		t.Errorf("peer received %v", w)
 	}
 }
+
+// TestNodePeerBroadcastIAmIntegration finds a device that answers Who-Is
+// with a broadcast I-Am, which only the client's receive-only socket on the
+// broadcast address can hear (its own socket is bound to one address).
+func TestNodePeerBroadcastIAmIntegration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: skipped under -short")
+	}
+	peer := nodepeer.Start(t, "0.0.0.0", 4444, "--iam", "broadcast")
+	c := newClient(t, bacnet.Config{Broadcast: fmt.Sprintf("127.255.255.255:%d", peer.Addr.Port())})
+	devs, err := c.WhoIs(t.Context(), nil, 0, 4444, 4444, 3*time.Second)
+	if err != nil || len(devs) != 1 {
+		t.Fatalf("broadcast I-Am not heard: %+v, %v", devs, err)
+	}
+	if _, err := c.ReadProperty(t.Context(), devs[0], bacnet.ObjectID{Type: bacnet.ObjectAnalogInput, Instance: 0}, bacnet.Prop(bacnet.PropPresentValue)); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -56,6 +56,9 @@ func TestOneSendPoint(t *testing.T) {
 					}
 				case strings.HasPrefix(m, "Dial") || strings.HasPrefix(m, "Listen"):
 					sockets = append(sockets, where)
+					if fn.Name.Name != "New" && fn.Name.Name != "listenBroadcast" {
+						t.Errorf("%s: a socket opened outside New and listenBroadcast", where)
+					}
 				}
 				return true
 			})
@@ -64,7 +67,7 @@ func TestOneSendPoint(t *testing.T) {
 	if len(writes) != 1 {
 		t.Errorf("socket writes at %v; want exactly the one in Client.send", writes)
 	}
-	if len(sockets) != 1 {
-		t.Errorf("sockets opened at %v; want only the client's own in New", sockets)
+	if len(sockets) != 2 {
+		t.Errorf("sockets opened at %v; want the client's own in New and the receive-only one in listenBroadcast", sockets)
 	}
 }

@@ -5,11 +5,11 @@
 // JSON line per service it receives, of any kind, so a test can assert that
 // only reads arrived. Writes are logged and refused.
 //
-//   node bacnet_device.js --interface 127.0.0.2 --port 47808 --device 4242
+//   node bacnet_device.js --interface 127.0.0.2 --port 47808 --device 4242 [--iam broadcast]
 //
-// It prints {"event":"listening",...} once bound. It broadcasts nothing:
-// every answer is unicast to the asker, and its broadcast address is the
-// loopback broadcast 127.255.255.255 in case the library ever broadcasts.
+// It prints {"event":"listening",...} once bound. Every answer is unicast to
+// the asker, except the I-Am with --iam broadcast; its broadcast address is
+// the loopback broadcast 127.255.255.255, on its own port.
 'use strict';
 
 const bacnet = require('@bacnet-js/client');
@@ -26,6 +26,9 @@ for (let i = 2; i < process.argv.length; i += 2) {
 const iface = args.interface || '127.0.0.2';
 const port = parseInt(args.port || '47808', 10);
 const deviceId = parseInt(args.device || '4242', 10);
+// --iam broadcast answers Who-Is with a broadcast I-Am, as many devices do,
+// to the loopback broadcast address on the peer's own port.
+const broadcastIAm = args.iam === 'broadcast';
 
 const T = bacnet.ApplicationTag;
 const OT = { AI: 0, BI: 3, BV: 5, DEVICE: 8, MSV: 19, TL: 20 };
@@ -146,7 +149,7 @@ function log(event, msg, extra) {
   process.stdout.write(JSON.stringify(Object.assign({ event, from: sender ? sender.address : null }, extra || {})) + '\n');
 }
 
-const client = new Client({ port, interface: iface, broadcastAddress: '127.255.255.255', apduTimeout: 2000 });
+const client = new Client({ port, interface: iface, broadcastAddress: `127.255.255.255:${port}`, apduTimeout: 2000 });
 
 // Every service the library knows gets a listener, so nothing arrives
 // unlogged; the read services are answered, the rest refused.
@@ -172,7 +175,7 @@ for (const name of confirmed.concat(unconfirmed)) {
 client.on('whoIs', (msg) => {
   const p = msg.payload || {};
   if (p.lowLimit !== undefined && (deviceId < p.lowLimit || deviceId > p.highLimit)) return;
-  client.iAmResponse(msg.header.sender, deviceId, 3, 260);
+  client.iAmResponse(broadcastIAm ? null : msg.header.sender, deviceId, 3, 260);
 });
 
 client.on('readProperty', (msg) => {

@@ -46,7 +46,8 @@ var reads = []string{"whoIs", "whoHas", "readProperty", "readPropertyMultiple", 
 // loopback address ("127.0.0.2"; a random 127.x.y.z when empty) on port
 // 47808, or "0.0.0.0" on a free port so it hears loopback broadcasts. It
 // skips the test when node or the npm package is missing, unless CI is set.
-func Start(t testing.TB, iface string, device int) *Peer {
+// Flags are passed to the script, e.g. "--iam", "broadcast".
+func Start(t testing.TB, iface string, device int, flags ...string) *Peer {
 	t.Helper()
 	dir := peersDir(t)
 	node, err := exec.LookPath("node")
@@ -74,7 +75,8 @@ func Start(t testing.TB, iface string, device int) *Peer {
 		port = l.LocalAddr().(*net.UDPAddr).Port
 		l.Close()
 	}
-	cmd := exec.Command(node, "bacnet_device.js", "--interface", iface, "--port", strconv.Itoa(port), "--device", strconv.Itoa(device))
+	args := append([]string{"bacnet_device.js", "--interface", iface, "--port", strconv.Itoa(port), "--device", strconv.Itoa(device)}, flags...)
+	cmd := exec.Command(node, args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "TZ=UTC")
 	cmd.Stderr = os.Stderr
