@@ -93,6 +93,9 @@ func TestReadTypes(t *testing.T) {
 		Points: []driver.Point{point(1, "hr/5/bit0", ""), point(2, "hr/5/bits4-7", ""), point(3, "hr/5", ""), point(4, "hr/6/int32", "")}}); err != nil {
 		t.Errorf("points sharing a register: %v", err)
 	}
+	if d.Refused() != 0 {
+		t.Errorf("the guard refused %d of the driver's own requests", d.Refused())
+	}
 	// Everything but the coils and discrete inputs sits within 125
 	// registers per table: one read per table.
 	if got := len(sim.Requests()); got != 4 {
@@ -254,6 +257,36 @@ func TestConcurrentReads(t *testing.T) {
 	for range 8 {
 		if err := <-errs; err != nil {
 			t.Error(err)
+		}
+	}
+}
+
+func TestParseUnits(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []byte
+		bad  bool
+	}{
+		{in: "1", want: []byte{1}},
+		{in: "1-3", want: []byte{1, 2, 3}},
+		{in: "5, 1-2,2", want: []byte{5, 1, 2}},
+		{in: "0-255", want: nil},
+		{in: "3-1", bad: true},
+		{in: "256", bad: true},
+		{in: "x", bad: true},
+		{in: "", bad: true},
+	}
+	for _, tt := range tests {
+		got, err := modbus.ParseUnits(tt.in)
+		switch {
+		case tt.bad && err == nil:
+			t.Errorf("ParseUnits(%q) = %v, want an error", tt.in, got)
+		case !tt.bad && err != nil:
+			t.Errorf("ParseUnits(%q): %v", tt.in, err)
+		case tt.in == "0-255" && len(got) != 256:
+			t.Errorf("ParseUnits(0-255) gave %d ids", len(got))
+		case tt.want != nil && string(got) != string(tt.want):
+			t.Errorf("ParseUnits(%q) = %v, want %v", tt.in, got, tt.want)
 		}
 	}
 }
