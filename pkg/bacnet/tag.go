@@ -657,8 +657,21 @@ func decodeCharString(c []byte) (string, uint8, error) {
 			r[i] = rune(x)
 		}
 		return string(r), cs, nil
+	case 3: // UCS-4, big-endian
+		if len(s)%4 != 0 {
+			return "", cs, fmt.Errorf("UCS-4 string of length %d", len(s))
+		}
+		r := make([]rune, len(s)/4)
+		for i := range r {
+			r[i] = rune(binary.BigEndian.Uint32(s[4*i:]))
+		}
+		return strings.ToValidUTF8(string(r), "\uFFFD"), cs, nil
+	case 1, 2: // IBM/Microsoft DBCS, JIS X 0208
+		// Not decoded; kept readable rather than failing the whole answer
+		// a name or description is part of.
+		return strings.ToValidUTF8(string(s), "\uFFFD"), cs, nil
 	}
-	return "", cs, fmt.Errorf("character set %d not supported (UTF-8, UCS-2 and ISO 8859-1 are)", cs)
+	return "", cs, fmt.Errorf("character set %d is not defined", cs)
 }
 
 // ContextAs interprets a context-tagged primitive as application type

@@ -129,6 +129,7 @@ func TestDecodeValuesRejects(t *testing.T) {
 		{"mismatched closing", "3e4f", "unexpected closing tag 4"},
 		{"boolean 2", "12", "boolean value 2"},
 		{"bad charset", "720900", "character set 9"},
+		{"ucs-4 odd", "73030000", "UCS-4"},
 		{"bits unused 8", "820800", "unused bits"},
 		{"reserved tag", "d100", "reserved application tag"},
 		{"huge length", "65ff7fffffff", "content octets"},
@@ -152,6 +153,7 @@ func TestCharsets(t *testing.T) {
 		{"7300" + "c3a9", "é"},
 		{"75050400e900ff", "éÿ"},
 		{"7305e9ff", "éÿ"},
+		{"7509030000" + "00e9000020ac", "é€"},
 	}
 	for _, tt := range tests {
 		b, _ := hex.DecodeString(tt.hex)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -445,5 +446,33 @@ func TestDiscoverLongObjectList(t *testing.T) {
 	}
 	if w := sim.Writes(); len(w) > 0 {
 		t.Errorf("non-reads reached the device: %q", w)
+	}
+}
+
+func TestResultSample(t *testing.T) {
+	flags := func(b ...bool) bacnet.BitString { return bacnet.NewBitString(b...) }
+	tests := []struct {
+		name  string
+		r     result
+		value float64
+		want  telemetry.Status
+	}{
+		{"ok", result{value: bacnet.Real(21.5), hasValue: true, reliable: true, flags: flags(false, false, false, false), hasFlags: true}, 21.5, telemetry.StatusOK},
+		{"no flags", result{value: bacnet.Enumerated(1), hasValue: true, reliable: true}, 1, telemetry.StatusOK},
+		{"in alarm", result{value: bacnet.Real(30), hasValue: true, reliable: true, flags: flags(true, false, false, false), hasFlags: true}, 30, telemetry.StatusOK},
+		{"fault and out of service", result{value: bacnet.Real(1), hasValue: true, reliable: true, flags: flags(false, true, false, true), hasFlags: true}, 1, telemetry.StatusFault},
+		{"out of service and overridden", result{value: bacnet.Real(1), hasValue: true, reliable: true, flags: flags(false, false, true, true), hasFlags: true}, 1, telemetry.StatusOutOfService},
+		{"unreliable", result{value: bacnet.Real(1), hasValue: true, reliable: false}, 1, telemetry.StatusFault},
+		{"nan", result{value: bacnet.Real(float32(math.NaN())), hasValue: true, reliable: true}, 0, telemetry.StatusFault},
+		{"inf", result{value: bacnet.Double(math.Inf(1)), hasValue: true, reliable: true}, 0, telemetry.StatusFault},
+		{"text", result{value: bacnet.CharString("on"), hasValue: true, reliable: true}, 0, telemetry.StatusFault},
+		{"comm", result{commFailed: true}, 0, telemetry.StatusCommFailure},
+		{"error", result{err: errors.New("unknown-object")}, 0, telemetry.StatusFault},
+	}
+	for _, tt := range tests {
+		v, st := tt.r.sample()
+		if v != tt.value || st != tt.want {
+			t.Errorf("%s: %v %v, want %v %v", tt.name, v, st, tt.value, tt.want)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 
 	"golang.org/x/sync/errgroup"
@@ -36,7 +37,8 @@ func (r result) sample() (float64, telemetry.Status) {
 	}
 	v, ok := r.value.Float()
 	switch {
-	case !ok:
+	case !ok || math.IsNaN(v) || math.IsInf(v, 0):
+		// Devices report NaN for a failed sensor; a sample carries numbers.
 		return 0, telemetry.StatusFault
 	case !r.reliable || (r.hasFlags && r.flags.Bit(1)):
 		return v, telemetry.StatusFault
