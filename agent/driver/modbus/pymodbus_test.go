@@ -18,6 +18,7 @@ import (
 
 	"github.com/sightglass-bms/sightglass/agent/driver/modbus"
 	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/driver/drivertest"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
 
@@ -332,4 +333,22 @@ func transportTo(t *testing.T, addr string) *modbus.Transport {
 	}
 	t.Cleanup(func() { tr.Close() })
 	return tr
+}
+
+// TestConformancePymodbusIntegration runs the SDK's kit against the
+// pymodbus peer, whose record of every request proves no write arrives.
+func TestConformancePymodbusIntegration(t *testing.T) {
+	peer := startPyPeer(t)
+	drivertest.Run(t, drivertest.Harness{
+		New: func(t *testing.T) (driver.Driver, []driver.Point) {
+			peer.reset()
+			points := []driver.Point{point(1, "hr/0/float32", ""), point(2, "30001/float32", ""), point(3, "u2/hr/5", ""), point(4, "di/7", "")}
+			d, err := modbus.New(driver.Device{Name: "py", Settings: yamlSettings("host: " + peer.addr + "\nprofile: eastron-sdm630"), Points: points, Logger: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d, points
+		},
+		Writes: func() []string { return peer.writes() },
+	})
 }
