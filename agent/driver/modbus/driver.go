@@ -448,7 +448,7 @@ func (r *read) block(ctx context.Context, b block) (bool, error) {
 		}
 	case errors.Is(err, errTimeout) && ctx.Err() == nil:
 		// One silent unit behind a gateway must not cost the others:
-		// give up on it for this read only.
+		// give up on it for this read, and let it rest a while.
 		r.dead[b.area.unit] = err
 		d.unitSilent(b.area.unit, err)
 		d.log.Debug("unit did not answer", "unit", b.area.unit, "err", err)
