@@ -258,3 +258,19 @@ func syncDir(dir string) error {
 	defer f.Close()
 	return f.Sync()
 }
+
+// Delete removes the blob; a blob that is not there is not an error, so
+// several compactors can delete the same sources. Only compaction deletes,
+// and only what it has stored again in compacted form and verified.
+func (d *Dir) Delete(ctx context.Context, name string) error {
+	if err := ValidName(name); err != nil {
+		return fmt.Errorf("deleting blob: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("deleting blob %s: %w", name, err)
+	}
+	if err := os.Remove(d.path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("deleting blob %s in %s: %w", name, d.root, err)
+	}
+	return nil
+}

@@ -472,3 +472,19 @@ func (s *Store) explain(ctx context.Context, op string, err error) error {
 	}
 	return fmt.Errorf("%s: %w: %s", where, se, hint)
 }
+
+// Delete removes the blob; one already gone is not an error, so several
+// compactors can delete the same sources. Only compaction deletes, and only
+// what it has stored again in compacted form and verified.
+func (s *Store) Delete(ctx context.Context, name string) error {
+	if err := blob.ValidName(name); err != nil {
+		return fmt.Errorf("deleting blob: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	defer cancel()
+	_, err := s.client.NewBlockBlobClient(name).Delete(ctx, nil)
+	if err != nil && !bloberror.HasCode(err, bloberror.BlobNotFound) {
+		return s.explain(ctx, "deleting blob "+name, err)
+	}
+	return nil
+}

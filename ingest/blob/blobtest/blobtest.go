@@ -35,6 +35,7 @@ func Run(t *testing.T, newStore func(t *testing.T) blob.Store) {
 		{"ConcurrentDifferentBytes", testConcurrentDifferentBytes},
 		{"ConcurrentDistinctNames", testConcurrentDistinctNames},
 		{"CanceledContext", testCanceledContext},
+		{"Delete", testDelete},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -337,5 +338,38 @@ func testCanceledContext(t *testing.T, s blob.Store) {
 	}
 	if _, err := s.List(ctx, ""); !errors.Is(err, context.Canceled) {
 		t.Errorf("List with a canceled context: err = %v, want context.Canceled", err)
+	}
+}
+
+// Deleter is the optional capability compaction needs.
+type Deleter interface {
+	Delete(ctx context.Context, name string) error
+}
+
+func testDelete(t *testing.T, s blob.Store) {
+	d, ok := s.(Deleter)
+	if !ok {
+		t.Skip("the store cannot delete")
+	}
+	put(t, s, "t/s/a", []byte("one"))
+	put(t, s, "t/s/b", []byte("two"))
+	if err := d.Delete(t.Context(), "t/s/a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(t.Context(), "t/s/a"); !errors.Is(err, blob.ErrNotFound) {
+		t.Errorf("Get after Delete: %v, want ErrNotFound", err)
+	}
+	if err := d.Delete(t.Context(), "t/s/a"); err != nil {
+		t.Errorf("deleting a blob already gone: %v, want nil", err)
+	}
+	if got := get(t, s, "t/s/b"); string(got) != "two" {
+		t.Errorf("the other blob changed: %q", got)
+	}
+	// A deleted name can be written again (a retried upload after compaction).
+	if !put(t, s, "t/s/a", []byte("three")) {
+		t.Error("Put after Delete did not create")
+	}
+	if err := d.Delete(t.Context(), "../x"); !errors.Is(err, blob.ErrBadName) {
+		t.Errorf("Delete of a bad name: %v", err)
 	}
 }
