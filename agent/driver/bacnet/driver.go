@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -54,6 +55,7 @@ type Driver struct {
 	dev     bacnet.Device
 	rpm     bool
 	closed  bool
+	missing map[bacnet.ObjectID]bool // objects the device says it does not have
 }
 
 // ErrClosed is returned by Connect and Read after Close.
@@ -70,7 +72,7 @@ func New(d driver.Device) (driver.Driver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	drv := &Driver{cfg: cfg, name: d.Name, log: log, points: map[string]point{}}
+	drv := &Driver{cfg: cfg, name: d.Name, log: log, points: map[string]point{}, missing: map[bacnet.ObjectID]bool{}}
 	for _, p := range d.Points {
 		pt, err := parsePoint(p)
 		if err != nil {
@@ -263,7 +265,32 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 		parsed[i], valid[i] = pt, true
 	}
 	now := time.Now()
-	res, fellBack, err := readAll(ctx, c, dev, rpm, parsed, valid)
+	// Objects the device said do not exist are kept out of RPM requests
+	// (a strict device fails a whole request for one of them) and read
+	// alone, so a point created later is picked up.
+	d.mu.Lock()
+	batched := slices.Clone(valid)
+	var alone []int
+	for i := range parsed {
+		if valid[i] && d.missing[parsed[i].obj] {
+			batched[i] = false
+			alone = append(alone, i)
+		}
+	}
+	d.mu.Unlock()
+	res, fellBack, err := readAll(ctx, c, dev, rpm, parsed, batched)
+	if err == nil {
+		for _, i := range alone {
+			res[i] = result{reliable: true}
+			if rerr := readSingle(ctx, c, dev, parsed[i], &res[i]); rerr != nil && isTransport(rerr) {
+				res[i].commFailed = true
+			}
+		}
+		if err = ctx.Err(); err != nil {
+			return nil, err
+		}
+		d.learnMissing(parsed, valid, res)
+	}
 	if fellBack {
 		d.mu.Lock()
 		d.rpm = false
@@ -286,6 +313,28 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 	}
 	samples = append(samples, d.backfill(ctx, c, dev, points, parsed, valid, res, now)...)
 	return samples, nil
+}
+
+// learnMissing remembers which objects the device says do not exist.
+func (d *Driver) learnMissing(parsed []point, valid []bool, res []result) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, r := range res {
+		if !valid[i] || r.commFailed {
+			continue
+		}
+		var e *bacnet.Error
+		switch {
+		case errors.As(r.err, &e) && e.Class == bacnet.ErrorClassObject && e.Code == bacnet.ErrorCodeUnknownObject:
+			if !d.missing[parsed[i].obj] {
+				d.log.Warn("the device has no such object; reading it alone from now on", "object", parsed[i].obj.String())
+			}
+			d.missing[parsed[i].obj] = true
+		case r.err == nil && d.missing[parsed[i].obj]:
+			d.log.Info("the object exists now", "object", parsed[i].obj.String())
+			delete(d.missing, parsed[i].obj)
+		}
+	}
 }
 
 // Commit persists the backfill marks of the samples now buffered.

@@ -476,3 +476,51 @@ func TestResultSample(t *testing.T) {
 		}
 	}
 }
+
+// TestStrictRPM reads from a device that fails a whole RPM for one missing
+// object: the missing point is a fault, the others are read.
+func TestStrictRPM(t *testing.T) {
+	d := bacnetsim.NewDevice(31, "strict", 3, 0, 0, false)
+	d.StrictRPM = true
+	sim := startSim(t, bacnetsim.Config{Local: d})
+	points := []driver.Point{{ID: 1, Ref: "analog-input:1"}, {ID: 2, Ref: "analog-input:9"}, {ID: 3, Ref: "analog-input:3"}}
+	drv := newDriver(t, simSettings(sim, 31, ""), points)
+	if err := drv.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	want := []telemetry.Status{telemetry.StatusOK, telemetry.StatusFault, telemetry.StatusOK}
+	rpms := func() int {
+		n := 0
+		for _, r := range sim.Requests() {
+			if r.PDU == bacnet.PDUConfirmedRequest && r.Service == bacnet.ServiceReadPropertyMultiple {
+				n++
+			}
+		}
+		return n
+	}
+	for poll := range 3 {
+		before := rpms()
+		samples, err := drv.Read(t.Context(), points)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, s := range samples {
+			if s.Status != want[i] {
+				t.Errorf("poll %d: %s: %v, want %v", poll, points[i].Ref, s.Status, want[i])
+			}
+		}
+		// The first poll learns the object is missing; later polls send
+		// one RPM that succeeds and read the missing object alone.
+		if got := rpms() - before; poll > 0 && got != 1 {
+			t.Errorf("poll %d sent %d RPM requests, want 1", poll, got)
+		}
+	}
+	// The object appears: it is read again.
+	sim.Update(func() {
+		d.Objects = append(d.Objects, &bacnetsim.Object{ID: bacnet.ObjectID{Type: bacnet.ObjectAnalogInput, Instance: 9}, Name: "new"})
+	})
+	samples, err := drv.Read(t.Context(), points)
+	if err != nil || samples[1].Status != telemetry.StatusOK {
+		t.Fatalf("after the object appeared: %+v %v", samples, err)
+	}
+}

@@ -171,9 +171,18 @@ func readAll(ctx context.Context, c *bacnet.Client, dev bacnet.Device, rpm bool,
 		if !fellBack {
 			for bi, err := range errs {
 				tried++
-				if err != nil {
+				switch {
+				case err == nil:
+				case isTransport(err) || ctx.Err() != nil:
 					failed++
 					markFailed(res, batches[bi], err)
+				default:
+					// Many devices answer a whole RPM with one Error when one
+					// of its objects is missing: read that batch's points one
+					// by one, so the others are not lost with it.
+					if err := readEach(ctx, c, dev, points, batches[bi], res); err != nil {
+						return nil, fellBack, err
+					}
 				}
 			}
 			suspect := make([]bool, len(points))
@@ -268,6 +277,29 @@ func markFailed(res []result, b batch, err error) {
 			}
 		}
 	}
+}
+
+// readEach reads the points of a failed batch by ReadProperty.
+func readEach(ctx context.Context, c *bacnet.Client, dev bacnet.Device, points []point, b batch, res []result) error {
+	seen := map[int]bool{}
+	for _, slots := range b.slots {
+		for _, s := range slots {
+			if seen[s.point] {
+				continue
+			}
+			seen[s.point] = true
+			res[s.point] = result{reliable: true}
+			if err := readSingle(ctx, c, dev, points[s.point], &res[s.point]); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if isTransport(err) {
+					res[s.point].commFailed = true
+				}
+			}
+		}
+	}
+	return nil
 }
 
 func readBatch(ctx context.Context, c *bacnet.Client, dev bacnet.Device, b batch, res []result) error {

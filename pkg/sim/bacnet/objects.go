@@ -83,6 +83,9 @@ type Device struct {
 	// DropSegment of its next segmented answer, once, as a lossy trunk
 	// would: the client must ask for it again with a negative Segment-ACK.
 	DropSegment int
+	// StrictRPM makes the device answer a ReadPropertyMultiple naming a
+	// missing object with one Error for the whole request, as many do.
+	StrictRPM bool
 	// NoRPM makes the device reject ReadPropertyMultiple and ReadRange,
 	// like the small controllers that only know ReadProperty.
 	NoRPM bool

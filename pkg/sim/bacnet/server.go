@@ -139,6 +139,9 @@ func (s *Server) Update(f func()) {
 	s.devMu.Lock()
 	defer s.devMu.Unlock()
 	f()
+	for _, d := range s.all {
+		d.withDefaults() // objects may have been added
+	}
 }
 
 // Addr is the address the simulator listens on.
@@ -445,6 +448,14 @@ func (s *Server) answer(from netip.AddrPort, d *Device, a bacnet.APDU) (payload 
 		if err != nil {
 			reject(4)
 			return nil, false, 0
+		}
+		if d.StrictRPM {
+			for _, spec := range specs {
+				if d.object(spec.Object) == nil {
+					fail(errUnknownObject)
+					return nil, false, 0
+				}
+			}
 		}
 		payload = s.rpm(d, specs, now)
 	case bacnet.ServiceReadRange:
