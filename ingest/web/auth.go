@@ -1,0 +1,517 @@
+package web
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/ingest/store"
+)
+
+// Cookie names. The __Host- prefix makes browsers refuse the cookie unless
+// it is Secure, has Path=/ and no Domain: no subdomain can plant one.
+const (
+	sessionCookie = "__Host-sg_session"
+	loginCookie   = "__Host-sg_login" // the login form's CSRF token, before any session exists
+)
+
+// touchEvery limits session writes: the idle clock moves at most this
+// often, so an idle timeout is exact to within it.
+const touchEvery = time.Minute
+
+// request is an authenticated request's session and user.
+type request struct {
+	id   []byte
+	sess store.Session
+	user store.User
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		// crypto/rand does not fail on Linux; if it did, nothing here
+		// would be safe to continue with.
+		panic(fmt.Sprintf("crypto/rand: %v", err))
+	}
+	return b
+}
+
+var b64 = base64.RawURLEncoding
+
+func (s *Server) setCookie(w http.ResponseWriter, name, value string, maxAge int) {
+	http.SetCookie(w, &http.Cookie{
+		Name: name, Value: value, Path: "/", MaxAge: maxAge,
+		HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode,
+	})
+}
+
+// session returns the request's valid session and user, or false (after
+// clearing a cookie that no longer names one). It enforces the idle and
+// absolute timeouts and drops the sessions of disabled accounts.
+//
+// A store failure is returned as an error: the caller answers 500 rather
+// than sending a signed-in user to the login page.
+func (s *Server) session(r *http.Request, w http.ResponseWriter) (*request, bool, error) {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil {
+		return nil, false, nil
+	}
+	id, err := b64.DecodeString(c.Value)
+	if err != nil || len(id) != 32 {
+		s.setCookie(w, sessionCookie, "", -1)
+		return nil, false, nil
+	}
+	ctx := r.Context()
+	sess, err := s.st.Session(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		s.setCookie(w, sessionCookie, "", -1)
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	now := s.cfg.Now()
+	if now.Sub(sess.CreatedAt) >= s.cfg.AbsoluteTimeout || now.Sub(sess.SeenAt) >= s.cfg.IdleTimeout {
+		s.endSession(ctx, w, id)
+		return nil, false, nil
+	}
+	u, err := s.st.UserByID(ctx, sess.UserID)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, false, err
+	}
+	if err != nil || u.Disabled() {
+		s.endSession(ctx, w, id)
+		return nil, false, nil
+	}
+	if now.Sub(sess.SeenAt) >= touchEvery {
+		if err := s.st.TouchSession(ctx, id); err != nil {
+			s.log.Warn("touching a session failed", "err", err)
+		}
+	}
+	return &request{id: id, sess: sess, user: u}, true, nil
+}
+
+// sessionOrFail is session for handlers: on a store failure it has
+// answered already and returns false.
+func (s *Server) sessionOrFail(w http.ResponseWriter, r *http.Request) (*request, bool, bool) {
+	rq, ok, err := s.session(r, w)
+	if err != nil {
+		s.serverError(w, r, err)
+		return nil, false, false
+	}
+	return rq, ok, true
+}
+
+func (s *Server) endSession(ctx context.Context, w http.ResponseWriter, id []byte) {
+	if err := s.st.DeleteSession(ctx, id); err != nil {
+		s.log.Warn("ending a session failed", "err", err)
+	}
+	s.setCookie(w, sessionCookie, "", -1)
+}
+
+// newSession starts a session for u at stage and sets its cookie. Any
+// session the request came with is ended first: the id is never reused
+// across a login (session fixation).
+func (s *Server) newSession(w http.ResponseWriter, r *http.Request, u store.User, stage string) error {
+	if c, err := r.Cookie(sessionCookie); err == nil {
+		if old, err := b64.DecodeString(c.Value); err == nil {
+			_ = s.st.DeleteSession(r.Context(), old)
+		}
+	}
+	id := randomBytes(32)
+	if err := s.st.CreateSession(r.Context(), id, store.Session{UserID: u.ID, CSRF: randomBytes(32), Stage: stage}); err != nil {
+		return err
+	}
+	// No Max-Age: the cookie ends with the browser; the server's timeouts
+	// end the session whatever the browser keeps.
+	s.setCookie(w, sessionCookie, b64.EncodeToString(id), 0)
+	s.sweep(r.Context())
+	return nil
+}
+
+// sweep deletes expired sessions, at most every few minutes.
+func (s *Server) sweep(ctx context.Context) {
+	now := s.cfg.Now()
+	s.sweepMu.Lock()
+	due := now.Sub(s.lastSweep) > 5*time.Minute
+	if due {
+		s.lastSweep = now
+	}
+	s.sweepMu.Unlock()
+	if due {
+		if err := s.st.DeleteSessionsBefore(ctx, now.Add(-s.cfg.AbsoluteTimeout), now.Add(-s.cfg.IdleTimeout)); err != nil {
+			s.log.Warn("sweeping expired sessions failed", "err", err)
+		}
+	}
+}
+
+// csrfOK checks a form's csrf field against the session's token.
+func csrfOK(r *http.Request, want []byte) bool {
+	got, err := b64.DecodeString(r.PostFormValue("csrf"))
+	return err == nil && len(want) > 0 && subtle.ConstantTimeCompare(got, want) == 1
+}
+
+// source is the client's address for per-address lockout. The dashboard
+// is reached directly (no proxy header is trusted: it could be forged).
+func source(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// auth wraps a handler for signed-in users. role, when not empty, is the
+// least role the handler needs; POSTs must carry the session's CSRF token.
+func (s *Server) auth(minRole string, h func(http.ResponseWriter, *http.Request, *request)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		rq, ok, live := s.sessionOrFail(w, r)
+		if !live {
+			return
+		}
+		if !ok || rq.sess.Stage != store.SessionFull {
+			if r.Method == http.MethodGet {
+				http.Redirect(w, r, "/login", http.StatusSeeOther)
+				return
+			}
+			s.errorPage(w, r, http.StatusUnauthorized, "Please sign in again.")
+			return
+		}
+		if r.Method == http.MethodPost {
+			r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+			if !csrfOK(r, rq.sess.CSRF) {
+				s.errorPage(w, r, http.StatusForbidden, "This form has expired. Go back, reload the page and try again.")
+				return
+			}
+		}
+		if !roleAtLeast(rq.user.Role, minRole) {
+			s.errorPage(w, r, http.StatusForbidden, "Your role does not allow this.")
+			return
+		}
+		h(w, r, rq)
+	}
+}
+
+func roleRank(r string) int {
+	switch r {
+	case store.RoleAdmin:
+		return 3
+	case store.RoleEngineer:
+		return 2
+	case store.RoleViewer:
+		return 1
+	}
+	return 0
+}
+
+func roleAtLeast(have, want string) bool { return want == "" || roleRank(have) >= roleRank(want) }
+
+// audit appends to the audit log; a failure is logged loudly, since the
+// log is the one record a building owner's auditor asks for.
+func (s *Server) audit(ctx context.Context, actor, action, subject, detail string) {
+	if _, err := s.st.Audit(context.WithoutCancel(ctx), actor, action, subject, detail); err != nil {
+		s.log.Error("writing the audit log failed", "action", action, "subject", subject, "err", err)
+	}
+}
+
+// clip keeps a user-supplied string short in logs and the audit log.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
+
+type loginPage struct {
+	CSRF    string
+	Name    string
+	Message string
+	TOTP    bool
+}
+
+func (s *Server) loginForm(w http.ResponseWriter, r *http.Request, status int, lp loginPage) {
+	tok := randomBytes(32)
+	s.setCookie(w, loginCookie, b64.EncodeToString(tok), 600)
+	lp.CSRF = b64.EncodeToString(tok)
+	s.render(w, r, status, "login", nil, lp)
+}
+
+func (s *Server) handleLoginGet(w http.ResponseWriter, r *http.Request) {
+	rq, ok, live := s.sessionOrFail(w, r)
+	if !live {
+		return
+	}
+	if ok && rq.sess.Stage == store.SessionFull {
+		http.Redirect(w, r, "/", http.StatusSeeOther)
+		return
+	}
+	s.loginForm(w, r, http.StatusOK, loginPage{})
+}
+
+// loginCSRFOK checks the login form's token against its cookie (double
+// submit), so another site cannot sign a victim into an attacker's account.
+func loginCSRFOK(r *http.Request) bool {
+	c, err := r.Cookie(loginCookie)
+	if err != nil {
+		return false
+	}
+	want, err := b64.DecodeString(c.Value)
+	return err == nil && csrfOK(r, want)
+}
+
+// badLogin is what every failed sign-in shows: the same words whether the
+// user exists, the password is wrong, the account is disabled or locked,
+// so the page tells an attacker nothing.
+const badLogin = "Sign-in failed. Check the name and password; after repeated failures sign-in is paused for a while."
+
+func (s *Server) handleLoginPost(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
+	if !loginCSRFOK(r) {
+		s.loginForm(w, r, http.StatusForbidden, loginPage{Message: "The sign-in form expired. Please try again."})
+		return
+	}
+	ctx := r.Context()
+	name, pw, src := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("password"), source(r)
+	since := s.cfg.Now().Add(-s.cfg.LockoutWindow)
+	byName, bySrc, err := s.st.LoginFailures(ctx, name, src, since)
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	fail := func(reason string) {
+		n, m, err := s.st.LoginFailure(ctx, name, src, since)
+		if err != nil {
+			s.log.Error("recording a failed login failed", "err", err)
+		}
+		s.audit(ctx, "web:"+src, "login_failed", clip(name), reason)
+		if n == s.cfg.MaxFailsPerUser {
+			s.audit(ctx, "web:"+src, "lockout", clip(name), fmt.Sprintf("account locked after %d failures within %v", n, s.cfg.LockoutWindow))
+			s.log.Warn("dashboard account locked", "user", clip(name), "source", src)
+		}
+		if m == s.cfg.MaxFailsPerAddr {
+			s.audit(ctx, "web:"+src, "lockout", "source:"+src, fmt.Sprintf("source address locked after %d failures within %v", m, s.cfg.LockoutWindow))
+			s.log.Warn("dashboard source address locked", "source", src)
+		}
+		s.loginForm(w, r, http.StatusUnauthorized, loginPage{Name: name, Message: badLogin})
+	}
+	if byName >= s.cfg.MaxFailsPerUser || bySrc >= s.cfg.MaxFailsPerAddr {
+		// Locked: the password is not even checked, so guessing on
+		// cannot tell a right one from a wrong one.
+		fail("locked")
+		return
+	}
+	u, err := s.st.User(ctx, name)
+	if err != nil {
+		if !errors.Is(err, store.ErrNotFound) {
+			s.serverError(w, r, err)
+			return
+		}
+		// Spend the same time as a real check, so timing does not tell
+		// which names exist.
+		_, _ = VerifyPassword(s.dummyHash, pw)
+		fail("unknown user")
+		return
+	}
+	ok, err := VerifyPassword(u.Hash, pw)
+	if err != nil {
+		s.log.Error("verifying a password failed", "user", u.Name, "err", err)
+	}
+	switch {
+	case !ok:
+		fail("wrong password")
+		return
+	case u.Disabled():
+		fail("account disabled")
+		return
+	}
+	if err := s.st.ClearLoginFailures(ctx, name); err != nil {
+		s.log.Warn("clearing failed logins failed", "err", err)
+	}
+	stage := store.SessionFull
+	if u.HasTOTP() {
+		stage = store.SessionTOTP
+	}
+	if err := s.newSession(w, r, u, stage); err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	s.setCookie(w, loginCookie, "", -1)
+	if stage == store.SessionTOTP {
+		s.audit(ctx, "user:"+u.Name, "login_password_ok", u.Name, "source="+src+" second factor due")
+		http.Redirect(w, r, "/login/totp", http.StatusSeeOther)
+		return
+	}
+	s.audit(ctx, "user:"+u.Name, "login", u.Name, "source="+src)
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+func (s *Server) handleTOTPGet(w http.ResponseWriter, r *http.Request) {
+	rq, ok, live := s.sessionOrFail(w, r)
+	if !live {
+		return
+	}
+	if !ok || rq.sess.Stage != store.SessionTOTP {
+		http.Redirect(w, r, "/login", http.StatusSeeOther)
+		return
+	}
+	s.render(w, r, http.StatusOK, "login", nil, loginPage{TOTP: true, CSRF: b64.EncodeToString(rq.sess.CSRF), Name: rq.user.Name})
+}
+
+func (s *Server) handleTOTPPost(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
+	rq, ok, live := s.sessionOrFail(w, r)
+	if !live {
+		return
+	}
+	if !ok || rq.sess.Stage != store.SessionTOTP {
+		http.Redirect(w, r, "/login", http.StatusSeeOther)
+		return
+	}
+	if !csrfOK(r, rq.sess.CSRF) {
+		s.errorPage(w, r, http.StatusForbidden, "This form has expired. Sign in again.")
+		return
+	}
+	ctx, src := r.Context(), source(r)
+	since := s.cfg.Now().Add(-s.cfg.LockoutWindow)
+	byName, bySrc, err := s.st.LoginFailures(ctx, rq.user.Name, src, since)
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	step := int64(-1)
+	if byName < s.cfg.MaxFailsPerUser && bySrc < s.cfg.MaxFailsPerAddr {
+		step = checkTOTP(rq.user.TOTPSecret, r.PostFormValue("code"), s.cfg.Now())
+	}
+	fresh := false
+	if step >= 0 {
+		if fresh, err = s.st.UseTOTPStep(ctx, rq.user.ID, step); err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+	}
+	if !fresh {
+		n, _, _ := s.st.LoginFailure(ctx, rq.user.Name, src, since)
+		s.audit(ctx, "web:"+src, "login_failed", rq.user.Name, "wrong or reused second-factor code")
+		if n >= s.cfg.MaxFailsPerUser {
+			if n == s.cfg.MaxFailsPerUser {
+				s.audit(ctx, "web:"+src, "lockout", rq.user.Name, fmt.Sprintf("account locked after %d failures within %v", n, s.cfg.LockoutWindow))
+			}
+			s.endSession(ctx, w, rq.id)
+			s.loginForm(w, r, http.StatusUnauthorized, loginPage{Message: badLogin})
+			return
+		}
+		s.render(w, r, http.StatusUnauthorized, "login", nil, loginPage{TOTP: true, CSRF: b64.EncodeToString(rq.sess.CSRF), Name: rq.user.Name, Message: "That code is wrong or was used already."})
+		return
+	}
+	_ = s.st.ClearLoginFailures(ctx, rq.user.Name)
+	// A new id again for the full session: the half-signed-in one dies.
+	if err := s.newSession(w, r, rq.user, store.SessionFull); err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	s.audit(ctx, "user:"+rq.user.Name, "login", rq.user.Name, "source="+src+" with second factor")
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request, rq *request) {
+	s.endSession(r.Context(), w, rq.id)
+	s.audit(r.Context(), "user:"+rq.user.Name, "logout", rq.user.Name, "")
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}
+
+type accountPage struct {
+	Message, Error string
+	TOTPSecret     string // a proposed secret while setting one up
+	TOTPURI        string
+}
+
+func (s *Server) handleAccount(w http.ResponseWriter, r *http.Request, rq *request) {
+	s.render(w, r, http.StatusOK, "account", rq, accountPage{})
+}
+
+func (s *Server) handlePassword(w http.ResponseWriter, r *http.Request, rq *request) {
+	ctx := r.Context()
+	cur, pw, again := r.PostFormValue("current"), r.PostFormValue("password"), r.PostFormValue("again")
+	if ok, _ := VerifyPassword(rq.user.Hash, cur); !ok {
+		s.audit(ctx, "user:"+rq.user.Name, "password_change_failed", rq.user.Name, "wrong current password")
+		s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: "The current password is wrong."})
+		return
+	}
+	if pw != again {
+		s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: "The two new passwords differ."})
+		return
+	}
+	if err := CheckPasswordPolicy(rq.user.Name, pw); err != nil {
+		s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: err.Error()})
+		return
+	}
+	hash, err := HashPassword(pw, s.cfg.HashParams)
+	if err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	// SetPassword ends every session of the user, this one included:
+	// start a fresh one so they stay signed in here only.
+	if err := s.st.SetPassword(ctx, rq.user.Name, hash); err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	s.audit(ctx, "user:"+rq.user.Name, "password_change", rq.user.Name, "by the user; other sessions ended")
+	if err := s.newSession(w, r, rq.user, store.SessionFull); err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	http.Redirect(w, r, "/account?changed=1", http.StatusSeeOther)
+}
+
+// handleTOTPSetup proposes a secret (step 1) or, given a code that matches
+// the proposed secret, stores it (step 2). The proposed secret travels in
+// the form: it is the user's own and shown to them anyway.
+func (s *Server) handleTOTPSetup(w http.ResponseWriter, r *http.Request, rq *request) {
+	ctx := r.Context()
+	if r.PostFormValue("remove") != "" {
+		if ok, _ := VerifyPassword(rq.user.Hash, r.PostFormValue("current")); !ok {
+			s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: "The current password is wrong."})
+			return
+		}
+		if err := s.st.SetTOTP(ctx, rq.user.Name, nil); err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.audit(ctx, "user:"+rq.user.Name, "totp_remove", rq.user.Name, "")
+		http.Redirect(w, r, "/account", http.StatusSeeOther)
+		return
+	}
+	if r.PostFormValue("secret") == "" {
+		secret, err := NewTOTPSecret()
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "account", rq, accountPage{TOTPSecret: TOTPSecretString(secret), TOTPURI: TOTPURI("Sightglass", rq.user.Name, secret)})
+		return
+	}
+	secret, err := ParseTOTPSecret(r.PostFormValue("secret"))
+	if err != nil {
+		s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: "The set-up form was damaged; start again."})
+		return
+	}
+	if checkTOTP(secret, r.PostFormValue("code"), s.cfg.Now()) < 0 {
+		s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: "That code does not match: check the phone's clock and try again.",
+			TOTPSecret: TOTPSecretString(secret), TOTPURI: TOTPURI("Sightglass", rq.user.Name, secret)})
+		return
+	}
+	if err := s.st.SetTOTP(ctx, rq.user.Name, secret); err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	s.audit(ctx, "user:"+rq.user.Name, "totp_enable", rq.user.Name, "")
+	http.Redirect(w, r, "/account?totp=1", http.StatusSeeOther)
+}
