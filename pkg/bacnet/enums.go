@@ -36,6 +36,7 @@ var objectTypeNames = map[ObjectType]string{
 	6:                          "calendar", 10: "file", 12: "loop", 15: "notification-class", 17: "schedule", 27: "trend-log-multiple",
 }
 
+// String names the object type, or gives its number.
 func (t ObjectType) String() string {
 	if n, ok := objectTypeNames[t]; ok {
 		return n
@@ -106,6 +107,7 @@ var propertyNames = map[PropertyID]string{
 	PropertyID(87): "priority-array", PropertyID(104): "relinquish-default", PropertyID(44): "firmware-revision",
 }
 
+// String names the property, or gives its number.
 func (p PropertyID) String() string {
 	if n, ok := propertyNames[p]; ok {
 		return n
@@ -142,6 +144,7 @@ const (
 // segmented response.
 func (s Segmentation) CanTransmit() bool { return s == SegmentedBoth || s == SegmentedTransmit }
 
+// String names the segmentation support.
 func (s Segmentation) String() string {
 	switch s {
 	case SegmentedBoth:
@@ -181,6 +184,7 @@ type Error struct {
 	Class, Code uint32
 }
 
+// Error names the class and code.
 func (e *Error) Error() string {
 	return fmt.Sprintf("bacnet error class %s code %s", errorClassName(e.Class), errorCodeName(e.Code))
 }
@@ -235,6 +239,7 @@ func errorCodeName(c uint32) string {
 // RejectError is a Reject PDU: the device could not parse the request.
 type RejectError struct{ Reason uint8 }
 
+// Error names the reason.
 func (e *RejectError) Error() string {
 	return fmt.Sprintf("bacnet reject reason %d (%s)", e.Reason, rejectReasons[min(int(e.Reason), len(rejectReasons)-1)])
 }
@@ -249,6 +254,7 @@ type AbortError struct {
 	Server bool
 }
 
+// Error names the reason.
 func (e *AbortError) Error() string {
 	return fmt.Sprintf("bacnet abort reason %d (%s)", e.Reason, abortReasons[min(int(e.Reason), len(abortReasons)-1)])
 }

@@ -55,6 +55,7 @@ const (
 var kindNames = [...]string{"null", "boolean", "unsigned", "signed", "real", "double", "octet-string",
 	"character-string", "bit-string", "enumerated", "date", "time", "object-identifier", "context", "constructed"}
 
+// String names the kind.
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
 		return kindNames[k]
@@ -85,6 +86,7 @@ type ObjectID struct {
 // itself is the wildcard "any instance".
 const MaxInstance = 1<<22 - 1
 
+// String renders "type:instance", e.g. "analog-input:1".
 func (o ObjectID) String() string { return fmt.Sprintf("%s:%d", o.Type, o.Instance) }
 
 // BitString is a BACnet bit string: bit 0 is the first bit sent.
@@ -132,21 +134,46 @@ type Value struct {
 	charset uint8
 }
 
-// Constructors for application-tagged values, used to build requests and,
-// in simulators, responses.
-func Null() Value                  { return Value{Kind: KindNull} }
-func Bool(b bool) Value            { return Value{Kind: KindBoolean, Bool: b} }
-func Unsigned(u uint64) Value      { return Value{Kind: KindUnsigned, Uint: u} }
-func Signed(i int64) Value         { return Value{Kind: KindSigned, Int: i} }
-func Real(f float32) Value         { return Value{Kind: KindReal, Real: float64(f)} }
-func Double(f float64) Value       { return Value{Kind: KindDouble, Real: f} }
-func OctetString(b []byte) Value   { return Value{Kind: KindOctetString, Bytes: b} }
-func CharString(s string) Value    { return Value{Kind: KindCharacterString, Str: s} }
-func Bits(b BitString) Value       { return Value{Kind: KindBitString, Bits: b} }
-func Enumerated(u uint64) Value    { return Value{Kind: KindEnumerated, Uint: u} }
-func DateValue(d Date) Value       { return Value{Kind: KindDate, Date: d} }
-func TimeValue(t Time) Value       { return Value{Kind: KindTime, Time: t} }
+// Null returns an application null.
+func Null() Value { return Value{Kind: KindNull} }
+
+// Bool returns an application boolean.
+func Bool(b bool) Value { return Value{Kind: KindBoolean, Bool: b} }
+
+// Unsigned returns an application unsigned integer.
+func Unsigned(u uint64) Value { return Value{Kind: KindUnsigned, Uint: u} }
+
+// Signed returns an application signed integer.
+func Signed(i int64) Value { return Value{Kind: KindSigned, Int: i} }
+
+// Real returns an application real (IEEE 754 single precision).
+func Real(f float32) Value { return Value{Kind: KindReal, Real: float64(f)} }
+
+// Double returns an application double.
+func Double(f float64) Value { return Value{Kind: KindDouble, Real: f} }
+
+// OctetString returns an application octet string.
+func OctetString(b []byte) Value { return Value{Kind: KindOctetString, Bytes: b} }
+
+// CharString returns an application character string, encoded as UTF-8.
+func CharString(s string) Value { return Value{Kind: KindCharacterString, Str: s} }
+
+// Bits returns an application bit string.
+func Bits(b BitString) Value { return Value{Kind: KindBitString, Bits: b} }
+
+// Enumerated returns an application enumeration.
+func Enumerated(u uint64) Value { return Value{Kind: KindEnumerated, Uint: u} }
+
+// DateValue returns an application date.
+func DateValue(d Date) Value { return Value{Kind: KindDate, Date: d} }
+
+// TimeValue returns an application time.
+func TimeValue(t Time) Value { return Value{Kind: KindTime, Time: t} }
+
+// ObjectValue returns an application object identifier.
 func ObjectValue(o ObjectID) Value { return Value{Kind: KindObjectID, Object: o} }
+
+// Constructed returns items between opening and closing tags numbered tag.
 func Constructed(tag uint8, items ...Value) Value {
 	return Value{Kind: KindConstructed, Context: tag, Items: items}
 }

@@ -48,6 +48,7 @@ type Request struct {
 	Read bool
 }
 
+// String describes the request for test failures.
 func (r Request) String() string {
 	if r.Network {
 		return fmt.Sprintf("network-message from %s", r.From)
