@@ -30,12 +30,14 @@ type Config struct {
 	DataDir string `yaml:"data_dir"`
 	// StatusSocket is the unix socket `sightglass-agent status` reads.
 	// Default DATA_DIR/agent.sock.
-	StatusSocket string   `yaml:"status_socket"`
-	Uplink       Uplink   `yaml:"uplink"`
-	Buffer       Buffer   `yaml:"buffer"`
-	Poll         Poll     `yaml:"poll"`
-	Log          Log      `yaml:"log"`
-	Devices      []Device `yaml:"devices"`
+	StatusSocket string `yaml:"status_socket"`
+	// Network names the control and uplink NICs; see Network.
+	Network Network  `yaml:"network"`
+	Uplink  Uplink   `yaml:"uplink"`
+	Buffer  Buffer   `yaml:"buffer"`
+	Poll    Poll     `yaml:"poll"`
+	Log     Log      `yaml:"log"`
+	Devices []Device `yaml:"devices"`
 
 	// path is where the config was read from, for messages.
 	path string
@@ -442,6 +444,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	errs = append(errs, c.validateNetwork()...)
 	return errors.Join(errs...)
 }
 

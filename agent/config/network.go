@@ -1,0 +1,166 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"go.yaml.in/yaml/v4"
+)
+
+// Network names the box's two NICs: the control side, where the
+// controllers are, and the uplink side, which reaches the ingest. The two
+// are never bridged: every control-side socket binds to Control.Address,
+// the uplink dials from the uplink side, and the agent refuses to start if
+// the kernel forwards packets between them (see AllowForwarding).
+//
+// The section is optional so a laptop demo runs without it; `sightglass-agent
+// check` says no-go on a box that leaves it out.
+type Network struct {
+	Control ControlNIC `yaml:"control"`
+	Uplink  UplinkNIC  `yaml:"uplink"`
+	// AllowForwarding lets the agent start although IP forwarding is on
+	// for one of the two interfaces (a box that is also a router by
+	// design). Default false: forwarding would bridge the control subnet
+	// to the internet, which the agent exists to prevent.
+	AllowForwarding bool `yaml:"allow_forwarding"`
+
+	// Line is where the section starts in the file; 0 when absent.
+	Line int `yaml:"-"`
+}
+
+// ControlNIC is the interface facing the controllers.
+type ControlNIC struct {
+	// Interface is the kernel's name of the NIC, e.g. eth0. Required.
+	Interface string `yaml:"interface"`
+	// Address is the NIC's IP address. Every device's local_address must
+	// be on it. Required.
+	Address string `yaml:"address"`
+
+	// Line is where the section starts in the file.
+	Line int `yaml:"-"`
+}
+
+// UplinkNIC is the interface facing the internet.
+type UplinkNIC struct {
+	// Interface is the kernel's name of the NIC, e.g. eth1. Required.
+	Interface string `yaml:"interface"`
+
+	// Line is where the section starts in the file.
+	Line int `yaml:"-"`
+}
+
+// Configured reports whether the config names the two interfaces.
+func (n Network) Configured() bool { return n.Line != 0 }
+
+// UnmarshalYAML records the lines of the section and its two parts, for
+// validation messages.
+func (n *Network) UnmarshalYAML(node *yaml.Node) error {
+	type plain Network
+	var v plain
+	if err := node.Load(&v, yaml.WithKnownFields()); err != nil {
+		return err
+	}
+	*n = Network(v)
+	n.Line = node.Line
+	if _, c := settingsKey(node, "control"); c != nil {
+		n.Control.Line = c.Line
+	}
+	if _, u := settingsKey(node, "uplink"); u != nil {
+		n.Uplink.Line = u.Line
+	}
+	return nil
+}
+
+// validIfname mirrors the kernel's rule for interface names: 1 to 15
+// bytes, no '/', no whitespace, not "." or "..".
+func validIfname(s string) bool {
+	if s == "" || len(s) > 15 || s == "." || s == ".." {
+		return false
+	}
+	return !strings.ContainsAny(s, "/: \t\n")
+}
+
+// validateNetwork checks the network section and that every device's
+// local_address is on the control NIC. It does no I/O: whether the
+// interfaces exist is `sightglass-agent check`'s business.
+func (c *Config) validateNetwork() []error {
+	n := c.Network
+	if !n.Configured() {
+		return nil
+	}
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	where := fmt.Sprintf("network (line %d)", n.Line)
+	cl, ul := n.Control.Line, n.Uplink.Line
+	if cl == 0 {
+		cl = n.Line
+	}
+	if ul == 0 {
+		ul = n.Line
+	}
+	if !validIfname(n.Control.Interface) {
+		bad("%s: control.interface (line %d): %q is not an interface name: want the control NIC's name as `ip link` shows it, e.g. eth0", where, cl, n.Control.Interface)
+	}
+	if !validIfname(n.Uplink.Interface) {
+		bad("%s: uplink.interface (line %d): %q is not an interface name: want the uplink NIC's name as `ip link` shows it, e.g. eth1", where, ul, n.Uplink.Interface)
+	}
+	if n.Control.Interface != "" && n.Control.Interface == n.Uplink.Interface {
+		bad("%s: control.interface and uplink.interface (line %d) are both %q: the control subnet and the uplink must be two NICs", where, ul, n.Control.Interface)
+	}
+	control, err := netip.ParseAddr(n.Control.Address)
+	switch {
+	case n.Control.Address == "":
+		bad("%s: control.address (line %d): required: the control NIC's IP address, e.g. 192.168.10.5", where, cl)
+	case err != nil:
+		bad("%s: control.address (line %d): %q is not an IP address (no port, no prefix length)", where, cl, n.Control.Address)
+	case control.IsUnspecified():
+		bad("%s: control.address (line %d): %s binds every NIC, the uplink included: give the control NIC's own address", where, cl, control)
+	}
+	if err != nil || control.IsUnspecified() {
+		return errs
+	}
+	if up := c.Uplink.LocalAddress; up != "" {
+		if a, err := netip.ParseAddr(hostOf(up)); err == nil && a.Unmap() == control.Unmap() {
+			bad("uplink.local_address: %s is the control NIC's address: the uplink must dial from the uplink side", up)
+		}
+	}
+	for _, d := range c.Devices {
+		k, v := settingsKey(&d.Settings, "local_address")
+		if v == nil || v.Kind != yaml.ScalarNode {
+			continue
+		}
+		a, err := netip.ParseAddr(hostOf(v.Value))
+		if err != nil {
+			// The driver reports a malformed address itself, with its line.
+			continue
+		}
+		if a.Unmap() != control.Unmap() {
+			bad("device %q (line %d): settings.local_address (line %d): %s is not the control NIC's address %s (network.control.address, line %d): control-side sockets bind only there", d.Name, d.Line, k.Line, v.Value, control, cl)
+		}
+	}
+	return errs
+}
+
+// settingsKey finds key in a mapping node, such as a device's settings.
+func settingsKey(n *yaml.Node, key string) (k, v *yaml.Node) {
+	if n == nil || n.Kind != yaml.MappingNode {
+		return nil, nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i], n.Content[i+1]
+		}
+	}
+	return nil, nil
+}
+
+// hostOf strips a port from "IP:port" or "[IPv6]:port" and leaves a bare
+// IP as it is.
+func hostOf(s string) string {
+	if h, _, err := net.SplitHostPort(s); err == nil {
+		return h
+	}
+	return strings.Trim(s, "[]")
+}
