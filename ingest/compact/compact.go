@@ -1,0 +1,447 @@
+// Package compact merges a site's small batch blobs into day blobs: one
+// generation of one or more parts per site per day, in the same batch
+// format, sorted and deduplicated. Small blobs are good for freshness and
+// bad for storage and analytics; a day blob of the real trend data costs
+// well under a byte per sample.
+//
+// Compaction is safe to run on several ingest replicas at once and is
+// idempotent: the output is a pure function of the inputs, written
+// create-if-absent, so two replicas that read the same sources write the
+// same bytes; a replica that read other sources collides on the name and
+// starts over. A source blob is deleted only after the day blob holding
+// it has been stored, read back and decoded to exactly the merged
+// samples.
+//
+// Layout: {tenant}/{site}/days/{yyyy}/{mm}/{dd}.g{gen}.p{part}-of-{parts}.sgb,
+// the point tables beside the batches' in {tenant}/{site}/tables/. A day is
+// in generation gen until a later compaction (a late backlog) merges it with
+// new sources into gen+1 and deletes gen.
+package compact
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/ingest/blob"
+	"github.com/sightglass-bms/sightglass/pkg/batch"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// Store is the archive as compaction needs it: the blob store plus Delete,
+// which only compaction uses.
+type Store interface {
+	blob.Store
+	Delete(ctx context.Context, name string) error
+}
+
+// AgentID marks day blobs in the batch header: they hold the samples of
+// every agent a site had that day. Real agent ids start with "ag-".
+const AgentID = "compacted"
+
+// DefaultPartSamples caps the samples of one day part, well inside the
+// batch format's limits (batch.DefaultMaxSamples and a 64 MiB payload).
+const DefaultPartSamples = 2_000_000
+
+// maxAttempts bounds the restarts when another replica compacts the same
+// day at the same moment.
+const maxAttempts = 5
+
+// ErrRace means another compactor changed the day while this one worked;
+// Day starts over by itself, up to a bound, and returns it only after that.
+var ErrRace = errors.New("another compactor changed the day")
+
+// Options tune a Compactor. The zero value is usable.
+type Options struct {
+	// Logger receives progress; nil discards it.
+	Logger *slog.Logger
+	// PartSamples caps the samples of one day part (DefaultPartSamples).
+	PartSamples int
+	// Limits bound the decoder reading the sources.
+	Limits batch.Limits
+}
+
+// Compactor compacts days of one archive.
+type Compactor struct {
+	store Store
+	log   *slog.Logger
+	part  int
+	lim   batch.Limits
+}
+
+// New returns a Compactor over store.
+func New(store Store, o Options) *Compactor {
+	c := &Compactor{store: store, log: o.Logger, part: o.PartSamples, lim: o.Limits}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.part <= 0 {
+		c.part = DefaultPartSamples
+	}
+	return c
+}
+
+// Result says what compacting one day did.
+type Result struct {
+	Day         string `json:"day"` // yyyy-mm-dd
+	Generation  int    `json:"generation"`
+	Parts       int    `json:"parts"`
+	Sources     int    `json:"sources"`    // batch blobs merged (and deleted)
+	Samples     int    `json:"samples"`    // in the day blob
+	Duplicates  int    `json:"duplicates"` // identical samples seen twice (retries, re-uploads)
+	Conflicts   int    `json:"conflicts"`  // same point and time, different value: the first kept
+	SourceBytes int    `json:"source_bytes"`
+	Bytes       int    `json:"bytes"`   // of the day blob's parts
+	Skipped     bool   `json:"skipped"` // nothing new to merge
+}
+
+// DayPrefix is where a day's batch blobs are: {tenant}/{site}/{yyyy}/{mm}/{dd}/.
+func DayPrefix(tenant, site string, day time.Time) string {
+	d := day.UTC()
+	return fmt.Sprintf("%s/%s/%04d/%02d/%02d/", tenant, site, d.Year(), d.Month(), d.Day())
+}
+
+// dayBlobPrefix is where a day's compacted parts are.
+func dayBlobPrefix(tenant, site string, day time.Time) string {
+	d := day.UTC()
+	return fmt.Sprintf("%s/%s/days/%04d/%02d/%02d.", tenant, site, d.Year(), d.Month(), d.Day())
+}
+
+// PartName is the name of part (1-based) of parts of generation gen.
+func PartName(tenant, site string, day time.Time, gen, part, parts int) string {
+	return fmt.Sprintf("%sg%06d.p%03d-of-%03d.sgb", dayBlobPrefix(tenant, site, day), gen, part, parts)
+}
+
+// generation is one complete generation of a day's parts.
+type generation struct {
+	gen   int
+	parts []string
+}
+
+// parsePart reads gen, part and parts from a part's name.
+func parsePart(prefix, name string) (gen, part, parts int, ok bool) {
+	rest, found := strings.CutPrefix(name, prefix)
+	if !found || !strings.HasSuffix(rest, ".sgb") {
+		return 0, 0, 0, false
+	}
+	var err error
+	f := strings.FieldsFunc(strings.TrimSuffix(rest, ".sgb"), func(r rune) bool { return r == '.' || r == '-' })
+	if len(f) != 4 || f[0][0] != 'g' || f[1][0] != 'p' || f[2] != "of" {
+		return 0, 0, 0, false
+	}
+	if gen, err = strconv.Atoi(f[0][1:]); err != nil {
+		return 0, 0, 0, false
+	}
+	if part, err = strconv.Atoi(f[1][1:]); err != nil {
+		return 0, 0, 0, false
+	}
+	if parts, err = strconv.Atoi(f[3]); err != nil || part < 1 || part > parts {
+		return 0, 0, 0, false
+	}
+	return gen, part, parts, true
+}
+
+// generations lists a day's complete generations, oldest first, and every
+// part name found (complete or not), for clean-up.
+func generations(prefix string, names []string) (complete []generation, all []string) {
+	type acc struct {
+		parts map[int]string
+		n     int
+	}
+	byGen := map[int]*acc{}
+	for _, n := range names {
+		g, p, np, ok := parsePart(prefix, n)
+		if !ok {
+			continue
+		}
+		all = append(all, n)
+		a := byGen[g]
+		if a == nil {
+			a = &acc{parts: map[int]string{}, n: np}
+			byGen[g] = a
+		}
+		if a.n == np {
+			a.parts[p] = n
+		}
+	}
+	for g, a := range byGen {
+		if len(a.parts) != a.n {
+			continue // still being written, or abandoned by a crash
+		}
+		gen := generation{gen: g}
+		for p := 1; p <= a.n; p++ {
+			gen.parts = append(gen.parts, a.parts[p])
+		}
+		complete = append(complete, gen)
+	}
+	sort.Slice(complete, func(i, j int) bool { return complete[i].gen < complete[j].gen })
+	return complete, all
+}
+
+// Day compacts the batches of tenant/site on day (UTC) into a new day
+// generation and deletes what it replaced.
+func (c *Compactor) Day(ctx context.Context, tenant, site string, day time.Time) (Result, error) {
+	for attempt := 1; ; attempt++ {
+		res, err := c.day(ctx, tenant, site, day)
+		if !errors.Is(err, ErrRace) || attempt == maxAttempts {
+			return res, err
+		}
+		c.log.Info("another compactor changed the day; starting over", "day", res.Day, "attempt", attempt)
+	}
+}
+
+func (c *Compactor) day(ctx context.Context, tenant, site string, day time.Time) (Result, error) {
+	day = day.UTC().Truncate(24 * time.Hour)
+	res := Result{Day: day.Format(time.DateOnly)}
+	log := c.log.With("tenant", tenant, "site", site, "day", res.Day)
+	srcNames, err := c.store.List(ctx, DayPrefix(tenant, site, day))
+	if err != nil {
+		return res, fmt.Errorf("compacting %s/%s %s: listing batches: %w", tenant, site, res.Day, err)
+	}
+	srcNames = slices.DeleteFunc(srcNames, func(n string) bool { return !strings.HasSuffix(n, ".sgb") })
+	prefix := dayBlobPrefix(tenant, site, day)
+	existing, err := c.store.List(ctx, prefix)
+	if err != nil {
+		return res, fmt.Errorf("compacting %s/%s %s: listing day blobs: %w", tenant, site, res.Day, err)
+	}
+	gens, allParts := generations(prefix, existing)
+	var prev *generation
+	if len(gens) > 0 {
+		prev = &gens[len(gens)-1]
+		res.Generation = prev.gen
+	}
+	if len(srcNames) == 0 {
+		res.Skipped = true
+		return res, c.cleanOld(ctx, allParts, prev, log)
+	}
+
+	tables := &tableCache{store: c.store, tenant: tenant, site: site, ids: batch.Tables{}}
+	merged := map[key]telemetry.Sample{}
+	var order []key
+	addAll := func(name string, data []byte) error {
+		b, err := batch.Decode(data, tables, c.lim)
+		if err != nil {
+			return fmt.Errorf("decoding %s: %w", name, err)
+		}
+		for _, s := range b.Samples {
+			k := key{s.PointID, s.Time}
+			if old, seen := merged[k]; seen {
+				if math.Float64bits(old.Value) == math.Float64bits(s.Value) && old.Status == s.Status {
+					res.Duplicates++
+				} else {
+					res.Conflicts++
+				}
+				continue
+			}
+			merged[k] = s
+			order = append(order, k)
+		}
+		return nil
+	}
+	read := func(name string) ([]byte, error) {
+		data, err := c.store.Get(ctx, name)
+		if errors.Is(err, blob.ErrNotFound) {
+			// Another compactor deleted it after merging it elsewhere.
+			return nil, fmt.Errorf("%s vanished: %w", name, ErrRace)
+		}
+		return data, err
+	}
+	if prev != nil {
+		for _, n := range prev.parts {
+			data, err := read(n)
+			if err != nil {
+				return res, fmt.Errorf("compacting %s: %w", res.Day, err)
+			}
+			if err := addAll(n, data); err != nil {
+				return res, fmt.Errorf("compacting %s: %w", res.Day, err)
+			}
+		}
+	}
+	for _, n := range srcNames {
+		data, err := read(n)
+		if err != nil {
+			return res, fmt.Errorf("compacting %s: %w", res.Day, err)
+		}
+		res.SourceBytes += len(data)
+		if err := addAll(n, data); err != nil {
+			// A batch that does not decode was refused by the ingest
+			// before it was stored; finding one means damage at rest,
+			// which an operator must see: stop, delete nothing.
+			return res, fmt.Errorf("compacting %s: %w: the archive holds a damaged batch; nothing was deleted", res.Day, err)
+		}
+	}
+	res.Sources = len(srcNames)
+	samples := make([]telemetry.Sample, 0, len(order))
+	for _, k := range order {
+		samples = append(samples, merged[k])
+	}
+	slices.SortFunc(samples, func(a, b telemetry.Sample) int {
+		if a.PointID != b.PointID {
+			if a.PointID < b.PointID {
+				return -1
+			}
+			return 1
+		}
+		return int(max(-1, min(1, a.Time-b.Time)))
+	})
+	res.Samples = len(samples)
+	res.Generation++
+	gen := res.Generation
+
+	// Encode every part, then store: tables first, so every stored part
+	// is decodable the moment it exists.
+	nparts := (len(samples) + c.part - 1) / c.part
+	res.Parts = nparts
+	type part struct {
+		name string
+		enc  batch.Encoded
+		n    int
+	}
+	parts := make([]part, 0, nparts)
+	for i := range nparts {
+		chunk := samples[i*c.part : min(len(samples), (i+1)*c.part)]
+		enc, err := batch.Encode(&batch.Batch{
+			Header: batch.Header{
+				AgentID: AgentID, Site: site, Seq: uint64(gen),
+				// Deterministic, so replicas write identical bytes.
+				SentAt: day.Add(24*time.Hour - time.Millisecond).UnixMilli(),
+			},
+			Samples: chunk,
+		})
+		if err != nil {
+			return res, fmt.Errorf("compacting %s: encoding part %d: %w", res.Day, i+1, err)
+		}
+		parts = append(parts, part{name: PartName(tenant, site, day, gen, i+1, nparts), enc: enc, n: len(chunk)})
+		res.Bytes += len(enc.Data)
+	}
+	for _, p := range parts {
+		if _, err := c.store.Put(ctx, blob.TableName(tenant, site, p.enc.TableHash.String()), p.enc.Table); err != nil {
+			return res, fmt.Errorf("compacting %s: storing a point table: %w", res.Day, err)
+		}
+	}
+	for _, p := range parts {
+		_, err := c.store.Put(ctx, p.name, p.enc.Data)
+		if errors.Is(err, blob.ErrConflict) {
+			return res, fmt.Errorf("compacting %s: %s holds another compactor's output: %w", res.Day, p.name, ErrRace)
+		}
+		if err != nil {
+			return res, fmt.Errorf("compacting %s: storing %s: %w", res.Day, p.name, err)
+		}
+	}
+	// Verify before deleting anything: read every part back and decode it
+	// to exactly the samples merged.
+	i := 0
+	for _, p := range parts {
+		data, err := c.store.Get(ctx, p.name)
+		if err != nil {
+			return res, fmt.Errorf("compacting %s: reading back %s: %w; nothing was deleted", res.Day, p.name, err)
+		}
+		b, err := batch.Decode(data, tables, c.lim)
+		if err != nil {
+			return res, fmt.Errorf("compacting %s: %s does not decode: %w; nothing was deleted", res.Day, p.name, err)
+		}
+		for _, s := range b.Samples {
+			w := samples[i]
+			if s.PointID != w.PointID || s.Time != w.Time || math.Float64bits(s.Value) != math.Float64bits(w.Value) || s.Status != w.Status {
+				return res, fmt.Errorf("compacting %s: %s differs from the merged samples at sample %d; nothing was deleted", res.Day, p.name, i)
+			}
+			i++
+		}
+	}
+	if i != len(samples) {
+		return res, fmt.Errorf("compacting %s: the stored parts hold %d samples, %d merged; nothing was deleted", res.Day, i, len(samples))
+	}
+	for _, n := range srcNames {
+		if err := c.store.Delete(ctx, n); err != nil {
+			return res, fmt.Errorf("compacting %s: deleting merged batch %s: %w (the day blob has it; run compact again)", res.Day, n, err)
+		}
+	}
+	kept := &generation{gen: gen}
+	for _, p := range parts {
+		kept.parts = append(kept.parts, p.name)
+	}
+	if err := c.cleanOld(ctx, append(allParts, kept.parts...), kept, log); err != nil {
+		return res, err
+	}
+	log.Info("day compacted", "generation", gen, "parts", nparts, "sources", res.Sources, "samples", res.Samples,
+		"duplicates", res.Duplicates, "conflicts", res.Conflicts, "source_bytes", res.SourceBytes, "bytes", res.Bytes)
+	return res, nil
+}
+
+// cleanOld deletes every day part but those of keep: older generations,
+// merged into keep, and incomplete ones a crash left behind. An incomplete
+// generation newer than keep may be another compactor's work in progress,
+// so it is left alone.
+func (c *Compactor) cleanOld(ctx context.Context, all []string, keep *generation, log *slog.Logger) error {
+	if keep == nil {
+		return nil
+	}
+	for _, n := range all {
+		if slices.Contains(keep.parts, n) {
+			continue
+		}
+		if g, ok := genOf(n); ok && g > keep.gen {
+			continue
+		}
+		if err := c.store.Delete(ctx, n); err != nil {
+			return fmt.Errorf("deleting superseded day part %s: %w", n, err)
+		}
+		log.Debug("deleted superseded day part", "blob", n)
+	}
+	return nil
+}
+
+// genOf reads the generation from a part name.
+func genOf(name string) (int, bool) {
+	i := strings.LastIndex(name, ".g")
+	if i < 0 {
+		return 0, false
+	}
+	j := strings.IndexByte(name[i+2:], '.')
+	if j < 0 {
+		return 0, false
+	}
+	g, err := strconv.Atoi(name[i+2 : i+2+j])
+	return g, err == nil
+}
+
+type key struct {
+	id uint64
+	t  int64
+}
+
+// tableCache resolves point tables from the site's tables folder.
+type tableCache struct {
+	store        blob.Store
+	tenant, site string
+	ids          batch.Tables
+}
+
+func (tc *tableCache) PointTable(h batch.TableHash) ([]uint64, error) {
+	if ids, ok := tc.ids[h]; ok {
+		return ids, nil
+	}
+	data, err := tc.store.Get(context.Background(), blob.TableName(tc.tenant, tc.site, h.String()))
+	if errors.Is(err, blob.ErrNotFound) {
+		return nil, fmt.Errorf("point table %s: %w", h, batch.ErrUnknownTable)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ids, got, err := batch.DecodePointTable(data)
+	if err != nil {
+		return nil, fmt.Errorf("point table %s: %w", h, err)
+	}
+	if got != h {
+		return nil, fmt.Errorf("point table %s is stored under the wrong name (its hash is %s)", h, got)
+	}
+	tc.ids[h] = ids
+	return ids, nil
+}
