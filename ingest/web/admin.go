@@ -13,7 +13,9 @@ import (
 )
 
 func (s *Server) adminRoutes(mux *http.ServeMux) {
-	a := func(h func(http.ResponseWriter, *http.Request, *request)) http.HandlerFunc { return s.auth(store.RoleAdmin, h) }
+	a := func(h func(http.ResponseWriter, *http.Request, *request)) http.HandlerFunc {
+		return s.auth(store.RoleAdmin, h)
+	}
 	mux.HandleFunc("GET /admin", a(s.handleAdmin))
 	mux.HandleFunc("GET /admin/audit", a(s.handleAuditLog))
 	mux.HandleFunc("POST /admin/users", a(s.handleUserAdd))

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sightglass-bms/sightglass/ingest/store"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
 
 // maxTrendPoints caps the series of one chart: more is unreadable.
@@ -458,7 +459,9 @@ func (s *Server) handleCompleteness(w http.ResponseWriter, r *http.Request, rq *
 			// Up to one interval per batch may still be in flight.
 			slack := max(2, c.Expected/100)
 			switch {
-			case c.Bad > 0 && c.Bad*2 >= c.Received:
+			// Failed reads that are still failing, or most of them:
+			// the agent runs, the device does not answer.
+			case c.Bad > 0 && (p.Status == telemetry.StatusCommFailure.String() || p.Status == telemetry.StatusFault.String() || c.Bad*2 >= c.Received):
 				c.Verdict, c.Class = verdictDevice, "bad"
 			case c.Missing > slack && page.AgentOffline:
 				c.Verdict, c.Class = verdictAgent, "bad"
