@@ -34,8 +34,14 @@ func FuzzDecode(f *testing.F) {
 		if r, err := DecodeReadRangeACK(b); err == nil {
 			_, _ = DecodeLogRecords(r.Items, time.UTC)
 		}
+		// Request decoders read what simulators receive and re-read what
+		// the guard lets out.
 		_, _, _ = DecodeWhoIs(b)
+		_, _, _, _, _ = DecodeWhoHas(b)
+		_, _, _ = DecodeReadPropertyRequest(b)
+		_, _ = DecodeReadPropertyMultipleRequest(b)
 		_, _, _, _ = DecodeReadRangeRequest(b, time.UTC)
+		_ = NewGuard(nil, false).Check(b)
 		vals, err := DecodeValues(b)
 		if err != nil {
 			return
