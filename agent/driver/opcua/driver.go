@@ -20,11 +20,14 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/gopcua/opcua"
@@ -449,12 +452,6 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 	if lost != nil {
 		d.drop(ctx, lost)
 	}
-	if err := d.ensure(ctx); err != nil {
-		return nil, fmt.Errorf("reading %s: %w", d.cfg.endpoint, err)
-	}
-	d.mu.Lock()
-	maxNodes := d.maxNodes
-	d.mu.Unlock()
 	var polled, subscribed []driver.Point
 	for _, p := range points {
 		pc, ok := d.points[p.Ref]
@@ -470,26 +467,23 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 			polled = append(polled, p)
 		}
 	}
-	out := make([]telemetry.Sample, 0, len(points))
-	for start := 0; start < len(polled); {
-		end := min(start+maxNodes, len(polled))
-		chunk := polled[start:end]
-		samples, err := d.readChunk(ctx, chunk)
-		if errors.Is(err, ua.StatusBadTooManyOperations) && len(chunk) > 1 {
-			// The server's stated limit was wrong (or it changed): halve
-			// and keep going rather than fail the whole poll.
-			maxNodes = max(1, len(chunk)/2)
-			d.mu.Lock()
-			d.maxNodes = maxNodes
-			d.mu.Unlock()
-			d.log.Warn("server refused a read as too large; lowering max_nodes_per_read", "max_nodes_per_read", maxNodes)
-			continue
+	var out []telemetry.Sample
+	for attempt := 0; ; attempt++ {
+		if err := d.ensure(ctx); err != nil {
+			return nil, fmt.Errorf("reading %s: %w", d.cfg.endpoint, err)
 		}
-		if err != nil {
-			return nil, d.readError(ctx, err)
+		samples, err := d.readPolled(ctx, polled)
+		if err == nil {
+			out = samples
+			break
 		}
-		out = append(out, samples...)
-		start = end
+		rerr := d.readError(ctx, err)
+		// A session whose connection closed between polls (the server
+		// restarted) is reopened at once, once, so the poll is not lost;
+		// a server that hangs is not asked twice.
+		if attempt > 0 || !isConnGone(err) || ctx.Err() != nil || errors.Is(rerr, driver.ErrBusy) || errors.Is(rerr, driver.ErrRefused) {
+			return nil, rerr
+		}
 	}
 	out = append(out, d.subscribedSamples(subscribed)...)
 	d.mu.Lock()
@@ -507,6 +501,45 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 }
 
 // readChunk reads one batch, at most MaxNodesPerRead points.
+// readPolled reads polled points in batches of at most MaxNodesPerRead,
+// halving the batch when the server still says BadTooManyOperations.
+func (d *Driver) readPolled(ctx context.Context, polled []driver.Point) ([]telemetry.Sample, error) {
+	d.mu.Lock()
+	maxNodes := d.maxNodes
+	d.mu.Unlock()
+	out := make([]telemetry.Sample, 0, len(polled))
+	for start := 0; start < len(polled); {
+		end := min(start+maxNodes, len(polled))
+		chunk := polled[start:end]
+		samples, err := d.readChunk(ctx, chunk)
+		if errors.Is(err, ua.StatusBadTooManyOperations) && len(chunk) > 1 {
+			// The server's stated limit was wrong (or it changed): halve
+			// and keep going rather than fail the whole poll.
+			maxNodes = max(1, len(chunk)/2)
+			d.mu.Lock()
+			d.maxNodes = maxNodes
+			d.mu.Unlock()
+			d.log.Warn("server refused a read as too large; lowering max_nodes_per_read", "max_nodes_per_read", maxNodes)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, samples...)
+		start = end
+	}
+	return out, nil
+}
+
+// isConnGone reports errors that mean the connection or session closed
+// (rather than a server that is slow or refuses).
+func isConnGone(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, ua.StatusBadSecureChannelClosed) || errors.Is(err, ua.StatusBadConnectionClosed) ||
+		errors.Is(err, ua.StatusBadSessionIDInvalid) || errors.Is(err, ua.StatusBadSessionClosed) ||
+		errors.Is(err, ua.StatusBadSecureChannelIDInvalid) || errors.Is(err, ua.StatusBadServerNotConnected)
+}
+
 func (d *Driver) readChunk(ctx context.Context, points []driver.Point) ([]telemetry.Sample, error) {
 	req := &ua.ReadRequest{
 		MaxAge:             0,

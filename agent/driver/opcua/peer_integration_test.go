@@ -90,6 +90,7 @@ func TestNodeOPCUAIntegration(t *testing.T) {
 		{"Basic256Sha256-Sign", "Basic256Sha256", "Sign", ""},
 		{"Basic256Sha256-SignAndEncrypt", "Basic256Sha256", "SignAndEncrypt", ""},
 		{"Aes128_Sha256_RsaOaep-SignAndEncrypt", "Aes128_Sha256_RsaOaep", "SignAndEncrypt", ""},
+		{"Aes128_Sha256_RsaOaep-Sign", "Aes128_Sha256_RsaOaep", "Sign", ""},
 		{"Aes256_Sha256_RsaPss-SignAndEncrypt", "Aes256_Sha256_RsaPss", "SignAndEncrypt", ""},
 		{"Aes256_Sha256_RsaPss-Sign", "Aes256_Sha256_RsaPss", "Sign", ""},
 		{"username", "Basic256Sha256", "SignAndEncrypt", "auth: {type: username, username: reader, password: secret}"},
