@@ -24,11 +24,13 @@ const batchExt = ".sgb"
 
 func newArchiveCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:     "archive",
-		Short:   "Read the archive of stored batches",
-		Example: `  sightglass-ingest archive cat acme/s1/`,
+		Use:   "archive",
+		Short: "Read, compact and export the archive of stored batches",
+		Example: `  sightglass-ingest archive cat acme/s1/
+  sightglass-ingest archive compact --tenant acme --site s1
+  sightglass-ingest archive export --tenant acme --site s1 --day 2026-11-30 --out day.parquet`,
 	}
-	cmd.AddCommand(newArchiveCatCmd())
+	cmd.AddCommand(newArchiveCatCmd(), newArchiveCompactCmd(), newArchiveExportCmd())
 	return cmd
 }
 

@@ -223,74 +223,10 @@ func (c *Compactor) day(ctx context.Context, tenant, site string, day time.Time)
 	}
 
 	tables := &tableCache{store: c.store, tenant: tenant, site: site, ids: batch.Tables{}}
-	merged := map[key]telemetry.Sample{}
-	var order []key
-	addAll := func(name string, data []byte) error {
-		b, err := batch.Decode(data, tables, c.lim)
-		if err != nil {
-			return fmt.Errorf("decoding %s: %w", name, err)
-		}
-		for _, s := range b.Samples {
-			k := key{s.PointID, s.Time}
-			if old, seen := merged[k]; seen {
-				if math.Float64bits(old.Value) == math.Float64bits(s.Value) && old.Status == s.Status {
-					res.Duplicates++
-				} else {
-					res.Conflicts++
-				}
-				continue
-			}
-			merged[k] = s
-			order = append(order, k)
-		}
-		return nil
+	samples, err := c.merge(ctx, tables, prev, srcNames, &res)
+	if err != nil {
+		return res, err
 	}
-	read := func(name string) ([]byte, error) {
-		data, err := c.store.Get(ctx, name)
-		if errors.Is(err, blob.ErrNotFound) {
-			// Another compactor deleted it after merging it elsewhere.
-			return nil, fmt.Errorf("%s vanished: %w", name, ErrRace)
-		}
-		return data, err
-	}
-	if prev != nil {
-		for _, n := range prev.parts {
-			data, err := read(n)
-			if err != nil {
-				return res, fmt.Errorf("compacting %s: %w", res.Day, err)
-			}
-			if err := addAll(n, data); err != nil {
-				return res, fmt.Errorf("compacting %s: %w", res.Day, err)
-			}
-		}
-	}
-	for _, n := range srcNames {
-		data, err := read(n)
-		if err != nil {
-			return res, fmt.Errorf("compacting %s: %w", res.Day, err)
-		}
-		res.SourceBytes += len(data)
-		if err := addAll(n, data); err != nil {
-			// A batch that does not decode was refused by the ingest
-			// before it was stored; finding one means damage at rest,
-			// which an operator must see: stop, delete nothing.
-			return res, fmt.Errorf("compacting %s: %w: the archive holds a damaged batch; nothing was deleted", res.Day, err)
-		}
-	}
-	res.Sources = len(srcNames)
-	samples := make([]telemetry.Sample, 0, len(order))
-	for _, k := range order {
-		samples = append(samples, merged[k])
-	}
-	slices.SortFunc(samples, func(a, b telemetry.Sample) int {
-		if a.PointID != b.PointID {
-			if a.PointID < b.PointID {
-				return -1
-			}
-			return 1
-		}
-		return int(max(-1, min(1, a.Time-b.Time)))
-	})
 	res.Samples = len(samples)
 	res.Generation++
 	gen := res.Generation
@@ -373,6 +309,105 @@ func (c *Compactor) day(ctx context.Context, tenant, site string, day time.Time)
 	log.Info("day compacted", "generation", gen, "parts", nparts, "sources", res.Sources, "samples", res.Samples,
 		"duplicates", res.Duplicates, "conflicts", res.Conflicts, "source_bytes", res.SourceBytes, "bytes", res.Bytes)
 	return res, nil
+}
+
+// merge reads the parts of prev (if any) and the sources, in that order,
+// and returns their samples sorted and deduplicated: the first sample for
+// a point and time wins, and later ones count as duplicates (the same
+// value and status) or conflicts.
+func (c *Compactor) merge(ctx context.Context, tables *tableCache, prev *generation, srcNames []string, res *Result) ([]telemetry.Sample, error) {
+	merged := map[key]telemetry.Sample{}
+	var order []key
+	addAll := func(name string, data []byte) error {
+		b, err := batch.Decode(data, tables, c.lim)
+		if err != nil {
+			return fmt.Errorf("decoding %s: %w", name, err)
+		}
+		for _, s := range b.Samples {
+			k := key{s.PointID, s.Time}
+			if old, seen := merged[k]; seen {
+				if math.Float64bits(old.Value) == math.Float64bits(s.Value) && old.Status == s.Status {
+					res.Duplicates++
+				} else {
+					res.Conflicts++
+				}
+				continue
+			}
+			merged[k] = s
+			order = append(order, k)
+		}
+		return nil
+	}
+	read := func(name string) ([]byte, error) {
+		data, err := c.store.Get(ctx, name)
+		if errors.Is(err, blob.ErrNotFound) {
+			// Another compactor deleted it after merging it elsewhere.
+			return nil, fmt.Errorf("%s vanished: %w", name, ErrRace)
+		}
+		return data, err
+	}
+	if prev != nil {
+		for _, n := range prev.parts {
+			data, err := read(n)
+			if err != nil {
+				return nil, fmt.Errorf("compacting %s: %w", res.Day, err)
+			}
+			if err := addAll(n, data); err != nil {
+				return nil, fmt.Errorf("compacting %s: %w", res.Day, err)
+			}
+		}
+	}
+	for _, n := range srcNames {
+		data, err := read(n)
+		if err != nil {
+			return nil, fmt.Errorf("compacting %s: %w", res.Day, err)
+		}
+		res.SourceBytes += len(data)
+		if err := addAll(n, data); err != nil {
+			// A batch that does not decode was refused by the ingest
+			// before it was stored; finding one means damage at rest,
+			// which an operator must see: stop, delete nothing.
+			return nil, fmt.Errorf("compacting %s: %w: the archive holds a damaged batch; nothing was deleted", res.Day, err)
+		}
+	}
+	res.Sources = len(srcNames)
+	samples := make([]telemetry.Sample, 0, len(order))
+	for _, k := range order {
+		samples = append(samples, merged[k])
+	}
+	slices.SortFunc(samples, func(a, b telemetry.Sample) int {
+		if a.PointID != b.PointID {
+			if a.PointID < b.PointID {
+				return -1
+			}
+			return 1
+		}
+		return int(max(-1, min(1, a.Time-b.Time)))
+	})
+	return samples, nil
+}
+
+// ReadDay returns every sample of tenant/site on day, sorted by point and
+// time and deduplicated: the newest day generation together with batches
+// not compacted yet, as readers of the archive should see it.
+func (c *Compactor) ReadDay(ctx context.Context, tenant, site string, day time.Time) ([]telemetry.Sample, error) {
+	day = day.UTC().Truncate(24 * time.Hour)
+	res := Result{Day: day.Format(time.DateOnly)}
+	srcNames, err := c.store.List(ctx, DayPrefix(tenant, site, day))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s/%s %s: %w", tenant, site, res.Day, err)
+	}
+	srcNames = slices.DeleteFunc(srcNames, func(n string) bool { return !strings.HasSuffix(n, ".sgb") })
+	prefix := dayBlobPrefix(tenant, site, day)
+	existing, err := c.store.List(ctx, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s/%s %s: %w", tenant, site, res.Day, err)
+	}
+	var prev *generation
+	if gens, _ := generations(prefix, existing); len(gens) > 0 {
+		prev = &gens[len(gens)-1]
+	}
+	return c.merge(ctx, &tableCache{store: c.store, tenant: tenant, site: site, ids: batch.Tables{}}, prev, srcNames, &res)
 }
 
 // cleanOld deletes every day part but those of keep: older generations,
