@@ -59,7 +59,7 @@ type Driver struct {
 }
 
 // ErrClosed is returned by Connect and Read after Close.
-var ErrClosed = errors.New("bacnet driver closed: build a new driver")
+var ErrClosed = errors.New("bacnet driver closed: call Connect to reconnect")
 
 // New builds a driver from a device's configuration; it does no network I/O.
 func New(d driver.Device) (driver.Driver, error) {
@@ -98,9 +98,8 @@ func New(d driver.Device) (driver.Driver, error) {
 func (d *Driver) Connect(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
-		return ErrClosed
-	}
+	// Connect after Close reopens: the poller reconnects this way.
+	d.closed = false
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -187,8 +186,8 @@ func locate(ctx context.Context, c *bacnet.Client, cfg config) (bacnet.Device, b
 	return dev, rpm, nil
 }
 
-// Close releases the socket (when no other device shares it). It is final
-// and idempotent.
+// Close releases the socket (when no other device shares it). It is
+// idempotent; Read fails until the next Connect.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()

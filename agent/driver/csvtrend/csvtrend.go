@@ -302,10 +302,13 @@ func (d *Driver) Connect(ctx context.Context) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
-		return errClosed
+	// Connect after Close reopens: the poller reconnects this way after a
+	// failed read (a network share that went away).
+	if err := d.resolveLocked(); err != nil {
+		return err
 	}
-	return d.resolveLocked()
+	d.closed = false
+	return nil
 }
 
 // resolveLocked stats the path and sets single, dir, processed and failed.
@@ -611,12 +614,12 @@ func (d *Driver) headerOf(path string) ([]column, error) {
 }
 
 // Close stops the driver; files read but not committed stay in place and
-// are read again by the next driver. Close is idempotent; every other
-// method fails afterwards.
+// are read again. Close is idempotent; every other method but Connect
+// fails afterwards.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.closed = true
+	d.closed, d.connected = true, false
 	d.pending = nil
 	return nil
 }

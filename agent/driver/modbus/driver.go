@@ -169,42 +169,44 @@ type Driver struct {
 	warned    map[string]bool
 	connected bool
 	closed    bool
+	gen       uint64 // bumped by Close, so a Connect racing a Close loses
 }
 
 var (
-	errClosed       = errors.New("modbus driver closed: build a new one")
+	errClosed       = errors.New("modbus driver closed: call Connect to reconnect")
 	errNotConnected = errors.New("modbus driver not connected: call Connect first")
 )
 
 // Refused returns how many requests the driver's guard refused.
 func (d *Driver) Refused() uint64 { return d.guard.Refused() }
 
-// Connect dials the device. It may be called again after ErrConnLost.
+// Connect dials the device. The poller calls it again, after Close, to
+// reconnect once a connection was lost or a Connect failed; what the
+// driver learned about the device survives.
 func (d *Driver) Connect(ctx context.Context) error {
 	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		return errClosed
-	}
+	gen := d.gen
 	d.mu.Unlock()
 	if err := d.tr.Connect(ctx); err != nil {
 		return err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
+	if d.gen != gen {
+		// Closed while dialling: the caller wanted it shut.
 		d.tr.Close()
 		return errClosed
 	}
-	d.connected = true
+	d.closed, d.connected = false, true
 	return nil
 }
 
-// Close closes the connection. It is idempotent; every other method fails
-// afterwards.
+// Close closes the connection. It is idempotent; Read fails until the
+// next Connect.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	d.closed, d.connected = true, false
+	d.gen++
 	d.mu.Unlock()
 	return d.tr.Close()
 }

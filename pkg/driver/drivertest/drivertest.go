@@ -1,7 +1,7 @@
 // Package drivertest is the conformance kit every driver passes. It checks
 // the contract of package driver that no single driver's tests would think
 // to check: samples carry only the IDs they were given, a cancelled context
-// is honoured, Close is final, discovery returns anonymous points, Commit
+// is honoured, Close releases and Connect reconnects, discovery returns anonymous points, Commit
 // is harmless when there is nothing to commit, and no write ever reaches
 // the wire.
 //
@@ -237,9 +237,11 @@ func (k kit) readCancelled(t *testing.T) {
 	k.checkWrites(t)
 }
 
-// close checks that Close is final: a driver is built anew by its Factory
-// after reconfiguration, never revived, so Read and Connect after Close
-// must fail rather than quietly reopen a connection nobody will close.
+// close checks the reconnect contract of package driver: Close releases
+// the connection (twice is harmless), a Read after Close fails rather than
+// quietly opening a connection nobody will close, and Connect after Close
+// opens it again, since the poller reconnects a device by Close and
+// Connect on the same driver after a lost connection or a failed Connect.
 func (k kit) close(t *testing.T) {
 	d, points := k.fresh(t)
 	if err := d.Close(); err != nil {
@@ -249,10 +251,20 @@ func (k kit) close(t *testing.T) {
 		t.Errorf("second Close: %v; want nil (Close is idempotent)", err)
 	}
 	if samples, err := d.Read(t.Context(), points); err == nil {
-		t.Errorf("Read after Close = %d samples, nil error; want an error", len(samples))
+		t.Errorf("Read after Close = %d samples, nil error; want an error (Connect first)", len(samples))
 	}
-	if err := d.Connect(t.Context()); err == nil {
-		t.Error("Connect after Close succeeded; want an error (build a new driver instead)")
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatalf("Connect after Close: %v; want the driver to connect again (the poller reconnects this way)", err)
+	}
+	samples, err := d.Read(t.Context(), points)
+	if err != nil {
+		t.Fatalf("Read after reconnecting: %v", err)
+	}
+	if got := checkSamples(t, samples, points); len(got) == 0 {
+		t.Errorf("Read after reconnecting returned no valid sample for %d points", len(points))
+	}
+	if err := d.Close(); err != nil {
+		t.Errorf("Close after reconnecting: %v", err)
 	}
 	k.checkWrites(t)
 }

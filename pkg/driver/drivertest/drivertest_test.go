@@ -33,17 +33,17 @@ var (
 func (f *fake) Connect(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed && f.bug != "reconnect" {
-		return errors.New("closed")
+	if f.closed && f.bug == "no-reconnect" {
+		return errors.New("closed for good")
 	}
-	f.connected = true
+	f.closed, f.connected = false, true
 	return nil
 }
 
 func (f *fake) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sample, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed && f.bug != "read-after-close" {
+	if (f.closed || !f.connected) && f.bug != "read-after-close" {
 		return nil, errors.New("closed")
 	}
 	if err := ctx.Err(); err != nil && f.bug != "ignore-cancel" {
@@ -83,7 +83,7 @@ func (f *fake) Commit(ctx context.Context) error { return nil }
 func (f *fake) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.closed = true
+	f.closed, f.connected = true, false
 	return nil
 }
 
@@ -133,7 +133,7 @@ func TestRunFailsBrokenDrivers(t *testing.T) {
 		{"bad-status", "undefined status"},
 		{"ignore-cancel", "Read(cancelled) returned"},
 		{"read-after-close", "Read after Close"},
-		{"reconnect", "Connect after Close succeeded"},
+		{"no-reconnect", "Connect after Close"},
 		{"discover-id", "IDs are the agent's to compute"},
 		{"empty", "returned no valid sample"},
 	}
