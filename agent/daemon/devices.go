@@ -35,6 +35,17 @@ func BuildDevices(ctx context.Context, cfg *config.Config, reg *driver.Registry,
 		}
 		if d.Discover {
 			found, err := discover(ctx, info, d, cfg.DataDir, dlog)
+			if errors.Is(err, errDeviceUnreachable) {
+				// A device that is down at start-up must not keep the
+				// agent, and every other device, from running.
+				if len(points) == 0 {
+					dlog.Error("discovery failed and no points are configured: this device is not polled until the agent restarts", "err", err)
+					continue
+				}
+				dlog.Warn("discovery failed: polling the configured points only until the agent restarts", "err", err, "points", len(points))
+				found = nil
+				err = nil
+			}
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -92,27 +103,51 @@ func discover(ctx context.Context, info driver.Info, d *config.Device, dataDir s
 		return nil, fmt.Errorf("device %q (line %d): discover: the %s driver cannot discover points; list them under points", d.Name, d.Line, d.Driver)
 	}
 	if err := drv.Connect(ctx); err != nil {
-		return nil, fmt.Errorf("device %q: connecting for discovery: %w", d.Name, err)
+		return nil, fmt.Errorf("device %q: connecting for discovery: %w: %w", d.Name, err, errDeviceUnreachable)
 	}
 	found, err := disc.Discover(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("device %q: discovering points: %w", d.Name, err)
+		return nil, fmt.Errorf("device %q: discovering points: %w: %w", d.Name, err, errDeviceUnreachable)
 	}
 	return found, nil
 }
 
+// errDeviceUnreachable marks a discovery that failed on the device's side
+// (down, not answering), as opposed to a configuration error.
+var errDeviceUnreachable = errors.New("device unreachable for discovery")
+
 // mergeDiscovered adds discovered points that the configuration does not
-// list; configured points win, since the installer may have named them.
+// list. A configured point wins, since the installer may have named it, but
+// what it leaves unsaid comes from discovery: its unit, description, tags
+// and, when it has no settings of its own, the driver settings discovery
+// found (a profile's scale and byte order, say).
 func mergeDiscovered(d *config.Device, configured, found []driver.Point, ids *anon.Registry) ([]driver.Point, error) {
-	have := make(map[string]bool, len(configured))
-	for _, p := range configured {
-		have[p.Ref] = true
+	have := make(map[string]int, len(configured))
+	for i, p := range configured {
+		have[p.Ref] = i
+	}
+	own := make(map[string]bool, len(d.Points))
+	for _, p := range d.Points {
+		own[p.Ref] = p.Settings != nil && len(p.Settings.Content) > 0
 	}
 	for _, p := range found {
-		if have[p.Ref] {
+		if i, ok := have[p.Ref]; ok {
+			c := &configured[i]
+			if c.Unit == "" {
+				c.Unit = p.Unit
+			}
+			if c.Description == "" {
+				c.Description = p.Description
+			}
+			if len(c.Tags) == 0 {
+				c.Tags = p.Tags
+			}
+			if !own[p.Ref] && p.Settings != nil {
+				c.Settings = p.Settings
+			}
 			continue
 		}
-		have[p.Ref] = true
+		have[p.Ref] = len(configured)
 		id, err := ids.Add(pointRef(d.Driver, d.Name, p.Ref))
 		if err != nil {
 			return nil, fmt.Errorf("device %q: discovered point %q: %w", d.Name, p.Ref, err)

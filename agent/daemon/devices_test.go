@@ -1,0 +1,114 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/sightglass-bms/sightglass/agent/config"
+	"github.com/sightglass-bms/sightglass/pkg/anon"
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// fakeDriver discovers two points, or fails to connect when down.
+type fakeDriver struct{ down bool }
+
+func (f *fakeDriver) Connect(context.Context) error {
+	if f.down {
+		return errors.New("connection refused")
+	}
+	return nil
+}
+func (f *fakeDriver) Read(context.Context, []driver.Point) ([]telemetry.Sample, error) { return nil, nil }
+func (f *fakeDriver) Close() error                                                   { return nil }
+
+// profileSettings stands for the settings a driver's discovery attaches.
+type profileSettings struct{}
+
+func (profileSettings) Decode(any) error { return nil }
+
+func (f *fakeDriver) Discover(context.Context) ([]driver.Point, error) {
+	return []driver.Point{
+		{Ref: "sat", Name: "Supply air", Unit: "°F", Description: "from the device", Settings: profileSettings{}},
+		{Ref: "rat", Name: "Return air", Unit: "°F"},
+	}, nil
+}
+
+func loadConfig(t *testing.T, devices string) *config.Config {
+	t.Helper()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "agent.yaml")
+	body := "site:\n  name: x\ndata_dir: " + dir + "\nuplink:\n  url: https://127.0.0.1:1\ndevices:\n" + devices
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func registry(t *testing.T) *driver.Registry {
+	t.Helper()
+	reg, err := driver.NewRegistry(
+		driver.Info{Name: "up", New: func(driver.Device) (driver.Driver, error) { return &fakeDriver{}, nil }},
+		driver.Info{Name: "down", New: func(driver.Device) (driver.Driver, error) { return &fakeDriver{down: true}, nil }},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}
+
+func TestBuildDevicesMergesDiscovery(t *testing.T) {
+	cfg := loadConfig(t, "  - name: ahu\n    driver: up\n    interval: 1m\n    discover: true\n    points:\n      - ref: sat\n        name: SAT renamed\n")
+	var s anon.Secret
+	devs, err := BuildDevices(context.Background(), cfg, registry(t), anon.NewRegistry(anon.New(s)), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(devs) != 1 || len(devs[0].Points) != 2 {
+		t.Fatalf("devices %+v", devs)
+	}
+	sat := devs[0].Points[0]
+	if sat.Name != "SAT renamed" || sat.Unit != "°F" || sat.Description != "from the device" {
+		t.Errorf("configured point after merge: %+v", sat)
+	}
+	if _, ok := sat.Settings.(profileSettings); !ok {
+		t.Errorf("a renamed point lost the settings discovery found: %T", sat.Settings)
+	}
+}
+
+func TestBuildDevicesSurvivesADeviceDown(t *testing.T) {
+	cfg := loadConfig(t, `  - name: dead
+    driver: down
+    interval: 1m
+    discover: true
+  - name: half
+    driver: down
+    interval: 1m
+    discover: true
+    points: [{ref: sat}]
+  - name: ahu
+    driver: up
+    interval: 1m
+    discover: true
+`)
+	var s anon.Secret
+	devs, err := BuildDevices(context.Background(), cfg, registry(t), anon.NewRegistry(anon.New(s)), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("a device down at start-up kept the agent from starting: %v", err)
+	}
+	names := map[string]int{}
+	for _, d := range devs {
+		names[d.Name] = len(d.Points)
+	}
+	if _, ok := names["dead"]; ok || names["half"] != 1 || names["ahu"] != 2 {
+		t.Errorf("devices built: %v", names)
+	}
+}
