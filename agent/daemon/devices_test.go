@@ -23,8 +23,10 @@ func (f *fakeDriver) Connect(context.Context) error {
 	}
 	return nil
 }
-func (f *fakeDriver) Read(context.Context, []driver.Point) ([]telemetry.Sample, error) { return nil, nil }
-func (f *fakeDriver) Close() error                                                   { return nil }
+func (f *fakeDriver) Read(context.Context, []driver.Point) ([]telemetry.Sample, error) {
+	return nil, nil
+}
+func (f *fakeDriver) Close() error { return nil }
 
 // profileSettings stands for the settings a driver's discovery attaches.
 type profileSettings struct{}
