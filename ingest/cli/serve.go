@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -79,6 +80,9 @@ While the store does not answer, batches get 503 and stay with the agents.`,
 				Registry:      db,
 				AgentValidity: cfg.AgentValidity,
 				CatalogPolicy: cfg.CatalogPolicy,
+				// The dashboard's latest values and rollups, written as
+				// batches arrive.
+				Observer: db,
 			}, store, ca, log)
 			if err != nil {
 				return err
@@ -108,7 +112,15 @@ While the store does not answer, batches get 503 and stay with the agents.`,
 			log.Info("listening", "addr", addr, "internal", internal, "ca_dir", cfg.CADir, "store", storeName)
 			fmt.Fprintf(cmd.OutOrStdout(), "listening on https://%s (health: %s)\n", addr, internal)
 
-			if err := srv.Run(cmd.Context(), ln, iln); err != nil {
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			dash, err := startDashboard(ctx, cancel, cfg, ca, db, log, cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			err = srv.Run(ctx, ln, iln)
+			cancel()
+			if err := errors.Join(append(dash.wait(), err)...); err != nil {
 				return err
 			}
 			st := srv.Stats()

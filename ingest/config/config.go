@@ -85,6 +85,17 @@ type Config struct {
 	AgentValidity time.Duration `yaml:"agent_validity"`
 	// CatalogPolicy caps the point metadata kept: full, tags-only or none.
 	CatalogPolicy string `yaml:"catalog_policy"`
+	// WebListen is the host:port of the dashboard (HTTPS only); empty
+	// disables it.
+	WebListen string `yaml:"web_listen"`
+	// WebHTTPListen, when set, answers plain HTTP there with a permanent
+	// redirect to the dashboard, and nothing else.
+	WebHTTPListen string `yaml:"web_http_listen"`
+	// WebCertFile and WebKeyFile are the dashboard's certificate chain and
+	// key (PEM). Empty: the server certificate in ca_dir, which browsers
+	// trust only once the CA is installed; use a public one in production.
+	WebCertFile string `yaml:"web_cert_file"`
+	WebKeyFile  string `yaml:"web_key_file"`
 
 	// source names the file in errors; lines maps a field path such as
 	// "store.dir" to the line it was set on, so validation can point at it.
@@ -213,6 +224,8 @@ func Parse(data []byte, source, baseDir string) (*Config, error) {
 		c.Store.Azure.CertificatePasswordFile = resolve(baseDir, c.Store.Azure.CertificatePasswordFile)
 		c.Store.Azure.TokenFile = resolve(baseDir, c.Store.Azure.TokenFile)
 		c.Database = resolve(baseDir, c.Database)
+		c.WebCertFile = resolve(baseDir, c.WebCertFile)
+		c.WebKeyFile = resolve(baseDir, c.WebKeyFile)
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -307,6 +320,7 @@ func (c *Config) Validate() error {
 	if c.AgentValidity < minAgentValidity || c.AgentValidity > maxAgentValidity {
 		bad("agent_validity", "%v is out of range: want %v to %v (default %v)", c.AgentValidity, minAgentValidity, maxAgentValidity, DefaultAgentValidity)
 	}
+	errs = append(errs, c.validateWeb()...)
 	switch c.CatalogPolicy {
 	case "full", "tags-only", "none":
 	default:

@@ -1,0 +1,91 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+
+	"github.com/sightglass-bms/sightglass/ingest/config"
+	"github.com/sightglass-bms/sightglass/ingest/pki"
+	rdb "github.com/sightglass-bms/sightglass/ingest/store"
+	"github.com/sightglass-bms/sightglass/ingest/web"
+)
+
+// dashboard is the running web listener of serve, if configured.
+type dashboard struct {
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	errs []error
+}
+
+// startDashboard starts the dashboard (and its HTTP redirect) when
+// web_listen is set; it runs until ctx is done, and cancel is called if it
+// fails so serve stops as a whole rather than half. It prints the URL.
+func startDashboard(ctx context.Context, cancel context.CancelFunc, cfg *config.Config, ca *pki.CA, db *rdb.DB, log *slog.Logger, out io.Writer) (*dashboard, error) {
+	d := &dashboard{}
+	if cfg.WebListen == "" {
+		return d, nil
+	}
+	var cert tls.Certificate
+	var err error
+	if cfg.WebCertFile != "" {
+		cert, err = tls.LoadX509KeyPair(cfg.WebCertFile, cfg.WebKeyFile)
+	} else {
+		cert, err = ca.ServerCertificate()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading the dashboard's certificate: %w: check web_cert_file and web_key_file", err)
+	}
+	srv, err := web.New(web.Config{
+		Store:         db,
+		Logger:        log.With("component", "web"),
+		TLS:           &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		CAFingerprint: pki.FingerprintOf(ca.Certificate()),
+	})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.WebListen)
+	if err != nil {
+		return nil, fmt.Errorf("listening for the dashboard: %w: change web_listen or stop what holds the port", err)
+	}
+	var hln net.Listener
+	if cfg.WebHTTPListen != "" {
+		if hln, err = net.Listen("tcp", cfg.WebHTTPListen); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("listening for the dashboard's HTTP redirect: %w: change web_http_listen or stop what holds the port", err)
+		}
+	}
+	addr := ln.Addr().String()
+	run := func(f func() error) {
+		d.wg.Go(func() {
+			if err := f(); err != nil {
+				d.mu.Lock()
+				d.errs = append(d.errs, err)
+				d.mu.Unlock()
+				cancel()
+			}
+		})
+	}
+	run(func() error { return srv.Serve(ctx, ln) })
+	redirect := ""
+	if hln != nil {
+		run(func() error { return web.ServeRedirect(ctx, hln, addr, log) })
+		redirect = fmt.Sprintf(" (http://%s redirects there)", hln.Addr())
+	}
+	log.Info("dashboard listening", "addr", addr, "redirect", redirect)
+	fmt.Fprintf(out, "dashboard on https://%s/%s\n", addr, redirect)
+	return d, nil
+}
+
+// wait waits for the dashboard to stop and returns its errors.
+func (d *dashboard) wait() []error {
+	d.wg.Wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.errs
+}

@@ -1,0 +1,39 @@
+package config
+
+import "fmt"
+
+// validateWeb checks the dashboard's settings.
+func (c *Config) validateWeb() []error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Source: c.source, Line: c.lines[field], Field: field, Problem: fmt.Sprintf(format, args...)})
+	}
+	taken := map[string]string{c.Listen: "listen"}
+	if c.InternalListen != "" {
+		taken[c.InternalListen] = "internal_listen"
+	}
+	for _, f := range []struct{ name, addr string }{{"web_listen", c.WebListen}, {"web_http_listen", c.WebHTTPListen}} {
+		if f.addr == "" {
+			continue
+		}
+		if err := checkHostPort(f.addr); err != nil {
+			bad(f.name, "%v: want host:port, such as 127.0.0.1:8444, or leave it empty to disable it", err)
+			continue
+		}
+		if other, ok := taken[f.addr]; ok && !hasPortZero(f.addr) {
+			bad(f.name, "is the same address as %s (%s): give it its own port", other, f.addr)
+		}
+		taken[f.addr] = f.name
+	}
+	if c.WebHTTPListen != "" && c.WebListen == "" {
+		bad("web_http_listen", "redirects to the dashboard, but web_listen is empty: set web_listen too, or remove web_http_listen")
+	}
+	if (c.WebCertFile == "") != (c.WebKeyFile == "") {
+		field := "web_key_file"
+		if c.WebCertFile == "" {
+			field = "web_cert_file"
+		}
+		bad(field, "is empty but its pair is set: give both web_cert_file and web_key_file, or neither to use the CA's server certificate")
+	}
+	return errs
+}
