@@ -245,16 +245,18 @@ func numericType(name string) bool {
 	return false
 }
 
-// Discover lists the numeric variables under the Objects folder as points
-// (see driver.Discoverer). The driver must be connected.
+// Discover lists the numeric variables under browse_start (default the
+// Objects folder) as points (see driver.Discoverer), their browse path as
+// name and their EngineeringUnits as unit.
 func (d *Driver) Discover(ctx context.Context) ([]driver.Point, error) {
 	if err := d.ensure(ctx); err != nil {
 		return nil, fmt.Errorf("discovering %s: %w", d.cfg.endpoint, err)
 	}
+	lim := d.cfg.browse
 	d.mu.Lock()
-	batch := d.maxNodes
+	lim.Batch = d.maxNodes
 	d.mu.Unlock()
-	nodes, full, err := browse(ctx, d.g, BrowseLimits{Batch: batch}, nil)
+	nodes, full, err := browse(ctx, d.g, lim, nil)
 	if err != nil {
 		return nil, fmt.Errorf("discovering %s: %w", d.cfg.endpoint, err)
 	}

@@ -9,10 +9,10 @@
 // policy and mode, checks the server's certificate against the pinned one
 // and opens a session as the configured user, then reads the server's
 // MaxNodesPerRead. Read reads polled points in batches of that size and
-// returns the latest values of subscribed points. A lost connection is
-// reported as driver.ErrConnLost; the next Connect waits out a jittered
-// exponential backoff, recreates the subscription and, for points with
-// history, backfills the gap with HistoryRead. See README.md.
+// returns the values subscribed points reported since. A lost connection
+// is reported as driver.ErrConnLost; the next Connect (or Read) waits out a
+// jittered exponential backoff, recreates the subscription and, for points
+// with history, backfills the gap with HistoryRead. See README.md.
 package opcua
 
 import (
@@ -72,7 +72,6 @@ type Driver struct {
 
 	mu        sync.Mutex
 	closed    bool
-	opened    bool // a session was open once: Close is final from then on
 	connected bool
 	lost      error // set when the subscription's publish loop saw the connection go
 	maxNodes  int
@@ -131,16 +130,14 @@ func newDriver(dev driver.Device) (*Driver, error) {
 	return d, nil
 }
 
-// Connect opens a session to the server (see the package doc). After a
+// Connect opens a session to the server (see the package doc), also after
+// Close: the poller reconnects a device by Close and Connect. After a
 // failure it refuses to try again before the backoff has passed, so a
 // restarting server never sees a storm of CreateSession requests.
 func (d *Driver) Connect(ctx context.Context) error {
 	d.mu.Lock()
-	closed := d.closed
+	d.closed = false
 	d.mu.Unlock()
-	if closed {
-		return errors.New("opcua: connect after Close: build a new driver")
-	}
 	err := d.ensure(ctx)
 	if err != nil && !errors.Is(err, ErrServerCertChanged) && !errors.Is(err, driver.ErrRefused) && ctx.Err() == nil {
 		return fmt.Errorf("%w: %w", err, driver.ErrConnLost)
@@ -149,8 +146,9 @@ func (d *Driver) Connect(ctx context.Context) error {
 }
 
 // ensure opens the session unless it is open, honouring the backoff. Read
-// calls it too, so the driver heals itself after a lost connection instead
-// of relying on Close and Connect (Close is final).
+// calls it too, so a session dropped by a failed request is reopened by the
+// next Read even when nobody calls Close and Connect; after Close only
+// Connect opens it again.
 func (d *Driver) ensure(ctx context.Context) error {
 	d.connMu.Lock()
 	defer d.connMu.Unlock()
@@ -197,7 +195,7 @@ func (d *Driver) ensure(ctx context.Context) error {
 	if d.failures > 0 {
 		d.log.Info("OPC UA server reachable again", "endpoint", d.cfg.endpoint, "failed_attempts", d.failures)
 	}
-	d.failures, d.nextTry, d.connected, d.lost, d.opened = 0, time.Time{}, true, nil, true
+	d.failures, d.nextTry, d.connected, d.lost = 0, time.Time{}, true, nil
 	return nil
 }
 
@@ -441,7 +439,7 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 	closed, lost := d.closed, d.lost
 	d.mu.Unlock()
 	if closed {
-		return nil, errors.New("opcua: read after Close")
+		return nil, fmt.Errorf("reading %s: the driver is closed: Connect first: %w", d.cfg.endpoint, driver.ErrConnLost)
 	}
 	if len(points) == 0 {
 		return nil, nil
@@ -470,7 +468,10 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 	var out []telemetry.Sample
 	for attempt := 0; ; attempt++ {
 		if err := d.ensure(ctx); err != nil {
-			return nil, fmt.Errorf("reading %s: %w", d.cfg.endpoint, err)
+			if ctx.Err() != nil || errors.Is(err, ErrServerCertChanged) {
+				return nil, fmt.Errorf("reading %s: %w", d.cfg.endpoint, err)
+			}
+			return nil, fmt.Errorf("reading %s: %w: %w", d.cfg.endpoint, err, driver.ErrConnLost)
 		}
 		samples, err := d.readPolled(ctx, polled)
 		if err == nil {
@@ -695,10 +696,10 @@ func toFloat(v any) (float64, bool) {
 	return 0, false
 }
 
-// readError classifies a failed read for the poller. A busy server is
-// ErrBusy; a refusal or a cancelled context is passed on; anything else
-// drops the session, which the next Read reopens after the backoff. It
-// does not wrap driver.ErrConnLost: the driver reconnects by itself.
+// readError classifies a failed read for the poller: a busy server is
+// ErrBusy, a refusal or a cancelled context is passed on, and anything else
+// drops the session and is ErrConnLost (the poller closes, backs off and
+// connects again; a Read before that reopens the session by itself).
 func (d *Driver) readError(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, driver.ErrRefused), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
@@ -707,7 +708,7 @@ func (d *Driver) readError(ctx context.Context, err error) error {
 		return fmt.Errorf("reading %s: %w: %w", d.cfg.endpoint, err, driver.ErrBusy)
 	}
 	d.drop(ctx, err)
-	return fmt.Errorf("reading %s: %w (reconnecting)", d.cfg.endpoint, err)
+	return fmt.Errorf("reading %s: %w: %w", d.cfg.endpoint, err, driver.ErrConnLost)
 }
 
 func isBusy(err error) bool {
@@ -721,19 +722,15 @@ func isBusy(err error) bool {
 	return false
 }
 
-// Close ends the session. Once a session was open it is final: build a
-// new driver to read again. A Close after Connect never succeeded has no
-// session to end and leaves the driver able to Connect: the poller closes
-// a driver whose Connect failed and calls Connect again, and a server that
-// is down when the agent starts must not cost the device until the next
-// restart.
+// Close ends the session and stops the subscription. Read fails until
+// Connect opens a new session; Close twice is harmless.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
 		return nil
 	}
-	d.closed = d.opened
+	d.closed = true
 	d.connected = false
 	sub := d.sub
 	d.sub = nil

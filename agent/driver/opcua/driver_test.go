@@ -279,7 +279,8 @@ func TestTooManyOperations(t *testing.T) {
 
 // TestConnectAfterFailedConnect is the poller's cycle when the server is
 // down at start: Connect fails, Close, later Connect again, which must
-// work once the server is up. After a session was open, Close is final.
+// work once the server is up; and after Close of an open session, Read
+// fails until Connect opens a new one.
 func TestConnectAfterFailedConnect(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -292,6 +293,7 @@ func TestConnectAfterFailedConnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer d.Close()
 	if err := d.Connect(t.Context()); !errors.Is(err, driver.ErrConnLost) {
 		t.Fatalf("Connect with no server = %v, want ErrConnLost", err)
 	}
@@ -304,8 +306,43 @@ func TestConnectAfterFailedConnect(t *testing.T) {
 	if _, err := d.Read(t.Context(), points); err != nil {
 		t.Fatal(err)
 	}
+	sessions := d.(*Driver).Sessions()
 	d.Close()
-	if err := d.Connect(t.Context()); err == nil {
-		t.Fatal("Connect after closing an open session succeeded; Close must be final then")
+	if _, err := d.Read(t.Context(), points); !errors.Is(err, driver.ErrConnLost) {
+		t.Fatalf("Read after Close = %v, want ErrConnLost (Connect first)", err)
+	}
+	if got := d.(*Driver).Sessions(); got != sessions {
+		t.Fatalf("Read after Close opened a session (%d, was %d)", got, sessions)
+	}
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatalf("Connect after Close: %v", err)
+	}
+	if _, err := d.Read(t.Context(), points); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDiscoverBrowseStart limits discovery to one folder of the building.
+func TestDiscoverBrowseStart(t *testing.T) {
+	sim := startSim(t, simopcua.Options{})
+	d, err := New(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL, fmt.Sprintf("browse_start: ns=%d;s=Plant", sim.NS))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	found, err := d.(driver.Discoverer).Discover(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(found) != 3 {
+		t.Fatalf("found %d points under Plant, want 3: %+v", len(found), found)
+	}
+	for _, p := range found {
+		if !strings.HasPrefix(p.Ref, fmt.Sprintf("ns=%d;s=Plant.", sim.NS)) || p.Unit == "" {
+			t.Errorf("point %+v: want a Plant variable with a unit", p)
+		}
 	}
 }

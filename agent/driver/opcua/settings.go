@@ -54,6 +54,12 @@ type Settings struct {
 	// BackfillMax is how far back HistoryRead fills a gap after an outage,
 	// for points with history: true. Default 1h.
 	BackfillMax time.Duration `yaml:"backfill_max"`
+	// BrowseStart, BrowseDepth and BrowseMax bound what a device with
+	// discover: true browses: the start node (default Objects, i=85), the
+	// levels below it (default 6) and the variables at most (default 5000).
+	BrowseStart string `yaml:"browse_start"`
+	BrowseDepth int    `yaml:"browse_depth"`
+	BrowseMax   int    `yaml:"browse_max"`
 }
 
 // Auth is the user identity of the session.
@@ -134,6 +140,7 @@ type config struct {
 	reconnectMax   time.Duration
 	publishing     time.Duration
 	backfillMax    time.Duration
+	browse         BrowseLimits
 }
 
 // secure reports whether the channel signs (and maybe encrypts).
@@ -163,6 +170,7 @@ func parseSettings(s driver.Settings, dataDir string) (config, error) {
 		reconnectMax:   orDefault(raw.ReconnectMax, DefaultReconnectMax),
 		publishing:     orDefault(raw.PublishingInterval, DefaultPublishingInterval),
 		backfillMax:    orDefault(raw.BackfillMax, DefaultBackfillMax),
+		browse:         BrowseLimits{Start: raw.BrowseStart, Depth: raw.BrowseDepth, Max: raw.BrowseMax},
 	}
 	if c.endpoint == "" {
 		bad("settings.endpoint: required: the server's opc.tcp://host:port URL")
@@ -241,6 +249,14 @@ func parseSettings(s driver.Settings, dataDir string) (config, error) {
 		if d.v < 0 {
 			bad("settings.%s: %s is negative", d.name, d.v)
 		}
+	}
+	if raw.BrowseStart != "" {
+		if _, err := ua.ParseNodeID(raw.BrowseStart); err != nil || !strings.Contains(raw.BrowseStart, "=") {
+			bad("settings.browse_start: %q is not a node id (want e.g. ns=2;s=Building or i=85)", raw.BrowseStart)
+		}
+	}
+	if raw.BrowseDepth < 0 || raw.BrowseMax < 0 {
+		bad("settings.browse_depth and browse_max: must not be negative")
 	}
 	if c.reconnectMax < c.reconnectMin {
 		bad("settings.reconnect_max: %s is below reconnect_min %s", c.reconnectMax, c.reconnectMin)
