@@ -25,12 +25,15 @@ const (
 	StatusOutOfService Status = 4
 	// StatusOverridden is a value an operator or the device overrode by hand.
 	StatusOverridden Status = 5
+	// StatusInAlarm is a good value the device flags as in alarm (BACnet
+	// IN_ALARM): the reading is trustworthy, and it is outside its limits.
+	StatusInAlarm Status = 6
 )
 
 // MaxStatus is the largest defined status; decoders refuse anything above it.
-const MaxStatus = StatusOverridden
+const MaxStatus = StatusInAlarm
 
-var statusNames = [...]string{"ok", "stale", "fault", "comm-failure", "out-of-service", "overridden"}
+var statusNames = [...]string{"ok", "stale", "fault", "comm-failure", "out-of-service", "overridden", "in-alarm"}
 
 // String returns the status's stable lower-case name, as used in JSON output.
 func (s Status) String() string {

@@ -74,7 +74,7 @@ func TestConformance(t *testing.T) {
 // reliability the device can report.
 func TestStatusMapping(t *testing.T) {
 	dev := bacnetsim.NewDevice(7, "flags", 6, 0, 0, false)
-	dev.Objects[1].Flags[0] = true                           // in alarm: value still good
+	dev.Objects[1].Flags[0] = true                           // in alarm: a good value, flagged
 	dev.Objects[2].Flags[1] = true                           // fault
 	dev.Objects[3].Flags[2] = true                           // overridden
 	dev.Objects[4].Flags[3] = true                           // out of service
@@ -86,7 +86,7 @@ func TestStatusMapping(t *testing.T) {
 	noRPM.Objects[3].Flags[2] = true
 	noRPM.Objects[4].Flags[3] = true
 	noRPM.Objects[5].Reliability = 7
-	want := []telemetry.Status{telemetry.StatusOK, telemetry.StatusOK, telemetry.StatusFault, telemetry.StatusOverridden,
+	want := []telemetry.Status{telemetry.StatusOK, telemetry.StatusInAlarm, telemetry.StatusFault, telemetry.StatusOverridden,
 		telemetry.StatusOutOfService, telemetry.StatusFault, telemetry.StatusFault, telemetry.StatusFault}
 	var points []driver.Point
 	for i := range 6 {
@@ -114,7 +114,7 @@ func TestStatusMapping(t *testing.T) {
 				if s.PointID != points[i].ID || s.Status != want[i] {
 					t.Errorf("%s: status %v, want %v", points[i].Ref, s.Status, want[i])
 				}
-				if s.Status == telemetry.StatusOK && (s.Value < 15 || s.Value > 30) {
+				if (s.Status == telemetry.StatusOK || s.Status == telemetry.StatusInAlarm) && (s.Value < 15 || s.Value > 30) {
 					t.Errorf("%s: value %v out of the simulated range", points[i].Ref, s.Value)
 				}
 			}
@@ -459,7 +459,8 @@ func TestResultSample(t *testing.T) {
 	}{
 		{"ok", result{value: bacnet.Real(21.5), hasValue: true, reliable: true, flags: flags(false, false, false, false), hasFlags: true}, 21.5, telemetry.StatusOK},
 		{"no flags", result{value: bacnet.Enumerated(1), hasValue: true, reliable: true}, 1, telemetry.StatusOK},
-		{"in alarm", result{value: bacnet.Real(30), hasValue: true, reliable: true, flags: flags(true, false, false, false), hasFlags: true}, 30, telemetry.StatusOK},
+		{"in alarm", result{value: bacnet.Real(30), hasValue: true, reliable: true, flags: flags(true, false, false, false), hasFlags: true}, 30, telemetry.StatusInAlarm},
+		{"in alarm and overridden", result{value: bacnet.Real(30), hasValue: true, reliable: true, flags: flags(true, false, true, false), hasFlags: true}, 30, telemetry.StatusOverridden},
 		{"fault and out of service", result{value: bacnet.Real(1), hasValue: true, reliable: true, flags: flags(false, true, false, true), hasFlags: true}, 1, telemetry.StatusFault},
 		{"out of service and overridden", result{value: bacnet.Real(1), hasValue: true, reliable: true, flags: flags(false, false, true, true), hasFlags: true}, 1, telemetry.StatusOutOfService},
 		{"unreliable", result{value: bacnet.Real(1), hasValue: true, reliable: false}, 1, telemetry.StatusFault},

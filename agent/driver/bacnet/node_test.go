@@ -38,7 +38,7 @@ func TestNodePeerStatusIntegration(t *testing.T) {
 		{ID: 1, Ref: "analog-input:0"}, {ID: 2, Ref: "analog-input:1"}, {ID: 3, Ref: "binary-input:0"},
 		{ID: 4, Ref: "binary-value:1"}, {ID: 5, Ref: "multi-state-value:0"},
 	}
-	want := []telemetry.Status{telemetry.StatusOK, telemetry.StatusFault, telemetry.StatusOutOfService, telemetry.StatusOverridden, telemetry.StatusOK}
+	want := []telemetry.Status{telemetry.StatusOK, telemetry.StatusFault, telemetry.StatusOutOfService, telemetry.StatusOverridden, telemetry.StatusInAlarm}
 	for _, rpm := range []string{"auto", "off"} {
 		t.Run("rpm "+rpm, func(t *testing.T) {
 			d := newDriver(t, fmt.Sprintf("device_instance: 4242\nlocal_address: 127.0.0.1:0\naddress: %s\nread_property_multiple: %s\n", peer.Addr, rpm), points)

@@ -26,8 +26,8 @@ type result struct {
 
 // sample maps a result to a value and status: a fault (the flag or a
 // reliability other than no-fault-detected) outranks out-of-service,
-// which outranks overridden. In-alarm alone leaves the value good: the
-// value is what the device measured, and telemetry has no alarm status.
+// which outranks overridden, which outranks in-alarm: a value in alarm is
+// still what the device measured, only outside its limits.
 func (r result) sample() (float64, telemetry.Status) {
 	switch {
 	case r.commFailed:
@@ -46,6 +46,8 @@ func (r result) sample() (float64, telemetry.Status) {
 		return v, telemetry.StatusOutOfService
 	case r.hasFlags && r.flags.Bit(2):
 		return v, telemetry.StatusOverridden
+	case r.hasFlags && r.flags.Bit(0):
+		return v, telemetry.StatusInAlarm
 	}
 	return v, telemetry.StatusOK
 }
