@@ -231,3 +231,52 @@ func TestNodeOPCUADiscoverIntegration(t *testing.T) {
 		t.Errorf("discovery sent %q", bad)
 	}
 }
+
+// TestNodeOPCUASubscribeIntegration checks the monitored-item parameters
+// against node-opcua: a queue delivers every sampled value between Reads,
+// an absolute or percent deadband wider than the value's swing lets only
+// the first value through.
+func TestNodeOPCUASubscribeIntegration(t *testing.T) {
+	p := shared(t)
+	base := len(p.Services())
+	points := []driver.Point{
+		{ID: 1, Ref: peerRef("AHU1.FanSpeed"), Settings: yamlSettings("mode: subscribe\nsampling_interval: 100ms\nqueue_size: 20")},
+		{ID: 3, Ref: peerRef("AHU1.SupplyAirTemp"), Settings: yamlSettings("mode: subscribe\nsampling_interval: 100ms\ndeadband: 50")},
+		// EURange is -100..1000: 10% is 110, far more than the swing.
+		{ID: 4, Ref: peerRef("AHU1.ReturnAirTemp"), Settings: yamlSettings("mode: subscribe\nsampling_interval: 100ms\ndeadband: 10\ndeadband_type: percent")},
+	}
+	d, err := newDriver(driver.Device{Name: "peer", Settings: noneSettings(t, p.URL, "publishing_interval: 1s"), Points: points})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	counts := map[uint64]int{}
+	deadline := time.Now().Add(3500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		time.Sleep(500 * time.Millisecond)
+		samples, err := d.Read(t.Context(), points)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range samples {
+			if s.Status == telemetry.StatusOK {
+				counts[s.PointID]++
+			}
+		}
+	}
+	// Sampled every 100 ms, published every second with a queue of 20:
+	// about 10 values a publish, not 1.
+	if counts[1] < 15 {
+		t.Errorf("FanSpeed with queue_size 20 delivered %d values in 3.5s, want the queued samples", counts[1])
+	}
+	if counts[3] != 1 || counts[4] != 1 {
+		t.Errorf("deadbands wider than the swing delivered %d (absolute) and %d (percent) values, want the first only", counts[3], counts[4])
+	}
+	d.Close()
+	if bad := notReads(p.Services()[base:]); len(bad) > 0 {
+		t.Errorf("sent %q", bad)
+	}
+}
