@@ -5,7 +5,7 @@ DEMO_FOR ?=
 FUZZTIME ?= 30s
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build test vet fmt-check demo bench fuzz clean
+.PHONY: all build test vet fmt-check demo bench fuzz clean package
 
 all: build
 
@@ -49,5 +49,23 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDeliver$$' -fuzztime $(FUZZTIME) ./agent/driver/opcua/
 	$(GO) test -run '^$$' -fuzz '^FuzzHistoryPage$$' -fuzztime $(FUZZTIME) ./agent/driver/opcua/
 
+# Debian packages of the agent and the ingest for each architecture into
+# dist/, built with nfpm run through go.mod's tool directive (no downloaded
+# binary). The version must start with a digit for dpkg.
+PKG_ARCHES ?= amd64 arm64
+PKG_NAMES ?= agent ingest
+PKG_DIR ?= dist
+PKG_VERSION ?= 0.1.0~git$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+package:
+	@mkdir -p $(PKG_DIR)
+	@set -e; for a in $(PKG_ARCHES); do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$a $(GO) build -trimpath -ldflags "-s -w -X github.com/sightglass-bms/sightglass/agent/cli.Version=$(PKG_VERSION)" \
+			-o $(BIN)/package/ $(foreach p,$(PKG_NAMES),./$(p)/cmd/sightglass-$(p)); \
+		for p in $(PKG_NAMES); do \
+			ARCH=$$a VERSION=$(PKG_VERSION) $(GO) tool nfpm package --config packaging/nfpm-$$p.yaml --packager deb --target $(PKG_DIR)/; \
+		done; \
+	done
+	@ls -l $(PKG_DIR)/*.deb
+
 clean:
-	rm -rf $(BIN) .demo
+	rm -rf $(BIN) .demo dist
