@@ -16,7 +16,7 @@ import (
 type Node struct {
 	// NodeID is the node's id in its string form: the point's ref.
 	NodeID string `json:"node_id"`
-	// Path is the browse path from the start node, names joined by "/".
+	// Path is the path from the start node, display names joined by "/".
 	Path string `json:"path"`
 	// DisplayName is the node's display name.
 	DisplayName string `json:"display_name"`
@@ -102,17 +102,18 @@ func (w *walker) walk(ctx context.Context, n *ua.NodeID, path string, depth int)
 			continue
 		}
 		w.seen[key] = true
+		// The path is of display names, what the server shows people;
+		// the browse name stands in where a node has none.
 		name := ""
 		if r.BrowseName != nil {
 			name = r.BrowseName.Name
 		}
+		if r.DisplayName != nil && r.DisplayName.Text != "" {
+			name = r.DisplayName.Text
+		}
 		childPath := strings.TrimPrefix(path+"/"+name, "/")
 		if r.NodeClass == ua.NodeClassVariable && !isPropertyRef(r) {
-			disp := name
-			if r.DisplayName != nil && r.DisplayName.Text != "" {
-				disp = r.DisplayName.Text
-			}
-			w.found = append(w.found, Node{NodeID: key, Path: childPath, DisplayName: disp})
+			w.found = append(w.found, Node{NodeID: key, Path: childPath, DisplayName: name})
 			if w.progress != nil && len(w.found)%100 == 0 {
 				w.progress(len(w.found))
 			}
