@@ -20,6 +20,7 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
+	"strings"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/batch"
@@ -220,7 +221,9 @@ func openBolt(path string, opts Options) (db *bolt.DB, err error) {
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, fmt.Errorf("opening buffer %s: %w (is another sightglass-agent running?): stop it, or give this one a different buffer path", path, ErrLocked)
-	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch),
+		// bbolt has no sentinel for a file cut short before its meta pages.
+		err != nil && strings.Contains(err.Error(), "file size too small"):
 		return nil, corruptErr(path, err)
 	case err != nil:
 		return nil, fmt.Errorf("opening buffer %s: %w", path, err)

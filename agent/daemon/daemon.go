@@ -86,7 +86,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	buf, err := buffer.Open(cfg.Buffer.Path, buffer.Options{MaxBytes: int64(cfg.Buffer.MaxBytes), Logger: log.With("component", "buffer")})
+	buf, err := openBuffer(cfg.Buffer.Path, buffer.Options{MaxBytes: int64(cfg.Buffer.MaxBytes), Logger: log.With("component", "buffer")}, log)
 	if err != nil {
 		return fmt.Errorf("opening the buffer: %w", err)
 	}
