@@ -19,8 +19,8 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
-	"sync"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/batch"
