@@ -116,9 +116,21 @@ func TestGuardRefusesWrites(t *testing.T) {
 	if _, err := d.Read(t.Context(), points); err != nil {
 		t.Fatalf("Read after refusals: %v", err)
 	}
-	// The node helpers of gopcua go through the guard too.
+	// The node helpers of gopcua go through the guard too: each request
+	// they make is counted by admit.
+	before, _ := d.g.stats()
 	if _, err := d.g.Node(node).Value(t.Context()); err != nil {
 		t.Fatalf("node helper Value: %v", err)
+	}
+	if _, err := d.g.Node(node).References(t.Context(), 0, ua.BrowseDirectionForward, ua.NodeClassAll, true); err != nil {
+		t.Fatalf("node helper References: %v", err)
+	}
+	after, refused := d.g.stats()
+	if after["Read"] != before["Read"]+1 || after["Browse"] != before["Browse"]+1 {
+		t.Errorf("node helpers bypassed the guard: Read %d→%d, Browse %d→%d", before["Read"], after["Read"], before["Browse"], after["Browse"])
+	}
+	if refused["Write"] != 1 || refused["Call"] != 1 || refused["RegisterNodes"] != 1 {
+		t.Errorf("refusals by service: %v", refused)
 	}
 	d.Close()
 	got := sim.Services()
