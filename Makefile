@@ -48,6 +48,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadResults$$' -fuzztime $(FUZZTIME) ./agent/driver/opcua/
 	$(GO) test -run '^$$' -fuzz '^FuzzDeliver$$' -fuzztime $(FUZZTIME) ./agent/driver/opcua/
 	$(GO) test -run '^$$' -fuzz '^FuzzHistoryPage$$' -fuzztime $(FUZZTIME) ./agent/driver/opcua/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./agent/config/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./ingest/config/
+	$(GO) test -run '^$$' -fuzz '^FuzzImport$$' -fuzztime $(FUZZTIME) ./pkg/anon/
 
 # Debian packages of the agent and the ingest for each architecture into
 # dist/, built with nfpm run through go.mod's tool directive (no downloaded
