@@ -494,7 +494,7 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 		}
 	}
 	if len(d.backfill) > 0 {
-		out = append(d.backfill, out...)
+		out = append(dedupe(d.backfill, out), out...)
 		d.backfill = nil
 	}
 	d.mu.Unlock()
@@ -502,6 +502,25 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 }
 
 // readChunk reads one batch, at most MaxNodesPerRead points.
+// dedupe drops backfilled samples at or after a point's first live sample:
+// a server's history usually ends with the value it serves live.
+func dedupe(backfill, live []telemetry.Sample) []telemetry.Sample {
+	first := map[uint64]int64{}
+	for _, s := range live {
+		if t, ok := first[s.PointID]; !ok || s.Time < t {
+			first[s.PointID] = s.Time
+		}
+	}
+	kept := backfill[:0]
+	for _, s := range backfill {
+		if t, ok := first[s.PointID]; ok && s.Time >= t {
+			continue
+		}
+		kept = append(kept, s)
+	}
+	return kept
+}
+
 // readPolled reads polled points in batches of at most MaxNodesPerRead,
 // halving the batch when the server still says BadTooManyOperations.
 func (d *Driver) readPolled(ctx context.Context, polled []driver.Point) ([]telemetry.Sample, error) {
