@@ -6,7 +6,7 @@
 // that only reads arrived.
 //
 // Usage: node opcua_server.js --port N --pki DIR [--max-nodes-per-read N]
-//        [--zones N]
+//        [--zones N] [--exit-with-stdin]
 // It prints "READY <port> <endpoint>" once it listens. Users: anonymous,
 // username "reader" with password "secret", or any X.509 user certificate
 // (accepted on first sight, like the client certificates).
@@ -148,6 +148,13 @@ async function main() {
   };
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);
+  // With --exit-with-stdin the server ends when its parent goes away
+  // (stdin closes), so a crashed test run leaves no server behind.
+  if (process.argv.includes("--exit-with-stdin")) {
+    process.stdin.on("end", stop);
+    process.stdin.on("error", stop);
+    process.stdin.resume();
+  }
 }
 
 main().catch((err) => {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,10 +18,11 @@ import (
 // peer is a node-opcua server (testdata/peers/opcua_server.js) in a child
 // process, with the log of every service it received.
 type peer struct {
-	URL  string
-	Port string
-	cmd  *exec.Cmd
-	done chan struct{}
+	URL   string
+	Port  string
+	cmd   *exec.Cmd
+	stdin io.Closer
+	done  chan struct{}
 
 	mu       sync.Mutex
 	services []string
@@ -105,8 +107,14 @@ func launchPeer(node, script string, o peerOptions) (*peer, error) {
 	if o.Zones == 0 {
 		o.Zones = 4
 	}
-	cmd := exec.Command(node, script, "--port", o.Port, "--pki", o.PKI, "--max-nodes-per-read", fmt.Sprint(o.MaxNodesPerRead), "--zones", fmt.Sprint(o.Zones))
+	cmd := exec.Command(node, script, "--port", o.Port, "--pki", o.PKI, "--max-nodes-per-read", fmt.Sprint(o.MaxNodesPerRead), "--zones", fmt.Sprint(o.Zones), "--exit-with-stdin")
 	cmd.Dir = filepath.Dir(script)
+	// The peer ends when this pipe closes: with stop, or when the test
+	// binary dies without running its clean-ups.
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -116,7 +124,7 @@ func launchPeer(node, script string, o peerOptions) (*peer, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting the node-opcua peer: %w", err)
 	}
-	p := &peer{cmd: cmd, done: make(chan struct{})}
+	p := &peer{cmd: cmd, done: make(chan struct{}), stdin: stdin}
 	ready := make(chan string, 1)
 	go func() {
 		defer close(p.done)
@@ -149,6 +157,7 @@ func launchPeer(node, script string, o peerOptions) (*peer, error) {
 
 // stop ends the peer, hard: a restart test wants the server gone.
 func (p *peer) stop() {
+	p.stdin.Close()
 	if p.cmd.Process != nil {
 		_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	}
