@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/ingest/store"
 )
 
 // Error codes, the "code" of every JSON error body. Agents act on the code,
@@ -145,8 +146,17 @@ func (s *Server) agentHandler() http.Handler {
 		// The handshake checked revocation; a keep-alive connection can
 		// outlive that check by hours, so every request checks again.
 		if err := s.checkAgent(r.Context(), id, r.TLS.PeerCertificates[0]); err != nil {
-			s.count(func(st *Stats) { st.Refused[CodeRevoked]++ })
-			writeRefusal(lw, refuse(http.StatusForbidden, CodeRevoked, "%v: this agent may no longer upload; enroll it anew", err))
+			var rf *refusal
+			if errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrNotFound) {
+				rf = refuse(http.StatusForbidden, CodeRevoked, "%v: this agent may no longer upload; enroll it anew", err)
+			} else {
+				// The registry could not say: refuse (fail closed), but as
+				// something to retry, not as a revocation.
+				s.log.Warn("checking an agent against the registry failed", "agent", id.Agent, "err", err)
+				rf = refuse(http.StatusServiceUnavailable, CodeStoreUnavailable, "the agent registry cannot be read right now: retry in %d seconds", retryAfterStoreSeconds)
+			}
+			s.count(func(st *Stats) { st.Refused[rf.code]++ })
+			writeRefusal(lw, rf)
 			return
 		}
 		handle(lw, r, id)

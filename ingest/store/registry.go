@@ -335,7 +335,7 @@ func (s *DB) AgentAllowed(ctx context.Context, agentID, serial string) error {
 		return fmt.Errorf("checking agent %s: %w", agentID, err)
 	}
 	if revoked != 0 {
-		return fmt.Errorf("agent %s was revoked at %s (%s)", agentID, fromMS(revoked).Format(time.RFC3339), reason)
+		return fmt.Errorf("agent %s was revoked at %s (%s): %w", agentID, fromMS(revoked).Format(time.RFC3339), reason, ErrRevoked)
 	}
 	return nil
 }

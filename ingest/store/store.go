@@ -36,6 +36,8 @@ var (
 	ErrTokenUsed = errors.New("enrollment token already used")
 	// ErrTokenExpired means an enrollment token's validity ended.
 	ErrTokenExpired = errors.New("enrollment token expired")
+	// ErrRevoked means the agent was revoked.
+	ErrRevoked = errors.New("agent revoked")
 	// ErrExists means a row with the same key exists.
 	ErrExists = errors.New("already exists")
 	// ErrAuditBroken means the audit log's hash chain does not verify.
@@ -77,7 +79,6 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	f.Close()
 	q := url.Values{}
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
-	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "foreign_keys(1)")
 	q.Add("_pragma", "synchronous(FULL)")
 	q.Set("_txlock", "immediate")
@@ -85,6 +86,18 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening the store %s: %w", path, err)
 	}
+	// WAL lets the listener's revocation checks read while the CLI or
+	// another request writes. The mode is a property of the file, set
+	// once here rather than by every new connection, which would need a
+	// write lock each time.
+	if _, err := db.ExecContext(ctx, `PRAGMA journal_mode=WAL`); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("opening the store %s: setting WAL mode: %w", path, err)
+	}
+	// Enough connections for concurrent handshakes; SQLite serialises
+	// writers anyway.
+	db.SetMaxOpenConns(16)
+	db.SetMaxIdleConns(16)
 	s := &DB{db: db, now: opts.Now}
 	if s.now == nil {
 		s.now = time.Now
