@@ -103,9 +103,11 @@ Sightglass demo is running.
   agent       status: %s status --socket %s
   devices     %s
   read it     %s archive cat --store-dir %s %s/
-The dashboard arrives with a later issue. Stop with Ctrl-C.
+  dashboard   %s  sign in as %s / %s
+              (the certificate is the demo CA's, %s: accept the browser's warning or trust that file)
+Stop with Ctrl-C.
 `, s.IngestURL, s.ArchiveDir(), filepath.Join(o.Bin, "sightglass-agent"), s.StatusSocket(), strings.Join(described, "\n              "),
-		filepath.Join(o.Bin, "sightglass-ingest"), s.ArchiveDir(), s.Tenant)
+		filepath.Join(o.Bin, "sightglass-ingest"), s.ArchiveDir(), s.Tenant, s.DashboardURL, DemoUser, s.DashboardPassword, s.CACertFile())
 
 	var wait <-chan time.Time
 	if o.For > 0 {

@@ -42,6 +42,9 @@ type Stack struct {
 	// ingest can restart on the same port.
 	IngestURL  string
 	ingestAddr string
+	// DashboardURL and DashboardPassword are the dashboard and the demo
+	// user's password (user DemoUser), both made by Init.
+	DashboardURL, DashboardPassword string
 
 	ingest, agent *proc
 	token         string // the enrollment token, until the agent used it
@@ -119,8 +122,12 @@ func (s *Stack) Init(ctx context.Context) error {
 	}
 	s.ingestAddr = fmt.Sprintf("127.0.0.1:%d", port)
 	s.IngestURL = "https://" + s.ingestAddr
-	cfg := fmt.Sprintf("listen: %s\nca_dir: %s\ndatabase: %s\n%slog_level: info\n",
-		s.ingestAddr, s.caDir(), s.database(), s.storeYAML())
+	web, err := s.initDashboard(ctx)
+	if err != nil {
+		return err
+	}
+	cfg := fmt.Sprintf("listen: %s\nca_dir: %s\ndatabase: %s\n%s%slog_level: info\n",
+		s.ingestAddr, s.caDir(), s.database(), s.storeYAML(), web)
 	return os.WriteFile(s.ingestConfig(), []byte(cfg), 0o600)
 }
 
