@@ -25,6 +25,7 @@ func TestNftablesRuleset(t *testing.T) {
 	for _, want := range []string{
 		"iifname $uplink_if ct state established,related accept",
 		"iifname $uplink_if counter drop",
+		"iifname $control_if fib daddr . iif type != { local, broadcast, multicast } counter drop",
 		"iifname $control_if oifname $uplink_if counter drop",
 		"iifname $uplink_if oifname $control_if counter drop",
 	} {

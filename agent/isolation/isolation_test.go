@@ -1,0 +1,573 @@
+package isolation
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/agent/daemon"
+	"github.com/sightglass-bms/sightglass/agent/driver/modbus"
+	"github.com/sightglass-bms/sightglass/pkg/demo"
+	modbussim "github.com/sightglass-bms/sightglass/pkg/sim/modbus"
+)
+
+// binDir holds sightglass-agent and sightglass-ingest, built once.
+var binDir string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := func() int {
+		if testing.Short() || os.Geteuid() != 0 {
+			return m.Run()
+		}
+		dir, err := os.MkdirTemp("", "sightglass-isolation-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		cmd := exec.Command("go", "build", "-o", dir+"/", "../../agent/cmd/sightglass-agent", "../../ingest/cmd/sightglass-ingest")
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building the binaries for the isolation test:", err)
+			return 1
+		}
+		binDir = dir
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// requireLab skips without root or iproute2 when CI is unset and fails
+// when it is set: CI runs as root and must never skip this proof.
+func requireLab(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("network namespaces, built binaries and a minute of polling: not under -short")
+	}
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root (network namespaces)")
+	}
+	for _, tool := range []string{"ip", "sysctl", "nft", "/usr/bin/python3"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if out, err := exec.Command("/usr/bin/python3", "-c", "import pymodbus").CombinedOutput(); err != nil {
+		missing = append(missing, "python3-pymodbus ("+strings.TrimSpace(string(out))+")")
+	}
+	if len(missing) == 0 {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("the isolation proof cannot run in CI: missing %s (.ci/run installs iproute2, nftables and python3-pymodbus; CI runs as root)", strings.Join(missing, ", "))
+	}
+	t.Skipf("needs %s", strings.Join(missing, ", "))
+}
+
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	dir, _ := os.Getwd()
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		if filepath.Dir(dir) == dir {
+			t.Fatal("no go.mod above the test")
+		}
+		dir = filepath.Dir(dir)
+	}
+}
+
+// eventually polls cond every 100ms until it holds or d passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s (%s)", what, d, detail)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+const (
+	simPort      = 1502
+	pymodbusPort = 1503
+	ingestPort   = 8443
+)
+
+// TestIsolationIntegration is the dual-NIC proof; see the package doc.
+func TestIsolationIntegration(t *testing.T) {
+	requireLab(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	l := newLab(t)
+	dir := t.TempDir()
+	agentBin := filepath.Join(binDir, "sightglass-agent")
+	ingestBin := filepath.Join(binDir, "sightglass-ingest")
+
+	// The lab itself: no default route on the control side, no route
+	// between the two subnets, no forwarding in the agent's namespace.
+	for _, ns := range []string{l.control, l.cloud, l.edge} {
+		if r := strings.TrimSpace(l.ip("-n", ns, "route", "show", "default")); r != "" {
+			t.Fatalf("namespace %s has a default route %q: the lab is wrong", ns, r)
+		}
+	}
+	if v := l.sysctl(l.edge, "net.ipv4.ip_forward"); v != "0" {
+		t.Fatalf("a new namespace forwards (ip_forward=%s): the lab is wrong", v)
+	}
+
+	// control: our simulator (in this process, its listener made inside
+	// the namespace) and the independent pymodbus server.
+	profile, err := modbus.LoadProfile("schneider-pm5300")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sim *modbussim.Server
+	if err := l.in(l.control, func() (err error) {
+		sim, err = modbussim.Start(modbussim.Options{Addr: "127.0.0.1:0"}, map[byte]*modbussim.Unit{1: modbussim.FromProfile(profile)})
+		return err
+	}); err != nil {
+		t.Fatalf("starting the Modbus simulator in %s: %v", l.control, err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	// The simulator listens on loopback only (its own guard), which is the
+	// control namespace's loopback: a relay there puts it on the subnet.
+	relay := l.relay(fmt.Sprintf("%s:%d", deviceAddr, simPort), sim.Addr(), l.control)
+	t.Cleanup(func() { relay.Close() })
+	peers := filepath.Join(repoRoot(t), "testdata", "peers")
+	pymodbus := l.start(ctx, l.control, "pymodbus", "LISTENING", "/usr/bin/python3", filepath.Join("testdata", "pymodbus_at.py"), deviceAddr, fmt.Sprint(pymodbusPort), peers)
+
+	// cloud: the ingest with its own CA; the agent enrolls over the uplink.
+	ingestDir := filepath.Join(dir, "ingest")
+	caDir, db, archive := filepath.Join(ingestDir, "ca"), filepath.Join(ingestDir, "ingest.db"), filepath.Join(ingestDir, "archive")
+	if out, err := exec.CommandContext(ctx, ingestBin, "ca", "init", "--dir", caDir, "--server-name", ingestAddr).CombinedOutput(); err != nil {
+		t.Fatalf("ca init: %v\n%s", err, out)
+	}
+	out, err := exec.CommandContext(ctx, ingestBin, "enroll", "create", "--ca-dir", caDir, "--db", db, "--tenant", "lab", "--site", "site-lab", "--ttl", "1h").Output()
+	if err != nil {
+		t.Fatalf("enroll create: %v", err)
+	}
+	token := strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	ingestCfg := filepath.Join(ingestDir, "ingest.yaml")
+	writeFile(t, ingestCfg, fmt.Sprintf("listen: %s:%d\nca_dir: %s\ndatabase: %s\nstore:\n  kind: dir\n  dir: %s\nlog_level: info\n", ingestAddr, ingestPort, caDir, db, archive))
+	l.start(ctx, l.cloud, "ingest", "", ingestBin, "serve", "--config", ingestCfg)
+	eventually(t, 20*time.Second, "the ingest answers from the edge namespace", func() (bool, string) {
+		ok, err := l.dial(l.edge, fmt.Sprintf("%s:%d", ingestAddr, ingestPort), time.Second)
+		return ok, fmt.Sprint(err)
+	})
+
+	// edge: the agent, both NICs named, every control socket bound to ctl0.
+	agentDir := filepath.Join(dir, "agent")
+	agentCfg := filepath.Join(agentDir, "agent.yaml")
+	if err := os.MkdirAll(agentDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, agentCfg, fmt.Sprintf(`data_dir: %s
+network:
+  control: {interface: %s, address: %s}
+  uplink: {interface: %s}
+uplink:
+  url: https://%s:%d
+  local_address: %s
+  batch_interval: 1s
+  timeout: 3s
+poll:
+  backoff_max: 2s
+devices:
+  - name: meter
+    driver: modbus
+    interval: 1s
+    discover: true
+    settings: {host: "%s:%d", unit: 1, profile: schneider-pm5300, local_address: %s}
+  - name: peer
+    driver: modbus
+    interval: 1s
+    settings: {host: "%s:%d", unit: 1, local_address: %s}
+    points:
+      - {ref: hr/0/float32}
+      - {ref: ir/10}
+`, agentDir, controlIf, controlAddr, uplinkIf, ingestAddr, ingestPort, uplinkAddr,
+		deviceAddr, simPort, controlAddr, deviceAddr, pymodbusPort, controlAddr))
+
+	t.Run("refuses to start while forwarding", func(t *testing.T) {
+		for _, key := range []string{"net.ipv4.conf." + controlIf + ".forwarding", "net.ipv4.ip_forward"} {
+			l.setSysctl(l.edge, key, "1")
+			out, err := l.exec(ctx, l.edge, agentBin, "run", "--config", agentCfg)
+			l.setSysctl(l.edge, key, "0")
+			if key == "net.ipv4.ip_forward" {
+				// Setting ip_forward sets every interface's switch too.
+				l.setSysctl(l.edge, "net.ipv4.conf.all.forwarding", "0")
+				l.setSysctl(l.edge, "net.ipv4.conf."+controlIf+".forwarding", "0")
+				l.setSysctl(l.edge, "net.ipv4.conf."+uplinkIf+".forwarding", "0")
+			}
+			if err == nil || !strings.Contains(out, "refusing to start") || !strings.Contains(out, "forwarding") {
+				t.Errorf("with %s=1 the agent: err %v, output:\n%s\nwant a refusal naming forwarding", key, err, out)
+			}
+		}
+	})
+
+	if out, err := l.exec(ctx, l.edge, agentBin, "enroll", "--config", agentCfg, "--token", token); err != nil {
+		t.Fatalf("enrolling the agent over the uplink: %v\n%s", err, out)
+	}
+	agent := l.start(ctx, l.edge, "agent", "", agentBin, "run", "--config", agentCfg)
+	statusSock := filepath.Join(agentDir, "agent.sock")
+	status := func() (daemon.Status, error) {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		return daemon.FetchStatus(sctx, statusSock)
+	}
+
+	t.Run("data flows end to end", func(t *testing.T) {
+		eventually(t, 60*time.Second, "both devices read and samples archived", func() (bool, string) {
+			if agent.exited() {
+				t.Fatalf("the agent exited: %v\n%s", agent.err, agent.logText())
+			}
+			st, err := status()
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, d := range st.Devices {
+				if d.Reads == 0 {
+					return false, fmt.Sprintf("device %s not read yet (%s)", d.Name, d.LastError)
+				}
+			}
+			samples, _, err := demo.ReadArchive(ctx, archive)
+			if err != nil || len(samples) == 0 {
+				return false, fmt.Sprintf("archive: %d samples, %v; uplink %+v", len(samples), err, st.Uplink)
+			}
+			return true, ""
+		})
+	})
+
+	t.Run("agent sockets are exactly the expected ones", func(t *testing.T) {
+		checkAgentSockets(t, agent.cmd.Process.Pid, statusSock)
+	})
+
+	t.Run("no path from control to cloud or to the agent's uplink", func(t *testing.T) {
+		targets := []string{
+			fmt.Sprintf("%s:%d", ingestAddr, ingestPort),
+			fmt.Sprintf("%s:%d", uplinkAddr, ingestPort),
+			fmt.Sprintf("%s:22", uplinkAddr),
+		}
+		for _, port := range agentPorts(t, agent.cmd.Process.Pid) {
+			targets = append(targets, fmt.Sprintf("%s:%d", uplinkAddr, port))
+		}
+		noConnection(t, l, l.control, targets, "no route")
+		// An attacker on the control subnet points a route at the box.
+		l.ip("-n", l.control, "route", "add", "10.200.2.0/24", "via", controlAddr)
+		defer l.ip("-n", l.control, "route", "del", "10.200.2.0/24", "via", controlAddr)
+		noConnection(t, l, l.control, targets, "a route via the agent's control address")
+	})
+
+	t.Run("no connection from cloud to the agent on any port", func(t *testing.T) {
+		// Every TCP port of both agent addresses, and the controllers,
+		// once the cloud side routes the control subnet at the box.
+		l.ip("-n", l.cloud, "route", "add", "10.200.1.0/24", "via", uplinkAddr)
+		defer l.ip("-n", l.cloud, "route", "del", "10.200.1.0/24", "via", uplinkAddr)
+		scanAllPorts(t, l, l.cloud, uplinkAddr)
+		scanAllPorts(t, l, l.cloud, controlAddr)
+		noConnection(t, l, l.cloud, []string{
+			fmt.Sprintf("%s:%d", deviceAddr, simPort),
+			fmt.Sprintf("%s:%d", deviceAddr, pymodbusPort),
+		}, "a route to the control subnet via the agent's uplink address")
+	})
+
+	t.Run("the packaged firewall holds a service left open on the box", func(t *testing.T) {
+		checkFirewall(t, l, func() int {
+			samples, _, _ := demo.ReadArchive(ctx, archive)
+			return len(samples)
+		})
+	})
+
+	t.Run("a cut uplink loses nothing", func(t *testing.T) {
+		l.ip("-n", l.edge, "link", "set", uplinkIf, "down")
+		cutAt := time.Now()
+		eventually(t, 30*time.Second, "the agent buffers while the uplink is down", func() (bool, string) {
+			st, err := status()
+			if err != nil {
+				return false, err.Error()
+			}
+			return st.Buffer.SealedBatches >= 3 && st.Uplink.LastError != "", fmt.Sprintf("%+v", st.Buffer)
+		})
+		// Down a while longer, so several retries meet the dead link.
+		time.Sleep(3 * time.Second)
+		st, _ := status()
+		t.Logf("uplink down for %s: %d batches (%d samples) buffered; last uplink error: %s",
+			time.Since(cutAt).Round(time.Second), st.Buffer.SealedBatches, st.Buffer.SealedSamples, st.Uplink.LastError)
+		l.ip("-n", l.edge, "link", "set", uplinkIf, "up")
+
+		// The devices go away, so the count of samples read stops moving.
+		relay.Close()
+		sim.Close()
+		pymodbus.stop(syscall.SIGTERM)
+		var final daemon.Status
+		stableSince, last := time.Time{}, uint64(0)
+		eventually(t, 90*time.Second, "reads stopped and the buffer drained", func() (bool, string) {
+			st, err := status()
+			if err != nil {
+				return false, err.Error()
+			}
+			var n uint64
+			for _, d := range st.Devices {
+				n += d.Samples
+			}
+			if n != last || stableSince.IsZero() {
+				last, stableSince = n, time.Now()
+			}
+			final = st
+			drained := st.Buffer.PendingSamples == 0 && st.Buffer.SealedBatches == 0
+			return drained && time.Since(stableSince) > 3*time.Second, fmt.Sprintf("buffer %+v uplink error %q", st.Buffer, st.Uplink.LastError)
+		})
+		samples, _, err := demo.ReadArchive(ctx, archive)
+		if err != nil {
+			t.Fatal(err)
+		}
+		type key struct {
+			id uint64
+			ts int64
+		}
+		seen := map[key]int{}
+		for _, s := range samples {
+			seen[key{s.PointID, s.Time}]++
+		}
+		var dups int
+		for _, n := range seen {
+			if n > 1 {
+				dups++
+			}
+		}
+		var read, dropped uint64
+		for _, d := range final.Devices {
+			read += d.Samples
+			dropped += d.DroppedSamples
+		}
+		t.Logf("the agent read %d samples; the archive holds %d (%d distinct), %d duplicated, %d dropped by the buffer", read, len(samples), len(seen), dups, final.Buffer.DroppedSamples+dropped)
+		if uint64(len(samples)) != read || dups != 0 || final.Buffer.DroppedSamples+dropped != 0 {
+			t.Errorf("every sample read must arrive exactly once: read %d, archived %d, %d duplicated, %d dropped", read, len(samples), dups, final.Buffer.DroppedSamples+dropped)
+		}
+	})
+
+	if err := agent.stop(syscall.SIGTERM); err != nil {
+		t.Errorf("the agent did not stop cleanly: %v", err)
+	}
+}
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// agentPorts lists the local ports of the agent's TCP and UDP sockets.
+func agentPorts(t *testing.T, pid int) []uint16 {
+	t.Helper()
+	socks, err := processSockets(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ports []uint16
+	for _, s := range socks {
+		if s.Local.IsValid() && s.Local.Port() != 0 {
+			ports = append(ports, s.Local.Port())
+		}
+	}
+	return ports
+}
+
+// checkAgentSockets holds the agent's sockets to the design: inet only TCP
+// streams, established, from the control address to a controller or from
+// the uplink address to the ingest, none listening; no UDP (no BACnet
+// device here); unix sockets only the status socket and its connections. It also reads the
+// edge namespace's own tables in /proc/<pid>/net, where only the agent
+// runs: no TCP socket listens and no UDP socket exists.
+func checkAgentSockets(t *testing.T, pid int, statusSock string) {
+	t.Helper()
+	socks, err := processSockets(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	device := netip.MustParseAddr(deviceAddr)
+	var toDevice, toIngest int
+	for _, s := range socks {
+		switch s.Family {
+		case "inet", "inet6":
+			switch {
+			case s.Type != "stream":
+				t.Errorf("unexpected %s socket: %s (no BACnet device, so no UDP at all)", s.Type, s)
+			case s.Listen:
+				t.Errorf("the agent listens: %s", s)
+			case s.State != "ESTABLISHED":
+				t.Errorf("a TCP socket the agent holds is not connected: %s (a leaked descriptor?)", s)
+			case s.Local.Addr().String() == controlAddr && s.Remote.Addr() == device && slices.Contains([]uint16{simPort, pymodbusPort}, s.Remote.Port()):
+				toDevice++
+			case s.Local.Addr().String() == uplinkAddr && s.Remote.Addr().String() == ingestAddr && s.Remote.Port() == ingestPort:
+				toIngest++
+			default:
+				t.Errorf("unexpected TCP socket: %s", s)
+			}
+		case "unix":
+			// The status socket's listener and the connections it
+			// accepted (this test's status queries) carry its path.
+			if s.Path != statusSock {
+				t.Errorf("unexpected unix socket: %s", s)
+			}
+		case "netlink":
+			// Go's net package asks the kernel for interfaces over netlink.
+		default:
+			t.Errorf("unexpected socket: %s", s)
+		}
+	}
+	if toDevice != 2 || toIngest < 1 {
+		t.Errorf("want one connection to each of the 2 devices from %s and one or more to the ingest from %s; have %d and %d: %v", controlAddr, uplinkAddr, toDevice, toIngest, socks)
+	}
+	for _, table := range []string{"tcp", "tcp6", "udp", "udp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, table))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			f := strings.Fields(line)
+			if i == 0 || len(f) < 4 {
+				continue
+			}
+			if strings.HasPrefix(table, "udp") || f[3] == "0A" {
+				t.Errorf("/proc/%d/net/%s: %s socket at %s in the agent's namespace", pid, table, map[bool]string{true: "a UDP", false: "a listening"}[strings.HasPrefix(table, "udp")], f[1])
+			}
+		}
+	}
+	t.Logf("agent sockets: %v", socks)
+}
+
+// noConnection dials each target from ns and fails on any success.
+func noConnection(t *testing.T, l *lab, ns string, targets []string, how string) {
+	t.Helper()
+	for _, target := range targets {
+		ok, err := l.dial(ns, target, 500*time.Millisecond)
+		if ok {
+			t.Errorf("from %s with %s, a connection to %s succeeded", ns, how, target)
+			continue
+		}
+		if !isRefusedOrUnreachable(err) {
+			t.Errorf("from %s to %s: %v: not a refusal, an unreachable network or a timeout", ns, target, err)
+		}
+	}
+}
+
+// scanAllPorts connects to every TCP port of addr from ns. A closed port
+// answers with a reset at once, so the scan takes seconds; a port that
+// drops is given 50ms, and the whole scan is bounded.
+func scanAllPorts(t *testing.T, l *lab, ns, addr string) {
+	t.Helper()
+	var open []int
+	var timeouts int
+	deadline := time.Now().Add(60 * time.Second)
+	err := l.in(ns, func() error {
+		for port := 1; port <= 65535; port++ {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("scan of %s stopped at port %d after 60s (%d timeouts)", addr, port, timeouts)
+			}
+			c, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", addr, port), 50*time.Millisecond)
+			if err == nil {
+				c.Close()
+				open = append(open, port)
+				continue
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				timeouts++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(open) > 0 {
+		t.Errorf("from %s, TCP ports %v of %s accept connections", ns, open, addr)
+	}
+	t.Logf("from %s: all 65535 TCP ports of %s closed (%d timed out)", ns, addr, timeouts)
+}
+
+// checkFirewall leaves a TCP service open on every address of the edge
+// namespace (as an installer's stray tool might), shows that cloud and,
+// through a route at the box, control reach it, loads the packaged nftables
+// ruleset with the lab's interface names, and shows that neither reaches
+// it any more while the agent's own uplink traffic still flows.
+func checkFirewall(t *testing.T, l *lab, archived func() int) {
+	t.Helper()
+	var ln net.Listener
+	if err := l.in(l.edge, func() (err error) {
+		ln, err = net.Listen("tcp", "0.0.0.0:9999")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	l.ip("-n", l.control, "route", "add", "10.200.2.0/24", "via", controlAddr)
+	defer l.ip("-n", l.control, "route", "del", "10.200.2.0/24", "via", controlAddr)
+	stray := uplinkAddr + ":9999"
+	for _, ns := range []string{l.cloud, l.control} {
+		if ok, err := l.dial(ns, stray, time.Second); !ok {
+			t.Fatalf("without the firewall, %s should reach the stray service at %s (the check could not fail otherwise): %v", ns, stray, err)
+		}
+	}
+
+	rules, err := os.ReadFile(filepath.Join(repoRoot(t), "packaging", "nftables", "sightglass.nft"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := strings.Replace(string(rules), `define control_if = "eth0"`, `define control_if = "`+controlIf+`"`, 1)
+	r = strings.Replace(r, `define uplink_if = "eth1"`, `define uplink_if = "`+uplinkIf+`"`, 1)
+	if r == string(rules) || !strings.Contains(r, uplinkIf) || !strings.Contains(r, controlIf) {
+		t.Fatal("the ruleset's interface defines changed: update this test's substitution")
+	}
+	path := filepath.Join(t.TempDir(), "sightglass.nft")
+	writeFile(t, path, r)
+	// Loaded twice: the file replaces its own table instead of doubling it.
+	for range 2 {
+		if out, err := l.exec(t.Context(), l.edge, "nft", "-f", path); err != nil {
+			t.Fatalf("loading the ruleset in %s: %v\n%s", l.edge, err, out)
+		}
+	}
+	before := archived()
+	for _, ns := range []string{l.cloud, l.control} {
+		if ok, _ := l.dial(ns, stray, time.Second); ok {
+			t.Errorf("with the firewall loaded, %s still reaches the stray service at %s", ns, stray)
+		}
+	}
+	if ok, err := l.dial(l.edge, "127.0.0.1:9999", time.Second); !ok {
+		t.Errorf("the firewall should not cut the box off from itself: %v", err)
+	}
+	eventually(t, 20*time.Second, "the agent's uplink still flows through the firewall (replies are let in)", func() (bool, string) {
+		n := archived()
+		return n > before, fmt.Sprintf("%d samples archived, %d before", n, before)
+	})
+	out, _ := l.exec(t.Context(), l.edge, "nft", "list", "table", "inet", "sightglass")
+	t.Logf("ruleset in %s after the probes:\n%s", l.edge, out)
+}
