@@ -38,7 +38,7 @@ demo: build
 bench:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./pkg/benchtable/cmd/benchtable
-	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem ./pkg/batch/ ./agent/buffer/ ./agent/driver/modbus/ ./ingest/blob/azure/ ./agent/driver/bacnet/ ./ingest/server/ ./agent/driver/opcua/ ./agent/daemon/ | tee .bench.out
+	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem ./pkg/batch/ ./agent/buffer/ ./agent/driver/modbus/ ./ingest/blob/azure/ ./agent/driver/bacnet/ ./ingest/server/ ./agent/driver/opcua/ ./agent/daemon/ ./ingest/store/ ./ingest/web/ | tee .bench.out
 	@echo; $(BIN)/benchtable < .bench.out
 
 fuzz:
@@ -58,6 +58,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./agent/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./ingest/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzImport$$' -fuzztime $(FUZZTIME) ./pkg/anon/
+	$(GO) test -run '^$$' -fuzz '^FuzzRequest$$' -fuzztime $(FUZZTIME) ./ingest/web/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseWindow$$' -fuzztime $(FUZZTIME) ./ingest/web/
+	$(GO) test -run '^$$' -fuzz '^FuzzVerifyPassword$$' -fuzztime $(FUZZTIME) ./ingest/web/
 
 # Debian packages of the agent and the ingest for each architecture into
 # dist/, built with nfpm run through go.mod's tool directive (no downloaded

@@ -50,7 +50,7 @@ var (
 const secretName = "B-secret-chiller-supply"
 
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	db    *store.DB
 	clk   *clock
 	srv   *Server
@@ -58,7 +58,7 @@ type env struct {
 	start time.Time
 }
 
-func newEnv(t *testing.T, opts ...func(*Config)) *env {
+func newEnv(t testing.TB, opts ...func(*Config)) *env {
 	t.Helper()
 	ctx := context.Background()
 	clk := &clock{t: time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)}
