@@ -24,7 +24,9 @@ func newServeCmd() *cobra.Command {
 		Short: "Accept batches from agents and archive them",
 		Long: `serve runs the agent listener (TLS 1.3, client certificates from the CA) and,
 when internal_listen is set, the plain-HTTP /healthz and /readyz endpoints,
-until interrupted (SIGINT or SIGTERM); in-flight batches are finished first.
+and, when web_listen is set, the dashboard (HTTPS; web_http_listen redirects
+plain HTTP to it), until interrupted (SIGINT or SIGTERM); in-flight batches
+are finished first. Every stored batch updates the dashboard's hot store.
 
 Without --config it uses the built-in configuration: listen on
 127.0.0.1:8443, the CA in DATA/ca and the archive in DATA/archive, where DATA
