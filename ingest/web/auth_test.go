@@ -446,6 +446,12 @@ func TestSecurityHeaders(t *testing.T) {
 			t.Errorf("%s: no nosniff", path)
 		}
 	}
+	if r := c.get("/static/"); r.status != http.StatusNotFound || strings.Contains(r.body, `href="style.css"`) {
+		t.Errorf("/static/ lists the directory: %d", r.status)
+	}
+	if r := c.get("/static/chart.js"); r.status != http.StatusOK || !strings.Contains(r.header.Get("Content-Type"), "javascript") {
+		t.Errorf("/static/chart.js: %d %s", r.status, r.header.Get("Content-Type"))
+	}
 	// No page carries an inline script or style.
 	c.mustLogin("root")
 	for _, path := range []string{"/", "/admin", "/account", "/b/acme/s-bbbb", "/b/acme/s-bbbb/trend?p=0000000000000065", "/b/acme/s-bbbb/completeness", "/admin/audit", "/nope"} {

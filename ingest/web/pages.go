@@ -24,6 +24,11 @@ func (s *Server) routes() {
 	}
 	files := http.FileServerFS(static)
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Files only: no directory listing.
+		if r.URL.Path == "" || strings.HasSuffix(r.URL.Path, "/") {
+			s.errorPage(w, r, http.StatusNotFound, "There is no such page.")
+			return
+		}
 		w.Header().Set("Cache-Control", "public, max-age=3600")
 		files.ServeHTTP(w, r)
 	})))
