@@ -38,6 +38,10 @@ type Options struct {
 	Logger   *slog.Logger
 	// Version is reported in status.
 	Version string
+	// SizeMemory, if set, is told how many points the agent polls once
+	// the devices are built, so the command can size the process's soft
+	// memory limit to them.
+	SizeMemory func(points int)
 }
 
 // Agent is a running agent.
@@ -85,6 +89,13 @@ func Run(ctx context.Context, opts Options) error {
 	devices, err := BuildDevices(ctx, cfg, opts.Registry, anon.NewRegistry(pseud), log)
 	if err != nil {
 		return err
+	}
+	if opts.SizeMemory != nil {
+		n := 0
+		for _, d := range devices {
+			n += len(d.Points)
+		}
+		opts.SizeMemory(n)
 	}
 	buf, err := openBuffer(cfg.Buffer.Path, buffer.Options{MaxBytes: int64(cfg.Buffer.MaxBytes), Logger: log.With("component", "buffer")}, log)
 	if err != nil {
