@@ -37,7 +37,7 @@ Start with 'sightglass-agent config validate FILE', then 'sightglass-agent run -
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newEnrollCmd(), newConfigCmd(), newStatusCmd(), newDiscoverCmd(), newVersionCmd())
+	root.AddCommand(newRunCmd(), newEnrollCmd(), newConfigCmd(), newStatusCmd(), newDiscoverCmd(), newCheckCmd(), newVersionCmd())
 	return root
 }
 

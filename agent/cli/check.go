@@ -1,0 +1,842 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/net/http/httpproxy"
+	"golang.org/x/sys/unix"
+
+	"github.com/sightglass-bms/sightglass/agent/config"
+	"github.com/sightglass-bms/sightglass/agent/daemon"
+	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/pkg/bacnet"
+)
+
+// Result levels of one preflight line. Only "fail" makes the box no-go.
+const (
+	checkOK   = "ok"
+	checkWarn = "warn"
+	checkFail = "fail"
+	checkSkip = "skip"
+)
+
+// CheckLine is one line of `sightglass-agent check`: what was checked, how
+// it went and why.
+type CheckLine struct {
+	Check  string `json:"check"`
+	Result string `json:"result"`
+	Detail string `json:"detail"`
+}
+
+// CheckReport is the whole preflight; Go is false when any line failed.
+type CheckReport struct {
+	Go    bool        `json:"go"`
+	Lines []CheckLine `json:"checks"`
+}
+
+// nic is what check needs to know of a network interface.
+type nic struct {
+	Name  string
+	Up    bool
+	Addrs []netip.Prefix
+}
+
+// checkFacts are the system facts check reads. Tests pass fakes; realFacts
+// reads the machine. Nothing here is global.
+type checkFacts struct {
+	interfaces func() ([]nic, error)
+	procSys    fs.FS // /proc/sys
+	procNet    fs.FS // /proc/net (route, ipv6_route)
+	// timeSync reports whether the clock is synchronised and by what.
+	timeSync func() (synced bool, how string, err error)
+	resolve  func(ctx context.Context, host string) ([]string, error)
+	// dial connects from local (an IP, or "" for the kernel's choice).
+	dial     func(ctx context.Context, local, remote string) (net.Conn, error)
+	diskFree func(path string) (uint64, error)
+	now      func() time.Time
+	getenv   func(string) string
+	// bacnetProbe asks one BACnet device for its object name, read-only.
+	bacnetProbe func(ctx context.Context, local, broadcast, address string, instance uint32, timeout time.Duration) (string, error)
+}
+
+func realFacts() checkFacts {
+	return checkFacts{
+		interfaces: systemInterfaces,
+		procSys:    os.DirFS("/proc/sys"),
+		procNet:    os.DirFS("/proc/net"),
+		timeSync:   systemTimeSync,
+		resolve:    net.DefaultResolver.LookupHost,
+		dial:       dialFrom,
+		diskFree: func(path string) (uint64, error) {
+			var st unix.Statfs_t
+			if err := unix.Statfs(path, &st); err != nil {
+				return 0, err
+			}
+			return st.Bavail * uint64(st.Bsize), nil
+		},
+		now:         time.Now,
+		getenv:      os.Getenv,
+		bacnetProbe: probeBACnet,
+	}
+}
+
+func newCheckCmd() *cobra.Command {
+	var path string
+	var timeout time.Duration
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Preflight the box: NICs, forwarding, routes, DNS, time, ingest, certificate, disk, devices",
+		Long: `check says whether this box is ready to run the agent (go) or not (no-go),
+with a reason on every line: both interfaces present with their addresses, no
+IP forwarding between them, no default route on the control side, DNS and time
+sync on the uplink side, the clock against the ingest's, outbound HTTPS and the
+mTLS handshake to the ingest (through HTTPS_PROXY when set), the certificate's
+validity and days to expiry, disk space for the buffer, and every configured
+device reachable on the control side. Device probes only read: a TCP connect
+for Modbus and OPC UA, a ReadProperty of the device's name for BACnet.
+
+It exits 1 on no-go, so a script can gate on it.`,
+		Example: `  sightglass-agent check --config /etc/sightglass/agent.yaml
+  sightglass-agent check --config /etc/sightglass/agent.yaml --json | jq '.checks[] | select(.result=="fail")'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			rep := runChecks(cmd.Context(), cfg, realFacts(), timeout)
+			if err := writeReport(cmd.OutOrStdout(), rep, asJSON); err != nil {
+				return err
+			}
+			if !rep.Go {
+				return errNoGo(rep)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "/etc/sightglass/agent.yaml", "the agent's configuration file")
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "how long each network probe may take")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
+}
+
+func errNoGo(rep CheckReport) error {
+	var failed []string
+	for _, l := range rep.Lines {
+		if l.Result == checkFail {
+			failed = append(failed, l.Check)
+		}
+	}
+	return fmt.Errorf("no-go: %d check(s) failed: %s", len(failed), strings.Join(failed, ", "))
+}
+
+func writeReport(w io.Writer, rep CheckReport, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	counts := map[string]int{}
+	for _, l := range rep.Lines {
+		counts[l.Result]++
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", map[string]string{checkOK: "ok", checkWarn: "WARN", checkFail: "FAIL", checkSkip: "skip"}[l.Result], l.Check, l.Detail)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	verdict := "GO"
+	if !rep.Go {
+		verdict = "NO-GO"
+	}
+	_, err := fmt.Fprintf(w, "%s: %d ok, %d warnings, %d failed, %d skipped\n", verdict, counts[checkOK], counts[checkWarn], counts[checkFail], counts[checkSkip])
+	return err
+}
+
+// checker accumulates the report.
+type checker struct {
+	cfg     *config.Config
+	f       checkFacts
+	timeout time.Duration
+	rep     CheckReport
+}
+
+func (c *checker) add(check, result, format string, args ...any) {
+	c.rep.Lines = append(c.rep.Lines, CheckLine{Check: check, Result: result, Detail: fmt.Sprintf(format, args...)})
+}
+
+// runChecks runs every check in order; a check whose input is missing is
+// skipped with the reason, so the report always says everything it can.
+func runChecks(ctx context.Context, cfg *config.Config, f checkFacts, timeout time.Duration) CheckReport {
+	c := &checker{cfg: cfg, f: f, timeout: timeout}
+	c.checkNetwork()
+	c.checkForwarding()
+	c.checkControlRoute()
+	c.checkDNS(ctx)
+	c.checkTime()
+	c.checkIngest(ctx)
+	c.checkDisk()
+	c.checkDevices(ctx)
+	c.rep.Go = true
+	for _, l := range c.rep.Lines {
+		if l.Result == checkFail {
+			c.rep.Go = false
+		}
+	}
+	return c.rep
+}
+
+func (c *checker) checkNetwork() {
+	n := c.cfg.Network
+	if !n.Configured() {
+		c.add("network", checkFail, "no network section in %s: name the control and uplink interfaces (network: {control: {interface, address}, uplink: {interface}})", c.cfg.Path())
+		return
+	}
+	nics, err := c.f.interfaces()
+	if err != nil {
+		c.add("interfaces", checkFail, "listing the network interfaces: %v", err)
+		return
+	}
+	find := func(name string) (nic, bool) {
+		for _, x := range nics {
+			if x.Name == name {
+				return x, true
+			}
+		}
+		return nic{}, false
+	}
+	control := netip.MustParseAddr(n.Control.Address) // validated by config
+	ctl, ok := find(n.Control.Interface)
+	switch {
+	case !ok:
+		c.add("control interface", checkFail, "%s does not exist (interfaces: %s)", n.Control.Interface, nicNames(nics))
+	case !ctl.Up:
+		c.add("control interface", checkFail, "%s is down: ip link set %s up", ctl.Name, ctl.Name)
+	case !hasAddr(ctl, control):
+		c.add("control interface", checkFail, "%s does not have %s (network.control.address); it has %s", ctl.Name, control, prefixes(ctl))
+	default:
+		c.add("control interface", checkOK, "%s up with %s", ctl.Name, prefixes(ctl))
+	}
+	up, ok := find(n.Uplink.Interface)
+	switch {
+	case !ok:
+		c.add("uplink interface", checkFail, "%s does not exist (interfaces: %s)", n.Uplink.Interface, nicNames(nics))
+	case !up.Up:
+		c.add("uplink interface", checkFail, "%s is down: ip link set %s up", up.Name, up.Name)
+	case len(globalAddrs(up)) == 0:
+		c.add("uplink interface", checkFail, "%s has no address: check DHCP or its static address", up.Name)
+	default:
+		if la := c.cfg.Uplink.LocalAddress; la != "" {
+			if a, err := netip.ParseAddr(la); err == nil && !hasAddr(up, a) {
+				c.add("uplink interface", checkFail, "uplink.local_address %s is not on %s (it has %s)", la, up.Name, prefixes(up))
+				return
+			}
+		}
+		c.add("uplink interface", checkOK, "%s up with %s", up.Name, prefixes(up))
+	}
+}
+
+func (c *checker) checkForwarding() {
+	n := c.cfg.Network
+	if !n.Configured() {
+		c.add("forwarding", checkSkip, "no network section: the interfaces are unknown")
+		return
+	}
+	facts, err := daemon.CheckForwarding(c.f.procSys, n.Control.Interface, n.Uplink.Interface)
+	switch {
+	case errors.Is(err, daemon.ErrForwarding) && n.AllowForwarding:
+		c.add("forwarding", checkWarn, "%v (allowed by network.allow_forwarding)", err)
+	case err != nil:
+		c.add("forwarding", checkFail, "%v", err)
+	default:
+		c.add("forwarding", checkOK, "off: %d switches read for %s and %s", len(facts), n.Control.Interface, n.Uplink.Interface)
+	}
+}
+
+// checkControlRoute fails when a default route leaves through the control
+// NIC: traffic for the internet could then go out on the control subnet.
+func (c *checker) checkControlRoute() {
+	n := c.cfg.Network
+	if !n.Configured() {
+		c.add("control default route", checkSkip, "no network section: the interfaces are unknown")
+		return
+	}
+	routes, err := defaultRoutes(c.f.procNet)
+	if err != nil {
+		c.add("control default route", checkFail, "reading the routing table: %v", err)
+		return
+	}
+	var viaControl, viaUplink []string
+	for _, r := range routes {
+		switch r.iface {
+		case n.Control.Interface:
+			viaControl = append(viaControl, r.desc)
+		case n.Uplink.Interface:
+			viaUplink = append(viaUplink, r.desc)
+		}
+	}
+	switch {
+	case len(viaControl) > 0:
+		c.add("control default route", checkFail, "%s has a default route (%s): remove it (no gateway on the control NIC) so nothing leaves for the internet on the control subnet", n.Control.Interface, strings.Join(viaControl, ", "))
+	case len(viaUplink) == 0 && c.f.getenv("HTTPS_PROXY") == "" && c.f.getenv("https_proxy") == "":
+		c.add("control default route", checkWarn, "none on %s, good; but %s has none either: the ingest must be on a directly connected subnet", n.Control.Interface, n.Uplink.Interface)
+	default:
+		c.add("control default route", checkOK, "none on %s; default via %s", n.Control.Interface, n.Uplink.Interface)
+	}
+}
+
+type route struct{ iface, desc string }
+
+// defaultRoutes reads the IPv4 and IPv6 default routes from /proc/net.
+func defaultRoutes(procNet fs.FS) ([]route, error) {
+	var out []route
+	b, err := fs.ReadFile(procNet, "route")
+	if err != nil {
+		return nil, err
+	}
+	for i, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		// Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+		if i == 0 || len(f) < 8 || f[1] != "00000000" || f[7] != "00000000" {
+			continue
+		}
+		out = append(out, route{iface: f[0], desc: "IPv4 via " + hexIPv4(f[2])})
+	}
+	// IPv6 is optional: a kernel without it has no ipv6_route.
+	if b, err := fs.ReadFile(procNet, "ipv6_route"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			// dest plen src splen nexthop metric refcnt use flags iface
+			if len(f) < 10 || f[0] != strings.Repeat("0", 32) || f[1] != "00" || f[9] == "lo" {
+				continue
+			}
+			out = append(out, route{iface: f[9], desc: "IPv6"})
+		}
+	}
+	return out, nil
+}
+
+// hexIPv4 decodes /proc/net/route's little-endian hex address.
+func hexIPv4(h string) string {
+	v, err := strconv.ParseUint(h, 16, 32)
+	if err != nil {
+		return h
+	}
+	return netip.AddrFrom4([4]byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)}).String()
+}
+
+// ingestTarget is where the uplink connects first: the proxy when one
+// applies, else the ingest.
+func (c *checker) ingestTarget() (ingest *url.URL, hop string, proxy *url.URL, err error) {
+	ingest, err = url.Parse(c.cfg.Uplink.URL)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	proxy, err = c.proxyFor(ingest)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("HTTPS_PROXY: %w", err)
+	}
+	hop = hostPort(ingest)
+	if proxy != nil {
+		hop = hostPort(proxy)
+	}
+	return ingest, hop, proxy, nil
+}
+
+func (c *checker) proxyFor(u *url.URL) (*url.URL, error) {
+	env := func(a, b string) string {
+		if v := c.f.getenv(a); v != "" {
+			return v
+		}
+		return c.f.getenv(b)
+	}
+	pc := httpproxy.Config{HTTPSProxy: env("HTTPS_PROXY", "https_proxy"), NoProxy: env("NO_PROXY", "no_proxy")}
+	return pc.ProxyFunc()(u)
+}
+
+func hostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	port := "443"
+	if u.Scheme == "http" {
+		port = "80"
+	}
+	return net.JoinHostPort(u.Hostname(), port)
+}
+
+func (c *checker) checkDNS(ctx context.Context) {
+	_, hop, proxy, err := c.ingestTarget()
+	if err != nil {
+		c.add("dns", checkFail, "%v", err)
+		return
+	}
+	host, _, _ := net.SplitHostPort(hop)
+	if _, err := netip.ParseAddr(host); err == nil {
+		c.add("dns", checkSkip, "not needed: %s is an IP address", host)
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	addrs, err := c.f.resolve(rctx, host)
+	what := "the ingest"
+	if proxy != nil {
+		what = "the proxy"
+	}
+	if err != nil || len(addrs) == 0 {
+		c.add("dns", checkFail, "resolving %s (%s): %v: check /etc/resolv.conf and the uplink's DNS server", host, what, err)
+		return
+	}
+	c.add("dns", checkOK, "%s (%s) is %s", host, what, strings.Join(addrs, ", "))
+}
+
+func (c *checker) checkTime() {
+	synced, how, err := c.f.timeSync()
+	switch {
+	case err != nil:
+		c.add("time sync", checkWarn, "cannot tell whether the clock is synchronised: %v", err)
+	case !synced:
+		c.add("time sync", checkFail, "the clock is not synchronised (%s): enable systemd-timesyncd or chrony on the uplink; samples carry this clock's time", how)
+	default:
+		c.add("time sync", checkOK, "synchronised (%s)", how)
+	}
+}
+
+// maxSkew is the clock difference to the ingest above which check fails;
+// the ingest rejects batches far from its clock.
+const maxSkew = 2 * time.Minute
+
+func (c *checker) checkIngest(ctx context.Context) {
+	ingest, hop, proxy, err := c.ingestTarget()
+	if err != nil {
+		c.add("outbound https", checkFail, "%v", err)
+		return
+	}
+	via := ""
+	if proxy != nil {
+		via = " via proxy " + proxy.Host
+	}
+	dctx, cancel := context.WithTimeout(ctx, c.timeout)
+	start := c.f.now()
+	conn, err := c.f.dial(dctx, c.cfg.Uplink.LocalAddress, hop)
+	cancel()
+	if err != nil {
+		c.add("outbound https", checkFail, "connecting to %s%s: %v: check the uplink's route and firewall", hop, via, err)
+	} else {
+		conn.Close()
+		c.add("outbound https", checkOK, "connected to %s%s from %s in %s", hop, via, localOf(conn), c.f.now().Sub(start).Round(10*time.Microsecond))
+	}
+
+	cert, roots, id, err := pki.LoadAgentBundle(c.cfg.Uplink.CertDir)
+	if err != nil {
+		c.add("certificate", checkFail, "%v (enroll first: sightglass-agent enroll --config %s --token TOKEN)", err, c.cfg.Path())
+		c.add("mtls handshake", checkSkip, "no certificate")
+		c.add("clock skew", checkSkip, "no answer from the ingest")
+		return
+	}
+	c.checkCertificate(cert, id)
+
+	tr := &http.Transport{
+		Proxy: func(*http.Request) (*url.URL, error) { return proxy, nil },
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return c.f.dial(ctx, c.cfg.Uplink.LocalAddress, addr)
+		},
+		TLSClientConfig:   &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Certificates: []tls.Certificate{cert}},
+		ForceAttemptHTTP2: true,
+	}
+	defer tr.CloseIdleConnections()
+	hctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(hctx, http.MethodGet, ingest.JoinPath("/healthz").String(), nil)
+	if err != nil {
+		c.add("mtls handshake", checkFail, "%v", err)
+		return
+	}
+	sent := c.f.now()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		c.add("mtls handshake", checkFail, "%s%s: %v: an unknown or revoked certificate shows as a TLS alert; a proxy that inspects TLS breaks mTLS", ingest.Host, via, err)
+		c.add("clock skew", checkSkip, "no answer from the ingest")
+		return
+	}
+	received := c.f.now()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+	resp.Body.Close()
+	c.add("mtls handshake", checkOK, "%s accepted agent %s of site %s (%s over %s)", ingest.Host, id.Agent, id.Site, tlsVersion(resp.TLS), resp.Proto)
+
+	date, err := http.ParseTime(resp.Header.Get("Date"))
+	if err != nil {
+		c.add("clock skew", checkWarn, "the ingest's answer has no usable Date header: %v", err)
+		return
+	}
+	// The Date header has whole seconds: compare with the middle of the
+	// round trip and allow the second it was truncated to.
+	local := sent.Add(received.Sub(sent) / 2)
+	skew := local.Sub(date)
+	if skew > 0 && skew < time.Second {
+		skew = 0
+	}
+	switch abs := max(skew, -skew); {
+	case abs > maxSkew:
+		c.add("clock skew", checkFail, "this clock is %s %s the ingest's: fix time sync; batches this far off are rejected", abs.Round(time.Second), aheadBehind(skew))
+	case abs > 10*time.Second:
+		c.add("clock skew", checkWarn, "this clock is %s %s the ingest's", abs.Round(time.Second), aheadBehind(skew))
+	default:
+		c.add("clock skew", checkOK, "within %s of the ingest's clock", max(abs, time.Second).Round(time.Second))
+	}
+}
+
+func aheadBehind(d time.Duration) string {
+	if d > 0 {
+		return "ahead of"
+	}
+	return "behind"
+}
+
+func tlsVersion(cs *tls.ConnectionState) string {
+	if cs == nil {
+		return "no TLS"
+	}
+	return tls.VersionName(cs.Version)
+}
+
+func localOf(c net.Conn) string {
+	if a := c.LocalAddr(); a != nil {
+		return a.String()
+	}
+	return "?"
+}
+
+func (c *checker) checkCertificate(cert tls.Certificate, id pki.Identity) {
+	leaf := cert.Leaf
+	if leaf == nil && len(cert.Certificate) > 0 {
+		leaf, _ = x509.ParseCertificate(cert.Certificate[0])
+	}
+	if leaf == nil {
+		c.add("certificate", checkFail, "%s holds no parsable certificate", c.cfg.Uplink.CertDir)
+		return
+	}
+	now := c.f.now()
+	left := leaf.NotAfter.Sub(now)
+	days := int(left.Hours() / 24)
+	switch {
+	case now.Before(leaf.NotBefore):
+		c.add("certificate", checkFail, "agent %s: not valid before %s: is this clock behind?", id.Agent, leaf.NotBefore.UTC().Format(time.RFC3339))
+	case left <= 0:
+		c.add("certificate", checkFail, "agent %s: expired %s: enroll again with a new token", id.Agent, leaf.NotAfter.UTC().Format(time.RFC3339))
+	case left < 48*time.Hour:
+		c.add("certificate", checkWarn, "agent %s: expires in %s (%s); the running agent renews it, check that it can reach the ingest", id.Agent, left.Round(time.Minute), leaf.NotAfter.UTC().Format(time.RFC3339))
+	default:
+		c.add("certificate", checkOK, "agent %s, site %s: valid until %s (%d days)", id.Agent, id.Site, leaf.NotAfter.UTC().Format(time.RFC3339), days)
+	}
+}
+
+func (c *checker) checkDisk() {
+	dir := filepath.Dir(c.cfg.Buffer.Path)
+	// Before the first start the directory may not exist yet: measure the
+	// file system it will be made on.
+	for {
+		if _, err := os.Stat(dir); err == nil || filepath.Dir(dir) == dir {
+			break
+		}
+		dir = filepath.Dir(dir)
+	}
+	free, err := c.f.diskFree(dir)
+	if err != nil {
+		c.add("disk space", checkFail, "measuring free space at %s: %v", dir, err)
+		return
+	}
+	var used int64
+	if st, err := os.Stat(c.cfg.Buffer.Path); err == nil {
+		used = st.Size()
+	}
+	need := uint64(max(int64(c.cfg.Buffer.MaxBytes)-used, 0))
+	switch {
+	case free < need:
+		c.add("disk space", checkFail, "%s free at %s, the buffer may grow by %s (buffer.max_bytes %s): free space or lower buffer.max_bytes", human(free), dir, human(need), human(uint64(c.cfg.Buffer.MaxBytes)))
+	case free < 2*need:
+		c.add("disk space", checkWarn, "%s free at %s; a full buffer (%s) would leave little", human(free), dir, human(uint64(c.cfg.Buffer.MaxBytes)))
+	default:
+		c.add("disk space", checkOK, "%s free at %s for a buffer of at most %s", human(free), dir, human(uint64(c.cfg.Buffer.MaxBytes)))
+	}
+}
+
+func human(b uint64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%dB", b)
+	}
+	div, exp := uint64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}
+
+// deviceSettings is the part of every driver's settings a probe needs;
+// unknown keys are ignored here because each driver checks its own.
+type deviceSettings struct {
+	Host           string  `yaml:"host"`
+	Port           int     `yaml:"port"`
+	LocalAddress   string  `yaml:"local_address"`
+	Endpoint       string  `yaml:"endpoint"`
+	Address        string  `yaml:"address"`
+	Broadcast      string  `yaml:"broadcast"`
+	DeviceInstance *uint32 `yaml:"device_instance"`
+	Path           string  `yaml:"path"`
+}
+
+func (c *checker) checkDevices(ctx context.Context) {
+	for i := range c.cfg.Devices {
+		d := &c.cfg.Devices[i]
+		name := "device " + d.Name
+		var s deviceSettings
+		if d.Settings.Kind != 0 {
+			if err := d.Settings.Load(&s); err != nil {
+				c.add(name, checkFail, "settings (line %d): %v", d.Line, err)
+				continue
+			}
+		}
+		switch d.Driver {
+		case "modbus":
+			c.probeTCP(ctx, name, "modbus", modbusTarget(s), s.LocalAddress)
+		case "opcua":
+			u, err := url.Parse(s.Endpoint)
+			if err != nil || u.Host == "" {
+				c.add(name, checkFail, "opcua endpoint %q is not opc.tcp://host:port", s.Endpoint)
+				continue
+			}
+			target := u.Host
+			if u.Port() == "" {
+				target = net.JoinHostPort(u.Hostname(), "4840")
+			}
+			// The OPC UA driver has no local_address: it dials from the
+			// control NIC by route, so the probe binds the control address
+			// to prove that route works.
+			c.probeTCP(ctx, name, "opcua", target, c.cfg.Network.Control.Address)
+		case "bacnet":
+			c.probeBACnet(ctx, name, s)
+		case "csvtrend":
+			if st, err := os.Stat(s.Path); err != nil || !st.IsDir() {
+				c.add(name, checkFail, "csvtrend folder %s: %v", s.Path, errOrNotDir(err))
+			} else {
+				c.add(name, checkOK, "csvtrend folder %s exists", s.Path)
+			}
+		default:
+			c.add(name, checkSkip, "no probe for driver %q", d.Driver)
+		}
+	}
+}
+
+func errOrNotDir(err error) error {
+	if err != nil {
+		return err
+	}
+	return errors.New("not a directory")
+}
+
+func modbusTarget(s deviceSettings) string {
+	if _, _, err := net.SplitHostPort(s.Host); err == nil {
+		return s.Host
+	}
+	port := s.Port
+	if port == 0 {
+		port = 502
+	}
+	return net.JoinHostPort(strings.Trim(s.Host, "[]"), strconv.Itoa(port))
+}
+
+// probeTCP connects and closes at once: the device sees a connection and
+// no request at all, which is as read-only as a probe can be.
+func (c *checker) probeTCP(ctx context.Context, name, proto, target, local string) {
+	dctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	start := c.f.now()
+	conn, err := c.f.dial(dctx, local, target)
+	if err != nil {
+		c.add(name, checkFail, "%s %s unreachable from %s: %v", proto, target, orKernel(local), err)
+		return
+	}
+	conn.Close()
+	c.add(name, checkOK, "%s %s answers a TCP connect from %s in %s", proto, target, localOf(conn), c.f.now().Sub(start).Round(10*time.Microsecond))
+}
+
+func orKernel(local string) string {
+	if local == "" {
+		return "the kernel's choice of address"
+	}
+	return local
+}
+
+func (c *checker) probeBACnet(ctx context.Context, name string, s deviceSettings) {
+	if s.DeviceInstance == nil {
+		c.add(name, checkFail, "bacnet device_instance is not set")
+		return
+	}
+	if s.Address == "" && s.Broadcast == "" {
+		c.add(name, checkSkip, "bacnet device %d has neither address nor broadcast: found through a BBMD, not probed here", *s.DeviceInstance)
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, c.timeout+time.Second)
+	defer cancel()
+	objName, err := c.f.bacnetProbe(pctx, s.LocalAddress, s.Broadcast, s.Address, *s.DeviceInstance, c.timeout)
+	if err != nil {
+		c.add(name, checkFail, "bacnet device %d: %v", *s.DeviceInstance, err)
+		return
+	}
+	c.add(name, checkOK, "bacnet device %d answered ReadProperty object-name: %q", *s.DeviceInstance, objName)
+}
+
+// probeBACnet reads the device object's name through pkg/bacnet's guarded
+// client. It binds the configured local address; when the running agent
+// holds that port it binds the same IP on a free port, which is enough for
+// a unicast ReadProperty (answers come back to the sender).
+func probeBACnet(ctx context.Context, local, broadcast, address string, instance uint32, timeout time.Duration) (string, error) {
+	cfg := bacnet.Config{Local: local, Broadcast: broadcast, Timeout: timeout, Retries: -1}
+	cl, err := bacnet.New(ctx, cfg)
+	if err != nil && address != "" {
+		if host, _, serr := net.SplitHostPort(local); serr == nil {
+			cfg.Local = net.JoinHostPort(host, "0")
+			cl, err = bacnet.New(ctx, cfg)
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("opening a BACnet socket on %s: %w", local, err)
+	}
+	defer cl.Close()
+	var dev bacnet.Device
+	if address != "" {
+		a, err := bacnet.ParseAddress(address)
+		if err != nil {
+			return "", err
+		}
+		dev = bacnet.Device{Instance: instance, Addr: a, MaxAPDU: 480}
+	} else {
+		found, err := cl.WhoIs(ctx, nil, 0, int(instance), int(instance), timeout)
+		if err != nil {
+			return "", fmt.Errorf("Who-Is %d on %s: %w", instance, broadcast, err)
+		}
+		if len(found) == 0 {
+			return "", fmt.Errorf("no I-Am from device %d to a Who-Is on %s", instance, broadcast)
+		}
+		dev = found[0]
+	}
+	vals, err := cl.ReadProperty(ctx, dev, bacnet.ObjectID{Type: bacnet.ObjectDevice, Instance: instance}, bacnet.Prop(bacnet.PropObjectName))
+	if err != nil {
+		return "", err
+	}
+	if len(vals) == 0 {
+		return "", errors.New("ReadProperty object-name: empty answer")
+	}
+	return vals[0].Str, nil
+}
+
+func dialFrom(ctx context.Context, local, remote string) (net.Conn, error) {
+	d := net.Dialer{}
+	if local != "" {
+		ip := net.ParseIP(local)
+		if ip == nil {
+			return nil, fmt.Errorf("local address %q is not an IP address", local)
+		}
+		d.LocalAddr = &net.TCPAddr{IP: ip}
+	}
+	return d.DialContext(ctx, "tcp", remote)
+}
+
+func systemInterfaces() ([]nic, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, err
+	}
+	var out []nic
+	for _, i := range ifs {
+		n := nic{Name: i.Name, Up: i.Flags&net.FlagUp != 0}
+		addrs, err := i.Addrs()
+		if err != nil {
+			return nil, fmt.Errorf("addresses of %s: %w", i.Name, err)
+		}
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				n.Addrs = append(n.Addrs, p)
+			}
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// systemTimeSync asks systemd-timesyncd first, then the kernel: chrony and
+// ntpd clear the kernel's STA_UNSYNC flag once synchronised.
+func systemTimeSync() (bool, string, error) {
+	if _, err := os.Stat("/run/systemd/timesync/synchronized"); err == nil {
+		return true, "systemd-timesyncd", nil
+	}
+	var tx unix.Timex
+	state, err := unix.Adjtimex(&tx)
+	if err != nil {
+		return false, "", fmt.Errorf("adjtimex: %w", err)
+	}
+	if state == unix.TIME_ERROR || tx.Status&unix.STA_UNSYNC != 0 {
+		return false, "kernel clock reports unsynchronised (adjtimex)", nil
+	}
+	return true, "kernel clock synchronised (adjtimex)", nil
+}
+
+func nicNames(nics []nic) string {
+	names := make([]string, 0, len(nics))
+	for _, n := range nics {
+		names = append(names, n.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+func hasAddr(n nic, a netip.Addr) bool {
+	for _, p := range n.Addrs {
+		if p.Addr().Unmap() == a.Unmap() {
+			return true
+		}
+	}
+	return false
+}
+
+// globalAddrs are the addresses that can reach beyond the link.
+func globalAddrs(n nic) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range n.Addrs {
+		if !p.Addr().IsLinkLocalUnicast() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func prefixes(n nic) string {
+	if len(n.Addrs) == 0 {
+		return "no address"
+	}
+	s := make([]string, len(n.Addrs))
+	for i, p := range n.Addrs {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ", ")
+}

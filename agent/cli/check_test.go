@@ -1,0 +1,464 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/agent/config"
+	"github.com/sightglass-bms/sightglass/ingest/pki"
+)
+
+// checkConfig is an agent config with both NICs named; extra is appended
+// to the devices list.
+func checkConfig(t *testing.T, url, devices string) *config.Config {
+	return checkConfigAt(t, url, "10.20.0.5", "192.0.2.10", devices)
+}
+
+// checkConfigAt is checkConfig with the control and uplink addresses given.
+func checkConfigAt(t *testing.T, url, control, uplink, devices string) *config.Config {
+	t.Helper()
+	dir := t.TempDir()
+	yml := fmt.Sprintf(`data_dir: %s
+network:
+  control: {interface: ctl0, address: %s}
+  uplink: {interface: up0}
+uplink:
+  url: %s
+  local_address: %s
+buffer:
+  max_bytes: 64MiB
+devices:
+%s`, dir, control, url, uplink, devices)
+	path := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+const oneModbus = `  - name: meter
+    driver: modbus
+    settings: {host: 10.20.0.40, local_address: 10.20.0.5}
+    points: [{ref: hr/0}]
+`
+
+// goodFacts is a box where everything is right.
+func goodFacts() checkFacts {
+	return checkFacts{
+		interfaces: func() ([]nic, error) {
+			return []nic{
+				{Name: "lo", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/8")}},
+				{Name: "ctl0", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("10.20.0.5/24")}},
+				{Name: "up0", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("192.0.2.10/24"), netip.MustParsePrefix("fe80::1/64")}},
+			}, nil
+		},
+		procSys: fstest.MapFS{
+			"net/ipv4/ip_forward":           {Data: []byte("0\n")},
+			"net/ipv4/conf/ctl0/forwarding": {Data: []byte("0\n")},
+			"net/ipv4/conf/up0/forwarding":  {Data: []byte("0\n")},
+			"net/ipv6/conf/ctl0/forwarding": {Data: []byte("0\n")},
+			"net/ipv6/conf/up0/forwarding":  {Data: []byte("0\n")},
+		},
+		procNet: fstest.MapFS{
+			"route": {Data: []byte("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n" +
+				"up0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n" +
+				"ctl0\t0000140A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")},
+		},
+		timeSync: func() (bool, string, error) { return true, "fake", nil },
+		resolve: func(_ context.Context, host string) ([]string, error) {
+			return []string{"198.51.100.7"}, nil
+		},
+		dial: func(ctx context.Context, local, remote string) (net.Conn, error) {
+			return nil, errors.New("no dial in this test")
+		},
+		diskFree: func(string) (uint64, error) { return 10 << 30, nil },
+		now:      time.Now,
+		getenv:   func(string) string { return "" },
+		bacnetProbe: func(context.Context, string, string, string, uint32, time.Duration) (string, error) {
+			return "", errors.New("no bacnet in this test")
+		},
+	}
+}
+
+// lineOf returns the report's line for check, failing if absent.
+func lineOf(t *testing.T, rep CheckReport, check string) CheckLine {
+	t.Helper()
+	for _, l := range rep.Lines {
+		if l.Check == check {
+			return l
+		}
+	}
+	t.Fatalf("no %q line in %+v", check, rep.Lines)
+	return CheckLine{}
+}
+
+func TestCheckSystemFacts(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(*checkFacts)
+		check  string
+		result string
+		detail string // fragment of the detail
+	}{
+		{"good control", nil, "control interface", checkOK, "ctl0 up with 10.20.0.5/24"},
+		{"good uplink", nil, "uplink interface", checkOK, "up0 up"},
+		{"control missing", func(f *checkFacts) {
+			f.interfaces = func() ([]nic, error) { return []nic{{Name: "up0", Up: true}}, nil }
+		}, "control interface", checkFail, "ctl0 does not exist"},
+		{"control down", func(f *checkFacts) {
+			f.interfaces = func() ([]nic, error) {
+				return []nic{{Name: "ctl0", Addrs: []netip.Prefix{netip.MustParsePrefix("10.20.0.5/24")}}}, nil
+			}
+		}, "control interface", checkFail, "ctl0 is down"},
+		{"control lacks its address", func(f *checkFacts) {
+			f.interfaces = func() ([]nic, error) {
+				return []nic{{Name: "ctl0", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("10.20.0.6/24")}}}, nil
+			}
+		}, "control interface", checkFail, "does not have 10.20.0.5"},
+		{"uplink only link-local", func(f *checkFacts) {
+			f.interfaces = func() ([]nic, error) {
+				return []nic{{Name: "up0", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("fe80::1/64")}}}, nil
+			}
+		}, "uplink interface", checkFail, "no address"},
+		{"uplink local_address elsewhere", func(f *checkFacts) {
+			f.interfaces = func() ([]nic, error) {
+				return []nic{{Name: "up0", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("192.0.2.11/24")}}}, nil
+			}
+		}, "uplink interface", checkFail, "192.0.2.10 is not on up0"},
+		{"forwarding off", nil, "forwarding", checkOK, "off"},
+		{"forwarding on", func(f *checkFacts) {
+			f.procSys.(fstest.MapFS)["net/ipv4/conf/up0/forwarding"] = &fstest.MapFile{Data: []byte("1\n")}
+		}, "forwarding", checkFail, "conf/up0/forwarding is on"},
+		{"default route via uplink", nil, "control default route", checkOK, "default via up0"},
+		{"default route via control", func(f *checkFacts) {
+			f.procNet = fstest.MapFS{"route": {Data: []byte("Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n" +
+				"ctl0\t00000000\t0100140A\t0003\t0\t0\t0\t00000000\n")}}
+		}, "control default route", checkFail, "ctl0 has a default route (IPv4 via 10.20.0.1)"},
+		{"ipv6 default route via control", func(f *checkFacts) {
+			f.procNet.(fstest.MapFS)["ipv6_route"] = &fstest.MapFile{Data: []byte(strings.Repeat("0", 32) + " 00 " + strings.Repeat("0", 32) + " 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 ctl0\n")}
+		}, "control default route", checkFail, "IPv6"},
+		{"no default route at all", func(f *checkFacts) {
+			f.procNet = fstest.MapFS{"route": {Data: []byte("Iface\tDestination\n")}}
+		}, "control default route", checkWarn, "up0 has none either"},
+		{"time synchronised", nil, "time sync", checkOK, "fake"},
+		{"time not synchronised", func(f *checkFacts) {
+			f.timeSync = func() (bool, string, error) { return false, "adjtimex", nil }
+		}, "time sync", checkFail, "not synchronised"},
+		{"time unknown", func(f *checkFacts) {
+			f.timeSync = func() (bool, string, error) { return false, "", errors.New("no adjtimex") }
+		}, "time sync", checkWarn, "cannot tell"},
+		{"dns", nil, "dns", checkOK, "ingest.example.com (the ingest) is 198.51.100.7"},
+		{"dns fails", func(f *checkFacts) {
+			f.resolve = func(context.Context, string) ([]string, error) { return nil, errors.New("no such host") }
+		}, "dns", checkFail, "no such host"},
+		{"dns of the proxy", func(f *checkFacts) {
+			f.getenv = func(k string) string {
+				if k == "HTTPS_PROXY" {
+					return "http://proxy.example.net:3128"
+				}
+				return ""
+			}
+		}, "dns", checkOK, "proxy.example.net (the proxy)"},
+		{"disk space", nil, "disk space", checkOK, "10.0GiB free"},
+		{"disk too small", func(f *checkFacts) {
+			f.diskFree = func(string) (uint64, error) { return 10 << 20, nil }
+		}, "disk space", checkFail, "the buffer may grow by 64.0MiB"},
+		{"modbus unreachable", nil, "device meter", checkFail, "modbus 10.20.0.40:502 unreachable from 10.20.0.5"},
+		{"no certificate", nil, "certificate", checkFail, "enroll first"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := goodFacts()
+			if tt.change != nil {
+				tt.change(&f)
+			}
+			cfg := checkConfig(t, "https://ingest.example.com:8443", oneModbus)
+			rep := runChecks(t.Context(), cfg, f, time.Second)
+			l := lineOf(t, rep, tt.check)
+			if l.Result != tt.result || !strings.Contains(l.Detail, tt.detail) {
+				t.Errorf("%s = %s %q, want %s containing %q", tt.check, l.Result, l.Detail, tt.result, tt.detail)
+			}
+			if l.Result == checkFail && rep.Go {
+				t.Error("a failed line left the report go")
+			}
+		})
+	}
+}
+
+func TestCheckWithoutNetworkSection(t *testing.T) {
+	cfg := checkConfig(t, "https://ingest.example.com:8443", oneModbus)
+	cfg.Network = config.Network{}
+	rep := runChecks(t.Context(), cfg, goodFacts(), time.Second)
+	if l := lineOf(t, rep, "network"); l.Result != checkFail || !strings.Contains(l.Detail, "no network section") {
+		t.Errorf("network = %+v", l)
+	}
+	if l := lineOf(t, rep, "forwarding"); l.Result != checkSkip {
+		t.Errorf("forwarding = %+v, want skipped", l)
+	}
+	if rep.Go {
+		t.Error("go without a network section")
+	}
+}
+
+func TestCheckCertificateValidity(t *testing.T) {
+	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	ca, err := pki.Init(t.TempDir(), pki.InitOptions{ServerNames: []string{"127.0.0.1"}, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		validity time.Duration
+		at       time.Time
+		result   string
+		detail   string
+	}{
+		{"valid", 30 * 24 * time.Hour, now.Add(time.Hour), checkOK, "(29 days)"},
+		{"expiring", 30 * 24 * time.Hour, now.Add(29*24*time.Hour + time.Hour), checkWarn, "expires in"},
+		{"expired", 24 * time.Hour, now.Add(48 * time.Hour), checkFail, "expired"},
+		{"not yet valid", 24 * time.Hour, now.Add(-48 * time.Hour), checkFail, "not valid before"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := ca.NewAgentBundle("acme", "site-1", tt.validity)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := filepath.Join(t.TempDir(), "cert")
+			if err := b.WriteDir(dir); err != nil {
+				t.Fatal(err)
+			}
+			cert, _, id, err := pki.LoadAgentBundle(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := goodFacts()
+			f.now = func() time.Time { return tt.at }
+			c := &checker{cfg: checkConfig(t, "https://127.0.0.1:1", oneModbus), f: f}
+			c.checkCertificate(cert, id)
+			l := lineOf(t, c.rep, "certificate")
+			if l.Result != tt.result || !strings.Contains(l.Detail, tt.detail) {
+				t.Errorf("certificate = %s %q, want %s containing %q", l.Result, l.Detail, tt.result, tt.detail)
+			}
+		})
+	}
+}
+
+func TestCheckBACnetProbe(t *testing.T) {
+	devices := `  - name: ahu1
+    driver: bacnet
+    settings: {device_instance: 1001, address: "10.20.0.41", local_address: "10.20.0.5:47808"}
+    points: [{ref: analog-input:1}]
+`
+	tests := []struct {
+		name   string
+		probe  func(context.Context, string, string, string, uint32, time.Duration) (string, error)
+		result string
+		detail string
+	}{
+		{"answers", func(_ context.Context, local, _, addr string, inst uint32, _ time.Duration) (string, error) {
+			if local != "10.20.0.5:47808" || addr != "10.20.0.41" || inst != 1001 {
+				return "", fmt.Errorf("probe called with %s %s %d", local, addr, inst)
+			}
+			return "AHU-1", nil
+		}, checkOK, `object-name: "AHU-1"`},
+		{"silent", func(context.Context, string, string, string, uint32, time.Duration) (string, error) {
+			return "", errors.New("bacnet device did not answer")
+		}, checkFail, "did not answer"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := goodFacts()
+			f.bacnetProbe = tt.probe
+			rep := runChecks(t.Context(), checkConfig(t, "https://ingest.example.com:8443", devices), f, time.Second)
+			l := lineOf(t, rep, "device ahu1")
+			if l.Result != tt.result || !strings.Contains(l.Detail, tt.detail) {
+				t.Errorf("device ahu1 = %s %q, want %s containing %q", l.Result, l.Detail, tt.result, tt.detail)
+			}
+		})
+	}
+}
+
+// TestCheckIngestIntegration runs the whole preflight against a local
+// ingest on loopback: an mTLS listener with a CA from ingest/pki and an
+// agent certificate it issued, a Modbus device that only accepts, and the
+// system facts faked so the box looks right.
+func TestCheckIngestIntegration(t *testing.T) {
+	ca, err := pki.Init(t.TempDir(), pki.InitOptions{ServerNames: []string{"127.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverCert, err := ca.ServerCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var served int
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		served++
+		if len(r.TLS.PeerCertificates) == 0 {
+			t.Error("the ingest saw no client certificate")
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}
+	// The preflight's TCP probe connects and closes without a handshake.
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	defer srv.Close()
+
+	device, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer device.Close()
+	got := make(chan int, 1)
+	go func() {
+		c, err := device.Accept()
+		if err != nil {
+			return
+		}
+		// A read-only probe sends nothing: the device reads EOF at once.
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _ := c.Read(make([]byte, 16))
+		got <- n
+		c.Close()
+	}()
+
+	devices := fmt.Sprintf(`  - name: meter
+    driver: modbus
+    settings: {host: %q, local_address: 127.0.0.2}
+    points: [{ref: hr/0}]
+`, device.Addr().String())
+	// Loopback stands in for both NICs: 127.0.0.2 the control side,
+	// 127.0.0.1 the uplink.
+	cfg := checkConfigAt(t, srv.URL, "127.0.0.2", "127.0.0.1", devices)
+	b, err := ca.NewAgentBundle("acme", "site-1", 30*24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WriteDir(cfg.Uplink.CertDir); err != nil {
+		t.Fatal(err)
+	}
+	f := goodFacts()
+	f.interfaces = func() ([]nic, error) {
+		return []nic{
+			{Name: "ctl0", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/8")}},
+			{Name: "up0", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/8")}},
+		}, nil
+	}
+	f.dial = func(ctx context.Context, local, remote string) (net.Conn, error) {
+		if h, _, _ := net.SplitHostPort(remote); h != "127.0.0.1" {
+			return nil, fmt.Errorf("test dial to %s refused: loopback only", remote)
+		}
+		return dialFrom(ctx, local, remote)
+	}
+
+	rep := runChecks(t.Context(), cfg, f, 5*time.Second)
+	for _, l := range rep.Lines {
+		t.Logf("%-4s %-22s %s", l.Result, l.Check, l.Detail)
+	}
+	for check, want := range map[string]string{
+		"outbound https": "connected to 127.0.0.1",
+		"mtls handshake": "accepted agent " + b.Identity.Agent + " of site site-1 (TLS 1.3",
+		"clock skew":     "within",
+		"certificate":    "site site-1: valid until",
+		"device meter":   "answers a TCP connect from 127.0.0.2",
+		"dns":            "not needed",
+	} {
+		l := lineOf(t, rep, check)
+		if (l.Result != checkOK && l.Result != checkSkip) || !strings.Contains(l.Detail, want) {
+			t.Errorf("%s = %s %q, want it fine and containing %q", check, l.Result, l.Detail, want)
+		}
+	}
+	if !rep.Go {
+		t.Errorf("no-go on a good box: %v", errNoGo(rep))
+	}
+	if served != 1 {
+		t.Errorf("the ingest answered %d requests, want 1", served)
+	}
+	if n := <-got; n != 0 {
+		t.Errorf("the Modbus probe sent %d bytes; a probe must send nothing", n)
+	}
+
+	// The same run through the command, as JSON: parsable and go.
+	var out strings.Builder
+	if err := writeReport(&out, rep, true); err != nil {
+		t.Fatal(err)
+	}
+	var back CheckReport
+	if err := json.Unmarshal([]byte(out.String()), &back); err != nil || !back.Go || len(back.Lines) != len(rep.Lines) {
+		t.Errorf("JSON report does not round-trip: %v\n%s", err, out.String())
+	}
+	out.Reset()
+	if err := writeReport(&out, rep, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(lastLine(out.String()), "GO: ") {
+		t.Errorf("human report does not end with the verdict:\n%s", out.String())
+	}
+
+	// A certificate the ingest does not trust fails the handshake.
+	other, err := pki.Init(t.TempDir(), pki.InitOptions{ServerNames: []string{"127.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob, err := other.NewAgentBundle("acme", "site-1", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Uplink.CertDir = filepath.Join(t.TempDir(), "other")
+	ob.CAPEM = ca.CertPEM() // trusts the server, is not trusted by it
+	if err := ob.WriteDir(cfg.Uplink.CertDir); err != nil {
+		t.Fatal(err)
+	}
+	rep = runChecks(t.Context(), cfg, f, 5*time.Second)
+	if l := lineOf(t, rep, "mtls handshake"); l.Result != checkFail {
+		t.Errorf("an untrusted client certificate: mtls handshake = %+v, want fail", l)
+	}
+	if rep.Go {
+		t.Error("go with a failed handshake")
+	}
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+func TestCheckCommandNoGoExitsNonZero(t *testing.T) {
+	// The command reads this machine's real facts, so everything it might
+	// dial is loopback, and binding the configured addresses (not on this
+	// machine) fails before any packet leaves.
+	cfg := checkConfig(t, "https://127.0.0.1:1", `  - name: meter
+    driver: modbus
+    settings: {host: "127.0.0.1:1", local_address: 10.20.0.5}
+    points: [{ref: hr/0}]
+`)
+	stdout, _, err := run(t, t.Context(), "check", "--config", cfg.Path(), "--json", "--timeout", "200ms")
+	if err == nil || !strings.Contains(err.Error(), "no-go") {
+		t.Fatalf("check on a box without these NICs: err %v, want no-go", err)
+	}
+	var rep CheckReport
+	if jerr := json.Unmarshal([]byte(stdout), &rep); jerr != nil || rep.Go || len(rep.Lines) == 0 {
+		t.Errorf("--json output %q: %v", stdout, jerr)
+	}
+}
