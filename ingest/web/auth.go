@@ -22,6 +22,10 @@ const (
 	loginCookie   = "__Host-sg_login" // the login form's CSRF token, before any session exists
 )
 
+// totpStageTimeout is how long a password may wait for its second factor:
+// a half-signed-in session is worth little, but not for long.
+const totpStageTimeout = 5 * time.Minute
+
 // touchEvery limits session writes: the idle clock moves at most this
 // often, so an idle timeout is exact to within it.
 const touchEvery = time.Minute
@@ -78,7 +82,8 @@ func (s *Server) session(r *http.Request, w http.ResponseWriter) (*request, bool
 		return nil, false, err
 	}
 	now := s.cfg.Now()
-	if now.Sub(sess.CreatedAt) >= s.cfg.AbsoluteTimeout || now.Sub(sess.SeenAt) >= s.cfg.IdleTimeout {
+	if now.Sub(sess.CreatedAt) >= s.cfg.AbsoluteTimeout || now.Sub(sess.SeenAt) >= s.cfg.IdleTimeout ||
+		(sess.Stage == store.SessionTOTP && now.Sub(sess.CreatedAt) >= totpStageTimeout) {
 		s.endSession(ctx, w, id)
 		return nil, false, nil
 	}

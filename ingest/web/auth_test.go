@@ -427,6 +427,13 @@ func TestTOTPLogin(t *testing.T) {
 	if r := f.post("/login/totp", "/login/totp", url.Values{"code": {code}}); r.status != http.StatusUnauthorized {
 		t.Errorf("a replayed code: %d", r.status)
 	}
+	// A password left waiting for its code too long must start again.
+	g := e.client()
+	g.login("alice", testPassword)
+	e.clk.add(totpStageTimeout + time.Second)
+	if r := g.get("/login/totp"); r.status != http.StatusSeeOther || r.header.Get("Location") != "/login" {
+		t.Errorf("an old half-signed-in session: %d %s", r.status, r.header.Get("Location"))
+	}
 	e.wantAudit("totp_enable alice", "login_password_ok alice", "login alice")
 }
 
