@@ -2,6 +2,7 @@ package isolation
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"net"
@@ -64,6 +65,11 @@ func requireLab(t *testing.T) {
 			missing = append(missing, tool)
 		}
 	}
+	if _, err := exec.LookPath("node"); err != nil {
+		missing = append(missing, "node")
+	} else if _, err := os.Stat(filepath.Join(repoRoot(t), "testdata", "peers", "node_modules", "@bacnet-js", "client")); err != nil {
+		missing = append(missing, "@bacnet-js/client (npm ci --prefix testdata/peers)")
+	}
 	if out, err := exec.Command("/usr/bin/python3", "-c", "import pymodbus").CombinedOutput(); err != nil {
 		missing = append(missing, "python3-pymodbus ("+strings.TrimSpace(string(out))+")")
 	}
@@ -109,6 +115,7 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() (bool, s
 const (
 	simPort      = 1502
 	pymodbusPort = 1503
+	bacnetPort   = 47808
 	ingestPort   = 8443
 )
 
@@ -153,6 +160,8 @@ func TestIsolationIntegration(t *testing.T) {
 	t.Cleanup(func() { relay.Close() })
 	peers := filepath.Join(repoRoot(t), "testdata", "peers")
 	pymodbus := l.start(ctx, l.control, "pymodbus", "LISTENING", "/usr/bin/python3", filepath.Join("testdata", "pymodbus_at.py"), deviceAddr, fmt.Sprint(pymodbusPort), peers)
+	// The independent BACnet device (node, @bacnet-js/client).
+	bacnetPeer := l.start(ctx, l.control, "bacnet-peer", `{"event":"listening"`, "node", filepath.Join(peers, "bacnet_device.js"), "--interface", deviceAddr, "--port", fmt.Sprint(bacnetPort), "--device", "4242")
 
 	// cloud: the ingest with its own CA; the agent enrolls over the uplink.
 	ingestDir := filepath.Join(dir, "ingest")
@@ -203,8 +212,16 @@ devices:
     points:
       - {ref: hr/0/float32}
       - {ref: ir/10}
+  - name: vav
+    driver: bacnet
+    interval: 1s
+    settings: {device_instance: 4242, address: "%s:%d", local_address: "%s:%d"}
+    points:
+      - {ref: analog-input:0}
+      - {ref: binary-input:0}
 `, agentDir, controlIf, controlAddr, uplinkIf, ingestAddr, ingestPort, uplinkAddr,
-		deviceAddr, simPort, controlAddr, deviceAddr, pymodbusPort, controlAddr))
+		deviceAddr, simPort, controlAddr, deviceAddr, pymodbusPort, controlAddr,
+		deviceAddr, bacnetPort, controlAddr, bacnetPort))
 
 	t.Run("refuses to start while forwarding", func(t *testing.T) {
 		for _, key := range []string{"net.ipv4.conf." + controlIf + ".forwarding", "net.ipv4.ip_forward"} {
@@ -258,6 +275,26 @@ devices:
 
 	t.Run("agent sockets are exactly the expected ones", func(t *testing.T) {
 		checkAgentSockets(t, agent.cmd.Process.Pid, statusSock)
+	})
+
+	t.Run("check says go on every line the lab controls", func(t *testing.T) {
+		rep := runCheck(t, l, agentBin, agentCfg)
+		for _, check := range []string{"control interface", "uplink interface", "forwarding", "outbound https", "mtls handshake", "clock skew", "certificate", "disk space", "device meter", "device peer", "device vav"} {
+			if r := rep[check]; r.Result != "ok" {
+				t.Errorf("check %s = %s %q, want ok", check, r.Result, r.Detail)
+			}
+		}
+		// The lab's edge has no default route at all; a default route on
+		// the control NIC must turn the line into a failure.
+		if r := rep["control default route"]; r.Result == "fail" {
+			t.Errorf("control default route = %+v before adding one", r)
+		}
+		l.ip("-n", l.edge, "route", "add", "default", "via", deviceAddr, "dev", controlIf)
+		rep = runCheck(t, l, agentBin, agentCfg)
+		l.ip("-n", l.edge, "route", "del", "default", "via", deviceAddr, "dev", controlIf)
+		if r := rep["control default route"]; r.Result != "fail" || !strings.Contains(r.Detail, controlIf) {
+			t.Errorf("with a default route via %s: control default route = %+v, want fail", controlIf, r)
+		}
 	})
 
 	t.Run("no path from control to cloud or to the agent's uplink", func(t *testing.T) {
@@ -317,6 +354,7 @@ devices:
 		relay.Close()
 		sim.Close()
 		pymodbus.stop(syscall.SIGTERM)
+		bacnetPeer.stop(syscall.SIGTERM)
 		var final daemon.Status
 		stableSince, last := time.Time{}, uint64(0)
 		eventually(t, 90*time.Second, "reads stopped and the buffer drained", func() (bool, string) {
@@ -394,10 +432,11 @@ func agentPorts(t *testing.T, pid int) []uint16 {
 
 // checkAgentSockets holds the agent's sockets to the design: inet only TCP
 // streams, established, from the control address to a controller or from
-// the uplink address to the ingest, none listening; no UDP (no BACnet
-// device here); unix sockets only the status socket and its connections. It also reads the
+// the uplink address to the ingest, none listening; one UDP socket,
+// BACnet's, on the control address; unix sockets only the status socket
+// and its connections. It also reads the
 // edge namespace's own tables in /proc/<pid>/net, where only the agent
-// runs: no TCP socket listens and no UDP socket exists.
+// runs: no TCP socket listens and the only UDP socket is BACnet's.
 func checkAgentSockets(t *testing.T, pid int, statusSock string) {
 	t.Helper()
 	socks, err := processSockets(pid)
@@ -405,13 +444,15 @@ func checkAgentSockets(t *testing.T, pid int, statusSock string) {
 		t.Fatal(err)
 	}
 	device := netip.MustParseAddr(deviceAddr)
-	var toDevice, toIngest int
+	var toDevice, toIngest, bacnetSockets int
 	for _, s := range socks {
 		switch s.Family {
 		case "inet", "inet6":
 			switch {
+			case s.Type == "dgram" && s.Local == netip.AddrPortFrom(netip.MustParseAddr(controlAddr), bacnetPort) && !s.Remote.IsValid():
+				bacnetSockets++
 			case s.Type != "stream":
-				t.Errorf("unexpected %s socket: %s (no BACnet device, so no UDP at all)", s.Type, s)
+				t.Errorf("unexpected %s socket: %s (the only UDP socket is BACnet's, on %s:%d)", s.Type, s, controlAddr, bacnetPort)
 			case s.Listen:
 				t.Errorf("the agent listens: %s", s)
 			case s.State != "ESTABLISHED":
@@ -435,9 +476,12 @@ func checkAgentSockets(t *testing.T, pid int, statusSock string) {
 			t.Errorf("unexpected socket: %s", s)
 		}
 	}
-	if toDevice != 2 || toIngest < 1 {
-		t.Errorf("want one connection to each of the 2 devices from %s and one or more to the ingest from %s; have %d and %d: %v", controlAddr, uplinkAddr, toDevice, toIngest, socks)
+	if toDevice != 2 || toIngest < 1 || bacnetSockets != 1 {
+		t.Errorf("want one connection to each of the 2 Modbus devices from %s, one or more to the ingest from %s and one BACnet socket on %s:%d; have %d, %d and %d: %v", controlAddr, uplinkAddr, controlAddr, bacnetPort, toDevice, toIngest, bacnetSockets, socks)
 	}
+	// /proc/net/udp writes the address as the kernel's little-endian word.
+	ip := netip.MustParseAddr(controlAddr).As4()
+	bacnetHex := fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], bacnetPort)
 	for _, table := range []string{"tcp", "tcp6", "udp", "udp6"} {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, table))
 		if err != nil {
@@ -448,7 +492,10 @@ func checkAgentSockets(t *testing.T, pid int, statusSock string) {
 			if i == 0 || len(f) < 4 {
 				continue
 			}
-			if strings.HasPrefix(table, "udp") || f[3] == "0A" {
+			switch {
+			case table == "udp" && f[1] == bacnetHex:
+				// BACnet's socket, on the control address.
+			case strings.HasPrefix(table, "udp") || f[3] == "0A":
 				t.Errorf("/proc/%d/net/%s: %s socket at %s in the agent's namespace", pid, table, map[bool]string{true: "a UDP", false: "a listening"}[strings.HasPrefix(table, "udp")], f[1])
 			}
 		}
@@ -570,4 +617,30 @@ func checkFirewall(t *testing.T, l *lab, archived func() int) {
 	})
 	out, _ := l.exec(t.Context(), l.edge, "nft", "list", "table", "inet", "sightglass")
 	t.Logf("ruleset in %s after the probes:\n%s", l.edge, out)
+}
+
+// checkLine is one line of `sightglass-agent check --json`.
+type checkLine struct {
+	Check, Result, Detail string
+}
+
+// runCheck runs the built agent's preflight inside the edge namespace and
+// returns its lines by name. Its exit status is not asserted: whether the
+// lab's clock counts as synchronised depends on the machine.
+func runCheck(t *testing.T, l *lab, agentBin, cfg string) map[string]checkLine {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), "ip", "netns", "exec", l.edge, agentBin, "check", "--config", cfg, "--json", "--timeout", "3s")
+	out, _ := cmd.Output()
+	var rep struct {
+		Checks []checkLine `json:"checks"`
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("check --json: %v\n%s", err, out)
+	}
+	lines := map[string]checkLine{}
+	for _, c := range rep.Checks {
+		lines[c.Check] = c
+		t.Logf("check: %-4s %-22s %s", c.Result, c.Check, c.Detail)
+	}
+	return lines
 }
