@@ -203,6 +203,9 @@ func (b *Buffer) enforceCap(tx *bolt.Tx, c *counters) (dropInfo, error) {
 			c.dropped += uint64(h.samples)
 			d.samples += uint64(h.samples)
 			d.sealed++
+			if err := rememberDropped(tx, k, h.samples); err != nil {
+				return d, err
+			}
 			continue
 		}
 		if k, v := tx.Bucket(bPending).Cursor().First(); k != nil {
@@ -248,4 +251,26 @@ func refreshOldest(tx *bolt.Tx, c *counters) {
 		_, at, _ := recordHeader(v)
 		c.oldestPending = at
 	}
+}
+
+// maxDroppedSeqs bounds the dropped batches remembered: far more than the
+// uplink ever holds in flight.
+const maxDroppedSeqs = 1024
+
+// rememberDropped records that the sealed batch key, of samples samples,
+// was dropped, forgetting the oldest such record past maxDroppedSeqs.
+func rememberDropped(tx *bolt.Tx, key []byte, samples int) error {
+	ds, err := tx.CreateBucketIfNotExists(bDroppedSeqs)
+	if err != nil {
+		return err
+	}
+	if err := ds.Put(key, u64key(uint64(samples))); err != nil {
+		return err
+	}
+	if ds.Stats().KeyN > maxDroppedSeqs {
+		if k, _ := ds.Cursor().First(); k != nil {
+			return ds.Delete(k)
+		}
+	}
+	return nil
 }

@@ -83,6 +83,11 @@ var (
 	bTables   = []byte("tables")
 	bRefs     = []byte("table_refs")
 	bRejected = []byte("rejected")
+	// bDroppedSeqs remembers the sample counts of the last sealed batches
+	// the cap dropped, made when first needed. A batch the uplink already
+	// holds in memory can be dropped and still reach the ingest; its Ack
+	// then takes its samples back off the dropped count, which stays exact.
+	bDroppedSeqs = []byte("dropped_seqs")
 
 	dataBuckets = [][]byte{bPending, bSealed, bTables, bRefs, bRejected}
 

@@ -172,3 +172,55 @@ func TestAppendLargerThanCap(t *testing.T) {
 		t.Fatalf("a refused append changed the buffer: %+v", st)
 	}
 }
+
+// TestDroppedWhileInFlightThenAcked drops a sealed batch the uplink already
+// holds (the ingest was down, the cap struck) and then acknowledges it (the
+// ingest came back and stored it): its samples arrived, so they leave the
+// dropped count, which stays exact, across a restart too.
+func TestDroppedWhileInFlightThenAcked(t *testing.T) {
+	ctx := context.Background()
+	path := tempPath(t)
+	opts := Options{MaxBytes: 1 << 20, NoSync: true}
+	b := openT(t, path, opts)
+	defer func() { b.Close() }()
+	if err := b.Append(ctx, mkSamples(0, 50)); err != nil {
+		t.Fatal(err)
+	}
+	sealed, ok, err := b.Seal(ctx, 1000, fakeSeal)
+	if err != nil || !ok {
+		t.Fatalf("Seal = %v, %v", ok, err)
+	}
+	inFlight, ok, err := b.Next(0)
+	if err != nil || !ok || inFlight.Seq != sealed.Seq {
+		t.Fatalf("Next = %+v, %v, %v", inFlight, ok, err)
+	}
+	// Fill past the cap: the in-flight batch is the oldest and goes first.
+	for i := 1; b.Stats().DroppedSamples == 0; i++ {
+		if err := b.Append(ctx, mkSamples(i*1000, 1000)); err != nil {
+			t.Fatal(err)
+		}
+		if i > 10_000 {
+			t.Fatal("the cap never dropped anything")
+		}
+	}
+	if n, ok, _ := b.Next(0); ok && n.Seq == sealed.Seq {
+		t.Fatal("the oldest sealed batch was not the one dropped")
+	}
+	before := b.Stats().DroppedSamples
+	if before < 50 {
+		t.Fatalf("dropped %d, want at least the in-flight batch's 50", before)
+	}
+	if err := b.Ack(inFlight.Seq); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Stats().DroppedSamples; got != before-50 {
+		t.Errorf("after acknowledging the dropped batch: dropped %d, want %d", got, before-50)
+	}
+	if err := b.Ack(inFlight.Seq); err != nil { // a retried Ack changes nothing
+		t.Fatal(err)
+	}
+	b = reopen(t, b, path, opts)
+	if got := b.Stats().DroppedSamples; got != before-50 {
+		t.Errorf("after reopening: dropped %d, want %d", got, before-50)
+	}
+}

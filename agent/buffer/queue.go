@@ -184,8 +184,9 @@ func (b *Buffer) Table(h batch.TableHash) ([]byte, error) {
 
 // Ack deletes the sealed batch seq, which the ingest has stored, and any
 // point table no remaining batch references. Acknowledging a batch that is
-// not there (already acknowledged, rejected or dropped) does nothing, so
-// retries are safe.
+// not there (already acknowledged or rejected) does nothing, so retries are
+// safe; acknowledging one the cap dropped while the uplink was sending it
+// takes its samples back off the dropped count, since they arrived.
 func (b *Buffer) Ack(seq uint64) error {
 	if b.isClosed() {
 		return fmt.Errorf("acknowledging batch %d: %w", seq, ErrClosed)
@@ -194,6 +195,12 @@ func (b *Buffer) Ack(seq uint64) error {
 		key := u64key(seq)
 		v := tx.Bucket(bSealed).Get(key)
 		if v == nil {
+			if ds := tx.Bucket(bDroppedSeqs); ds != nil {
+				if n := ds.Get(key); len(n) == 8 {
+					c.dropped -= min(c.dropped, binary.BigEndian.Uint64(n))
+					return ds.Delete(key)
+				}
+			}
 			return errNoop
 		}
 		h, _, err := decodeSealed(v)

@@ -1,10 +1,14 @@
 package demo
 
 import (
+	"context"
 	"math/rand/v2"
+	"os"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/batch"
 )
 
 // TestAgentKilledAtRandomMomentsIntegration kills the agent (SIGKILL, a
@@ -62,4 +66,107 @@ func TestIngestKilledUnderLoadIntegration(t *testing.T) {
 		}
 	}
 	checkArchive(t, s, f.expected(t, s, "ahu-1"))
+}
+
+// TestBufferCapDropsCountedIntegration fills the agent's buffer past its
+// cap (1 MiB, the smallest allowed) while the ingest is down: the agent
+// keeps reading, drops the oldest batches, counts exactly what it dropped,
+// reports the count upstream in the batch headers once the ingest is back,
+// and the archive holds every sample it did not drop, once.
+func TestBufferCapDropsCountedIntegration(t *testing.T) {
+	s, f := newStack(t)
+	cfg, err := os.ReadFile(s.AgentConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.AgentConfig(), append(cfg, []byte("buffer:\n  max_bytes: 1MiB\n")...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.StartAgent(t.Context()); err != nil { // enrolls while the ingest is up
+		t.Fatal(err)
+	}
+	if err := s.StopIngest(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		f.write(t, i, 10000)
+	}
+	want := f.expected(t, s, "ahu-1")
+	var dropped uint64
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		st, err := s.AgentStatus(t.Context())
+		read := uint64(0)
+		if err == nil && len(st.Devices) == 1 {
+			read = st.Devices[0].Samples
+			dropped = st.Buffer.DroppedSamples
+		}
+		if read == uint64(len(want)) && st.Buffer.PendingSamples == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent read %d of %d samples in 90s (status error %v)", read, len(want), err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if dropped == 0 {
+		t.Fatalf("%d samples fit a 1 MiB buffer: the test does not reach the cap", len(want))
+	}
+	if err := s.StartIngest(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	if err := s.WaitDrained(dctx); err != nil {
+		t.Fatal(err)
+	}
+	// Batches the uplink held in memory when the cap dropped them may
+	// still have arrived: their acknowledgement took them off the count.
+	// One more export makes a batch that carries the final count upstream.
+	f.write(t, 40, 10)
+	want = f.expected(t, s, "ahu-1")
+	var final uint64
+	for {
+		st, err := s.AgentStatus(t.Context())
+		if err == nil && len(st.Devices) == 1 && st.Devices[0].Samples == uint64(len(want)) {
+			final = st.Buffer.DroppedSamples
+			break
+		}
+		if dctx.Err() != nil {
+			t.Fatal("the last export was not read")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := s.WaitDrained(dctx); err != nil {
+		t.Fatal(err)
+	}
+	if final > dropped {
+		t.Errorf("the dropped count grew from %d to %d with nothing more to drop", dropped, final)
+	}
+	dropped = final
+	got, batches, err := s.Archive(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uint64(len(got))+dropped != uint64(len(want)) {
+		t.Errorf("archive %d + dropped %d = %d samples, want exactly the %d read", len(got), dropped, uint64(len(got))+dropped, len(want))
+	}
+	seen := map[[2]int64]bool{}
+	for _, smp := range got {
+		k := [2]int64{int64(smp.PointID), smp.Time}
+		if seen[k] {
+			t.Fatalf("sample %+v stored twice", smp)
+		}
+		seen[k] = true
+	}
+	var last *batch.Batch
+	for _, b := range batches {
+		if last == nil || b.Seq > last.Seq {
+			last = b
+		}
+	}
+	if last == nil || last.Health.DroppedSamples != dropped {
+		t.Errorf("the newest batch header reports %d dropped samples, the buffer counts %d", last.Health.DroppedSamples, dropped)
+	}
+	t.Logf("read %d, dropped %d (counted and reported), archived %d", len(want), dropped, len(got))
 }
