@@ -243,6 +243,18 @@ func TestCompleteness(t *testing.T) {
 	if got := row("B-return"); !strings.Contains(got, verdictDevice) {
 		t.Errorf("102 row: %s", got)
 	}
+	// Samples in flight are not missing: the agent uploads, the latest
+	// value is seconds old, the count runs up to it.
+	// Four minutes after the last sample, with the agent uploading just
+	// now (a health-only batch), four samples are in flight, not lost.
+	e.clk.add(4 * time.Minute)
+	if err := e.db.ObserveBatch(ctx, siteB, "ag-s-bbbb", &batch.Batch{Header: batch.Header{Seq: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	r = c.get("/b/acme/s-bbbb/completeness?range=6h")
+	if got := row(secretName); !strings.Contains(got, verdictComplete) {
+		t.Errorf("with samples in flight: %s", got)
+	}
 	// Three hours later with nothing uploaded: the agent is offline.
 	e.clk.add(3 * time.Hour)
 	r = c.get("/b/acme/s-bbbb/completeness?range=6h")

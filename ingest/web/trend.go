@@ -446,7 +446,15 @@ func (s *Server) handleCompleteness(w http.ResponseWriter, r *http.Request, rq *
 	for _, p := range pts {
 		c := completenessRow{pointView: p, Received: got[p.ID][0], Bad: got[p.ID][1]}
 		start := maxTime(from, first[p.ID])
+		// While the agent uploads, samples newer than the point's latest
+		// are still on their way (the agent seals a batch every few
+		// seconds): count up to the latest only. Once it is offline,
+		// everything since is missing, and counted; so is the time since
+		// a stale point's latest value.
 		end := minTime(win.To, now)
+		if !page.AgentOffline && !p.Stale {
+			end = minTime(end, p.Time)
+		}
 		switch {
 		case p.Interval <= 0:
 			c.Verdict, c.Class = verdictUnknown, "warn"
