@@ -27,5 +27,5 @@ through the same read-only guard as polling.`,
 
 // discoverCommands lists the per-protocol discovery commands.
 func discoverCommands() []*cobra.Command {
-	return []*cobra.Command{newDiscoverModbusCmd(), newDiscoverBACnetCmd(), newDiscoverOPCUACmd()}
+	return []*cobra.Command{newDiscoverModbusCmd(), newDiscoverBACnetCmd(), newDiscoverOPCUACmd(), newDiscoverAllCmd()}
 }
