@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/sightglass-bms/sightglass/ingest/config"
 	"github.com/sightglass-bms/sightglass/ingest/pki"
@@ -22,11 +23,18 @@ type dashboard struct {
 	errs []error
 }
 
-// startDashboard starts the dashboard (and its HTTP redirect) when
-// web_listen is set; it runs until ctx is done, and cancel is called if it
-// fails so serve stops as a whole rather than half. It prints the URL.
+// pruneEvery is how often serve drops 5-minute rollups past their
+// retention.
+const pruneEvery = time.Hour
+
+// startDashboard starts the hot store's upkeep (pruning old 5-minute
+// rollups) and, when web_listen is set, the dashboard and its HTTP
+// redirect; they run until ctx is done, and cancel is called if the
+// dashboard fails so serve stops as a whole rather than half. It prints
+// the URL.
 func startDashboard(ctx context.Context, cancel context.CancelFunc, cfg *config.Config, ca *pki.CA, db *rdb.DB, log *slog.Logger, out io.Writer) (*dashboard, error) {
 	d := &dashboard{}
+	d.wg.Go(func() { prune(ctx, db, log) })
 	if cfg.WebListen == "" {
 		return d, nil
 	}
@@ -88,4 +96,26 @@ func (d *dashboard) wait() []error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.errs
+}
+
+// prune deletes 5-minute rollups older than store.Keep5Min now and every
+// pruneEvery until ctx is done. A failure is logged and tried again next
+// time: it costs disk, not data (the hourly rows stay).
+func prune(ctx context.Context, db *rdb.DB, log *slog.Logger) {
+	t := time.NewTicker(pruneEvery)
+	defer t.Stop()
+	for {
+		n, err := db.PruneRollups(ctx, rdb.Res5Min, time.Now().Add(-rdb.Keep5Min))
+		switch {
+		case err != nil && ctx.Err() == nil:
+			log.Warn("pruning old 5-minute rollups failed; trying again in an hour", "err", err)
+		case n > 0:
+			log.Info("pruned old 5-minute rollups", "rows", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -22,6 +22,10 @@ const (
 	ResDay  = 24 * time.Hour
 )
 
+// Keep5Min is how long 5-minute rollups are kept (PruneRollups); hourly
+// ones are kept for good. Readers fall back to hours past it.
+const Keep5Min = 35 * 24 * time.Hour
+
 // Latest is the newest sample of a point, with what the dashboard shows
 // next to it.
 type Latest struct {
@@ -340,11 +344,16 @@ func (s *DB) Received(ctx context.Context, ref SiteRef, point uint64, from, to t
 	return n, bad, nil
 }
 
-// ReceivedAll is Received for every point of a building at once, by point.
-func (s *DB) ReceivedAll(ctx context.Context, ref SiteRef, from, to time.Time) (map[uint64][2]int64, error) {
+// ReceivedAll counts the samples of every point of a building at once, by
+// point, in the buckets of width res (Res5Min or ResHour) starting in
+// [from, to).
+func (s *DB) ReceivedAll(ctx context.Context, ref SiteRef, res time.Duration, from, to time.Time) (map[uint64][2]int64, error) {
+	if res != Res5Min && res != ResHour {
+		return nil, fmt.Errorf("counting samples of %s: resolution %v: want 5m or 1h", ref, res)
+	}
 	rows, err := s.db.QueryContext(ctx, `SELECT point_id, sum(n), sum(bad) FROM rollups
-		WHERE tenant = ? AND site = ? AND res = 300 AND bucket >= ? AND bucket < ? GROUP BY point_id`,
-		ref.Tenant, ref.Site, ms(from), ms(to))
+		WHERE tenant = ? AND site = ? AND res = ? AND bucket >= ? AND bucket < ? GROUP BY point_id`,
+		ref.Tenant, ref.Site, int64(res/time.Second), ms(from), ms(to))
 	if err != nil {
 		return nil, fmt.Errorf("counting samples of %s: %w", ref, err)
 	}
@@ -381,4 +390,31 @@ func (s *DB) AgentHealths(ctx context.Context) ([]AgentHealth, error) {
 		out = append(out, h)
 	}
 	return out, rows.Err()
+}
+
+// PruneRollups deletes the buckets of width res that start before before,
+// in chunks so a writer never waits long, and returns how many it
+// deleted. The 5-minute rows are the bulk of the hot store (105,120 a
+// point a year); charts past two days read the hourly ones.
+func (s *DB) PruneRollups(ctx context.Context, res time.Duration, before time.Time) (int64, error) {
+	var total int64
+	for {
+		var n int64
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			r, err := tx.ExecContext(ctx, `DELETE FROM rollups WHERE rowid IN (SELECT rowid FROM rollups WHERE res = ? AND bucket < ? LIMIT 10000)`,
+				int64(res/time.Second), ms(before))
+			if err != nil {
+				return err
+			}
+			n, err = r.RowsAffected()
+			return err
+		})
+		if err != nil {
+			return total, fmt.Errorf("pruning %v rollups before %s: %w", res, before.Format(time.RFC3339), err)
+		}
+		total += n
+		if n == 0 {
+			return total, nil
+		}
+	}
 }

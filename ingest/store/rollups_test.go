@@ -96,7 +96,7 @@ func TestObserveBatchRollups(t *testing.T) {
 	if err != nil || n != 10 || bad != 1 {
 		t.Errorf("received = %d, %d, %v; want 10, 1", n, bad, err)
 	}
-	byPoint, err := db.ReceivedAll(ctx, site1, t0, t0.Add(time.Hour))
+	byPoint, err := db.ReceivedAll(ctx, site1, Res5Min, t0, t0.Add(time.Hour))
 	if err != nil || byPoint[1] != [2]int64{10, 1} || byPoint[2] != [2]int64{1, 1} {
 		t.Errorf("received all = %v, %v", byPoint, err)
 	}
@@ -111,6 +111,25 @@ func TestObserveBatchRollups(t *testing.T) {
 	sites, err := db.Sites(ctx)
 	if err != nil || len(sites) != 1 || sites[0].SiteRef != site1 {
 		t.Errorf("the batch did not create its building: %v %+v", err, sites)
+	}
+}
+
+func TestPruneRollups(t *testing.T) {
+	ctx := context.Background()
+	db, _ := open(t)
+	t0 := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+	b := &batch.Batch{Samples: samplesEvery(1, t0, 5*time.Minute, make([]float64, 24)...)}
+	if err := db.ObserveBatch(ctx, site1, "ag-1", b); err != nil {
+		t.Fatal(err)
+	}
+	n, err := db.PruneRollups(ctx, Res5Min, t0.Add(time.Hour))
+	if err != nil || n != 12 {
+		t.Fatalf("pruned %d (%v), want 12", n, err)
+	}
+	five, _ := db.Rollups(ctx, site1, 1, Res5Min, t0, t0.Add(3*time.Hour))
+	hours, _ := db.Rollups(ctx, site1, 1, ResHour, t0, t0.Add(3*time.Hour))
+	if len(five) != 12 || !five[0].Bucket.Equal(t0.Add(time.Hour)) || len(hours) != 2 {
+		t.Errorf("after pruning: %d 5-minute buckets from %v, %d hours", len(five), five[0].Bucket, len(hours))
 	}
 }
 

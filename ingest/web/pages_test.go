@@ -340,3 +340,45 @@ func TestAdmin(t *testing.T) {
 		t.Errorf("engineer at /admin: %d", r.status)
 	}
 }
+
+func TestParseWindow(t *testing.T) {
+	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) string { return strconv.FormatInt(now.Add(d).UnixMilli(), 10) }
+	tests := []struct {
+		query string
+		res   time.Duration
+		span  time.Duration
+		err   bool
+	}{
+		{"", store.Res5Min, 24 * time.Hour, false},
+		{"range=1h", store.Res5Min, time.Hour, false},
+		{"range=7d", store.ResHour, 7 * 24 * time.Hour, false},
+		{"range=365d", store.ResDay, 365 * 24 * time.Hour, false},
+		{"range=2y", 0, 0, true},
+		{"from=" + at(-3*time.Hour) + "&to=" + at(-time.Hour), store.Res5Min, 2 * time.Hour, false},
+		// A short window past the 5-minute retention is drawn from hours.
+		{"from=" + at(-200*24*time.Hour) + "&to=" + at(-199*24*time.Hour), store.ResHour, 24 * time.Hour, false},
+		// Zoomed in past one bucket: widened to 30 minutes.
+		{"from=" + at(-time.Minute) + "&to=" + at(0), store.Res5Min, 30 * time.Minute, false},
+		// Longer than a year: cut to a year.
+		{"from=" + at(-1000*24*time.Hour) + "&to=" + at(0), store.ResDay, maxSpan, false},
+		{"from=x&to=1", 0, 0, true},
+		{"from=" + at(0) + "&to=" + at(-time.Hour), 0, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.query, func(t *testing.T) {
+			q, _ := url.ParseQuery(tt.query)
+			w, err := parseWindow(q, now)
+			if (err != nil) != tt.err {
+				t.Fatalf("err = %v", err)
+			}
+			if err != nil {
+				return
+			}
+			// From is aligned down to a bucket: allow one bucket more.
+			if span := w.To.Sub(w.From); w.Res != tt.res || span < tt.span || span > tt.span+w.Res {
+				t.Errorf("window %v..%v at %v, want %v over %v", w.From, w.To, w.Res, tt.res, tt.span)
+			}
+		})
+	}
+}

@@ -88,6 +88,11 @@ func parseWindow(q url.Values, now time.Time) (window, error) {
 		w.From = w.To.Add(-d)
 	}
 	w.Res = resolution(w.To.Sub(w.From))
+	// 5-minute rollups are kept for Keep5Min only: an old window, even a
+	// short one, is drawn from hours.
+	if w.Res == store.Res5Min && w.From.Before(now.Add(-store.Keep5Min+time.Hour)) {
+		w.Res = store.ResHour
+	}
 	// Align to the buckets so the first one shown is whole.
 	w.From = w.From.Truncate(w.Res)
 	return w, nil
@@ -413,14 +418,19 @@ func (s *Server) handleCompleteness(w http.ResponseWriter, r *http.Request, rq *
 		s.queryError(w, r, err)
 		return
 	}
-	// Counts come from the 5-minute rollups, whatever the span.
-	from := win.From.Truncate(store.Res5Min)
+	// Counts come from the 5-minute rollups for short or recent spans,
+	// else from the hourly ones.
+	res := store.Res5Min
+	if win.Res != store.Res5Min {
+		res = store.ResHour
+	}
+	from := win.From.Truncate(res)
 	pts, err := s.points(r, b)
 	if err != nil {
 		s.serverError(w, r, err)
 		return
 	}
-	got, err := s.st.ReceivedAll(r.Context(), b.SiteRef, from, win.To)
+	got, err := s.st.ReceivedAll(r.Context(), b.SiteRef, res, from, win.To)
 	if err != nil {
 		s.serverError(w, r, err)
 		return

@@ -75,7 +75,7 @@ type Store interface {
 	Catalog(ctx context.Context, tenant, site string) ([]store.CatalogPoint, error)
 	LatestValues(ctx context.Context, ref store.SiteRef) ([]store.Latest, error)
 	Rollups(ctx context.Context, ref store.SiteRef, point uint64, res time.Duration, from, to time.Time) ([]store.Rollup, error)
-	ReceivedAll(ctx context.Context, ref store.SiteRef, from, to time.Time) (map[uint64][2]int64, error)
+	ReceivedAll(ctx context.Context, ref store.SiteRef, res time.Duration, from, to time.Time) (map[uint64][2]int64, error)
 	AgentHealths(ctx context.Context) ([]store.AgentHealth, error)
 
 	Agents(ctx context.Context) ([]store.Agent, error)
