@@ -48,11 +48,16 @@ func startDashboard(ctx context.Context, cancel context.CancelFunc, cfg *config.
 	if err != nil {
 		return nil, fmt.Errorf("loading the dashboard's certificate: %w: check web_cert_file and web_key_file", err)
 	}
+	proxies, err := cfg.TrustedProxies()
+	if err != nil {
+		return nil, err
+	}
 	srv, err := web.New(web.Config{
-		Store:         db,
-		Logger:        log.With("component", "web"),
-		TLS:           &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
-		CAFingerprint: pki.FingerprintOf(ca.Certificate()),
+		TrustedProxies: proxies,
+		Store:          db,
+		Logger:         log.With("component", "web"),
+		TLS:            &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		CAFingerprint:  pki.FingerprintOf(ca.Certificate()),
 	})
 	if err != nil {
 		return nil, err

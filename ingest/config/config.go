@@ -96,6 +96,9 @@ type Config struct {
 	// trust only once the CA is installed; use a public one in production.
 	WebCertFile string `yaml:"web_cert_file"`
 	WebKeyFile  string `yaml:"web_key_file"`
+	// WebTrustedProxies are the load balancers (addresses or CIDR
+	// prefixes) whose X-Forwarded-For the dashboard believes.
+	WebTrustedProxies []string `yaml:"web_trusted_proxies"`
 
 	// source names the file in errors; lines maps a field path such as
 	// "store.dir" to the line it was set on, so validation can point at it.

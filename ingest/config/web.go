@@ -1,6 +1,9 @@
 package config
 
-import "fmt"
+import (
+	"fmt"
+	"net/netip"
+)
 
 // validateWeb checks the dashboard's settings.
 func (c *Config) validateWeb() []error {
@@ -35,5 +38,26 @@ func (c *Config) validateWeb() []error {
 		}
 		bad(field, "is empty but its pair is set: give both web_cert_file and web_key_file, or neither to use the CA's server certificate")
 	}
+	if _, err := c.TrustedProxies(); err != nil {
+		bad("web_trusted_proxies", "%v: want addresses or prefixes such as 10.0.0.0/8", err)
+	}
 	return errs
+}
+
+// TrustedProxies parses web_trusted_proxies; a bare address is a prefix
+// of its full length.
+func (c *Config) TrustedProxies() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range c.WebTrustedProxies {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			a, aerr := netip.ParseAddr(v)
+			if aerr != nil {
+				return nil, fmt.Errorf("%q is neither an address nor a prefix", v)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }

@@ -19,6 +19,8 @@ func TestWebSettings(t *testing.T) {
 		{"bad address", "web_listen: nowhere\n", "web_listen", 5},
 		{"same as the agent listener", "web_listen: 127.0.0.1:8443\n", "web_listen", 5},
 		{"redirect without dashboard", "web_http_listen: 127.0.0.1:8080\n", "web_http_listen", 5},
+		{"trusted proxies", "web_listen: 127.0.0.1:8444\nweb_trusted_proxies: [10.0.0.0/8, 192.0.2.1, \"2001:db8::/32\"]\n", "", 0},
+		{"bad proxy", "web_listen: 127.0.0.1:8444\nweb_trusted_proxies: [10.0.0.0/33]\n", "web_trusted_proxies", 6},
 		{"key without certificate", "web_listen: 127.0.0.1:8444\nweb_key_file: web.key\n", "web_cert_file", 0},
 	}
 	for _, tt := range tests {

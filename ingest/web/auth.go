@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -163,14 +164,49 @@ func csrfOK(r *http.Request, want []byte) bool {
 	return err == nil && len(want) > 0 && subtle.ConstantTimeCompare(got, want) == 1
 }
 
-// source is the client's address for per-address lockout. The dashboard
-// is reached directly (no proxy header is trusted: it could be forged).
-func source(r *http.Request) string {
+// source is the client's address for per-address lockout and the audit
+// log: the connection's peer, unless that is a trusted proxy, in which case
+// the rightmost address in X-Forwarded-For that is not one (the nearest
+// the client a trusted hop saw; anything left of it the client could have
+// written itself).
+func (s *Server) source(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
-		return r.RemoteAddr
+		host = r.RemoteAddr
+	}
+	if !s.trusted(host) {
+		return host
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		h := strings.TrimSpace(hops[i])
+		if h == "" {
+			continue
+		}
+		if _, err := netip.ParseAddr(h); err != nil {
+			// A hop we cannot read ends the chain we can trust.
+			return host
+		}
+		if !s.trusted(h) {
+			return h
+		}
+		host = h
 	}
 	return host
+}
+
+func (s *Server) trusted(addr string) bool {
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return false
+	}
+	a = a.Unmap()
+	for _, p := range s.cfg.TrustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // auth wraps a handler for signed-in users. role, when not empty, is the
@@ -283,7 +319,7 @@ func (s *Server) handleLoginPost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	name, pw, src := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("password"), source(r)
+	name, pw, src := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("password"), s.source(r)
 	since := s.cfg.Now().Add(-s.cfg.LockoutWindow)
 	byName, bySrc, err := s.st.LoginFailures(ctx, name, src, since)
 	if err != nil {
@@ -383,7 +419,7 @@ func (s *Server) handleTOTPPost(w http.ResponseWriter, r *http.Request) {
 		s.errorPage(w, r, http.StatusForbidden, "This form has expired. Sign in again.")
 		return
 	}
-	ctx, src := r.Context(), source(r)
+	ctx, src := r.Context(), s.source(r)
 	since := s.cfg.Now().Add(-s.cfg.LockoutWindow)
 	byName, bySrc, err := s.st.LoginFailures(ctx, rq.user.Name, src, since)
 	if err != nil {

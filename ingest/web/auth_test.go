@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"strings"
 	"testing"
@@ -509,6 +510,37 @@ func TestRedirectHandler(t *testing.T) {
 			RedirectHandler(tt.addr).ServeHTTP(w, req)
 			if w.Code != http.StatusPermanentRedirect || w.Header().Get("Location") != tt.want {
 				t.Errorf("%d %q, want 308 %q", w.Code, w.Header().Get("Location"), tt.want)
+			}
+		})
+	}
+}
+
+func TestSourceAddress(t *testing.T) {
+	s := &Server{cfg: Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}}}
+	tests := []struct {
+		name, remote string
+		xff          []string
+		want         string
+	}{
+		{"direct client", "192.0.2.7:5000", nil, "192.0.2.7"},
+		{"direct client forging the header", "192.0.2.7:5000", []string{"198.51.100.1"}, "192.0.2.7"},
+		{"through the balancer", "10.1.2.3:5000", []string{"198.51.100.1"}, "198.51.100.1"},
+		{"client prepends a fake hop", "10.1.2.3:5000", []string{"203.0.113.9, 198.51.100.1"}, "198.51.100.1"},
+		{"two trusted hops", "10.1.2.3:5000", []string{"198.51.100.1, 10.9.9.9"}, "198.51.100.1"},
+		{"several header lines", "10.1.2.3:5000", []string{"198.51.100.1", "10.9.9.9"}, "198.51.100.1"},
+		{"garbage hop", "10.1.2.3:5000", []string{"198.51.100.1, nonsense"}, "10.1.2.3"},
+		{"balancer sent none", "10.1.2.3:5000", nil, "10.1.2.3"},
+		{"IPv6 proxy", "[::1]:5000", []string{"2001:db8::5"}, "2001:db8::5"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodPost, "/login", nil)
+			r.RemoteAddr = tt.remote
+			for _, v := range tt.xff {
+				r.Header.Add("X-Forwarded-For", v)
+			}
+			if got := s.source(r); got != tt.want {
+				t.Errorf("source = %q, want %q", got, tt.want)
 			}
 		})
 	}

@@ -32,6 +32,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -132,6 +133,10 @@ type Config struct {
 	// HashParams are the argon2id costs for new passwords
 	// (DefaultHashParams).
 	HashParams HashParams
+	// TrustedProxies are the load balancers in front of the dashboard:
+	// from them, X-Forwarded-For names the client (lockout per address,
+	// audit). Empty: the connection's peer is the client.
+	TrustedProxies []netip.Prefix
 	// StaleAfter and AgentOffline tune the portfolio's warnings.
 	StaleAfter   time.Duration
 	AgentOffline time.Duration
