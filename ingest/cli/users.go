@@ -134,6 +134,9 @@ or is generated (--generate) and printed once.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
+			if err := web.CheckUserName(name); err != nil {
+				return fmt.Errorf("user name %q: %w", name, err)
+			}
 			if !store.ValidRole(role) {
 				return fmt.Errorf("--role %q: want admin, engineer or viewer", role)
 			}

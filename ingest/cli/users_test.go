@@ -37,6 +37,7 @@ func TestUsers(t *testing.T) {
 		{"no password source", "", []string{"users", "add", "bob"}, true},
 		{"bad role", "", []string{"users", "add", "bob", "--role", "god", "--generate"}, true},
 		{"bad site", "", []string{"users", "add", "bob", "--site", "acme", "--generate"}, true},
+		{"bad name", "", []string{"users", "add", "a/b", "--generate"}, true},
 		{"duplicate", "", []string{"users", "add", "ann", "--generate"}, true},
 		{"assign", "", []string{"users", "assign", "ann", "--site", "acme/s1", "--site", "acme/s2"}, false},
 		{"role", "", []string{"users", "role", "ann", "viewer"}, false},

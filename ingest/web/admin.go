@@ -129,7 +129,7 @@ func (s *Server) handleAuditLog(w http.ResponseWriter, r *http.Request, rq *requ
 func (s *Server) handleUserAdd(w http.ResponseWriter, r *http.Request, rq *request) {
 	ctx := r.Context()
 	name, role, pw := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("role"), r.PostFormValue("password")
-	if err := checkUserName(name); err != nil {
+	if err := CheckUserName(name); err != nil {
 		s.showAdmin(w, r, rq, http.StatusBadRequest, "", err.Error(), "")
 		return
 	}
@@ -158,15 +158,15 @@ func (s *Server) handleUserAdd(w http.ResponseWriter, r *http.Request, rq *reque
 	done(w, r, "user "+name+" added")
 }
 
-// checkUserName keeps names printable and short: they appear in the audit
-// log and on every page.
-func checkUserName(name string) error {
+// CheckUserName keeps user names printable, short and safe in a URL path:
+// they appear in the audit log, on every page and in the admin's links.
+func CheckUserName(name string) error {
 	if name == "" || len(name) > 64 {
-		return errors.New("A user name has 1 to 64 characters.")
+		return errors.New("a user name has 1 to 64 characters")
 	}
 	for _, c := range name {
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("._@-", c)) {
-			return errors.New("A user name has only letters, digits and . _ @ -")
+			return errors.New("a user name has only letters, digits and . _ @ -")
 		}
 	}
 	return nil
