@@ -240,6 +240,47 @@ devices:
 		}
 	})
 
+	t.Run("discover all finds the control subnet's devices, reading only", func(t *testing.T) {
+		// Before the agent runs, so BACnet's port on the control address
+		// is free. The node peer binds its unicast address, which hears no
+		// broadcast: Who-Is goes to it directly.
+		out := filepath.Join(dir, "discovered.yaml")
+		stdout, err := l.exec(ctx, l.edge, agentBin, "discover", "all", "--config", agentCfg, "--modbus-port", fmt.Sprint(pymodbusPort),
+			"--opcua-port", "4840", "--units", "1-2", "--broadcast", fmt.Sprintf("%s:%d", deviceAddr, bacnetPort),
+			"--timeout", "300ms", "--wait", "1s", "--rate", "1000", "--out", out)
+		if err != nil {
+			t.Fatalf("discover all: %v\n%s", err, stdout)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{
+			"control: {interface: " + controlIf + ", address: " + controlAddr + "}",
+			fmt.Sprintf("host: \"%s:%d\"", deviceAddr, pymodbusPort),
+			"local_address: " + controlAddr,
+			"device_instance: 4242",
+		} {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("the discovered config lacks %q:\n%s\n%s", want, b, stdout)
+			}
+		}
+		var n int
+		for _, line := range strings.Split(pymodbus.logText(), "\n") {
+			var req struct{ FC int }
+			if json.Unmarshal([]byte(line), &req) != nil {
+				continue
+			}
+			n++
+			if !slices.Contains([]int{1, 2, 3, 4, 43}, req.FC) {
+				t.Errorf("pymodbus received function %d: not a read", req.FC)
+			}
+		}
+		if n == 0 {
+			t.Error("pymodbus received no request: the sweep did not find it")
+		}
+	})
+
 	if out, err := l.exec(ctx, l.edge, agentBin, "enroll", "--config", agentCfg, "--token", token); err != nil {
 		t.Fatalf("enrolling the agent over the uplink: %v\n%s", err, out)
 	}
