@@ -86,7 +86,8 @@ type Config struct {
 	// Observer, when set, is shown every batch once it is archived for
 	// the first time (never a duplicate), e.g. to update the dashboard's
 	// hot store. Its error is logged and never fails the upload: the
-	// archive is the truth and the hot store can be rebuilt from it.
+	// archive is the truth; the dashboard then misses that batch (no
+	// rebuild from the archive exists yet).
 	Observer Observer
 }
 

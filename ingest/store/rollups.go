@@ -103,7 +103,7 @@ func (a *agg) add(smp telemetry.Sample) {
 // the building (created on first sight), the latest value of each point,
 // the 5-minute and hourly rollups and the agent's health. Call it once per
 // batch, when it is archived for the first time; the archive stays the
-// truth, so a failure here loses nothing that cannot be rebuilt.
+// truth: a failure here costs the dashboard that batch, never the archive.
 func (s *DB) ObserveBatch(ctx context.Context, ref SiteRef, agentID string, b *batch.Batch) error {
 	now := ms(s.now())
 	buckets := map[bucketKey]*agg{}
