@@ -594,10 +594,12 @@ func scanAllPorts(t *testing.T, l *lab, ns, addr string) {
 }
 
 // checkFirewall leaves a TCP service open on every address of the edge
-// namespace (as an installer's stray tool might), shows that cloud and,
-// through a route at the box, control reach it, loads the packaged nftables
-// ruleset with the lab's interface names, and shows that neither reaches
-// it any more while the agent's own uplink traffic still flows.
+// namespace and a UDP one on the control address (as an installer's stray
+// tool might), shows that cloud and, through a route at the box, control
+// reach them (Linux accepts a packet for any local address on any NIC),
+// loads the packaged nftables ruleset with the lab's interface names, and
+// shows that neither side reaches them any more while the agent's own
+// uplink traffic still flows.
 func checkFirewall(t *testing.T, l *lab, archived func() int) {
 	t.Helper()
 	var ln net.Listener
@@ -617,13 +619,30 @@ func checkFirewall(t *testing.T, l *lab, archived func() int) {
 			c.Close()
 		}
 	}()
+	// A stray UDP service on the control address: BACnet's socket is
+	// bound the same way, and Linux delivers a packet for any local
+	// address whatever NIC it arrived on.
+	var udp net.PacketConn
+	if err := l.in(l.edge, func() (err error) {
+		udp, err = net.ListenPacket("udp", controlAddr+":9998")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
 	l.ip("-n", l.control, "route", "add", "10.200.2.0/24", "via", controlAddr)
 	defer l.ip("-n", l.control, "route", "del", "10.200.2.0/24", "via", controlAddr)
+	l.ip("-n", l.cloud, "route", "add", "10.200.1.0/24", "via", uplinkAddr)
+	defer l.ip("-n", l.cloud, "route", "del", "10.200.1.0/24", "via", uplinkAddr)
 	stray := uplinkAddr + ":9999"
-	for _, ns := range []string{l.cloud, l.control} {
-		if ok, err := l.dial(ns, stray, time.Second); !ok {
-			t.Fatalf("without the firewall, %s should reach the stray service at %s (the check could not fail otherwise): %v", ns, stray, err)
+	strayOnControl := controlAddr + ":9999"
+	for _, p := range []struct{ ns, addr string }{{l.cloud, stray}, {l.control, stray}, {l.cloud, strayOnControl}} {
+		if ok, err := l.dial(p.ns, p.addr, time.Second); !ok {
+			t.Fatalf("without the firewall, %s should reach the stray service at %s (the check could not fail otherwise): %v", p.ns, p.addr, err)
 		}
+	}
+	if !udpArrives(t, l, udp) {
+		t.Fatal("without the firewall, a datagram from cloud to the control address should arrive (the check could not fail otherwise)")
 	}
 
 	rules, err := os.ReadFile(filepath.Join(repoRoot(t), "packaging", "nftables", "sightglass.nft"))
@@ -644,10 +663,13 @@ func checkFirewall(t *testing.T, l *lab, archived func() int) {
 		}
 	}
 	before := archived()
-	for _, ns := range []string{l.cloud, l.control} {
-		if ok, _ := l.dial(ns, stray, time.Second); ok {
-			t.Errorf("with the firewall loaded, %s still reaches the stray service at %s", ns, stray)
+	for _, p := range []struct{ ns, addr string }{{l.cloud, stray}, {l.control, stray}, {l.cloud, strayOnControl}} {
+		if ok, _ := l.dial(p.ns, p.addr, time.Second); ok {
+			t.Errorf("with the firewall loaded, %s still reaches the stray service at %s", p.ns, p.addr)
 		}
+	}
+	if udpArrives(t, l, udp) {
+		t.Error("with the firewall loaded, a datagram from cloud still reaches the control address")
 	}
 	if ok, err := l.dial(l.edge, "127.0.0.1:9999", time.Second); !ok {
 		t.Errorf("the firewall should not cut the box off from itself: %v", err)
@@ -684,4 +706,24 @@ func runCheck(t *testing.T, l *lab, agentBin, cfg string) map[string]checkLine {
 		t.Logf("check: %-4s %-22s %s", c.Result, c.Check, c.Detail)
 	}
 	return lines
+}
+
+// udpArrives sends a datagram from cloud to the stray UDP socket on the
+// control address and reports whether it was received within a second.
+func udpArrives(t *testing.T, l *lab, udp net.PacketConn) bool {
+	t.Helper()
+	if err := l.in(l.cloud, func() error {
+		c, err := net.Dial("udp", udp.LocalAddr().String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("who-is, from the internet side"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	udp.SetReadDeadline(time.Now().Add(time.Second))
+	_, _, err := udp.ReadFrom(make([]byte, 64))
+	return err == nil
 }
