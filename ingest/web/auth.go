@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"html/template"
 	"net"
 	"net/http"
 	"net/netip"
@@ -471,6 +472,14 @@ type accountPage struct {
 	Message, Error string
 	TOTPSecret     string // a proposed secret while setting one up
 	TOTPURI        string
+	TOTPQR         template.HTML // TOTPURI as a QR code
+}
+
+// totpSetup is the account page proposing secret.
+func (s *Server) totpSetup(user string, secret []byte, errMsg string) (accountPage, error) {
+	uri := TOTPURI("Sightglass", user, secret)
+	qr, err := totpQR(uri)
+	return accountPage{Error: errMsg, TOTPSecret: TOTPSecretString(secret), TOTPURI: uri, TOTPQR: qr}, err
 }
 
 func (s *Server) handleAccount(w http.ResponseWriter, r *http.Request, rq *request) {
@@ -536,7 +545,12 @@ func (s *Server) handleTOTPSetup(w http.ResponseWriter, r *http.Request, rq *req
 			s.serverError(w, r, err)
 			return
 		}
-		s.render(w, r, http.StatusOK, "account", rq, accountPage{TOTPSecret: TOTPSecretString(secret), TOTPURI: TOTPURI("Sightglass", rq.user.Name, secret)})
+		page, err := s.totpSetup(rq.user.Name, secret, "")
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, "account", rq, page)
 		return
 	}
 	secret, err := ParseTOTPSecret(r.PostFormValue("secret"))
@@ -545,8 +559,12 @@ func (s *Server) handleTOTPSetup(w http.ResponseWriter, r *http.Request, rq *req
 		return
 	}
 	if checkTOTP(secret, r.PostFormValue("code"), s.cfg.Now()) < 0 {
-		s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: "That code does not match: check the phone's clock and try again.",
-			TOTPSecret: TOTPSecretString(secret), TOTPURI: TOTPURI("Sightglass", rq.user.Name, secret)})
+		page, err := s.totpSetup(rq.user.Name, secret, "That code does not match: check the phone's clock and try again.")
+		if err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.render(w, r, http.StatusBadRequest, "account", rq, page)
 		return
 	}
 	if err := s.st.SetTOTP(ctx, rq.user.Name, secret); err != nil {

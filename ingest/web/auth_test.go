@@ -387,6 +387,9 @@ func TestTOTPLogin(t *testing.T) {
 	if m == "" {
 		t.Fatalf("no secret proposed: %s", page.body)
 	}
+	if !strings.Contains(page.body, `<svg class="qr"`) || !strings.Contains(page.body, "h1v1h-1z") {
+		t.Error("no QR code on the set-up page")
+	}
 	secret, err := ParseTOTPSecret(m)
 	if err != nil {
 		t.Fatal(err)

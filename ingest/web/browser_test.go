@@ -312,6 +312,9 @@ func TestBrowserIntegration(t *testing.T) {
 	b.shot("10-admin")
 	b.do("account", chromedp.Navigate(b.base+"/account"), chromedp.WaitVisible(sel("#password-form")))
 	b.shot("11-account")
+	b.nav("second factor set-up", chromedp.Click(sel("#totp-start")))
+	b.do("QR code", chromedp.WaitVisible(sel("#totp-qr svg")))
+	b.shot("12-totp-setup")
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
