@@ -91,6 +91,7 @@ func BenchmarkBuildingPage(b *testing.B) {
 		{"10k_points/first_page", "/b/acme/s-big"},
 		{"10k_points/search", "/b/acme/s-big?q=zone-temp-0999&tag=zone"},
 		{"10k_points/portfolio", "/"},
+		{"10k_points/completeness_24h", "/b/acme/s-big/completeness"},
 	} {
 		b.Run(bc.name, func(b *testing.B) { benchGet(b, srv, cookie, bc.path) })
 	}

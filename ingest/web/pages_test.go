@@ -243,6 +243,13 @@ func TestCompleteness(t *testing.T) {
 	if got := row("B-return"); !strings.Contains(got, verdictDevice) {
 		t.Errorf("102 row: %s", got)
 	}
+	// Problems come first, and the counts cover every page.
+	if strings.Index(r.body, "<td>B-return</td>") > strings.Index(r.body, "<td>"+secretName+"</td>") {
+		t.Error("the device-down point is not listed first")
+	}
+	if !strings.Contains(r.body, "2 points: 1 complete; 1 device down;") {
+		t.Errorf("verdict counts: %s", regexpFind(`<p id="verdicts">([^<]*)</p>`, r.body))
+	}
 	// Samples in flight are not missing: the agent uploads, the latest
 	// value is seconds old, the count runs up to it.
 	// Four minutes after the last sample, with the agent uploading just

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -396,6 +397,12 @@ type completenessPage struct {
 	building
 	Window       window
 	Rows         []completenessRow
+	Counts       map[string]int // rows by verdict, over every page
+	Total        int
+	PageNo       int
+	Pages        int
+	PrevURL      string
+	NextURL      string
 	Ranges       []rangeLink
 	AgentOffline bool
 	LastUpload   time.Time
@@ -490,6 +497,31 @@ func (s *Server) handleCompleteness(w http.ResponseWriter, r *http.Request, rq *
 			}
 		}
 		page.Rows = append(page.Rows, c)
+	}
+	// Problems first, then by name; a page at a time, as on the
+	// building page.
+	rank := map[string]int{"bad": 0, "warn": 1, "ok": 2}
+	slices.SortStableFunc(page.Rows, func(a, b completenessRow) int { return rank[a.Class] - rank[b.Class] })
+	page.Counts = map[string]int{}
+	for _, row := range page.Rows {
+		page.Counts[row.Verdict]++
+	}
+	page.Total = len(page.Rows)
+	page.Pages = max(1, (len(page.Rows)+pageSize-1)/pageSize)
+	page.PageNo, _ = strconv.Atoi(r.URL.Query().Get("page"))
+	page.PageNo = min(max(page.PageNo, 1), page.Pages)
+	lo := (page.PageNo - 1) * pageSize
+	page.Rows = page.Rows[lo:min(lo+pageSize, len(page.Rows))]
+	link := func(n int) string {
+		v := r.URL.Query()
+		v.Set("page", strconv.Itoa(n))
+		return b.Path + "/completeness?" + v.Encode()
+	}
+	if page.PageNo > 1 {
+		page.PrevURL = link(page.PageNo - 1)
+	}
+	if page.PageNo < page.Pages {
+		page.NextURL = link(page.PageNo + 1)
 	}
 	for _, rg := range ranges {
 		page.Ranges = append(page.Ranges, rangeLink{Key: rg.Key, URL: b.Path + "/completeness?range=" + rg.Key, Active: rg.Key == win.Key})
