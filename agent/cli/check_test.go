@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -303,7 +304,10 @@ func TestCheckBACnetProbe(t *testing.T) {
 // agent certificate it issued, a Modbus device that only accepts, and the
 // system facts faked so the box looks right.
 func TestCheckIngestIntegration(t *testing.T) {
-	ca, err := pki.Init(t.TempDir(), pki.InitOptions{ServerNames: []string{"127.0.0.1"}})
+	// ingest.test is the name the proxy part of the test uses: Go never
+	// proxies loopback addresses, so there the ingest is named, and only
+	// the test proxy knows it is 127.0.0.1.
+	ca, err := pki.Init(t.TempDir(), pki.InitOptions{ServerNames: []string{"127.0.0.1", "ingest.test"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -416,6 +420,34 @@ func TestCheckIngestIntegration(t *testing.T) {
 		t.Errorf("human report does not end with the verdict:\n%s", out.String())
 	}
 
+	// Through an HTTPS proxy: the probes and the handshake go through
+	// CONNECT, and the report says so.
+	proxy := connectProxy(t)
+	f.getenv = func(k string) string {
+		if k == "HTTPS_PROXY" {
+			return "http://" + proxy.addr
+		}
+		return ""
+	}
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	viaProxy := checkConfigAt(t, "https://ingest.test:"+port, "127.0.0.2", "127.0.0.1", devices)
+	if err := b.WriteDir(viaProxy.Uplink.CertDir); err != nil {
+		t.Fatal(err)
+	}
+	rep = runChecks(t.Context(), viaProxy, f, 5*time.Second)
+	for check, want := range map[string]string{
+		"outbound https": "via proxy " + proxy.addr,
+		"mtls handshake": "accepted agent " + b.Identity.Agent,
+	} {
+		if l := lineOf(t, rep, check); l.Result != checkOK || !strings.Contains(l.Detail, want) {
+			t.Errorf("through the proxy: %s = %s %q, want ok containing %q", check, l.Result, l.Detail, want)
+		}
+	}
+	if n := proxy.connects(); n != 1 {
+		t.Errorf("the proxy saw %d CONNECTs, want 1 (the handshake)", n)
+	}
+	f.getenv = func(string) string { return "" }
+
 	// A certificate the ingest does not trust fails the handshake.
 	other, err := pki.Init(t.TempDir(), pki.InitOptions{ServerNames: []string{"127.0.0.1"}})
 	if err != nil {
@@ -461,4 +493,53 @@ func TestCheckCommandNoGoExitsNonZero(t *testing.T) {
 	if jerr := json.Unmarshal([]byte(stdout), &rep); jerr != nil || rep.Go || len(rep.Lines) == 0 {
 		t.Errorf("--json output %q: %v", stdout, jerr)
 	}
+}
+
+// testProxy is an HTTP CONNECT proxy on loopback that counts tunnels.
+type testProxy struct {
+	addr string
+	mu   sync.Mutex
+	n    int
+}
+
+func (p *testProxy) connects() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n
+}
+
+func connectProxy(t *testing.T) *testProxy {
+	t.Helper()
+	p := &testProxy{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodConnect {
+			http.Error(w, "CONNECT only", http.StatusMethodNotAllowed)
+			return
+		}
+		h, port, _ := net.SplitHostPort(r.Host)
+		if h != "ingest.test" {
+			http.Error(w, "only ingest.test, which is loopback", http.StatusForbidden)
+			return
+		}
+		up, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", port))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		p.mu.Lock()
+		p.n++
+		p.mu.Unlock()
+		w.WriteHeader(http.StatusOK)
+		conn, buf, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			up.Close()
+			return
+		}
+		go func() { io.Copy(up, buf); up.Close() }()
+		io.Copy(conn, up)
+		conn.Close()
+	}))
+	t.Cleanup(srv.Close)
+	p.addr = srv.Listener.Addr().String()
+	return p
 }
