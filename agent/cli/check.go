@@ -619,6 +619,15 @@ func (c *checker) checkDevices(ctx context.Context) {
 		}
 		switch d.Driver {
 		case "modbus":
+			if s.LocalAddress == "" && c.cfg.Network.Configured() {
+				// Probe the way it should dial, and say that it does not.
+				c.probeTCP(ctx, name, "modbus", modbusTarget(s), c.cfg.Network.Control.Address)
+				if l := &c.rep.Lines[len(c.rep.Lines)-1]; l.Result == checkOK {
+					l.Result = checkWarn
+					l.Detail += fmt.Sprintf("; but settings.local_address is not set, so the driver dials from the kernel's choice: set it to %s", c.cfg.Network.Control.Address)
+				}
+				continue
+			}
 			c.probeTCP(ctx, name, "modbus", modbusTarget(s), s.LocalAddress)
 		case "opcua":
 			u, err := url.Parse(s.Endpoint)

@@ -205,6 +205,27 @@ func TestCheckSystemFacts(t *testing.T) {
 	}
 }
 
+func TestCheckModbusWithoutLocalAddress(t *testing.T) {
+	f := goodFacts()
+	var from string
+	f.dial = func(_ context.Context, local, remote string) (net.Conn, error) {
+		from = local
+		c1, c2 := net.Pipe()
+		c2.Close()
+		return c1, nil
+	}
+	cfg := checkConfig(t, "https://ingest.example.com:8443", `  - name: meter
+    driver: modbus
+    settings: {host: 10.20.0.40}
+    points: [{ref: hr/0}]
+`)
+	rep := runChecks(t.Context(), cfg, f, time.Second)
+	l := lineOf(t, rep, "device meter")
+	if l.Result != checkWarn || !strings.Contains(l.Detail, "set it to 10.20.0.5") || from != "10.20.0.5" {
+		t.Errorf("device meter = %s %q (probed from %q), want a warning to set local_address, probed from the control address", l.Result, l.Detail, from)
+	}
+}
+
 func TestCheckWithoutNetworkSection(t *testing.T) {
 	cfg := checkConfig(t, "https://ingest.example.com:8443", oneModbus)
 	cfg.Network = config.Network{}
