@@ -103,7 +103,8 @@ func (d *dashboard) wait() []error {
 	return d.errs
 }
 
-// prune deletes 5-minute rollups older than store.Keep5Min now and every
+// prune deletes 5-minute rollups older than store.Keep5Min, and the
+// record of batches folded in before store.KeepObserved, now and every
 // pruneEvery until ctx is done. A failure is logged and tried again next
 // time: it costs disk, not data (the hourly rows stay).
 func prune(ctx context.Context, db *rdb.DB, log *slog.Logger) {
@@ -111,9 +112,12 @@ func prune(ctx context.Context, db *rdb.DB, log *slog.Logger) {
 	defer t.Stop()
 	for {
 		n, err := db.PruneRollups(ctx, rdb.Res5Min, time.Now().Add(-rdb.Keep5Min))
+		if err == nil {
+			_, err = db.PruneObserved(ctx, time.Now().Add(-rdb.KeepObserved))
+		}
 		switch {
 		case err != nil && ctx.Err() == nil:
-			log.Warn("pruning old 5-minute rollups failed; trying again in an hour", "err", err)
+			log.Warn("pruning the hot store failed; trying again in an hour", "err", err)
 		case n > 0:
 			log.Info("pruned old 5-minute rollups", "rows", n)
 		}

@@ -40,9 +40,10 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request, id pki.Iden
 			var status string
 			status, rf = s.storeBatch(r.Context(), body, b, id)
 			if rf == nil {
-				if status == StatusStored {
-					s.observe(r.Context(), id, b)
-				}
+				// A duplicate too: if the first attempt stopped between
+				// the archive and the Observer, the retry heals it; the
+				// Observer ignores a batch it has seen.
+				s.observe(r.Context(), id, b)
 				s.count(func(st *Stats) {
 					if status == StatusStored {
 						st.BatchesStored++
@@ -206,7 +207,7 @@ func parseClaim(c []byte) (sum []byte, name string, ok bool) {
 	return sum, name, true
 }
 
-// observe hands a newly stored batch to the Observer. The batch is
+// observe hands an archived batch to the Observer. The batch is
 // archived already, so neither an error nor the agent hanging up may undo
 // that: the error is logged and counted, the context detached.
 func (s *Server) observe(ctx context.Context, id pki.Identity, b *batch.Batch) {

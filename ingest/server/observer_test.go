@@ -32,7 +32,7 @@ func (o *recordingObserver) Observe(_ context.Context, id pki.Identity, b *batch
 	return o.fail
 }
 
-func TestObserverSeesEachStoredBatchOnce(t *testing.T) {
+func TestObserverSeesEveryArchivedBatch(t *testing.T) {
 	tests := []struct {
 		name string
 		fail error
@@ -46,7 +46,8 @@ func TestObserverSeesEachStoredBatchOnce(t *testing.T) {
 			e := newEnv(t, func(c *Config, _ *blob.Store) { c.Observer = obs })
 			enc := e.encode("a", 3, samples(10, now.Add(-time.Hour)))
 			wantReply(t, e.upload("a", enc), http.StatusOK, "")
-			// The retry is a duplicate: not shown again.
+			// The retry is a duplicate: shown again (the observer is
+			// idempotent), so a crash before the first Observe heals.
 			r := e.upload("a", enc)
 			wantReply(t, r, http.StatusOK, "")
 			if r.body["status"] != StatusDuplicate {
@@ -58,12 +59,12 @@ func TestObserverSeesEachStoredBatchOnce(t *testing.T) {
 			obs.mu.Lock()
 			defer obs.mu.Unlock()
 			id := e.agents["a"].Identity
-			if len(obs.seen) != 1 || obs.seen[0] != id.Agent+"/3" || obs.ids[0] != id {
-				t.Errorf("observer saw %v %v, want one batch 3 of %v", obs.seen, obs.ids, id)
+			if len(obs.seen) != 2 || obs.seen[0] != id.Agent+"/3" || obs.seen[1] != id.Agent+"/3" || obs.ids[0] != id {
+				t.Errorf("observer saw %v %v, want batch 3 of %v twice", obs.seen, obs.ids, id)
 			}
 			wantErrs := uint64(0)
 			if tt.fail != nil {
-				wantErrs = 1
+				wantErrs = 2
 			}
 			if st := e.srv.Stats(); st.ObserveErrors != wantErrs || st.BatchesStored != 1 {
 				t.Errorf("stats %+v, want %d observe errors and 1 stored", st, wantErrs)
@@ -82,7 +83,10 @@ func TestObserverHotStore(t *testing.T) {
 	defer db.Close()
 	e := newEnv(t, func(c *Config, _ *blob.Store) { c.Observer = db })
 	smp := samples(30, now.Add(-time.Hour))
-	wantReply(t, e.upload("a", e.encode("a", 1, smp)), http.StatusOK, "")
+	enc := e.encode("a", 1, smp)
+	wantReply(t, e.upload("a", enc), http.StatusOK, "")
+	// The retry is shown again and counted once.
+	wantReply(t, e.upload("a", enc), http.StatusOK, "")
 	id := e.agents["a"].Identity
 	ref := store.SiteRef{Tenant: id.Tenant, Site: id.Site}
 	latest, err := db.LatestValues(context.Background(), ref)

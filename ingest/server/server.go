@@ -83,17 +83,19 @@ type Config struct {
 	// CatalogPolicy caps what point metadata is kept: CatalogFull (the
 	// default), CatalogTagsOnly or CatalogNone.
 	CatalogPolicy string
-	// Observer, when set, is shown every batch once it is archived for
-	// the first time (never a duplicate), e.g. to update the dashboard's
-	// hot store. Its error is logged and never fails the upload: the
-	// archive is the truth; the dashboard then misses that batch (no
-	// rebuild from the archive exists yet).
+	// Observer, when set, is shown every batch once it is archived,
+	// retries included (never a refused one), e.g. to update the
+	// dashboard's hot store. Its error is logged and never fails the
+	// upload: the archive is the truth; the dashboard misses that batch
+	// unless the agent retries it (no rebuild from the archive exists yet).
 	Observer Observer
 }
 
-// Observer receives every batch the server archives for the first time.
-// Observe runs on the request's goroutine before the agent is answered, so
-// it must be quick; it may be called concurrently.
+// Observer receives every batch the server has archived, each time the
+// agent sends it: a retry of a stored batch is shown again, so Observe
+// must be idempotent per (agent, seq). It runs on the request's goroutine
+// before the agent is answered, so it must be quick; it may be called
+// concurrently.
 type Observer interface {
 	Observe(ctx context.Context, id pki.Identity, b *batch.Batch) error
 }

@@ -157,6 +157,17 @@ CREATE TABLE agent_health (
 	uptime_s       INTEGER NOT NULL
 );
 `,
+	// 3: the batches folded into the hot store, so a retry after a crash
+	// between archive and hot store is folded in once, and only once.
+	`
+CREATE TABLE observed (
+	agent_id TEXT NOT NULL,
+	seq      INTEGER NOT NULL,
+	at       INTEGER NOT NULL,
+	PRIMARY KEY (agent_id, seq)
+);
+CREATE INDEX observed_at ON observed(at);
+`,
 }
 
 func (s *DB) migrate(ctx context.Context) error {

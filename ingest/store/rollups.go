@@ -26,6 +26,21 @@ const (
 // ones are kept for good. Readers fall back to hours past it.
 const Keep5Min = 35 * 24 * time.Hour
 
+// KeepObserved is how long ObserveBatch remembers a batch it folded in:
+// far longer than an agent retries one (an agent's buffer holds a batch
+// until it is acknowledged, so retries come within hours of the first
+// attempt, or days after an outage).
+const KeepObserved = 30 * 24 * time.Hour
+
+// PruneObserved forgets the batches folded in before before.
+func (s *DB) PruneObserved(ctx context.Context, before time.Time) (int64, error) {
+	r, err := s.db.ExecContext(ctx, `DELETE FROM observed WHERE at < ?`, ms(before))
+	if err != nil {
+		return 0, fmt.Errorf("pruning the observed batches: %w", err)
+	}
+	return r.RowsAffected()
+}
+
 // Latest is the newest sample of a point, with what the dashboard shows
 // next to it.
 type Latest struct {
@@ -99,11 +114,12 @@ func (a *agg) add(smp telemetry.Sample) {
 	}
 }
 
-// ObserveBatch folds a stored batch into the hot store in one transaction:
-// the building (created on first sight), the latest value of each point,
-// the 5-minute and hourly rollups and the agent's health. Call it once per
-// batch, when it is archived for the first time; the archive stays the
-// truth: a failure here costs the dashboard that batch, never the archive.
+// ObserveBatch folds an archived batch into the hot store in one
+// transaction: the building (created on first sight), the latest value of
+// each point, the 5-minute and hourly rollups and the agent's health. It
+// is idempotent per (agent, seq): a batch seen before (within KeepObserved)
+// changes nothing, so the server may show it every retry, and a crash
+// between archive and hot store is healed by the agent's next attempt.
 func (s *DB) ObserveBatch(ctx context.Context, ref SiteRef, agentID string, b *batch.Batch) error {
 	now := ms(s.now())
 	buckets := map[bucketKey]*agg{}
@@ -159,6 +175,13 @@ func (s *DB) ObserveBatch(ctx context.Context, ref SiteRef, agentID string, b *b
 		i = j
 	}
 	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `INSERT INTO observed (agent_id, seq, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`, agentID, int64(b.Seq), now)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil // folded in already
+		}
 		if err := putSite(ctx, tx, ref, "", now); err != nil {
 			return err
 		}

@@ -40,7 +40,11 @@ func TestObserveBatchRollups(t *testing.T) {
 		}
 	}
 	// An older batch arriving late must not move the health backwards.
-	if err := db.ObserveBatch(ctx, site1, "ag-1", &batch.Batch{Header: batch.Header{AgentID: "ag-1", Site: "s1", Seq: 1, Health: batch.Health{BufferSamples: 99}}}); err != nil {
+	if err := db.ObserveBatch(ctx, site1, "ag-1", &batch.Batch{Header: batch.Header{AgentID: "ag-1", Site: "s1", Seq: 0, Health: batch.Health{BufferSamples: 99}}}); err != nil {
+		t.Fatal(err)
+	}
+	// The same batch again (a retry) changes nothing: counts stay single.
+	if err := db.ObserveBatch(ctx, site1, "ag-1", b2); err != nil {
 		t.Fatal(err)
 	}
 
@@ -130,6 +134,27 @@ func TestPruneRollups(t *testing.T) {
 	hours, _ := db.Rollups(ctx, site1, 1, ResHour, t0, t0.Add(3*time.Hour))
 	if len(five) != 12 || !five[0].Bucket.Equal(t0.Add(time.Hour)) || len(hours) != 2 {
 		t.Errorf("after pruning: %d 5-minute buckets from %v, %d hours", len(five), five[0].Bucket, len(hours))
+	}
+}
+
+func TestPruneObserved(t *testing.T) {
+	ctx := context.Background()
+	db, c := open(t)
+	b := &batch.Batch{Header: batch.Header{Seq: 1}, Samples: samplesEvery(1, c.now(), time.Minute, 1)}
+	if err := db.ObserveBatch(ctx, site1, "ag-1", b); err != nil {
+		t.Fatal(err)
+	}
+	c.add(KeepObserved + time.Hour)
+	if n, err := db.PruneObserved(ctx, c.now().Add(-KeepObserved)); err != nil || n != 1 {
+		t.Fatalf("pruned %d, %v", n, err)
+	}
+	// Forgotten: the same batch counts again (so KeepObserved must
+	// outlast any retry).
+	if err := db.ObserveBatch(ctx, site1, "ag-1", b); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := db.Received(ctx, site1, 1, c.now().Add(-48*time.Hour*30), c.now()); n != 2 {
+		t.Errorf("received %d, want 2", n)
 	}
 }
 
