@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -36,35 +37,48 @@ func TestNftablesRuleset(t *testing.T) {
 }
 
 // aptMirror is the Debian mirror this machine's apt uses, so the test names
-// no host of its own: SIGHTGLASS_DEBIAN_MIRROR, else the first URIs: of a
-// deb822 source or the first deb line of sources.list.
+// no host of its own: SIGHTGLASS_DEBIAN_MIRROR, else the URI of the first
+// deb822 stanza or sources.list line that serves bookworm's main component
+// (not the security archive, not a vendor's repository).
 func aptMirror(t *testing.T) string {
 	t.Helper()
 	if m := os.Getenv("SIGHTGLASS_DEBIAN_MIRROR"); m != "" {
 		return m
 	}
 	files, _ := filepath.Glob("/etc/apt/sources.list.d/*.sources")
-	files = append(files, "/etc/apt/sources.list")
 	for _, f := range files {
-		fh, err := os.Open(f)
+		b, err := os.ReadFile(f)
 		if err != nil {
 			continue
 		}
-		sc := bufio.NewScanner(fh)
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			switch {
-			case len(fields) >= 2 && fields[0] == "URIs:" && !strings.Contains(fields[1], "security"):
-				fh.Close()
-				return fields[1]
-			case len(fields) >= 3 && fields[0] == "deb" && !strings.Contains(fields[1], "security"):
-				fh.Close()
-				return fields[1]
+		for _, stanza := range strings.Split(string(b), "\n\n") {
+			fields := map[string][]string{}
+			for _, line := range strings.Split(stanza, "\n") {
+				if k, v, ok := strings.Cut(line, ":"); ok && !strings.HasPrefix(line, "#") {
+					fields[strings.TrimSpace(k)] = strings.Fields(v)
+				}
+			}
+			if uris := fields["URIs"]; len(uris) > 0 && slices.Contains(fields["Suites"], "bookworm") && slices.Contains(fields["Components"], "main") && !strings.Contains(uris[0], "security") {
+				return uris[0]
 			}
 		}
-		fh.Close()
 	}
-	t.Fatal("no Debian mirror in /etc/apt: set SIGHTGLASS_DEBIAN_MIRROR")
+	if fh, err := os.Open("/etc/apt/sources.list"); err == nil {
+		defer fh.Close()
+		sc := bufio.NewScanner(fh)
+		for sc.Scan() {
+			// deb [options] URI suite components...
+			f := strings.Fields(sc.Text())
+			if len(f) >= 4 && f[0] == "deb" && slices.Contains(f, "bookworm") && slices.Contains(f, "main") {
+				for _, x := range f[1:] {
+					if strings.Contains(x, "://") && !strings.Contains(x, "security") {
+						return x
+					}
+				}
+			}
+		}
+	}
+	t.Fatal("no Debian bookworm mirror in /etc/apt: set SIGHTGLASS_DEBIAN_MIRROR")
 	return ""
 }
 
