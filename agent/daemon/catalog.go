@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/agent/config"
@@ -35,6 +36,9 @@ func Catalog(devs []poll.Device, policy string) []CatalogPoint {
 			c := CatalogPoint{ID: p.ID, Unit: p.Unit, Tags: p.Tags}
 			if policy == config.CatalogFull {
 				c.Name, c.Description = p.Name, p.Description
+				// The device is a name too, so only a full catalogue
+				// carries it: as a tag the dashboard can filter by.
+				c.Tags = append(slices.Clone(p.Tags), "device:"+d.Name)
 			}
 			out = append(out, c)
 		}

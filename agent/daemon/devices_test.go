@@ -114,3 +114,26 @@ func TestBuildDevicesSurvivesADeviceDown(t *testing.T) {
 		t.Errorf("devices built: %v", names)
 	}
 }
+
+func TestCatalogPolicy(t *testing.T) {
+	cfg := loadConfig(t, "  - name: ahu\n    driver: up\n    interval: 1m\n    points:\n      - {ref: sat, name: Supply air, unit: °F, tags: [air]}\n")
+	var s anon.Secret
+	devs, err := BuildDevices(context.Background(), cfg, registry(t), anon.NewRegistry(anon.New(s)), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := Catalog(devs, config.CatalogFull)
+	if len(full) != 1 || full[0].Name != "Supply air" || full[0].Unit != "°F" || len(full[0].Tags) != 2 || full[0].Tags[1] != "device:ahu" {
+		t.Errorf("full catalogue %+v", full)
+	}
+	tags := Catalog(devs, config.CatalogTagsOnly)
+	if len(tags) != 1 || tags[0].Name != "" || tags[0].Description != "" || len(tags[0].Tags) != 1 || tags[0].Unit != "°F" {
+		t.Errorf("tags-only catalogue %+v", tags)
+	}
+	if none := Catalog(devs, config.CatalogNone); none != nil {
+		t.Errorf("none catalogue %+v", none)
+	}
+	if len(devs[0].Points[0].Tags) != 1 {
+		t.Error("building the catalogue changed the point's own tags")
+	}
+}
