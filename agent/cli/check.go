@@ -479,9 +479,15 @@ func (c *checker) checkIngest(ctx context.Context) {
 		return
 	}
 	received := c.f.now()
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 	resp.Body.Close()
-	c.add("mtls handshake", checkOK, "%s accepted agent %s of site %s (%s over %s)", ingest.Host, id.Agent, id.Site, tlsVersion(resp.TLS), resp.Proto)
+	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+		// The handshake held but the ingest refuses this identity (revoked,
+		// or unknown to its registry).
+		c.add("mtls handshake", checkFail, "%s refused agent %s: %s %s", ingest.Host, id.Agent, resp.Status, strings.TrimSpace(string(body)))
+	} else {
+		c.add("mtls handshake", checkOK, "%s accepted agent %s of site %s (%s over %s)", ingest.Host, id.Agent, id.Site, tlsVersion(resp.TLS), resp.Proto)
+	}
 
 	date, err := http.ParseTime(resp.Header.Get("Date"))
 	if err != nil {

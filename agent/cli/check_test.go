@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -337,10 +338,15 @@ func TestCheckIngestIntegration(t *testing.T) {
 		t.Fatal(err)
 	}
 	var served int
+	var revoked atomic.Bool
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		served++
 		if len(r.TLS.PeerCertificates) == 0 {
 			t.Error("the ingest saw no client certificate")
+		}
+		if revoked.Load() {
+			http.Error(w, `{"code":"revoked"}`, http.StatusForbidden)
+			return
 		}
 		w.WriteHeader(http.StatusOK)
 	}))
@@ -439,6 +445,14 @@ func TestCheckIngestIntegration(t *testing.T) {
 	}
 	if !strings.HasPrefix(lastLine(out.String()), "GO: ") {
 		t.Errorf("human report does not end with the verdict:\n%s", out.String())
+	}
+
+	// A revoked agent completes the handshake and is refused by the ingest.
+	revoked.Store(true)
+	rep = runChecks(t.Context(), cfg, f, 5*time.Second)
+	revoked.Store(false)
+	if l := lineOf(t, rep, "mtls handshake"); l.Result != checkFail || !strings.Contains(l.Detail, "403") || !strings.Contains(l.Detail, "revoked") {
+		t.Errorf("a refused agent: mtls handshake = %+v, want fail naming 403 and the reason", l)
 	}
 
 	// Through an HTTPS proxy: the probes and the handshake go through
