@@ -443,6 +443,23 @@ devices:
 		}
 	})
 
+	t.Run("check fails the handshake of a revoked agent", func(t *testing.T) {
+		st, err := status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.CommandContext(ctx, ingestBin, "agents", "revoke", st.Agent, "--reason", "isolation test", "--config", ingestCfg).CombinedOutput(); err != nil {
+			t.Fatalf("revoking %s: %v\n%s", st.Agent, err, out)
+		}
+		rep := runCheck(t, l, agentBin, agentCfg)
+		if r := rep["mtls handshake"]; r.Result != "fail" {
+			t.Errorf("after revoking the agent, mtls handshake = %+v, want fail", r)
+		}
+		if r := rep["outbound https"]; r.Result != "ok" {
+			t.Errorf("after revoking the agent, outbound https = %+v: the network is still fine", r)
+		}
+	})
+
 	if err := agent.stop(syscall.SIGTERM); err != nil {
 		t.Errorf("the agent did not stop cleanly: %v", err)
 	}
