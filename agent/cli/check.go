@@ -684,6 +684,9 @@ func modbusTarget(s deviceSettings) string {
 // probeTCP connects and closes at once: the device sees a connection and
 // no request at all, which is as read-only as a probe can be.
 func (c *checker) probeTCP(ctx context.Context, name, proto, target, local string) {
+	if !c.routedViaControl(name, proto, target) {
+		return
+	}
 	dctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	start := c.f.now()
@@ -712,6 +715,11 @@ func (c *checker) probeBACnet(ctx context.Context, name string, s deviceSettings
 		c.add(name, checkSkip, "bacnet device %d has neither address nor broadcast: found through a BBMD, not probed here", *s.DeviceInstance)
 		return
 	}
+	for _, a := range []string{s.Address, s.Broadcast} {
+		if a != "" && !c.routedViaControl(name, "bacnet", a) {
+			return
+		}
+	}
 	pctx, cancel := context.WithTimeout(ctx, c.timeout+time.Second)
 	defer cancel()
 	objName, err := c.f.bacnetProbe(pctx, s.LocalAddress, s.Broadcast, s.Address, *s.DeviceInstance, c.timeout)
@@ -720,6 +728,88 @@ func (c *checker) probeBACnet(ctx context.Context, name string, s deviceSettings
 		return
 	}
 	c.add(name, checkOK, "bacnet device %d answered ReadProperty object-name: %q", *s.DeviceInstance, objName)
+}
+
+// routedViaControl fails the device's line, and returns false, when the
+// kernel would send packets for target out of another NIC than the control
+// one: a device address off the control subnet goes out by the default
+// route, the uplink, with the control address as its source. The probe is
+// then not sent at all. Host names and boxes without a network section are
+// not judged.
+func (c *checker) routedViaControl(name, proto, target string) bool {
+	n := c.cfg.Network
+	if !n.Configured() {
+		return true
+	}
+	host := target
+	if h, _, err := net.SplitHostPort(target); err == nil {
+		host = h
+	}
+	if i := strings.IndexByte(host, '/'); i >= 0 { // BACnet's IP:port/NET:MAC
+		host = host[:i]
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || !ip.Is4() {
+		return true
+	}
+	iface, via, err := egress(c.f.procNet, ip)
+	switch {
+	case err != nil:
+		c.add(name, checkFail, "%s %s: reading the routing table: %v", proto, target, err)
+		return false
+	case iface == "":
+		c.add(name, checkFail, "%s %s: no route: the control NIC %s's subnet does not hold it", proto, target, n.Control.Interface)
+		return false
+	case iface != n.Control.Interface:
+		c.add(name, checkFail, "%s %s is routed out of %s (%s), not the control NIC %s: put the device on the control subnet or add a route via %s; not probed", proto, target, iface, via, n.Control.Interface, n.Control.Interface)
+		return false
+	}
+	return true
+}
+
+// egress finds the IPv4 route the kernel would use for ip in /proc/net/route:
+// the longest matching prefix, then the lowest metric.
+func egress(procNet fs.FS, ip netip.Addr) (iface, via string, err error) {
+	b, err := fs.ReadFile(procNet, "route")
+	if err != nil {
+		return "", "", err
+	}
+	best, bestMetric := -1, 0
+	for i, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		// Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+		if i == 0 || len(f) < 8 {
+			continue
+		}
+		dst, err1 := netip.ParseAddr(hexIPv4(f[1]))
+		mask, err2 := netip.ParseAddr(hexIPv4(f[7]))
+		metric, err3 := strconv.Atoi(f[6])
+		if err1 != nil || err2 != nil || err3 != nil {
+			continue
+		}
+		bits := 0
+		for _, octet := range mask.As4() {
+			for ; octet&0x80 != 0; octet <<= 1 {
+				bits++
+			}
+		}
+		p, err := dst.Prefix(bits)
+		if err != nil || !p.Contains(ip) {
+			continue
+		}
+		if bits > best || bits == best && metric < bestMetric {
+			best, bestMetric = bits, metric
+			iface = f[0]
+			via = "the default route"
+			if bits > 0 {
+				via = "route " + p.String()
+			}
+			if gw := hexIPv4(f[2]); gw != "0.0.0.0" {
+				via += " via " + gw
+			}
+		}
+	}
+	return iface, via, nil
 }
 
 // probeBACnet reads the device object's name through pkg/bacnet's guarded

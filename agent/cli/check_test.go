@@ -185,6 +185,22 @@ func TestCheckSystemFacts(t *testing.T) {
 			f.diskFree = func(string) (uint64, error) { return 10 << 20, nil }
 		}, "disk space", checkFail, "the buffer may grow by 64.0MiB"},
 		{"modbus unreachable", nil, "device meter", checkFail, "modbus 10.20.0.40:502 unreachable from 10.20.0.5"},
+		{"modbus on a network routed via the control NIC", func(f *checkFacts) {
+			f.procNet = fstest.MapFS{"route": {Data: []byte("Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n" +
+				"up0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\n" +
+				"ctl0\t0000000A\t0100010A\t0003\t0\t0\t0\t000000FF\n")}}
+		}, "device meter", checkFail, "modbus 10.20.0.40:502 unreachable from 10.20.0.5"},
+		{"modbus routed out of the uplink", func(f *checkFacts) {
+			f.procNet = fstest.MapFS{"route": {Data: []byte("Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n" +
+				"up0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\n" +
+				"ctl0\t0001140A\t00000000\t0001\t0\t0\t0\t00FFFFFF\n")}}
+			f.dial = func(_ context.Context, _, remote string) (net.Conn, error) {
+				if strings.HasPrefix(remote, "10.20.0.40") {
+					panic("a device routed out of the uplink must not be probed")
+				}
+				return nil, errors.New("no dial in this test")
+			}
+		}, "device meter", checkFail, "routed out of up0 (the default route via 192.0.2.1), not the control NIC ctl0"},
 		{"no certificate", nil, "certificate", checkFail, "enroll first"},
 	}
 	for _, tt := range tests {
@@ -396,6 +412,10 @@ func TestCheckIngestIntegration(t *testing.T) {
 			{Name: "up0", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/8")}},
 		}, nil
 	}
+	// Loopback is the "control subnet" here, routed out of ctl0.
+	f.procNet = fstest.MapFS{"route": {Data: []byte("Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n" +
+		"up0\t00000000\t0100007F\t0003\t0\t0\t0\t00000000\n" +
+		"ctl0\t0000007F\t00000000\t0001\t0\t0\t0\t000000FF\n")}}
 	f.dial = func(ctx context.Context, local, remote string) (net.Conn, error) {
 		if h, _, _ := net.SplitHostPort(remote); h != "127.0.0.1" {
 			return nil, fmt.Errorf("test dial to %s refused: loopback only", remote)
@@ -426,8 +446,13 @@ func TestCheckIngestIntegration(t *testing.T) {
 	if served != 1 {
 		t.Errorf("the ingest answered %d requests, want 1", served)
 	}
-	if n := <-got; n != 0 {
-		t.Errorf("the Modbus probe sent %d bytes; a probe must send nothing", n)
+	select {
+	case n := <-got:
+		if n != 0 {
+			t.Errorf("the Modbus probe sent %d bytes; a probe must send nothing", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the Modbus device was never probed")
 	}
 
 	// The same run through the command, as JSON: parsable and go.
