@@ -55,6 +55,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzReadResults$$' -fuzztime $(FUZZTIME) ./agent/driver/opcua/
 	$(GO) test -run '^$$' -fuzz '^FuzzDeliver$$' -fuzztime $(FUZZTIME) ./agent/driver/opcua/
 	$(GO) test -run '^$$' -fuzz '^FuzzHistoryPage$$' -fuzztime $(FUZZTIME) ./agent/driver/opcua/
+	$(GO) test -run '^$$' -fuzz '^FuzzRouteTable$$' -fuzztime $(FUZZTIME) ./agent/cli/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./agent/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./ingest/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzImport$$' -fuzztime $(FUZZTIME) ./pkg/anon/

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -602,4 +603,31 @@ func connectProxy(t *testing.T) *testProxy {
 	t.Cleanup(srv.Close)
 	p.addr = srv.Listener.Addr().String()
 	return p
+}
+
+// FuzzRouteTable feeds arbitrary /proc/net/route and ipv6_route contents to
+// the parsers check reads them with: they must never panic, and a route
+// they return must name an interface that appears in the input.
+func FuzzRouteTable(f *testing.F) {
+	f.Add([]byte("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\nup0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\nctl0\t0000140A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"), []byte(strings.Repeat("0", 32)+" 00 "+strings.Repeat("0", 32)+" 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 ctl0\n"))
+	f.Add([]byte("Iface\tDestination\nx\tzz\tyy\t0\t0\t0\tNaN\tFFFFFFFF\n"), []byte(""))
+	f.Fuzz(func(t *testing.T, route, route6 []byte) {
+		fsys := fstest.MapFS{"route": {Data: route}, "ipv6_route": {Data: route6}}
+		routes, err := defaultRoutes(fsys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range routes {
+			if !bytes.Contains(route, []byte(r.iface)) && !bytes.Contains(route6, []byte(r.iface)) {
+				t.Errorf("route via %q, which the input does not name", r.iface)
+			}
+		}
+		iface, _, err := egress(fsys, netip.MustParseAddr("10.20.0.40"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if iface != "" && !bytes.Contains(route, []byte(iface)) {
+			t.Errorf("egress via %q, which the input does not name", iface)
+		}
+	})
 }
