@@ -85,6 +85,10 @@ func serveStatus(ctx context.Context, ln net.Listener, a *Agent, log *slog.Logge
 // FetchStatus asks the agent listening on socket for its status.
 func FetchStatus(ctx context.Context, socket string) (Status, error) {
 	client := &http.Client{Transport: &http.Transport{
+		// One question per call: a kept-alive connection would sit in the
+		// agent until it timed out, and a script polling status would pile
+		// them up.
+		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
