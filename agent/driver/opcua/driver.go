@@ -33,6 +33,7 @@ import (
 	"github.com/gopcua/opcua"
 	"github.com/gopcua/opcua/id"
 	"github.com/gopcua/opcua/ua"
+	"github.com/gopcua/opcua/uacp"
 	"github.com/gopcua/opcua/uasc"
 
 	"github.com/sightglass-bms/sightglass/pkg/driver"
@@ -275,7 +276,7 @@ func (d *Driver) connect(ctx context.Context) error {
 // OPC UA discovery does) and picks the configured one, checking the
 // server's certificate against the pin.
 func (d *Driver) endpoint(ctx context.Context) (*ua.EndpointDescription, error) {
-	eps, err := getEndpoints(ctx, d.g, d.cfg.endpoint, d.cfg.requestTimeout)
+	eps, err := getEndpoints(ctx, d.g, d.cfg.endpoint, d.cfg.localAddr, d.cfg.requestTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -304,8 +305,9 @@ func (d *Driver) endpoint(ctx context.Context) (*ua.EndpointDescription, error) 
 
 // getEndpoints opens an unsecured channel without a session and asks for
 // the server's endpoints through the guard.
-func getEndpoints(ctx context.Context, g *guard, endpoint string, timeout time.Duration) ([]*ua.EndpointDescription, error) {
+func getEndpoints(ctx context.Context, g *guard, endpoint string, local net.IP, timeout time.Duration) ([]*ua.EndpointDescription, error) {
 	opts := []opcua.Option{
+		dialFrom(local),
 		opcua.SecurityPolicy(ua.SecurityPolicyURINone),
 		opcua.SecurityMode(ua.MessageSecurityModeNone),
 		opcua.RequestTimeout(timeout),
@@ -330,6 +332,7 @@ func getEndpoints(ctx context.Context, g *guard, endpoint string, timeout time.D
 // for endpoint ep.
 func (d *Driver) sessionOptions(ep *ua.EndpointDescription) ([]opcua.Option, *uasc.SessionConfig, error) {
 	opts := []opcua.Option{
+		dialFrom(d.cfg.localAddr), // first: DialTimeout below sets its timeout
 		opcua.SecurityPolicy(d.cfg.policyURI),
 		opcua.SecurityMode(d.cfg.mode),
 		opcua.RequestTimeout(d.cfg.requestTimeout),
@@ -776,3 +779,17 @@ func (d *Driver) Attempts() int {
 
 // Refusals returns how many requests the read-only guard refused.
 func (d *Driver) Refusals() uint64 { return d.g.refusals() }
+
+// dialFrom is the option that dials the server from local (the control
+// NIC), or lets the kernel choose when local is nil. It must come before
+// opcua.DialTimeout, which sets the timeout of the dialer it installs.
+func dialFrom(local net.IP) opcua.Option {
+	d := &net.Dialer{Timeout: opcua.DefaultDialTimeout}
+	if local != nil {
+		d.LocalAddr = &net.TCPAddr{IP: local}
+	}
+	// A copy: gopcua's default dialer shares one global ACK, which options
+	// such as MaxMessageSize would change for every client.
+	ack := *uacp.DefaultClientACK
+	return opcua.Dialer(&uacp.Dialer{Dialer: d, ClientACK: &ack})
+}

@@ -361,3 +361,60 @@ func TestDedupe(t *testing.T) {
 		}
 	}
 }
+
+func TestLocalAddress(t *testing.T) {
+	for _, tt := range []struct {
+		local   string
+		wantErr string
+	}{{"", ""}, {"127.0.0.1", ""}, {"::1", ""}, {"127.0.0.1:4840", "not an IP address"}, {"control-nic", "not an IP address"}} {
+		t.Run(tt.local, func(t *testing.T) {
+			c, err := parseSettings(yamlSettings("endpoint: opc.tcp://127.0.0.1:4840\nsecurity_policy: None\nsecurity_mode: None\nlocal_address: \""+tt.local+"\"\n"), t.TempDir())
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), "local_address") {
+					t.Fatalf("err = %v, want %q naming local_address", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (tt.local == "") != (c.localAddr == nil) || (c.localAddr != nil && !c.localAddr.Equal(net.ParseIP(tt.local))) {
+				t.Errorf("localAddr = %v", c.localAddr)
+			}
+		})
+	}
+}
+
+// TestDialsFromLocalAddress checks that the connection leaves from the
+// configured address: a listener that only records who connects sees
+// 127.0.0.2, not the kernel's choice (127.0.0.1).
+func TestDialsFromLocalAddress(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	from := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		from <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+		c.Close()
+	}()
+	d, err := New(driver.Device{Name: "dev", Settings: yamlSettings("endpoint: opc.tcp://" + ln.Addr().String() + "\nsecurity_policy: None\nsecurity_mode: None\nlocal_address: 127.0.0.2\nrequest_timeout: 1s\n"), DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	_ = d.Connect(t.Context()) // the listener speaks no OPC UA: only the dial matters
+	select {
+	case ip := <-from:
+		if ip != "127.0.0.2" {
+			t.Errorf("connected from %s, want 127.0.0.2", ip)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no connection arrived")
+	}
+}

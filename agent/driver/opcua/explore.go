@@ -64,7 +64,7 @@ func Explore(ctx context.Context, o ExploreOptions) (*Report, error) {
 		return nil, err
 	}
 	defer d.Close()
-	eps, err := getEndpoints(ctx, d.g, d.cfg.endpoint, d.cfg.requestTimeout)
+	eps, err := getEndpoints(ctx, d.g, d.cfg.endpoint, d.cfg.localAddr, d.cfg.requestTimeout)
 	if err != nil {
 		return nil, err
 	}

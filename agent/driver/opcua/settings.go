@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -20,6 +21,10 @@ import (
 type Settings struct {
 	// Endpoint is the server's URL, opc.tcp://host:port[/path]. Required.
 	Endpoint string `yaml:"endpoint"`
+	// LocalAddress is the control NIC's IP address to dial from, so the
+	// connection can never leave by the uplink. Empty lets the kernel
+	// choose by its routes.
+	LocalAddress string `yaml:"local_address"`
 	// SecurityPolicy is Basic256Sha256, Aes128_Sha256_RsaOaep,
 	// Aes256_Sha256_RsaPss or None. Default Basic256Sha256.
 	SecurityPolicy string `yaml:"security_policy"`
@@ -125,6 +130,7 @@ var modes = map[string]ua.MessageSecurityMode{
 // config is the validated form of Settings.
 type config struct {
 	endpoint       string
+	localAddr      net.IP // nil: the kernel chooses
 	policyName     string
 	policyURI      string
 	mode           ua.MessageSecurityMode
@@ -171,6 +177,11 @@ func parseSettings(s driver.Settings, dataDir string) (config, error) {
 		publishing:     orDefault(raw.PublishingInterval, DefaultPublishingInterval),
 		backfillMax:    orDefault(raw.BackfillMax, DefaultBackfillMax),
 		browse:         BrowseLimits{Start: raw.BrowseStart, Depth: raw.BrowseDepth, Max: raw.BrowseMax},
+	}
+	if a := strings.TrimSpace(raw.LocalAddress); a != "" {
+		if c.localAddr = net.ParseIP(a); c.localAddr == nil {
+			bad("settings.local_address: %q is not an IP address: give the control NIC's address, without a port", a)
+		}
 	}
 	if c.endpoint == "" {
 		bad("settings.endpoint: required: the server's opc.tcp://host:port URL")
