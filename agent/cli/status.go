@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -14,11 +15,12 @@ import (
 
 func newStatusCmd() *cobra.Command {
 	var path, socket string
-	var asJSON bool
+	var asJSON, points bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the running agent's health: buffer, uplink, devices",
 		Example: `  sightglass-agent status --config /etc/sightglass/agent.yaml
+  sightglass-agent status --points | grep fault
   sightglass-agent status --socket /var/lib/sightglass/agent.sock --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -60,11 +62,28 @@ func newStatusCmd() *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\n", d.Name, state, d.Reads, d.Failures, d.Samples, d.BadSamples, d.LastError)
 			}
+			if err := tw.Flush(); err != nil || !points {
+				return err
+			}
+			fmt.Fprintln(out)
+			tw = tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "DEVICE\tPOINT\tSAMPLES\tBAD\tLAST VALUE\tSTATUS\tAGE")
+			for _, d := range st.Devices {
+				for _, p := range d.Points {
+					age, value := "never", ""
+					if !p.LastTime.IsZero() {
+						age = time.Since(p.LastTime).Round(time.Second).String()
+						value = strconv.FormatFloat(p.LastValue, 'g', 6, 64)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", d.Name, p.Name, p.Samples, p.BadSamples, value, p.LastStatus, age)
+				}
+			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "/etc/sightglass/agent.yaml", "the agent's configuration file (to find its status socket)")
 	cmd.Flags().StringVar(&socket, "socket", "", "the agent's status socket (overrides --config)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	cmd.Flags().BoolVar(&points, "points", false, "also print every point: its counts, last value, status and age")
 	return cmd
 }

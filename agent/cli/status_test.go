@@ -46,7 +46,8 @@ func TestStatus(t *testing.T) {
 	st := daemon.Status{
 		Agent: "ag-test", Site: "s-1", Version: "v1", StartedAt: time.Now().Add(-time.Hour),
 		Buffer:  buffer.Stats{PendingSamples: 12, SealedBatches: 3, DroppedSamples: 7},
-		Devices: []poll.DeviceStats{{Name: "ahu1", Up: true, Reads: 5}, {Name: "rtu2", Up: false, LastError: "connection refused"}},
+		Devices: []poll.DeviceStats{{Name: "ahu1", Up: true, Reads: 5, Points: []poll.PointStats{{Name: "supply air", Samples: 5, BadSamples: 1, LastTime: time.Now(), LastValue: 21.5, LastStatus: "fault"}}},
+			{Name: "rtu2", Up: false, LastError: "connection refused", Points: []poll.PointStats{{Name: "zone temp"}}}},
 	}
 	sock := fakeAgent(t, st)
 	t.Run("table", func(t *testing.T) {
@@ -57,6 +58,17 @@ func TestStatus(t *testing.T) {
 		for _, want := range []string{"agent ag-test", "12 samples pending", "7 dropped", "last upload never", "ahu1", "rtu2", "down", "connection refused"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+	})
+	t.Run("points", func(t *testing.T) {
+		out, _, err := run(t, context.Background(), "status", "--socket", sock, "--points")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"POINT", "supply air", "21.5", "fault", "zone temp", "never"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("--points output lacks %q:\n%s", want, out)
 			}
 		}
 	})

@@ -183,6 +183,22 @@ type DeviceStats struct {
 	// NextAttempt is when the device is next connected or read; zero while
 	// every read it may run is in flight.
 	NextAttempt time.Time
+	// Points are the device's points in configuration order, each with
+	// its counts and last sample. The status socket is local: names are
+	// shown here, never upstream.
+	Points []PointStats `json:",omitempty"`
+}
+
+// PointStats is the health of one point.
+type PointStats struct {
+	Name string
+	// Samples counts the samples read; BadSamples those whose status is
+	// not ok.
+	Samples, BadSamples uint64
+	// LastTime, LastValue and LastStatus are the last sample read.
+	LastTime   time.Time `json:",omitzero"`
+	LastValue  float64
+	LastStatus string `json:",omitempty"`
 }
 
 // Health sums the scheduler's state for the agent's health report (the

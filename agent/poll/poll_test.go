@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -320,6 +321,27 @@ func TestPointIntervalsAndCoalescing(t *testing.T) {
 				if st.Reads != uint64(len(tt.want)) || st.Samples != uint64(wantSamples) || len(sink.samples) != wantSamples {
 					t.Errorf("stats reads %d samples %d, sink %d; want %d reads, %d samples",
 						st.Reads, st.Samples, len(sink.samples), len(tt.want), wantSamples)
+				}
+				// Per point: each counted as often as its name appears in the reads.
+				if len(st.Points) != len(tt.points) {
+					t.Fatalf("%d point stats for %d points", len(st.Points), len(tt.points))
+				}
+				var perPoint uint64
+				for i, ps := range st.Points {
+					want := 0
+					for _, r := range tt.want {
+						refs := strings.Split(strings.TrimSuffix(r[strings.Index(r, "[")+1:], "]"), "+")
+						if slices.Contains(refs, tt.points[i].Ref) {
+							want++
+						}
+					}
+					if ps.Name != tt.points[i].Ref || ps.Samples != uint64(want) || ps.LastTime.IsZero() || ps.LastStatus != "ok" {
+						t.Errorf("point %s: %+v, want %d samples", tt.points[i].Ref, ps, want)
+					}
+					perPoint += ps.Samples
+				}
+				if perPoint != st.Samples {
+					t.Errorf("points sum to %d samples, the device counted %d", perPoint, st.Samples)
 				}
 			})
 		})

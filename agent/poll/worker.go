@@ -59,6 +59,8 @@ type worker struct {
 	nominal time.Time
 	delay   time.Duration
 
+	index map[uint64]int // point id -> its place in stats.Points; fixed at start
+
 	mu    sync.Mutex
 	stats DeviceStats
 }
@@ -70,6 +72,15 @@ func newWorker(d Device, sink Sink, opts Options) *worker {
 		opts:  opts,
 		log:   opts.Logger.With("device", d.Name),
 		stats: DeviceStats{Name: d.Name},
+		index: make(map[uint64]int, len(d.Points)),
+	}
+	for i, p := range d.Points {
+		name := p.Name
+		if name == "" {
+			name = p.Ref
+		}
+		w.index[p.ID] = i
+		w.stats.Points = append(w.stats.Points, PointStats{Name: name})
 	}
 	w.committer, _ = d.Driver.(driver.Committer)
 	byInterval := make(map[time.Duration]*group)
@@ -97,7 +108,8 @@ type result struct {
 	err       error
 	samples   int
 	bad       int
-	dropped   bool // the sink refused the samples
+	got       []telemetry.Sample // for the per-point counts
+	dropped   bool               // the sink refused the samples
 	commitErr bool
 }
 
@@ -292,6 +304,20 @@ func (w *worker) succeed(now time.Time, r result) {
 		st.ConsecutiveFailures = 0
 		st.Samples += uint64(r.samples)
 		st.BadSamples += uint64(r.bad)
+		for _, smp := range r.got {
+			i, ok := w.index[smp.PointID]
+			if !ok {
+				continue
+			}
+			p := &st.Points[i]
+			p.Samples++
+			if smp.Status != telemetry.StatusOK {
+				p.BadSamples++
+			}
+			if t := time.UnixMilli(smp.Time); !t.Before(p.LastTime) {
+				p.LastTime, p.LastValue, p.LastStatus = t, smp.Value, smp.Status.String()
+			}
+		}
 		if r.dropped {
 			st.DroppedReads++
 			st.DroppedSamples += uint64(r.samples)
@@ -347,7 +373,7 @@ func (w *worker) poll(ctx context.Context, groups []*group, points []driver.Poin
 		r.err = err
 		return r
 	}
-	r.samples = len(samples)
+	r.samples, r.got = len(samples), samples
 	for _, s := range samples {
 		if s.Status != telemetry.StatusOK {
 			r.bad++
@@ -437,7 +463,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 func (w *worker) snapshot() DeviceStats {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.stats
+	st := w.stats
+	st.Points = slices.Clone(st.Points)
+	return st
 }
 
 // update changes the worker's stats under its lock.
