@@ -45,7 +45,7 @@ func fakeAgent(t *testing.T, st daemon.Status) string {
 func TestStatus(t *testing.T) {
 	st := daemon.Status{
 		Agent: "ag-test", Site: "s-1", Version: "v1", StartedAt: time.Now().Add(-time.Hour),
-		Buffer:  buffer.Stats{PendingSamples: 12, SealedBatches: 3, DroppedSamples: 7},
+		Buffer: buffer.Stats{PendingSamples: 12, SealedBatches: 3, DroppedSamples: 7},
 		Devices: []poll.DeviceStats{{Name: "ahu1", Up: true, Reads: 5, Points: []poll.PointStats{{Name: "supply air", Samples: 5, BadSamples: 1, LastTime: time.Now(), LastValue: 21.5, LastStatus: "fault"}}},
 			{Name: "rtu2", Up: false, LastError: "connection refused", Points: []poll.PointStats{{Name: "zone temp"}}}},
 	}
