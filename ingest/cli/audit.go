@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -38,16 +39,11 @@ func newAuditListCmd() *cobra.Command {
 				return err
 			}
 			defer db.Close()
-			// Find where the last page starts from the newest entry.
-			var after int64
-			all, err := db.AuditLog(cmd.Context(), 0, 1<<31-1)
+			entries, err := db.AuditRecent(cmd.Context(), 0, last)
 			if err != nil {
 				return err
 			}
-			if n := int64(len(all)); n > int64(last) {
-				after = n - int64(last)
-			}
-			entries := all[after:]
+			slices.Reverse(entries) // oldest first, as a log reads
 			out := cmd.OutOrStdout()
 			if asJSON {
 				for _, e := range entries {

@@ -76,6 +76,11 @@ func (s *DB) AuditLog(ctx context.Context, after int64, limit int) ([]AuditEntry
 	if err != nil {
 		return nil, fmt.Errorf("reading the audit log: %w", err)
 	}
+	return scanAudit(rows)
+}
+
+// scanAudit reads audit rows selected as AuditLog selects them.
+func scanAudit(rows *sql.Rows) ([]AuditEntry, error) {
 	defer rows.Close()
 	var out []AuditEntry
 	for rows.Next() {
