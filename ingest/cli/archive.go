@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
@@ -70,8 +71,8 @@ type healthJSON struct {
 
 func newArchiveCatCmd() *cobra.Command {
 	var (
-		storeDir string
-		header   bool
+		storeDir, configPath string
+		header               bool
 	)
 	cmd := &cobra.Command{
 		Use:   "cat [PATH...]",
@@ -87,33 +88,51 @@ status is then non-zero.`,
   sightglass-ingest archive cat --store-dir /srv/archive --header acme/s1/2026/03/01/
   sightglass-ingest archive cat acme/s1/2026/03/01/12/ag-x2k4p7m9q3ab-00000000000000000042.sgb | jq .value`,
 		RunE: func(cmd *cobra.Command, paths []string) error {
-			if fi, err := os.Stat(storeDir); err != nil || !fi.IsDir() {
-				return fmt.Errorf("opening archive: %s is not a directory: pass --store-dir with the store.dir of the ingest's config", storeDir)
-			}
-			store, err := blob.OpenDir(storeDir)
-			if err != nil {
-				return err
+			var store blob.Store
+			root := ""
+			if configPath != "" {
+				// The ingest's own store, directory or Azure.
+				af := archiveFlags{config: configPath}
+				s, err := af.open(cmd.Context(), slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn})))
+				if err != nil {
+					return err
+				}
+				store = s
+				if d, ok := s.(*blob.Dir); ok {
+					root = d.Root()
+				}
+			} else {
+				if fi, err := os.Stat(storeDir); err != nil || !fi.IsDir() {
+					return fmt.Errorf("opening archive: %s is not a directory: pass --store-dir with the store.dir of the ingest's config, or --config", storeDir)
+				}
+				d, err := blob.OpenDir(storeDir)
+				if err != nil {
+					return err
+				}
+				store, root = d, d.Root()
 			}
 			if len(paths) == 0 {
 				paths = []string{""}
 			}
-			c := &catter{store: store, header: header, errOut: cmd.ErrOrStderr(), tables: map[string][]uint64{}}
+			c := &catter{store: store, root: root, header: header, errOut: cmd.ErrOrStderr(), tables: map[string][]uint64{}}
 			w := bufio.NewWriter(cmd.OutOrStdout())
 			c.out = json.NewEncoder(w)
-			err = c.run(cmd.Context(), paths)
+			err := c.run(cmd.Context(), paths)
 			if ferr := w.Flush(); err == nil && ferr != nil {
 				err = fmt.Errorf("writing output: %w", ferr)
 			}
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&storeDir, "store-dir", defaultStoreDir, "root of the archive (store.dir in the ingest's config)")
+	cmd.Flags().StringVar(&storeDir, "store-dir", defaultStoreDir, "root of a directory archive (store.dir in the ingest's config)")
+	cmd.Flags().StringVar(&configPath, "config", "", "the ingest's configuration file: read its store, directory or Azure (overrides --store-dir)")
 	cmd.Flags().BoolVar(&header, "header", false, "print each batch's header as a JSON line before its samples")
 	return cmd
 }
 
 type catter struct {
-	store  *blob.Dir
+	store  blob.Store
+	root   string // the directory of a directory archive, else empty
 	header bool
 	out    *json.Encoder
 	errOut io.Writer
@@ -156,9 +175,12 @@ func (c *catter) run(ctx context.Context, paths []string) error {
 func (c *catter) expand(ctx context.Context, p string) ([]string, error) {
 	name := p
 	if filepath.IsAbs(p) {
-		rel, err := filepath.Rel(c.store.Root(), p)
+		if c.root == "" {
+			return nil, fmt.Errorf("%s: give a blob name prefix such as acme/s1/2026/, not a file path", p)
+		}
+		rel, err := filepath.Rel(c.root, p)
 		if err != nil || strings.HasPrefix(rel, "..") {
-			return nil, fmt.Errorf("%s is outside the archive %s: give a path relative to it", p, c.store.Root())
+			return nil, fmt.Errorf("%s is outside the archive %s: give a path relative to it", p, c.root)
 		}
 		name = rel
 	}
@@ -170,7 +192,7 @@ func (c *catter) expand(ctx context.Context, p string) ([]string, error) {
 		return []string{name}, nil
 	}
 	prefix := name
-	if prefix != "" && (strings.HasSuffix(p, "/") || isDir(filepath.Join(c.store.Root(), filepath.FromSlash(name)))) {
+	if prefix != "" && (strings.HasSuffix(p, "/") || (c.root != "" && isDir(filepath.Join(c.root, filepath.FromSlash(name))))) {
 		prefix += "/"
 	}
 	all, err := c.store.List(ctx, prefix)
@@ -184,7 +206,11 @@ func (c *catter) expand(ctx context.Context, p string) ([]string, error) {
 		}
 	}
 	if len(names) == 0 {
-		return nil, fmt.Errorf("no batches under %q in %s", p, c.store.Root())
+		where := c.root
+		if s, ok := c.store.(fmt.Stringer); ok && where == "" {
+			where = s.String()
+		}
+		return nil, fmt.Errorf("no batches under %q in %s", p, where)
 	}
 	return names, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,7 +14,9 @@ import (
 	"github.com/parquet-go/parquet-go"
 
 	"github.com/sightglass-bms/sightglass/ingest/blob"
+	"github.com/sightglass-bms/sightglass/ingest/blob/azure/azuritetest"
 	"github.com/sightglass-bms/sightglass/ingest/compact"
+	"github.com/sightglass-bms/sightglass/ingest/config"
 	"github.com/sightglass-bms/sightglass/ingest/export"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
@@ -73,5 +76,60 @@ func TestArchiveCompactAndExport(t *testing.T) {
 	}
 	if _, _, err := run(t, ctx, "archive", "export", "--store-dir", dir, "--tenant", "acme", "--site", "s1", "--day", "2026-11-28", "--out", pq); err == nil || !strings.Contains(err.Error(), "no samples") {
 		t.Errorf("exporting an empty day: %v", err)
+	}
+}
+
+// TestArchiveCommandsOnAzuriteIntegration runs cat, compact and export on
+// an archive in the Azure store, reached through the ingest's config.
+func TestArchiveCommandsOnAzuriteIntegration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("Azurite integration test: skipped with -short")
+	}
+	ctx := context.Background()
+	srv := azuritetest.Start(t, azuritetest.Options{})
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "ingest.yaml")
+	cfg := "ca_dir: ca\ndatabase: ingest.db\nstore:\n  kind: azure\n  azure:\n    account_url: " + srv.AccountURL + "\n    container: archive\n    auth: shared-key-emulator\n"
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.LoadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, _, err := openStore(ctx, c, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	day := time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC)
+	var smp []telemetry.Sample
+	for m := range 120 {
+		smp = append(smp, telemetry.Sample{PointID: 0xb1, Time: day.Add(time.Duration(m) * time.Minute).UnixMilli(), Value: float64(m)})
+	}
+	enc, err := batch.Encode(&batch.Batch{Header: batch.Header{AgentID: "ag-x", Site: "s1", Seq: 1, SentAt: smp[0].Time}, Samples: smp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store.Put(ctx, blob.TableName("acme", "s1", enc.TableHash.String()), enc.Table)
+	store.Put(ctx, blob.BatchName("acme", "s1", "ag-x", 1, day), enc.Data)
+
+	out, _, err := run(t, ctx, "archive", "cat", "--config", cfgPath, "acme/s1/")
+	if err != nil || strings.Count(out, "\n") != len(smp) {
+		t.Fatalf("archive cat on Azure: %d lines, %v", strings.Count(out, "\n"), err)
+	}
+	if _, _, err := run(t, ctx, "archive", "compact", "--config", cfgPath, "--tenant", "acme", "--site", "s1", "--day", "2026-11-29"); err != nil {
+		t.Fatal(err)
+	}
+	names, _ := store.List(ctx, "acme/s1/2026/")
+	if len(names) != 0 {
+		t.Errorf("batch blobs left after compaction: %v", names)
+	}
+	pq := filepath.Join(dir, "day.parquet")
+	if _, _, err := run(t, ctx, "archive", "export", "--config", cfgPath, "--tenant", "acme", "--site", "s1", "--day", "2026-11-29", "--out", pq); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err = run(t, ctx, "archive", "cat", "--config", cfgPath, "acme/s1/days/")
+	if err != nil || strings.Count(out, "\n") != len(smp) {
+		t.Errorf("archive cat of the day blob: %d lines, %v", strings.Count(out, "\n"), err)
 	}
 }
