@@ -10,6 +10,7 @@ import (
 	"github.com/sightglass-bms/sightglass/agent/config"
 	"github.com/sightglass-bms/sightglass/agent/daemon"
 	"github.com/sightglass-bms/sightglass/pkg/anon"
+	"github.com/sightglass-bms/sightglass/pkg/driver"
 )
 
 func newConfigCmd() *cobra.Command {
@@ -35,24 +36,35 @@ no network I/O and touches no device.`,
 			if err != nil {
 				return err
 			}
-			// A throwaway secret: validation checks that ids do not collide
-			// under some key, and must not create the site's real secret.
-			var s anon.Secret
-			for i := range cfg.Devices {
-				cfg.Devices[i].Discover = false
-			}
-			devs, err := daemon.BuildDevices(context.Background(), cfg, reg, anon.NewRegistry(anon.New(s)), slog.New(slog.DiscardHandler))
+			ndev, points, err := checkDrivers(cfg, reg)
 			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
-			points := 0
-			for _, d := range devs {
-				points += len(d.Points)
-				d.Driver.Close()
-			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s: ok: %d devices, %d points configured\n", args[0], len(devs), points)
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s: ok: %d devices, %d points configured\n", args[0], ndev, points)
 			return err
 		},
 	})
 	return cmd
+}
+
+// checkDrivers lets every driver check its own settings and the point ids
+// be computed, without discovery or any network I/O, and without touching
+// the site's real secret: ids are checked for collisions under a
+// throwaway key. It returns the devices and points configured.
+func checkDrivers(cfg *config.Config, reg *driver.Registry) (devices, points int, err error) {
+	var s anon.Secret
+	c := *cfg
+	c.Devices = append([]config.Device(nil), cfg.Devices...)
+	for i := range c.Devices {
+		c.Devices[i].Discover = false
+	}
+	devs, err := daemon.BuildDevices(context.Background(), &c, reg, anon.NewRegistry(anon.New(s)), slog.New(slog.DiscardHandler))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, d := range devs {
+		points += len(d.Points)
+		d.Driver.Close()
+	}
+	return len(devs), points, nil
 }

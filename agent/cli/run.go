@@ -1,14 +1,19 @@
 package cli
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"runtime/debug"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/sightglass-bms/sightglass/agent/config"
 	"github.com/sightglass-bms/sightglass/agent/daemon"
+	"github.com/sightglass-bms/sightglass/pkg/driver"
 )
 
 func newRunCmd() *cobra.Command {
@@ -18,9 +23,16 @@ func newRunCmd() *cobra.Command {
 		Short: "Run the agent: poll devices, buffer, upload",
 		Long: `run starts the agent with the given configuration and keeps it running until
 SIGINT or SIGTERM. Samples are buffered on disk, so stopping or killing the
-agent loses nothing it has acknowledged.`,
-		Example: "  sightglass-agent run --config /etc/sightglass/agent.yaml",
-		Args:    cobra.NoArgs,
+agent loses nothing it has acknowledged.
+
+SIGHUP reloads the configuration: the new file is checked first (drivers
+included, as 'config validate' does) and, if anything is wrong, refused with
+an error in the log while the agent keeps running as it was. A good one
+replaces the running agent: the poller, uplink and status socket stop and
+start again; the buffer stays on disk in between, so nothing is lost.`,
+		Example: `  sightglass-agent run --config /etc/sightglass/agent.yaml
+  systemctl reload sightglass-agent    # sends SIGHUP`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(path)
 			if err != nil {
@@ -30,13 +42,55 @@ agent loses nothing it has acknowledged.`,
 			if err != nil {
 				return err
 			}
-			log := newLogger(cmd.ErrOrStderr(), cfg.Log)
-			return daemon.Run(cmd.Context(), daemon.Options{Config: cfg, Registry: reg, Logger: log, Version: Version,
-				SizeMemory: func(points int) { sizeMemory(points, log) }})
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			for {
+				next, err := runUntilReload(cmd.Context(), cmd, path, cfg, reg, hup)
+				if next == nil {
+					return err
+				}
+				cfg = next
+			}
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "/etc/sightglass/agent.yaml", "the agent's configuration file")
 	return cmd
+}
+
+// runUntilReload runs the agent with cfg until it stops, or until a SIGHUP
+// brings a configuration that passes every check; then it stops this
+// agent and returns the new configuration to start again with.
+func runUntilReload(parent context.Context, cmd *cobra.Command, path string, cfg *config.Config, reg *driver.Registry, hup <-chan os.Signal) (*config.Config, error) {
+	log := newLogger(cmd.ErrOrStderr(), cfg.Log)
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- daemon.Run(ctx, daemon.Options{Config: cfg, Registry: reg, Logger: log, Version: Version,
+			SizeMemory: func(points int) { sizeMemory(points, log) }})
+	}()
+	for {
+		select {
+		case err := <-done:
+			return nil, err
+		case <-hup:
+			next, err := config.Load(path)
+			if err == nil {
+				_, _, err = checkDrivers(next, reg)
+			}
+			if err != nil {
+				log.Error("reloading the configuration: the new file is refused; the agent keeps running as it was", "config", path, "err", err)
+				continue
+			}
+			log.Info("reloading the configuration: restarting the agent with it; buffered data stays on disk", "config", path)
+			cancel()
+			if err := <-done; err != nil {
+				return nil, fmt.Errorf("stopping the agent to reload its configuration: %w", err)
+			}
+			return next, nil
+		}
+	}
 }
 
 // Memory sizing: the agent runs on small boxes beside other software, so
