@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -45,10 +46,18 @@ start again; the buffer stays on disk in between, so nothing is lost.`,
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
+			retry := rediscoverFirst
 			for {
-				next, err := runUntilReload(cmd.Context(), cmd, path, cfg, reg, hup)
+				next, undiscovered, err := runUntilReload(cmd.Context(), cmd, path, cfg, reg, hup, retry)
 				if next == nil {
 					return err
+				}
+				// A restart for devices that did not answer at the last
+				// start waits longer each time they still do not.
+				if undiscovered {
+					retry = min(2*retry, rediscoverMax)
+				} else {
+					retry = rediscoverFirst
 				}
 				cfg = next
 			}
@@ -61,19 +70,34 @@ start again; the buffer stays on disk in between, so nothing is lost.`,
 // runUntilReload runs the agent with cfg until it stops, or until a SIGHUP
 // brings a configuration that passes every check; then it stops this
 // agent and returns the new configuration to start again with.
-func runUntilReload(parent context.Context, cmd *cobra.Command, path string, cfg *config.Config, reg *driver.Registry, hup <-chan os.Signal) (*config.Config, error) {
+func runUntilReload(parent context.Context, cmd *cobra.Command, path string, cfg *config.Config, reg *driver.Registry, hup <-chan os.Signal, retry time.Duration) (next *config.Config, forDiscovery bool, err error) {
 	log := newLogger(cmd.ErrOrStderr(), cfg.Log)
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	done := make(chan error, 1)
+	// Devices that did not answer discovery at start: the agent restarts
+	// itself (as on SIGHUP, same file) after retry to discover them.
+	rediscover := make(chan []string, 1)
 	go func() {
 		done <- daemon.Run(ctx, daemon.Options{Config: cfg, Registry: reg, Logger: log, Version: Version,
-			SizeMemory: func(points int) { sizeMemory(points, log) }})
+			SizeMemory:   func(points int) { sizeMemory(points, log) },
+			Undiscovered: func(devices []string) { rediscover <- devices }})
 	}()
+	var timer <-chan time.Time
 	for {
 		select {
 		case err := <-done:
-			return nil, err
+			return nil, false, err
+		case devices := <-rediscover:
+			log.Info("discovery will be tried again", "devices", devices, "in", retry)
+			timer = time.After(retry)
+		case <-timer:
+			log.Info("restarting the agent to discover the devices that did not answer")
+			cancel()
+			if err := <-done; err != nil {
+				return nil, false, fmt.Errorf("stopping the agent to discover again: %w", err)
+			}
+			return cfg, true, nil
 		case <-hup:
 			next, err := config.Load(path)
 			if err == nil {
@@ -86,12 +110,20 @@ func runUntilReload(parent context.Context, cmd *cobra.Command, path string, cfg
 			log.Info("reloading the configuration: restarting the agent with it; buffered data stays on disk", "config", path)
 			cancel()
 			if err := <-done; err != nil {
-				return nil, fmt.Errorf("stopping the agent to reload its configuration: %w", err)
+				return nil, false, fmt.Errorf("stopping the agent to reload its configuration: %w", err)
 			}
-			return next, nil
+			return next, false, nil
 		}
 	}
 }
+
+// Rediscovery: a device that did not answer discovery at start is tried
+// again by restarting the agent after rediscoverFirst, doubling up to
+// rediscoverMax while it still does not answer.
+const (
+	rediscoverFirst = time.Minute
+	rediscoverMax   = 30 * time.Minute
+)
 
 // Memory sizing: the agent runs on small boxes beside other software, so
 // the Go runtime gets a soft limit that grows with the points polled

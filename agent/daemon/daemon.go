@@ -42,6 +42,10 @@ type Options struct {
 	// the devices are built, so the command can size the process's soft
 	// memory limit to them.
 	SizeMemory func(points int)
+	// Undiscovered, if set, is told the devices whose discovery failed
+	// because they did not answer, so the command can start the agent
+	// again later to discover them.
+	Undiscovered func(devices []string)
 }
 
 // Agent is a running agent.
@@ -86,9 +90,12 @@ func Run(ctx context.Context, opts Options) error {
 		log.Info("created a new site secret; export it with a passphrase so a replacement box keeps the same point ids", "path", filepath.Join(cfg.DataDir, "site.key"))
 	}
 	pseud := anon.New(secret)
-	devices, err := BuildDevices(ctx, cfg, opts.Registry, anon.NewRegistry(pseud), log)
+	devices, undiscovered, err := buildDevices(ctx, cfg, opts.Registry, anon.NewRegistry(pseud), log)
 	if err != nil {
 		return err
+	}
+	if len(undiscovered) > 0 && opts.Undiscovered != nil {
+		opts.Undiscovered(undiscovered)
 	}
 	if opts.SizeMemory != nil {
 		n := 0

@@ -18,7 +18,15 @@ import (
 // read-only driver), and every driver validates its own settings. All
 // problems are reported together.
 func BuildDevices(ctx context.Context, cfg *config.Config, reg *driver.Registry, ids *anon.Registry, log *slog.Logger) ([]poll.Device, error) {
+	devs, _, err := buildDevices(ctx, cfg, reg, ids, log)
+	return devs, err
+}
+
+// buildDevices is BuildDevices that also names the devices whose discovery
+// failed because they did not answer, so the agent can try again later.
+func buildDevices(ctx context.Context, cfg *config.Config, reg *driver.Registry, ids *anon.Registry, log *slog.Logger) ([]poll.Device, []string, error) {
 	var devs []poll.Device
+	var undiscovered []string
 	var errs []error
 	for i := range cfg.Devices {
 		d := &cfg.Devices[i]
@@ -36,13 +44,14 @@ func BuildDevices(ctx context.Context, cfg *config.Config, reg *driver.Registry,
 		if d.Discover {
 			found, err := discover(ctx, info, d, cfg.DataDir, dlog)
 			if errors.Is(err, errDeviceUnreachable) {
+				undiscovered = append(undiscovered, d.Name)
 				// A device that is down at start-up must not keep the
 				// agent, and every other device, from running.
 				if len(points) == 0 {
-					dlog.Error("discovery failed and no points are configured: this device is not polled until the agent restarts", "err", err)
+					dlog.Error("discovery failed and no points are configured: this device is not polled until discovery is tried again", "err", err)
 					continue
 				}
-				dlog.Warn("discovery failed: polling the configured points only until the agent restarts", "err", err, "points", len(points))
+				dlog.Warn("discovery failed: polling the configured points only until discovery is tried again", "err", err, "points", len(points))
 				found = nil
 				err = nil
 			}
@@ -68,9 +77,9 @@ func BuildDevices(ctx context.Context, cfg *config.Config, reg *driver.Registry,
 		for _, d := range devs {
 			d.Driver.Close()
 		}
-		return nil, err
+		return nil, nil, err
 	}
-	return devs, nil
+	return devs, undiscovered, nil
 }
 
 func pointRef(driverName, device, ref string) string {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/sightglass-bms/sightglass/agent/config"
@@ -102,9 +103,12 @@ func TestBuildDevicesSurvivesADeviceDown(t *testing.T) {
     discover: true
 `)
 	var s anon.Secret
-	devs, err := BuildDevices(context.Background(), cfg, registry(t), anon.NewRegistry(anon.New(s)), slog.New(slog.DiscardHandler))
+	devs, undiscovered, err := buildDevices(context.Background(), cfg, registry(t), anon.NewRegistry(anon.New(s)), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("a device down at start-up kept the agent from starting: %v", err)
+	}
+	if strings.Join(undiscovered, ",") != "dead,half" {
+		t.Errorf("undiscovered %v, want the two devices that were down, to try again", undiscovered)
 	}
 	names := map[string]int{}
 	for _, d := range devs {
