@@ -46,15 +46,15 @@ func Catalog(devs []poll.Device, policy string) []CatalogPoint {
 	return out
 }
 
-// caller sends one request to the ingest over the uplink.
-type caller interface {
-	Call(ctx context.Context, method, path, contentType string, body []byte) (int, []byte, error)
+// catalogSender uploads the catalogue over the uplink.
+type catalogSender interface {
+	SendCatalog(ctx context.Context, catalog []byte) (int, []byte, error)
 }
 
 // sendCatalog uploads the catalogue, retrying with a jittered backoff
 // until the ingest takes it or ctx ends. A refusal that retrying cannot fix
 // (4xx other than 429) is logged once and given up: batches flow anyway.
-func sendCatalog(ctx context.Context, up caller, points []CatalogPoint, log *slog.Logger) error {
+func sendCatalog(ctx context.Context, up catalogSender, points []CatalogPoint, log *slog.Logger) error {
 	if points == nil {
 		return nil
 	}
@@ -64,7 +64,7 @@ func sendCatalog(ctx context.Context, up caller, points []CatalogPoint, log *slo
 	}
 	wait := 5 * time.Second
 	for {
-		status, data, err := up.Call(ctx, http.MethodPut, "v1/catalog", "application/json", body)
+		status, data, err := up.SendCatalog(ctx, body)
 		switch {
 		case err == nil && status == http.StatusOK:
 			log.Info("point catalogue sent", "points", len(points))

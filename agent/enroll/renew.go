@@ -14,11 +14,11 @@ import (
 	"github.com/sightglass-bms/sightglass/ingest/pki"
 )
 
-// Caller is what the renewer needs from the uplink: one request over the
-// agent's mTLS transport, and a way to make the next connection present
-// the new certificate.
-type Caller interface {
-	Call(ctx context.Context, method, path, contentType string, body []byte) (int, []byte, error)
+// Uplink is what the renewer needs from the agent's uplink: the renewal request
+// over the agent's mTLS transport and a way to make the next connection
+// present the new certificate.
+type Uplink interface {
+	RequestRenewal(ctx context.Context, request []byte) (int, []byte, error)
 	CertificateRotated()
 }
 
@@ -38,7 +38,7 @@ type Renewer struct {
 	// Cert is the certificate the uplink presents; the renewer replaces it.
 	Cert *atomic.Pointer[tls.Certificate]
 	// Up sends the renewal and is told of the rotation.
-	Up Caller
+	Up Uplink
 	// Log receives what happened; required.
 	Log *slog.Logger
 	// Now and Rand are the clock and the jitter source (time.Now and
@@ -119,7 +119,7 @@ func (r *Renewer) RenewOnce(ctx context.Context) error {
 		return err
 	}
 	body, _ := json.Marshal(map[string]any{"csr": csr})
-	status, data, err := r.Up.Call(ctx, http.MethodPost, "v1/renew", "application/json", body)
+	status, data, err := r.Up.RequestRenewal(ctx, body)
 	if err != nil {
 		return fmt.Errorf("asking the ingest to renew: %w", err)
 	}

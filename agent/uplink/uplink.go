@@ -319,13 +319,23 @@ func (u *Uplink) CertificateRotated() {
 	u.client.CloseIdleConnections()
 }
 
-// Call sends one request to the ingest over the uplink's mTLS transport
-// (proxy, local address and bandwidth cap included) with the uplink's
-// per-request timeout, and returns the status and body. It is for the
-// agent's other conversations with the ingest: certificate renewal and the
-// point catalogue. path is relative to the ingest URL, such as "v1/renew".
-func (u *Uplink) Call(ctx context.Context, method, path, contentType string, body []byte) (int, []byte, error) {
-	a, err := u.exchange(ctx, method, u.base.JoinPath(path).String(), contentType, body, nil)
+// SendCatalog uploads the point catalogue (JSON, PUT /v1/catalog) over the
+// uplink's mTLS transport (proxy, local address and bandwidth cap
+// included) with the uplink's per-request timeout, and returns the
+// ingest's status and answer.
+func (u *Uplink) SendCatalog(ctx context.Context, catalog []byte) (int, []byte, error) {
+	return u.call(ctx, http.MethodPut, "v1/catalog", catalog)
+}
+
+// RequestRenewal asks the ingest for a renewed certificate (JSON with the
+// CSR, POST /v1/renew), as SendCatalog sends.
+func (u *Uplink) RequestRenewal(ctx context.Context, request []byte) (int, []byte, error) {
+	return u.call(ctx, http.MethodPost, "v1/renew", request)
+}
+
+// call sends one JSON request to the ingest and returns its answer.
+func (u *Uplink) call(ctx context.Context, method, path string, body []byte) (int, []byte, error) {
+	a, err := u.exchange(ctx, method, u.base.JoinPath(path).String(), "application/json", body, nil)
 	if err != nil {
 		return 0, nil, err
 	}
