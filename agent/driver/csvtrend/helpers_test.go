@@ -1,7 +1,6 @@
 package csvtrend
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"io/fs"
@@ -9,50 +8,22 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"go.yaml.in/yaml/v4"
-
 	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/driver/drivertest"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
 
 // bmsDir holds the real trend exports shared by the repository's tests.
 const bmsDir = "../../../testdata/bms"
 
-// yamlSettings is driver.Settings over a YAML snippet, decoded strictly
-// like the agent's config loader does.
-type yamlSettings string
-
-func (s yamlSettings) Decode(v any) error {
-	if strings.TrimSpace(string(s)) == "" {
-		return nil
-	}
-	dec := yaml.NewDecoder(strings.NewReader(string(s)))
-	dec.KnownFields(true)
-	return dec.Decode(v)
-}
-
-// logBuffer collects a driver's log lines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// yamlSettings and logBuffer are the kit's test fixtures.
+type (
+	yamlSettings = drivertest.YAML
+	logBuffer    = drivertest.LogBuffer
+)
 
 // newTestDriver builds and connects a driver with the given settings.
 func newTestDriver(t *testing.T, settings string, points ...driver.Point) (*Driver, *logBuffer) {

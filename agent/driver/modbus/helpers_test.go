@@ -6,33 +6,14 @@ import (
 	"strings"
 	"testing"
 
-	"go.yaml.in/yaml/v4"
-
 	"github.com/sightglass-bms/sightglass/agent/driver/modbus"
 	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/driver/drivertest"
 	modbussim "github.com/sightglass-bms/sightglass/pkg/sim/modbus"
 )
 
-// yamlSettings is driver.Settings over a YAML text, strict like the
-// agent's config.
-type yamlSettings string
-
-func (s yamlSettings) Decode(v any) error {
-	if strings.TrimSpace(string(s)) == "" {
-		return nil
-	}
-	var n yaml.Node
-	if err := yaml.Load([]byte(s), &n); err != nil {
-		return err
-	}
-	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
-		n = *n.Content[0]
-	}
-	if n.Kind == yaml.MappingNode && len(n.Content) == 0 {
-		return nil
-	}
-	return n.Load(v, yaml.WithKnownFields())
-}
+// yamlSettings is the kit's strict YAML settings.
+type yamlSettings = drivertest.YAML
 
 // point builds a configured point; extra is YAML of its own settings.
 func point(id uint64, ref, extra string) driver.Point {

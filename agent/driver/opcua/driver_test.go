@@ -217,7 +217,7 @@ func TestNodeIDUnknown(t *testing.T) {
 	sim := startSim(t, simopcua.Options{MaxNodesPerRead: 3})
 	points := simPoints(sim, 7)
 	var logs logBuffer
-	d, err := New(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL), Points: points, Logger: logs.logger()})
+	d, err := New(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL), Points: points, Logger: logs.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -84,7 +84,7 @@ func TestGuardRefusesWrites(t *testing.T) {
 	sim := startSim(t, simopcua.Options{})
 	var logs logBuffer
 	points := simPoints(sim, 2)
-	d, err := newDriver(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL), Points: points, Logger: logs.logger()})
+	d, err := newDriver(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL), Points: points, Logger: logs.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}

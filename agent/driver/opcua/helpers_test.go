@@ -1,54 +1,20 @@
 package opcua
 
 import (
-	"bytes"
 	"fmt"
-	"log/slog"
 	"slices"
-	"strings"
-	"sync"
 	"testing"
 
-	"go.yaml.in/yaml/v4"
-
 	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/driver/drivertest"
 	simopcua "github.com/sightglass-bms/sightglass/pkg/sim/opcua"
 )
 
-// yamlSettings is driver.Settings from YAML text, decoded strictly like
-// the agent's configuration.
-type yamlSettings string
-
-func (s yamlSettings) Decode(v any) error {
-	if strings.TrimSpace(string(s)) == "" {
-		return nil
-	}
-	dec := yaml.NewDecoder(strings.NewReader(string(s)))
-	dec.KnownFields(true)
-	return dec.Decode(v)
-}
-
-// logBuffer collects a driver's log lines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *logBuffer) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
+// yamlSettings and logBuffer are the kit's test fixtures.
+type (
+	yamlSettings = drivertest.YAML
+	logBuffer    = drivertest.LogBuffer
+)
 
 // startSim starts the in-process simulator for one test.
 func startSim(t testing.TB, o simopcua.Options) *simopcua.Server {

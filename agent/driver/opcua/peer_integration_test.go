@@ -104,7 +104,7 @@ func TestNodeOPCUAIntegration(t *testing.T) {
 			settings := fmt.Sprintf("endpoint: %s\nsecurity_policy: %s\nsecurity_mode: %s\npki_dir: %s\n%s\n", p.URL, tt.policy, tt.mode, pki, tt.auth)
 			points := append(peerPoints(), driver.Point{ID: 999, Ref: peerRef("Gone.Away"), Name: "gone"})
 			var logs logBuffer
-			d, err := newDriver(driver.Device{Name: "peer", Settings: yamlSettings(settings), Points: points, Logger: logs.logger()})
+			d, err := newDriver(driver.Device{Name: "peer", Settings: yamlSettings(settings), Points: points, Logger: logs.Logger()})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -46,13 +46,13 @@ func TestUnderPoller(t *testing.T) {
 	url := fmt.Sprintf("opc.tcp://127.0.0.1:%d", port)
 	points := []driver.Point{{ID: 1, Ref: "ns=1;s=AHU1.SupplyAirTemp"}, {ID: 2, Ref: "ns=1;s=AHU1.FanSpeed", Settings: yamlSettings("mode: subscribe\nsampling_interval: 100ms")}}
 	var logs logBuffer
-	d, err := New(driver.Device{Name: "late", Settings: noneSettings(t, url, "request_timeout: 400ms", "publishing_interval: 200ms"), Points: points, Logger: logs.logger()})
+	d, err := New(driver.Device{Name: "late", Settings: noneSettings(t, url, "request_timeout: 400ms", "publishing_interval: 200ms"), Points: points, Logger: logs.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := &sink{}
 	sched, err := poll.New([]poll.Device{{Name: "late", Driver: d, Points: points, Interval: 500 * time.Millisecond, Timeout: 500 * time.Millisecond}}, out,
-		poll.Options{BackoffBase: 100 * time.Millisecond, BackoffMax: 500 * time.Millisecond, Logger: logs.logger()})
+		poll.Options{BackoffBase: 100 * time.Millisecond, BackoffMax: 500 * time.Millisecond, Logger: logs.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}

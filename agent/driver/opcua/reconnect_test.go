@@ -21,7 +21,7 @@ func TestHistoryBackfill(t *testing.T) {
 	ref := fmt.Sprintf("ns=%d;s=%s", sim.NS, simopcua.HistoryNode)
 	points := []driver.Point{{ID: 1, Ref: ref, Settings: yamlSettings("history: true")}}
 	var logs logBuffer
-	d, err := New(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL, "request_timeout: 2s"), Points: points, Logger: logs.logger()})
+	d, err := New(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL, "request_timeout: 2s"), Points: points, Logger: logs.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ publishing_interval: 200ms
 		{ID: 4, Ref: peerRef("AHU1.ReturnAirTemp"), Settings: yamlSettings("mode: subscribe\nsampling_interval: 100ms\ndeadband: 100")},
 	}
 	var logs logBuffer
-	d, err := newDriver(driver.Device{Name: "peer", Settings: settings, Points: points, Logger: logs.logger()})
+	d, err := newDriver(driver.Device{Name: "peer", Settings: settings, Points: points, Logger: logs.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
