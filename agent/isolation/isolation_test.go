@@ -31,18 +31,12 @@ func TestMain(m *testing.M) {
 		if testing.Short() || os.Geteuid() != 0 {
 			return m.Run()
 		}
-		dir, err := os.MkdirTemp("", "sightglass-isolation-bin-")
+		dir, err := demo.BuildBinaries("sightglass-isolation-bin-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		cmd := exec.Command("go", "build", "-o", dir+"/", "../../agent/cmd/sightglass-agent", "../../ingest/cmd/sightglass-ingest")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "building the binaries for the isolation test:", err)
-			return 1
-		}
 		binDir = dir
 		return m.Run()
 	}()

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -34,18 +33,12 @@ func TestMain(m *testing.M) {
 		if testing.Short() {
 			return m.Run()
 		}
-		dir, err := os.MkdirTemp("", "sightglass-e2e-bin-")
+		dir, err := BuildBinaries("sightglass-e2e-bin-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		cmd := exec.Command("go", "build", "-o", dir+"/", "../../agent/cmd/sightglass-agent", "../../ingest/cmd/sightglass-ingest")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "building the binaries for the end-to-end tests:", err)
-			return 1
-		}
 		binDir = dir
 		return m.Run()
 	}()

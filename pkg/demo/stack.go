@@ -368,3 +368,23 @@ func freePort() (int, error) {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
+
+// BuildBinaries builds sightglass-agent and sightglass-ingest into a new
+// temporary directory, for tests that run them as real child processes,
+// and returns it; remove it when done. It must run inside the module.
+func BuildBinaries(prefix string) (string, error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.Command("go", "build", "-o", dir+"/",
+		"github.com/sightglass-bms/sightglass/agent/cmd/sightglass-agent",
+		"github.com/sightglass-bms/sightglass/ingest/cmd/sightglass-ingest")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("building the binaries: %w\n%s", err, out.String())
+	}
+	return dir, nil
+}
