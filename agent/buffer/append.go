@@ -1,8 +1,12 @@
 package buffer
 
 import (
+	"bytes"
+	"cmp"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/batch"
@@ -15,6 +19,8 @@ type appendReq struct {
 	rec  []byte
 	n    int
 	at   int64
+	mark []byte // nil unless AppendOnce
+	dup  bool   // set by the committer: mark was held already, rec not stored
 	done chan error
 }
 
@@ -27,38 +33,58 @@ type appendReq struct {
 // even if ctx is cancelled, so that a nil error always means stored and an
 // error (almost always) means not stored.
 func (b *Buffer) Append(ctx context.Context, samples []telemetry.Sample) error {
+	_, err := b.appendMarked(ctx, nil, samples)
+	return err
+}
+
+// AppendOnce is Append for data read from a source the reader consumes
+// afterwards (a trend file moved aside once buffered): mark names the data,
+// and is stored in the same transaction as the samples. If the buffer holds
+// mark already — the data was buffered, then the agent died before its
+// source was consumed, and the source was read again — nothing is stored
+// and dup is true, so the caller consumes the source without the samples
+// being sent twice. The last maxMarks marks are kept, far more than the
+// reads that can be in that window.
+func (b *Buffer) AppendOnce(ctx context.Context, mark []byte, samples []telemetry.Sample) (dup bool, err error) {
+	if len(mark) == 0 {
+		return false, fmt.Errorf("appending %d samples to buffer: empty mark (use Append for data without one)", len(samples))
+	}
+	return b.appendMarked(ctx, mark, samples)
+}
+
+func (b *Buffer) appendMarked(ctx context.Context, mark []byte, samples []telemetry.Sample) (bool, error) {
 	if len(samples) == 0 {
-		return nil
+		return false, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("appending %d samples to buffer: %w", len(samples), err)
+		return false, fmt.Errorf("appending %d samples to buffer: %w", len(samples), err)
 	}
 	at := b.now().UnixMilli()
 	rec, err := encodeRecord(samples, at) // outside any lock: callers encode in parallel
 	if err != nil {
-		return fmt.Errorf("appending %d samples to buffer: %w", len(samples), err)
+		return false, fmt.Errorf("appending %d samples to buffer: %w", len(samples), err)
 	}
 	if size := int64(len(rec) + 8); size > b.max {
-		return fmt.Errorf("appending %d samples to buffer: %w (%d bytes, cap %d): raise the buffer cap or poll fewer points per device",
+		return false, fmt.Errorf("appending %d samples to buffer: %w (%d bytes, cap %d): raise the buffer cap or poll fewer points per device",
 			len(samples), ErrTooLarge, size, b.max)
 	}
-	req := &appendReq{rec: rec, n: len(samples), at: at, done: make(chan error, 1)}
+	req := &appendReq{rec: rec, n: len(samples), at: at, mark: mark, done: make(chan error, 1)}
 	b.closeMu.RLock()
 	if b.closed {
 		b.closeMu.RUnlock()
-		return fmt.Errorf("appending %d samples to buffer: %w", len(samples), ErrClosed)
+		return false, fmt.Errorf("appending %d samples to buffer: %w", len(samples), ErrClosed)
 	}
 	select {
 	case b.reqs <- req:
 	case <-ctx.Done():
 		b.closeMu.RUnlock()
-		return fmt.Errorf("appending %d samples to buffer: %w", len(samples), ctx.Err())
+		return false, fmt.Errorf("appending %d samples to buffer: %w", len(samples), ctx.Err())
 	}
 	b.closeMu.RUnlock()
 	if err := <-req.done; err != nil {
-		return fmt.Errorf("appending %d samples to buffer %s: %w", len(samples), b.path, err)
+		return false, fmt.Errorf("appending %d samples to buffer %s: %w", len(samples), b.path, err)
 	}
-	return nil
+	return req.dup, nil
 }
 
 // commitLoop is the group committer. It takes the first waiting append,
@@ -137,6 +163,16 @@ func (b *Buffer) commitAppends(group []*appendReq) error {
 		pend := tx.Bucket(bPending)
 		pend.FillPercent = 1 // keys only ever grow: pack pages full
 		for _, r := range group {
+			r.dup = false // a retried transaction starts over
+			if r.mark != nil {
+				dup, err := putMark(tx, r.mark, c.nextRec)
+				if err != nil {
+					return err
+				}
+				if r.dup = dup; dup {
+					continue
+				}
+			}
 			key := u64key(c.nextRec)
 			if err := pend.Put(key, r.rec); err != nil {
 				return err
@@ -157,6 +193,58 @@ func (b *Buffer) commitAppends(group []*appendReq) error {
 		dropped.log(b, "buffer full: dropped oldest data")
 	}
 	return err
+}
+
+// maxMarks bounds the marks of AppendOnce kept. A mark is needed only
+// between the append and the consuming of its source (one poll, or one
+// restart after a crash), so this is far more than enough.
+const maxMarks = 4096
+
+// putMark records mark with the number of the record it comes with and
+// reports whether it was there already. Past maxMarks it forgets the
+// oldest half: record numbers only grow, so they order marks by age.
+func putMark(tx *bolt.Tx, mark []byte, rec uint64) (dup bool, err error) {
+	mb, err := tx.CreateBucketIfNotExists(bMarks)
+	if err != nil {
+		return false, err
+	}
+	if mb.Get(mark) != nil {
+		return true, nil
+	}
+	if err := mb.Put(mark, u64key(rec)); err != nil {
+		return false, err
+	}
+	if n := mb.Stats().KeyN; n > maxMarks {
+		return false, forgetOldestMarks(mb, n-maxMarks/2)
+	}
+	return false, nil
+}
+
+// forgetOldestMarks deletes the n oldest marks.
+func forgetOldestMarks(mb *bolt.Bucket, n int) error {
+	type entry struct {
+		key []byte
+		rec uint64
+	}
+	var all []entry
+	err := mb.ForEach(func(k, v []byte) error {
+		var rec uint64
+		if len(v) == 8 {
+			rec = binary.BigEndian.Uint64(v)
+		}
+		all = append(all, entry{bytes.Clone(k), rec})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(all, func(a, b entry) int { return cmp.Compare(a.rec, b.rec) })
+	for _, e := range all[:min(n, len(all))] {
+		if err := mb.Delete(e.key); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // dropInfo tallies what one enforceCap call dropped, for the log.

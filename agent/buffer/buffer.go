@@ -88,6 +88,9 @@ var (
 	// holds in memory can be dropped and still reach the ingest; its Ack
 	// then takes its samples back off the dropped count, which stays exact.
 	bDroppedSeqs = []byte("dropped_seqs")
+	// bMarks holds the marks of AppendOnce (value: the number of the
+	// record stored with the mark, 8 bytes BE), made when first needed.
+	bMarks = []byte("marks")
 
 	dataBuckets = [][]byte{bPending, bSealed, bTables, bRefs, bRejected}
 

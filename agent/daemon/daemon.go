@@ -236,6 +236,10 @@ func (a *Agent) health() batch.Health {
 	return h
 }
 
+// The buffer stores a trend export read again after a crash once, not
+// twice: the scheduler finds it is a OnceSink.
+var _ poll.OnceSink = (*buffer.Buffer)(nil)
+
 // source adapts the buffer to the uplink's Source.
 type source struct{ b *buffer.Buffer }
 

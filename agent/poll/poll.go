@@ -50,7 +50,9 @@
 // retries it (Options.AppendAttempts in all, pausing Options.AppendPause,
 // doubling), then drops the read with an error log and counts the dropped
 // samples in Stats; a Committer is not committed, so it reads the same data
-// again. A failing buffer is serious, but holding the read back would stall
+// again. A crash between Append and Commit also makes a Committer read its
+// data again; when the Sink is a OnceSink, that second read is recognised
+// by its mark and committed without being stored twice. A failing buffer is serious, but holding the read back would stall
 // the device's polling and grow memory without bound. An Append is not
 // interrupted by shutdown (it runs under its own Options.AppendTimeout), so
 // a read that finished just before shutdown is still stored.
@@ -98,6 +100,17 @@ const (
 // Append may be called from several workers at once.
 type Sink interface {
 	Append(ctx context.Context, samples []telemetry.Sample) error
+}
+
+// OnceSink is a Sink that can store the samples of a read together with a
+// mark naming them, in one transaction, and stores nothing (dup true) when
+// it holds the mark already. The scheduler uses it for drivers that
+// implement driver.Committer: if the agent dies after the Append and
+// before the Commit, the driver reads the same data again at the next
+// start, and that read is then committed without its samples being stored
+// a second time. The agent's buffer implements it.
+type OnceSink interface {
+	AppendOnce(ctx context.Context, mark []byte, samples []telemetry.Sample) (dup bool, err error)
 }
 
 // Device is one device to poll.

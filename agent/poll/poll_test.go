@@ -900,3 +900,83 @@ func TestReadFinishedAtShutdownIsStoredAndCommitted(t *testing.T) {
 		checkLifecycle(t, fd)
 	})
 }
+
+// onceSink is a memSink that is also a OnceSink.
+type onceSink struct {
+	memSink
+	marks map[string]bool
+}
+
+func (s *onceSink) AppendOnce(ctx context.Context, mark []byte, samples []telemetry.Sample) (bool, error) {
+	s.mu.Lock()
+	if s.marks[string(mark)] {
+		s.mu.Unlock()
+		s.events.add("append-dup")
+		return true, nil
+	}
+	s.marks[string(mark)] = true
+	s.mu.Unlock()
+	return false, s.Append(ctx, samples)
+}
+
+// TestCommitterReadAgainIsNotStoredTwice: a Committer returning the data
+// of its last Read again (as after a crash between Append and Commit) is
+// committed, and its samples are not stored a second time; a plain Sink
+// stores them again (at least once), and a non-Committer is never marked.
+func TestCommitterReadAgainIsNotStoredTwice(t *testing.T) {
+	// Reads 0 and 1 return the same data; read 2 returns new data.
+	read := func(_ context.Context, n int, points []driver.Point) ([]telemetry.Sample, error) {
+		out := make([]telemetry.Sample, len(points))
+		for i, p := range points {
+			out[i] = telemetry.Sample{PointID: p.ID, Time: 1_700_000_000_000 + int64(max(n, 1))*1000, Value: float64(i)}
+		}
+		return out, nil
+	}
+	tests := []struct {
+		name        string
+		committer   bool
+		once        bool
+		want        []string
+		wantSamples int
+	}{
+		{"committer, OnceSink", true, true, []string{"append-ok", "commit", "append-dup", "commit", "append-ok", "commit"}, 4},
+		{"committer, plain Sink", true, false, []string{"append-ok", "commit", "append-ok", "commit", "append-ok", "commit"}, 6},
+		{"not a committer, OnceSink", false, true, []string{"append-ok", "append-ok", "append-ok"}, 6},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ev := &events{}
+				fd := newFake()
+				fd.read = read
+				var logs logBuffer
+				var drv driver.Driver = fd
+				if tt.committer {
+					drv = committingDriver{fd, ev}
+				}
+				var sink Sink = &memSink{events: ev}
+				mem := sink.(*memSink)
+				if tt.once {
+					once := &onceSink{memSink: memSink{events: ev}, marks: map[string]bool{}}
+					sink, mem = once, &once.memSink
+				}
+				s := mustNew(t, []Device{{Name: "trend-export", Driver: drv, Points: []driver.Point{point(1, "x", 0), point(2, "y", 0)}, Interval: time.Second}},
+					sink, Options{Logger: logs.logger()})
+				runFor(t, s, 2500*time.Millisecond)
+				equal(t, "sink and commit events", ev.get(), tt.want)
+				mem.mu.Lock()
+				defer mem.mu.Unlock()
+				if len(mem.samples) != tt.wantSamples {
+					t.Errorf("sink holds %d samples, want %d", len(mem.samples), tt.wantSamples)
+				}
+				wantLogs := 0
+				if tt.committer && tt.once {
+					wantLogs = 1
+				}
+				if got := len(logs.records(t, "read the same data again that was buffered before the agent stopped without committing it; committing it now, not storing it twice")); got != wantLogs {
+					t.Errorf("%d logs of the second read, want %d", got, wantLogs)
+				}
+			})
+		})
+	}
+}

@@ -3,9 +3,12 @@ package poll
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -379,7 +382,11 @@ func (w *worker) poll(ctx context.Context, groups []*group, points []driver.Poin
 			r.bad++
 		}
 	}
-	if !w.store(ctx, samples) {
+	var mark []byte
+	if w.committer != nil {
+		mark = markOf(samples)
+	}
+	if !w.store(ctx, samples, mark) {
 		r.dropped = true
 		return r
 	}
@@ -424,15 +431,27 @@ func (w *worker) read(ctx context.Context, points []driver.Point) ([]telemetry.S
 // store appends samples to the sink, trying AppendAttempts times, and
 // reports whether they are durable. Each Append runs under its own timeout,
 // not ctx, so a read that finished before shutdown is still stored; the
-// pauses between attempts end at shutdown.
-func (w *worker) store(ctx context.Context, samples []telemetry.Sample) bool {
+// pauses between attempts end at shutdown. With a mark and a OnceSink the
+// samples are stored with the mark, and samples whose mark the sink holds
+// already count as durable: they are (see OnceSink).
+func (w *worker) store(ctx context.Context, samples []telemetry.Sample, mark []byte) bool {
 	if len(samples) == 0 {
 		return true
 	}
+	once, _ := w.sink.(OnceSink)
 	pause := w.opts.AppendPause
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opts.AppendTimeout)
-		err := w.sink.Append(actx, samples)
+		var err error
+		if once != nil && mark != nil {
+			var dup bool
+			if dup, err = once.AppendOnce(actx, mark, samples); err == nil && dup {
+				w.log.Warn("read the same data again that was buffered before the agent stopped without committing it; committing it now, not storing it twice",
+					"samples", len(samples))
+			}
+		} else {
+			err = w.sink.Append(actx, samples)
+		}
 		cancel()
 		if err == nil {
 			return true
@@ -445,6 +464,23 @@ func (w *worker) store(ctx context.Context, samples []telemetry.Sample) bool {
 		w.log.Warn("buffer append failed, trying again", "err", err, "attempt", attempt, "retry_in", pause)
 		pause *= 2
 	}
+}
+
+// markOf names samples for OnceSink: a SHA-256 over every field of every
+// sample, in order. Two reads with the same mark returned the same data
+// (the same points, times, values and statuses), so storing the second
+// would only duplicate the first.
+func markOf(samples []telemetry.Sample) []byte {
+	h := sha256.New()
+	var rec [25]byte
+	for _, s := range samples {
+		binary.BigEndian.PutUint64(rec[0:], s.PointID)
+		binary.BigEndian.PutUint64(rec[8:], uint64(s.Time))
+		binary.BigEndian.PutUint64(rec[16:], math.Float64bits(s.Value))
+		rec[24] = byte(s.Status)
+		h.Write(rec[:])
+	}
+	return h.Sum(nil)
 }
 
 // sleep waits d, or less if ctx ends first; it reports whether d elapsed.

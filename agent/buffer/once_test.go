@@ -1,0 +1,115 @@
+package buffer
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+)
+
+// TestAppendOnce: data appended with a mark is stored once — again with
+// the same mark (the source read a second time after a crash) it is
+// refused as a duplicate, across a reopen too, while other marks and plain
+// appends are stored.
+func TestAppendOnce(t *testing.T) {
+	ctx := context.Background()
+	path := tempPath(t)
+	b := openT(t, path, Options{})
+	defer func() { b.Close() }()
+
+	steps := []struct {
+		name    string
+		mark    string // "" = plain Append
+		base    int
+		reopen  bool
+		wantDup bool
+	}{
+		{"first read of a file", "file-a", 0, false, false},
+		{"same file read again", "file-a", 0, false, true},
+		{"another file", "file-b", 10, false, false},
+		{"plain append", "", 20, false, false},
+		{"file-a after a reopen", "file-a", 0, true, true},
+		{"file-b after a reopen", "file-b", 10, false, true},
+		{"new file after a reopen", "file-c", 30, false, false},
+	}
+	want := 0
+	for _, st := range steps {
+		if st.reopen {
+			b = reopen(t, b, path, Options{})
+		}
+		samples := mkSamples(st.base, 5)
+		if st.mark == "" {
+			if err := b.Append(ctx, samples); err != nil {
+				t.Fatalf("%s: %v", st.name, err)
+			}
+			want += len(samples)
+			continue
+		}
+		dup, err := b.AppendOnce(ctx, []byte(st.mark), samples)
+		if err != nil || dup != st.wantDup {
+			t.Fatalf("%s: AppendOnce = dup %v, %v; want dup %v", st.name, dup, err, st.wantDup)
+		}
+		if !dup {
+			want += len(samples)
+		}
+		if got := int(b.Stats().PendingSamples); got != want {
+			t.Fatalf("%s: %d pending samples, want %d", st.name, got, want)
+		}
+	}
+	if got := drainAll(t, b, 1000); len(got) != want {
+		t.Fatalf("drained %d samples, want %d", len(got), want)
+	}
+	if _, err := b.AppendOnce(ctx, nil, mkSamples(0, 1)); err == nil {
+		t.Fatal("AppendOnce with an empty mark: no error")
+	}
+}
+
+// TestAppendOnceConcurrent: the same mark offered by many goroutines at
+// once (so several land in one group commit) is stored exactly once.
+func TestAppendOnceConcurrent(t *testing.T) {
+	b := openT(t, tempPath(t), Options{})
+	defer b.Close()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	stored := 0
+	for i := range 40 {
+		wg.Go(func() {
+			dup, err := b.AppendOnce(context.Background(), []byte(fmt.Sprint("m", i%4)), mkSamples(i%4*10, 3))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if !dup {
+				mu.Lock()
+				stored++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if stored != 4 || b.Stats().PendingSamples != 12 {
+		t.Fatalf("stored %d of 4 marks, %d samples pending (want 12)", stored, b.Stats().PendingSamples)
+	}
+}
+
+// TestMarksBounded: past maxMarks the oldest marks are forgotten and the
+// newest kept.
+func TestMarksBounded(t *testing.T) {
+	ctx := context.Background()
+	b := openT(t, tempPath(t), Options{NoSync: true})
+	defer b.Close()
+	for i := range maxMarks + 10 {
+		if _, err := b.AppendOnce(ctx, []byte(fmt.Sprint("mark-", i)), mkSamples(i, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		i       int
+		wantDup bool
+	}{{0, false}, {maxMarks + 9, true}, {maxMarks, true}} {
+		dup, err := b.AppendOnce(ctx, []byte(fmt.Sprint("mark-", tc.i)), mkSamples(tc.i, 1))
+		if err != nil || dup != tc.wantDup {
+			t.Errorf("mark %d: dup %v, %v; want %v", tc.i, dup, err, tc.wantDup)
+		}
+	}
+}
