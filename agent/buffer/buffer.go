@@ -48,6 +48,14 @@ type Options struct {
 	// LockTimeout is how long Open waits for another process to release
 	// the file. Zero means 2 seconds.
 	LockTimeout time.Duration
+	// FirstSeq is the sequence number of the first batch of a new file
+	// (an existing file goes on from its own). Zero means 1. The ingest
+	// names and deduplicates batches by agent and sequence number, so a
+	// buffer that replaces a lost or damaged one must not number from 1
+	// again: its batches would collide with ones the ingest already holds
+	// and be refused. The agent passes the time in microseconds, which
+	// grows faster than any buffer seals batches.
+	FirstSeq uint64
 }
 
 const (
@@ -154,6 +162,8 @@ type Buffer struct {
 	log  *slog.Logger
 	max  int64
 	now  func() time.Time
+	// firstSeq numbers the first batch if Open creates the file.
+	firstSeq uint64
 
 	// wmu serializes write transactions with the publication of their
 	// counters, so a commit can never publish stale counters over a newer
@@ -186,7 +196,7 @@ func Open(path string, opts Options) (*Buffer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	b := &Buffer{path: path, log: log, max: opts.MaxBytes, now: time.Now, reqs: make(chan *appendReq, maxGroup)}
+	b := &Buffer{path: path, log: log, max: opts.MaxBytes, firstSeq: max(opts.FirstSeq, 1), now: time.Now, reqs: make(chan *appendReq, maxGroup)}
 
 	db, err := openBolt(path, opts)
 	if err != nil {
@@ -347,8 +357,8 @@ func (b *Buffer) create(tx *bolt.Tx) error {
 			return fmt.Errorf("creating buffer %s: %w", b.path, err)
 		}
 	}
-	b.c = counters{nextSeq: 1, nextRec: 1}
-	for k, v := range map[string]uint64{string(kFormat): fileFormat, string(kNextSeq): 1, string(kNextRec): 1, string(kDropped): 0, string(kRejected): 0} {
+	b.c = counters{nextSeq: b.firstSeq, nextRec: 1}
+	for k, v := range map[string]uint64{string(kFormat): fileFormat, string(kNextSeq): b.firstSeq, string(kNextRec): 1, string(kDropped): 0, string(kRejected): 0} {
 		if err := meta.Put([]byte(k), u64key(v)); err != nil {
 			return fmt.Errorf("creating buffer %s: %w", b.path, err)
 		}

@@ -113,3 +113,40 @@ func TestMarksBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestFirstSeq: a new file numbers its first batch FirstSeq; an existing
+// file goes on from its own numbers whatever FirstSeq says.
+func TestFirstSeq(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name     string
+		firstSeq uint64
+		want     uint64
+	}{
+		{"default", 0, 1},
+		{"one", 1, 1},
+		{"microseconds", 1_764_582_400_000_000, 1_764_582_400_000_000},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := tempPath(t)
+			b := openT(t, path, Options{FirstSeq: tt.firstSeq})
+			if err := b.Append(ctx, mkSamples(0, 3)); err != nil {
+				t.Fatal(err)
+			}
+			s, ok, err := b.Seal(ctx, 10, fakeSeal)
+			if err != nil || !ok || s.Seq != tt.want {
+				t.Fatalf("first Seal = seq %d, %v, %v; want seq %d", s.Seq, ok, err, tt.want)
+			}
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			// Reopened with another FirstSeq: the file's own numbering wins.
+			b = openT(t, path, Options{FirstSeq: tt.want + 1_000_000})
+			defer b.Close()
+			if got := b.Stats().NextSeq; got != tt.want+1 {
+				t.Fatalf("reopened: next seq %d, want %d", got, tt.want+1)
+			}
+		})
+	}
+}

@@ -2,13 +2,19 @@ package daemon
 
 import (
 	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/binary"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sightglass-bms/sightglass/agent/buffer"
+	"github.com/sightglass-bms/sightglass/pkg/batch"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
 
 func TestOpenBufferMovesADamagedFileAside(t *testing.T) {
@@ -46,4 +52,70 @@ func TestOpenBufferMovesADamagedFileAside(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestFirstSeq(t *testing.T) {
+	now := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	issued := now.Add(-48 * time.Hour)
+	tests := []struct {
+		name string
+		now  time.Time
+		cert *x509.Certificate
+		want time.Time
+	}{
+		{"clock right", now, &x509.Certificate{NotBefore: issued}, now},
+		{"no certificate", now, nil, now},
+		{"clock before the certificate (no RTC)", time.Unix(0, 0), &x509.Certificate{NotBefore: issued}, issued},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := firstSeq(tt.now, tt.cert); got != uint64(tt.want.UnixMicro()) {
+				t.Errorf("firstSeq = %d, want %d", got, tt.want.UnixMicro())
+			}
+		})
+	}
+}
+
+// TestReplacedBufferNumbersAbove: a buffer that replaces a damaged one
+// seals its batches with sequence numbers above every batch of the old
+// one, so the ingest does not take them for conflicting retries.
+func TestReplacedBufferNumbersAbove(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "buffer.db")
+	log := slog.New(slog.DiscardHandler)
+	t0 := time.Now()
+	old, err := openBuffer(path, buffer.Options{FirstSeq: firstSeq(t0, nil)}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var oldMax uint64
+	for i := range 50 {
+		if err := old.Append(ctx, []telemetry.Sample{{PointID: 1, Time: int64(i), Value: 1}}); err != nil {
+			t.Fatal(err)
+		}
+		s, ok, err := old.Seal(ctx, 1, sealSeq)
+		if err != nil || !ok {
+			t.Fatalf("seal: %v %v", ok, err)
+		}
+		oldMax = s.Seq
+	}
+	old.Close()
+	if err := os.WriteFile(path, []byte("damaged"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The replacement is opened a moment later, as a restart is.
+	b, err := openBuffer(path, buffer.Options{FirstSeq: firstSeq(time.Now(), nil)}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if next := b.Stats().NextSeq; next <= oldMax {
+		t.Fatalf("the new buffer numbers from %d, not above the old one's last batch %d", next, oldMax)
+	}
+}
+
+// sealSeq encodes a batch as its sequence number only, with a one-point
+// table: enough for Seal.
+func sealSeq(seq uint64, _ []telemetry.Sample) (batch.Encoded, error) {
+	return batch.Encoded{Data: binary.BigEndian.AppendUint64(nil, seq), Table: []byte{1}, TableHash: batch.TableHash{1}}, nil
 }

@@ -8,6 +8,7 @@ package daemon
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -104,7 +105,7 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		opts.SizeMemory(n)
 	}
-	buf, err := openBuffer(cfg.Buffer.Path, buffer.Options{MaxBytes: int64(cfg.Buffer.MaxBytes), Logger: log.With("component", "buffer")}, log)
+	buf, err := openBuffer(cfg.Buffer.Path, buffer.Options{MaxBytes: int64(cfg.Buffer.MaxBytes), FirstSeq: firstSeq(time.Now(), cert.Leaf), Logger: log.With("component", "buffer")}, log)
 	if err != nil {
 		return fmt.Errorf("opening the buffer: %w", err)
 	}
@@ -234,6 +235,19 @@ func (a *Agent) health() batch.Health {
 	// Samples the buffer refused are lost too: report them with the cap's drops.
 	h.DroppedSamples += ph.DroppedSamples
 	return h
+}
+
+// firstSeq numbers the first batch of a new buffer file: the time in
+// microseconds, so that a buffer replacing a damaged or deleted one numbers
+// above every batch the old one sealed (the ingest would refuse a reused
+// sequence number as a conflict, and the samples with it). A box whose clock
+// is wrong (no RTC, no time sync yet) still numbers from no earlier than
+// its certificate's issue time, which comes from the ingest's clock.
+func firstSeq(now time.Time, cert *x509.Certificate) uint64 {
+	if cert != nil && now.Before(cert.NotBefore) {
+		now = cert.NotBefore
+	}
+	return uint64(max(now.UnixMicro(), 1))
 }
 
 // The buffer stores a trend export read again after a crash once, not

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -169,4 +170,44 @@ func TestBufferCapDropsCountedIntegration(t *testing.T) {
 		t.Errorf("the newest batch header reports %d dropped samples, the buffer counts %d", last.Health.DroppedSamples, dropped)
 	}
 	t.Logf("read %d, dropped %d (counted and reported), archived %d", len(want), dropped, len(got))
+}
+
+// TestDamagedBufferReplacedIntegration damages the agent's buffer file
+// between two runs: the agent moves it aside, starts a new one, and the
+// batches of the new buffer are stored — not refused as conflicts with the
+// sequence numbers the old buffer used — so every sample sent before the
+// damage and every sample read after it is in the archive, once.
+func TestDamagedBufferReplacedIntegration(t *testing.T) {
+	s, f := newStack(t)
+	for i := range 3 {
+		f.write(t, i, 60)
+	}
+	if err := s.StartAgent(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	checkArchive(t, s, f.expected(t, s, "ahu-1")) // the old buffer's batches are stored
+	if err := s.StopAgent(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	bufPath := filepath.Join(s.AgentDir(), "buffer.db")
+	if err := os.WriteFile(bufPath, []byte("a disk fault ate this file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := 3; i < 6; i++ {
+		f.write(t, i, 60)
+	}
+	if err := s.StartAgent(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if aside, _ := filepath.Glob(bufPath + ".damaged-*"); len(aside) != 1 {
+		t.Fatalf("the damaged buffer was not moved aside: %v", aside)
+	}
+	checkArchive(t, s, f.expected(t, s, "ahu-1"))
+	st, err := s.AgentStatus(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Buffer.RejectedBatches != 0 {
+		t.Fatalf("the ingest refused %d batches of the new buffer", st.Buffer.RejectedBatches)
+	}
 }
