@@ -122,24 +122,74 @@ func (a *agg) add(smp telemetry.Sample) {
 // between archive and hot store is healed by the agent's next attempt.
 func (s *DB) ObserveBatch(ctx context.Context, ref SiteRef, agentID string, b *batch.Batch) error {
 	now := ms(s.now())
-	buckets := map[bucketKey]*agg{}
-	type pointState struct {
-		last     telemetry.Sample
-		first    int64
-		interval int64
+	f := newFold(b.Samples, math.MinInt64)
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `INSERT INTO observed (agent_id, seq, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`, agentID, int64(b.Seq), now)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil // folded in already
+		}
+		if err := putSite(ctx, tx, ref, "", now); err != nil {
+			return err
+		}
+		if err := f.write(ctx, tx, ref, agentID); err != nil {
+			return err
+		}
+		h := b.Health
+		_, err = tx.ExecContext(ctx, `INSERT INTO agent_health (agent_id, tenant, site, last_upload, last_seq, last_sample,
+				buffer_samples, buffer_bytes, dropped, poll_errors, devices_up, devices_down, uptime_s)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (agent_id) DO UPDATE SET tenant = excluded.tenant, site = excluded.site, last_upload = excluded.last_upload,
+				last_seq = excluded.last_seq, last_sample = max(agent_health.last_sample, excluded.last_sample),
+				buffer_samples = excluded.buffer_samples, buffer_bytes = excluded.buffer_bytes, dropped = excluded.dropped,
+				poll_errors = excluded.poll_errors, devices_up = excluded.devices_up, devices_down = excluded.devices_down,
+				uptime_s = excluded.uptime_s
+			WHERE excluded.last_seq >= agent_health.last_seq`,
+			agentID, ref.Tenant, ref.Site, now, int64(b.Seq), f.lastSample,
+			int64(h.BufferSamples), int64(h.BufferBytes), int64(h.DroppedSamples), int64(h.PollErrors),
+			int64(h.DevicesUp), int64(h.DevicesDown), int64(h.UptimeSeconds))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("updating the hot store with batch %d of agent %s: %w", b.Seq, agentID, err)
 	}
-	points := map[uint64]*pointState{}
-	var order []uint64
+	return nil
+}
+
+// pointState is one point's share of a fold.
+type pointState struct {
+	last     telemetry.Sample // the newest sample
+	first    int64            // the oldest sample's time
+	interval int64            // the median spacing, ms; 0 with one sample
+}
+
+// fold is a run of samples summed the way the hot store keeps them: each
+// point's newest sample, first time and spacing, and the 5-minute and
+// hourly buckets. ObserveBatch and Rebuild both write through it, so a
+// store rebuilt from the archive holds what live ingestion wrote.
+type fold struct {
+	buckets    map[bucketKey]*agg
+	points     map[uint64]*pointState
+	order      []uint64 // points in first-seen order
+	lastSample int64
+}
+
+// newFold sums samples, sorted by point then time as Decode returns them.
+// 5-minute buckets starting before from5 (Unix ms) are left out: a rebuild
+// does not write the rows PruneRollups would delete at once.
+func newFold(samples []telemetry.Sample, from5 int64) *fold {
+	f := &fold{buckets: map[bucketKey]*agg{}, points: map[uint64]*pointState{}}
 	var gaps []int64
-	var lastSample int64
-	// Decode returns samples sorted by point, then time: walk each point's
-	// run once to find its newest sample and its typical spacing.
-	for i := 0; i < len(b.Samples); {
+	// Walk each point's run once to find its newest sample and its
+	// typical spacing.
+	for i := 0; i < len(samples); {
 		j := i
-		for j < len(b.Samples) && b.Samples[j].PointID == b.Samples[i].PointID {
+		for j < len(samples) && samples[j].PointID == samples[i].PointID {
 			j++
 		}
-		run := b.Samples[i:j]
+		run := samples[i:j]
 		if !sort.SliceIsSorted(run, func(a, c int) bool { return run[a].Time < run[c].Time }) {
 			run = slices.Clone(run)
 			sort.Slice(run, func(a, c int) bool { return run[a].Time < run[c].Time })
@@ -155,98 +205,78 @@ func (s *DB) ObserveBatch(ctx context.Context, ref SiteRef, agentID string, b *b
 			slices.Sort(gaps)
 			ps.interval = gaps[len(gaps)/2]
 		}
-		if _, seen := points[ps.last.PointID]; !seen {
-			order = append(order, ps.last.PointID)
+		if _, seen := f.points[ps.last.PointID]; !seen {
+			f.order = append(f.order, ps.last.PointID)
 		}
-		points[ps.last.PointID] = ps
+		f.points[ps.last.PointID] = ps
 		for _, smp := range run {
 			for _, res := range []time.Duration{Res5Min, ResHour} {
 				w := res.Milliseconds()
 				k := bucketKey{point: smp.PointID, res: int64(res / time.Second), bucket: floorDiv(smp.Time, w) * w}
-				a := buckets[k]
+				if res == Res5Min && k.bucket < from5 {
+					continue
+				}
+				a := f.buckets[k]
 				if a == nil {
 					a = &agg{}
-					buckets[k] = a
+					f.buckets[k] = a
 				}
 				a.add(smp)
 			}
-			lastSample = max(lastSample, smp.Time)
+			f.lastSample = max(f.lastSample, smp.Time)
 		}
 		i = j
 	}
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `INSERT INTO observed (agent_id, seq, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`, agentID, int64(b.Seq), now)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return nil // folded in already
-		}
-		if err := putSite(ctx, tx, ref, "", now); err != nil {
-			return err
-		}
-		// Keep the previous interval when a batch holds one sample of a
-		// point; take the newer estimate otherwise (intervals change when
-		// an installer edits the config).
-		lst, err := tx.PrepareContext(ctx, `INSERT INTO latest (tenant, site, point_id, agent_id, time, value, status, first_time, interval_ms)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-			ON CONFLICT (tenant, site, point_id) DO UPDATE SET
-				agent_id = excluded.agent_id,
-				time = CASE WHEN excluded.time >= latest.time THEN excluded.time ELSE latest.time END,
-				value = CASE WHEN excluded.time >= latest.time THEN excluded.value ELSE latest.value END,
-				status = CASE WHEN excluded.time >= latest.time THEN excluded.status ELSE latest.status END,
-				first_time = min(latest.first_time, excluded.first_time),
-				interval_ms = CASE WHEN excluded.interval_ms > 0 THEN excluded.interval_ms
-					WHEN latest.interval_ms = 0 AND excluded.time > latest.time THEN excluded.time - latest.time
-					ELSE latest.interval_ms END`)
-		if err != nil {
-			return err
-		}
-		defer lst.Close()
-		for _, id := range order {
-			ps := points[id]
-			if _, err := lst.ExecContext(ctx, ref.Tenant, ref.Site, int64(id), agentID, ps.last.Time, finite(ps.last.Value), int(ps.last.Status), ps.first, ps.interval); err != nil {
-				return fmt.Errorf("point %016x: %w", id, err)
-			}
-		}
-		roll, err := tx.PrepareContext(ctx, `INSERT INTO rollups (tenant, site, point_id, res, bucket, n, bad, good, min, max, sum, last, last_time)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-			ON CONFLICT (tenant, site, point_id, res, bucket) DO UPDATE SET
-				n = rollups.n + excluded.n,
-				bad = rollups.bad + excluded.bad,
-				min = CASE WHEN excluded.good = 0 THEN rollups.min WHEN rollups.good = 0 THEN excluded.min ELSE min(rollups.min, excluded.min) END,
-				max = CASE WHEN excluded.good = 0 THEN rollups.max WHEN rollups.good = 0 THEN excluded.max ELSE max(rollups.max, excluded.max) END,
-				sum = rollups.sum + excluded.sum,
-				last = CASE WHEN excluded.good > 0 AND (rollups.good = 0 OR excluded.last_time >= rollups.last_time) THEN excluded.last ELSE rollups.last END,
-				last_time = CASE WHEN excluded.good > 0 AND (rollups.good = 0 OR excluded.last_time >= rollups.last_time) THEN excluded.last_time ELSE rollups.last_time END,
-				good = rollups.good + excluded.good`)
-		if err != nil {
-			return err
-		}
-		defer roll.Close()
-		for k, a := range buckets {
-			if _, err := roll.ExecContext(ctx, ref.Tenant, ref.Site, int64(k.point), k.res, k.bucket,
-				a.n, a.bad, a.good, a.min, a.max, a.sum, a.lastV, a.lastTime); err != nil {
-				return fmt.Errorf("rollup of point %016x: %w", k.point, err)
-			}
-		}
-		h := b.Health
-		_, err = tx.ExecContext(ctx, `INSERT INTO agent_health (agent_id, tenant, site, last_upload, last_seq, last_sample,
-				buffer_samples, buffer_bytes, dropped, poll_errors, devices_up, devices_down, uptime_s)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-			ON CONFLICT (agent_id) DO UPDATE SET tenant = excluded.tenant, site = excluded.site, last_upload = excluded.last_upload,
-				last_seq = excluded.last_seq, last_sample = max(agent_health.last_sample, excluded.last_sample),
-				buffer_samples = excluded.buffer_samples, buffer_bytes = excluded.buffer_bytes, dropped = excluded.dropped,
-				poll_errors = excluded.poll_errors, devices_up = excluded.devices_up, devices_down = excluded.devices_down,
-				uptime_s = excluded.uptime_s
-			WHERE excluded.last_seq >= agent_health.last_seq`,
-			agentID, ref.Tenant, ref.Site, now, int64(b.Seq), lastSample,
-			int64(h.BufferSamples), int64(h.BufferBytes), int64(h.DroppedSamples), int64(h.PollErrors),
-			int64(h.DevicesUp), int64(h.DevicesDown), int64(h.UptimeSeconds))
-		return err
-	})
+	return f
+}
+
+// write upserts the fold's latest values and rollups into ref's, as the
+// samples of agentID.
+func (f *fold) write(ctx context.Context, tx *sql.Tx, ref SiteRef, agentID string) error {
+	// Keep the previous interval when a batch holds one sample of a
+	// point; take the newer estimate otherwise (intervals change when an
+	// installer edits the config).
+	lst, err := tx.PrepareContext(ctx, `INSERT INTO latest (tenant, site, point_id, agent_id, time, value, status, first_time, interval_ms)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (tenant, site, point_id) DO UPDATE SET
+			agent_id = excluded.agent_id,
+			time = CASE WHEN excluded.time >= latest.time THEN excluded.time ELSE latest.time END,
+			value = CASE WHEN excluded.time >= latest.time THEN excluded.value ELSE latest.value END,
+			status = CASE WHEN excluded.time >= latest.time THEN excluded.status ELSE latest.status END,
+			first_time = min(latest.first_time, excluded.first_time),
+			interval_ms = CASE WHEN excluded.interval_ms > 0 THEN excluded.interval_ms
+				WHEN latest.interval_ms = 0 AND excluded.time > latest.time THEN excluded.time - latest.time
+				ELSE latest.interval_ms END`)
 	if err != nil {
-		return fmt.Errorf("updating the hot store with batch %d of agent %s: %w", b.Seq, agentID, err)
+		return err
+	}
+	defer lst.Close()
+	for _, id := range f.order {
+		ps := f.points[id]
+		if _, err := lst.ExecContext(ctx, ref.Tenant, ref.Site, int64(id), agentID, ps.last.Time, finite(ps.last.Value), int(ps.last.Status), ps.first, ps.interval); err != nil {
+			return fmt.Errorf("point %016x: %w", id, err)
+		}
+	}
+	roll, err := tx.PrepareContext(ctx, `INSERT INTO rollups (tenant, site, point_id, res, bucket, n, bad, good, min, max, sum, last, last_time)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (tenant, site, point_id, res, bucket) DO UPDATE SET
+			n = rollups.n + excluded.n,
+			bad = rollups.bad + excluded.bad,
+			min = CASE WHEN excluded.good = 0 THEN rollups.min WHEN rollups.good = 0 THEN excluded.min ELSE min(rollups.min, excluded.min) END,
+			max = CASE WHEN excluded.good = 0 THEN rollups.max WHEN rollups.good = 0 THEN excluded.max ELSE max(rollups.max, excluded.max) END,
+			sum = rollups.sum + excluded.sum,
+			last = CASE WHEN excluded.good > 0 AND (rollups.good = 0 OR excluded.last_time >= rollups.last_time) THEN excluded.last ELSE rollups.last END,
+			last_time = CASE WHEN excluded.good > 0 AND (rollups.good = 0 OR excluded.last_time >= rollups.last_time) THEN excluded.last_time ELSE rollups.last_time END,
+			good = rollups.good + excluded.good`)
+	if err != nil {
+		return err
+	}
+	defer roll.Close()
+	for k, a := range f.buckets {
+		if _, err := roll.ExecContext(ctx, ref.Tenant, ref.Site, int64(k.point), k.res, k.bucket,
+			a.n, a.bad, a.good, a.min, a.max, a.sum, a.lastV, a.lastTime); err != nil {
+			return fmt.Errorf("rollup of point %016x: %w", k.point, err)
+		}
 	}
 	return nil
 }
