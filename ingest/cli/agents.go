@@ -5,6 +5,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -135,6 +136,12 @@ type agentReport struct {
 	RevokedAt    time.Time `json:"revoked_at,omitzero"`
 	RevokeReason string    `json:"revoke_reason,omitempty"`
 	CertNotAfter time.Time `json:"cert_not_after,omitzero"` // of the newest certificate
+	// LastUpload and HighWaterSeq are from the newest batch the hot store
+	// folded in: when it was stored and the highest sequence number seen.
+	// Batches are deduplicated by (agent, seq) through the archive's claims;
+	// the high-water mark shows how far an agent got.
+	LastUpload   time.Time `json:"last_upload,omitzero"`
+	HighWaterSeq uint64    `json:"high_water_seq,omitempty"`
 }
 
 func newAgentsListCmd() *cobra.Command {
@@ -156,9 +163,18 @@ func newAgentsListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			healths, err := db.AgentHealths(cmd.Context())
+			if err != nil {
+				return err
+			}
+			health := make(map[string]store.AgentHealth, len(healths))
+			for _, h := range healths {
+				health[h.AgentID] = h
+			}
 			reports := make([]agentReport, 0, len(agents))
 			for _, a := range agents {
-				r := agentReport{Agent: a.ID, Tenant: a.Tenant, Site: a.Site, EnrolledAt: a.EnrolledAt, RevokedAt: a.RevokedAt, RevokeReason: a.RevokeReason}
+				r := agentReport{Agent: a.ID, Tenant: a.Tenant, Site: a.Site, EnrolledAt: a.EnrolledAt, RevokedAt: a.RevokedAt, RevokeReason: a.RevokeReason,
+					LastUpload: health[a.ID].LastUpload, HighWaterSeq: health[a.ID].LastSeq}
 				certs, err := db.Certs(cmd.Context(), a.ID)
 				if err != nil {
 					return err
@@ -173,7 +189,7 @@ func newAgentsListCmd() *cobra.Command {
 				return writeJSON(out, reports)
 			}
 			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "AGENT\tTENANT\tSITE\tENROLLED\tCERT EXPIRES\tSTATE")
+			fmt.Fprintln(tw, "AGENT\tTENANT\tSITE\tENROLLED\tCERT EXPIRES\tLAST UPLOAD\tHIGH-WATER SEQ\tSTATE")
 			for _, r := range reports {
 				state := "active"
 				if !r.RevokedAt.IsZero() {
@@ -181,7 +197,11 @@ func newAgentsListCmd() *cobra.Command {
 				} else if time.Now().After(r.CertNotAfter) {
 					state = "expired"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Agent, r.Tenant, r.Site, r.EnrolledAt.Format(time.RFC3339), r.CertNotAfter.Format(time.RFC3339), state)
+				upload, hw := "never", "-"
+				if !r.LastUpload.IsZero() {
+					upload, hw = r.LastUpload.Format(time.RFC3339), strconv.FormatUint(r.HighWaterSeq, 10)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Agent, r.Tenant, r.Site, r.EnrolledAt.Format(time.RFC3339), r.CertNotAfter.Format(time.RFC3339), upload, hw, state)
 			}
 			return tw.Flush()
 		},

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/ingest/store"
+	"github.com/sightglass-bms/sightglass/pkg/batch"
 )
 
 func TestEnrollCreate(t *testing.T) {
@@ -65,8 +67,23 @@ func TestAgentsListRevokeStatusAudit(t *testing.T) {
 	serial := pki.SerialHex(cert.Leaf)
 
 	list, _, err := run(t, ctx, "agents", "list", "--db", db)
-	if err != nil || !strings.Contains(list, agent) || !strings.Contains(list, "active") {
+	if err != nil || !strings.Contains(list, agent) || !strings.Contains(list, "active") || !strings.Contains(list, "never") {
 		t.Errorf("agents list = %q, %v", list, err)
+	}
+	// Once a batch is folded into the hot store, list shows its upload and
+	// the agent's high-water sequence number.
+	sdb, err := store.Open(ctx, db, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const seq = 1_796_115_442_169_107
+	if err := sdb.ObserveBatch(ctx, store.SiteRef{Tenant: "acme", Site: "s1"}, agent, &batch.Batch{Header: batch.Header{AgentID: agent, Site: "s1", Seq: seq}}); err != nil {
+		t.Fatal(err)
+	}
+	sdb.Close()
+	list, _, err = run(t, ctx, "agents", "list", "--db", db)
+	if err != nil || !strings.Contains(list, "HIGH-WATER SEQ") || !strings.Contains(list, "1796115442169107") || strings.Contains(list, "never") {
+		t.Errorf("agents list after an upload = %q, %v", list, err)
 	}
 	if st, _, err := run(t, ctx, "agents", "status", "--db", db, serial); err != nil || strings.TrimSpace(st) != "good" {
 		t.Errorf("status = %q, %v", st, err)
@@ -89,7 +106,7 @@ func TestAgentsListRevokeStatusAudit(t *testing.T) {
 	}
 	list, _, _ = run(t, ctx, "agents", "list", "--db", db, "--json")
 	var reps []agentReport
-	if err := json.Unmarshal([]byte(list), &reps); err != nil || len(reps) != 1 || reps[0].RevokeReason != "box stolen" {
+	if err := json.Unmarshal([]byte(list), &reps); err != nil || len(reps) != 1 || reps[0].RevokeReason != "box stolen" || reps[0].HighWaterSeq != seq || reps[0].LastUpload.IsZero() {
 		t.Errorf("agents list --json = %s (%v)", list, err)
 	}
 
