@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -18,10 +19,15 @@ import (
 // time: every sample of every export is in the archive exactly once.
 func TestAgentKilledAtRandomMomentsIntegration(t *testing.T) {
 	s, f := newStack(t)
-	rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
-	seed := rnd.Uint64()
-	t.Logf("kill moments drawn from seed %d", seed)
-	rnd = rand.New(rand.NewPCG(seed, 7))
+	seed := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7)).Uint64()
+	if env := os.Getenv("SIGHTGLASS_KILL_SEED"); env != "" {
+		var err error
+		if seed, err = strconv.ParseUint(env, 10, 64); err != nil {
+			t.Fatalf("SIGHTGLASS_KILL_SEED=%q: want a decimal seed from an earlier run's log", env)
+		}
+	}
+	t.Logf("kill moments drawn from seed %d (replay with SIGHTGLASS_KILL_SEED=%d)", seed, seed)
+	rnd := rand.New(rand.NewPCG(seed, 7))
 	if err := s.StartAgent(t.Context()); err != nil {
 		t.Fatal(err)
 	}
