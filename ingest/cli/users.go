@@ -7,12 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/sightglass-bms/sightglass/ingest/config"
 	"github.com/sightglass-bms/sightglass/ingest/store"
 	"github.com/sightglass-bms/sightglass/ingest/web"
 )
@@ -31,7 +34,7 @@ see), and stored as argon2id hashes. Every change is written to the audit log.`,
   sightglass-ingest users list --json`,
 	}
 	cmd.AddCommand(newUsersAddCmd(), newUsersListCmd(), newUsersDisableCmd(true), newUsersDisableCmd(false),
-		newUsersPasswdCmd(), newUsersAssignCmd(), newUsersRoleCmd(), newUsersUnlockCmd(), newUsersTOTPResetCmd())
+		newUsersPasswdCmd(), newUsersAssignCmd(), newUsersRoleCmd(), newUsersUnlockCmd(), newUsersTOTPResetCmd(), newUsersRotateKeyCmd())
 	return cmd
 }
 
@@ -361,6 +364,58 @@ func newUsersTOTPResetCmd() *cobra.Command {
 		func(ctx context.Context, _ *cobra.Command, db *store.DB, args []string) (string, string, error) {
 			return "totp_remove", "by the cli", db.SetTOTP(ctx, args[0], nil)
 		})
+}
+
+func newUsersRotateKeyCmd() *cobra.Command {
+	var (
+		rf      registryFlags
+		keyFile string
+		js      bool
+	)
+	cmd := &cobra.Command{
+		Use:   "rotate-key",
+		Short: "Seal every TOTP secret under a new key file",
+		Long: `rotate-key makes a new key for the dashboard's TOTP secrets, puts it in place
+of the key file (web_totp_key_file, default totp.key in ca_dir), and seals
+every secret under it again. The previous key stays beside it as .old until
+every secret is done, so a crash at any moment leaves each secret readable:
+run rotate-key again and it finishes. A running serve follows the new key
+by itself. Back the new key file up once it is done.`,
+		Example: `  sightglass-ingest users rotate-key --config /etc/sightglass/ingest.yaml
+  sightglass-ingest users rotate-key --db sightglass-data/ingest.db --key-file sightglass-data/ca/totp.key --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if rf.config != "" {
+				cfg, err := config.LoadFile(rf.config)
+				if err != nil {
+					return err
+				}
+				keyFile = cfg.TOTPKeyFile()
+			}
+			db, err := rf.open(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			rep, err := web.RotateTOTPKey(cmd.Context(), db, keyFile, log)
+			if err != nil {
+				return err
+			}
+			if _, err := db.Audit(cmd.Context(), "cli", "totp_key_rotate", keyFile, fmt.Sprintf("key_id=%s resealed=%d upgraded=%d", rep.KeyID, rep.Resealed, rep.Upgraded)); err != nil {
+				return err
+			}
+			if js {
+				return writeJSON(cmd.OutOrStdout(), rep)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "rotated %s: key %s, %d secrets sealed under it; back the new key file up\n", keyFile, rep.KeyID, rep.Sealed)
+			return nil
+		},
+	}
+	rf.add(cmd, false)
+	cmd.Flags().StringVar(&keyFile, "key-file", filepath.Join(defaultCADir, config.TOTPKeyFileName), "the TOTP key file (--config: its web_totp_key_file)")
+	cmd.Flags().BoolVar(&js, "json", false, "print the result as JSON")
+	return cmd
 }
 
 func newSitesCmd() *cobra.Command {

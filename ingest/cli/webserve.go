@@ -3,15 +3,18 @@ package cli
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/ingest/config"
 	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/ingest/secretbox"
 	rdb "github.com/sightglass-bms/sightglass/ingest/store"
 	"github.com/sightglass-bms/sightglass/ingest/web"
 )
@@ -33,13 +36,18 @@ const pruneEvery = time.Hour
 // dashboard fails so serve stops as a whole rather than half. It prints
 // the URL.
 func startDashboard(ctx context.Context, cancel context.CancelFunc, cfg *config.Config, ca *pki.CA, db *rdb.DB, log *slog.Logger, out io.Writer) (*dashboard, error) {
+	// The TOTP secrets are checked and sealed even with the dashboard
+	// off: a plaintext secret from an older release must not stay at rest.
+	keys, err := openTOTPKeys(ctx, cfg, db, log)
+	if err != nil {
+		return nil, err
+	}
 	d := &dashboard{}
 	d.wg.Go(func() { prune(ctx, db, log) })
 	if cfg.WebListen == "" {
 		return d, nil
 	}
 	var cert tls.Certificate
-	var err error
 	if cfg.WebCertFile != "" {
 		cert, err = tls.LoadX509KeyPair(cfg.WebCertFile, cfg.WebKeyFile)
 	} else {
@@ -55,6 +63,7 @@ func startDashboard(ctx context.Context, cancel context.CancelFunc, cfg *config.
 	srv, err := web.New(web.Config{
 		TrustedProxies: proxies,
 		Store:          db,
+		TOTPKeys:       keys,
 		Logger:         log.With("component", "web"),
 		TLS:            &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 		CAFingerprint:  pki.FingerprintOf(ca.Certificate()),
@@ -93,6 +102,29 @@ func startDashboard(ctx context.Context, cancel context.CancelFunc, cfg *config.
 	log.Info("dashboard listening", "addr", addr, "redirect", redirect)
 	fmt.Fprintf(out, "dashboard on https://%s/%s\n", addr, redirect)
 	return d, nil
+}
+
+// openTOTPKeys loads (on first start, creates) the key sealing the TOTP
+// secrets and runs the start-up pass over them: a key that did not seal
+// them stops serve with an error naming the file, and a key file made just
+// now for a database whose secrets another key sealed is removed again,
+// so the next start gives the same error instead of a second wrong key.
+func openTOTPKeys(ctx context.Context, cfg *config.Config, db *rdb.DB, log *slog.Logger) (*secretbox.Keyring, error) {
+	path := cfg.TOTPKeyFile()
+	keys, created, err := secretbox.LoadOrCreate(path)
+	if err != nil {
+		return nil, fmt.Errorf("loading the TOTP key: %w: set web_totp_key_file to the key file, or fix the one named", err)
+	}
+	if created {
+		log.Info("made the key that seals the dashboard's TOTP secrets: back it up apart from the database", "key_file", path, "key_id", keys.CurrentID())
+	}
+	if _, err := web.PrepareTOTPSecrets(ctx, db, keys, log.With("component", "web")); err != nil {
+		if created && errors.Is(err, web.ErrWrongTOTPKey) {
+			os.Remove(path)
+		}
+		return nil, err
+	}
+	return keys, nil
 }
 
 // wait waits for the dashboard to stop and returns its errors.

@@ -99,6 +99,11 @@ type Config struct {
 	// WebTrustedProxies are the load balancers (addresses or CIDR
 	// prefixes) whose X-Forwarded-For the dashboard believes.
 	WebTrustedProxies []string `yaml:"web_trusted_proxies"`
+	// WebTOTPKeyFile is the key file (32 random bytes, mode 0600) that
+	// seals the dashboard users' TOTP secrets in the database; made on
+	// first start when missing. Empty: totp.key in ca_dir. Keep it out of
+	// the database's backups and back it up on its own.
+	WebTOTPKeyFile string `yaml:"web_totp_key_file"`
 
 	// source names the file in errors; lines maps a field path such as
 	// "store.dir" to the line it was set on, so validation can point at it.
@@ -229,6 +234,7 @@ func Parse(data []byte, source, baseDir string) (*Config, error) {
 		c.Database = resolve(baseDir, c.Database)
 		c.WebCertFile = resolve(baseDir, c.WebCertFile)
 		c.WebKeyFile = resolve(baseDir, c.WebKeyFile)
+		c.WebTOTPKeyFile = resolve(baseDir, c.WebTOTPKeyFile)
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err

@@ -3,7 +3,21 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 )
+
+// TOTPKeyFileName is the TOTP key file's name in ca_dir when
+// web_totp_key_file is empty.
+const TOTPKeyFileName = "totp.key"
+
+// TOTPKeyFile is the path of the key file sealing the TOTP secrets:
+// web_totp_key_file, else totp.key in ca_dir.
+func (c *Config) TOTPKeyFile() string {
+	if c.WebTOTPKeyFile != "" {
+		return c.WebTOTPKeyFile
+	}
+	return filepath.Join(c.CADir, TOTPKeyFileName)
+}
 
 // validateWeb checks the dashboard's settings.
 func (c *Config) validateWeb() []error {

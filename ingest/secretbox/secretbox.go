@@ -391,6 +391,24 @@ func (r *Keyring) Open(sealed, ad []byte) (plaintext []byte, current bool, err e
 	return pt, k == r.current, nil
 }
 
+// IsCurrent reports whether sealed was sealed under the key the key file
+// holds now (read again if it changed). A caller that sealed and stored a
+// value while a rotation was putting a new key in place checks this after
+// storing it, and seals again if not: otherwise the value could outlive
+// the old key.
+func (r *Keyring) IsCurrent(sealed []byte) (bool, error) {
+	p, err := parse(sealed)
+	if err != nil {
+		return false, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.refresh(); err != nil {
+		return false, err
+	}
+	return p.id == r.current.id, nil
+}
+
 func (r *Keyring) keyFor(id [idLen]byte) *Key {
 	switch {
 	case r.current.id == id:

@@ -239,6 +239,10 @@ func TestRotationCrash(t *testing.T) {
 // made by another process, both for sealing and opening.
 func TestReloadAfterRotation(t *testing.T) {
 	server := newRing(t)
+	sealedBefore, err := server.Seal([]byte("r"), []byte("6"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	rot, err := BeginRotation(server.Path())
 	if err != nil {
 		t.Fatal(err)
@@ -247,8 +251,14 @@ func TestReloadAfterRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if cur, err := server.IsCurrent(sealedBefore); err != nil || cur {
+		t.Errorf("IsCurrent of a value sealed before the rotation = %v, %v; want false", cur, err)
+	}
 	if _, current, err := server.Open(sealedByCLI, []byte("7")); err != nil || !current {
 		t.Fatalf("server keyring after rotation: Open = %v, %v", current, err)
+	}
+	if cur, err := server.IsCurrent(sealedByCLI); err != nil || !cur {
+		t.Errorf("IsCurrent of a value under the new key = %v, %v", cur, err)
 	}
 	if err := rot.FinishRotation(); err != nil {
 		t.Fatal(err)

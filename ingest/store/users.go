@@ -283,6 +283,19 @@ func (s *DB) SetTOTP(ctx context.Context, name string, secret []byte) error {
 	return s.updateUser(ctx, "setting the second factor", name, `totp_secret = ?, totp_last = 0`, secret)
 }
 
+// ReplaceTOTP stores next as the user's TOTP secret only if it is still
+// prev, keeping the replay guard (totp_last): the re-sealing of a secret
+// under a new key, which must neither undo a set-up or reset made
+// meanwhile nor let a used code work again. It reports whether it did.
+func (s *DB) ReplaceTOTP(ctx context.Context, userID int64, prev, next []byte) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE users SET totp_secret = ? WHERE id = ? AND totp_secret = ?`, next, userID, prev)
+	if err != nil {
+		return false, fmt.Errorf("re-sealing the second factor of user %d: %w", userID, err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
+
 // UseTOTPStep records step as the last accepted TOTP step of the user and
 // reports false if it (or a later one) was already used: a code works once.
 func (s *DB) UseTOTPStep(ctx context.Context, userID, step int64) (bool, error) {

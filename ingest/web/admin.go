@@ -172,8 +172,8 @@ func CheckUserName(name string) error {
 	return nil
 }
 
-// handleUserChange is role, sites, disable, enable, unlock and password
-// (an admin's reset) of one user.
+// handleUserChange is role, sites, disable, enable, unlock, totp-reset and
+// password (an admin's reset) of one user.
 func (s *Server) handleUserChange(w http.ResponseWriter, r *http.Request, rq *request) {
 	ctx := r.Context()
 	name, action := r.PathValue("name"), r.PathValue("action")
@@ -239,6 +239,14 @@ func (s *Server) handleUserChange(w http.ResponseWriter, r *http.Request, rq *re
 			return
 		}
 		s.audit(ctx, actor, "user_unlock", name, "")
+	case "totp-reset":
+		// A lost phone, or a secret that no longer opens: the user sets
+		// up a new one under Account at their next sign-in.
+		if err := s.st.SetTOTP(ctx, name, nil); err != nil {
+			s.serverError(w, r, err)
+			return
+		}
+		s.audit(ctx, actor, "totp_remove", name, "reset by an admin")
 	case "password":
 		pw := r.PostFormValue("password")
 		if err := CheckPasswordPolicy(name, pw); err != nil {

@@ -428,8 +428,19 @@ func (s *Server) handleTOTPPost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	step := int64(-1)
+	var secret []byte
+	stale := false
 	if byName < s.cfg.MaxFailsPerUser && bySrc < s.cfg.MaxFailsPerAddr {
-		step = checkTOTP(rq.user.TOTPSecret, r.PostFormValue("code"), s.cfg.Now())
+		if secret, stale, err = openTOTP(s.cfg.TOTPKeys, rq.user); err != nil {
+			// Fail closed, but say so: the password was right, and
+			// only an admin can help.
+			s.log.Error("a TOTP secret does not open: reset that user's second factor (Admin page or `sightglass-ingest users totp-reset`)", "user", rq.user.Name, "err", err)
+			s.audit(ctx, "web:"+src, "login_failed", rq.user.Name, "second factor unreadable")
+			s.endSession(ctx, w, rq.id)
+			s.errorPage(w, r, http.StatusInternalServerError, "Your second factor cannot be checked. Ask an administrator to reset it.")
+			return
+		}
+		step = checkTOTP(secret, r.PostFormValue("code"), s.cfg.Now())
 	}
 	fresh := false
 	if step >= 0 {
@@ -453,6 +464,13 @@ func (s *Server) handleTOTPPost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_ = s.st.ClearLoginFailures(ctx, rq.user.Name)
+	if stale {
+		// Plaintext from an older release, or under a rotation's old
+		// key: seal it under the current key now it proved right.
+		if _, err := reseal(ctx, s.st, s.cfg.TOTPKeys, rq.user, secret); err != nil {
+			s.log.Warn("re-sealing a TOTP secret failed; it stays readable and is tried again at the next sign-in", "user", rq.user.Name, "err", err)
+		}
+	}
 	// A new id again for the full session: the half-signed-in one dies.
 	if err := s.newSession(w, r, rq.user, store.SessionFull); err != nil {
 		s.serverError(w, r, err)
@@ -567,9 +585,17 @@ func (s *Server) handleTOTPSetup(w http.ResponseWriter, r *http.Request, rq *req
 		s.render(w, r, http.StatusBadRequest, "account", rq, page)
 		return
 	}
-	if err := s.st.SetTOTP(ctx, rq.user.Name, secret); err != nil {
+	sealed, err := sealTOTP(s.cfg.TOTPKeys, rq.user.ID, secret)
+	if err != nil {
 		s.serverError(w, r, err)
 		return
+	}
+	if err := s.st.SetTOTP(ctx, rq.user.Name, sealed); err != nil {
+		s.serverError(w, r, err)
+		return
+	}
+	if err := keepCurrent(ctx, s.st, s.cfg.TOTPKeys, rq.user.ID, sealed, secret); err != nil {
+		s.log.Warn("checking a new TOTP secret against the key file failed", "user", rq.user.Name, "err", err)
 	}
 	s.audit(ctx, "user:"+rq.user.Name, "totp_enable", rq.user.Name, "")
 	http.Redirect(w, r, "/account?totp=1", http.StatusSeeOther)

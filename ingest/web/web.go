@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/ingest/secretbox"
 	"github.com/sightglass-bms/sightglass/ingest/store"
 )
 
@@ -59,6 +60,7 @@ type Store interface {
 	SetRole(ctx context.Context, name, role string) error
 	SetDisabled(ctx context.Context, name string, disabled bool) error
 	SetTOTP(ctx context.Context, name string, secret []byte) error
+	ReplaceTOTP(ctx context.Context, userID int64, prev, next []byte) (bool, error)
 	UseTOTPStep(ctx context.Context, userID, step int64) (bool, error)
 	AssignSites(ctx context.Context, name string, sites []store.SiteRef) error
 	LoginFailure(ctx context.Context, name, source string, since time.Time) (byName, bySource int, err error)
@@ -111,6 +113,10 @@ type Config struct {
 	Store Store
 	// Logger receives the access log and errors (required).
 	Logger *slog.Logger
+	// TOTPKeys seals the users' TOTP secrets in the store (required): a
+	// keyring over a key file outside the database
+	// (secretbox.LoadOrCreate). Run PrepareTOTPSecrets with it first.
+	TOTPKeys *secretbox.Keyring
 	// TLS is the listener's certificate configuration for Serve; nil is
 	// allowed only when the caller terminates TLS itself (Handler).
 	TLS *tls.Config
@@ -186,8 +192,8 @@ type Server struct {
 
 // New returns a dashboard over cfg.Store.
 func New(cfg Config) (*Server, error) {
-	if cfg.Store == nil || cfg.Logger == nil {
-		return nil, errors.New("creating the dashboard: a store and a logger are required")
+	if cfg.Store == nil || cfg.Logger == nil || cfg.TOTPKeys == nil {
+		return nil, errors.New("creating the dashboard: a store, a logger and a keyring for the TOTP secrets are required")
 	}
 	cfg.setDefaults()
 	s := &Server{cfg: cfg, st: cfg.Store, log: cfg.Logger, pages: map[string]*template.Template{}}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sightglass-bms/sightglass/ingest/secretbox"
 	"github.com/sightglass-bms/sightglass/ingest/store"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
@@ -50,24 +51,30 @@ var (
 const secretName = "B-secret-chiller-supply"
 
 type env struct {
-	t     testing.TB
-	db    *store.DB
-	clk   *clock
-	srv   *Server
-	ts    *httptest.Server
-	start time.Time
+	t      testing.TB
+	db     *store.DB
+	dbPath string
+	clk    *clock
+	srv    *Server
+	ts     *httptest.Server
+	start  time.Time
 }
 
 func newEnv(t testing.TB, opts ...func(*Config)) *env {
 	t.Helper()
 	ctx := context.Background()
 	clk := &clock{t: time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)}
-	db, err := store.Open(ctx, filepath.Join(t.TempDir(), "ingest.db"), store.Options{Now: clk.now})
+	dbPath := filepath.Join(t.TempDir(), "ingest.db")
+	db, err := store.Open(ctx, dbPath, store.Options{Now: clk.now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	cfg := Config{Store: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: clk.now, HashParams: cheap}
+	keys, _, err := secretbox.LoadOrCreate(filepath.Join(t.TempDir(), "totp.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Store: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: clk.now, HashParams: cheap, TOTPKeys: keys}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -78,7 +85,7 @@ func newEnv(t testing.TB, opts ...func(*Config)) *env {
 	ts := httptest.NewUnstartedServer(srv.Handler())
 	ts.StartTLS()
 	t.Cleanup(ts.Close)
-	e := &env{t: t, db: db, clk: clk, srv: srv, ts: ts, start: clk.now()}
+	e := &env{t: t, db: db, dbPath: dbPath, clk: clk, srv: srv, ts: ts, start: clk.now()}
 	e.seed()
 	return e
 }
