@@ -35,7 +35,7 @@ TLS, checks every batch in full and archives it exactly once.`,
   sightglass-ingest archive cat acme/s1/`,
 		SilenceUsage: true,
 	}
-	root.AddCommand(newServeCmd(), newCACmd(), newEnrollCmd(), newAgentsCmd(), newAuditCmd(), newArchiveCmd(), newUsersCmd(), newSitesCmd())
+	root.AddCommand(newServeCmd(), newCACmd(), newEnrollCmd(), newAgentsCmd(), newAuditCmd(), newArchiveCmd(), newUsersCmd(), newSitesCmd(), newStoreCmd())
 	return root
 }
 

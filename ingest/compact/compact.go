@@ -114,6 +114,34 @@ func dayBlobPrefix(tenant, site string, day time.Time) string {
 	return fmt.Sprintf("%s/%s/days/%04d/%02d/%02d.", tenant, site, d.Year(), d.Month(), d.Day())
 }
 
+// MonthPrefix is where the compacted parts of a month's days are:
+// {tenant}/{site}/days/{yyyy}/{mm}/.
+func MonthPrefix(tenant, site string, month time.Time) string {
+	m := month.UTC()
+	return fmt.Sprintf("%s/%s/days/%04d/%02d/", tenant, site, m.Year(), m.Month())
+}
+
+// NewestGeneration picks from names (a listing of the day's parts, or of
+// a wider prefix such as MonthPrefix) the parts of the newest complete
+// generation of tenant/site on day, in part order; nil if the day was
+// never compacted. Readers of the archive take these parts together with
+// the batch blobs still under DayPrefix as the day's samples, as ReadDay
+// does: a batch blob may also be in the parts, when a compaction stopped
+// between storing them and deleting it.
+func NewestGeneration(names []string, tenant, site string, day time.Time) []string {
+	gens, _ := generations(dayBlobPrefix(tenant, site, day), names)
+	if len(gens) == 0 {
+		return nil
+	}
+	return gens[len(gens)-1].parts
+}
+
+// PointTables resolves the point tables of tenant/site from store, for
+// batch.Decode of its batches and day parts; each table is read once.
+func PointTables(store blob.Store, tenant, site string) batch.TableResolver {
+	return &tableCache{store: store, tenant: tenant, site: site, ids: batch.Tables{}}
+}
+
 // PartName is the name of part (1-based) of parts of generation gen.
 func PartName(tenant, site string, day time.Time, gen, part, parts int) string {
 	return fmt.Sprintf("%sg%06d.p%03d-of-%03d.sgb", dayBlobPrefix(tenant, site, day), gen, part, parts)

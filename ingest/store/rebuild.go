@@ -1,0 +1,498 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/ingest/blob"
+	"github.com/sightglass-bms/sightglass/ingest/compact"
+	"github.com/sightglass-bms/sightglass/pkg/batch"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// Defaults of RebuildOptions.
+const (
+	// DefaultProgressEvery is how many blobs pass between progress lines.
+	DefaultProgressEvery = 1000
+	// DefaultFlushSamples is how many decoded samples a rebuild holds
+	// before writing them in one transaction: memory stays bounded and a
+	// transaction short, however large the archive.
+	DefaultFlushSamples = 500_000
+)
+
+// ArchiveEpoch is the first month a rebuild looks for batches in when
+// RebuildOptions.Since is zero. The archive's layout has no index of its
+// months, so a rebuild lists month by month; the ingest refuses samples
+// older than its MaxAge (ten years by default), and Sightglass archives
+// began long after this.
+var ArchiveEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// RebuildOptions tune Rebuild. The zero value rebuilds every site of the
+// archive.
+type RebuildOptions struct {
+	// Tenant and Site choose what to rebuild: both set, one site; Tenant
+	// alone, every site of that tenant; neither, every site.
+	Tenant, Site string
+	// DryRun reads and decodes every blob and reports what a rebuild
+	// would write, writing nothing.
+	DryRun bool
+	// Logger receives progress and every skipped blob; nil discards them.
+	Logger *slog.Logger
+	// ProgressEvery is how many blobs pass between progress lines
+	// (DefaultProgressEvery when zero).
+	ProgressEvery int
+	// FlushSamples is how many samples are held before being written in
+	// one transaction (DefaultFlushSamples when zero).
+	FlushSamples int
+	// Since is the first month scanned (ArchiveEpoch when zero).
+	Since time.Time
+	// Limits bound the decoder, as at the ingest.
+	Limits batch.Limits
+}
+
+// SkippedBlob is a blob a rebuild could not use, and why.
+type SkippedBlob struct {
+	Name   string `json:"name"`
+	Reason string `json:"reason"`
+}
+
+// RebuildSite says what a rebuild did for one site.
+type RebuildSite struct {
+	Tenant string `json:"tenant"`
+	Site   string `json:"site"`
+	// Batches and Parts count the batch blobs and compacted day parts
+	// read and decoded.
+	Batches int `json:"batches"`
+	Parts   int `json:"parts"`
+	// Samples counts the samples folded into the hot store (or that
+	// would be, in a dry run).
+	Samples int64 `json:"samples"`
+	// Duplicates counts samples of batch blobs that a day's compacted
+	// parts, or an earlier batch blob of the day, hold already: a
+	// compaction that stopped before deleting its sources leaves them.
+	// They are counted once, as the next compaction would keep them.
+	Duplicates int64         `json:"duplicates"`
+	Skipped    []SkippedBlob `json:"skipped"`
+	// Complete is false when the rebuild stopped (an error or Ctrl-C)
+	// before the site was done: run it again.
+	Complete bool `json:"complete"`
+}
+
+// RebuildReport says what a rebuild did.
+type RebuildReport struct {
+	DryRun bool          `json:"dry_run"`
+	Sites  []RebuildSite `json:"sites"`
+	// Totals over Sites.
+	Blobs      int   `json:"blobs"`
+	Samples    int64 `json:"samples"`
+	Duplicates int64 `json:"duplicates"`
+	Skipped    int   `json:"skipped"`
+}
+
+// Rebuild refills the hot store's latest values and rollups of the chosen
+// sites from the blob archive: every batch blob and compacted day part,
+// decoded once and folded in through the code ObserveBatch uses, so the
+// result is what live ingestion wrote. Each site's latest values and
+// rollups are cleared in the transaction that writes its first samples;
+// running Rebuild again gives the same store. Users, sessions, agents,
+// tokens, the catalogue and the audit log are not touched: the archive
+// holds none of them. Agent health is left to the agents' next uploads.
+//
+// It streams: one month's blob names, one blob and at most
+// RebuildOptions.FlushSamples decoded samples are held at a time, except
+// that on a day with both compacted parts and batch blobs left beside them
+// the samples of those batch blobs are held to count each sample once.
+// Discovering the sites (without Tenant and Site) lists the archive's
+// names once.
+//
+// A blob that cannot be read or decoded is logged, recorded in the report
+// and skipped; the rest are rebuilt. A site none of whose blobs could be
+// read keeps its old rows. An error is returned only when the
+// rebuild cannot go on (the archive cannot be listed, the hot store cannot
+// be written, ctx ended); the report then says which site is incomplete.
+//
+// Run it with no ingest writing to this hot store, or a batch arriving
+// while its day is rebuilt may be counted twice.
+func (s *DB) Rebuild(ctx context.Context, archive blob.Store, o RebuildOptions) (RebuildReport, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.ProgressEvery <= 0 {
+		o.ProgressEvery = DefaultProgressEvery
+	}
+	if o.FlushSamples <= 0 {
+		o.FlushSamples = DefaultFlushSamples
+	}
+	if o.Since.IsZero() {
+		o.Since = ArchiveEpoch
+	}
+	rep := RebuildReport{DryRun: o.DryRun}
+	sites, err := rebuildSites(ctx, archive, o.Tenant, o.Site)
+	if err != nil {
+		return rep, err
+	}
+	prog := &progress{every: o.ProgressEvery}
+	for _, ref := range sites {
+		r := &rebuilder{
+			db: s, archive: archive, ref: ref, o: o, prog: prog, now: s.now(),
+			log:    o.Logger.With("tenant", ref.Tenant, "site", ref.Site),
+			tables: compact.PointTables(archive, ref.Tenant, ref.Site),
+			res:    RebuildSite{Tenant: ref.Tenant, Site: ref.Site, Skipped: []SkippedBlob{}},
+		}
+		err := r.run(ctx)
+		rep.Sites = append(rep.Sites, r.res)
+		rep.Blobs += r.res.Batches + r.res.Parts
+		rep.Samples += r.res.Samples
+		rep.Duplicates += r.res.Duplicates
+		rep.Skipped += len(r.res.Skipped)
+		if err != nil {
+			return rep, err
+		}
+	}
+	return rep, nil
+}
+
+// rebuildSites lists the sites to rebuild, sorted.
+func rebuildSites(ctx context.Context, archive blob.Store, tenant, site string) ([]SiteRef, error) {
+	switch {
+	case tenant != "" && site != "":
+		return []SiteRef{{Tenant: tenant, Site: site}}, nil
+	case site != "":
+		return nil, errors.New("rebuilding a site: the site needs its tenant too")
+	}
+	prefix := ""
+	if tenant != "" {
+		prefix = tenant + "/"
+	}
+	names, err := archive.List(ctx, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing the archive's sites: %w", err)
+	}
+	var out []SiteRef
+	for _, n := range names {
+		f := strings.SplitN(n, "/", 3)
+		if len(f) < 3 {
+			continue // not under {tenant}/{site}/
+		}
+		ref := SiteRef{Tenant: f[0], Site: f[1]}
+		if len(out) == 0 || out[len(out)-1] != ref {
+			out = append(out, ref) // names are sorted, so a site's are together
+		}
+	}
+	slices.SortFunc(out, func(a, b SiteRef) int {
+		return strings.Compare(a.Tenant+"/"+a.Site, b.Tenant+"/"+b.Site)
+	})
+	return out, nil
+}
+
+// progress counts blobs across sites for the progress lines.
+type progress struct {
+	every, blobs, skipped int
+	samples               int64
+}
+
+// rebuildItem is one decoded blob waiting to be written.
+type rebuildItem struct {
+	agent   string // the batch's agent; compact.AgentID for a day part
+	seq     uint64
+	sentAt  int64
+	batch   bool // a batch blob, remembered in observed like a live one
+	samples []telemetry.Sample
+}
+
+// rebuilder rebuilds one site.
+type rebuilder struct {
+	db      *DB
+	archive blob.Store
+	ref     SiteRef
+	o       RebuildOptions
+	log     *slog.Logger
+	prog    *progress
+	tables  batch.TableResolver
+	now     time.Time
+	res     RebuildSite
+
+	pending        []rebuildItem
+	pendingSamples int
+	cleared        bool // the site's old rows are gone (in a committed transaction)
+}
+
+func (r *rebuilder) run(ctx context.Context) error {
+	r.log.Info("rebuilding site", "dry_run", r.o.DryRun)
+	last := r.now.AddDate(0, 1, 0) // agents' clocks may run a little ahead
+	for m := monthOf(r.o.Since); !m.After(last); m = m.AddDate(0, 1, 0) {
+		batches, err := r.archive.List(ctx, fmt.Sprintf("%s/%s/%04d/%02d/", r.ref.Tenant, r.ref.Site, m.Year(), m.Month()))
+		if err != nil {
+			return r.fail(ctx, fmt.Errorf("listing the batches of %s in %s: %w", r.ref, m.Format("2006-01"), err))
+		}
+		parts, err := r.archive.List(ctx, compact.MonthPrefix(r.ref.Tenant, r.ref.Site, m))
+		if err != nil {
+			return r.fail(ctx, fmt.Errorf("listing the day blobs of %s in %s: %w", r.ref, m.Format("2006-01"), err))
+		}
+		if len(batches) == 0 && len(parts) == 0 {
+			continue
+		}
+		for d := m; d.Month() == m.Month(); d = d.AddDate(0, 0, 1) {
+			dayBatches, rest := dayNames(batches, compact.DayPrefix(r.ref.Tenant, r.ref.Site, d))
+			batches = rest
+			if err := r.day(ctx, d, dayBatches, compact.NewestGeneration(parts, r.ref.Tenant, r.ref.Site, d)); err != nil {
+				return r.fail(ctx, err)
+			}
+		}
+	}
+	if err := r.flush(ctx, true); err != nil {
+		return r.fail(ctx, err)
+	}
+	r.res.Complete = true
+	r.log.Info("site rebuilt", "batches", r.res.Batches, "parts", r.res.Parts, "samples", r.res.Samples,
+		"duplicates", r.res.Duplicates, "skipped", len(r.res.Skipped), "dry_run", r.o.DryRun)
+	return nil
+}
+
+// fail says what stopping now leaves behind.
+func (r *rebuilder) fail(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		err = fmt.Errorf("rebuild of %s interrupted: %w", r.ref, ctx.Err())
+	}
+	if r.cleared {
+		return fmt.Errorf("%w: the site's latest values and rollups are only partly rebuilt; run the rebuild again", err)
+	}
+	return fmt.Errorf("%w: the site's latest values and rollups were not changed", err)
+}
+
+// monthOf is the first instant of t's month, UTC.
+func monthOf(t time.Time) time.Time {
+	t = t.UTC()
+	return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+}
+
+// dayNames splits sorted names into the batch blobs under dayPrefix and
+// the names after them. Anything else there (a stray file) is not a batch
+// and is left out.
+func dayNames(names []string, dayPrefix string) (day, rest []string) {
+	i := 0
+	for i < len(names) && names[i] < dayPrefix {
+		i++
+	}
+	j := i
+	for j < len(names) && strings.HasPrefix(names[j], dayPrefix) {
+		if strings.HasSuffix(names[j], ".sgb") {
+			day = append(day, names[j])
+		}
+		j++
+	}
+	return day, names[j:]
+}
+
+// day rebuilds one day: its compacted parts, then the batch blobs beside
+// them. Without parts, each batch is folded as it was at the ingest. With
+// parts, the samples of the batch blobs are held, and only those in no
+// part and no earlier batch blob are folded: a compaction merges batch
+// blobs into the parts before deleting them, so the same sample may be in
+// both.
+func (r *rebuilder) day(ctx context.Context, d time.Time, batches, parts []string) error {
+	if len(parts) == 0 {
+		for _, n := range batches {
+			it, ok, err := r.read(ctx, n, false)
+			if err != nil {
+				return err
+			}
+			if ok {
+				if err := r.add(ctx, it); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	type at struct{ item, sample int }
+	var held []rebuildItem
+	var dup [][]bool
+	seen := map[[2]int64]at{}
+	for _, n := range batches {
+		it, ok, err := r.read(ctx, n, false)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		marks := make([]bool, len(it.samples))
+		for i, smp := range it.samples {
+			k := [2]int64{int64(smp.PointID), smp.Time}
+			if _, ok := seen[k]; ok {
+				marks[i] = true // an earlier batch blob of the day has it: its sample wins, as in compaction
+				continue
+			}
+			seen[k] = at{len(held), i}
+		}
+		held = append(held, it)
+		dup = append(dup, marks)
+	}
+	for _, n := range parts {
+		it, ok, err := r.read(ctx, n, true)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		for _, smp := range it.samples {
+			if a, ok := seen[[2]int64{int64(smp.PointID), smp.Time}]; ok {
+				dup[a.item][a.sample] = true
+			}
+		}
+		if err := r.add(ctx, it); err != nil {
+			return err
+		}
+	}
+	for i, it := range held {
+		kept := it.samples[:0]
+		for j, smp := range it.samples {
+			if !dup[i][j] {
+				kept = append(kept, smp)
+			}
+		}
+		r.res.Duplicates += int64(len(it.samples) - len(kept))
+		it.samples = kept
+		if err := r.add(ctx, it); err != nil {
+			return err
+		}
+	}
+	if len(held) > 0 {
+		r.log.Debug("day has compacted parts and batch blobs beside them", "day", d.Format(time.DateOnly),
+			"parts", len(parts), "batches", len(held))
+	}
+	return nil
+}
+
+// read gets and decodes one blob. ok is false when the blob was skipped
+// (recorded and logged); err is set only when the rebuild must stop.
+func (r *rebuilder) read(ctx context.Context, name string, part bool) (it rebuildItem, ok bool, err error) {
+	data, err := r.archive.Get(ctx, name)
+	if err == nil {
+		var b *batch.Batch
+		b, err = batch.Decode(data, r.tables, r.o.Limits)
+		if err == nil {
+			err = r.checkHeader(name, part, &b.Header)
+		}
+		if err == nil {
+			it = rebuildItem{agent: b.AgentID, seq: b.Seq, sentAt: b.SentAt, batch: !part, samples: b.Samples}
+		}
+	}
+	if ctx.Err() != nil {
+		return it, false, ctx.Err()
+	}
+	r.prog.blobs++
+	if err != nil {
+		reason := err.Error()
+		if errors.Is(err, blob.ErrNotFound) {
+			reason += " (a compaction ran during the rebuild: run it again)"
+		}
+		r.res.Skipped = append(r.res.Skipped, SkippedBlob{Name: name, Reason: reason})
+		r.prog.skipped++
+		r.log.Error("skipping a blob that cannot be read", "blob", name, "err", err)
+	} else if part {
+		r.res.Parts++
+	} else {
+		r.res.Batches++
+	}
+	if r.prog.blobs%r.prog.every == 0 {
+		r.log.Info("rebuild progress", "blobs", r.prog.blobs, "samples", r.prog.samples, "skipped", r.prog.skipped, "at", name)
+	}
+	return it, err == nil, nil
+}
+
+// checkHeader refuses a blob whose header disagrees with where it is
+// stored: a batch under another agent's, seq's or site's name was moved
+// or damaged at rest, and folding it in would credit the wrong site.
+func (r *rebuilder) checkHeader(name string, part bool, h *batch.Header) error {
+	if h.Site != r.ref.Site {
+		return fmt.Errorf("the blob holds site %q, but it is stored under site %q", h.Site, r.ref.Site)
+	}
+	if part {
+		if h.AgentID != compact.AgentID {
+			return fmt.Errorf("a day part's header names agent %q, not %q", h.AgentID, compact.AgentID)
+		}
+		return nil
+	}
+	if want := fmt.Sprintf("/%s-%020d.sgb", h.AgentID, h.Seq); !strings.HasSuffix(name, want) {
+		return fmt.Errorf("the batch is seq %d of agent %q, which is not the name it is stored under", h.Seq, h.AgentID)
+	}
+	return nil
+}
+
+// add queues a decoded blob and writes the queue once it holds enough.
+func (r *rebuilder) add(ctx context.Context, it rebuildItem) error {
+	r.pending = append(r.pending, it)
+	r.pendingSamples += len(it.samples)
+	r.res.Samples += int64(len(it.samples))
+	r.prog.samples += int64(len(it.samples))
+	if r.pendingSamples >= r.o.FlushSamples {
+		return r.flush(ctx, false)
+	}
+	return nil
+}
+
+// flush writes the queued blobs in one transaction; the first also clears
+// the site's old rows, and the last (final) names the agents of points
+// whose newest sample came from a day part.
+func (r *rebuilder) flush(ctx context.Context, final bool) error {
+	items := r.pending
+	r.pending, r.pendingSamples = nil, 0
+	if r.o.DryRun || (len(items) == 0 && (!final || !r.cleared)) {
+		return nil
+	}
+	now := ms(r.now)
+	from5 := ms(r.now.Add(-Keep5Min))
+	err := r.db.tx(ctx, func(tx *sql.Tx) error {
+		if !r.cleared {
+			for _, q := range []string{`DELETE FROM latest WHERE tenant = ? AND site = ?`, `DELETE FROM rollups WHERE tenant = ? AND site = ?`} {
+				if _, err := tx.ExecContext(ctx, q, r.ref.Tenant, r.ref.Site); err != nil {
+					return fmt.Errorf("clearing the old rows: %w", err)
+				}
+			}
+			if err := putSite(ctx, tx, r.ref, "", now); err != nil {
+				return err
+			}
+		}
+		for _, it := range items {
+			if err := newFold(it.samples, from5).write(ctx, tx, r.ref, it.agent); err != nil {
+				return err
+			}
+			if it.batch {
+				// A retry of this batch by its agent must not count twice.
+				at := it.sentAt
+				if at <= 0 {
+					at = now
+				}
+				if _, err := tx.ExecContext(ctx, `INSERT INTO observed (agent_id, seq, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`,
+					it.agent, int64(it.seq), at); err != nil {
+					return err
+				}
+			}
+		}
+		if final {
+			// A day part does not say which agent read a sample; the
+			// catalogue does, for the points it lists.
+			_, err := tx.ExecContext(ctx, `UPDATE latest SET agent_id = (SELECT c.agent_id FROM catalog c
+					WHERE c.tenant = latest.tenant AND c.site = latest.site AND c.point_id = latest.point_id)
+				WHERE tenant = ? AND site = ? AND agent_id = ? AND EXISTS (SELECT 1 FROM catalog c
+					WHERE c.tenant = latest.tenant AND c.site = latest.site AND c.point_id = latest.point_id)`,
+				r.ref.Tenant, r.ref.Site, compact.AgentID)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("writing the rebuilt rows of %s: %w", r.ref, err)
+	}
+	r.cleared = true
+	return nil
+}
