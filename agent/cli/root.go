@@ -38,12 +38,13 @@ Start with 'sightglass-agent config validate FILE', then 'sightglass-agent run -
 		SilenceErrors: true,
 	}
 	root.AddCommand(newRunCmd(), newEnrollCmd(), newConfigCmd(), newStatusCmd(), newDiscoverCmd(), newCheckCmd(), newVersionCmd())
+	root.AddCommand(newDriverHostCmd())
 	return root
 }
 
 // Registry returns the drivers this agent is built with.
 func Registry() (*driver.Registry, error) {
-	return driver.NewRegistry(csvtrend.Info(), modbus.Info(), bacnetdrv.Info(), opcua.Info())
+	return driver.NewRegistry(csvtrend.Info(), modbus.Info(), bacnetdrv.Info(), isolated(opcua.Info()))
 }
 
 func newLogger(w io.Writer, c config.Log) *slog.Logger {

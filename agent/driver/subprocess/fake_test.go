@@ -1,0 +1,237 @@
+package subprocess
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"reflect"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/agent/driver/opcua"
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// hostEnv makes the test binary the driver host: the proxy under test
+// re-executes this binary, and TestMain serves the fake drivers.
+const hostEnv = "SIGHTGLASS_SUBPROCESS_TEST_HOST"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(hostEnv) == "1" {
+		reg, err := driver.NewRegistry(hostedForTest()...)
+		if err == nil {
+			err = Main(context.Background(), reg)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// hostedForTest is the child's registry: the fakes and the real OPC UA
+// driver.
+func hostedForTest() []driver.Info {
+	return []driver.Info{
+		{Name: "fake", New: func(dev driver.Device) (driver.Driver, error) { return newFake(dev) }},
+		{Name: "fakecommit", New: func(dev driver.Device) (driver.Driver, error) {
+			f, err := newFake(dev)
+			return &fakeCommitter{f}, err
+		}},
+		{Name: "plain", New: func(dev driver.Device) (driver.Driver, error) {
+			f, err := newFake(dev)
+			return &plainDriver{f}, err
+		}},
+		opcua.Info(),
+	}
+}
+
+// selfCommand runs this test binary as the driver host.
+func selfCommand() (*exec.Cmd, error) {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), hostEnv+"=1")
+	return cmd, nil
+}
+
+// fakeSettings are the fake's device settings, decoded strictly.
+type fakeSettings struct {
+	Scale        float64 `yaml:"scale"`
+	ConnectError string  `yaml:"connect_error"`
+}
+
+type fakePointSettings struct {
+	Offset float64 `yaml:"offset"`
+}
+
+// fake is a driver whose behaviour its points choose: a point's Ref names
+// what Read does (see read). Its values are scale × the point's ID plus
+// the point's offset, so a test sees that settings crossed.
+type fake struct {
+	cfg     fakeSettings
+	offsets map[uint64]float64
+	log     interface {
+		Warn(string, ...any)
+	}
+	connected bool
+	commits   int
+}
+
+type fakeCommitter struct{ *fake }
+
+// Commit counts; a sample of the next Read carries the count.
+func (f *fakeCommitter) Commit(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f.commits++
+	return nil
+}
+
+// plainDriver has neither Discover nor Commit.
+type plainDriver struct{ f *fake }
+
+func (p *plainDriver) Connect(ctx context.Context) error { return p.f.Connect(ctx) }
+func (p *plainDriver) Read(ctx context.Context, pts []driver.Point) ([]telemetry.Sample, error) {
+	return p.f.Read(ctx, pts)
+}
+func (p *plainDriver) Close() error { return p.f.Close() }
+
+func newFake(dev driver.Device) (*fake, error) {
+	f := &fake{offsets: map[uint64]float64{}, log: dev.Logger}
+	if dev.Settings != nil {
+		if err := dev.Settings.Decode(&f.cfg); err != nil {
+			return nil, fmt.Errorf("fake settings: %w", err)
+		}
+	}
+	if f.cfg.Scale == 0 {
+		f.cfg.Scale = 1
+	}
+	for _, p := range dev.Points {
+		if p.Settings == nil {
+			continue
+		}
+		var ps fakePointSettings
+		if err := p.Settings.Decode(&ps); err != nil {
+			return nil, fmt.Errorf("point %q: %w", p.Ref, err)
+		}
+		f.offsets[p.ID] = ps.Offset
+	}
+	return f, nil
+}
+
+func (f *fake) Connect(ctx context.Context) error {
+	switch f.cfg.ConnectError {
+	case "":
+	case "lost":
+		return fmt.Errorf("fake: no route: %w", driver.ErrConnLost)
+	default:
+		return errors.New("fake: " + f.cfg.ConnectError)
+	}
+	f.connected = true
+	return ctx.Err()
+}
+
+func (f *fake) Close() error {
+	f.connected = false
+	return nil
+}
+
+// nanBits is a NaN with a payload, which must cross bit for bit.
+const nanBits = 0x7ff8_dead_beef_0001
+
+// Read does what each point's Ref says: panic, exit, alloc (until the
+// address-space limit stops it), hang (ignoring ctx), slow (until ctx
+// ends), busy, lost, refused, log, stdout, pid (value is the child's
+// pid), commits, nan; anything else reads scale × ID + offset.
+func (f *fake) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sample, error) {
+	if !f.connected {
+		return nil, errors.New("fake: not connected")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out []telemetry.Sample
+	for _, p := range points {
+		off, ok := f.offsets[p.ID]
+		if !ok && p.Settings != nil {
+			var ps fakePointSettings
+			if err := p.Settings.Decode(&ps); err != nil {
+				return nil, err
+			}
+			off = ps.Offset
+		}
+		v := f.cfg.Scale*float64(p.ID) + off
+		switch p.Ref {
+		case "panic":
+			panic("fake driver: boom")
+		case "exit":
+			os.Exit(3)
+		case "alloc":
+			allocLikeADecoder()
+		case "hang":
+			select {}
+		case "slow":
+			<-ctx.Done()
+			return nil, fmt.Errorf("fake: reading slowly: %w", ctx.Err())
+		case "busy":
+			return nil, fmt.Errorf("fake: device says later: %w", driver.ErrBusy)
+		case "lost":
+			return nil, fmt.Errorf("fake: socket reset: %w", driver.ErrConnLost)
+		case "refused":
+			return nil, fmt.Errorf("fake: write attempt: %w", driver.ErrRefused)
+		case "log":
+			f.log.Warn("fake driver noticed something", "register", 40001, "reason", "test", "ratio", 0.5)
+		case "stdout":
+			fmt.Println("a library printing to stdout must not break the protocol")
+			os.Stdout.WriteString("\x00\x00\x00\x05hello")
+		case "pid":
+			v = float64(os.Getpid())
+		case "commits":
+			v = float64(f.commits)
+		case "nan":
+			v = math.Float64frombits(nanBits)
+		}
+		out = append(out, telemetry.Sample{PointID: p.ID, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC).UnixMilli(), Value: v, Status: telemetry.StatusOK})
+	}
+	return out, nil
+}
+
+// Discover returns two points, one with settings.
+func (f *fake) Discover(ctx context.Context) ([]driver.Point, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return []driver.Point{
+		{Ref: "d1", Name: "Discovered one", Unit: "°C", Description: "first", Tags: []string{"zone", "temp"}, Interval: 30 * time.Second, Settings: yamlSettings("offset: 0.25\n")},
+		{Ref: "d2", Name: "Discovered two"},
+	}, nil
+}
+
+// allocLikeADecoder does what gopcua's decoder does with a hostile array
+// length: reflect.MakeSlice of the length the message claims. The address
+// space is capped first (a test cannot leave a 16 GB allocation to the
+// machine's OOM killer), so the runtime dies with "out of memory" at once.
+func allocLikeADecoder() {
+	status, _ := os.ReadFile("/proc/self/status")
+	var vm uint64
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmSize:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			vm = kb << 10
+		}
+	}
+	limit := vm + 256<<20
+	_ = syscall.Setrlimit(syscall.RLIMIT_AS, &syscall.Rlimit{Cur: limit, Max: limit})
+	claimed := math.MaxInt32
+	s := reflect.MakeSlice(reflect.TypeFor[[]float64](), claimed, claimed)
+	fmt.Fprintln(os.Stderr, "allocated", s.Len())
+}
