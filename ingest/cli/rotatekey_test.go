@@ -157,6 +157,9 @@ func TestServeTOTPKeys(t *testing.T) {
 	if id, err := secretbox.KeyIDOf(storedTOTP(t, dbPath)); err != nil || id != keys.CurrentID() {
 		t.Fatalf("after start the secret is under %q (%v), want %s", id, err, keys.CurrentID())
 	}
+	if out, err := runIn(t, "", "audit", "list", "--db", dbPath); err != nil || !strings.Contains(out, "totp_seal_upgrade") {
+		t.Errorf("the upgrade is not in the audit log: %v\n%s", err, out)
+	}
 	// The key file lost: a new one would open nothing.
 	if err := os.Remove(keyFile); err != nil {
 		t.Fatal(err)

@@ -118,11 +118,17 @@ func openTOTPKeys(ctx context.Context, cfg *config.Config, db *rdb.DB, log *slog
 	if created {
 		log.Info("made the key that seals the dashboard's TOTP secrets: back it up apart from the database", "key_file", path, "key_id", keys.CurrentID())
 	}
-	if _, err := web.PrepareTOTPSecrets(ctx, db, keys, log.With("component", "web")); err != nil {
+	rep, err := web.PrepareTOTPSecrets(ctx, db, keys, log.With("component", "web"))
+	if err != nil {
 		if created && errors.Is(err, web.ErrWrongTOTPKey) {
 			os.Remove(path)
 		}
 		return nil, err
+	}
+	if rep.Upgraded > 0 {
+		if _, err := db.Audit(ctx, "serve", "totp_seal_upgrade", path, fmt.Sprintf("sealed %d plaintext TOTP secrets under key %s", rep.Upgraded, rep.KeyID)); err != nil {
+			return nil, err
+		}
 	}
 	return keys, nil
 }

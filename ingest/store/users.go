@@ -275,12 +275,17 @@ func (s *DB) SetDisabled(ctx context.Context, name string, disabled bool) error 
 	return nil
 }
 
-// SetTOTP sets a user's TOTP secret (nil removes the second factor).
+// SetTOTP sets a user's TOTP secret (nil removes the second factor) and
+// ends all their sessions, so a session opened before the second factor
+// was added, replaced or removed does not outlive the change.
 func (s *DB) SetTOTP(ctx context.Context, name string, secret []byte) error {
 	if secret == nil {
 		secret = []byte{}
 	}
-	return s.updateUser(ctx, "setting the second factor", name, `totp_secret = ?, totp_last = 0`, secret)
+	if err := s.updateUser(ctx, "setting the second factor", name, `totp_secret = ?, totp_last = 0`, secret); err != nil {
+		return err
+	}
+	return s.endSessionsOf(ctx, name)
 }
 
 // ReplaceTOTP stores next as the user's TOTP secret only if it is still

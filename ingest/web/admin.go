@@ -246,7 +246,13 @@ func (s *Server) handleUserChange(w http.ResponseWriter, r *http.Request, rq *re
 			s.serverError(w, r, err)
 			return
 		}
-		s.audit(ctx, actor, "totp_remove", name, "reset by an admin")
+		s.audit(ctx, actor, "totp_remove", name, "reset by an admin; sessions ended")
+		if self {
+			if err := s.newSession(w, r, rq.user, store.SessionFull); err != nil {
+				s.serverError(w, r, err)
+				return
+			}
+		}
 	case "password":
 		pw := r.PostFormValue("password")
 		if err := CheckPasswordPolicy(name, pw); err != nil {

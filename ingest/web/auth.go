@@ -549,11 +549,17 @@ func (s *Server) handleTOTPSetup(w http.ResponseWriter, r *http.Request, rq *req
 			s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: "The current password is wrong."})
 			return
 		}
+		// SetTOTP ends every session of the user: a fresh one keeps
+		// them signed in here only.
 		if err := s.st.SetTOTP(ctx, rq.user.Name, nil); err != nil {
 			s.serverError(w, r, err)
 			return
 		}
-		s.audit(ctx, "user:"+rq.user.Name, "totp_remove", rq.user.Name, "")
+		s.audit(ctx, "user:"+rq.user.Name, "totp_remove", rq.user.Name, "by the user; other sessions ended")
+		if err := s.newSession(w, r, rq.user, store.SessionFull); err != nil {
+			s.serverError(w, r, err)
+			return
+		}
 		http.Redirect(w, r, "/account", http.StatusSeeOther)
 		return
 	}
@@ -576,13 +582,23 @@ func (s *Server) handleTOTPSetup(w http.ResponseWriter, r *http.Request, rq *req
 		s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: "The set-up form was damaged; start again."})
 		return
 	}
-	if checkTOTP(secret, r.PostFormValue("code"), s.cfg.Now()) < 0 {
-		page, err := s.totpSetup(rq.user.Name, secret, "That code does not match: check the phone's clock and try again.")
+	retry := func(msg string) {
+		page, err := s.totpSetup(rq.user.Name, secret, msg)
 		if err != nil {
 			s.serverError(w, r, err)
 			return
 		}
 		s.render(w, r, http.StatusBadRequest, "account", rq, page)
+	}
+	// The password again, as for removing it: a borrowed or stolen
+	// session must not tie the account to someone else's phone.
+	if ok, _ := VerifyPassword(rq.user.Hash, r.PostFormValue("current")); !ok {
+		s.audit(ctx, "user:"+rq.user.Name, "totp_enable_failed", rq.user.Name, "wrong current password")
+		retry("The current password is wrong.")
+		return
+	}
+	if checkTOTP(secret, r.PostFormValue("code"), s.cfg.Now()) < 0 {
+		retry("That code does not match: check the phone's clock and try again.")
 		return
 	}
 	sealed, err := sealTOTP(s.cfg.TOTPKeys, rq.user.ID, secret)
@@ -597,6 +613,11 @@ func (s *Server) handleTOTPSetup(w http.ResponseWriter, r *http.Request, rq *req
 	if err := keepCurrent(ctx, s.st, s.cfg.TOTPKeys, rq.user.ID, sealed, secret); err != nil {
 		s.log.Warn("checking a new TOTP secret against the key file failed", "user", rq.user.Name, "err", err)
 	}
-	s.audit(ctx, "user:"+rq.user.Name, "totp_enable", rq.user.Name, "")
+	s.audit(ctx, "user:"+rq.user.Name, "totp_enable", rq.user.Name, "other sessions ended")
+	// This browser just gave the password and a code: it stays signed in.
+	if err := s.newSession(w, r, rq.user, store.SessionFull); err != nil {
+		s.serverError(w, r, err)
+		return
+	}
 	http.Redirect(w, r, "/account?totp=1", http.StatusSeeOther)
 }

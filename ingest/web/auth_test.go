@@ -394,10 +394,19 @@ func TestTOTPLogin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := c.post("/account/totp", "/account", url.Values{"secret": {m}, "code": {"000000"}}); r.status != http.StatusBadRequest {
-		t.Errorf("a wrong set-up code: %d", r.status)
+	for _, tc := range []struct{ name, code, current string }{
+		{"a wrong set-up code", "000000", testPassword},
+		{"no password", TOTPCode(secret, e.clk.now()), ""},
+		{"a wrong password", TOTPCode(secret, e.clk.now()), "not the password at all"},
+	} {
+		if r := c.post("/account/totp", "/account", url.Values{"secret": {m}, "code": {tc.code}, "current": {tc.current}}); r.status != http.StatusBadRequest {
+			t.Errorf("%s: %d", tc.name, r.status)
+		}
+		if u, _ := e.db.User(context.Background(), "alice"); u.HasTOTP() {
+			t.Fatalf("%s turned the second factor on", tc.name)
+		}
 	}
-	if r := c.post("/account/totp", "/account", url.Values{"secret": {m}, "code": {TOTPCode(secret, e.clk.now())}}); r.status != http.StatusSeeOther {
+	if r := c.post("/account/totp", "/account", url.Values{"secret": {m}, "code": {TOTPCode(secret, e.clk.now())}, "current": {testPassword}}); r.status != http.StatusSeeOther {
 		t.Fatalf("set-up: %d %s", r.status, r.body)
 	}
 	e.clk.add(time.Minute)
@@ -438,7 +447,75 @@ func TestTOTPLogin(t *testing.T) {
 	if r := g.get("/login/totp"); r.status != http.StatusSeeOther || r.header.Get("Location") != "/login" {
 		t.Errorf("an old half-signed-in session: %d %s", r.status, r.header.Get("Location"))
 	}
-	e.wantAudit("totp_enable alice", "login_password_ok alice", "login alice")
+	e.wantAudit("totp_enable_failed alice", "totp_enable alice", "login_password_ok alice", "login alice")
+}
+
+// TestTOTPChangeEndsSessions: turning a second factor on or off, or an
+// admin removing it, ends the user's other sessions; the browser that
+// made the change stays signed in with a new session id.
+func TestTOTPChangeEndsSessions(t *testing.T) {
+	e := newEnv(t)
+	c, other := e.client(), e.client()
+	c.mustLogin("alice")
+	other.mustLogin("alice")
+	secret, err := NewTOTPSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := TOTPSecretString(secret)
+	steps := []struct {
+		name string
+		form url.Values
+		// relogin signs other in again afterwards.
+		relogin func()
+	}{
+		{"turn on", url.Values{"secret": {m}, "code": {TOTPCode(secret, e.clk.now())}, "current": {testPassword}}, func() {
+			e.clk.add(totpStep)
+			other.login("alice", testPassword)
+			if r := other.post("/login/totp", "/login/totp", url.Values{"code": {TOTPCode(secret, e.clk.now())}}); r.status != http.StatusSeeOther {
+				t.Fatalf("sign-in with the new second factor: %d", r.status)
+			}
+		}},
+		{"turn off", url.Values{"remove": {"1"}, "current": {testPassword}}, func() { other.mustLogin("alice") }},
+	}
+	for _, st := range steps {
+		before := c.sessionCookie()
+		if r := c.post("/account/totp", "/account", st.form); r.status != http.StatusSeeOther {
+			t.Fatalf("%s: %d %s", st.name, r.status, r.body)
+		}
+		if r := other.get("/"); r.status != http.StatusSeeOther {
+			t.Errorf("%s: another session survived: %d", st.name, r.status)
+		}
+		if r := c.get("/account"); r.status != http.StatusOK {
+			t.Errorf("%s: the browser that made the change was signed out: %d", st.name, r.status)
+		}
+		if c.sessionCookie() == before {
+			t.Errorf("%s: the session id was not rotated", st.name)
+		}
+		st.relogin()
+	}
+	// An admin's removal ends the user's sessions.
+	e.enrol("bob")
+	bob := e.client()
+	e.clk.add(totpStep)
+	bob.login("bob", testPassword)
+	u, _ := e.db.User(context.Background(), "bob")
+	sec, _, err := openTOTP(e.srv.cfg.TOTPKeys, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := bob.post("/login/totp", "/login/totp", url.Values{"code": {TOTPCode(sec, e.clk.now())}}); r.status != http.StatusSeeOther {
+		t.Fatalf("bob's sign-in: %d", r.status)
+	}
+	admin := e.client()
+	admin.mustLogin("root")
+	if r := admin.post("/admin/users/bob/totp-reset", "/admin", url.Values{}); r.status != http.StatusSeeOther {
+		t.Fatalf("admin totp-reset: %d", r.status)
+	}
+	if r := bob.get("/"); r.status != http.StatusSeeOther {
+		t.Errorf("bob's session survived the admin's reset: %d", r.status)
+	}
+	e.wantAudit("totp_enable alice", "totp_remove alice", "totp_remove bob")
 }
 
 func TestSecurityHeaders(t *testing.T) {

@@ -315,6 +315,30 @@ func TestBrowserIntegration(t *testing.T) {
 	b.nav("second factor set-up", chromedp.Click(sel("#totp-start")))
 	b.do("QR code", chromedp.WaitVisible(sel("#totp-qr svg")))
 	b.shot("12-totp-setup")
+	// Turn it on with the code an authenticator app would show, then sign
+	// in again with it: the secret is stored sealed and opens.
+	secret, err := ParseTOTPSecret(b.text("#totp-secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.do("second factor code",
+		chromedp.SetValue(sel("#totp-code"), TOTPCode(secret, b.clk.now())),
+		chromedp.SetValue(sel("#totp-current"), testPassword))
+	b.nav("second factor on", chromedp.Click(sel("#totp-on")))
+	b.do("second factor is on", chromedp.WaitVisible(sel("#totp-is-on")))
+	b.shot("13-totp-on")
+	b.nav("logout as root", chromedp.Click(sel("#logout")))
+	b.clk.add(totpStep)
+	b.login("root", testPassword)
+	b.do("code form", chromedp.WaitVisible(sel("#totp-form")), chromedp.SetValue(sel("#code"), TOTPCode(secret, b.clk.now())))
+	b.shot("14-totp-login")
+	b.nav("code", chromedp.Submit(sel("#totp-form")))
+	if loc := b.location(); loc != b.base+"/" {
+		t.Errorf("after the second factor the browser is at %s, want the portfolio", loc)
+	}
+	if raw := b.rawTOTP("root"); !strings.HasPrefix(string(raw), "v1:") {
+		t.Errorf("root's TOTP secret is stored as %q, not sealed", raw)
+	}
 
 	b.mu.Lock()
 	defer b.mu.Unlock()

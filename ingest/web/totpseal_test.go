@@ -121,7 +121,7 @@ func TestTOTPSealedAtRest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := c.post("/account/totp", "/account", url.Values{"secret": {m}, "code": {TOTPCode(secret, e.clk.now())}}); r.status != http.StatusSeeOther {
+	if r := c.post("/account/totp", "/account", url.Values{"secret": {m}, "code": {TOTPCode(secret, e.clk.now())}, "current": {testPassword}}); r.status != http.StatusSeeOther {
 		t.Fatalf("set-up: %d", r.status)
 	}
 	e.wantSealedUnder("alice", secret, e.srv.cfg.TOTPKeys.CurrentID())
