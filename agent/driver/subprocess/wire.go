@@ -283,8 +283,9 @@ func (d *dec) samples() []telemetry.Sample {
 	return out
 }
 
-// A point takes at least 1+5+1+1+1 bytes.
-const minPoint = 9
+// A point takes at least 8 bytes: id, four strings, tag count, interval
+// and settings flag, one byte each.
+const minPoint = 8
 
 func (d *dec) point() driver.Point {
 	p := driver.Point{ID: d.uvarint("point id"), Ref: d.str("ref"), Name: d.str("name"), Unit: d.str("unit"), Description: d.str("description")}
