@@ -11,7 +11,8 @@
 // Security, as the product's policy promises: HTTPS only with HSTS (plain
 // HTTP answers with a permanent redirect), argon2id password hashes with a
 // minimum length and a common-password check, lockout per account and per
-// source address, disabled accounts, optional TOTP, roles and building
+// source address, disabled accounts, optional TOTP (its secrets sealed at
+// rest under a key file outside the database: totpseal.go), roles and building
 // scope enforced by every handler (another building's URL answers 404,
 // never data), idle and absolute session timeouts, the session id rotated
 // at login and held in a __Host- cookie (HttpOnly, Secure, SameSite=Strict)
