@@ -495,18 +495,7 @@ func TestTOTPChangeEndsSessions(t *testing.T) {
 		st.relogin()
 	}
 	// An admin's removal ends the user's sessions.
-	e.enrol("bob")
-	bob := e.client()
-	e.clk.add(totpStep)
-	bob.login("bob", testPassword)
-	u, _ := e.db.User(context.Background(), "bob")
-	sec, _, err := openTOTP(e.srv.cfg.TOTPKeys, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r := bob.post("/login/totp", "/login/totp", url.Values{"code": {TOTPCode(sec, e.clk.now())}}); r.status != http.StatusSeeOther {
-		t.Fatalf("bob's sign-in: %d", r.status)
-	}
+	bob := e.totpClient("bob", e.enrol("bob"))
 	admin := e.client()
 	admin.mustLogin("root")
 	if r := admin.post("/admin/users/bob/totp-reset", "/admin", url.Values{}); r.status != http.StatusSeeOther {

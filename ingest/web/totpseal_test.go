@@ -71,24 +71,33 @@ func (e *env) enrol(name string) []byte {
 	return secret
 }
 
-// totpLogin signs name in with password and the current code of secret,
-// and returns the answer to the code step. The clock moves on a step
-// first, so each call has a fresh code.
-func (e *env) totpLogin(name string, secret []byte) resp {
+// totpLogin signs name in, in a new browser, with the password and the
+// current code of secret, and returns the browser and the answer to the
+// code step. The clock moves on a step first, so each call has a fresh
+// code.
+func (e *env) totpLogin(name string, secret []byte) (*client, resp) {
 	e.t.Helper()
 	e.clk.add(totpStep)
 	c := e.client()
 	if r := c.login(name, testPassword); r.status != http.StatusSeeOther || r.header.Get("Location") != "/login/totp" {
 		e.t.Fatalf("password step of %s: %d %s", name, r.status, r.header.Get("Location"))
 	}
-	return c.post("/login/totp", "/login/totp", url.Values{"code": {TOTPCode(secret, e.clk.now())}})
+	return c, c.post("/login/totp", "/login/totp", url.Values{"code": {TOTPCode(secret, e.clk.now())}})
+}
+
+// totpClient is a browser signed in as name with both factors.
+func (e *env) totpClient(name string, secret []byte) *client {
+	e.t.Helper()
+	c, r := e.totpLogin(name, secret)
+	if r.status != http.StatusSeeOther || r.header.Get("Location") != "/" {
+		e.t.Fatalf("TOTP sign-in of %s: %d %s", name, r.status, r.body)
+	}
+	return c
 }
 
 func (e *env) wantTOTPLogin(name string, secret []byte) {
 	e.t.Helper()
-	if r := e.totpLogin(name, secret); r.status != http.StatusSeeOther || r.header.Get("Location") != "/" {
-		e.t.Fatalf("TOTP sign-in of %s: %d %s", name, r.status, r.body)
-	}
+	e.totpClient(name, secret)
 }
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -215,7 +224,7 @@ func TestTOTPBoundToUser(t *testing.T) {
 	secret := e.enrol("alice")
 	e.enrol("bob")
 	e.setRawTOTP("bob", e.rawTOTP("alice"))
-	r := e.totpLogin("bob", secret)
+	_, r := e.totpLogin("bob", secret)
 	if r.status != http.StatusInternalServerError || !strings.Contains(r.body, "Ask an administrator") {
 		t.Fatalf("sign-in with a row copied from another user: %d %s", r.status, r.body)
 	}
