@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -68,6 +70,17 @@ between blobs: run the command again to finish.`,
 					return err
 				}
 				archive = d
+			}
+			if o.DryRun {
+				// A dry run reads nothing from the database either: open
+				// a throwaway one rather than create or migrate the real
+				// one.
+				tmp, err := os.MkdirTemp("", "sightglass-rebuild-dry-run-")
+				if err != nil {
+					return fmt.Errorf("--dry-run: %w", err)
+				}
+				defer os.RemoveAll(tmp)
+				db = filepath.Join(tmp, "dry-run.db")
 			}
 			hot, err := store.Open(ctx, db, store.Options{})
 			if err != nil {

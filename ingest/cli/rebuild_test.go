@@ -3,8 +3,11 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -115,6 +118,12 @@ func TestStoreRebuild(t *testing.T) {
 			}
 			if !strings.Contains(stderr, "rebuilding site") {
 				t.Errorf("no progress on stderr: %q", stderr)
+			}
+			if slices.Contains(tt.args, "--dry-run") {
+				if _, err := os.Stat(db); !errors.Is(err, fs.ErrNotExist) {
+					t.Fatalf("the command made the database %s (%v)", db, err)
+				}
+				return
 			}
 			hot, err := store.Open(ctx, db, store.Options{})
 			if err != nil {

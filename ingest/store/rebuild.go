@@ -108,8 +108,9 @@ type RebuildReport struct {
 // RebuildOptions.FlushSamples decoded samples are held at a time, except
 // that on a day with both compacted parts and batch blobs left beside them
 // the samples of those batch blobs are held to count each sample once.
-// Discovering the sites (without Tenant and Site) lists the archive's
-// names once.
+// Finding the sites (without both Tenant and Site) lists the archive's
+// (or the tenant's) names once, and then only the months holding blobs
+// are read; a named site is read month by month from Since.
 //
 // A blob that cannot be read or decoded is logged, recorded in the report
 // and skipped; the rest are rebuilt. A site none of whose blobs could be
@@ -138,9 +139,10 @@ func (s *DB) Rebuild(ctx context.Context, archive blob.Store, o RebuildOptions) 
 		return rep, err
 	}
 	prog := &progress{every: o.ProgressEvery}
-	for _, ref := range sites {
+	for _, st := range sites {
+		ref := st.ref
 		r := &rebuilder{
-			db: s, archive: archive, ref: ref, o: o, prog: prog, now: s.now(),
+			db: s, archive: archive, ref: ref, months: st.months, o: o, prog: prog, now: s.now(),
 			log:    o.Logger.With("tenant", ref.Tenant, "site", ref.Site),
 			tables: compact.PointTables(archive, ref.Tenant, ref.Site),
 			res:    RebuildSite{Tenant: ref.Tenant, Site: ref.Site, Skipped: []SkippedBlob{}},
@@ -158,11 +160,21 @@ func (s *DB) Rebuild(ctx context.Context, archive blob.Store, o RebuildOptions) 
 	return rep, nil
 }
 
-// rebuildSites lists the sites to rebuild, sorted.
-func rebuildSites(ctx context.Context, archive blob.Store, tenant, site string) ([]SiteRef, error) {
+// siteMonths is a site to rebuild and the months its blobs are in; nil
+// months means not known: every month is listed.
+type siteMonths struct {
+	ref    SiteRef
+	months []time.Time
+}
+
+// rebuildSites lists the sites to rebuild, sorted. Finding them takes a
+// listing of the archive's names, which also tells the months each site
+// has blobs in: a named site is not listed as a whole, since its names
+// include a claim for every batch it ever sent.
+func rebuildSites(ctx context.Context, archive blob.Store, tenant, site string) ([]siteMonths, error) {
 	switch {
 	case tenant != "" && site != "":
-		return []SiteRef{{Tenant: tenant, Site: site}}, nil
+		return []siteMonths{{ref: SiteRef{Tenant: tenant, Site: site}}}, nil
 	case site != "":
 		return nil, errors.New("rebuilding a site: the site needs its tenant too")
 	}
@@ -174,21 +186,46 @@ func rebuildSites(ctx context.Context, archive blob.Store, tenant, site string) 
 	if err != nil {
 		return nil, fmt.Errorf("listing the archive's sites: %w", err)
 	}
-	var out []SiteRef
+	var out []siteMonths
+	seen := map[time.Time]bool{}
 	for _, n := range names {
-		f := strings.SplitN(n, "/", 3)
+		f := strings.Split(n, "/")
 		if len(f) < 3 {
 			continue // not under {tenant}/{site}/
 		}
 		ref := SiteRef{Tenant: f[0], Site: f[1]}
-		if len(out) == 0 || out[len(out)-1] != ref {
-			out = append(out, ref) // names are sorted, so a site's are together
+		if len(out) == 0 || out[len(out)-1].ref != ref {
+			// Names are sorted, so a site's are together.
+			out = append(out, siteMonths{ref: ref, months: []time.Time{}})
+			clear(seen)
+		}
+		if m, ok := monthOfName(f[2:]); ok && !seen[m] {
+			seen[m] = true
+			cur := &out[len(out)-1]
+			cur.months = append(cur.months, m)
 		}
 	}
-	slices.SortFunc(out, func(a, b SiteRef) int {
-		return strings.Compare(a.Tenant+"/"+a.Site, b.Tenant+"/"+b.Site)
+	slices.SortFunc(out, func(a, b siteMonths) int {
+		return strings.Compare(a.ref.Tenant+"/"+a.ref.Site, b.ref.Tenant+"/"+b.ref.Site)
 	})
+	for _, s := range out {
+		slices.SortFunc(s.months, func(a, b time.Time) int { return a.Compare(b) })
+	}
 	return out, nil
+}
+
+// monthOfName is the month of a batch blob ({yyyy}/{mm}/{dd}/{hh}/…) or a
+// day part (days/{yyyy}/{mm}/…), from the segments of its name after the
+// site.
+func monthOfName(f []string) (time.Time, bool) {
+	if len(f) > 0 && f[0] == "days" {
+		f = f[1:]
+	}
+	if len(f) < 3 {
+		return time.Time{}, false
+	}
+	m, err := time.Parse("2006/01", f[0]+"/"+f[1])
+	return m, err == nil
 }
 
 // progress counts blobs across sites for the progress lines.
@@ -211,6 +248,7 @@ type rebuilder struct {
 	db      *DB
 	archive blob.Store
 	ref     SiteRef
+	months  []time.Time // to list; nil: every month from o.Since
 	o       RebuildOptions
 	log     *slog.Logger
 	prog    *progress
@@ -225,8 +263,17 @@ type rebuilder struct {
 
 func (r *rebuilder) run(ctx context.Context) error {
 	r.log.Info("rebuilding site", "dry_run", r.o.DryRun)
-	last := r.now.AddDate(0, 1, 0) // agents' clocks may run a little ahead
-	for m := monthOf(r.o.Since); !m.After(last); m = m.AddDate(0, 1, 0) {
+	months := r.months
+	if months == nil {
+		last := r.now.AddDate(0, 1, 0) // agents' clocks may run a little ahead
+		for m := monthOf(r.o.Since); !m.After(last); m = m.AddDate(0, 1, 0) {
+			months = append(months, m)
+		}
+	}
+	for _, m := range months {
+		if m.Before(monthOf(r.o.Since)) {
+			continue
+		}
 		batches, err := r.archive.List(ctx, fmt.Sprintf("%s/%s/%04d/%02d/", r.ref.Tenant, r.ref.Site, m.Year(), m.Month()))
 		if err != nil {
 			return r.fail(ctx, fmt.Errorf("listing the batches of %s in %s: %w", r.ref, m.Format("2006-01"), err))
