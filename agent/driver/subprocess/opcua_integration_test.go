@@ -13,8 +13,8 @@ import (
 	"github.com/sightglass-bms/sightglass/agent/driver/opcua"
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 	"github.com/sightglass-bms/sightglass/pkg/driver/drivertest"
-	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 	simopcua "github.com/sightglass-bms/sightglass/pkg/sim/opcua"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
 
 // readServices are the OPC UA services a reader sends (see the opcua

@@ -473,11 +473,15 @@ func (c *child) roundTrip(ctx context.Context, id uint64, body []byte, want byte
 			return answer{}, c.err
 		case <-ctx.Done():
 		}
-		cancel := newEnc(msgCancel, 0)
-		cancel.uvarint(id)
-		select {
-		case c.outq <- cancel.b:
-		default: // the queue is full: the child is not reading, the timer below decides
+		// A deadline the child knows and keeps itself, so its driver's
+		// error says deadline, not cancelled; a cancellation it is told.
+		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			cancel := newEnc(msgCancel, 0)
+			cancel.uvarint(id)
+			select {
+			case c.outq <- cancel.b:
+			default: // the queue is full: the child is not reading, the timer below decides
+			}
 		}
 	case <-c.dead:
 		return answer{}, c.err

@@ -190,15 +190,22 @@ func TestErrorKinds(t *testing.T) {
 		{ref: "lost", want: driver.ErrConnLost, text: "socket reset"},
 		{ref: "refused", want: driver.ErrRefused, text: "write attempt"},
 		{ref: "slow", timeout: 100 * time.Millisecond, want: context.DeadlineExceeded, text: "reading slowly"},
+		// Cancelled, not timed out: the child is told and its driver's
+		// error says so.
+		{ref: "slow", timeout: -100 * time.Millisecond, want: context.Canceled, text: "reading slowly"},
 	}
-	points := []driver.Point{{ID: 1, Ref: "busy"}, {ID: 2, Ref: "lost"}, {ID: 3, Ref: "refused"}, {ID: 4, Ref: "slow"}}
+	points := []driver.Point{{ID: 1, Ref: "busy"}, {ID: 2, Ref: "lost"}, {ID: 3, Ref: "refused"}, {ID: 4, Ref: "slow"}, {ID: 5, Ref: "slow"}}
 	d := newProxyT(t, "fake", "", points, nil)
 	connect(t, d)
 	for i, tt := range tests {
 		t.Run(tt.ref, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-			if tt.timeout > 0 {
+			switch {
+			case tt.timeout > 0:
 				ctx, cancel = context.WithTimeout(t.Context(), tt.timeout)
+			case tt.timeout < 0:
+				stop := time.AfterFunc(-tt.timeout, cancel)
+				defer stop.Stop()
 			}
 			defer cancel()
 			_, err := d.Read(ctx, points[i:i+1])
