@@ -38,7 +38,7 @@ demo: build
 bench:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./pkg/benchtable/cmd/benchtable
-	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem ./pkg/batch/ ./agent/buffer/ ./agent/driver/modbus/ ./ingest/blob/azure/ ./agent/driver/bacnet/ ./ingest/server/ ./agent/driver/opcua/ ./agent/daemon/ ./pkg/demo/ ./ingest/store/ ./ingest/web/ | tee .bench.out
+	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem ./pkg/batch/ ./agent/buffer/ ./agent/driver/modbus/ ./ingest/blob/azure/ ./agent/driver/bacnet/ ./ingest/server/ ./agent/driver/opcua/ ./agent/daemon/ ./pkg/demo/ ./ingest/store/ ./ingest/web/ ./ingest/secretbox/ | tee .bench.out
 	@echo; $(BIN)/benchtable < .bench.out
 
 fuzz:

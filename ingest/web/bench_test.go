@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sightglass-bms/sightglass/ingest/secretbox"
 	"github.com/sightglass-bms/sightglass/ingest/store"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
@@ -29,7 +30,11 @@ func benchServer(b *testing.B, now time.Time) (*Server, *store.DB, *http.Cookie)
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { db.Close() })
-	srv, err := New(Config{Store: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: clk, HashParams: cheap})
+	keys, _, err := secretbox.LoadOrCreate(filepath.Join(b.TempDir(), "totp.key"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv, err := New(Config{Store: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: clk, HashParams: cheap, TOTPKeys: keys})
 	if err != nil {
 		b.Fatal(err)
 	}
