@@ -1,12 +1,14 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -87,6 +89,7 @@ between blobs: run the command again to finish.`,
 				return err
 			}
 			defer hot.Close()
+			warnIfServing(ctx, hot, o.Logger)
 			rep, err := hot.Rebuild(ctx, archive, o)
 			if asJSON {
 				if jerr := writeJSON(cmd.OutOrStdout(), rep); jerr != nil {
@@ -115,6 +118,26 @@ between blobs: run the command again to finish.`,
 	f.BoolVar(&o.DryRun, "dry-run", false, "read and decode everything, report what would be written, write nothing")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
+}
+
+// servingWindow is how recent an upload must be to suggest that an ingest
+// still writes to the database being rebuilt.
+const servingWindow = 5 * time.Minute
+
+// warnIfServing warns when an agent uploaded to this database moments ago:
+// a rebuild beside a running ingest may count a batch twice.
+func warnIfServing(ctx context.Context, hot *store.DB, log *slog.Logger) {
+	hs, err := hot.AgentHealths(ctx)
+	if err != nil {
+		return // the rebuild itself will say what is wrong with the database
+	}
+	for _, h := range hs {
+		if ago := time.Since(h.LastUpload); ago < servingWindow {
+			log.Warn("an agent uploaded to this database moments ago: is the ingest still running? stop every replica, then rebuild again",
+				"agent", h.AgentID, "ago", ago.Round(time.Second).String())
+			return
+		}
+	}
 }
 
 // printRebuild prints a rebuild's report for a person: a line per site,

@@ -77,6 +77,10 @@ func TestStoreRebuild(t *testing.T) {
 		wantErr     string
 		wantLatest  int
 		wantSamples int64 // with --json
+		// serving has an agent upload to the database just before the
+		// command runs, as if an ingest were still running.
+		serving    bool
+		wantStderr string
 	}{
 		{name: "json", args: []string{"--store-dir", archive, "--json"}, wantLatest: 2, wantSamples: 360},
 		{name: "human", args: []string{"--store-dir", archive, "--tenant", "acme", "--site", "s1"}, wantLatest: 2,
@@ -87,6 +91,8 @@ func TestStoreRebuild(t *testing.T) {
 			wantOut: []string{"would rebuild acme/s1: 3 batches", "would rebuild 1 sites: 3 blobs read, 360 samples, 0 skipped"}},
 		{name: "damaged blob", args: []string{"--store-dir", damaged}, wantLatest: 2, wantErr: "1 blobs could not be read",
 			wantOut: []string{"skipped " + bad + ": ", "rebuilt 1 sites: 3 blobs read, 360 samples, 1 skipped"}},
+		{name: "beside a running ingest", args: []string{"--store-dir", archive}, serving: true, wantLatest: 2,
+			wantStderr: "is the ingest still running?"},
 		{name: "nothing archived", args: []string{"--store-dir", archive, "--tenant", "acme", "--site", "other"}, wantErr: "nothing archived"},
 	}
 	for _, tt := range tests {
@@ -96,6 +102,18 @@ func TestStoreRebuild(t *testing.T) {
 			if db == "" {
 				db = filepath.Join(t.TempDir(), "ingest.db")
 				args = append(args, "--db", db)
+			}
+			if tt.serving {
+				hot, err := store.Open(ctx, db, store.Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				err = hot.ObserveBatch(ctx, store.SiteRef{Tenant: "acme", Site: "s1"}, "ag-x",
+					&batch.Batch{Header: batch.Header{AgentID: "ag-x", Site: "s1", Seq: 1000, SentAt: time.Now().UnixMilli()}})
+				hot.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
 			}
 			out, stderr, err := run(t, ctx, args...)
 			if tt.wantErr != "" {
@@ -115,6 +133,9 @@ func TestStoreRebuild(t *testing.T) {
 				if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Samples != tt.wantSamples || len(rep.Sites) != 1 || !rep.Sites[0].Complete {
 					t.Errorf("--json = %s (%v)", out, err)
 				}
+			}
+			if strings.Contains(stderr, "still running") != (tt.wantStderr != "") || !strings.Contains(stderr, tt.wantStderr) {
+				t.Errorf("stderr %q, want it to say %q", stderr, tt.wantStderr)
 			}
 			if !strings.Contains(stderr, "rebuilding site") {
 				t.Errorf("no progress on stderr: %q", stderr)
