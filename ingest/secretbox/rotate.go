@@ -91,10 +91,7 @@ func beginRotation(path string, crash func(step string) error) (*Keyring, error)
 			return nil, fmt.Errorf("rotating the secret key: %s, %s and %s are all different keys: move aside the one that sealed nothing (check the key ids in the ingest's log) and run again", path, oldPath, newPath)
 		}
 	} else {
-		if err := writeNew(oldPath, cur.raw); err != nil {
-			return nil, fmt.Errorf("rotating the secret key: %w", err)
-		}
-		if err := syncDir(filepath.Dir(path)); err != nil {
+		if err := writeKey(oldPath, cur.raw); err != nil {
 			return nil, fmt.Errorf("rotating the secret key: %w", err)
 		}
 	}

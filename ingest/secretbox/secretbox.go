@@ -33,6 +33,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -175,12 +176,14 @@ func ReadKeyFile(path string) (*Key, error) {
 	if m := fi.Mode().Perm(); m&0o077 != 0 {
 		return nil, fmt.Errorf("secret key %s has mode %04o, readable beyond its owner: run `chmod 600 %s`", path, m, path)
 	}
-	raw := make([]byte, KeySize+1)
-	n, _ := f.Read(raw)
-	if n != KeySize {
+	raw, err := io.ReadAll(io.LimitReader(f, KeySize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the secret key %s: %w", path, err)
+	}
+	if len(raw) != KeySize {
 		return nil, fmt.Errorf("secret key %s is not %d bytes: it is damaged or not a key file; restore it from backup", path, KeySize)
 	}
-	k, err := newKey(raw[:n])
+	k, err := newKey(raw)
 	if err != nil {
 		return nil, fmt.Errorf("reading the secret key %s: %w", path, err)
 	}
@@ -188,28 +191,35 @@ func ReadKeyFile(path string) (*Key, error) {
 }
 
 // CreateKeyFile makes a new random key at path (mode 0600), which must not
-// exist, and syncs it and its directory so it survives a crash.
+// exist (else the error wraps fs.ErrExist), and syncs it and its directory
+// so it survives a crash.
 func CreateKeyFile(path string) (*Key, error) {
 	raw := make([]byte, KeySize)
 	if _, err := rand.Read(raw); err != nil {
 		return nil, fmt.Errorf("making a secret key: %w", err)
 	}
-	if err := writeNew(path, raw); err != nil {
-		return nil, err
-	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := writeKey(path, raw); err != nil {
 		return nil, err
 	}
 	return newKey(raw)
 }
 
-// writeNew writes data to a new file at path (mode 0600) and syncs it.
-func writeNew(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+// writeKey writes a key file that must not exist yet, so that it appears
+// whole or not at all: written and synced under a temporary name, then
+// hard-linked to path (which, unlike a rename, fails if path exists).
+// Neither a crash nor a reader racing the writer ever sees a short key.
+func writeKey(path string, raw []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return fmt.Errorf("creating the secret key %s: %w", path, err)
 	}
-	_, err = f.Write(data)
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	err = f.Chmod(0o600) // CreateTemp makes 0600 already; say it here
+	if err == nil {
+		_, err = f.Write(raw)
+	}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -217,10 +227,12 @@ func writeNew(path string, data []byte) error {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(path)
 		return fmt.Errorf("writing the secret key %s: %w", path, err)
 	}
-	return nil
+	if err := os.Link(tmp, path); err != nil {
+		return fmt.Errorf("creating the secret key %s: %w", path, err)
+	}
+	return syncDir(dir)
 }
 
 func syncDir(dir string) error {
@@ -285,10 +297,15 @@ func LoadOrCreate(path string) (r *Keyring, created bool, err error) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, false, fmt.Errorf("creating the secret key's directory: %w", err)
 		}
-		if _, err := CreateKeyFile(path); err != nil {
+		switch _, err := CreateKeyFile(path); {
+		case errors.Is(err, fs.ErrExist):
+			// Another process (a second replica starting) made it
+			// first: use theirs.
+		case err != nil:
 			return nil, false, err
+		default:
+			created = true
 		}
-		created = true
 	}
 	r, err = Open(path)
 	return r, created, err

@@ -314,3 +314,45 @@ func BenchmarkSealOpen(b *testing.B) {
 		}
 	})
 }
+
+// TestLoadOrCreateConcurrent: replicas starting at once on a shared key
+// directory end up with one key, made once, and none reads it half
+// written.
+func TestLoadOrCreateConcurrent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "totp.key")
+	const n = 8
+	type result struct {
+		id      string
+		created bool
+		err     error
+	}
+	results := make(chan result, n)
+	for range n {
+		go func() {
+			r, created, err := LoadOrCreate(path)
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			results <- result{r.CurrentID(), created, nil}
+		}()
+	}
+	ids, made := map[string]bool{}, 0
+	for range n {
+		res := <-results
+		if res.err != nil {
+			t.Fatal(res.err)
+		}
+		ids[res.id] = true
+		if res.created {
+			made++
+		}
+	}
+	if len(ids) != 1 || made != 1 {
+		t.Fatalf("%d keys, made %d times; want one key made once", len(ids), made)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(path))
+	if len(entries) != 1 {
+		t.Errorf("left in the directory: %v; want the key file only", entries)
+	}
+}
