@@ -2,6 +2,8 @@ package store_test
 
 import (
 	"context"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,44 +14,14 @@ import (
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
 
-// benchArchive writes a day of 500 points sampled once a minute, as 24
-// hourly batches of one agent, into a directory archive; compacted, it is
-// one day blob instead.
+// benchArchive is a day of writeDays; compacted, it is one day blob
+// instead of 24 batch blobs.
 func benchArchive(b *testing.B, compacted bool) (*blob.Dir, []*batch.Batch, int) {
 	b.Helper()
-	ctx := context.Background()
-	dir, err := blob.OpenDir(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	day := now.Add(-48 * time.Hour).Truncate(24 * time.Hour)
-	var batches []*batch.Batch
-	n := 0
-	for h := range 24 {
-		var smp []telemetry.Sample
-		for p := range 500 {
-			for m := range 60 {
-				i := p*60 + m
-				smp = append(smp, telemetry.Sample{PointID: uint64(0x10000 + p), Time: day.Add(time.Duration(h)*time.Hour + time.Duration(m)*time.Minute).UnixMilli(),
-					Value: 18 + float64((i*7919)%1000)/100})
-			}
-		}
-		bt := &batch.Batch{Header: batch.Header{AgentID: "ag-bench", Site: "s1", Seq: uint64(h + 1), SentAt: smp[len(smp)-1].Time}, Samples: smp}
-		enc, err := batch.Encode(bt)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := dir.Put(ctx, blob.TableName(tenant, "s1", enc.TableHash.String()), enc.Table); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := dir.Put(ctx, blob.BatchName(tenant, "s1", "ag-bench", bt.Seq, time.UnixMilli(smp[0].Time)), enc.Data); err != nil {
-			b.Fatal(err)
-		}
-		batches = append(batches, bt)
-		n += len(smp)
-	}
+	dir, batches, n := writeDays(b, 1)
 	if compacted {
-		if _, err := compact.New(dir, compact.Options{}).Day(ctx, tenant, "s1", day); err != nil {
+		day := time.UnixMilli(batches[0].Samples[0].Time)
+		if _, err := compact.New(dir, compact.Options{}).Day(context.Background(), tenant, "s1", day); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -88,5 +60,93 @@ func BenchmarkRebuild(b *testing.B) {
 			}
 			b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "samples/s")
 		})
+	}
+}
+
+// writeDays writes days of 500 points at one sample a minute, as hourly
+// batches of one agent, into a new directory archive; it returns the
+// batches too.
+func writeDays(t testing.TB, days int) (*blob.Dir, []*batch.Batch, int) {
+	t.Helper()
+	ctx := context.Background()
+	dir, err := blob.OpenDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := now.Add(-time.Duration(days+1) * 24 * time.Hour).Truncate(24 * time.Hour)
+	n := 0
+	var batches []*batch.Batch
+	for h := range days * 24 {
+		smp := make([]telemetry.Sample, 0, 500*60)
+		for p := range 500 {
+			for m := range 60 {
+				smp = append(smp, telemetry.Sample{PointID: uint64(0x10000 + p), Time: start.Add(time.Duration(h)*time.Hour + time.Duration(m)*time.Minute).UnixMilli(),
+					Value: float64((p*m)%100) / 3})
+			}
+		}
+		bt := &batch.Batch{Header: batch.Header{AgentID: "ag-m", Site: "s1", Seq: uint64(h + 1), SentAt: smp[0].Time}, Samples: smp}
+		enc, err := batch.Encode(bt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dir.Put(ctx, blob.TableName(tenant, "s1", enc.TableHash.String()), enc.Table); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dir.Put(ctx, blob.BatchName(tenant, "s1", "ag-m", bt.Seq, time.UnixMilli(smp[0].Time)), enc.Data); err != nil {
+			t.Fatal(err)
+		}
+		batches = append(batches, bt)
+		n += len(smp)
+	}
+	return dir, batches, n
+}
+
+// peakHeap runs fn and returns the most heap in use seen while it ran,
+// sampled every 10 ms.
+func peakHeap(fn func()) uint64 {
+	runtime.GC()
+	var peak atomic.Uint64
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}()
+	fn()
+	close(stop)
+	<-done
+	return peak.Load()
+}
+
+// Memory does not grow with the archive: rebuilding four times the days
+// needs about the same heap as one day.
+func TestRebuildMemoryBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("rebuilds 3.6 million samples: skipped with -short")
+	}
+	var peaks []uint64
+	for _, days := range []int{1, 4} {
+		dir, _, n := writeDays(t, days)
+		db := openDB(t, "rebuilt.db")
+		peaks = append(peaks, peakHeap(func() {
+			rep, err := db.Rebuild(context.Background(), dir, store.RebuildOptions{})
+			if err != nil || rep.Samples != int64(n) {
+				t.Errorf("rebuilt %d of %d samples: %v", rep.Samples, n, err)
+			}
+		}))
+		t.Logf("%d days, %d samples: peak heap in use %.1f MB", days, n, float64(peaks[len(peaks)-1])/1e6)
+	}
+	if peaks[1] > peaks[0]+32<<20 {
+		t.Errorf("peak heap %d MB for 4 days against %d MB for 1: memory grows with the archive", peaks[1]>>20, peaks[0]>>20)
 	}
 }
