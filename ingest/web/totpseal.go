@@ -238,6 +238,11 @@ func RotateTOTPKey(ctx context.Context, st TOTPStore, path string, log *slog.Log
 }
 
 func rotateTOTPKey(ctx context.Context, st TOTPStore, path string, log *slog.Logger, crash func(n int) error) (SealReport, error) {
+	unlock, err := secretbox.LockRotation(path)
+	if err != nil {
+		return SealReport{}, err
+	}
+	defer unlock()
 	// Refuse before touching any file when the key on disk is not the one
 	// that sealed the secrets: rotating would bury the right one.
 	keys, err := secretbox.Open(path)

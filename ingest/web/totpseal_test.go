@@ -350,4 +350,14 @@ func TestTOTPRotation(t *testing.T) {
 	if len(e.rawTOTP("bob")) != 0 {
 		t.Error("bob gained a second factor")
 	}
+	// Two rotations at once: the second is refused, the key untouched.
+	unlock, err := secretbox.LockRotation(keys.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if _, err := RotateTOTPKey(ctx, e.db, keys.Path(), discard()); err == nil || !strings.Contains(err.Error(), "another rotation") {
+		t.Fatalf("a rotation while another runs: %v", err)
+	}
+	e.wantSealedUnder("alice", secret, onDisk.CurrentID())
 }
