@@ -35,7 +35,31 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if os.Getenv(agentEnv) == "1" {
+		os.Exit(actAsAgent())
+	}
 	os.Exit(m.Run())
+}
+
+// agentEnv makes the test binary a stand-in agent: it starts a driver host
+// through the proxy, prints the child's pid and waits to be killed.
+const agentEnv = "SIGHTGLASS_SUBPROCESS_TEST_AGENT"
+
+func actAsAgent() int {
+	d, err := Wrap(hostedForTest()[0], selfCommand, Options{}).New(driver.Device{Name: "stand-in", Points: []driver.Point{{ID: 1, Ref: "pid"}}})
+	if err == nil {
+		err = d.Connect(context.Background())
+	}
+	var samples []telemetry.Sample
+	if err == nil {
+		samples, err = d.Read(context.Background(), []driver.Point{{ID: 1, Ref: "pid"}})
+	}
+	if err != nil || len(samples) != 1 {
+		fmt.Fprintln(os.Stderr, "stand-in agent:", err)
+		return 1
+	}
+	fmt.Printf("child %d\n", int(samples[0].Value))
+	select {}
 }
 
 // hostedForTest is the child's registry: the fakes and the real OPC UA

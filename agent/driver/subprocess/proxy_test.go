@@ -1,12 +1,18 @@
 package subprocess
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math"
+	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -351,5 +357,108 @@ func TestRefusesOtherCalls(t *testing.T) {
 	}
 	if _, err := readT(t, d, points); err != nil {
 		t.Errorf("Read after the refusals: %v", err)
+	}
+}
+
+// TestChildDiesWithAgent kills a stand-in agent (this binary, see
+// TestMain) with SIGKILL, as the OOM killer or a crash would: its driver
+// host must not outlive it. It also checks the child's oom_score_adj.
+func TestChildDiesWithAgent(t *testing.T) {
+	agent := exec.Command(os.Args[0])
+	agent.Env = append(os.Environ(), agentEnv+"=1")
+	out, err := agent.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent.Stderr = os.Stderr
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = agent.Process.Kill(); _ = agent.Wait() }()
+	var pid int
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if _, serr := fmt.Sscanf(line, "child %d", &pid); err != nil || serr != nil {
+		t.Fatalf("the stand-in agent said %q, %v", line, err)
+	}
+	adj, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid))
+	if err != nil || strings.TrimSpace(string(adj)) != "1000" {
+		t.Errorf("the child's oom_score_adj is %q (%v); want 1000 so the OOM killer picks it before the agent", adj, err)
+	}
+	if err := agent.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = agent.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("driver host %d outlived its agent by 5s", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// alive reports whether pid runs: it exists and is not a zombie (whoever
+// reaps orphans here may not do so at once).
+func alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	i := bytes.LastIndexByte(stat, ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
+}
+
+// TestConcurrentReads reads from several goroutines at once, as a device
+// with concurrency above 1 does, and closes while reads are in flight.
+func TestConcurrentReads(t *testing.T) {
+	points := []driver.Point{{ID: 1, Ref: "a"}, {ID: 2, Ref: "b"}, {ID: 3, Ref: "slow"}}
+	d := newProxyT(t, "fake", "scale: 3", points, nil)
+	connect(t, d)
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 5 {
+				samples, err := readT(t, d, points[g%2:g%2+1])
+				if err == nil && (len(samples) != 1 || samples[0].Value != 3*float64(g%2+1)) {
+					err = fmt.Errorf("goroutine %d read %+v", g, samples)
+				}
+				if err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// A read that waits on the device when Close comes: it ends, and
+	// Close returns well within its timeout.
+	done := make(chan error, 1)
+	go func() {
+		_, err := d.Read(context.Background(), points[2:])
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	began := time.Now()
+	if err := d.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("the read in flight at Close succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the read in flight at Close never returned")
+	}
+	if took := time.Since(began); took > 3*time.Second {
+		t.Errorf("Close took %s", took)
 	}
 }
