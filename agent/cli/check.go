@@ -28,6 +28,7 @@ import (
 	"github.com/sightglass-bms/sightglass/agent/daemon"
 	"github.com/sightglass-bms/sightglass/ingest/pki"
 	"github.com/sightglass-bms/sightglass/pkg/bacnet"
+	"github.com/sightglass-bms/sightglass/pkg/nicbind"
 )
 
 // Result levels of one preflight line. Only "fail" makes the box no-go.
@@ -864,6 +865,13 @@ func dialFrom(ctx context.Context, local, remote string) (net.Conn, error) {
 			return nil, fmt.Errorf("local address %q is not an IP address", local)
 		}
 		d.LocalAddr = &net.TCPAddr{IP: ip}
+		// Probes are bound to the control NIC like the drivers' sockets.
+		addr, _ := netip.AddrFromSlice(ip)
+		ctl, err := nicbind.ForAddress(addr.Unmap(), nil)
+		if err != nil {
+			return nil, err
+		}
+		d.Control = ctl
 	}
 	return d.DialContext(ctx, "tcp", remote)
 }

@@ -124,6 +124,7 @@ func Run(ctx context.Context, opts Options) error {
 		Cert:        func() (*tls.Certificate, error) { return current.Load(), nil },
 		Roots:       roots,
 		LocalAddr:   cfg.Uplink.LocalAddress,
+		Interface:   cfg.Network.Uplink.Interface, // "" without a network section
 		MaxInFlight: cfg.Uplink.MaxInFlight,
 		Timeout:     cfg.Uplink.Timeout,
 		Logger:      log.With("component", "uplink"),

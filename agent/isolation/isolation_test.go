@@ -3,6 +3,7 @@ package isolation
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -361,6 +363,41 @@ devices:
 		}, "a route to the control subnet via the agent's uplink address")
 	})
 
+	t.Run("the BACnet socket hears nothing that arrives on the uplink, without the firewall", func(t *testing.T) {
+		// Linux would deliver a datagram for the control address that
+		// arrives on the uplink NIC to a socket bound only to that address
+		// (the firewall test below shows it for a stray socket). The
+		// agent's BACnet socket is bound to ctl0 as well, so the kernel
+		// finds no socket for it and answers port unreachable, which a
+		// connected UDP socket reads as "connection refused"; a socket that
+		// took the datagram would leave the read to time out.
+		l.ip("-n", l.cloud, "route", "add", "10.200.1.0/24", "via", uplinkAddr)
+		defer l.ip("-n", l.cloud, "route", "del", "10.200.1.0/24", "via", uplinkAddr)
+		err := l.in(l.cloud, func() error {
+			c, err := net.Dial("udp4", net.JoinHostPort(controlAddr, strconv.Itoa(bacnetPort)))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			whoIs := []byte{0x81, 0x0a, 0x00, 0x08, 0x01, 0x00, 0x10, 0x08} // BVLC unicast, NPDU, unconfirmed Who-Is
+			buf := make([]byte, 64)
+			for range 3 { // the first ICMP answer may be rate-limited
+				if _, err := c.Write(whoIs); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+					return err
+				}
+				c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+				_, err := c.Read(buf)
+				if errors.Is(err, syscall.ECONNREFUSED) {
+					return nil
+				}
+			}
+			return errors.New("no port unreachable: a socket on the edge took a datagram for the control address that came in on the uplink")
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("the packaged firewall holds a service left open on the box", func(t *testing.T) {
 		checkFirewall(t, l, func() int {
 			samples, _, _ := demo.ReadArchive(ctx, archive)
@@ -485,7 +522,8 @@ func agentPorts(t *testing.T, pid int) []uint16 {
 // checkAgentSockets holds the agent's sockets to the design: inet only TCP
 // streams, established, from the control address to a controller or from
 // the uplink address to the ingest, none listening; one UDP socket,
-// BACnet's, on the control address; unix sockets only the status socket
+// BACnet's, on the control address; every inet socket bound to its NIC
+// (SO_BINDTODEVICE), so the weak host model delivers nothing across; unix sockets only the status socket
 // and its connections. It also reads the
 // edge namespace's own tables in /proc/<pid>/net, where only the agent
 // runs: no TCP socket listens and the only UDP socket is BACnet's.
@@ -503,6 +541,9 @@ func checkAgentSockets(t *testing.T, pid int, statusSock string) {
 			switch {
 			case s.Type == "dgram" && s.Local == netip.AddrPortFrom(netip.MustParseAddr(controlAddr), bacnetPort) && !s.Remote.IsValid():
 				bacnetSockets++
+				if s.Device != controlIf {
+					t.Errorf("the BACnet socket is not bound to the control NIC %s (SO_BINDTODEVICE): %s", controlIf, s)
+				}
 			case s.Type != "stream":
 				t.Errorf("unexpected %s socket: %s (the only UDP socket is BACnet's, on %s:%d)", s.Type, s, controlAddr, bacnetPort)
 			case s.Listen:
@@ -511,8 +552,14 @@ func checkAgentSockets(t *testing.T, pid int, statusSock string) {
 				t.Errorf("a TCP socket the agent holds is not connected: %s (a leaked descriptor?)", s)
 			case s.Local.Addr().String() == controlAddr && s.Remote.Addr() == device && slices.Contains([]uint16{simPort, pymodbusPort}, s.Remote.Port()):
 				toDevice++
+				if s.Device != controlIf {
+					t.Errorf("a device connection is not bound to the control NIC %s (SO_BINDTODEVICE): %s", controlIf, s)
+				}
 			case s.Local.Addr().String() == uplinkAddr && s.Remote.Addr().String() == ingestAddr && s.Remote.Port() == ingestPort:
 				toIngest++
+				if s.Device != uplinkIf {
+					t.Errorf("an ingest connection is not bound to the uplink NIC %s (SO_BINDTODEVICE): %s", uplinkIf, s)
+				}
 			default:
 				t.Errorf("unexpected TCP socket: %s", s)
 			}

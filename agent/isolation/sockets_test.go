@@ -21,6 +21,7 @@ type socket struct {
 	Local  netip.AddrPort
 	Remote netip.AddrPort
 	Path   string // unix: the bound path, if any
+	Device string // the interface the socket is bound to (SO_BINDTODEVICE), if any
 }
 
 func (s socket) String() string {
@@ -32,7 +33,11 @@ func (s socket) String() string {
 		}
 		return fmt.Sprintf("fd %d unix %s %q%s", s.FD, s.Type, s.Path, l)
 	case "inet", "inet6":
-		return fmt.Sprintf("fd %d %s %s %s -> %s %s", s.FD, s.Family, s.Type, s.Local, s.Remote, s.State)
+		dev := ""
+		if s.Device != "" {
+			dev = " %" + s.Device
+		}
+		return fmt.Sprintf("fd %d %s %s %s%s -> %s %s", s.FD, s.Family, s.Type, s.Local, dev, s.Remote, s.State)
 	}
 	return fmt.Sprintf("fd %d %s %s", s.FD, s.Family, s.Type)
 }
@@ -101,6 +106,9 @@ func describe(fd int) (socket, error) {
 	}
 	if sa, err := unix.Getpeername(fd); err == nil {
 		s.Remote, _ = sockaddr(sa)
+	}
+	if dom == unix.AF_INET || dom == unix.AF_INET6 {
+		s.Device, _ = unix.GetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE)
 	}
 	if (dom == unix.AF_INET || dom == unix.AF_INET6) && typ == unix.SOCK_STREAM {
 		if info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && int(info.State) < len(tcpStates) {

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/nicbind"
 )
 
 // newTransport builds the HTTP/2-over-TLS-1.3 transport with the client
@@ -22,6 +24,7 @@ func newTransport(cfg Config, conns *connTracker, sessions *sessionCache) (*http
 		}
 		dialer.LocalAddr = &net.TCPAddr{IP: ip}
 	}
+	dialer.Control = nicbind.Control(cfg.Interface, nil)
 	proxy := cfg.Proxy
 	if proxy == nil {
 		proxy = http.ProxyFromEnvironment

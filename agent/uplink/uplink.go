@@ -101,6 +101,10 @@ type Config struct {
 	// LocalAddr is the IP address to dial from (the uplink NIC); "" lets
 	// the kernel choose.
 	LocalAddr string
+	// Interface, if set, is the uplink NIC: every connection (to the
+	// ingest or to the proxy) is bound to it (SO_BINDTODEVICE), so the
+	// uplink never leaves by the control NIC whatever the routes say.
+	Interface string
 	// Proxy chooses the proxy for a request; nil means
 	// http.ProxyFromEnvironment (HTTPS_PROXY, NO_PROXY).
 	Proxy func(*http.Request) (*url.URL, error)

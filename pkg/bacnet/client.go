@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/nicbind"
 )
 
 // Config configures a Client. Zero values mean the default given on each
@@ -22,7 +24,9 @@ import (
 type Config struct {
 	// Local is the UDP address to bind, "IP:port": the control NIC's
 	// address, e.g. "192.168.10.5:47808". Required: binding every NIC
-	// would also listen on the uplink.
+	// would also listen on the uplink. The sockets are also bound to the
+	// interface holding the address (SO_BINDTODEVICE), so nothing arriving
+	// on another NIC reaches them and nothing they send leaves by one.
 	Local string
 	// Broadcast is where Who-Is and Who-Has go when no BBMD is set, e.g.
 	// "192.168.10.255:47808", the control subnet's broadcast address.
@@ -165,9 +169,12 @@ type Client struct {
 	log   *slog.Logger
 	conn  *net.UDPConn
 	bconn *net.UDPConn // receive-only, on the broadcast address; nil if none
-	guard *Guard
-	bcast netip.AddrPort
-	bbmd  netip.AddrPort
+	// ifname is the NIC holding the local address, which both sockets are
+	// bound to; "" when the local address is unspecified.
+	ifname string
+	guard  *Guard
+	bcast  netip.AddrPort
+	bbmd   netip.AddrPort
 
 	mu        sync.Mutex
 	peers     map[string]*peer
@@ -277,9 +284,17 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bacnet client: local: %w", err)
 	}
+	// The sockets are bound to the NIC that holds the local address, not
+	// only to the address: Linux would otherwise deliver a datagram for
+	// that address arriving on the uplink NIC too (see pkg/nicbind).
+	ifname, err := nicbind.Owner(local.Addr())
+	if err != nil {
+		return nil, fmt.Errorf("bacnet client: local %s: %w", local, err)
+	}
+	c.ifname = ifname
 	// SO_BROADCAST: Linux refuses to send to a broadcast address (the
 	// subnet's, or 127.255.255.255 in tests) without it.
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+	lc := net.ListenConfig{Control: nicbind.Control(ifname, func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		if err := rc.Control(func(fd uintptr) {
 			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_BROADCAST, 1)
@@ -287,7 +302,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			return err
 		}
 		return serr
-	}}
+	})}
 	pc, err := lc.ListenPacket(ctx, "udp4", local.String())
 	if err != nil {
 		return nil, fmt.Errorf("bacnet client: binding %s (is another BACnet application using the port? set a different local address): %w", local, err)
@@ -322,6 +337,10 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	return c, nil
 }
+
+// Interface is the NIC the client's sockets are bound to; "" when the local
+// address is unspecified (every NIC).
+func (c *Client) Interface() string { return c.ifname }
 
 // LocalAddr is the bound address.
 func (c *Client) LocalAddr() netip.AddrPort {
@@ -379,7 +398,7 @@ func (c *Client) listenBroadcast(ctx context.Context, local netip.AddrPort) (*ne
 		return nil, nil
 	}
 	// SO_REUSEADDR: other BACnet software on the box may listen there too.
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+	lc := net.ListenConfig{Control: nicbind.Control(c.ifname, func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		if err := rc.Control(func(fd uintptr) {
 			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
@@ -387,7 +406,7 @@ func (c *Client) listenBroadcast(ctx context.Context, local netip.AddrPort) (*ne
 			return err
 		}
 		return serr
-	}}
+	})}
 	pc, err := lc.ListenPacket(ctx, "udp4", c.bcast.String())
 	if err != nil {
 		return nil, fmt.Errorf("bacnet client: listening for broadcast answers on %s: %w", c.bcast, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -413,5 +414,18 @@ func TestWriteNeverArrives(t *testing.T) {
 	}
 	if c.Stats().Refused != 1 {
 		t.Errorf("refused %d, want 1", c.Stats().Refused)
+	}
+}
+
+// TestSocketBoundToInterface: the client's socket is bound to the NIC that
+// holds its local address (lo here), and a local address no NIC holds is
+// an error that says so.
+func TestSocketBoundToInterface(t *testing.T) {
+	c := newClient(t, bacnet.Config{})
+	if got := c.Interface(); got != "lo" {
+		t.Fatalf("Interface() = %q, want lo", got)
+	}
+	if _, err := bacnet.New(t.Context(), bacnet.Config{Local: "192.0.2.77:47808"}); err == nil || !strings.Contains(err.Error(), "no interface of this machine has that address") {
+		t.Fatalf("New with an address on no NIC: %v", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 	gmodbus "github.com/goburrow/modbus"
 
 	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/nicbind"
 )
 
 const (
@@ -33,7 +35,8 @@ var errTimeout = errors.New("no answer in time")
 type TransportOptions struct {
 	// Address is host:port of the device or gateway. Required.
 	Address string
-	// LocalAddr is the local IP to dial from (the control NIC); empty lets
+	// LocalAddr is the local IP to dial from (the control NIC), and the
+	// connection is bound to the interface holding it; empty lets
 	// the kernel choose.
 	LocalAddr string
 	// RequestTimeout bounds one request and its answer, and each dial,
@@ -98,6 +101,14 @@ func (t *Transport) dialLocked(ctx context.Context) error {
 	d := net.Dialer{Timeout: t.opts.RequestTimeout}
 	if t.local != nil {
 		d.LocalAddr = t.local
+		// Bound to the control NIC too, not only its address: the
+		// connection cannot leave by the uplink whatever the routes say.
+		ip, _ := netip.AddrFromSlice(t.local.IP)
+		ctl, err := nicbind.ForAddress(ip, nil)
+		if err != nil {
+			return fmt.Errorf("connecting to %s: %w", t.opts.Address, err)
+		}
+		d.Control = ctl
 	}
 	dial := func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", t.opts.Address) }
 	if t.dial != nil {

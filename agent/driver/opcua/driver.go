@@ -25,6 +25,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"syscall"
@@ -37,6 +38,7 @@ import (
 	"github.com/gopcua/opcua/uasc"
 
 	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/nicbind"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
 
@@ -781,12 +783,21 @@ func (d *Driver) Attempts() int {
 func (d *Driver) Refusals() uint64 { return d.g.refusals() }
 
 // dialFrom is the option that dials the server from local (the control
-// NIC), or lets the kernel choose when local is nil. It must come before
+// NIC), bound to the interface holding it, or lets the kernel choose when
+// local is nil. It must come before
 // opcua.DialTimeout, which sets the timeout of the dialer it installs.
 func dialFrom(local net.IP) opcua.Option {
 	d := &net.Dialer{Timeout: opcua.DefaultDialTimeout}
 	if local != nil {
 		d.LocalAddr = &net.TCPAddr{IP: local}
+		// Bound to the control NIC too, not only its address: the
+		// connection cannot leave by the uplink whatever the routes say.
+		ip, _ := netip.AddrFromSlice(local)
+		ctl, err := nicbind.ForAddress(ip.Unmap(), nil)
+		if err != nil {
+			ctl = func(string, string, syscall.RawConn) error { return err }
+		}
+		d.Control = ctl
 	}
 	// A copy: gopcua's default dialer shares one global ACK, which options
 	// such as MaxMessageSize would change for every client.

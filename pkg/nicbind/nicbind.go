@@ -1,0 +1,113 @@
+// Package nicbind ties a socket to one network interface (SO_BINDTODEVICE),
+// so the kernel sends and accepts its packets on that NIC only.
+//
+// Binding a socket to an address is not enough on a two-NIC box: Linux
+// follows the weak host model, so a datagram for the control address that
+// arrives on the uplink NIC is still delivered to a socket bound to that
+// address, and a connection dialled from the control address leaves by
+// whatever route the table picks — the uplink, if a route is wrong. A socket
+// bound to the control NIC does neither: control-side traffic stays on the
+// control side even when the routing table or a packet says otherwise.
+// Unprivileged processes may bind a socket to a device since Linux 5.7.
+package nicbind
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Owner returns the name of the interface that holds ip, or "" when ip is
+// unspecified (0.0.0.0, ::), which is every interface's.
+func Owner(ip netip.Addr) (string, error) {
+	if !ip.IsValid() || ip.IsUnspecified() {
+		return "", nil
+	}
+	ip = ip.Unmap()
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return "", fmt.Errorf("finding the interface of %s: listing interfaces: %w", ip, err)
+	}
+	loopback := ""
+	for _, ifc := range ifs {
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue // an interface that went away meanwhile
+		}
+		for _, a := range addrs {
+			p, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			got, ok := netip.AddrFromSlice(p.IP)
+			if !ok {
+				continue
+			}
+			if got.Unmap() == ip {
+				return ifc.Name, nil
+			}
+			// Every address of 127.0.0.0/8 is the loopback interface's,
+			// though only 127.0.0.1/8 is listed on it.
+			ones, _ := p.Mask.Size()
+			if ifc.Flags&net.FlagLoopback != 0 && ip.IsLoopback() && netip.PrefixFrom(got.Unmap(), ones).Contains(ip) {
+				loopback = ifc.Name
+			}
+		}
+	}
+	if loopback != "" {
+		return loopback, nil
+	}
+	return "", fmt.Errorf("finding the interface of %s: no interface of this machine has that address (check the local address in the config against `ip -brief addr`)", ip)
+}
+
+// Control returns a net.Dialer or net.ListenConfig Control function that
+// binds the socket to the interface ifname and then runs next (if not nil).
+// An empty ifname binds nothing.
+func Control(ifname string, next func(network, address string, rc syscall.RawConn) error) func(network, address string, rc syscall.RawConn) error {
+	return func(network, address string, rc syscall.RawConn) error {
+		if ifname != "" {
+			var serr error
+			if err := rc.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), ifname) }); err != nil {
+				return err
+			}
+			if serr != nil {
+				return fmt.Errorf("binding the socket for %s to interface %s (SO_BINDTODEVICE; Linux 5.7 or later, or CAP_NET_RAW): %w", address, ifname, serr)
+			}
+		}
+		if next != nil {
+			return next(network, address, rc)
+		}
+		return nil
+	}
+}
+
+// ForAddress is Control for the interface that holds ip: a socket with
+// that local address is bound to its NIC. An unspecified ip binds nothing.
+func ForAddress(ip netip.Addr, next func(network, address string, rc syscall.RawConn) error) (func(network, address string, rc syscall.RawConn) error, error) {
+	ifname, err := Owner(ip)
+	if err != nil {
+		return nil, err
+	}
+	return Control(ifname, next), nil
+}
+
+// Device returns the interface conn's socket is bound to, "" if none.
+func Device(conn syscall.Conn) (string, error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return "", err
+	}
+	var name string
+	var gerr error
+	if err := rc.Control(func(fd uintptr) { name, gerr = unix.GetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_BINDTODEVICE) }); err != nil {
+		return "", err
+	}
+	if errors.Is(gerr, unix.ENOPROTOOPT) {
+		return "", nil
+	}
+	return name, gerr
+}

@@ -1,0 +1,119 @@
+package nicbind
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+func TestOwner(t *testing.T) {
+	tests := []struct {
+		ip      string
+		want    string
+		wantErr string
+	}{
+		{"127.0.0.1", "lo", ""},
+		{"127.0.0.2", "lo", ""}, // in lo's 127.0.0.0/8, not listed itself
+		{"::1", "lo", ""},
+		{"0.0.0.0", "", ""},
+		{"::", "", ""},
+		{"192.0.2.77", "", "no interface of this machine has that address"}, // TEST-NET-1: never assigned
+	}
+	for _, tt := range tests {
+		t.Run(tt.ip, func(t *testing.T) {
+			got, err := Owner(netip.MustParseAddr(tt.ip))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Owner = %q, %v; want an error saying %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("Owner = %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+}
+
+// TestBoundSockets: a UDP socket and a dialled TCP connection made with
+// ForAddress(127.0.0.1) are bound to lo, still work, and the next Control
+// function runs; without an interface nothing is bound.
+func TestBoundSockets(t *testing.T) {
+	ctx := t.Context()
+	nextRan := 0
+	next := func(string, string, syscall.RawConn) error { nextRan++; return nil }
+	ctl, err := ForAddress(netip.MustParseAddr("127.0.0.1"), next)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	lc := net.ListenConfig{Control: ctl}
+	pc, err := lc.ListenPacket(ctx, "udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if dev, err := Device(pc.(*net.UDPConn)); err != nil || dev != "lo" {
+		t.Fatalf("UDP socket bound to %q, %v; want lo", dev, err)
+	}
+	// It still receives on its address.
+	peer, err := net.Dial("udp4", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	if _, err := peer.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16)
+	if n, _, err := pc.ReadFrom(buf); err != nil || string(buf[:n]) != "ping" {
+		t.Fatalf("ReadFrom = %q, %v", buf[:n], err)
+	}
+
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}, Control: ctl}
+	conn, err := d.DialContext(ctx, "tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if dev, err := Device(conn.(*net.TCPConn)); err != nil || dev != "lo" {
+		t.Fatalf("TCP connection bound to %q, %v; want lo", dev, err)
+	}
+	if nextRan != 2 {
+		t.Errorf("next ran %d times, want 2", nextRan)
+	}
+
+	plain, err := (&net.ListenConfig{Control: Control("", nil)}).ListenPacket(ctx, "udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if dev, err := Device(plain.(*net.UDPConn)); err != nil || dev != "" {
+		t.Fatalf("unbound socket reports %q, %v", dev, err)
+	}
+}
+
+func TestControlUnknownInterface(t *testing.T) {
+	lc := net.ListenConfig{Control: Control("nosuchnic0", nil)}
+	pc, err := lc.ListenPacket(context.Background(), "udp4", "127.0.0.1:0")
+	if err == nil {
+		pc.Close()
+		t.Fatal("bound to an interface that does not exist")
+	}
+	if !strings.Contains(err.Error(), "nosuchnic0") {
+		t.Errorf("error does not name the interface: %v", err)
+	}
+}
