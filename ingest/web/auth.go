@@ -486,6 +486,38 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request, rq *reques
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }
 
+// reauth checks the current password a form asks for again (password
+// change, second factor on or off). A wrong one counts towards the
+// account's and the address's lockout exactly like a failed sign-in, and
+// a locked account is refused without checking: otherwise a stolen
+// session would be an unlimited password-guessing oracle.
+func (s *Server) reauth(r *http.Request, rq *request, pw string) bool {
+	ctx, src := r.Context(), s.source(r)
+	since := s.cfg.Now().Add(-s.cfg.LockoutWindow)
+	byName, bySrc, err := s.st.LoginFailures(ctx, rq.user.Name, src, since)
+	if err != nil {
+		s.log.Error("counting failed logins failed; refusing the password check", "user", rq.user.Name, "err", err)
+		return false
+	}
+	if byName < s.cfg.MaxFailsPerUser && bySrc < s.cfg.MaxFailsPerAddr {
+		if ok, _ := VerifyPassword(rq.user.Hash, pw); ok {
+			return true
+		}
+	}
+	n, _, err := s.st.LoginFailure(ctx, rq.user.Name, src, since)
+	if err != nil {
+		s.log.Error("recording a failed password check failed", "user", rq.user.Name, "err", err)
+	}
+	if n == s.cfg.MaxFailsPerUser {
+		s.audit(ctx, "web:"+src, "lockout", rq.user.Name, fmt.Sprintf("account locked after %d failures within %v (current password on the account page)", n, s.cfg.LockoutWindow))
+		s.log.Warn("dashboard account locked", "user", rq.user.Name, "source", src)
+	}
+	return false
+}
+
+// wrongCurrent is what a failed re-authentication shows.
+const wrongCurrent = "The current password is wrong (after repeated failures it is not checked for a while)."
+
 type accountPage struct {
 	Message, Error string
 	TOTPSecret     string // a proposed secret while setting one up
@@ -507,9 +539,9 @@ func (s *Server) handleAccount(w http.ResponseWriter, r *http.Request, rq *reque
 func (s *Server) handlePassword(w http.ResponseWriter, r *http.Request, rq *request) {
 	ctx := r.Context()
 	cur, pw, again := r.PostFormValue("current"), r.PostFormValue("password"), r.PostFormValue("again")
-	if ok, _ := VerifyPassword(rq.user.Hash, cur); !ok {
+	if !s.reauth(r, rq, cur) {
 		s.audit(ctx, "user:"+rq.user.Name, "password_change_failed", rq.user.Name, "wrong current password")
-		s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: "The current password is wrong."})
+		s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: wrongCurrent})
 		return
 	}
 	if pw != again {
@@ -545,8 +577,9 @@ func (s *Server) handlePassword(w http.ResponseWriter, r *http.Request, rq *requ
 func (s *Server) handleTOTPSetup(w http.ResponseWriter, r *http.Request, rq *request) {
 	ctx := r.Context()
 	if r.PostFormValue("remove") != "" {
-		if ok, _ := VerifyPassword(rq.user.Hash, r.PostFormValue("current")); !ok {
-			s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: "The current password is wrong."})
+		if !s.reauth(r, rq, r.PostFormValue("current")) {
+			s.audit(ctx, "user:"+rq.user.Name, "totp_remove_failed", rq.user.Name, "wrong current password")
+			s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: wrongCurrent})
 			return
 		}
 		// SetTOTP ends every session of the user: a fresh one keeps
@@ -592,9 +625,9 @@ func (s *Server) handleTOTPSetup(w http.ResponseWriter, r *http.Request, rq *req
 	}
 	// The password again, as for removing it: a borrowed or stolen
 	// session must not tie the account to someone else's phone.
-	if ok, _ := VerifyPassword(rq.user.Hash, r.PostFormValue("current")); !ok {
+	if !s.reauth(r, rq, r.PostFormValue("current")) {
 		s.audit(ctx, "user:"+rq.user.Name, "totp_enable_failed", rq.user.Name, "wrong current password")
-		retry("The current password is wrong.")
+		retry(wrongCurrent)
 		return
 	}
 	if checkTOTP(secret, r.PostFormValue("code"), s.cfg.Now()) < 0 {

@@ -450,6 +450,44 @@ func TestTOTPLogin(t *testing.T) {
 	e.wantAudit("totp_enable_failed alice", "totp_enable alice", "login_password_ok alice", "login alice")
 }
 
+// TestReauthLockout: the account page's "current password" checks count
+// towards the lockout like sign-ins, so a stolen session cannot guess the
+// password without limit.
+func TestReauthLockout(t *testing.T) {
+	forms := []struct {
+		name, path string
+		form       func(current string) url.Values
+	}{
+		{"password change", "/account/password", func(c string) url.Values {
+			return url.Values{"current": {c}, "password": {"a brand new passphrase"}, "again": {"a brand new passphrase"}}
+		}},
+		{"second factor off", "/account/totp", func(c string) url.Values { return url.Values{"remove": {"1"}, "current": {c}} }},
+		{"second factor on", "/account/totp", func(c string) url.Values {
+			return url.Values{"secret": {"JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"}, "code": {"000000"}, "current": {c}}
+		}},
+	}
+	for _, f := range forms {
+		t.Run(f.name, func(t *testing.T) {
+			e := newEnv(t)
+			c := e.client()
+			c.mustLogin("alice")
+			for i := range e.srv.cfg.MaxFailsPerUser {
+				if r := c.post(f.path, "/account", f.form("wrong password number "+fmt.Sprint(i))); r.status != http.StatusBadRequest {
+					t.Fatalf("wrong current password %d: %d", i, r.status)
+				}
+			}
+			// Locked now: even the right password is not checked.
+			if r := c.post("/account/password", "/account", url.Values{"current": {testPassword}, "password": {"a brand new passphrase"}, "again": {"a brand new passphrase"}}); r.status != http.StatusBadRequest {
+				t.Errorf("the right password while locked: %d", r.status)
+			}
+			if r := e.client().login("alice", testPassword); r.status != http.StatusUnauthorized {
+				t.Errorf("sign-in while locked by the account page's failures: %d", r.status)
+			}
+			e.wantAudit("lockout alice")
+		})
+	}
+}
+
 // TestTOTPChangeEndsSessions: turning a second factor on or off, or an
 // admin removing it, ends the user's other sessions; the browser that
 // made the change stays signed in with a new session id.
