@@ -38,7 +38,7 @@ demo: build
 bench:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./pkg/benchtable/cmd/benchtable
-	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem ./pkg/batch/ ./agent/buffer/ ./agent/driver/modbus/ ./ingest/blob/azure/ ./agent/driver/bacnet/ ./ingest/server/ ./agent/driver/opcua/ ./agent/daemon/ ./pkg/demo/ ./ingest/store/ ./ingest/web/ ./ingest/secretbox/ | tee .bench.out
+	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem ./pkg/batch/ ./agent/buffer/ ./agent/driver/modbus/ ./ingest/blob/azure/ ./agent/driver/bacnet/ ./ingest/server/ ./agent/driver/opcua/ ./agent/daemon/ ./pkg/demo/ ./ingest/store/ ./ingest/web/ ./ingest/secretbox/ ./agent/driver/subprocess/ | tee .bench.out
 	@echo; $(BIN)/benchtable < .bench.out
 
 fuzz:
@@ -63,6 +63,10 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseWindow$$' -fuzztime $(FUZZTIME) ./ingest/web/
 	$(GO) test -run '^$$' -fuzz '^FuzzVerifyPassword$$' -fuzztime $(FUZZTIME) ./ingest/web/
 	$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./ingest/secretbox/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeAnswer$$' -fuzztime $(FUZZTIME) ./agent/driver/subprocess/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZTIME) ./agent/driver/subprocess/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCall$$' -fuzztime $(FUZZTIME) ./agent/driver/subprocess/
+	$(GO) test -run '^$$' -fuzz '^FuzzRelayRecord$$' -fuzztime $(FUZZTIME) ./agent/driver/subprocess/
 
 # Debian packages of the agent and the ingest for each architecture into
 # dist/, built with nfpm run through go.mod's tool directive (no downloaded
