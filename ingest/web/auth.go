@@ -328,19 +328,8 @@ func (s *Server) handleLoginPost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fail := func(reason string) {
-		n, m, err := s.st.LoginFailure(ctx, name, src, since)
-		if err != nil {
-			s.log.Error("recording a failed login failed", "err", err)
-		}
 		s.audit(ctx, "web:"+src, "login_failed", clip(name), reason)
-		if n == s.cfg.MaxFailsPerUser {
-			s.audit(ctx, "web:"+src, "lockout", clip(name), fmt.Sprintf("account locked after %d failures within %v", n, s.cfg.LockoutWindow))
-			s.log.Warn("dashboard account locked", "user", clip(name), "source", src)
-		}
-		if m == s.cfg.MaxFailsPerAddr {
-			s.audit(ctx, "web:"+src, "lockout", "source:"+src, fmt.Sprintf("source address locked after %d failures within %v", m, s.cfg.LockoutWindow))
-			s.log.Warn("dashboard source address locked", "source", src)
-		}
+		s.failure(ctx, name, src, since)
 		s.loginForm(w, r, http.StatusUnauthorized, loginPage{Name: name, Message: badLogin})
 	}
 	if byName >= s.cfg.MaxFailsPerUser || bySrc >= s.cfg.MaxFailsPerAddr {
@@ -450,12 +439,8 @@ func (s *Server) handleTOTPPost(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if !fresh {
-		n, _, _ := s.st.LoginFailure(ctx, rq.user.Name, src, since)
 		s.audit(ctx, "web:"+src, "login_failed", rq.user.Name, "wrong or reused second-factor code")
-		if n >= s.cfg.MaxFailsPerUser {
-			if n == s.cfg.MaxFailsPerUser {
-				s.audit(ctx, "web:"+src, "lockout", rq.user.Name, fmt.Sprintf("account locked after %d failures within %v", n, s.cfg.LockoutWindow))
-			}
+		if s.failure(ctx, rq.user.Name, src, since) >= s.cfg.MaxFailsPerUser {
 			s.endSession(ctx, w, rq.id)
 			s.loginForm(w, r, http.StatusUnauthorized, loginPage{Message: badLogin})
 			return
@@ -504,15 +489,27 @@ func (s *Server) reauth(r *http.Request, rq *request, pw string) bool {
 			return true
 		}
 	}
-	n, _, err := s.st.LoginFailure(ctx, rq.user.Name, src, since)
+	s.failure(ctx, rq.user.Name, src, since)
+	return false
+}
+
+// failure records a failed password or code check of the account name from
+// src, audits and logs the lockouts it causes (of the account, of the
+// address), and returns the account's failures within the window.
+func (s *Server) failure(ctx context.Context, name, src string, since time.Time) int {
+	n, m, err := s.st.LoginFailure(ctx, name, src, since)
 	if err != nil {
-		s.log.Error("recording a failed password check failed", "user", rq.user.Name, "err", err)
+		s.log.Error("recording a failed login failed", "err", err)
 	}
 	if n == s.cfg.MaxFailsPerUser {
-		s.audit(ctx, "web:"+src, "lockout", rq.user.Name, fmt.Sprintf("account locked after %d failures within %v (current password on the account page)", n, s.cfg.LockoutWindow))
-		s.log.Warn("dashboard account locked", "user", rq.user.Name, "source", src)
+		s.audit(ctx, "web:"+src, "lockout", clip(name), fmt.Sprintf("account locked after %d failures within %v", n, s.cfg.LockoutWindow))
+		s.log.Warn("dashboard account locked", "user", clip(name), "source", src)
 	}
-	return false
+	if m == s.cfg.MaxFailsPerAddr {
+		s.audit(ctx, "web:"+src, "lockout", "source:"+src, fmt.Sprintf("source address locked after %d failures within %v", m, s.cfg.LockoutWindow))
+		s.log.Warn("dashboard source address locked", "source", src)
+	}
+	return n
 }
 
 // wrongCurrent is what a failed re-authentication shows.
