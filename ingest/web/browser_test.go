@@ -200,8 +200,8 @@ func (b *browserEnv) location() string {
 
 // TestBrowserIntegration signs in with a real browser, is locked out after
 // failures, sees a building, opens and zooms a trend, exports CSV, is
-// refused another building and visits the admin pages, taking a
-// screenshot of each page.
+// refused another building, visits the admin pages and turns a second
+// factor on and signs in with it, taking a screenshot of each page.
 func TestBrowserIntegration(t *testing.T) {
 	b := newBrowserEnv(t)
 
