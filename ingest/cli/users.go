@@ -28,7 +28,9 @@ func newUsersCmd() *cobra.Command {
 agents, audit log), engineer (the buildings assigned, with CSV export) and
 viewer (the buildings assigned, read only). Passwords are read from standard
 input, never from the command line (which other users of the machine can
-see), and stored as argon2id hashes. Every change is written to the audit log.`,
+see), and stored as argon2id hashes. Second-factor (TOTP) secrets are sealed
+under a key file kept outside the database (rotate-key). Every change is
+written to the audit log.`,
 		Example: `  echo 'a long and unusual passphrase' | sightglass-ingest users add ann --role engineer --site acme/s-7f3a --password-stdin
   sightglass-ingest users add ops --role admin --generate
   sightglass-ingest users list --json`,
@@ -359,7 +361,7 @@ func newUsersUnlockCmd() *cobra.Command {
 }
 
 func newUsersTOTPResetCmd() *cobra.Command {
-	return userChange("totp-reset NAME", "Remove a user's second factor (a lost phone); they set a new one under Account",
+	return userChange("totp-reset NAME", "Remove a user's second factor (a lost phone) and end their sessions; they set a new one under Account",
 		"  sightglass-ingest users totp-reset ann", cobra.ExactArgs(1),
 		func(ctx context.Context, _ *cobra.Command, db *store.DB, args []string) (string, string, error) {
 			return "totp_remove", "by the cli", db.SetTOTP(ctx, args[0], nil)
