@@ -345,31 +345,13 @@ func dayNames(names []string, dayPrefix string) (day, rest []string) {
 // both.
 func (r *rebuilder) day(ctx context.Context, d time.Time, batches, parts []string) error {
 	if len(parts) == 0 {
-		for _, n := range batches {
-			it, ok, err := r.read(ctx, n, false)
-			if err != nil {
-				return err
-			}
-			if ok {
-				if err := r.add(ctx, it); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
+		return r.readEach(ctx, batches, false, func(it rebuildItem) error { return r.add(ctx, it) })
 	}
 	type at struct{ item, sample int }
 	var held []rebuildItem
 	var dup [][]bool
 	seen := map[[2]int64]at{}
-	for _, n := range batches {
-		it, ok, err := r.read(ctx, n, false)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			continue
-		}
+	err := r.readEach(ctx, batches, false, func(it rebuildItem) error {
 		marks := make([]bool, len(it.samples))
 		for i, smp := range it.samples {
 			k := [2]int64{int64(smp.PointID), smp.Time}
@@ -381,23 +363,21 @@ func (r *rebuilder) day(ctx context.Context, d time.Time, batches, parts []strin
 		}
 		held = append(held, it)
 		dup = append(dup, marks)
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	for _, n := range parts {
-		it, ok, err := r.read(ctx, n, true)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			continue
-		}
+	err = r.readEach(ctx, parts, true, func(it rebuildItem) error {
 		for _, smp := range it.samples {
 			if a, ok := seen[[2]int64{int64(smp.PointID), smp.Time}]; ok {
 				dup[a.item][a.sample] = true
 			}
 		}
-		if err := r.add(ctx, it); err != nil {
-			return err
-		}
+		return r.add(ctx, it)
+	})
+	if err != nil {
+		return err
 	}
 	for i, it := range held {
 		kept := it.samples[:0]
@@ -415,6 +395,23 @@ func (r *rebuilder) day(ctx context.Context, d time.Time, batches, parts []strin
 	if len(held) > 0 {
 		r.log.Debug("day has compacted parts and batch blobs beside them", "day", d.Format(time.DateOnly),
 			"parts", len(parts), "batches", len(held))
+	}
+	return nil
+}
+
+// readEach reads the blobs named, in order, and calls fn with each one
+// that decodes; the others are skipped and recorded by read.
+func (r *rebuilder) readEach(ctx context.Context, names []string, part bool, fn func(rebuildItem) error) error {
+	for _, n := range names {
+		it, ok, err := r.read(ctx, n, part)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if err := fn(it); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

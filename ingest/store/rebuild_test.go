@@ -86,6 +86,18 @@ func startLive(t *testing.T, archive blob.Store) *live {
 	return l
 }
 
+// ingested is a directory archive and the live store after ingestAll.
+func ingested(t *testing.T) (*blob.Dir, *live) {
+	t.Helper()
+	dir, err := blob.OpenDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := startLive(t, dir)
+	l.ingestAll()
+	return dir, l
+}
+
 func openDB(t testing.TB, name string) *store.DB {
 	t.Helper()
 	db, err := store.Open(context.Background(), filepath.Join(t.TempDir(), name), store.Options{Now: func() time.Time { return now }})
@@ -357,12 +369,7 @@ func TestRebuildEqualsLive(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			dir, err := blob.OpenDir(t.TempDir())
-			if err != nil {
-				t.Fatal(err)
-			}
-			l := startLive(t, dir)
-			l.ingestAll()
+			dir, l := ingested(t)
 			var wantSkipped []string
 			if tt.prepare != nil {
 				wantSkipped = tt.prepare(t, l)
@@ -413,12 +420,7 @@ func TestRebuildEqualsLive(t *testing.T) {
 // The rebuilt store keeps only hourly rollups past the 5-minute
 // retention, as serve's pruning leaves a live one.
 func TestRebuildKeepsRetention(t *testing.T) {
-	dir, err := blob.OpenDir(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := startLive(t, dir)
-	l.ingestAll()
+	dir, _ := ingested(t)
 	db := openDB(t, "rebuilt.db")
 	rebuild(t, db, dir, store.RebuildOptions{})
 	ref := sites[0]
@@ -439,12 +441,7 @@ func TestRebuildKeepsRetention(t *testing.T) {
 // rollups: not the catalogue, users, agents or audit log.
 func TestRebuildTouchesOnlyLatestAndRollups(t *testing.T) {
 	ctx := context.Background()
-	dir, err := blob.OpenDir(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := startLive(t, dir)
-	l.ingestAll()
+	dir, l := ingested(t)
 	compactDays(t, dir, now)
 	db := openDB(t, "rebuilt.db")
 	agentA := l.agents["a"].Identity.Agent
@@ -500,12 +497,7 @@ func TestRebuildTouchesOnlyLatestAndRollups(t *testing.T) {
 
 // Options choose what is rebuilt and whether anything is written.
 func TestRebuildOptions(t *testing.T) {
-	dir, err := blob.OpenDir(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := startLive(t, dir)
-	l.ingestAll()
+	dir, _ := ingested(t)
 	total := int64(3 * len(windows) * 6 * 120)
 	tests := []struct {
 		name        string
@@ -580,12 +572,7 @@ func (c *cancelling) Get(ctx context.Context, name string) ([]byte, error) {
 // Ctrl-C stops the rebuild between blobs, says so, and a second run
 // finishes the job.
 func TestRebuildInterrupted(t *testing.T) {
-	dir, err := blob.OpenDir(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := startLive(t, dir)
-	l.ingestAll()
+	dir, l := ingested(t)
 	want := snap(t, l.db)
 	db := openDB(t, "rebuilt.db")
 	for _, after := range []int{3, 30} {
