@@ -156,8 +156,13 @@ func TestIsolationIntegration(t *testing.T) {
 	t.Cleanup(func() { relay.Close() })
 	peers := filepath.Join(repoRoot(t), "testdata", "peers")
 	pymodbus := l.start(ctx, l.control, "pymodbus", "LISTENING", "/usr/bin/python3", filepath.Join("testdata", "pymodbus_at.py"), deviceAddr, fmt.Sprint(pymodbusPort), peers)
-	// The independent BACnet device (node, @bacnet-js/client).
-	bacnetPeer := l.start(ctx, l.control, "bacnet-peer", `{"event":"listening"`, "node", filepath.Join(peers, "bacnet_device.js"), "--interface", deviceAddr, "--port", fmt.Sprint(bacnetPort), "--device", "4242")
+	// The independent BACnet device (node, @bacnet-js/client). It answers
+	// Who-Is with an I-Am to the limited broadcast 255.255.255.255, as the
+	// library does by default and many devices do, which stays inside the
+	// control namespace's link: discovery and the agent must hear it on
+	// the control NIC (the agent's receive-only socket there).
+	bacnetPeer := l.start(ctx, l.control, "bacnet-peer", `{"event":"listening"`, "node", filepath.Join(peers, "bacnet_device.js"), "--interface", deviceAddr, "--port", fmt.Sprint(bacnetPort), "--device", "4242",
+		"--iam", "broadcast", "--broadcast-address", fmt.Sprintf("255.255.255.255:%d", bacnetPort))
 
 	// cloud: the ingest with its own CA; the agent enrolls over the uplink.
 	ingestDir := filepath.Join(dir, "ingest")
@@ -521,8 +526,9 @@ func agentPorts(t *testing.T, pid int) []uint16 {
 
 // checkAgentSockets holds the agent's sockets to the design: inet only TCP
 // streams, established, from the control address to a controller or from
-// the uplink address to the ingest, none listening; one UDP socket,
-// BACnet's, on the control address; every inet socket bound to its NIC
+// the uplink address to the ingest, none listening; BACnet's UDP socket on
+// the control address and its receive-only one on the limited broadcast
+// address (nothing else on UDP); every inet socket bound to its NIC
 // (SO_BINDTODEVICE), so the weak host model delivers nothing across; unix sockets only the status socket
 // and its connections. It also reads the
 // edge namespace's own tables in /proc/<pid>/net, where only the agent
@@ -534,7 +540,7 @@ func checkAgentSockets(t *testing.T, pid int, statusSock string) {
 		t.Fatal(err)
 	}
 	device := netip.MustParseAddr(deviceAddr)
-	var toDevice, toIngest, bacnetSockets int
+	var toDevice, toIngest, bacnetSockets, limitedSockets int
 	for _, s := range socks {
 		switch s.Family {
 		case "inet", "inet6":
@@ -543,6 +549,13 @@ func checkAgentSockets(t *testing.T, pid int, statusSock string) {
 				bacnetSockets++
 				if s.Device != controlIf {
 					t.Errorf("the BACnet socket is not bound to the control NIC %s (SO_BINDTODEVICE): %s", controlIf, s)
+				}
+			case s.Type == "dgram" && s.Local == netip.AddrPortFrom(netip.AddrFrom4([4]byte{255, 255, 255, 255}), bacnetPort) && !s.Remote.IsValid():
+				// BACnet's receive-only socket for I-Ams sent to the
+				// limited broadcast: it hears the control NIC only.
+				limitedSockets++
+				if s.Device != controlIf {
+					t.Errorf("the BACnet broadcast socket is not bound to the control NIC %s (SO_BINDTODEVICE): it would hear broadcasts on the uplink: %s", controlIf, s)
 				}
 			case s.Type != "stream":
 				t.Errorf("unexpected %s socket: %s (the only UDP socket is BACnet's, on %s:%d)", s.Type, s, controlAddr, bacnetPort)
@@ -575,8 +588,8 @@ func checkAgentSockets(t *testing.T, pid int, statusSock string) {
 			t.Errorf("unexpected socket: %s", s)
 		}
 	}
-	if toDevice != 2 || toIngest < 1 || bacnetSockets != 1 {
-		t.Errorf("want one connection to each of the 2 Modbus devices from %s, one or more to the ingest from %s and one BACnet socket on %s:%d; have %d, %d and %d: %v", controlAddr, uplinkAddr, controlAddr, bacnetPort, toDevice, toIngest, bacnetSockets, socks)
+	if toDevice != 2 || toIngest < 1 || bacnetSockets != 1 || limitedSockets != 1 {
+		t.Errorf("want one connection to each of the 2 Modbus devices from %s, one or more to the ingest from %s, one BACnet socket on %s:%d and one receive-only on 255.255.255.255:%d; have %d, %d, %d and %d: %v", controlAddr, uplinkAddr, controlAddr, bacnetPort, bacnetPort, toDevice, toIngest, bacnetSockets, limitedSockets, socks)
 	}
 	// /proc/net/udp writes the address as the kernel's little-endian word.
 	ip := netip.MustParseAddr(controlAddr).As4()
@@ -592,8 +605,9 @@ func checkAgentSockets(t *testing.T, pid int, statusSock string) {
 				continue
 			}
 			switch {
-			case table == "udp" && f[1] == bacnetHex:
-				// BACnet's socket, on the control address.
+			case table == "udp" && (f[1] == bacnetHex || f[1] == fmt.Sprintf("FFFFFFFF:%04X", bacnetPort)):
+				// BACnet's socket, on the control address, and its
+				// receive-only one on the limited broadcast address.
 			case strings.HasPrefix(table, "udp") || f[3] == "0A":
 				t.Errorf("/proc/%d/net/%s: %s socket at %s in the agent's namespace", pid, table, map[bool]string{true: "a UDP", false: "a listening"}[strings.HasPrefix(table, "udp")], f[1])
 			}

@@ -168,7 +168,9 @@ type Client struct {
 	cfg   Config
 	log   *slog.Logger
 	conn  *net.UDPConn
-	bconn *net.UDPConn // receive-only, on the broadcast address; nil if none
+	// bconns are receive-only, on the broadcast addresses; see
+	// listenBroadcast.
+	bconns []*net.UDPConn
 	// ifname is the NIC holding the local address, which both sockets are
 	// bound to; "" when the local address is unspecified.
 	ifname string
@@ -311,13 +313,16 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	c.wg.Add(1)
 	go c.readLoop(c.conn)
 	// Many devices answer Who-Is with a broadcast I-Am, which a socket
-	// bound to one unicast address never sees: a second, receive-only
-	// socket on the subnet's broadcast address hears them.
-	if bc, err := c.listenBroadcast(ctx, local); err != nil {
+	// bound to one unicast address never sees: receive-only sockets on the
+	// subnet's broadcast address and on the limited broadcast address hear
+	// them.
+	bcs, err := c.listenBroadcast(ctx, local)
+	if err != nil {
 		c.Close()
 		return nil, err
-	} else if bc != nil {
-		c.bconn = bc
+	}
+	for _, bc := range bcs {
+		c.bconns = append(c.bconns, bc)
 		c.wg.Add(1)
 		go c.readLoop(bc)
 	}
@@ -370,8 +375,8 @@ func (c *Client) Close() error {
 	close(c.done)
 	c.mu.Unlock()
 	err := c.conn.Close()
-	if c.bconn != nil {
-		c.bconn.Close()
+	for _, bc := range c.bconns {
+		bc.Close()
 	}
 	c.wg.Wait()
 	return err
@@ -390,12 +395,25 @@ func (c *Client) send(to netip.AddrPort, frame []byte) error {
 	return nil
 }
 
-// listenBroadcast binds the receive-only broadcast socket when the
-// configured broadcast address is the directed broadcast of the interface
-// holding local (and local is not already every interface).
-func (c *Client) listenBroadcast(ctx context.Context, local netip.AddrPort) (*net.UDPConn, error) {
-	if !c.bcast.IsValid() || local.Addr().IsUnspecified() || !isBroadcastOf(c.bcast.Addr(), local.Addr()) {
+// listenBroadcast binds the receive-only broadcast sockets, on local's
+// port: on the configured broadcast address when it is the directed
+// broadcast of the interface holding local, and on the limited broadcast
+// 255.255.255.255, which many devices (and BACnet stacks by default) send
+// their I-Am to, when local is on a NIC other than loopback. Both are bound
+// to that NIC, so they hear broadcasts of the control subnet only; they
+// never send. None when local is every interface.
+func (c *Client) listenBroadcast(ctx context.Context, local netip.AddrPort) ([]*net.UDPConn, error) {
+	if local.Addr().IsUnspecified() {
 		return nil, nil
+	}
+	var addrs []netip.AddrPort
+	if c.bcast.IsValid() && isBroadcastOf(c.bcast.Addr(), local.Addr()) {
+		addrs = append(addrs, c.bcast)
+	}
+	if c.ifname != "" && !local.Addr().IsLoopback() {
+		if lim := netip.AddrPortFrom(netip.AddrFrom4([4]byte{255, 255, 255, 255}), local.Port()); lim != c.bcast {
+			addrs = append(addrs, lim)
+		}
 	}
 	// SO_REUSEADDR: other BACnet software on the box may listen there too.
 	lc := net.ListenConfig{Control: nicbind.Control(c.ifname, func(_, _ string, rc syscall.RawConn) error {
@@ -407,11 +425,18 @@ func (c *Client) listenBroadcast(ctx context.Context, local netip.AddrPort) (*ne
 		}
 		return serr
 	})}
-	pc, err := lc.ListenPacket(ctx, "udp4", c.bcast.String())
-	if err != nil {
-		return nil, fmt.Errorf("bacnet client: listening for broadcast answers on %s: %w", c.bcast, err)
+	var out []*net.UDPConn
+	for _, a := range addrs {
+		pc, err := lc.ListenPacket(ctx, "udp4", a.String())
+		if err != nil {
+			for _, bc := range out {
+				bc.Close()
+			}
+			return nil, fmt.Errorf("bacnet client: listening for broadcast answers on %s: %w", a, err)
+		}
+		out = append(out, pc.(*net.UDPConn))
 	}
-	return pc.(*net.UDPConn), nil
+	return out, nil
 }
 
 // isBroadcastOf reports whether b is the directed broadcast address of the

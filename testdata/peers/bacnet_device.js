@@ -5,11 +5,12 @@
 // JSON line per service it receives, of any kind, so a test can assert that
 // only reads arrived. Writes are logged and refused.
 //
-//   node bacnet_device.js --interface 127.0.0.2 --port 47808 --device 4242 [--iam broadcast]
+//   node bacnet_device.js --interface 127.0.0.2 --port 47808 --device 4242 [--iam broadcast] [--broadcast-address 255.255.255.255:47808]
 //
 // It prints {"event":"listening",...} once bound. Every answer is unicast to
 // the asker, except the I-Am with --iam broadcast; its broadcast address is
-// the loopback broadcast 127.255.255.255, on its own port.
+// the loopback broadcast 127.255.255.255 on its own port, or
+// --broadcast-address (only ever given inside a test's network namespace).
 'use strict';
 
 const bacnet = require('@bacnet-js/client');
@@ -149,7 +150,8 @@ function log(event, msg, extra) {
   process.stdout.write(JSON.stringify(Object.assign({ event, from: sender ? sender.address : null }, extra || {})) + '\n');
 }
 
-const client = new Client({ port, interface: iface, broadcastAddress: `127.255.255.255:${port}`, apduTimeout: 2000 });
+const broadcastAddress = args['broadcast-address'] || `127.255.255.255:${port}`;
+const client = new Client({ port, interface: iface, broadcastAddress, apduTimeout: 2000 });
 
 // Every service the library knows gets a listener, so nothing arrives
 // unlogged; the read services are answered, the rest refused.
