@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/ingest/blob"
@@ -20,6 +21,9 @@ import (
 const (
 	// DefaultProgressEvery is how many blobs pass between progress lines.
 	DefaultProgressEvery = 1000
+	// DefaultPrefetch is how many blobs are fetched ahead of the one
+	// being decoded.
+	DefaultPrefetch = 8
 	// DefaultFlushSamples is how many decoded samples a rebuild holds
 	// before writing them in one transaction: memory stays bounded and a
 	// transaction short, however large the archive.
@@ -50,6 +54,9 @@ type RebuildOptions struct {
 	// FlushSamples is how many samples are held before being written in
 	// one transaction (DefaultFlushSamples when zero).
 	FlushSamples int
+	// Prefetch is how many blobs are fetched ahead of the one being
+	// decoded (DefaultPrefetch when zero); each may be held in memory.
+	Prefetch int
 	// Since is the first month scanned (ArchiveEpoch when zero).
 	Since time.Time
 	// Limits bound the decoder, as at the ingest.
@@ -104,7 +111,7 @@ type RebuildReport struct {
 // tokens, the catalogue and the audit log are not touched: the archive
 // holds none of them. Agent health is left to the agents' next uploads.
 //
-// It streams: one month's blob names, one blob and at most
+// It streams: one month's blob names, RebuildOptions.Prefetch blobs and at most
 // RebuildOptions.FlushSamples decoded samples are held at a time, except
 // that on a day with both compacted parts and batch blobs left beside them
 // the samples of those batch blobs are held to count each sample once.
@@ -129,6 +136,9 @@ func (s *DB) Rebuild(ctx context.Context, archive blob.Store, o RebuildOptions) 
 	}
 	if o.FlushSamples <= 0 {
 		o.FlushSamples = DefaultFlushSamples
+	}
+	if o.Prefetch <= 0 {
+		o.Prefetch = DefaultPrefetch
 	}
 	if o.Since.IsZero() {
 		o.Since = ArchiveEpoch
@@ -400,10 +410,40 @@ func (r *rebuilder) day(ctx context.Context, d time.Time, batches, parts []strin
 }
 
 // readEach reads the blobs named, in order, and calls fn with each one
-// that decodes; the others are skipped and recorded by read.
+// that decodes; the others are skipped and recorded by use. Up to
+// o.Prefetch Gets are in flight ahead of the one decoded, since on Azure
+// a Get is a round trip and the archive holds many small batches; all of
+// them have ended when readEach returns.
 func (r *rebuilder) readEach(ctx context.Context, names []string, part bool, fn func(rebuildItem) error) error {
-	for _, n := range names {
-		it, ok, err := r.read(ctx, n, part)
+	type got struct {
+		data []byte
+		err  error
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	pending := make(chan chan got, r.o.Prefetch)
+	wg.Go(func() {
+		defer close(pending)
+		for _, n := range names {
+			ch := make(chan got, 1)
+			select {
+			case pending <- ch:
+			case <-ctx.Done():
+				return
+			}
+			wg.Go(func() {
+				data, err := r.archive.Get(ctx, n)
+				ch <- got{data, err}
+			})
+		}
+	})
+	i := 0
+	for ch := range pending {
+		g := <-ch
+		it, ok, err := r.use(ctx, names[i], part, g.data, g.err)
+		i++
 		if err != nil {
 			return err
 		}
@@ -413,13 +453,13 @@ func (r *rebuilder) readEach(ctx context.Context, names []string, part bool, fn 
 			}
 		}
 	}
-	return nil
+	return ctx.Err()
 }
 
-// read gets and decodes one blob. ok is false when the blob was skipped
-// (recorded and logged); err is set only when the rebuild must stop.
-func (r *rebuilder) read(ctx context.Context, name string, part bool) (it rebuildItem, ok bool, err error) {
-	data, err := r.archive.Get(ctx, name)
+// use decodes one blob got from the archive (or the error getting it). ok
+// is false when the blob was skipped (recorded and logged); err is set
+// only when the rebuild must stop.
+func (r *rebuilder) use(ctx context.Context, name string, part bool, data []byte, err error) (it rebuildItem, ok bool, _ error) {
 	if err == nil {
 		var b *batch.Batch
 		b, err = batch.Decode(data, r.tables, r.o.Limits)
