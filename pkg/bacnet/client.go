@@ -165,9 +165,9 @@ type Stats struct {
 // Client is a BACnet/IP client that only reads. It is safe for concurrent
 // use. Its one send point passes every datagram through the Guard.
 type Client struct {
-	cfg   Config
-	log   *slog.Logger
-	conn  *net.UDPConn
+	cfg  Config
+	log  *slog.Logger
+	conn *net.UDPConn
 	// bconns are receive-only, on the broadcast addresses; see
 	// listenBroadcast.
 	bconns []*net.UDPConn
