@@ -25,6 +25,9 @@ const hostEnv = "SIGHTGLASS_SUBPROCESS_TEST_HOST"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(hostEnv) == "1" {
+		if os.Getenv(rlimitEnv) != "" {
+			capAddressSpace(1 << 30)
+		}
 		reg, err := driver.NewRegistry(hostedForTest()...)
 		if err == nil {
 			err = Main(context.Background(), reg)
@@ -245,6 +248,15 @@ func (f *fake) Discover(ctx context.Context) ([]driver.Point, error) {
 // space is capped first (a test cannot leave a 16 GB allocation to the
 // machine's OOM killer), so the runtime dies with "out of memory" at once.
 func allocLikeADecoder() {
+	capAddressSpace(256 << 20)
+	claimed := math.MaxInt32
+	s := reflect.MakeSlice(reflect.TypeFor[[]float64](), claimed, claimed)
+	fmt.Fprintln(os.Stderr, "allocated", s.Len())
+}
+
+// capAddressSpace limits this process's address space to what it maps now
+// plus extra bytes, so that a huge allocation fails at once.
+func capAddressSpace(extra uint64) {
 	status, _ := os.ReadFile("/proc/self/status")
 	var vm uint64
 	for _, line := range strings.Split(string(status), "\n") {
@@ -253,9 +265,6 @@ func allocLikeADecoder() {
 			vm = kb << 10
 		}
 	}
-	limit := vm + 256<<20
+	limit := vm + extra
 	_ = syscall.Setrlimit(syscall.RLIMIT_AS, &syscall.Rlimit{Cur: limit, Max: limit})
-	claimed := math.MaxInt32
-	s := reflect.MakeSlice(reflect.TypeFor[[]float64](), claimed, claimed)
-	fmt.Fprintln(os.Stderr, "allocated", s.Len())
 }
