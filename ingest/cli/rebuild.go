@@ -32,6 +32,7 @@ func newStoreRebuildCmd() *cobra.Command {
 	var (
 		configPath, db, storeDir string
 		o                        store.RebuildOptions
+		since                    string
 		asJSON                   bool
 	)
 	cmd := &cobra.Command{
@@ -50,11 +51,18 @@ cannot be read or decoded is reported and skipped, the rest are rebuilt, and
 the exit status is then non-zero; progress goes to stderr. Ctrl-C stops
 between blobs: run the command again to finish.`,
 		Example: `  sightglass-ingest store rebuild --config /etc/sightglass-ingest/ingest.yaml
-  sightglass-ingest store rebuild --config /etc/sightglass-ingest/ingest.yaml --tenant acme --site s-7f3a --dry-run
+  sightglass-ingest store rebuild --config /etc/sightglass-ingest/ingest.yaml --tenant acme --site s-7f3a --since 2026-01 --dry-run
   sightglass-ingest store rebuild --db ./sightglass-data/ingest.db --store-dir ./sightglass-data/archive --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if since != "" {
+				m, err := time.Parse("2006-01", since)
+				if err != nil {
+					return fmt.Errorf("--since %q: want yyyy-mm", since)
+				}
+				o.Since = m
+			}
 			o.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 			var archive blob.Store
 			if configPath != "" {
@@ -115,6 +123,7 @@ between blobs: run the command again to finish.`,
 	f.StringVar(&storeDir, "store-dir", defaultStoreDir, "root of a directory archive (when there is no --config)")
 	f.StringVar(&o.Tenant, "tenant", "", "rebuild this tenant only")
 	f.StringVar(&o.Site, "site", "", "rebuild this site only (with --tenant)")
+	f.StringVar(&since, "since", "", "first month to read, yyyy-mm (default: every month holding blobs; from 2000-01 for a named site, two list calls a month)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "read and decode everything, report what would be written, write nothing")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
