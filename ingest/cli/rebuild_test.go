@@ -94,7 +94,7 @@ func TestStoreRebuild(t *testing.T) {
 			wantOut: []string{"skipped " + bad + ": ", "rebuilt 1 sites: 3 blobs read, 360 samples, 1 skipped"}},
 		{name: "beside a running ingest", args: []string{"--store-dir", archive}, serving: true, wantLatest: 2,
 			wantStderr: "is the ingest still running?"},
-		{name: "since this month", args: []string{"--store-dir", archive, "--tenant", "acme", "--site", "s1", "--since", time.Now().UTC().Add(-5*time.Hour).Format("2006-01")}, wantLatest: 2,
+		{name: "since this month", args: []string{"--store-dir", archive, "--tenant", "acme", "--site", "s1", "--since", time.Now().UTC().Add(-5 * time.Hour).Format("2006-01")}, wantLatest: 2,
 			wantOut: []string{"rebuilt 1 sites: 3 blobs read, 360 samples, 0 skipped"}},
 		{name: "since after the data", args: []string{"--store-dir", archive, "--since", time.Now().UTC().AddDate(0, 2, 0).Format("2006-01")}, wantErr: "nothing archived"},
 		{name: "since, badly written", args: []string{"--store-dir", archive, "--since", "2026"}, wantErr: "want yyyy-mm", badFlag: true},
