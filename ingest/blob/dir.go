@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/sightglass-bms/sightglass/pkg/atomicfile"
 )
 
 // tmpPrefix starts the names of Put's temporary files. '~' is not a name
@@ -83,7 +85,7 @@ func (d *Dir) Put(ctx context.Context, name string, data []byte) (bool, error) {
 	os.Remove(tmp)
 	switch {
 	case linkErr == nil:
-		if err := syncDir(parent); err != nil {
+		if err := atomicfile.SyncDir(parent); err != nil {
 			return false, d.putErr(name, err)
 		}
 		return true, nil
@@ -100,7 +102,7 @@ func (d *Dir) Put(ctx context.Context, name string, data []byte) (bool, error) {
 		}
 		// The winner may not have synced the directory yet; the caller
 		// will treat our answer as "stored", so make that true now.
-		if err := syncDir(parent); err != nil {
+		if err := atomicfile.SyncDir(parent); err != nil {
 			return false, d.putErr(name, err)
 		}
 		return false, nil
@@ -135,7 +137,7 @@ func (d *Dir) mkdirs(dir string) error {
 	if err != nil {
 		return err
 	}
-	return syncDir(parent)
+	return atomicfile.SyncDir(parent)
 }
 
 // writeTemp writes data to a new temporary file in dir, syncs and closes it,
@@ -248,15 +250,6 @@ func (d *Dir) List(ctx context.Context, prefix string) ([]string, error) {
 	// plain string order, as Azure lists.
 	slices.Sort(names)
 	return names, nil
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 // Delete removes the blob; a blob that is not there is not an error, so

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/sightglass-bms/sightglass/ingest/pki"
 	"github.com/sightglass-bms/sightglass/ingest/server"
 	rdb "github.com/sightglass-bms/sightglass/ingest/store"
+	"github.com/sightglass-bms/sightglass/pkg/atomicfile"
 )
 
 func newServeCmd() *cobra.Command {
@@ -106,7 +106,7 @@ While the store does not answer, batches get 503 and stay with the agents.`,
 			}
 			addr := ln.Addr().String()
 			if addrFile != "" {
-				if err := writeFileAtomic(addrFile, []byte(addr+"\n")); err != nil {
+				if err := atomicfile.Write(addrFile, []byte(addr+"\n"), 0o644); err != nil {
 					return fmt.Errorf("writing --addr-file: %w", err)
 				}
 				defer os.Remove(addrFile)
@@ -136,25 +136,4 @@ While the store does not answer, batches get 503 and stay with the agents.`,
 	f.StringVar(&dataDir, "data-dir", defaultDataDir, "data directory of the built-in config")
 	f.StringVar(&addrFile, "addr-file", "", "write the agent listener's host:port to this file once listening")
 	return cmd
-}
-
-// writeFileAtomic writes data to path through a rename, so a reader
-// waiting for the file never sees it half written.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // after the rename this fails harmlessly
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

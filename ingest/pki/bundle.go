@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/atomicfile"
 )
 
 // File names inside an agent bundle directory.
@@ -114,7 +116,7 @@ func (b Bundle) WriteDir(dir string) error {
 		}
 		written = append(written, p)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return fmt.Errorf("writing agent bundle to %s: %w", dir, err)
 	}
 	return nil
@@ -222,7 +224,7 @@ func RotateAgentCert(dir string, key crypto.Signer, certPEM []byte) error {
 		os.Remove(keyNext)
 		return fmt.Errorf("rotating the agent certificate: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return fmt.Errorf("rotating the agent certificate: %w", err)
 	}
 	// From here on the rotation is committed: a crash after this rename
@@ -233,7 +235,7 @@ func RotateAgentCert(dir string, key crypto.Signer, certPEM []byte) error {
 	if err := os.Rename(certNext, filepath.Join(dir, AgentCertFile)); err != nil {
 		return fmt.Errorf("rotating the agent certificate: %w", err)
 	}
-	return syncDir(dir)
+	return atomicfile.SyncDir(dir)
 }
 
 // finishRotation completes or undoes an interrupted RotateAgentCert.
@@ -253,7 +255,7 @@ func finishRotation(dir string) error {
 		if err := os.Rename(certNext, filepath.Join(dir, AgentCertFile)); err != nil {
 			return err
 		}
-		return syncDir(dir)
+		return atomicfile.SyncDir(dir)
 	}
 	return nil
 }

@@ -32,6 +32,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/atomicfile"
 )
 
 // File names inside a CA directory.
@@ -204,7 +206,7 @@ func Init(dir string, opts InitOptions) (*CA, error) {
 			return nil, fmt.Errorf("initialising CA in %s: %w", dir, err)
 		}
 	}
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return nil, fmt.Errorf("initialising CA in %s: %w", dir, err)
 	}
 	return ca, nil
@@ -484,18 +486,6 @@ func writeNew(path string, data []byte, mode fs.FileMode) error {
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("closing %s: %w", path, err)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, err)
 	}
 	return nil
 }

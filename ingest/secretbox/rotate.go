@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/sightglass-bms/sightglass/pkg/atomicfile"
 )
 
 // BeginRotation puts a new key in place at path, keeps the previous one at
@@ -101,7 +103,7 @@ func beginRotation(path string, crash func(step string) error) (*Keyring, error)
 	if err := os.Rename(newPath, path); err != nil {
 		return nil, fmt.Errorf("rotating the secret key: putting the new key in place: %w", err)
 	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("rotating the secret key: %w", err)
 	}
 	if err := step("renamed"); err != nil {
@@ -125,5 +127,5 @@ func removeSynced(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return atomicfile.SyncDir(filepath.Dir(path))
 }

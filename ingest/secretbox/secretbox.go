@@ -38,6 +38,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/sightglass-bms/sightglass/pkg/atomicfile"
 )
 
 // KeySize is the length of a key file: an AES-256 key.
@@ -232,19 +234,7 @@ func writeKey(path string, raw []byte) error {
 	if err := os.Link(tmp, path); err != nil {
 		return fmt.Errorf("creating the secret key %s: %w", path, err)
 	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, err)
-	}
-	return nil
+	return atomicfile.SyncDir(dir)
 }
 
 func exists(path string) (bool, error) {

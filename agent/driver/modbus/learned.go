@@ -5,13 +5,14 @@ import (
 	"cmp"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/atomicfile"
 )
 
 // What the driver learned about a device (holes, cuts, block size,
@@ -138,7 +139,10 @@ func (d *Driver) saveLearned() {
 	}
 	data, err := json.MarshalIndent(learnedFile{Version: 1, Address: d.cfg.address, Learned: time.Now().UTC(), Areas: areas}, "", "  ")
 	if err == nil {
-		err = writeAtomic(d.state, data)
+		err = os.MkdirAll(filepath.Dir(d.state), 0o700)
+	}
+	if err == nil {
+		err = atomicfile.Write(d.state, data, 0o600)
 	}
 	if err != nil {
 		d.warnOnce("save:"+d.state, "cannot keep the device's learned limits; a restart will learn them again", "file", d.state, "err", err)
@@ -153,30 +157,4 @@ func slicesEqualJSON(a, b []learnedArea) bool {
 	x, _ := json.Marshal(a)
 	y, _ := json.Marshal(b)
 	return bytes.Equal(x, y)
-}
-
-func writeAtomic(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".learned-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("replacing %s: %w", path, err)
-	}
-	return nil
 }

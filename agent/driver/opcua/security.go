@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/gopcua/opcua/ua"
+
+	"github.com/sightglass-bms/sightglass/pkg/atomicfile"
 )
 
 // ErrServerCertChanged means the server presented a certificate other than
@@ -121,10 +123,10 @@ func newIdentity(own, certFile, keyFile string) (identity, error) {
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})
 	// Key first, then the certificate: a crash in between leaves a key
 	// without certificate, which loadIdentity reports instead of reusing.
-	if err := writeFileAtomic(keyFile, keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(keyFile, keyPEM, 0o600); err != nil {
 		return identity{}, err
 	}
-	if err := writeFileAtomic(certFile, der, 0o644); err != nil {
+	if err := atomicfile.Write(certFile, der, 0o644); err != nil {
 		return identity{}, err
 	}
 	return identity{cert: der, key: key, uri: uri}, nil
@@ -162,31 +164,6 @@ func readCert(file string) ([]byte, error) {
 		return nil, fmt.Errorf("%s is not a certificate in PEM or DER: %w", file, err)
 	}
 	return b, nil
-}
-
-func writeFileAtomic(name string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(name), ".tmp-*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", name, err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(perm); err == nil {
-		_, err = tmp.Write(data)
-		if err == nil {
-			err = tmp.Sync()
-		}
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(tmp.Name(), name)
-		}
-	}
-	if err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", name, err)
-	}
-	return nil
 }
 
 // pinFile is where the certificate of the server at endpoint is pinned.
@@ -233,7 +210,7 @@ func (p pinner) check(cert []byte) (pinned bool, err error) {
 			if err := os.MkdirAll(filepath.Dir(p.file), 0o700); err != nil {
 				return false, fmt.Errorf("pinning the server certificate: %w", err)
 			}
-			if err := writeFileAtomic(p.file, cert, 0o644); err != nil {
+			if err := atomicfile.Write(p.file, cert, 0o644); err != nil {
 				return false, fmt.Errorf("pinning the server certificate: %w", err)
 			}
 			return true, nil
