@@ -1,7 +1,7 @@
 package cli
 
 import (
-	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 
@@ -38,7 +38,7 @@ func driverHostCommand() (*exec.Cmd, error) {
 	exe := "/proc/self/exe"
 	if _, err := os.Stat(exe); err != nil {
 		if exe, err = os.Executable(); err != nil {
-			return nil, errors.Join(errors.New("finding the agent's own executable to run the driver host"), err)
+			return nil, fmt.Errorf("finding the agent's own executable to run the driver host: %w", err)
 		}
 	}
 	return exec.Command(exe, "driver-host"), nil

@@ -101,7 +101,7 @@ func TestOPCUAIntegration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.call(t.Context(), 'W', func(e *enc) { e.str(vars[0]); e.float(99) }, ansOK); !errors.Is(err, driver.ErrRefused) {
+	if _, err := c.call(t.Context(), 'W', func(e *enc) error { e.str(vars[0]); e.float(99); return nil }, ansOK); !errors.Is(err, driver.ErrRefused) {
 		t.Errorf("write frame = %v; want ErrRefused", err)
 	}
 

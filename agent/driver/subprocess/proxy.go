@@ -217,8 +217,7 @@ func (p *proxy) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sa
 	if err != nil {
 		return nil, err
 	}
-	var encErr error
-	a, err := c.call(ctx, msgRead, func(e *enc) {
+	a, err := c.call(ctx, msgRead, func(e *enc) error {
 		e.deadline(ctx)
 		e.uvarint(uint64(len(points)))
 		for _, pt := range points {
@@ -228,15 +227,13 @@ func (p *proxy) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sa
 			}
 			e.uvarint(0)
 			b, err := encodeSettings(pt.Settings)
-			if err != nil && encErr == nil {
-				encErr = fmt.Errorf("point %q: %w", pt.Ref, err)
+			if err != nil {
+				return fmt.Errorf("point %q: %w", pt.Ref, err)
 			}
 			e.point(pt, b)
 		}
+		return nil
 	}, ansSamples)
-	if encErr != nil {
-		return nil, encErr
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -386,8 +383,8 @@ func (p *proxy) spawn(ctx context.Context) (*child, error) {
 	return c, nil
 }
 
-func deadlineOnly(ctx context.Context) func(*enc) {
-	return func(e *enc) { e.deadline(ctx) }
+func deadlineOnly(ctx context.Context) func(*enc) error {
+	return func(e *enc) error { e.deadline(ctx); return nil }
 }
 
 // samePoint reports whether a is b as the device was built with, so the
@@ -437,15 +434,21 @@ func (c *child) exitErr() error {
 	}
 }
 
-// call sends one call and waits for its answer (see roundTrip).
-func (c *child) call(ctx context.Context, typ byte, build func(*enc), want byte) (answer, error) {
+// call sends one call, its payload written by build, and waits for its
+// answer (see roundTrip). A build error is returned before anything is sent.
+func (c *child) call(ctx context.Context, typ byte, build func(*enc) error, want byte) (answer, error) {
 	if err := ctx.Err(); err != nil {
 		return answer{}, err
 	}
 	id := c.next.Add(1)
 	e := newEnc(typ, id)
 	if build != nil {
-		build(e)
+		if err := build(e); err != nil {
+			return answer{}, err
+		}
+	}
+	if len(e.b) > MaxFrame {
+		return answer{}, fmt.Errorf("%s driver host for %s: a call of %d bytes exceeds the %d-byte frame limit: read fewer points at a time", c.p.name, c.p.device, len(e.b), MaxFrame)
 	}
 	return c.roundTrip(ctx, id, e.b, want)
 }

@@ -350,7 +350,7 @@ func TestRefusesOtherCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, typ := range []byte{'W', 0, ansOK} {
-		_, err := c.call(t.Context(), typ, func(e *enc) { e.str("ns=2;s=AHU1.Setpoint") }, ansOK)
+		_, err := c.call(t.Context(), typ, func(e *enc) error { e.str("ns=2;s=AHU1.Setpoint"); return nil }, ansOK)
 		if !errors.Is(err, driver.ErrRefused) {
 			t.Errorf("call %q = %v; want ErrRefused", typ, err)
 		}
@@ -460,5 +460,34 @@ func TestConcurrentReads(t *testing.T) {
 	}
 	if took := time.Since(began); took > 3*time.Second {
 		t.Errorf("Close took %s", took)
+	}
+}
+
+// opaqueSettings can only decode into one Go type, like the OPC UA
+// driver's settings handed over by Explore: they cannot cross.
+type opaqueSettings struct{}
+
+func (opaqueSettings) Decode(v any) error {
+	return fmt.Errorf("opaque settings cannot decode into %T", v)
+}
+
+// TestSettingsThatCannotCross checks that settings which cannot be carried
+// are an error where they are given: at New for the device's, at Read for
+// a point's, and the child serves on.
+func TestSettingsThatCannotCross(t *testing.T) {
+	info := Wrap(driver.Info{Name: "fake", New: func(dev driver.Device) (driver.Driver, error) {
+		return &plainDriver{&fake{offsets: map[uint64]float64{}}}, nil
+	}}, selfCommand, Options{})
+	if _, err := info.New(driver.Device{Name: "d", Settings: opaqueSettings{}}); err == nil || !strings.Contains(err.Error(), "carrying settings") {
+		t.Errorf("New with opaque device settings = %v; want an error saying they cannot be carried", err)
+	}
+	points := []driver.Point{{ID: 1, Ref: "a"}}
+	d := newProxyT(t, "fake", "", points, nil)
+	connect(t, d)
+	if _, err := readT(t, d, []driver.Point{{ID: 2, Ref: "b", Settings: opaqueSettings{}}}); err == nil || !strings.Contains(err.Error(), `point "b"`) {
+		t.Errorf("Read of a point with opaque settings = %v; want an error naming it", err)
+	}
+	if _, err := readT(t, d, points); err != nil {
+		t.Errorf("Read after: %v", err)
 	}
 }
