@@ -389,7 +389,14 @@ func deadlineOnly(ctx context.Context) func(*enc) error {
 
 // samePoint reports whether a is b as the device was built with, so the
 // child may use its copy (settings included) instead of a being sent.
-func samePoint(a, b driver.Point) bool {
+func samePoint(a, b driver.Point) (same bool) {
+	// A comparable type can still hold an incomparable value in an
+	// interface field, which panics on ==: then the point goes whole.
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
 	if a.ID != b.ID || a.Ref != b.Ref || a.Name != b.Name || a.Unit != b.Unit || a.Description != b.Description || a.Interval != b.Interval || !slices.Equal(a.Tags, b.Tags) {
 		return false
 	}
@@ -397,7 +404,7 @@ func samePoint(a, b driver.Point) bool {
 		return a.Settings == nil && b.Settings == nil
 	}
 	// Interface values compare by dynamic type and value; a type that is
-	// not comparable would panic, so such settings are sent whole.
+	// not comparable would panic, so such settings go whole.
 	if !reflect.TypeOf(a.Settings).Comparable() || !reflect.TypeOf(b.Settings).Comparable() {
 		return false
 	}

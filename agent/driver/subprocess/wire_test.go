@@ -242,3 +242,37 @@ func TestStartCarriesDevice(t *testing.T) {
 		t.Errorf("points %+v", s.points)
 	}
 }
+
+// holder is comparable as a type, but an incomparable value in its field
+// makes == panic.
+type holder struct{ v any }
+
+func (holder) Decode(any) error { return nil }
+
+func TestSamePoint(t *testing.T) {
+	cfg := drivertest.YAML("offset: 1")
+	base := driver.Point{ID: 1, Ref: "a", Tags: []string{"x"}, Settings: cfg}
+	tests := []struct {
+		name string
+		p    driver.Point
+		want bool
+	}{
+		{"same", base, true},
+		{"other name", driver.Point{ID: 1, Ref: "a", Name: "n", Tags: []string{"x"}, Settings: cfg}, false},
+		{"other tags", driver.Point{ID: 1, Ref: "a", Settings: cfg}, false},
+		{"other settings", driver.Point{ID: 1, Ref: "a", Tags: []string{"x"}, Settings: drivertest.YAML("offset: 2")}, false},
+		{"no settings", driver.Point{ID: 1, Ref: "a", Tags: []string{"x"}}, false},
+		{"incomparable settings", driver.Point{ID: 1, Ref: "a", Tags: []string{"x"}, Settings: holder{[]int{1}}}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := base
+			if tt.name == "incomparable settings" {
+				b.Settings = holder{[]int{1}}
+			}
+			if got := samePoint(tt.p, b); got != tt.want {
+				t.Errorf("samePoint = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
