@@ -176,6 +176,14 @@ func relayRecord(ctx context.Context, h slog.Handler, line []byte) bool {
 			attrs = append(attrs, attrOf(key, v))
 		}
 	}
+	// A record ends with its object: a line cut short (the child died
+	// mid-write, or the line was too long) is not one.
+	if tok, err := d.Token(); err != nil || tok != json.Delim('}') {
+		return false
+	}
+	if _, err := d.Token(); !errors.Is(err, io.EOF) {
+		return false
+	}
 	if !sawMsg {
 		return false
 	}

@@ -491,3 +491,27 @@ func TestSettingsThatCannotCross(t *testing.T) {
 		t.Errorf("Read after: %v", err)
 	}
 }
+
+// TestChildIgnoresGroupSignals sends the child what a terminal's Ctrl-C or
+// systemd's stop sends the agent's whole group: it keeps serving, so the
+// agent closes its devices itself.
+func TestChildIgnoresGroupSignals(t *testing.T) {
+	points := []driver.Point{{ID: 1, Ref: "pid"}}
+	d := newProxyT(t, "fake", "", points, nil)
+	connect(t, d)
+	first, err := readT(t, d, points)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := int(first[0].Value)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP} {
+		if err := syscall.Kill(pid, sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	again, err := readT(t, d, points)
+	if err != nil || again[0].Value != first[0].Value {
+		t.Errorf("after SIGINT, SIGTERM and SIGHUP: %+v, %v; want the same child serving", again, err)
+	}
+}
