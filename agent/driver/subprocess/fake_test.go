@@ -92,7 +92,8 @@ func selfCommand() (*exec.Cmd, error) {
 // fakeSettings are the fake's device settings, decoded strictly.
 type fakeSettings struct {
 	Scale        float64 `yaml:"scale"`
-	ConnectError string  `yaml:"connect_error"`
+	ConnectError string  `yaml:"connect_error"` // "lost", "hang" (ignoring ctx), or any text
+	CloseHangs   bool    `yaml:"close_hangs"`   // Close never returns
 }
 
 type fakePointSettings struct {
@@ -160,6 +161,8 @@ func (f *fake) Connect(ctx context.Context) error {
 	case "":
 	case "lost":
 		return fmt.Errorf("fake: no route: %w", driver.ErrConnLost)
+	case "hang":
+		select {}
 	default:
 		return errors.New("fake: " + f.cfg.ConnectError)
 	}
@@ -168,6 +171,9 @@ func (f *fake) Connect(ctx context.Context) error {
 }
 
 func (f *fake) Close() error {
+	if f.cfg.CloseHangs && f.connected {
+		select {}
+	}
 	f.connected = false
 	return nil
 }

@@ -515,3 +515,38 @@ func TestChildIgnoresGroupSignals(t *testing.T) {
 		t.Errorf("after SIGINT, SIGTERM and SIGHUP: %+v, %v; want the same child serving", again, err)
 	}
 }
+
+// TestHungCallsAreBounded checks that a child hung in Connect or in Close
+// costs the agent a bounded wait and the child its life.
+func TestHungCallsAreBounded(t *testing.T) {
+	t.Run("Connect", func(t *testing.T) {
+		d := newProxyT(t, "fake", "connect_error: hang", nil, nil)
+		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+		defer cancel()
+		began := time.Now()
+		err := d.Connect(ctx)
+		if !errors.Is(err, driver.ErrConnLost) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "killed as hung") {
+			t.Errorf("Connect = %v; want ErrConnLost and the deadline, the child killed", err)
+		}
+		if took := time.Since(began); took > 3*time.Second {
+			t.Errorf("Connect took %s; want the deadline plus the grace", took)
+		}
+	})
+	t.Run("Close", func(t *testing.T) {
+		points := []driver.Point{{ID: 1, Ref: "pid"}}
+		d := newProxyT(t, "fake", "close_hangs: true", points, nil)
+		connect(t, d)
+		samples, err := readT(t, d, points)
+		if err != nil {
+			t.Fatal(err)
+		}
+		began := time.Now()
+		_ = d.Close() // an error or not: bounded is what matters
+		if took := time.Since(began); took > 6*time.Second {
+			t.Errorf("Close took %s; want at most its timeout (2s) plus the grace, twice", took)
+		}
+		if pid := int(samples[0].Value); alive(pid) {
+			t.Errorf("the child %d hung in Close still runs", pid)
+		}
+	})
+}
