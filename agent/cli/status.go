@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/sightglass-bms/sightglass/agent/config"
 	"github.com/sightglass-bms/sightglass/agent/daemon"
+	"github.com/sightglass-bms/sightglass/pkg/driver"
 )
 
 func newStatusCmd() *cobra.Command {
@@ -54,16 +56,27 @@ func newStatusCmd() *cobra.Command {
 			}
 			fmt.Fprintln(out)
 			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "DEVICE\tSTATE\tREADS\tFAILURES\tSAMPLES\tBAD\tLAST ERROR")
+			fmt.Fprintln(tw, "DEVICE\tSTATE\tREADS\tFAILURES\tSAMPLES\tBAD\tREQUESTS\tGUARD REFUSED\tLAST ERROR")
+			var refusals []string
 			for _, d := range st.Devices {
 				state := "up"
 				if !d.Up {
 					state = "down"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\n", d.Name, state, d.Reads, d.Failures, d.Samples, d.BadSamples, d.LastError)
+				requests, refused := counter(d.Counters, "requests"), counter(d.Counters, driver.GuardRefusals)
+				if refused != "-" && refused != "0" {
+					refusals = append(refusals, fmt.Sprintf("%s (%s)", d.Name, refused))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", d.Name, state, d.Reads, d.Failures, d.Samples, d.BadSamples, requests, refused, d.LastError)
 			}
-			if err := tw.Flush(); err != nil || !points {
+			if err := tw.Flush(); err != nil {
 				return err
+			}
+			if len(refusals) > 0 {
+				fmt.Fprintf(out, "the read-only guard refused requests on %s: nothing was sent, but a driver tried to send more than a read; report it with the agent's log\n", strings.Join(refusals, ", "))
+			}
+			if !points {
+				return nil
 			}
 			fmt.Fprintln(out)
 			tw = tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
@@ -86,4 +99,15 @@ func newStatusCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
 	cmd.Flags().BoolVar(&points, "points", false, "also print every point: its counts, last value, status and age")
 	return cmd
+}
+
+// counter is the named driver counter of a device, "-" if its driver
+// reports none.
+func counter(cs []driver.Counter, name string) string {
+	for _, c := range cs {
+		if c.Name == name {
+			return strconv.FormatUint(c.Value, 10)
+		}
+	}
+	return "-"
 }

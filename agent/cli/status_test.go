@@ -14,6 +14,7 @@ import (
 	"github.com/sightglass-bms/sightglass/agent/buffer"
 	"github.com/sightglass-bms/sightglass/agent/daemon"
 	"github.com/sightglass-bms/sightglass/agent/poll"
+	"github.com/sightglass-bms/sightglass/pkg/driver"
 )
 
 // fakeAgent serves st on a unix socket the way a running agent does.
@@ -46,8 +47,11 @@ func TestStatus(t *testing.T) {
 	st := daemon.Status{
 		Agent: "ag-test", Site: "s-1", Version: "v1", StartedAt: time.Now().Add(-time.Hour),
 		Buffer: buffer.Stats{PendingSamples: 12, SealedBatches: 3, DroppedSamples: 7},
-		Devices: []poll.DeviceStats{{Name: "ahu1", Up: true, Reads: 5, Points: []poll.PointStats{{Name: "supply air", Samples: 5, BadSamples: 1, LastTime: time.Now(), LastValue: 21.5, LastStatus: "fault"}}},
-			{Name: "rtu2", Up: false, LastError: "connection refused", Points: []poll.PointStats{{Name: "zone temp"}}}},
+		Devices: []poll.DeviceStats{{Name: "ahu1", Up: true, Reads: 5, Points: []poll.PointStats{{Name: "supply air", Samples: 5, BadSamples: 1, LastTime: time.Now(), LastValue: 21.5, LastStatus: "fault"}},
+			Counters: []driver.Counter{{Name: "requests", Value: 4242}, {Name: driver.GuardRefusals, Value: 0}}},
+			{Name: "rtu2", Up: false, LastError: "connection refused", Points: []poll.PointStats{{Name: "zone temp"}},
+				Counters: []driver.Counter{{Name: "requests", Value: 17}, {Name: driver.GuardRefusals, Value: 2}}},
+			{Name: "trends", Up: true}},
 	}
 	sock := fakeAgent(t, st)
 	t.Run("table", func(t *testing.T) {
@@ -55,9 +59,16 @@ func TestStatus(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range []string{"agent ag-test", "12 samples pending", "7 dropped", "last upload never", "ahu1", "rtu2", "down", "connection refused"} {
+		for _, want := range []string{"agent ag-test", "12 samples pending", "7 dropped", "last upload never", "ahu1", "rtu2", "down", "connection refused",
+			"GUARD REFUSED", "4242", "the read-only guard refused requests on rtu2 (2)"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+		// A driver without counters (the CSV reader) shows dashes.
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "trends ") && strings.Count(line, " - ") < 1 {
+				t.Errorf("the device without counters shows %q, want dashes", line)
 			}
 		}
 	})
@@ -81,7 +92,7 @@ func TestStatus(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &got); err != nil {
 			t.Fatalf("--json printed no JSON: %v\n%s", err, out)
 		}
-		if got.Agent != "ag-test" || len(got.Devices) != 2 || got.Buffer.DroppedSamples != 7 {
+		if got.Agent != "ag-test" || len(got.Devices) != 3 || got.Buffer.DroppedSamples != 7 || len(got.Devices[1].Counters) != 2 || got.Devices[1].Counters[1].Value != 2 {
 			t.Errorf("--json = %+v", got)
 		}
 	})

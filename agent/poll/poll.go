@@ -196,6 +196,9 @@ type DeviceStats struct {
 	// NextAttempt is when the device is next connected or read; zero while
 	// every read it may run is in flight.
 	NextAttempt time.Time
+	// Counters are the driver's own counts (requests, refusals by its
+	// read-only guard), when it reports any (driver.Reporter).
+	Counters []driver.Counter `json:",omitempty"`
 	// Points are the device's points in configuration order, each with
 	// its counts and last sample. The status socket is local: names are
 	// shown here, never upstream.
@@ -383,6 +386,9 @@ func (s *Scheduler) Stats() []DeviceStats {
 	out := make([]DeviceStats, len(s.workers))
 	for i, w := range s.workers {
 		out[i] = w.snapshot()
+		if r, ok := w.dev.Driver.(driver.Reporter); ok {
+			out[i].Counters = r.Counters()
+		}
 	}
 	return out
 }

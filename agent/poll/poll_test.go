@@ -980,3 +980,31 @@ func TestCommitterReadAgainIsNotStoredTwice(t *testing.T) {
 		})
 	}
 }
+
+// reportingDriver is a fakeDriver that reports counts.
+type reportingDriver struct{ *fakeDriver }
+
+func (r reportingDriver) Counters() []driver.Counter {
+	return []driver.Counter{{Name: "requests", Value: uint64(len(r.history("read")))}, {Name: driver.GuardRefusals, Value: 0}}
+}
+
+// TestStatsCarryDriverCounters: a driver.Reporter's counts appear in its
+// device's Stats, read when Stats is asked for; other drivers have none.
+func TestStatsCarryDriverCounters(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rep, plain := reportingDriver{newFake()}, newFake()
+		var logs logBuffer
+		s := mustNew(t, []Device{
+			{Name: "meter", Driver: rep, Points: []driver.Point{point(1, "x", 0)}, Interval: time.Second},
+			{Name: "trends", Driver: plain, Points: []driver.Point{point(2, "y", 0)}, Interval: time.Second},
+		}, &memSink{}, Options{Logger: logs.logger()})
+		runFor(t, s, 2500*time.Millisecond)
+		st := s.Stats()
+		if len(st[0].Counters) != 2 || st[0].Counters[0] != (driver.Counter{Name: "requests", Value: 3}) {
+			t.Errorf("meter counters = %+v, want 3 requests (one per read)", st[0].Counters)
+		}
+		if st[1].Counters != nil {
+			t.Errorf("a driver without counts has counters %+v", st[1].Counters)
+		}
+	})
+}

@@ -112,3 +112,24 @@ var (
 type Committer interface {
 	Commit(ctx context.Context) error
 }
+
+// Counter is one of a driver's own counts, shown by `sightglass-agent
+// status`: requests sent, requests the read-only guard refused, sessions
+// opened. Names are snake_case and stable; values only grow.
+type Counter struct {
+	Name  string `json:"name"`
+	Value uint64 `json:"value"`
+}
+
+// Reporter is implemented by drivers whose counts an installer should see,
+// the read-only guard's refusals first of all (any refusal is a bug worth
+// reporting). Counters may be called at any time, before Connect and
+// after Close too, from any goroutine; it must be cheap and never block on
+// the device. It returns the counts in a fixed order.
+type Reporter interface {
+	Counters() []Counter
+}
+
+// GuardRefusals is the Counter name of the requests a driver's read-only
+// guard refused; every driver that talks to devices reports it.
+const GuardRefusals = "guard_refused"

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/bacnet"
@@ -39,6 +40,7 @@ var (
 	_ driver.Driver     = (*Driver)(nil)
 	_ driver.Discoverer = (*Driver)(nil)
 	_ driver.Committer  = (*Driver)(nil)
+	_ driver.Reporter   = (*Driver)(nil)
 )
 
 // Driver reads one BACnet device.
@@ -48,6 +50,9 @@ type Driver struct {
 	log    *slog.Logger
 	points map[string]point // parsed configured points by ref
 	state  *backfillState
+	// counted is the client last connected, for Counters without d.mu
+	// (which a Read holds while it locates the device).
+	counted atomic.Pointer[bacnet.Client]
 
 	mu      sync.Mutex
 	client  *sharedClient
@@ -109,6 +114,7 @@ func (d *Driver) Connect(ctx context.Context) error {
 			return fmt.Errorf("%w: %w", driver.ErrConnLost, err)
 		}
 		d.client = cl
+		d.counted.Store(cl.c)
 	}
 	if err := d.state.load(); err != nil {
 		d.log.Warn("backfill state unreadable; trend logs will only fill gaps seen from now on", "err", err)
@@ -184,6 +190,25 @@ func locate(ctx context.Context, c *bacnet.Client, cfg config) (bacnet.Device, b
 		}
 	}
 	return dev, rpm, nil
+}
+
+// Counters reports the counts of the BACnet socket the device is read
+// through — shared by every device on the same local address, so the
+// counts are the socket's, not the device's alone.
+func (d *Driver) Counters() []driver.Counter {
+	var st bacnet.Stats
+	if c := d.counted.Load(); c != nil {
+		st = c.Stats()
+	}
+	return []driver.Counter{
+		{Name: "requests", Value: st.Requests},
+		{Name: driver.GuardRefusals, Value: st.Refused},
+		{Name: "retries", Value: st.Retries},
+		{Name: "timeouts", Value: st.Timeouts},
+		{Name: "segments_received", Value: st.SegmentsReceived},
+		{Name: "bytes_sent", Value: st.BytesSent},
+		{Name: "bytes_received", Value: st.BytesReceived},
+	}
 }
 
 // Close releases the socket (when no other device shares it). It is

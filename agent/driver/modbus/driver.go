@@ -46,6 +46,7 @@ func Info() driver.Info {
 var (
 	_ driver.Driver     = (*Driver)(nil)
 	_ driver.Discoverer = (*Driver)(nil)
+	_ driver.Reporter   = (*Driver)(nil)
 )
 
 // New is the driver's Factory: it validates the settings and every point
@@ -179,6 +180,11 @@ var (
 
 // Refused returns how many requests the driver's guard refused.
 func (d *Driver) Refused() uint64 { return d.guard.Refused() }
+
+// Counters reports the requests sent and those the guard refused.
+func (d *Driver) Counters() []driver.Counter {
+	return []driver.Counter{{Name: "requests", Value: d.guard.Sent()}, {Name: driver.GuardRefusals, Value: d.guard.Refused()}}
+}
 
 // Connect dials the device. The poller calls it again, after Close, to
 // reconnect once a connection was lost or a Connect failed; what the

@@ -43,6 +43,7 @@ func allowed(fc byte, data []byte) bool {
 type Guard struct {
 	log     *slog.Logger
 	refused atomic.Uint64
+	sent    atomic.Uint64 // requests that passed the check at Send
 }
 
 // NewGuard returns a guard logging refusals to log (nil: discard).
@@ -55,6 +56,9 @@ func NewGuard(log *slog.Logger) *Guard {
 
 // Refused returns how many requests the guard has refused.
 func (g *Guard) Refused() uint64 { return g.refused.Load() }
+
+// Sent returns how many requests the guard let through to the wire.
+func (g *Guard) Sent() uint64 { return g.sent.Load() }
 
 func (g *Guard) refuse(where string, fc byte) error {
 	n := g.refused.Add(1)
@@ -108,6 +112,7 @@ func (t guardedTransporter) Send(adu []byte) ([]byte, error) {
 	if fc := adu[mbapHeader]; !allowed(fc, adu[mbapHeader+1:]) {
 		return nil, t.g.refuse("send", fc)
 	}
+	t.g.sent.Add(1)
 	return t.t.Send(adu)
 }
 

@@ -59,6 +59,7 @@ func Info() driver.Info {
 var (
 	_ driver.Driver     = (*Driver)(nil)
 	_ driver.Discoverer = (*Driver)(nil)
+	_ driver.Reporter   = (*Driver)(nil)
 )
 
 // Driver reads one OPC UA server.
@@ -781,6 +782,28 @@ func (d *Driver) Attempts() int {
 
 // Refusals returns how many requests the read-only guard refused.
 func (d *Driver) Refusals() uint64 { return d.g.refusals() }
+
+// Counters reports the requests the guard let through and refused, the
+// sessions created and the connection attempts.
+func (d *Driver) Counters() []driver.Counter {
+	sent, refused := d.g.stats()
+	var ns, nr uint64
+	for _, v := range sent {
+		ns += v
+	}
+	for _, v := range refused {
+		nr += v
+	}
+	d.mu.Lock()
+	sessions, attempts := d.sessions, d.attempts
+	d.mu.Unlock()
+	return []driver.Counter{
+		{Name: "requests", Value: ns},
+		{Name: driver.GuardRefusals, Value: nr},
+		{Name: "sessions_created", Value: uint64(sessions)},
+		{Name: "connect_attempts", Value: uint64(attempts)},
+	}
+}
 
 // dialFrom is the option that dials the server from local (the control
 // NIC), bound to the interface holding it, or lets the kernel choose when

@@ -212,6 +212,11 @@ func (h *host) serve(ctx context.Context, c call) {
 		}
 		e := newEnc(ansSamples, c.id)
 		e.samples(samples)
+		var counts []driver.Counter
+		if r, ok := h.drv.(driver.Reporter); ok {
+			counts = r.Counters()
+		}
+		e.counters(counts)
 		h.send(e.b)
 	case msgDiscover:
 		disc, ok := h.drv.(driver.Discoverer)

@@ -82,8 +82,22 @@ func TestOPCUAIntegration(t *testing.T) {
 		}
 		return samples
 	}
+	counter := func(name string) uint64 {
+		t.Helper()
+		for _, c := range d.(driver.Reporter).Counters() {
+			if c.Name == name {
+				return c.Value
+			}
+		}
+		t.Fatalf("no counter %q in %+v", name, d.(driver.Reporter).Counters())
+		return 0
+	}
 	connect(t, d)
 	read("first read")
+	firstRequests := counter("requests")
+	if firstRequests == 0 || counter(driver.GuardRefusals) != 0 || counter("sessions_created") != 1 {
+		t.Errorf("after the first read the child's driver reports %+v; want requests, no refusal, one session", d.(driver.Reporter).Counters())
+	}
 	found, err := disc.Discover(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -123,6 +137,13 @@ func TestOPCUAIntegration(t *testing.T) {
 	}
 	connect(t, d)
 	read("after the new child connected")
+	// The new child counts from zero; the proxy adds the old one's counts.
+	if got := counter("requests"); got <= firstRequests {
+		t.Errorf("requests = %d after a second child's read, want more than the first child's %d", got, firstRequests)
+	}
+	if got := counter("sessions_created"); got != 2 {
+		t.Errorf("sessions_created = %d over two children, want 2", got)
+	}
 	if err := d.Close(); err != nil {
 		t.Error(err)
 	}

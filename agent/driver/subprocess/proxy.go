@@ -178,7 +178,52 @@ type proxy struct {
 
 	mu sync.Mutex // serialises starting and dropping the child
 	c  *child     // nil before Connect and after Close
+
+	// The driver's counts, as the child reported them with its last read,
+	// on top of what the children before it had counted.
+	countMu  sync.Mutex
+	counts   []driver.Counter
+	countsOf *child
+	base     map[string]uint64
 }
+
+// Counters reports the counts of the child's driver (driver.Reporter) as
+// of the last read, summed over every child this device has had, so a
+// restarted child does not set them back; nil if the driver reports none.
+func (p *proxy) Counters() []driver.Counter {
+	p.countMu.Lock()
+	defer p.countMu.Unlock()
+	if len(p.counts) == 0 {
+		return nil
+	}
+	out := make([]driver.Counter, len(p.counts))
+	for i, c := range p.counts {
+		out[i] = driver.Counter{Name: c.Name, Value: p.base[c.Name] + c.Value}
+	}
+	return out
+}
+
+// noteCounters keeps what child c reported; the first report of a new
+// child moves the previous child's counts into the base.
+func (p *proxy) noteCounters(c *child, cs []driver.Counter) {
+	if cs == nil {
+		return
+	}
+	p.countMu.Lock()
+	defer p.countMu.Unlock()
+	if p.countsOf != c {
+		if p.base == nil {
+			p.base = map[string]uint64{}
+		}
+		for _, old := range p.counts {
+			p.base[old.Name] += old.Value
+		}
+		p.countsOf = c
+	}
+	p.counts = cs
+}
+
+var _ driver.Reporter = (*proxy)(nil)
 
 type discoverProxy struct{ *proxy }
 type commitProxy struct{ *proxy }
@@ -237,6 +282,7 @@ func (p *proxy) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sa
 	if err != nil {
 		return nil, err
 	}
+	p.noteCounters(c, a.counters)
 	return a.samples, nil
 }
 

@@ -20,7 +20,7 @@ import (
 // Version is the protocol version spoken between the agent and its driver
 // host. Both ends are the same binary (the agent re-executes itself), so a
 // mismatch means a broken install, and the handshake says so.
-const Version = 1
+const Version = 2
 
 // MaxFrame is the largest frame either side accepts: 10,000 samples take
 // about 250 kB and a start frame of 10,000 points about 1 MB, so 32 MiB
@@ -321,15 +321,42 @@ func (d *dec) points() []driver.Point {
 	return out
 }
 
+// maxCounters bounds the counters one answer carries.
+const maxCounters = 64
+
+// counters encodes a driver's counts (driver.Reporter): count, then name
+// and value of each.
+func (e *enc) counters(cs []driver.Counter) {
+	e.uvarint(uint64(len(cs)))
+	for _, c := range cs {
+		e.str(c.Name)
+		e.uvarint(c.Value)
+	}
+}
+
+func (d *dec) counters() []driver.Counter {
+	n := d.count("counters", 2)
+	if n > maxCounters {
+		d.fail(fmt.Sprintf("%d counters, more than %d", n, maxCounters))
+		return nil
+	}
+	var out []driver.Counter
+	for range n {
+		out = append(out, driver.Counter{Name: d.str("counter name"), Value: d.uvarint("counter value")})
+	}
+	return out
+}
+
 // answer is a decoded child-to-parent frame.
 type answer struct {
-	typ     byte
-	id      uint64
-	version uint64             // ready
-	caps    uint64             // ready
-	err     error              // error
-	samples []telemetry.Sample // samples
-	points  []driver.Point     // points
+	typ      byte
+	id       uint64
+	version  uint64             // ready
+	caps     uint64             // ready
+	err      error              // error
+	samples  []telemetry.Sample // samples
+	counters []driver.Counter   // samples: the driver's counts after the read
+	points   []driver.Point     // points
 }
 
 // decodeAnswer decodes a frame the child sent.
@@ -346,6 +373,7 @@ func decodeAnswer(body []byte) (answer, error) {
 	case ansOK:
 	case ansSamples:
 		a.samples = d.samples()
+		a.counters = d.counters()
 	case ansPoints:
 		a.points = d.points()
 	default:

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +31,7 @@ func encodeAnswer(a answer) []byte {
 		e.str(a.err.Error())
 	case ansSamples:
 		e.samples(a.samples)
+		e.counters(a.counters)
 	case ansPoints:
 		e.uvarint(uint64(len(a.points)))
 		for _, p := range a.points {
@@ -57,6 +59,8 @@ func TestAnswerRoundTrip(t *testing.T) {
 			{PointID: 1, Time: -1, Value: math.Inf(-1), Status: telemetry.StatusOK},
 			{PointID: 2, Time: 1767323045000, Value: math.Copysign(0, -1), Status: 255},
 		}}},
+		{"samples and counters", answer{typ: ansSamples, id: 6, samples: []telemetry.Sample{{PointID: 7, Time: 8, Value: 9}},
+			counters: []driver.Counter{{Name: "requests", Value: math.MaxUint64}, {Name: driver.GuardRefusals, Value: 0}, {Name: "", Value: 1}}}},
 		{"points", answer{typ: ansPoints, id: 5, points: []driver.Point{
 			{Ref: "ns=2;s=AHU1.SAT", Name: "AHU1 / SAT", Unit: "°C", Description: "supply air", Tags: []string{"ahu", ""}, Interval: -time.Second, Settings: yamlSettings("offset: 1\n")},
 			{ID: 99, Ref: ""},
@@ -86,7 +90,7 @@ func answersEqual(a, b answer) bool {
 			return false
 		}
 	}
-	return reflect.DeepEqual(a.points, b.points)
+	return reflect.DeepEqual(a.points, b.points) && slices.Equal(a.counters, b.counters)
 }
 
 func TestErrorKindsCross(t *testing.T) {
@@ -136,6 +140,7 @@ func TestDecodeAnswerRefuses(t *testing.T) {
 		{"a count the frame cannot hold", []byte{ansSamples, 1, 0xff, 0xff, 0xff, 0xff, 0x07}},
 		{"a string longer than the frame", []byte{ansError, 1, 0, 0xff, 0x01, 'x'}},
 		{"a bad settings flag", append(binary.AppendUvarint([]byte{ansPoints, 1}, 1), 0, 0, 0, 0, 0, 0, 0, 7)},
+		{"more counters than allowed", append(binary.AppendUvarint([]byte{ansSamples, 1, 0}, maxCounters+1), bytes.Repeat([]byte{0, 0}, maxCounters+1)...)},
 		{"an overlong varint", []byte{ansOK, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01}},
 	}
 	for _, tt := range tests {

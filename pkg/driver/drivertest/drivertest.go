@@ -73,6 +73,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Discover", k.discover)
 	t.Run("Commit", k.commit)
 	t.Run("NoWrites", k.noWrites)
+	t.Run("Counters", k.counters)
 }
 
 type kit struct{ h Harness }
@@ -355,4 +356,59 @@ func (k kit) noWrites(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	k.checkWrites(t)
+}
+
+// counters checks a driver.Reporter: Counters answers before Connect,
+// while connected and after Close; names are non-empty and distinct and,
+// when there are any, include driver.GuardRefusals; values never go down;
+// and the guard refused nothing while the kit read.
+func (k kit) counters(t *testing.T) {
+	d, points := k.h.New(t)
+	if d == nil {
+		t.Fatal("Harness.New returned a nil driver")
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	r, ok := d.(driver.Reporter)
+	if !ok {
+		t.Skip("driver does not implement driver.Reporter")
+	}
+	check := func(when string, prev map[string]uint64) map[string]uint64 {
+		t.Helper()
+		got := map[string]uint64{}
+		for _, c := range r.Counters() {
+			if c.Name == "" {
+				t.Errorf("%s: a counter without a name: %+v", when, c)
+			}
+			if _, dup := got[c.Name]; dup {
+				t.Errorf("%s: counter %q twice", when, c.Name)
+			}
+			got[c.Name] = c.Value
+			if c.Value < prev[c.Name] {
+				t.Errorf("%s: counter %q went down from %d to %d", when, c.Name, prev[c.Name], c.Value)
+			}
+		}
+		// None at all is a wrapper whose inner driver keeps no counts, or
+		// one that learns them with the first read.
+		if _, ok := got[driver.GuardRefusals]; !ok && len(got) > 0 {
+			t.Errorf("%s: no %q counter in %v", when, driver.GuardRefusals, got)
+		}
+		return got
+	}
+	seen := check("before Connect", nil)
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	for i := range 2 {
+		if _, err := d.Read(t.Context(), points); err != nil {
+			t.Fatalf("Read %d: %v", i+1, err)
+		}
+		seen = check(fmt.Sprintf("after read %d", i+1), seen)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	seen = check("after Close", seen)
+	if n := seen[driver.GuardRefusals]; n != 0 {
+		t.Errorf("the guard refused %d requests while the kit only read", n)
+	}
 }
