@@ -19,7 +19,7 @@ import (
 // instead of 24 batch blobs.
 func benchArchive(b *testing.B, compacted bool) (*blob.Dir, []*batch.Batch, int) {
 	b.Helper()
-	dir, batches, n := writeDays(b, 1)
+	dir, batches, n := writeDays(b, 1, 500)
 	if compacted {
 		day := time.UnixMilli(batches[0].Samples[0].Time)
 		if _, err := compact.New(dir, compact.Options{}).Day(context.Background(), tenant, "s1", day); err != nil {
@@ -64,10 +64,10 @@ func BenchmarkRebuild(b *testing.B) {
 	}
 }
 
-// writeDays writes days of 500 points at one sample a minute, as hourly
+// writeDays writes days of points at one sample a minute, as hourly
 // batches of one agent, into a new directory archive; it returns the
 // batches too.
-func writeDays(t testing.TB, days int) (*blob.Dir, []*batch.Batch, int) {
+func writeDays(t testing.TB, days, points int) (*blob.Dir, []*batch.Batch, int) {
 	t.Helper()
 	ctx := context.Background()
 	dir, err := blob.OpenDir(t.TempDir())
@@ -78,8 +78,8 @@ func writeDays(t testing.TB, days int) (*blob.Dir, []*batch.Batch, int) {
 	n := 0
 	var batches []*batch.Batch
 	for h := range days * 24 {
-		smp := make([]telemetry.Sample, 0, 500*60)
-		for p := range 500 {
+		smp := make([]telemetry.Sample, 0, points*60)
+		for p := range points {
 			for m := range 60 {
 				smp = append(smp, telemetry.Sample{PointID: uint64(0x10000 + p), Time: start.Add(time.Duration(h)*time.Hour + time.Duration(m)*time.Minute).UnixMilli(),
 					Value: float64((p*m)%100) / 3})
