@@ -112,6 +112,7 @@ const (
 	simPort      = 1502
 	pymodbusPort = 1503
 	bacnetPort   = 47808
+	opcuaPort    = 4840
 	ingestPort   = 8443
 )
 
@@ -156,6 +157,11 @@ func TestIsolationIntegration(t *testing.T) {
 	t.Cleanup(func() { relay.Close() })
 	peers := filepath.Join(repoRoot(t), "testdata", "peers")
 	pymodbus := l.start(ctx, l.control, "pymodbus", "LISTENING", "/usr/bin/python3", filepath.Join("testdata", "pymodbus_at.py"), deviceAddr, fmt.Sprint(pymodbusPort), peers)
+	// The independent OPC UA server (node-opcua) on the control subnet.
+	// The agent reads it through a driver-host child, whose connection
+	// must leave by ctl0 too.
+	opcuaPeer := l.start(ctx, l.control, "opcua-peer", "READY", "node", filepath.Join(peers, "opcua_server.js"),
+		"--host", deviceAddr, "--port", fmt.Sprint(opcuaPort), "--pki", filepath.Join(dir, "opcua-peer-pki"), "--exit-with-stdin")
 	// The independent BACnet device (node, @bacnet-js/client). It answers
 	// Who-Is with an I-Am to the limited broadcast 255.255.255.255, as the
 	// library does by default and many devices do, which stays inside the
@@ -220,9 +226,17 @@ devices:
     points:
       - {ref: analog-input:0}
       - {ref: binary-input:0}
+  - name: scada
+    driver: opcua
+    interval: 1s
+    settings: {endpoint: "opc.tcp://%s:%d", security_policy: Basic256Sha256, security_mode: SignAndEncrypt, local_address: %s}
+    points:
+      - {ref: "ns=2;s=AHU1.FanSpeed"}
+      - {ref: "ns=2;s=AHU1.SupplyAirTemp"}
 `, agentDir, controlIf, controlAddr, uplinkIf, ingestAddr, ingestPort, uplinkAddr,
 		deviceAddr, simPort, controlAddr, deviceAddr, pymodbusPort, controlAddr,
-		deviceAddr, bacnetPort, controlAddr, bacnetPort))
+		deviceAddr, bacnetPort, controlAddr, bacnetPort,
+		deviceAddr, opcuaPort, controlAddr))
 
 	t.Run("refuses to start while forwarding", func(t *testing.T) {
 		for _, key := range []string{"net.ipv4.conf." + controlIf + ".forwarding", "net.ipv4.ip_forward"} {
@@ -261,6 +275,7 @@ devices:
 			fmt.Sprintf("host: \"%s:%d\"", deviceAddr, pymodbusPort),
 			"local_address: " + controlAddr,
 			"device_instance: 4242",
+			fmt.Sprintf("opc.tcp://%s:%d", deviceAddr, opcuaPort),
 		} {
 			if !strings.Contains(string(b), want) {
 				t.Errorf("the discovered config lacks %q:\n%s\n%s", want, b, stdout)
@@ -321,7 +336,7 @@ devices:
 
 	t.Run("check says go on every line the lab controls", func(t *testing.T) {
 		rep := runCheck(t, l, agentBin, agentCfg)
-		for _, check := range []string{"control interface", "uplink interface", "forwarding", "outbound https", "mtls handshake", "clock skew", "certificate", "disk space", "device meter", "device peer", "device vav"} {
+		for _, check := range []string{"control interface", "uplink interface", "forwarding", "outbound https", "mtls handshake", "clock skew", "certificate", "disk space", "device meter", "device peer", "device vav", "device scada"} {
 			if r := rep[check]; r.Result != "ok" {
 				t.Errorf("check %s = %s %q, want ok", check, r.Result, r.Detail)
 			}
@@ -432,6 +447,7 @@ devices:
 		sim.Close()
 		pymodbus.stop(syscall.SIGTERM)
 		bacnetPeer.stop(syscall.SIGTERM)
+		opcuaPeer.stop(syscall.SIGTERM)
 		var final daemon.Status
 		stableSince, last := time.Time{}, uint64(0)
 		eventually(t, 90*time.Second, "reads stopped and the buffer drained", func() (bool, string) {
@@ -591,6 +607,7 @@ func checkAgentSockets(t *testing.T, pid int, statusSock string) {
 	if toDevice != 2 || toIngest < 1 || bacnetSockets != 1 || limitedSockets != 1 {
 		t.Errorf("want one connection to each of the 2 Modbus devices from %s, one or more to the ingest from %s, one BACnet socket on %s:%d and one receive-only on 255.255.255.255:%d; have %d, %d, %d and %d: %v", controlAddr, uplinkAddr, controlAddr, bacnetPort, bacnetPort, toDevice, toIngest, bacnetSockets, limitedSockets, socks)
 	}
+	checkChildSockets(t, pid)
 	// /proc/net/udp writes the address as the kernel's little-endian word.
 	ip := netip.MustParseAddr(controlAddr).As4()
 	bacnetHex := fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], bacnetPort)
@@ -614,6 +631,67 @@ func checkAgentSockets(t *testing.T, pid int, statusSock string) {
 		}
 	}
 	t.Logf("agent sockets: %v", socks)
+}
+
+// checkChildSockets holds the agent's children — the OPC UA driver host —
+// to the same rule: their only inet sockets are connections from the
+// control address, bound to ctl0, to the OPC UA server.
+func checkChildSockets(t *testing.T, pid int) {
+	t.Helper()
+	children, err := childPIDs(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	toServer := 0
+	for _, c := range children {
+		socks, err := processSockets(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range socks {
+			switch s.Family {
+			case "inet", "inet6":
+				switch {
+				case s.Type == "stream" && !s.Listen && s.State == "ESTABLISHED" && s.Local.Addr().String() == controlAddr &&
+					s.Remote == netip.AddrPortFrom(netip.MustParseAddr(deviceAddr), opcuaPort):
+					toServer++
+					if s.Device != controlIf {
+						t.Errorf("the driver host's connection is not bound to the control NIC %s (SO_BINDTODEVICE): %s", controlIf, s)
+					}
+				default:
+					t.Errorf("unexpected socket in the agent's child %d: %s", c, s)
+				}
+			case "netlink":
+			default:
+				t.Errorf("unexpected socket in the agent's child %d: %s", c, s)
+			}
+		}
+		t.Logf("driver host %d sockets: %v", c, socks)
+	}
+	if toServer != 1 {
+		t.Errorf("want one connection from a driver host child to the OPC UA server at %s:%d from %s; have %d (children %v)", deviceAddr, opcuaPort, controlAddr, toServer, children)
+	}
+}
+
+// childPIDs lists the processes pid started that still run.
+func childPIDs(pid int) ([]int, error) {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		if err != nil {
+			continue // the thread ended meanwhile
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out, nil
 }
 
 // noConnection dials each target from ns and fails on any success.

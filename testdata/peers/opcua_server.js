@@ -1,11 +1,12 @@
 // An OPC UA server written with node-opcua (someone else's stack) that
 // Sightglass's OPC UA driver tests talk to. It serves a small building on
-// 127.0.0.1 only, with changing values, a folder tree, engineering units
+// 127.0.0.1 only (or --host, which only the namespace test gives, for an
+// address inside the network namespace it made), with changing values, a folder tree, engineering units
 // and history on Plant.ChilledWaterSupplyTemp, and it prints every service
 // request it receives as "SERVICE <name>" on stdout so a test can assert
 // that only reads arrived.
 //
-// Usage: node opcua_server.js --port N --pki DIR [--max-nodes-per-read N]
+// Usage: node opcua_server.js --port N --pki DIR [--host IP] [--max-nodes-per-read N]
 //        [--zones N] [--exit-with-stdin]
 // It prints "READY <port> <endpoint>" once it listens. Users: anonymous,
 // username "reader" with password "secret", or any X.509 user certificate
@@ -30,6 +31,7 @@ function arg(name, def) {
 }
 
 const port = parseInt(arg("port", "0"), 10);
+const host = arg("host", "127.0.0.1");
 const pki = arg("pki", path.join(__dirname, ".opcua-pki"));
 const maxNodesPerRead = parseInt(arg("max-nodes-per-read", "50"), 10);
 const zones = parseInt(arg("zones", "4"), 10);
@@ -51,8 +53,8 @@ async function main() {
   await userCertificateManager.initialize();
 
   const server = new OPCUAServer({
-    host: "127.0.0.1", // without it node-opcua listens on every interface
-    hostname: "127.0.0.1",
+    host, // without it node-opcua listens on every interface
+    hostname: host,
     port,
     serverCertificateManager,
     userCertificateManager,
