@@ -6,13 +6,15 @@ import (
 
 	agentconfig "github.com/sightglass-bms/sightglass/agent/config"
 	ingestconfig "github.com/sightglass-bms/sightglass/ingest/config"
+
+	"github.com/sightglass-bms/sightglass/pkg/repotest"
 )
 
 // The configs the packages install must load as they are, so a fresh
 // install fails on enrollment or on the installer's edits, never on our
 // own example.
 func TestInstalledConfigsLoad(t *testing.T) {
-	root := repoRoot(t)
+	root := repotest.Root(t)
 	if _, err := agentconfig.Load(filepath.Join(root, "configs", "agent.example.yaml")); err != nil {
 		t.Errorf("the agent package installs configs/agent.example.yaml, which does not load: %v", err)
 	}

@@ -15,31 +15,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/sightglass-bms/sightglass/pkg/repotest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 // names are the packages `make package` builds.
 var names = []string{"agent", "ingest"}
-
-// repoRoot walks up from the test's directory to go.mod.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test's directory")
-		}
-		dir = parent
-	}
-}
 
 // need skips the test when tool is missing, unless CI is set: CI must
 // never skip silently.
@@ -94,7 +77,7 @@ func debs(t *testing.T) map[string]string {
 	}
 	need(t, "dpkg-deb", "dpkg")
 	buildOnce.Do(func() {
-		root := repoRoot(t)
+		root := repotest.Root(t)
 		out := filepath.Join(os.TempDir(), fmt.Sprintf("sightglass-pkg-%d", os.Getpid()))
 		os.RemoveAll(out)
 		cmd := exec.Command("make", "-s", "package", "PKG_ARCHES="+runtime.GOARCH, "PKG_DIR="+out, "PKG_VERSION=0.0.0~test")

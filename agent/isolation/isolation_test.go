@@ -21,6 +21,7 @@ import (
 	"github.com/sightglass-bms/sightglass/agent/daemon"
 	"github.com/sightglass-bms/sightglass/agent/driver/modbus"
 	"github.com/sightglass-bms/sightglass/pkg/demo"
+	"github.com/sightglass-bms/sightglass/pkg/repotest"
 	modbussim "github.com/sightglass-bms/sightglass/pkg/sim/modbus"
 )
 
@@ -63,7 +64,7 @@ func requireLab(t *testing.T) {
 	}
 	if _, err := exec.LookPath("node"); err != nil {
 		missing = append(missing, "node")
-	} else if _, err := os.Stat(filepath.Join(repoRoot(t), "testdata", "peers", "node_modules", "@bacnet-js", "client")); err != nil {
+	} else if _, err := os.Stat(filepath.Join(repotest.Root(t), "testdata", "peers", "node_modules", "@bacnet-js", "client")); err != nil {
 		missing = append(missing, "@bacnet-js/client (npm ci --prefix testdata/peers)")
 	}
 	if out, err := exec.Command("/usr/bin/python3", "-c", "import pymodbus").CombinedOutput(); err != nil {
@@ -76,20 +77,6 @@ func requireLab(t *testing.T) {
 		t.Fatalf("the isolation proof cannot run in CI: missing %s (.ci/run installs iproute2, nftables and python3-pymodbus; CI runs as root)", strings.Join(missing, ", "))
 	}
 	t.Skipf("needs %s", strings.Join(missing, ", "))
-}
-
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, _ := os.Getwd()
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		if filepath.Dir(dir) == dir {
-			t.Fatal("no go.mod above the test")
-		}
-		dir = filepath.Dir(dir)
-	}
 }
 
 // eventually polls cond every 100ms until it holds or d passes.
@@ -155,7 +142,7 @@ func TestIsolationIntegration(t *testing.T) {
 	// control namespace's loopback: a relay there puts it on the subnet.
 	relay := l.relay(fmt.Sprintf("%s:%d", deviceAddr, simPort), sim.Addr(), l.control)
 	t.Cleanup(func() { relay.Close() })
-	peers := filepath.Join(repoRoot(t), "testdata", "peers")
+	peers := filepath.Join(repotest.Root(t), "testdata", "peers")
 	pymodbus := l.start(ctx, l.control, "pymodbus", "LISTENING", "/usr/bin/python3", filepath.Join("testdata", "pymodbus_at.py"), deviceAddr, fmt.Sprint(pymodbusPort), peers)
 	// The independent OPC UA server (node-opcua) on the control subnet.
 	// The agent reads it through a driver-host child, whose connection
@@ -795,7 +782,7 @@ func checkFirewall(t *testing.T, l *lab, archived func() int) {
 		t.Fatal("without the firewall, a datagram from cloud to the control address should arrive (the check could not fail otherwise)")
 	}
 
-	rules, err := os.ReadFile(filepath.Join(repoRoot(t), "packaging", "nftables", "sightglass.nft"))
+	rules, err := os.ReadFile(filepath.Join(repotest.Root(t), "packaging", "nftables", "sightglass.nft"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/sightglass-bms/sightglass/agent/driver/modbus"
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 	"github.com/sightglass-bms/sightglass/pkg/driver/drivertest"
+	"github.com/sightglass-bms/sightglass/pkg/repotest"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
 
@@ -76,24 +77,6 @@ func (p *pyPeer) waitRequests(t *testing.T, n int) []pyRequest {
 	}
 }
 
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test's directory")
-		}
-		dir = parent
-	}
-}
-
 // startPyPeer starts the pymodbus peer, skipping (or failing under CI)
 // when pymodbus is missing.
 func startPyPeer(t *testing.T) *pyPeer {
@@ -109,7 +92,7 @@ func startPyPeer(t *testing.T) *pyPeer {
 		}
 		t.Skip(msg)
 	}
-	cmd := exec.Command(python, filepath.Join(repoRoot(t), "testdata", "peers", "modbus_server.py"))
+	cmd := exec.Command(python, filepath.Join(repotest.Root(t), "testdata", "peers", "modbus_server.py"))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/repotest"
 )
 
 // peer is a node-opcua server (testdata/peers/opcua_server.js) in a child
@@ -36,32 +38,13 @@ type peerOptions struct {
 	Zones           int // zones with one variable each; default 4
 }
 
-// repoRoot walks up from the package to go.mod.
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the package")
-		}
-		dir = parent
-	}
-}
-
 // needPeer skips (or, under CI, fails) when node or node-opcua is missing.
 func needPeer(t testing.TB) (node, script string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a node-opcua server; skipped under -short")
 	}
-	root := repoRoot(t)
+	root := repotest.Root(t)
 	script = filepath.Join(root, "testdata", "peers", "opcua_server.js")
 	missing := ""
 	node, err := exec.LookPath("node")

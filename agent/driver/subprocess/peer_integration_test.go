@@ -16,6 +16,7 @@ import (
 	"github.com/sightglass-bms/sightglass/agent/driver/opcua"
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 	"github.com/sightglass-bms/sightglass/pkg/driver/drivertest"
+	"github.com/sightglass-bms/sightglass/pkg/repotest"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
 
@@ -31,20 +32,7 @@ type nodePeer struct {
 
 func startNodePeer(t *testing.T) *nodePeer {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		if filepath.Dir(dir) == dir {
-			t.Fatal("go.mod not found above the package")
-		}
-		dir = filepath.Dir(dir)
-	}
-	peers := filepath.Join(dir, "testdata", "peers")
+	peers := repotest.Peers(t)
 	node, err := exec.LookPath("node")
 	missing := ""
 	if err != nil {

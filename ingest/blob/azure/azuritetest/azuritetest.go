@@ -21,7 +21,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -43,6 +42,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 
 	"github.com/sightglass-bms/sightglass/ingest/blob/azure"
+	"github.com/sightglass-bms/sightglass/pkg/repotest"
 )
 
 // Options choose how Azurite runs.
@@ -75,25 +75,6 @@ type Server struct {
 	done    chan struct{}
 }
 
-// RepoRoot is the directory holding go.mod, found by walking up from the
-// working directory.
-func RepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
-
 // missing skips the test when a peer is absent, unless CI is set: CI must
 // never skip silently.
 func missing(t testing.TB, format string, args ...any) {
@@ -111,11 +92,7 @@ func Start(t testing.TB, o Options) *Server {
 	if o.OAuth && !o.TLS {
 		t.Fatal("azuritetest: Azurite accepts OAuth only over HTTPS: set TLS too")
 	}
-	root, err := RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(root, "testdata", "peers", "node_modules", ".bin", "azurite-blob")
+	bin := filepath.Join(repotest.Peers(t), "node_modules", ".bin", "azurite-blob")
 	if _, err := os.Stat(bin); err != nil {
 		missing(t, "Azurite is not installed at %s", bin)
 	}
@@ -134,6 +111,7 @@ func Start(t testing.TB, o Options) *Server {
 	}
 	if o.TLS {
 		s.certDir = filepath.Join(tmp, "tls")
+		var err error
 		if s.roots, err = writeCertificate(s.certDir); err != nil {
 			t.Fatal(err)
 		}

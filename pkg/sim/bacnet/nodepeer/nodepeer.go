@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/repotest"
 )
 
 // Peer is a running node BACnet device.
@@ -49,7 +51,7 @@ var reads = []string{"whoIs", "whoHas", "readProperty", "readPropertyMultiple", 
 // Flags are passed to the script, e.g. "--iam", "broadcast".
 func Start(t testing.TB, iface string, device int, flags ...string) *Peer {
 	t.Helper()
-	dir := peersDir(t)
+	dir := repotest.Peers(t)
 	node, err := exec.LookPath("node")
 	if err == nil {
 		_, err = os.Stat(filepath.Join(dir, "node_modules", "@bacnet-js", "client"))
@@ -142,21 +144,6 @@ func Start(t testing.TB, iface string, device int, flags ...string) *Peer {
 		t.Fatal("the node BACnet peer did not start listening within 15s")
 	}
 	return p
-}
-
-func peersDir(t testing.TB) string {
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for d := wd; ; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return filepath.Join(d, "testdata", "peers")
-		}
-		if filepath.Dir(d) == d {
-			t.Fatal("no go.mod above the test's directory")
-		}
-	}
 }
 
 // Services lists the services received, in order, once every datagram
