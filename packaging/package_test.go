@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -284,5 +285,64 @@ func TestPostinstRefusesUnknownPackage(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "unknown package") {
 		t.Fatalf("postinst for another package: err %v, output %q: want a refusal", err, out)
+	}
+}
+
+// TestAgentSyscallsAllowed expands the agent unit's SystemCallFilter with
+// systemd's own group lists and checks that it allows what the agent needs
+// beyond ordinary I/O: starting and reaping its OPC UA driver host
+// (clone/clone3, execve, prctl for the parent-death signal, wait4/waitid,
+// kill), the pipes to it (pipe2, dup3), and binding sockets to their NIC
+// (setsockopt with SO_BINDTODEVICE). A tightened filter would otherwise
+// only show on a real box, as EPERM.
+func TestAgentSyscallsAllowed(t *testing.T) {
+	analyze := need(t, "systemd-analyze", "systemd")
+	var allow, deny []string
+	for _, l := range unitLines(t, filepath.Join("systemd", "sightglass-agent.service")) {
+		v, ok := strings.CutPrefix(l, "SystemCallFilter=")
+		if !ok {
+			continue
+		}
+		if rest, neg := strings.CutPrefix(v, "~"); neg {
+			deny = append(deny, strings.Fields(rest)...)
+		} else {
+			allow = append(allow, strings.Fields(v)...)
+		}
+	}
+	if len(allow) == 0 {
+		t.Fatal("the agent unit has no SystemCallFilter allow list")
+	}
+	var expand func(names []string) map[string]bool
+	expand = func(names []string) map[string]bool {
+		set := map[string]bool{}
+		for _, n := range names {
+			if !strings.HasPrefix(n, "@") {
+				set[n] = true
+				continue
+			}
+			out, err := exec.CommandContext(t.Context(), analyze, "syscall-filter", "--no-pager", n).Output()
+			if err != nil {
+				t.Fatalf("systemd-analyze syscall-filter %s: %v", n, err)
+			}
+			for l := range strings.Lines(string(out)) {
+				l = strings.TrimSpace(l)
+				if l == "" || strings.HasPrefix(l, "#") || l == n {
+					continue
+				}
+				// Nested groups are listed by name and expanded too.
+				if strings.HasPrefix(l, "@") {
+					maps.Copy(set, expand([]string{l}))
+					continue
+				}
+				set[l] = true
+			}
+		}
+		return set
+	}
+	allowed, denied := expand(allow), expand(deny)
+	for _, sc := range []string{"execve", "clone", "clone3", "prctl", "wait4", "waitid", "kill", "pipe2", "dup3", "setsockopt", "getsockopt", "socket", "bind", "connect"} {
+		if !allowed[sc] || denied[sc] {
+			t.Errorf("the agent unit's SystemCallFilter does not allow %s (allowed by %v: %v, denied by %v: %v)", sc, allow, allowed[sc], deny, denied[sc])
+		}
 	}
 }
