@@ -53,7 +53,7 @@ type Options struct {
 	// names and deduplicates batches by agent and sequence number, so a
 	// buffer that replaces a lost or damaged one must not number from 1
 	// again: its batches would collide with ones the ingest already holds
-	// and be refused. The agent passes the time in microseconds, which
+	// and be refused. The agent passes the time in milliseconds, which
 	// grows faster than any buffer seals batches.
 	FirstSeq uint64
 }

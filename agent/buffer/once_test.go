@@ -125,7 +125,7 @@ func TestFirstSeq(t *testing.T) {
 	}{
 		{"default", 0, 1},
 		{"one", 1, 1},
-		{"microseconds", 1_764_582_400_000_000, 1_764_582_400_000_000},
+		{"milliseconds", 1_764_582_400_000, 1_764_582_400_000},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -69,8 +69,8 @@ func TestFirstSeq(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := firstSeq(tt.now, tt.cert); got != uint64(tt.want.UnixMicro()) {
-				t.Errorf("firstSeq = %d, want %d", got, tt.want.UnixMicro())
+			if got := firstSeq(tt.now, tt.cert); got != uint64(tt.want.UnixMilli()) {
+				t.Errorf("firstSeq = %d, want %d", got, tt.want.UnixMilli())
 			}
 		})
 	}
@@ -103,8 +103,10 @@ func TestReplacedBufferNumbersAbove(t *testing.T) {
 	if err := os.WriteFile(path, []byte("damaged"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// The replacement is opened a moment later, as a restart is.
-	b, err := openBuffer(path, buffer.Options{FirstSeq: firstSeq(time.Now(), nil)}, log)
+	// The old buffer sealed at most one batch per tick, and ticks are
+	// 100 ms apart at the shortest (uplink.batch_interval): its 50 batches
+	// took 5 s at least, after which the replacement starts.
+	b, err := openBuffer(path, buffer.Options{FirstSeq: firstSeq(t0.Add(50*100*time.Millisecond), nil)}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -209,21 +209,26 @@ func floorDiv(a, b int64) int64 {
 	return q
 }
 
-// benchBatch wraps a window in a realistic header: ids as the ingest
-// issues them, a sequence number and the agent's health.
-func benchBatch(samples []telemetry.Sample, seq uint64) *Batch {
+// benchFirstSeq is where a real agent's sequence numbers start: a new
+// buffer numbers from the time in milliseconds (agent/daemon), so the
+// header carries a 6-byte varint, not the 1 or 2 bytes of a count from 1.
+const benchFirstSeq = 1_764_582_400_000
+
+// benchBatch wraps window n in a realistic header: ids as the ingest
+// issues them, the agent's sequence number and health.
+func benchBatch(samples []telemetry.Sample, n uint64) *Batch {
 	end := samples[len(samples)-1].Time
 	return &Batch{
 		Header: Header{
 			AgentID: "ag-5f2c9d1e",
 			Site:    "st-71b3a0",
-			Seq:     seq,
+			Seq:     benchFirstSeq + n,
 			SentAt:  end + 1200,
 			Health: Health{
-				BufferBytes:   65536 + 37*seq,
-				PollErrors:    seq / 97,
+				BufferBytes:   65536 + 37*n,
+				PollErrors:    n / 97,
 				DevicesUp:     3,
-				UptimeSeconds: 3600 + 900*seq,
+				UptimeSeconds: 3600 + 900*n,
 			},
 		},
 		Samples: samples,
