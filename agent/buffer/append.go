@@ -200,9 +200,14 @@ func (b *Buffer) commitAppends(group []*appendReq) error {
 // restart after a crash), so this is far more than enough.
 const maxMarks = 4096
 
+// markCheck is how often (in records) putMark counts the marks.
+const markCheck = 64
+
 // putMark records mark with the number of the record it comes with and
 // reports whether it was there already. Past maxMarks it forgets the
-// oldest half: record numbers only grow, so they order marks by age.
+// oldest half: record numbers only grow, so they order marks by age. Every
+// read of a driver.Committer is marked (the BACnet driver's live reads
+// too), so this runs on the polling path and must stay cheap.
 func putMark(tx *bolt.Tx, mark []byte, rec uint64) (dup bool, err error) {
 	mb, err := tx.CreateBucketIfNotExists(bMarks)
 	if err != nil {
@@ -214,8 +219,12 @@ func putMark(tx *bolt.Tx, mark []byte, rec uint64) (dup bool, err error) {
 	if err := mb.Put(mark, u64key(rec)); err != nil {
 		return false, err
 	}
-	if n := mb.Stats().KeyN; n > maxMarks {
-		return false, forgetOldestMarks(mb, n-maxMarks/2)
+	// Counting walks the bucket, so it is done every markCheck records
+	// only: the bucket holds at most maxMarks+markCheck marks.
+	if rec%markCheck == 0 {
+		if n := mb.Stats().KeyN; n > maxMarks {
+			return false, forgetOldestMarks(mb, n-maxMarks/2)
+		}
 	}
 	return false, nil
 }

@@ -98,7 +98,7 @@ func TestMarksBounded(t *testing.T) {
 	ctx := context.Background()
 	b := openT(t, tempPath(t), Options{NoSync: true})
 	defer b.Close()
-	for i := range maxMarks + 10 {
+	for i := range maxMarks + markCheck + 10 {
 		if _, err := b.AppendOnce(ctx, []byte(fmt.Sprint("mark-", i)), mkSamples(i, 1)); err != nil {
 			t.Fatal(err)
 		}
@@ -106,7 +106,7 @@ func TestMarksBounded(t *testing.T) {
 	for _, tc := range []struct {
 		i       int
 		wantDup bool
-	}{{0, false}, {maxMarks + 9, true}, {maxMarks, true}} {
+	}{{0, false}, {maxMarks + markCheck + 9, true}, {maxMarks + markCheck, true}} {
 		dup, err := b.AppendOnce(ctx, []byte(fmt.Sprint("mark-", tc.i)), mkSamples(tc.i, 1))
 		if err != nil || dup != tc.wantDup {
 			t.Errorf("mark %d: dup %v, %v; want %v", tc.i, dup, err, tc.wantDup)
