@@ -76,6 +76,8 @@ type checkFacts struct {
 	getenv   func(string) string
 	// bacnetProbe asks one BACnet device for its object name, read-only.
 	bacnetProbe func(ctx context.Context, local, broadcast, address string, instance uint32, timeout time.Duration) (string, error)
+	// bindNIC reports whether a socket can be bound to an interface.
+	bindNIC func(ifname string) error
 }
 
 func realFacts() checkFacts {
@@ -96,6 +98,7 @@ func realFacts() checkFacts {
 		now:         time.Now,
 		getenv:      os.Getenv,
 		bacnetProbe: probeBACnet,
+		bindNIC:     nicbind.Probe,
 	}
 }
 
@@ -107,8 +110,8 @@ func newCheckCmd() *cobra.Command {
 		Use:   "check",
 		Short: "Preflight the box: NICs, forwarding, routes, DNS, time, ingest, certificate, disk, devices",
 		Long: `check says whether this box is ready to run the agent (go) or not (no-go),
-with a reason on every line: both interfaces present with their addresses, no
-IP forwarding between them, no default route on the control side, DNS and time
+with a reason on every line: both interfaces present with their addresses,
+sockets bindable to each of them (SO_BINDTODEVICE), no IP forwarding between them, no default route on the control side, DNS and time
 sync on the uplink side, the clock against the ingest's, outbound HTTPS and the
 mTLS handshake to the ingest (through HTTPS_PROXY when set), the certificate's
 validity and days to expiry, disk space for the buffer, and every configured
@@ -254,6 +257,20 @@ func (c *checker) checkNetwork() {
 		}
 		c.add("uplink interface", checkOK, "%s up with %s", up.Name, prefixes(up))
 	}
+	c.checkBinding(n.Control.Interface, n.Uplink.Interface)
+}
+
+// checkBinding says whether the agent can bind its sockets to each NIC
+// (every control-side socket to the control NIC, the uplink to the uplink
+// NIC): without it the agent's connections fail.
+func (c *checker) checkBinding(ifnames ...string) {
+	for _, name := range ifnames {
+		if err := c.f.bindNIC(name); err != nil {
+			c.add("nic binding", checkFail, "%v: upgrade the kernel, or grant the agent CAP_NET_RAW (AmbientCapabilities= in its unit)", err)
+			return
+		}
+	}
+	c.add("nic binding", checkOK, "sockets can be bound to %s (SO_BINDTODEVICE), so neither side's traffic can use the other's NIC", strings.Join(ifnames, " and "))
 }
 
 func (c *checker) checkForwarding() {

@@ -99,6 +99,7 @@ func goodFacts() checkFacts {
 		bacnetProbe: func(context.Context, string, string, string, uint32, time.Duration) (string, error) {
 			return "", errors.New("no bacnet in this test")
 		},
+		bindNIC: func(string) error { return nil },
 	}
 }
 
@@ -162,6 +163,15 @@ func TestCheckSystemFacts(t *testing.T) {
 		{"no default route at all", func(f *checkFacts) {
 			f.procNet = fstest.MapFS{"route": {Data: []byte("Iface\tDestination\n")}}
 		}, "control default route", checkWarn, "up0 has none either"},
+		{"nic binding", nil, "nic binding", checkOK, "ctl0 and up0"},
+		{"nic binding refused", func(f *checkFacts) {
+			f.bindNIC = func(name string) error {
+				if name == "up0" {
+					return errors.New("binding a socket to interface up0: operation not permitted")
+				}
+				return nil
+			}
+		}, "nic binding", checkFail, "up0: operation not permitted: upgrade the kernel"},
 		{"time synchronised", nil, "time sync", checkOK, "fake"},
 		{"time not synchronised", func(f *checkFacts) {
 			f.timeSync = func() (bool, string, error) { return false, "adjtimex", nil }

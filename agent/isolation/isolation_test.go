@@ -323,7 +323,7 @@ devices:
 
 	t.Run("check says go on every line the lab controls", func(t *testing.T) {
 		rep := runCheck(t, l, agentBin, agentCfg)
-		for _, check := range []string{"control interface", "uplink interface", "forwarding", "outbound https", "mtls handshake", "clock skew", "certificate", "disk space", "device meter", "device peer", "device vav", "device scada"} {
+		for _, check := range []string{"control interface", "uplink interface", "nic binding", "forwarding", "outbound https", "mtls handshake", "clock skew", "certificate", "disk space", "device meter", "device peer", "device vav", "device scada"} {
 			if r := rep[check]; r.Result != "ok" {
 				t.Errorf("check %s = %s %q, want ok", check, r.Result, r.Detail)
 			}

@@ -95,6 +95,22 @@ func ForAddress(ip netip.Addr, next func(network, address string, rc syscall.Raw
 	return Control(ifname, next), nil
 }
 
+// Probe reports whether a socket can be bound to the interface ifname here:
+// it makes an unbound, unconnected UDP socket, binds it to the device and
+// closes it, so nothing listens even for a moment. It fails on kernels
+// before 5.7 without CAP_NET_RAW, and for an interface that does not exist.
+func Probe(ifname string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("binding a socket to interface %s: making the socket: %w", ifname, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.BindToDevice(fd, ifname); err != nil {
+		return fmt.Errorf("binding a socket to interface %s (SO_BINDTODEVICE; Linux 5.7 or later, or CAP_NET_RAW): %w", ifname, err)
+	}
+	return nil
+}
+
 // Device returns the interface conn's socket is bound to, "" if none.
 func Device(conn syscall.Conn) (string, error) {
 	rc, err := conn.SyscallConn()

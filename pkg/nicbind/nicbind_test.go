@@ -117,3 +117,12 @@ func TestControlUnknownInterface(t *testing.T) {
 		t.Errorf("error does not name the interface: %v", err)
 	}
 }
+
+func TestProbe(t *testing.T) {
+	if err := Probe("lo"); err != nil {
+		t.Errorf("Probe(lo) = %v", err)
+	}
+	if err := Probe("nosuchnic0"); err == nil || !strings.Contains(err.Error(), "nosuchnic0") {
+		t.Errorf("Probe of a missing interface = %v, want an error naming it", err)
+	}
+}
