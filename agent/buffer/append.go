@@ -21,7 +21,11 @@ type appendReq struct {
 	at   int64
 	mark []byte // nil unless AppendOnce
 	dup  bool   // set by the committer: mark was held already, rec not stored
-	done chan error
+	// stateKey and state, when stateKey is set, are stored with the record
+	// (AppendState).
+	stateKey string
+	state    []byte
+	done     chan error
 }
 
 // Append stores samples as one pending record. When it returns nil the
@@ -33,7 +37,7 @@ type appendReq struct {
 // even if ctx is cancelled, so that a nil error always means stored and an
 // error (almost always) means not stored.
 func (b *Buffer) Append(ctx context.Context, samples []telemetry.Sample) error {
-	_, err := b.appendMarked(ctx, nil, samples)
+	_, err := b.appendMarked(ctx, nil, "", nil, samples)
 	return err
 }
 
@@ -49,10 +53,48 @@ func (b *Buffer) AppendOnce(ctx context.Context, mark []byte, samples []telemetr
 	if len(mark) == 0 {
 		return false, fmt.Errorf("appending %d samples to buffer: empty mark (use Append for data without one)", len(samples))
 	}
-	return b.appendMarked(ctx, mark, samples)
+	return b.appendMarked(ctx, mark, "", nil, samples)
 }
 
-func (b *Buffer) appendMarked(ctx context.Context, mark []byte, samples []telemetry.Sample) (bool, error) {
+// AppendState is AppendOnce that also stores state under key in the same
+// transaction as the samples: a reader's place in its source (how far each
+// trend log has been read), which State returns after a crash, consistent
+// with the samples the buffer holds. A duplicate (dup true) stores neither.
+// A nil state stores only the samples. States are small and one per key.
+func (b *Buffer) AppendState(ctx context.Context, key string, state, mark []byte, samples []telemetry.Sample) (dup bool, err error) {
+	if key == "" || len(mark) == 0 {
+		return false, fmt.Errorf("appending %d samples to buffer: a state needs a key and a mark", len(samples))
+	}
+	if len(state) > maxStateBytes {
+		return false, fmt.Errorf("appending %d samples to buffer: state of %d bytes for %q, more than %d", len(samples), len(state), key, maxStateBytes)
+	}
+	if state == nil {
+		key = ""
+	}
+	return b.appendMarked(ctx, mark, key, state, samples)
+}
+
+// maxStateBytes bounds one state of AppendState.
+const maxStateBytes = 1 << 20
+
+// State returns the state last stored under key with AppendState.
+func (b *Buffer) State(key string) ([]byte, bool, error) {
+	var out []byte
+	err := b.db.View(func(tx *bolt.Tx) error {
+		if sb := tx.Bucket(bStates); sb != nil {
+			if v := sb.Get([]byte(key)); v != nil {
+				out = bytes.Clone(v)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("reading state %q from buffer %s: %w", key, b.path, err)
+	}
+	return out, out != nil, nil
+}
+
+func (b *Buffer) appendMarked(ctx context.Context, mark []byte, stateKey string, state []byte, samples []telemetry.Sample) (bool, error) {
 	if len(samples) == 0 {
 		return false, nil
 	}
@@ -68,7 +110,7 @@ func (b *Buffer) appendMarked(ctx context.Context, mark []byte, samples []teleme
 		return false, fmt.Errorf("appending %d samples to buffer: %w (%d bytes, cap %d): raise the buffer cap or poll fewer points per device",
 			len(samples), ErrTooLarge, size, b.max)
 	}
-	req := &appendReq{rec: rec, n: len(samples), at: at, mark: mark, done: make(chan error, 1)}
+	req := &appendReq{rec: rec, n: len(samples), at: at, mark: mark, stateKey: stateKey, state: state, done: make(chan error, 1)}
 	b.closeMu.RLock()
 	if b.closed {
 		b.closeMu.RUnlock()
@@ -171,6 +213,15 @@ func (b *Buffer) commitAppends(group []*appendReq) error {
 				}
 				if r.dup = dup; dup {
 					continue
+				}
+			}
+			if r.stateKey != "" {
+				sb, err := tx.CreateBucketIfNotExists(bStates)
+				if err != nil {
+					return err
+				}
+				if err := sb.Put([]byte(r.stateKey), r.state); err != nil {
+					return err
 				}
 			}
 			key := u64key(c.nextRec)

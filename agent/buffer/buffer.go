@@ -99,6 +99,9 @@ var (
 	// bMarks holds the marks of AppendOnce (value: the number of the
 	// record stored with the mark, 8 bytes BE), made when first needed.
 	bMarks = []byte("marks")
+	// bStates holds the states of AppendState by key (a device's name),
+	// made when first needed.
+	bStates = []byte("states")
 
 	dataBuckets = [][]byte{bPending, bSealed, bTables, bRefs, bRejected}
 

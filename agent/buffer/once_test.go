@@ -150,3 +150,55 @@ func TestFirstSeq(t *testing.T) {
 		})
 	}
 }
+
+// TestAppendState: a state is stored with its samples, replaced by the
+// next, kept across a reopen, and left alone by a duplicate or a nil state.
+func TestAppendState(t *testing.T) {
+	ctx := context.Background()
+	path := tempPath(t)
+	b := openT(t, path, Options{})
+	defer func() { b.Close() }()
+	if _, ok, err := b.State("vav-1"); ok || err != nil {
+		t.Fatalf("State before any = %v, %v", ok, err)
+	}
+	steps := []struct {
+		name      string
+		state     string // "" = nil
+		mark      string
+		reopen    bool
+		wantDup   bool
+		wantState string
+	}{
+		{"first read", `{"tl1":100}`, "m1", false, false, `{"tl1":100}`},
+		{"next read", `{"tl1":200}`, "m2", false, false, `{"tl1":200}`},
+		{"a read again after a crash: duplicate", `{"tl1":999}`, "m2", false, true, `{"tl1":200}`},
+		{"a read with no state", "", "m3", false, false, `{"tl1":200}`},
+		{"after a reopen", `{"tl1":300}`, "m4", true, false, `{"tl1":300}`},
+	}
+	for i, st := range steps {
+		if st.reopen {
+			b = reopen(t, b, path, Options{})
+		}
+		var state []byte
+		if st.state != "" {
+			state = []byte(st.state)
+		}
+		dup, err := b.AppendState(ctx, "vav-1", state, []byte(st.mark), mkSamples(i*10, 2))
+		if err != nil || dup != st.wantDup {
+			t.Fatalf("%s: AppendState = dup %v, %v; want dup %v", st.name, dup, err, st.wantDup)
+		}
+		got, ok, err := b.State("vav-1")
+		if err != nil || !ok || string(got) != st.wantState {
+			t.Fatalf("%s: State = %q, %v, %v; want %q", st.name, got, ok, err, st.wantState)
+		}
+	}
+	if _, ok, _ := b.State("other"); ok {
+		t.Error("another key has a state")
+	}
+	if _, err := b.AppendState(ctx, "vav-1", make([]byte, maxStateBytes+1), []byte("m9"), mkSamples(0, 1)); err == nil {
+		t.Error("an oversized state was taken")
+	}
+	if _, err := b.AppendState(ctx, "", []byte("x"), []byte("m9"), mkSamples(0, 1)); err == nil {
+		t.Error("a state without a key was taken")
+	}
+}

@@ -256,8 +256,9 @@ func firstSeq(now time.Time, cert *x509.Certificate) uint64 {
 }
 
 // The buffer stores a trend export read again after a crash once, not
-// twice: the scheduler finds it is a OnceSink.
-var _ poll.OnceSink = (*buffer.Buffer)(nil)
+// twice, and a trend log's backfill place with the samples it read: the
+// scheduler finds it is a StateSink.
+var _ poll.StateSink = (*buffer.Buffer)(nil)
 
 // source adapts the buffer to the uplink's Source.
 type source struct{ b *buffer.Buffer }

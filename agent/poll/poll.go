@@ -113,6 +113,17 @@ type OnceSink interface {
 	AppendOnce(ctx context.Context, mark []byte, samples []telemetry.Sample) (dup bool, err error)
 }
 
+// StateSink is a OnceSink that also keeps a driver.Checkpointer's state:
+// AppendState stores it under key (the device's name) in the same
+// transaction as the read's samples, and State returns the last one stored,
+// which the scheduler hands to the driver's Restore before its first
+// Connect. The agent's buffer implements it.
+type StateSink interface {
+	OnceSink
+	AppendState(ctx context.Context, key string, state, mark []byte, samples []telemetry.Sample) (dup bool, err error)
+	State(key string) ([]byte, bool, error)
+}
+
 // Device is one device to poll.
 type Device struct {
 	// Name identifies the device in logs and Stats; unique, not empty.

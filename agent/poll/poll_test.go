@@ -1008,3 +1008,91 @@ func TestStatsCarryDriverCounters(t *testing.T) {
 		}
 	})
 }
+
+// stateSink is a onceSink that keeps states too.
+type stateSink struct {
+	onceSink
+	states map[string][]byte
+}
+
+func (s *stateSink) AppendState(ctx context.Context, key string, state, mark []byte, samples []telemetry.Sample) (bool, error) {
+	dup, err := s.AppendOnce(ctx, mark, samples)
+	if err == nil && !dup {
+		s.mu.Lock()
+		s.states[key] = state
+		s.mu.Unlock()
+		s.events.add("state " + string(state))
+	}
+	return dup, err
+}
+
+func (s *stateSink) State(key string) ([]byte, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.states[key]
+	return st, ok, nil
+}
+
+// checkpointingDriver is a committingDriver that keeps a place: the number
+// of reads it made, on top of what it was restored to.
+type checkpointingDriver struct {
+	committingDriver
+	mu       *sync.Mutex
+	place    *int
+	restored *[]string
+}
+
+func (c checkpointingDriver) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sample, error) {
+	samples, err := c.committingDriver.Read(ctx, points)
+	c.mu.Lock()
+	*c.place++
+	for i := range samples {
+		samples[i].Value = float64(*c.place) // each place reads other data
+	}
+	c.mu.Unlock()
+	return samples, err
+}
+
+func (c checkpointingDriver) Checkpoint() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return []byte(fmt.Sprint(*c.place))
+}
+
+func (c checkpointingDriver) Restore(state []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	*c.restored = append(*c.restored, string(state))
+	_, err := fmt.Sscan(string(state), c.place)
+	c.events.add("restore " + string(state))
+	return err
+}
+
+// TestCheckpointerStateGoesWithItsSamples: each read's state is stored with
+// its samples, and a scheduler started again over the same sink (the
+// agent after a crash) restores the last one before its first Connect.
+func TestCheckpointerStateGoesWithItsSamples(t *testing.T) {
+	ev := &events{}
+	sink := &stateSink{onceSink: onceSink{memSink: memSink{events: ev}, marks: map[string]bool{}}, states: map[string][]byte{}}
+	var restored []string
+	run := func() {
+		synctest.Test(t, func(t *testing.T) {
+			fd := newFake()
+			var logs logBuffer
+			var mu sync.Mutex
+			place := 0
+			drv := checkpointingDriver{committingDriver{fd, ev}, &mu, &place, &restored}
+			s := mustNew(t, []Device{{Name: "vav-1", Driver: drv, Points: []driver.Point{point(1, "x", 0)}, Interval: time.Second}},
+				sink, Options{Logger: logs.logger()})
+			runFor(t, s, 2500*time.Millisecond)
+		})
+	}
+	run()
+	run()
+	if len(restored) != 1 || restored[0] != "3" {
+		t.Errorf("restored %v; want the first run's last state, 3, once", restored)
+	}
+	want := []string{"append-ok", "state 1", "commit", "append-ok", "state 2", "commit", "append-ok", "state 3", "commit",
+		"restore 3", "append-ok", "state 4", "commit", "append-ok", "state 5", "commit", "append-ok", "state 6", "commit"}
+	equal(t, "events", ev.get(), want)
+}

@@ -48,8 +48,12 @@ type worker struct {
 	opts      Options
 	log       *slog.Logger
 	committer driver.Committer // nil unless the driver consumes its source
-	groups    []*group         // by interval, shortest first
-	shortest  time.Duration
+	// checkpointer is the driver when it also keeps a state the buffer
+	// stores with its samples; restored is set once Restore was offered.
+	checkpointer driver.Checkpointer
+	restored     bool
+	groups       []*group // by interval, shortest first
+	shortest     time.Duration
 
 	open      bool // Connect succeeded and Close has not been called since
 	closed    bool // Close was the last call to the driver
@@ -86,6 +90,9 @@ func newWorker(d Device, sink Sink, opts Options) *worker {
 		w.stats.Points = append(w.stats.Points, PointStats{Name: name})
 	}
 	w.committer, _ = d.Driver.(driver.Committer)
+	if w.committer != nil {
+		w.checkpointer, _ = d.Driver.(driver.Checkpointer)
+	}
 	byInterval := make(map[time.Duration]*group)
 	for _, p := range d.Points {
 		iv := p.Interval
@@ -238,6 +245,10 @@ func (w *worker) dispatch(ctx context.Context, results chan<- result) bool {
 // connect opens the driver; a failed Connect is followed by Close, so the
 // next attempt starts clean.
 func (w *worker) connect(ctx context.Context) error {
+	if !w.restored {
+		w.restored = true
+		w.restore()
+	}
 	cctx, cancel := context.WithTimeout(ctx, w.dev.Timeout)
 	defer cancel()
 	w.closed = false
@@ -251,6 +262,23 @@ func (w *worker) connect(ctx context.Context) error {
 	w.open = true
 	w.log.Debug("connected")
 	return nil
+}
+
+// restore hands a Checkpointer the state the buffer stored with its last
+// samples. A state that cannot be read or restored is logged: the driver
+// then goes on from its own record, which at worst repeats some data.
+func (w *worker) restore() {
+	ss, ok := w.sink.(StateSink)
+	if w.checkpointer == nil || !ok {
+		return
+	}
+	state, found, err := ss.State(w.dev.Name)
+	if err == nil && found {
+		err = w.checkpointer.Restore(state)
+	}
+	if err != nil {
+		w.log.Warn("could not restore the driver's place in its source from the buffer; it goes on from its own record", "err", err)
+	}
 }
 
 // closeDriver closes the driver; an error there only matters to the logs.
@@ -382,11 +410,14 @@ func (w *worker) poll(ctx context.Context, groups []*group, points []driver.Poin
 			r.bad++
 		}
 	}
-	var mark []byte
+	var mark, state []byte
 	if w.committer != nil {
 		mark = markOf(samples)
 	}
-	if !w.store(ctx, samples, mark) {
+	if w.checkpointer != nil {
+		state = w.checkpointer.Checkpoint()
+	}
+	if !w.store(ctx, samples, mark, state) {
 		r.dropped = true
 		return r
 	}
@@ -433,19 +464,26 @@ func (w *worker) read(ctx context.Context, points []driver.Point) ([]telemetry.S
 // not ctx, so a read that finished before shutdown is still stored; the
 // pauses between attempts end at shutdown. With a mark and a OnceSink the
 // samples are stored with the mark, and samples whose mark the sink holds
-// already count as durable: they are (see OnceSink).
-func (w *worker) store(ctx context.Context, samples []telemetry.Sample, mark []byte) bool {
+// already count as durable: they are (see OnceSink). A Checkpointer's state
+// goes with them into a StateSink.
+func (w *worker) store(ctx context.Context, samples []telemetry.Sample, mark, state []byte) bool {
 	if len(samples) == 0 {
 		return true
 	}
 	once, _ := w.sink.(OnceSink)
+	withState, _ := w.sink.(StateSink)
 	pause := w.opts.AppendPause
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opts.AppendTimeout)
 		var err error
 		if once != nil && mark != nil {
 			var dup bool
-			if dup, err = once.AppendOnce(actx, mark, samples); err == nil && dup {
+			if withState != nil && state != nil {
+				dup, err = withState.AppendState(actx, w.dev.Name, state, mark, samples)
+			} else {
+				dup, err = once.AppendOnce(actx, mark, samples)
+			}
+			if err == nil && dup {
 				w.log.Warn("read the same data again that was buffered before the agent stopped without committing it; committing it now, not storing it twice",
 					"samples", len(samples))
 			}

@@ -113,6 +113,22 @@ type Committer interface {
 	Commit(ctx context.Context) error
 }
 
+// Checkpointer is implemented by a Committer whose place in its source is
+// a small state, such as how far each trend log has been read. Commit
+// alone keeps that state in a separate write, so a crash between the
+// buffer's commit and Commit repeats what the last Read returned. With a
+// Checkpointer the poller stores Checkpoint's state in the buffer in the
+// same transaction as that Read's samples, and hands the newest state
+// stored back through Restore once, before the first Connect; the driver
+// takes from it what is further along than its own record. Checkpoint
+// returns the state as the last Read left it (what the next Commit would
+// make durable), or nil for none; it must be cheap and small (it is stored
+// with every read).
+type Checkpointer interface {
+	Checkpoint() []byte
+	Restore(state []byte) error
+}
+
 // Counter is one of a driver's own counts, shown by `sightglass-agent
 // status`: requests sent, requests the read-only guard refused, sessions
 // opened. Names are snake_case and stable; values only grow.

@@ -69,6 +69,37 @@ func (s *backfillState) load() error {
 	return nil
 }
 
+// checkpoint is the marks as the last Read left them, committed or not,
+// as JSON: what the agent's buffer stores with that Read's samples.
+func (s *backfillState) checkpoint() []byte {
+	s.mu.Lock()
+	m := maps.Clone(s.committed)
+	for k, v := range s.staged {
+		m[k] = max(m[k], v)
+	}
+	s.mu.Unlock()
+	if len(m) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
+
+// restore takes the marks of a checkpoint where they are further along
+// than the committed ones.
+func (s *backfillState) restore(b []byte) error {
+	m := map[string]int64{}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("backfill marks from the buffer are corrupt: %w", err)
+	}
+	s.mu.Lock()
+	for k, v := range m {
+		s.committed[k] = max(s.committed[k], v)
+	}
+	s.mu.Unlock()
+	return nil
+}
+
 func (s *backfillState) last(ref string) int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()

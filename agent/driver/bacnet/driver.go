@@ -41,6 +41,10 @@ var (
 	_ driver.Discoverer = (*Driver)(nil)
 	_ driver.Committer  = (*Driver)(nil)
 	_ driver.Reporter   = (*Driver)(nil)
+	// The trend-log backfill marks go into the buffer with the samples
+	// they account for, so a crash before Commit neither repeats nor
+	// skips a backfill.
+	_ driver.Checkpointer = (*Driver)(nil)
 )
 
 // Driver reads one BACnet device.
@@ -365,3 +369,10 @@ func (d *Driver) learnMissing(parsed []point, valid []bool, res []result) {
 func (d *Driver) Commit(ctx context.Context) error {
 	return d.state.commit()
 }
+
+// Checkpoint returns the backfill marks as the last Read left them.
+func (d *Driver) Checkpoint() []byte { return d.state.checkpoint() }
+
+// Restore takes backfill marks the buffer stored with the last samples it
+// holds, where they are further along than the driver's own file.
+func (d *Driver) Restore(state []byte) error { return d.state.restore(state) }

@@ -74,6 +74,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Commit", k.commit)
 	t.Run("NoWrites", k.noWrites)
 	t.Run("Counters", k.counters)
+	t.Run("Checkpoint", k.checkpoint)
 }
 
 type kit struct{ h Harness }
@@ -411,4 +412,38 @@ func (k kit) counters(t *testing.T) {
 	if n := seen[driver.GuardRefusals]; n != 0 {
 		t.Errorf("the guard refused %d requests while the kit only read", n)
 	}
+}
+
+// checkpoint checks a driver.Checkpointer: a fresh driver takes the state
+// another one left after a read, before its Connect, and reads on.
+func (k kit) checkpoint(t *testing.T) {
+	d, points := k.fresh(t)
+	c, ok := d.(driver.Checkpointer)
+	if !ok {
+		t.Skip("driver does not implement driver.Checkpointer")
+	}
+	if _, ok := d.(driver.Committer); !ok {
+		t.Error("a Checkpointer must be a Committer: the poller stores its state only for drivers that consume their source")
+	}
+	if _, err := d.Read(t.Context(), points); err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	state := c.Checkpoint()
+	if err := d.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	d2, points2 := k.h.New(t)
+	t.Cleanup(func() { _ = d2.Close() })
+	if state != nil {
+		if err := d2.(driver.Checkpointer).Restore(state); err != nil {
+			t.Fatalf("Restore of the state another instance left: %v", err)
+		}
+	}
+	if err := d2.Connect(t.Context()); err != nil {
+		t.Fatalf("Connect after Restore: %v", err)
+	}
+	if _, err := d2.Read(t.Context(), points2); err != nil {
+		t.Fatalf("Read after Restore: %v", err)
+	}
+	k.checkWrites(t)
 }
