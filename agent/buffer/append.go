@@ -56,22 +56,19 @@ func (b *Buffer) AppendOnce(ctx context.Context, mark []byte, samples []telemetr
 	return b.appendMarked(ctx, mark, "", nil, samples)
 }
 
-// AppendState is AppendOnce that also stores state under key in the same
+// AppendState is Append that also stores state under key in the same
 // transaction as the samples: a reader's place in its source (how far each
 // trend log has been read), which State returns after a crash, consistent
-// with the samples the buffer holds. A duplicate (dup true) stores neither.
-// A nil state stores only the samples. States are small and one per key.
-func (b *Buffer) AppendState(ctx context.Context, key string, state, mark []byte, samples []telemetry.Sample) (dup bool, err error) {
-	if key == "" || len(mark) == 0 {
-		return false, fmt.Errorf("appending %d samples to buffer: a state needs a key and a mark", len(samples))
+// with the samples the buffer holds. States are small and one per key.
+func (b *Buffer) AppendState(ctx context.Context, key string, state []byte, samples []telemetry.Sample) error {
+	if key == "" || state == nil {
+		return fmt.Errorf("appending %d samples to buffer: a state needs a key and a value (use Append for samples alone)", len(samples))
 	}
 	if len(state) > maxStateBytes {
-		return false, fmt.Errorf("appending %d samples to buffer: state of %d bytes for %q, more than %d", len(samples), len(state), key, maxStateBytes)
+		return fmt.Errorf("appending %d samples to buffer: state of %d bytes for %q, more than %d", len(samples), len(state), key, maxStateBytes)
 	}
-	if state == nil {
-		key = ""
-	}
-	return b.appendMarked(ctx, mark, key, state, samples)
+	_, err := b.appendMarked(ctx, nil, key, state, samples)
+	return err
 }
 
 // maxStateBytes bounds one state of AppendState.
@@ -256,9 +253,8 @@ const markCheck = 64
 
 // putMark records mark with the number of the record it comes with and
 // reports whether it was there already. Past maxMarks it forgets the
-// oldest half: record numbers only grow, so they order marks by age. Every
-// read of a driver.Committer is marked (the BACnet driver's live reads
-// too), so this runs on the polling path and must stay cheap.
+// oldest half: record numbers only grow, so they order marks by age.
+// Counting walks the bucket, so it is not done at every mark.
 func putMark(tx *bolt.Tx, mark []byte, rec uint64) (dup bool, err error) {
 	mb, err := tx.CreateBucketIfNotExists(bMarks)
 	if err != nil {
@@ -270,8 +266,8 @@ func putMark(tx *bolt.Tx, mark []byte, rec uint64) (dup bool, err error) {
 	if err := mb.Put(mark, u64key(rec)); err != nil {
 		return false, err
 	}
-	// Counting walks the bucket, so it is done every markCheck records
-	// only: the bucket holds at most maxMarks+markCheck marks.
+	// Every markCheck records only: the bucket holds at most
+	// maxMarks+markCheck marks.
 	if rec%markCheck == 0 {
 		if n := mb.Stats().KeyN; n > maxMarks {
 			return false, forgetOldestMarks(mb, n-maxMarks/2)

@@ -152,7 +152,7 @@ func TestFirstSeq(t *testing.T) {
 }
 
 // TestAppendState: a state is stored with its samples, replaced by the
-// next, kept across a reopen, and left alone by a duplicate or a nil state.
+// next, and kept across a reopen; bad states are refused.
 func TestAppendState(t *testing.T) {
 	ctx := context.Background()
 	path := tempPath(t)
@@ -162,43 +162,44 @@ func TestAppendState(t *testing.T) {
 		t.Fatalf("State before any = %v, %v", ok, err)
 	}
 	steps := []struct {
-		name      string
-		state     string // "" = nil
-		mark      string
-		reopen    bool
-		wantDup   bool
-		wantState string
+		name   string
+		state  string
+		reopen bool
 	}{
-		{"first read", `{"tl1":100}`, "m1", false, false, `{"tl1":100}`},
-		{"next read", `{"tl1":200}`, "m2", false, false, `{"tl1":200}`},
-		{"a read again after a crash: duplicate", `{"tl1":999}`, "m2", false, true, `{"tl1":200}`},
-		{"a read with no state", "", "m3", false, false, `{"tl1":200}`},
-		{"after a reopen", `{"tl1":300}`, "m4", true, false, `{"tl1":300}`},
+		{"first read", `{"tl1":100}`, false},
+		{"next read", `{"tl1":200}`, false},
+		{"after a reopen", `{"tl1":300}`, true},
 	}
+	want := 0
 	for i, st := range steps {
 		if st.reopen {
 			b = reopen(t, b, path, Options{})
 		}
-		var state []byte
-		if st.state != "" {
-			state = []byte(st.state)
+		if err := b.AppendState(ctx, "vav-1", []byte(st.state), mkSamples(i*10, 2)); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
 		}
-		dup, err := b.AppendState(ctx, "vav-1", state, []byte(st.mark), mkSamples(i*10, 2))
-		if err != nil || dup != st.wantDup {
-			t.Fatalf("%s: AppendState = dup %v, %v; want dup %v", st.name, dup, err, st.wantDup)
-		}
+		want += 2
 		got, ok, err := b.State("vav-1")
-		if err != nil || !ok || string(got) != st.wantState {
-			t.Fatalf("%s: State = %q, %v, %v; want %q", st.name, got, ok, err, st.wantState)
+		if err != nil || !ok || string(got) != st.state {
+			t.Fatalf("%s: State = %q, %v, %v; want %q", st.name, got, ok, err, st.state)
+		}
+		if n := int(b.Stats().PendingSamples); n != want {
+			t.Fatalf("%s: %d samples pending, want %d", st.name, n, want)
 		}
 	}
 	if _, ok, _ := b.State("other"); ok {
 		t.Error("another key has a state")
 	}
-	if _, err := b.AppendState(ctx, "vav-1", make([]byte, maxStateBytes+1), []byte("m9"), mkSamples(0, 1)); err == nil {
-		t.Error("an oversized state was taken")
-	}
-	if _, err := b.AppendState(ctx, "", []byte("x"), []byte("m9"), mkSamples(0, 1)); err == nil {
-		t.Error("a state without a key was taken")
+	for _, bad := range []struct {
+		name, key string
+		state     []byte
+	}{
+		{"oversized", "vav-1", make([]byte, maxStateBytes+1)},
+		{"no key", "", []byte("x")},
+		{"no state", "vav-1", nil},
+	} {
+		if err := b.AppendState(ctx, bad.key, bad.state, mkSamples(0, 1)); err == nil {
+			t.Errorf("%s state taken", bad.name)
+		}
 	}
 }

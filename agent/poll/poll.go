@@ -105,7 +105,8 @@ type Sink interface {
 // OnceSink is a Sink that can store the samples of a read together with a
 // mark naming them, in one transaction, and stores nothing (dup true) when
 // it holds the mark already. The scheduler uses it for drivers that
-// implement driver.Committer: if the agent dies after the Append and
+// implement driver.Committer but not driver.Checkpointer (whose state does
+// the same job, see StateSink): if the agent dies after the Append and
 // before the Commit, the driver reads the same data again at the next
 // start, and that read is then committed without its samples being stored
 // a second time. The agent's buffer implements it.
@@ -113,14 +114,14 @@ type OnceSink interface {
 	AppendOnce(ctx context.Context, mark []byte, samples []telemetry.Sample) (dup bool, err error)
 }
 
-// StateSink is a OnceSink that also keeps a driver.Checkpointer's state:
+// StateSink is a Sink that also keeps a driver.Checkpointer's state:
 // AppendState stores it under key (the device's name) in the same
 // transaction as the read's samples, and State returns the last one stored,
 // which the scheduler hands to the driver's Restore before its first
 // Connect. The agent's buffer implements it.
 type StateSink interface {
-	OnceSink
-	AppendState(ctx context.Context, key string, state, mark []byte, samples []telemetry.Sample) (dup bool, err error)
+	Sink
+	AppendState(ctx context.Context, key string, state []byte, samples []telemetry.Sample) error
 	State(key string) ([]byte, bool, error)
 }
 

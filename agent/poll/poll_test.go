@@ -1009,21 +1009,21 @@ func TestStatsCarryDriverCounters(t *testing.T) {
 	})
 }
 
-// stateSink is a onceSink that keeps states too.
+// stateSink is a memSink that keeps states too.
 type stateSink struct {
-	onceSink
+	memSink
 	states map[string][]byte
 }
 
-func (s *stateSink) AppendState(ctx context.Context, key string, state, mark []byte, samples []telemetry.Sample) (bool, error) {
-	dup, err := s.AppendOnce(ctx, mark, samples)
-	if err == nil && !dup {
+func (s *stateSink) AppendState(ctx context.Context, key string, state []byte, samples []telemetry.Sample) error {
+	err := s.Append(ctx, samples)
+	if err == nil {
 		s.mu.Lock()
 		s.states[key] = state
 		s.mu.Unlock()
 		s.events.add("state " + string(state))
 	}
-	return dup, err
+	return err
 }
 
 func (s *stateSink) State(key string) ([]byte, bool, error) {
@@ -1073,7 +1073,7 @@ func (c checkpointingDriver) Restore(state []byte) error {
 // agent after a crash) restores the last one before its first Connect.
 func TestCheckpointerStateGoesWithItsSamples(t *testing.T) {
 	ev := &events{}
-	sink := &stateSink{onceSink: onceSink{memSink: memSink{events: ev}, marks: map[string]bool{}}, states: map[string][]byte{}}
+	sink := &stateSink{memSink: memSink{events: ev}, states: map[string][]byte{}}
 	var restored []string
 	run := func() {
 		synctest.Test(t, func(t *testing.T) {

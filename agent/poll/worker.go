@@ -410,12 +410,16 @@ func (w *worker) poll(ctx context.Context, groups []*group, points []driver.Poin
 			r.bad++
 		}
 	}
+	// A Checkpointer's state keeps a read after a crash from repeating
+	// data; any other Committer reads the same data again, which its mark
+	// recognises. (A Checkpointer's reads are never the same twice: live
+	// values come with them, so marking them would only cost.)
 	var mark, state []byte
-	if w.committer != nil {
-		mark = markOf(samples)
-	}
-	if w.checkpointer != nil {
+	switch {
+	case w.checkpointer != nil:
 		state = w.checkpointer.Checkpoint()
+	case w.committer != nil:
+		mark = markOf(samples)
 	}
 	if !w.store(ctx, samples, mark, state) {
 		r.dropped = true
@@ -476,18 +480,16 @@ func (w *worker) store(ctx context.Context, samples []telemetry.Sample, mark, st
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opts.AppendTimeout)
 		var err error
-		if once != nil && mark != nil {
+		switch {
+		case withState != nil && state != nil:
+			err = withState.AppendState(actx, w.dev.Name, state, samples)
+		case once != nil && mark != nil:
 			var dup bool
-			if withState != nil && state != nil {
-				dup, err = withState.AppendState(actx, w.dev.Name, state, mark, samples)
-			} else {
-				dup, err = once.AppendOnce(actx, mark, samples)
-			}
-			if err == nil && dup {
+			if dup, err = once.AppendOnce(actx, mark, samples); err == nil && dup {
 				w.log.Warn("read the same data again that was buffered before the agent stopped without committing it; committing it now, not storing it twice",
 					"samples", len(samples))
 			}
-		} else {
+		default:
 			err = w.sink.Append(actx, samples)
 		}
 		cancel()
