@@ -59,20 +59,16 @@ func (b *Buffer) AppendOnce(ctx context.Context, mark []byte, samples []telemetr
 // AppendState is Append that also stores state under key in the same
 // transaction as the samples: a reader's place in its source (how far each
 // trend log has been read), which State returns after a crash, consistent
-// with the samples the buffer holds. States are small and one per key.
+// with the samples the buffer holds. There is one state per key, replaced
+// each time; it is not bounded here, since refusing it would refuse the
+// samples too (a driver's checkpoint must stay small).
 func (b *Buffer) AppendState(ctx context.Context, key string, state []byte, samples []telemetry.Sample) error {
 	if key == "" || state == nil {
 		return fmt.Errorf("appending %d samples to buffer: a state needs a key and a value (use Append for samples alone)", len(samples))
 	}
-	if len(state) > maxStateBytes {
-		return fmt.Errorf("appending %d samples to buffer: state of %d bytes for %q, more than %d", len(samples), len(state), key, maxStateBytes)
-	}
 	_, err := b.appendMarked(ctx, nil, key, state, samples)
 	return err
 }
-
-// maxStateBytes bounds one state of AppendState.
-const maxStateBytes = 1 << 20
 
 // State returns the state last stored under key with AppendState.
 func (b *Buffer) State(key string) ([]byte, bool, error) {

@@ -194,7 +194,6 @@ func TestAppendState(t *testing.T) {
 		name, key string
 		state     []byte
 	}{
-		{"oversized", "vav-1", make([]byte, maxStateBytes+1)},
 		{"no key", "", []byte("x")},
 		{"no state", "vav-1", nil},
 	} {
