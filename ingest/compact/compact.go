@@ -12,6 +12,11 @@
 // it has been stored, read back and decoded to exactly the merged
 // samples.
 //
+// Before writing a generation's parts a compactor claims it, create-if-
+// absent, under a name without the part count ({dd}.g{gen}.claim): of two
+// compactors that merged different sources, the second to claim starts
+// over on top of the first's output instead of writing a rival generation.
+//
 // Layout: {tenant}/{site}/days/{yyyy}/{mm}/{dd}.g{gen}.p{part}-of-{parts}.sgb,
 // the point tables beside the batches' in {tenant}/{site}/tables/. A day is
 // in generation gen until a later compaction (a late backlog) merges it with
@@ -74,11 +79,12 @@ type Compactor struct {
 	log   *slog.Logger
 	part  int
 	lim   batch.Limits
+	now   func() time.Time
 }
 
 // New returns a Compactor over store.
 func New(store Store, o Options) *Compactor {
-	c := &Compactor{store: store, log: o.Logger, part: o.PartSamples, lim: o.Limits}
+	c := &Compactor{store: store, log: o.Logger, part: o.PartSamples, lim: o.Limits, now: time.Now}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -145,6 +151,41 @@ func PointTables(store blob.Store, tenant, site string) batch.TableResolver {
 // PartName is the name of part (1-based) of parts of generation gen.
 func PartName(tenant, site string, day time.Time, gen, part, parts int) string {
 	return fmt.Sprintf("%sg%06d.p%03d-of-%03d.sgb", dayBlobPrefix(tenant, site, day), gen, part, parts)
+}
+
+// ClaimName is the claim of generation gen: written create-if-absent before
+// any of its parts, it makes one compactor the writer of that generation.
+// Part names carry the part count, so two compactors that merged different
+// sources into different counts would otherwise both "succeed" and each
+// delete its sources, and readers would see only one of their outputs.
+func ClaimName(tenant, site string, day time.Time, gen int) string {
+	return fmt.Sprintf("%sg%06d.claim", dayBlobPrefix(tenant, site, day), gen)
+}
+
+// staleClaim is how old the claim of a generation still incomplete must be
+// before another compactor takes it for abandoned (a crash): compacting a
+// day takes seconds.
+const staleClaim = time.Hour
+
+// claim is what a claim blob says: the part count and when it was made.
+type claim struct {
+	parts int
+	at    time.Time
+}
+
+func (c claim) encode() []byte {
+	return fmt.Appendf(nil, "parts %d\nclaimed %s\n", c.parts, c.at.UTC().Format(time.RFC3339Nano))
+}
+
+func parseClaim(b []byte) (claim, bool) {
+	var c claim
+	var at string
+	if _, err := fmt.Sscanf(string(b), "parts %d\nclaimed %s\n", &c.parts, &at); err != nil || c.parts < 1 {
+		return c, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, at)
+	c.at = t
+	return c, err == nil
 }
 
 // generation is one complete generation of a day's parts.
@@ -240,10 +281,41 @@ func (c *Compactor) day(ctx context.Context, tenant, site string, day time.Time)
 		return res, fmt.Errorf("compacting %s/%s %s: listing day blobs: %w", tenant, site, res.Day, err)
 	}
 	gens, allParts := generations(prefix, existing)
+	for _, n := range existing {
+		if strings.HasSuffix(n, ".claim") && strings.HasPrefix(n, prefix) {
+			allParts = append(allParts, n) // cleaned with the parts of its generation
+		}
+	}
 	var prev *generation
 	if len(gens) > 0 {
 		prev = &gens[len(gens)-1]
 		res.Generation = prev.gen
+	}
+	// The next generation is normally the one after the newest complete
+	// one; a compactor writing it at the same moment holds its claim, and
+	// the claim decides (below). Numbers above it that only an abandoned
+	// compaction used (a crash, its claim over an hour old) are skipped.
+	nextGen, maxGen, fresh := res.Generation+1, res.Generation, false
+	for _, n := range existing {
+		g, ok := genOf(n)
+		if !ok || g <= res.Generation {
+			continue
+		}
+		maxGen = max(maxGen, g)
+		if !strings.HasSuffix(n, ".claim") {
+			continue
+		}
+		data, err := c.store.Get(ctx, n)
+		if err != nil && !errors.Is(err, blob.ErrNotFound) {
+			return res, fmt.Errorf("compacting %s: reading %s: %w", res.Day, n, err)
+		}
+		if cl, ok := parseClaim(data); err == nil && (!ok || c.now().Sub(cl.at) < staleClaim) {
+			fresh = true
+		}
+	}
+	if !fresh && maxGen > res.Generation {
+		log.Warn("skipping day generations an abandoned compaction left incomplete", "above", res.Generation, "up_to", maxGen)
+		nextGen = maxGen + 1
 	}
 	if len(srcNames) == 0 {
 		res.Skipped = true
@@ -256,7 +328,7 @@ func (c *Compactor) day(ctx context.Context, tenant, site string, day time.Time)
 		return res, err
 	}
 	res.Samples = len(samples)
-	res.Generation++
+	res.Generation = nextGen
 	gen := res.Generation
 
 	// Encode every part, then store: tables first, so every stored part
@@ -284,6 +356,22 @@ func (c *Compactor) day(ctx context.Context, tenant, site string, day time.Time)
 		}
 		parts = append(parts, part{name: PartName(tenant, site, day, gen, i+1, nparts), enc: enc, n: len(chunk)})
 		res.Bytes += len(enc.Data)
+	}
+	// Claim the generation: a compactor that claimed it first with another
+	// part count merged other sources, and this one starts over on top of
+	// its output. The same count is a twin that read the same sources; if
+	// it did not, the parts' create-if-absent writes collide below.
+	claimName := ClaimName(tenant, site, day, gen)
+	if _, err := c.store.Put(ctx, claimName, claim{parts: nparts, at: c.now()}.encode()); errors.Is(err, blob.ErrConflict) {
+		data, gerr := c.store.Get(ctx, claimName)
+		if gerr != nil {
+			return res, fmt.Errorf("compacting %s: reading %s: %w", res.Day, claimName, gerr)
+		}
+		if cl, ok := parseClaim(data); !ok || cl.parts != nparts {
+			return res, fmt.Errorf("compacting %s: generation %d was claimed by another compactor: %w", res.Day, gen, ErrRace)
+		}
+	} else if err != nil {
+		return res, fmt.Errorf("compacting %s: claiming generation %d: %w", res.Day, gen, err)
 	}
 	for _, p := range parts {
 		if _, err := c.store.Put(ctx, blob.TableName(tenant, site, p.enc.TableHash.String()), p.enc.Table); err != nil {
@@ -331,7 +419,7 @@ func (c *Compactor) day(ctx context.Context, tenant, site string, day time.Time)
 	for _, p := range parts {
 		kept.parts = append(kept.parts, p.name)
 	}
-	if err := c.cleanOld(ctx, append(allParts, kept.parts...), kept, log); err != nil {
+	if err := c.cleanOld(ctx, append(append(allParts, claimName), kept.parts...), kept, log); err != nil {
 		return res, err
 	}
 	log.Info("day compacted", "generation", gen, "parts", nparts, "sources", res.Sources, "samples", res.Samples,
@@ -438,8 +526,8 @@ func (c *Compactor) ReadDay(ctx context.Context, tenant, site string, day time.T
 	return c.merge(ctx, &tableCache{store: c.store, tenant: tenant, site: site, ids: batch.Tables{}}, prev, srcNames, &res)
 }
 
-// cleanOld deletes every day part but those of keep: older generations,
-// merged into keep, and incomplete ones a crash left behind. An incomplete
+// cleanOld deletes every day part (and claim) but those of keep: older
+// generations, merged into keep, and incomplete ones a crash left behind. An incomplete
 // generation newer than keep may be another compactor's work in progress,
 // so it is left alone.
 func (c *Compactor) cleanOld(ctx context.Context, all []string, keep *generation, log *slog.Logger) error {
@@ -450,7 +538,11 @@ func (c *Compactor) cleanOld(ctx context.Context, all []string, keep *generation
 		if slices.Contains(keep.parts, n) {
 			continue
 		}
-		if g, ok := genOf(n); ok && g > keep.gen {
+		if g, ok := genOf(n); ok && (g > keep.gen || g == keep.gen && strings.HasSuffix(n, ".claim")) {
+			// Newer: maybe another compactor's work in progress. The
+			// claim of the generation kept stays as long as it does, so
+			// no compactor that listed the day before it was complete
+			// can write a rival generation under the same number.
 			continue
 		}
 		if err := c.store.Delete(ctx, n); err != nil {
