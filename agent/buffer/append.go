@@ -262,9 +262,14 @@ func putMark(tx *bolt.Tx, mark []byte, rec uint64) (dup bool, err error) {
 	if err := mb.Put(mark, u64key(rec)); err != nil {
 		return false, err
 	}
-	// Every markCheck records only: the bucket holds at most
-	// maxMarks+markCheck marks.
-	if rec%markCheck == 0 {
+	// Every markCheck marks only (the bucket's own sequence counts them;
+	// record numbers also advance for unmarked appends): the bucket holds
+	// at most maxMarks+markCheck marks.
+	n, err := mb.NextSequence()
+	if err != nil {
+		return false, err
+	}
+	if n%markCheck == 0 {
 		if n := mb.Stats().KeyN; n > maxMarks {
 			return false, forgetOldestMarks(mb, n-maxMarks/2)
 		}

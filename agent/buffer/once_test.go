@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // TestAppendOnce: data appended with a mark is stored once — again with
@@ -102,6 +104,16 @@ func TestMarksBounded(t *testing.T) {
 		if _, err := b.AppendOnce(ctx, []byte(fmt.Sprint("mark-", i)), mkSamples(i, 1)); err != nil {
 			t.Fatal(err)
 		}
+		// Another device's unmarked appends in between, as in the agent:
+		// they advance the record numbers too.
+		if err := b.Append(ctx, mkSamples(100_000+i, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var n int
+	b.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bMarks).Stats().KeyN; return nil })
+	if n > maxMarks+markCheck {
+		t.Errorf("%d marks kept, want at most %d", n, maxMarks+markCheck)
 	}
 	for _, tc := range []struct {
 		i       int
