@@ -1096,3 +1096,32 @@ func TestCheckpointerStateGoesWithItsSamples(t *testing.T) {
 		"restore 3", "append-ok", "state 4", "commit", "append-ok", "state 5", "commit", "append-ok", "state 6", "commit"}
 	equal(t, "events", ev.get(), want)
 }
+
+// TestDroppedReadOfACommitterIsReadAgain: when the buffer refuses a
+// Committer's read, the driver still counts it as read (a trend file stays
+// pending), so the scheduler closes and reconnects it before the next read
+// instead of letting the next Commit consume the dropped data.
+func TestDroppedReadOfACommitterIsReadAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ev := &events{}
+		fd := newFake()
+		var logs logBuffer
+		s := mustNew(t, []Device{{Name: "trend-export", Driver: committingDriver{fd, ev}, Points: []driver.Point{point(1, "x", 0)}, Interval: time.Second}},
+			&memSink{fail: func(n int) bool { return n < 3 }, events: ev}, Options{AppendPause: 10 * time.Millisecond, Logger: logs.logger()})
+		runFor(t, s, 1500*time.Millisecond)
+		equal(t, "sink and commit events", ev.get(), []string{"append-fail", "append-fail", "append-fail", "append-ok", "commit"})
+		calls := fd.history()
+		closeAt, readsAfter := -1, 0
+		for i, c := range calls {
+			if strings.HasPrefix(c, "close") && closeAt < 0 {
+				closeAt = i
+			}
+			if closeAt >= 0 && strings.HasPrefix(c, "read") {
+				readsAfter++
+			}
+		}
+		if closeAt < 0 || readsAfter == 0 || !slices.ContainsFunc(calls[closeAt:], func(c string) bool { return strings.HasPrefix(c, "connect") }) {
+			t.Errorf("driver calls %v: want a close and a reconnect between the dropped read and the next one", calls)
+		}
+	})
+}

@@ -301,6 +301,14 @@ func (w *worker) handle(ctx context.Context, r result) {
 			g.advance(now)
 		}
 		w.succeed(now, r)
+		if r.dropped && w.committer != nil && w.open {
+			// The read was not committed, but the driver counts it as
+			// read (a trend file stays pending, a trend log's mark is
+			// staged): the next read's Commit would consume it unbuffered.
+			// Close drops what is uncommitted, and the reconnect starts
+			// again from the committed place, reading the data again.
+			w.reconnect = true
+		}
 	case ctx.Err() != nil:
 		// Shutdown interrupted the read: not the device's fault.
 	case errors.Is(r.err, driver.ErrRefused):

@@ -112,6 +112,14 @@ func (s *backfillState) stage(ref string, ms int64) {
 	s.mu.Unlock()
 }
 
+// discard forgets the staged marks: their samples were not buffered, so
+// the next read must backfill from the committed ones again.
+func (s *backfillState) discard() {
+	s.mu.Lock()
+	clear(s.staged)
+	s.mu.Unlock()
+}
+
 func (s *backfillState) commit() error {
 	s.mu.Lock()
 	if len(s.staged) == 0 {

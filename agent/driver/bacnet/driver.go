@@ -215,8 +215,9 @@ func (d *Driver) Counters() []driver.Counter {
 	}
 }
 
-// Close releases the socket (when no other device shares it). It is
-// idempotent; Read fails until the next Connect.
+// Close releases the socket (when no other device shares it) and forgets
+// backfill marks not committed. It is idempotent; Read fails until the
+// next Connect.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -228,6 +229,9 @@ func (d *Driver) Close() error {
 		d.client.release()
 		d.client = nil
 	}
+	// Marks of reads not committed go: the poller closes the driver when
+	// the buffer refused a read, and the data must be read again.
+	d.state.discard()
 	return nil
 }
 

@@ -595,3 +595,23 @@ func TestBackfillCheckpoint(t *testing.T) {
 	}
 	d4.Close()
 }
+
+// TestCloseForgetsUncommittedMarks: a read the buffer refused is not
+// committed, and the poller closes the driver; the marks that read staged
+// must go, or the next read's Commit would skip its backfill.
+func TestCloseForgetsUncommittedMarks(t *testing.T) {
+	d, err := New(driver.Device{Name: "x", Settings: yamlText("device_instance: 1\naddress: 127.0.0.1\nlocal_address: 127.0.0.1:0")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := d.(*Driver)
+	drv.state.stage("analog-input:1", 1000)
+	if err := drv.state.commit(); err != nil {
+		t.Fatal(err)
+	}
+	drv.state.stage("analog-input:1", 2000) // a read the buffer refused
+	drv.Close()
+	if got := string(drv.Checkpoint()); got != `{"analog-input:1":1000}` {
+		t.Errorf("after Close the checkpoint is %s, want only the committed mark", got)
+	}
+}
