@@ -87,7 +87,8 @@ type Config struct {
 	// retries included (never a refused one), e.g. to update the
 	// dashboard's hot store. Its error is logged and never fails the
 	// upload: the archive is the truth; the dashboard misses that batch
-	// unless the agent retries it (no rebuild from the archive exists yet).
+	// unless the agent retries it or an operator runs `sightglass-ingest
+	// store rebuild` (Stats.ObserveErrors counts them).
 	Observer Observer
 }
 

@@ -239,7 +239,7 @@ func (f *fold) write(ctx context.Context, tx *sql.Tx, ref SiteRef, agentID strin
 	lst, err := tx.PrepareContext(ctx, `INSERT INTO latest (tenant, site, point_id, agent_id, time, value, status, first_time, interval_ms)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (tenant, site, point_id) DO UPDATE SET
-			agent_id = excluded.agent_id,
+			agent_id = CASE WHEN excluded.time >= latest.time THEN excluded.agent_id ELSE latest.agent_id END,
 			time = CASE WHEN excluded.time >= latest.time THEN excluded.time ELSE latest.time END,
 			value = CASE WHEN excluded.time >= latest.time THEN excluded.value ELSE latest.value END,
 			status = CASE WHEN excluded.time >= latest.time THEN excluded.status ELSE latest.status END,

@@ -330,3 +330,26 @@ func BenchmarkObserveBatch(b *testing.B) {
 	}
 	b.ReportMetric(float64(points*per*b.N)/b.Elapsed().Seconds(), "samples/s")
 }
+
+// TestLatestKeepsItsAgent: an older sample arriving later (another agent's
+// backlog) changes neither the latest value nor the agent credited with it.
+func TestLatestKeepsItsAgent(t *testing.T) {
+	ctx := context.Background()
+	db, _ := open(t)
+	t0 := time.Date(2026, 6, 1, 11, 0, 0, 0, time.UTC)
+	newer := &batch.Batch{Header: batch.Header{Seq: 1}, Samples: samplesEvery(1, t0.Add(time.Hour), time.Minute, 42)}
+	older := &batch.Batch{Header: batch.Header{Seq: 1}, Samples: samplesEvery(1, t0, time.Minute, 7)}
+	if err := db.ObserveBatch(ctx, site1, "ag-new", newer); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.ObserveBatch(ctx, site1, "ag-old", older); err != nil {
+		t.Fatal(err)
+	}
+	l, err := db.LatestValue(ctx, site1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Value != 42 || l.AgentID != "ag-new" {
+		t.Errorf("latest = %v from %s, want 42 from ag-new", l.Value, l.AgentID)
+	}
+}

@@ -362,8 +362,14 @@ func (s *Server) handleLoginPost(w http.ResponseWriter, r *http.Request) {
 		fail("account disabled")
 		return
 	}
-	if err := s.st.ClearLoginFailures(ctx, name); err != nil {
-		s.log.Warn("clearing failed logins failed", "err", err)
+	// With a second factor the failures are cleared only once the code
+	// is right: clearing them at the password would let someone who has
+	// the password guess codes without limit, signing in again between
+	// guesses.
+	if !u.HasTOTP() {
+		if err := s.st.ClearLoginFailures(ctx, name); err != nil {
+			s.log.Warn("clearing failed logins failed", "err", err)
+		}
 	}
 	stage := store.SessionFull
 	if u.HasTOTP() {

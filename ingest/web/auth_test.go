@@ -652,3 +652,25 @@ func TestSourceAddress(t *testing.T) {
 		})
 	}
 }
+
+// TestTOTPGuessesAcrossPasswordLogins: someone with the password cannot
+// reset the code-guess count by signing in with the password again; after
+// MaxFailsPerUser wrong codes the account is locked, the password step
+// included.
+func TestTOTPGuessesAcrossPasswordLogins(t *testing.T) {
+	e := newEnv(t)
+	e.enrol("alice")
+	for i := range e.srv.cfg.MaxFailsPerUser {
+		c := e.client()
+		if r := c.login("alice", testPassword); r.status != http.StatusSeeOther || r.header.Get("Location") != "/login/totp" {
+			t.Fatalf("password step %d: %d %s (locked too early?)", i, r.status, r.header.Get("Location"))
+		}
+		if r := c.post("/login/totp", "/login/totp", url.Values{"code": {"000000"}}); r.status != http.StatusUnauthorized {
+			t.Fatalf("wrong code %d: %d", i, r.status)
+		}
+	}
+	c := e.client()
+	if r := c.login("alice", testPassword); r.status != http.StatusUnauthorized {
+		t.Errorf("the password after %d wrong codes: %d, want locked", e.srv.cfg.MaxFailsPerUser, r.status)
+	}
+}
