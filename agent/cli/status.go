@@ -57,7 +57,7 @@ func newStatusCmd() *cobra.Command {
 			fmt.Fprintln(out)
 			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "DEVICE\tSTATE\tREADS\tFAILURES\tSAMPLES\tBAD\tREQUESTS\tGUARD REFUSED\tLAST ERROR")
-			var refusals []string
+			var refusals, outOfRange []string
 			for _, d := range st.Devices {
 				state := "up"
 				if !d.Up {
@@ -67,10 +67,16 @@ func newStatusCmd() *cobra.Command {
 				if refused != "-" && refused != "0" {
 					refusals = append(refusals, fmt.Sprintf("%s (%s)", d.Name, refused))
 				}
+				if d.OutOfRangeSamples > 0 {
+					outOfRange = append(outOfRange, fmt.Sprintf("%s (%d)", d.Name, d.OutOfRangeSamples))
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", d.Name, state, d.Reads, d.Failures, d.Samples, d.BadSamples, requests, refused, d.LastError)
 			}
 			if err := tw.Flush(); err != nil {
 				return err
+			}
+			if len(outOfRange) > 0 {
+				fmt.Fprintf(out, "samples left out because their time is outside what the ingest accepts (check the device's clock or time zone): %s\n", strings.Join(outOfRange, ", "))
 			}
 			if len(refusals) > 0 {
 				fmt.Fprintf(out, "the read-only guard refused requests on %s: nothing was sent, but a driver tried to send more than a read; report it with the agent's log\n", strings.Join(refusals, ", "))

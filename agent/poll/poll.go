@@ -205,6 +205,9 @@ type DeviceStats struct {
 	DroppedReads, DroppedSamples uint64
 	// CommitErrors counts failed Commit calls (the source is read again).
 	CommitErrors uint64
+	// OutOfRangeSamples counts samples left out because their time is
+	// outside what the ingest accepts (a device clock or time zone wrong).
+	OutOfRangeSamples uint64
 	// NextAttempt is when the device is next connected or read; zero while
 	// every read it may run is in flight.
 	NextAttempt time.Time

@@ -928,7 +928,7 @@ func TestCommitterReadAgainIsNotStoredTwice(t *testing.T) {
 	read := func(_ context.Context, n int, points []driver.Point) ([]telemetry.Sample, error) {
 		out := make([]telemetry.Sample, len(points))
 		for i, p := range points {
-			out[i] = telemetry.Sample{PointID: p.ID, Time: 1_700_000_000_000 + int64(max(n, 1))*1000, Value: float64(i)}
+			out[i] = telemetry.Sample{PointID: p.ID, Time: 946_684_000_000 + int64(max(n, 1))*1000, Value: float64(i)} // before synctest's 2000-01-01 clock
 		}
 		return out, nil
 	}
@@ -1122,6 +1122,41 @@ func TestDroppedReadOfACommitterIsReadAgain(t *testing.T) {
 		}
 		if closeAt < 0 || readsAfter == 0 || !slices.ContainsFunc(calls[closeAt:], func(c string) bool { return strings.HasPrefix(c, "connect") }) {
 			t.Errorf("driver calls %v: want a close and a reconnect between the dropped read and the next one", calls)
+		}
+	})
+}
+
+// TestSamplesOutsideTheIngestWindowAreLeftOut: a sample whose time the
+// ingest would refuse (and with it the whole batch) is left out and
+// counted, the device's other samples are stored, and one warning says so.
+func TestSamplesOutsideTheIngestWindowAreLeftOut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fd := newFake()
+		fd.read = func(_ context.Context, _ int, points []driver.Point) ([]telemetry.Sample, error) {
+			now := time.Now()
+			return []telemetry.Sample{
+				{PointID: points[0].ID, Time: now.UnixMilli(), Value: 1},
+				{PointID: points[1].ID, Time: now.Add(time.Hour).UnixMilli(), Value: 2},            // a device clock an hour fast
+				{PointID: points[1].ID, Time: now.AddDate(-11, 0, 0).UnixMilli(), Value: 3},        // a year mistyped
+				{PointID: points[0].ID, Time: now.Add(-maxPast + time.Hour).UnixMilli(), Value: 4}, // old, but accepted
+			}, nil
+		}
+		sink := &memSink{}
+		var logs logBuffer
+		s := mustNew(t, []Device{{Name: "ahu", Driver: fd, Points: []driver.Point{point(1, "x", 0), point(2, "y", 0)}, Interval: time.Second}},
+			sink, Options{Logger: logs.logger()})
+		runFor(t, s, 1500*time.Millisecond) // two reads
+		sink.mu.Lock()
+		stored := len(sink.samples)
+		sink.mu.Unlock()
+		if stored != 4 {
+			t.Errorf("%d samples stored, want the 2 in the window of each of 2 reads", stored)
+		}
+		if st := s.Stats()[0]; st.OutOfRangeSamples != 4 || st.Samples != 4 {
+			t.Errorf("stats = %d out of range, %d samples; want 4 and 4", st.OutOfRangeSamples, st.Samples)
+		}
+		if n := len(logs.records(t, "leaving out samples whose time the ingest would refuse (check the device's clock or time zone); counted as out_of_range")); n != 1 {
+			t.Errorf("%d warnings, want 1", n)
 		}
 	})
 }

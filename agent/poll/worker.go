@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/driver"
@@ -67,6 +68,9 @@ type worker struct {
 	delay   time.Duration
 
 	index map[uint64]int // point id -> its place in stats.Points; fixed at start
+	// windowWarned is set once a sample outside the ingest's time window
+	// was logged (reads run in their own goroutines).
+	windowWarned atomic.Bool
 
 	mu    sync.Mutex
 	stats DeviceStats
@@ -121,6 +125,8 @@ type result struct {
 	got       []telemetry.Sample // for the per-point counts
 	dropped   bool               // the sink refused the samples
 	commitErr bool
+	// outOfRange counts samples left out for a time the ingest refuses.
+	outOfRange int
 }
 
 // run is the worker's loop: it waits for the next tick or a read coming
@@ -364,6 +370,7 @@ func (w *worker) succeed(now time.Time, r result) {
 		if r.commitErr {
 			st.CommitErrors++
 		}
+		st.OutOfRangeSamples += uint64(r.outOfRange)
 	})
 }
 
@@ -412,6 +419,7 @@ func (w *worker) poll(ctx context.Context, groups []*group, points []driver.Poin
 		r.err = err
 		return r
 	}
+	samples, r.outOfRange = w.inWindow(samples)
 	r.samples, r.got = len(samples), samples
 	for _, s := range samples {
 		if s.Status != telemetry.StatusOK {
@@ -445,6 +453,51 @@ func (w *worker) poll(ctx context.Context, groups []*group, points []driver.Poin
 		}
 	}
 	return r
+}
+
+// The window of sample times the ingest accepts by default is 15 minutes
+// ahead of its clock and ten years back (ingest/server DefaultMaxSkew and
+// DefaultMaxAge); one sample outside it makes the ingest refuse the whole
+// batch, every other device's samples with it. The agent keeps a margin
+// inside that window.
+const (
+	maxFuture = 10 * time.Minute
+	maxPast   = 10*365*24*time.Hour - 7*24*time.Hour
+)
+
+// inWindow leaves out the samples whose time the ingest would refuse: a
+// device with a wrong clock, an OPC UA source timestamp from years ago, a
+// trend export in the wrong time zone or with a mistyped year. They are
+// counted, and the first one of a device is logged at warn level.
+func (w *worker) inWindow(samples []telemetry.Sample) ([]telemetry.Sample, int) {
+	now := time.Now()
+	lo, hi := now.Add(-maxPast).UnixMilli(), now.Add(maxFuture).UnixMilli()
+	bad := 0
+	for _, s := range samples {
+		if s.Time < lo || s.Time > hi {
+			bad++
+		}
+	}
+	if bad == 0 {
+		return samples, 0
+	}
+	out := make([]telemetry.Sample, 0, len(samples)-bad)
+	for _, s := range samples {
+		if s.Time >= lo && s.Time <= hi {
+			out = append(out, s)
+			continue
+		}
+		if w.windowWarned.CompareAndSwap(false, true) {
+			name := ""
+			if i, ok := w.index[s.PointID]; ok {
+				name = w.dev.Points[i].Ref
+			}
+			w.log.Warn("leaving out samples whose time the ingest would refuse (check the device's clock or time zone); counted as out_of_range",
+				"point", name, "sample_time", time.UnixMilli(s.Time).UTC().Format(time.RFC3339), "window_from", time.UnixMilli(lo).UTC().Format(time.RFC3339),
+				"window_to", time.UnixMilli(hi).UTC().Format(time.RFC3339))
+		}
+	}
+	return out, bad
 }
 
 // read calls the driver's Read, pausing and reading again while the device
