@@ -86,10 +86,12 @@ type Driver struct {
 	faulty    map[string]ua.StatusCode
 	id        *identity
 	sub       *subscription
-	lastSeen  map[uint64]time.Time // newest sample time per point, for backfill
-	backfill  []telemetry.Sample   // history read after a reconnect, returned by the next Read
-	everOnce  bool                 // a session was up before: the next one may backfill
-	warnedOff bool
+	// droppedBefore sums the values earlier subscriptions dropped.
+	droppedBefore uint64
+	lastSeen      map[uint64]time.Time // newest sample time per point, for backfill
+	backfill      []telemetry.Sample   // history read after a reconnect, returned by the next Read
+	everOnce      bool                 // a session was up before: the next one may backfill
+	warnedOff     bool
 }
 
 // New builds a driver for one device. It validates the settings and does
@@ -184,6 +186,7 @@ func (d *Driver) ensure(ctx context.Context) error {
 		d.nextTry = d.now().Add(backoff(d.cfg.reconnectMin, d.cfg.reconnectMax, d.failures))
 		sub := d.sub
 		d.sub = nil
+		d.droppedBefore += sub.droppedValues()
 		d.mu.Unlock()
 		sub.stop()
 		d.g.hangUp(ctx)
@@ -211,6 +214,7 @@ func (d *Driver) drop(ctx context.Context, why error) {
 	d.connected = false
 	sub := d.sub
 	d.sub = nil
+	d.droppedBefore += sub.droppedValues()
 	d.mu.Unlock()
 	sub.stop()
 	d.g.hangUp(ctx)
@@ -759,6 +763,7 @@ func (d *Driver) Close() error {
 	d.connected = false
 	sub := d.sub
 	d.sub = nil
+	d.droppedBefore += sub.droppedValues()
 	d.mu.Unlock()
 	sub.stop()
 	d.g.close(context.Background(), 2*time.Second)
@@ -795,13 +800,15 @@ func (d *Driver) Counters() []driver.Counter {
 		nr += v
 	}
 	d.mu.Lock()
-	sessions, attempts := d.sessions, d.attempts
+	sessions, attempts, sub := d.sessions, d.attempts, d.sub
+	dropped := d.droppedBefore + sub.droppedValues()
 	d.mu.Unlock()
 	return []driver.Counter{
 		{Name: "requests", Value: ns},
 		{Name: driver.GuardRefusals, Value: nr},
 		{Name: "sessions_created", Value: uint64(sessions)},
 		{Name: "connect_attempts", Value: uint64(attempts)},
+		{Name: "subscription_values_dropped", Value: dropped},
 	}
 }
 

@@ -29,6 +29,9 @@ type subscription struct {
 
 	mu      sync.Mutex
 	pending map[uint32][]*ua.DataValue // by client handle, oldest first
+	// dropped counts values pushed out of a full queue (maxPending) and
+	// values for handles this subscription never gave out.
+	dropped uint64
 }
 
 // stop ends the publish loop and waits for it. A nil subscription is fine.
@@ -41,14 +44,32 @@ func (s *subscription) stop() {
 }
 
 // push queues a value of a monitored item.
+// Handles are 1 to len(handles), fixed before the publish loop starts: a
+// value for any other handle (a confused or hostile server) is dropped, so
+// it cannot grow a queue nobody reads.
 func (s *subscription) push(handle uint32, dv *ua.DataValue) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if handle == 0 || int(handle) > len(s.handles) {
+		s.dropped++
+		return
+	}
 	q := append(s.pending[handle], dv)
 	if len(q) > maxPending {
+		s.dropped += uint64(len(q) - maxPending)
 		q = q[len(q)-maxPending:]
 	}
 	s.pending[handle] = q
+}
+
+// droppedValues is how many values the subscription dropped so far.
+func (s *subscription) droppedValues() uint64 {
+	if s == nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dropped
 }
 
 // take removes and returns the values queued for handle.

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopcua/opcua/ua"
+
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 	simopcua "github.com/sightglass-bms/sightglass/pkg/sim/opcua"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
@@ -50,5 +52,24 @@ func TestSubscribeSim(t *testing.T) {
 	}
 	if bad := notReads(sim.Services()); len(bad) > 0 {
 		t.Errorf("sent %q", bad)
+	}
+}
+
+// TestPushRefusesUnknownHandles: a value for a handle the subscription never
+// gave out is dropped and counted, not queued where no one reads it; a full
+// queue counts what it pushes out.
+func TestPushRefusesUnknownHandles(t *testing.T) {
+	s := &subscription{handles: map[string]uint32{"a": 1, "b": 2}, pending: map[uint32][]*ua.DataValue{}}
+	for _, h := range []uint32{0, 3, 1 << 31} {
+		s.push(h, &ua.DataValue{})
+	}
+	if len(s.pending) != 0 || s.droppedValues() != 3 {
+		t.Fatalf("pending %v, dropped %d; want nothing queued and 3 dropped", s.pending, s.droppedValues())
+	}
+	for range maxPending + 5 {
+		s.push(2, &ua.DataValue{})
+	}
+	if n := len(s.take(2)); n != maxPending || s.droppedValues() != 8 {
+		t.Errorf("queue of %d, %d dropped; want %d and 8", n, s.droppedValues(), maxPending)
 	}
 }
