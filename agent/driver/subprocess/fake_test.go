@@ -78,6 +78,10 @@ func hostedForTest() []driver.Info {
 			f, err := newFake(dev)
 			return &plainDriver{f}, err
 		}},
+		{Name: "reporting", New: func(dev driver.Device) (driver.Driver, error) {
+			f, err := newFake(dev)
+			return &reportingFake{fake: f}, err
+		}},
 		opcua.Info(),
 	}
 }
@@ -273,4 +277,23 @@ func capAddressSpace(extra uint64) {
 	}
 	limit := vm + extra
 	_ = syscall.Setrlimit(syscall.RLIMIT_AS, &syscall.Rlimit{Cur: limit, Max: limit})
+}
+
+// reportingFake counts its reads and the refused ones, as a guard would.
+type reportingFake struct {
+	*fake
+	reads, refused uint64
+}
+
+func (r *reportingFake) Read(ctx context.Context, pts []driver.Point) ([]telemetry.Sample, error) {
+	r.reads++
+	samples, err := r.fake.Read(ctx, pts)
+	if errors.Is(err, driver.ErrRefused) {
+		r.refused++
+	}
+	return samples, err
+}
+
+func (r *reportingFake) Counters() []driver.Counter {
+	return []driver.Counter{{Name: "requests", Value: r.reads}, {Name: driver.GuardRefusals, Value: r.refused}}
 }

@@ -149,7 +149,7 @@ func (h *host) dispatch(ctx context.Context, c call) bool {
 		if err != nil {
 			h.sendError(c.id, err)
 		} else {
-			h.send(newEnc(ansOK, c.id).b)
+			h.sendOK(c.id)
 		}
 		return true
 	case msgConnect, msgRead, msgDiscover, msgCommit:
@@ -212,11 +212,7 @@ func (h *host) serve(ctx context.Context, c call) {
 		}
 		e := newEnc(ansSamples, c.id)
 		e.samples(samples)
-		var counts []driver.Counter
-		if r, ok := h.drv.(driver.Reporter); ok {
-			counts = r.Counters()
-		}
-		e.counters(counts)
+		e.counters(h.counts())
 		h.send(e.b)
 	case msgDiscover:
 		disc, ok := h.drv.(driver.Discoverer)
@@ -280,13 +276,30 @@ func (h *host) answerErr(id uint64, err error) {
 		h.sendError(id, err)
 		return
 	}
-	h.send(newEnc(ansOK, id).b)
+	h.sendOK(id)
+}
+
+// counts are the driver's counters (driver.Reporter), carried on every
+// ok, samples and error answer: a read the guard refused must show in
+// status too.
+func (h *host) counts() []driver.Counter {
+	if r, ok := h.drv.(driver.Reporter); ok {
+		return r.Counters()
+	}
+	return nil
+}
+
+func (h *host) sendOK(id uint64) {
+	e := newEnc(ansOK, id)
+	e.counters(h.counts())
+	h.send(e.b)
 }
 
 func (h *host) sendError(id uint64, err error) {
 	e := newEnc(ansError, id)
 	e.uvarint(errorKinds(err))
 	e.str(err.Error())
+	e.counters(h.counts())
 	h.send(e.b)
 }
 
@@ -300,6 +313,7 @@ func (h *host) send(body []byte) {
 		e := newEnc(ansError, id)
 		e.uvarint(0)
 		e.str(fmt.Sprintf("driver host: the answer of %d bytes exceeds the %d-byte frame limit: read fewer points at a time", len(body), MaxFrame))
+		e.counters(nil)
 		body = e.b
 	}
 	h.wmu.Lock()

@@ -108,8 +108,14 @@ func newProxy(inner driver.Info, cmd Command, o Options, dev driver.Device) (dri
 	}
 	_, canDiscover := d.(driver.Discoverer)
 	_, canCommit := d.(driver.Committer)
+	_, checkpoints := d.(driver.Checkpointer)
 	if err := d.Close(); err != nil {
 		return nil, fmt.Errorf("closing the %s driver after validating its settings: %w", inner.Name, err)
+	}
+	if checkpoints {
+		// The protocol carries no Checkpoint or Restore: hosted, the
+		// driver would quietly lose its crash protection.
+		return nil, fmt.Errorf("the %s driver keeps a checkpoint (driver.Checkpointer), which a driver host cannot carry yet: run it in the agent's process", inner.Name)
 	}
 	log := dev.Logger
 	if log == nil {
@@ -282,7 +288,6 @@ func (p *proxy) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sa
 	if err != nil {
 		return nil, err
 	}
-	p.noteCounters(c, a.counters)
 	return a.samples, nil
 }
 
@@ -524,6 +529,7 @@ func (c *child) roundTrip(ctx context.Context, id uint64, body []byte, want byte
 	case c.outq <- body:
 		select {
 		case a := <-ch:
+			c.p.noteCounters(c, a.counters)
 			return c.check(a, want)
 		case <-c.dead:
 			return answer{}, c.err

@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -549,4 +550,46 @@ func TestHungCallsAreBounded(t *testing.T) {
 			t.Errorf("the child %d hung in Close still runs", pid)
 		}
 	})
+}
+
+// checkpointingFake is a committing fake that also keeps a checkpoint.
+type checkpointingFake struct{ *fakeCommitter }
+
+func (checkpointingFake) Checkpoint() []byte   { return []byte("place") }
+func (checkpointingFake) Restore([]byte) error { return nil }
+
+// TestRefusesACheckpointer: the protocol does not carry Checkpoint and
+// Restore, so wrapping a driver that keeps one is an error at start-up, not
+// a driver that silently lost its crash protection.
+func TestRefusesACheckpointer(t *testing.T) {
+	inner := driver.Info{Name: "cp", New: func(dev driver.Device) (driver.Driver, error) {
+		f, err := newFake(dev)
+		return checkpointingFake{&fakeCommitter{f}}, err
+	}}
+	_, err := Wrap(inner, selfCommand, Options{}).New(driver.Device{Name: "trend", Points: []driver.Point{{ID: 1, Ref: "x"}}})
+	if err == nil || !strings.Contains(err.Error(), "Checkpointer") {
+		t.Fatalf("wrapping a Checkpointer: %v, want an error naming it", err)
+	}
+}
+
+// TestCountersOfARefusedRead: a read the child's guard refused comes back
+// as an error, and its counters still reach the proxy, so status shows the
+// refusal.
+func TestCountersOfARefusedRead(t *testing.T) {
+	d, err := Wrap(hostedForTest()[3], selfCommand, Options{}).New(driver.Device{Name: "meter", Points: []driver.Point{{ID: 1, Ref: "refused"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Read(t.Context(), []driver.Point{{ID: 1, Ref: "refused"}}); !errors.Is(err, driver.ErrRefused) {
+		t.Fatalf("Read = %v, want ErrRefused", err)
+	}
+	got := d.(driver.Reporter).Counters()
+	want := []driver.Counter{{Name: "requests", Value: 1}, {Name: driver.GuardRefusals, Value: 1}}
+	if !slices.Equal(got, want) {
+		t.Errorf("counters after a refused read = %v, want %v", got, want)
+	}
 }

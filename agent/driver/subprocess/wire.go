@@ -355,7 +355,7 @@ type answer struct {
 	caps     uint64             // ready
 	err      error              // error
 	samples  []telemetry.Sample // samples
-	counters []driver.Counter   // samples: the driver's counts after the read
+	counters []driver.Counter   // ok, error, samples: the driver's counts after the call
 	points   []driver.Point     // points
 }
 
@@ -370,7 +370,9 @@ func decodeAnswer(body []byte) (answer, error) {
 		kinds := d.uvarint("error kinds")
 		msg := d.str("error message")
 		a.err = remoteError(msg, kinds)
+		a.counters = d.counters()
 	case ansOK:
+		a.counters = d.counters()
 	case ansSamples:
 		a.samples = d.samples()
 		a.counters = d.counters()

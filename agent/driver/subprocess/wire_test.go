@@ -29,6 +29,9 @@ func encodeAnswer(a answer) []byte {
 	case ansError:
 		e.uvarint(errorKinds(a.err))
 		e.str(a.err.Error())
+		e.counters(a.counters)
+	case ansOK:
+		e.counters(a.counters)
 	case ansSamples:
 		e.samples(a.samples)
 		e.counters(a.counters)
