@@ -129,6 +129,12 @@ func (u *Uplink) postBatch(ctx context.Context, b Batch) result {
 	}
 	res := ans.result("POST /v1/batches")
 	res.duplicate = ans.reply.Status == "duplicate"
+	if res.verdict == stored && (ans.reply.Seq != b.Seq || (ans.reply.Status != "stored" && ans.reply.Status != "duplicate")) {
+		// A 2xx that is not the ingest's answer to this batch (a proxy's
+		// page, an empty body, another batch's seq) must not delete it.
+		return result{verdict: retry, kind: "answer not from the ingest",
+			err: fmt.Errorf("POST /v1/batches answered %d with status %q for seq %d, not stored or duplicate for seq %d: is something between the agent and the ingest answering for it?", ans.status, ans.reply.Status, ans.reply.Seq, b.Seq)}
+	}
 	return res
 }
 

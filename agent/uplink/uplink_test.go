@@ -538,3 +538,47 @@ func TestNoListeningSocket(t *testing.T) {
 		}
 	}
 }
+
+// TestTwoHundredThatIsNotTheIngestsAnswer: a 2xx whose body is not the
+// ingest's answer for this batch (a captive portal's page, another seq) is
+// retried, not taken as stored: the batch stays until the ingest has it.
+func TestTwoHundredThatIsNotTheIngestsAnswer(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		answer func(w http.ResponseWriter)
+	}{
+		{"an html page", func(w http.ResponseWriter) { w.WriteHeader(http.StatusOK); io.WriteString(w, "<html>welcome</html>") }},
+		{"another batch's seq", func(w http.ResponseWriter) {
+			writeJSON(w, http.StatusOK, map[string]any{"status": "stored", "seq": 99})
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			e.ingest.tables[tableA.String()] = nil
+			var fooled atomic.Int32
+			e.ingest.before = func(w http.ResponseWriter, r *http.Request) bool {
+				if r.Method != http.MethodPost || fooled.Load() >= 2 {
+					return false
+				}
+				fooled.Add(1)
+				tt.answer(w)
+				return true
+			}
+			e.src.add(1, 1, tableA, 100)
+			u, err := New(e.cfg, e.src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := run(t, u)
+			e.src.wait(1)
+			stop()
+			acked, rejected, _ := e.src.snapshot()
+			e.ingest.mu.Lock()
+			_, stored := e.ingest.stored[1]
+			e.ingest.mu.Unlock()
+			if !stored || !slices.Equal(acked, []uint64{1}) || len(rejected) != 0 || fooled.Load() != 2 {
+				t.Errorf("stored %v, acked %v, rejected %v after %d fake answers; want it stored by the ingest, then acked", stored, acked, rejected, fooled.Load())
+			}
+		})
+	}
+}
