@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -78,6 +79,8 @@ type checkFacts struct {
 	bacnetProbe func(ctx context.Context, local, broadcast, address string, instance uint32, timeout time.Duration) (string, error)
 	// bindNIC reports whether a socket can be bound to an interface.
 	bindNIC func(ifname string) error
+	// kernel is the running kernel's release, as uname -r prints it.
+	kernel func() string
 }
 
 func realFacts() checkFacts {
@@ -99,7 +102,16 @@ func realFacts() checkFacts {
 		getenv:      os.Getenv,
 		bacnetProbe: probeBACnet,
 		bindNIC:     nicbind.Probe,
+		kernel:      kernelRelease,
 	}
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }
 
 func newCheckCmd() *cobra.Command {
@@ -257,20 +269,47 @@ func (c *checker) checkNetwork() {
 		}
 		c.add("uplink interface", checkOK, "%s up with %s", up.Name, prefixes(up))
 	}
-	c.checkBinding(n.Control.Interface, n.Uplink.Interface)
+	c.checkBinding(nics, n.Control.Interface, n.Uplink.Interface)
 }
 
 // checkBinding says whether the agent can bind its sockets to each NIC
 // (every control-side socket to the control NIC, the uplink to the uplink
-// NIC): without it the agent's connections fail.
-func (c *checker) checkBinding(ifnames ...string) {
+// NIC): without it the agent's connections fail. Interfaces missing are
+// reported by their own lines. check often runs as root, which may bind
+// on any kernel; the agent runs unprivileged, which needs Linux 5.7.
+func (c *checker) checkBinding(nics []nic, ifnames ...string) {
+	const fix = "upgrade to Linux 5.7 or later, or give the agent CAP_NET_RAW (CapabilityBoundingSet=CAP_NET_RAW and AmbientCapabilities=CAP_NET_RAW in its unit)"
+	var present []string
 	for _, name := range ifnames {
+		if slices.ContainsFunc(nics, func(x nic) bool { return x.Name == name }) {
+			present = append(present, name)
+		}
+	}
+	if len(present) == 0 {
+		return
+	}
+	for _, name := range present {
 		if err := c.f.bindNIC(name); err != nil {
-			c.add("nic binding", checkFail, "%v: upgrade the kernel, or grant the agent CAP_NET_RAW (AmbientCapabilities= in its unit)", err)
+			c.add("nic binding", checkFail, "%v: %s", err, fix)
 			return
 		}
 	}
-	c.add("nic binding", checkOK, "sockets can be bound to %s (SO_BINDTODEVICE), so neither side's traffic can use the other's NIC", strings.Join(ifnames, " and "))
+	if rel := c.f.kernel(); !kernelAtLeast(rel, 5, 7) {
+		c.add("nic binding", checkFail, "kernel %s: the agent runs unprivileged, and binding a socket to a NIC (SO_BINDTODEVICE) needs Linux 5.7 then: %s", rel, fix)
+		return
+	}
+	c.add("nic binding", checkOK, "sockets can be bound to %s (SO_BINDTODEVICE), so neither side's traffic can use the other's NIC", strings.Join(present, " and "))
+}
+
+// kernelAtLeast reports whether the release rel ("6.1.0-13-amd64") is at
+// least major.minor; an unreadable release counts as new enough, the probe
+// having worked.
+func kernelAtLeast(rel string, major, minor int) bool {
+	var ma, mi int
+	if n, _ := fmt.Sscanf(rel, "%d.%d", &ma, &mi); n < 2 {
+		return true
+	}
+	return ma > major || ma == major && mi >= minor
 }
 
 func (c *checker) checkForwarding() {

@@ -100,6 +100,7 @@ func goodFacts() checkFacts {
 			return "", errors.New("no bacnet in this test")
 		},
 		bindNIC: func(string) error { return nil },
+		kernel:  func() string { return "6.1.0-13-amd64" },
 	}
 }
 
@@ -171,7 +172,10 @@ func TestCheckSystemFacts(t *testing.T) {
 				}
 				return nil
 			}
-		}, "nic binding", checkFail, "up0: operation not permitted: upgrade the kernel"},
+		}, "nic binding", checkFail, "up0: operation not permitted: upgrade to Linux 5.7 or later, or give the agent CAP_NET_RAW (CapabilityBoundingSet=CAP_NET_RAW and AmbientCapabilities=CAP_NET_RAW"},
+		{"nic binding on an old kernel, check run as root", func(f *checkFacts) {
+			f.kernel = func() string { return "5.4.0-150-generic" }
+		}, "nic binding", checkFail, "kernel 5.4.0-150-generic: the agent runs unprivileged"},
 		{"time synchronised", nil, "time sync", checkOK, "fake"},
 		{"time not synchronised", func(f *checkFacts) {
 			f.timeSync = func() (bool, string, error) { return false, "adjtimex", nil }
