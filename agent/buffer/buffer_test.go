@@ -113,10 +113,11 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil || !ok || s1.Seq != 1 || s1.Samples != 6 || !s1.SealedAt.Equal(now) {
 		t.Fatalf("Seal = %+v, %v, %v", s1, ok, err)
 	}
-	// A record larger than maxSamples is still taken whole, alone.
-	s2, ok, err := b.Seal(ctx, 1, fakeSeal)
+	// A record that fills maxSamples is taken whole (one larger is split:
+	// TestSealSplitsARecordLargerThanABatch).
+	s2, ok, err := b.Seal(ctx, 3, fakeSeal)
 	if err != nil || !ok || s2.Seq != 2 || s2.Samples != 3 {
-		t.Fatalf("Seal(1) = %+v, %v, %v", s2, ok, err)
+		t.Fatalf("Seal(3) = %+v, %v, %v", s2, ok, err)
 	}
 	st = b.Stats()
 	if st.PendingSamples != 6 || st.SealedBatches != 2 || st.SealedSamples != 9 || st.NextSeq != 3 {

@@ -214,3 +214,33 @@ func TestAppendState(t *testing.T) {
 		}
 	}
 }
+
+// TestSealSplitsARecordLargerThanABatch: one Append larger than a batch
+// (a trend export is one read) is sealed maxSamples at a time, in order,
+// the rest staying pending, with the counters right across a reopen.
+func TestSealSplitsARecordLargerThanABatch(t *testing.T) {
+	ctx := context.Background()
+	path := tempPath(t)
+	b := openT(t, path, Options{})
+	defer func() { b.Close() }()
+	all := mkSamples(0, 25)
+	if err := b.Append(ctx, all); err != nil {
+		t.Fatal(err)
+	}
+	var sizes []int
+	for i := range 2 {
+		s, ok, err := b.Seal(ctx, 10, fakeSeal)
+		if err != nil || !ok {
+			t.Fatalf("seal %d: %v %v", i, ok, err)
+		}
+		sizes = append(sizes, s.Samples)
+		if st := b.Stats(); st.PendingSamples != uint64(25-10*(i+1)) || st.SealedSamples != uint64(10*(i+1)) {
+			t.Fatalf("after seal %d: %+v", i, st)
+		}
+	}
+	b = reopen(t, b, path, Options{}) // counters recomputed from the file agree
+	got := drainAll(t, b, 10)
+	if sizes[0] != 10 || sizes[1] != 10 || !sameSamples(got, all) {
+		t.Fatalf("sealed %v, drained %d samples: want batches of 10, 10, 5 holding every sample in order", sizes, len(got))
+	}
+}

@@ -14,8 +14,9 @@ import (
 )
 
 // Seal takes the oldest pending records (whole records, as many as fit in
-// maxSamples, but always at least one), has seal encode them under the
-// next sequence number, and stores the result as a sealed batch, its point
+// maxSamples; a first record larger than that gives its first maxSamples
+// and stays pending with the rest), has seal encode them under the next
+// sequence number, and stores the result as a sealed batch, its point
 // table (once per distinct table) and the removal of the records, all in
 // one transaction: either the batch exists and the records are gone, or
 // nothing changed. It returns false if nothing is pending.
@@ -84,6 +85,22 @@ func (b *Buffer) Seal(ctx context.Context, maxSamples int, seal Sealer) (Sealed,
 			return nil
 		}
 
+		// One record larger than a batch may hold (a trend export is one
+		// read) is split: the first maxSamples go into this batch and the
+		// rest stays pending under the same key, in this transaction. A
+		// batch over the ingest's limits would be refused for good.
+		var rest []byte
+		if len(keys) == 1 && len(samples) > maxSamples {
+			v := pend.Get(keys[0])
+			_, at, _ := recordHeader(v)
+			var err error
+			if rest, err = encodeRecord(samples[maxSamples:], at); err != nil {
+				return fmt.Errorf("splitting a pending record of %d samples: %w", len(samples), err)
+			}
+			size = int64(len(keys[0])+len(v)) - int64(len(keys[0])+len(rest))
+			samples = samples[:maxSamples]
+		}
+
 		seq := c.nextSeq
 		enc, err := seal(seq, samples)
 		if err != nil {
@@ -102,6 +119,12 @@ func (b *Buffer) Seal(ctx context.Context, maxSamples int, seal Sealer) (Sealed,
 		}
 		if err := refTable(tx, enc.TableHash, enc.Table, c); err != nil {
 			return err
+		}
+		if rest != nil {
+			if err := pend.Put(keys[0], rest); err != nil {
+				return err
+			}
+			keys = keys[:0] // the record stays, shorter
 		}
 		for _, k := range keys {
 			if err := pend.Delete(k); err != nil {
