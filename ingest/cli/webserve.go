@@ -43,8 +43,8 @@ func startDashboard(ctx context.Context, cancel context.CancelFunc, cfg *config.
 		return nil, err
 	}
 	d := &dashboard{}
-	d.wg.Go(func() { prune(ctx, db, log) })
 	if cfg.WebListen == "" {
+		d.wg.Go(func() { prune(ctx, db, log) })
 		return d, nil
 	}
 	var cert tls.Certificate
@@ -82,6 +82,9 @@ func startDashboard(ctx context.Context, cancel context.CancelFunc, cfg *config.
 			return nil, fmt.Errorf("listening for the dashboard's HTTP redirect: %w: change web_http_listen or stop what holds the port", err)
 		}
 	}
+	// Started once nothing here can fail any more: an error return must
+	// not leave it running against a database the caller closes.
+	d.wg.Go(func() { prune(ctx, db, log) })
 	addr := ln.Addr().String()
 	run := func(f func() error) {
 		d.wg.Go(func() {
