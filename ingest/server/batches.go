@@ -63,7 +63,7 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request, id pki.Iden
 	case CodeUnknownTable, CodeStoreUnavailable, CodeInternal:
 		// The protocol's normal flow, or our own trouble: not the agent's doing.
 	default:
-		s.audit(r.Context(), "agent:"+id.Agent, "batch_refused", id.Agent, rf.code+": "+rf.msg)
+		s.auditRefusal(r.Context(), id.Agent, "batch_refused", rf)
 	}
 	writeRefusal(w, rf)
 }

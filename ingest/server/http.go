@@ -139,7 +139,7 @@ func (s *Server) agentHandler() http.Handler {
 		}
 		if rf := s.checkClock(r); rf != nil {
 			s.count(func(st *Stats) { st.Refused[rf.code]++ })
-			s.audit(r.Context(), "agent:"+id.Agent, "request_refused", id.Agent, rf.code+": "+rf.msg)
+			s.auditRefusal(r.Context(), id.Agent, "request_refused", rf)
 			writeRefusal(lw, rf)
 			return
 		}

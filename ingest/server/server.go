@@ -147,6 +147,9 @@ type Server struct {
 
 	mu    sync.Mutex
 	stats Stats
+	// refusalsAudited throttles the audit of refused requests (see
+	// auditRefusal); guarded by mu.
+	refusalsAudited map[refusalKey]*refusalRun
 }
 
 // New returns a Server archiving into store and accepting agents whose

@@ -77,6 +77,52 @@ func (s *Server) audit(ctx context.Context, actor, action, subject, detail strin
 	}
 }
 
+// refusalAuditEvery is how often the same refusal of the same agent goes
+// to the audit log: an agent retries a refused request (a bad clock, an
+// identity mismatch) for as long as the cause lasts, and the append-only
+// log must record that it happened, not every retry.
+const refusalAuditEvery = 10 * time.Minute
+
+type refusalKey struct{ agent, action, code string }
+
+type refusalRun struct {
+	last       time.Time
+	suppressed int
+}
+
+// auditRefusal writes a refused request to the audit log: the first of a
+// run of the same refusal, then at most once per refusalAuditEvery with
+// the count of those not written. A body cut off on the way
+// (CodeBadRequest) is the network's doing and is not audited.
+func (s *Server) auditRefusal(ctx context.Context, agent, action string, rf *refusal) {
+	if rf.code == CodeBadRequest {
+		return
+	}
+	now := s.cfg.Now()
+	k := refusalKey{agent, action, rf.code}
+	s.mu.Lock()
+	if s.refusalsAudited == nil {
+		s.refusalsAudited = map[refusalKey]*refusalRun{}
+	}
+	run := s.refusalsAudited[k]
+	if run != nil && now.Sub(run.last) < refusalAuditEvery {
+		run.suppressed++
+		s.mu.Unlock()
+		return
+	}
+	suppressed := 0
+	if run != nil {
+		suppressed = run.suppressed
+	}
+	s.refusalsAudited[k] = &refusalRun{last: now}
+	s.mu.Unlock()
+	detail := rf.code + ": " + rf.msg
+	if suppressed > 0 {
+		detail += fmt.Sprintf(" (and %d more like it since the last entry)", suppressed)
+	}
+	s.audit(ctx, "agent:"+agent, action, agent, detail)
+}
+
 type enrollRequest struct {
 	Token string `json:"token"`
 	CSR   []byte `json:"csr"` // DER, base64 in JSON

@@ -364,3 +364,41 @@ func TestRequestClockChecked(t *testing.T) {
 	// the request's, not the samples'.
 	wantReply(t, send(ms(time.Minute)), http.StatusOK, "")
 }
+
+// TestRefusalsAuditedOncePerRun: an agent retrying the same refused request
+// writes one audit entry, then one per refusalAuditEvery that counts the
+// retries left out; a body cut off on the way is not audited at all.
+func TestRefusalsAuditedOncePerRun(t *testing.T) {
+	clock := now
+	e := newTrustEnv(t, func(c *Config, _ *blob.Store) { c.Now = func() time.Time { return clock } })
+	_, er, _ := e.enroll(e.token("s1", time.Hour))
+	c := e.client(er.Agent)
+	refused := func() int {
+		entries, _ := e.db.AuditLog(context.Background(), 0, 1000)
+		n := 0
+		for _, en := range entries {
+			if en.Action == "batch_refused" {
+				n++
+			}
+		}
+		return n
+	}
+	for range 5 {
+		wantReply(t, e.do(c, http.MethodPost, "/v1/batches", []byte("garbage")), http.StatusBadRequest, CodeBadBatch)
+	}
+	if n := refused(); n != 1 {
+		t.Fatalf("%d audit entries for 5 retries of one refusal, want 1", n)
+	}
+	clock = clock.Add(refusalAuditEvery)
+	wantReply(t, e.do(c, http.MethodPost, "/v1/batches", []byte("garbage")), http.StatusBadRequest, CodeBadBatch)
+	entries, _ := e.db.AuditLog(context.Background(), 0, 1000)
+	if last := entries[len(entries)-1]; refused() != 2 || !strings.Contains(last.Detail, "and 4 more like it") {
+		t.Errorf("after %s: %d entries, last %q; want a second one counting the 4 left out", refusalAuditEvery, refused(), last.Detail)
+	}
+	var sr Server
+	sr.cfg.Now = func() time.Time { return clock }
+	sr.auditRefusal(context.Background(), "ag-x", "batch_refused", refuse(http.StatusBadRequest, CodeBadRequest, "reading the batch: unexpected EOF"))
+	if len(sr.refusalsAudited) != 0 {
+		t.Error("a body cut off on the way was audited")
+	}
+}
