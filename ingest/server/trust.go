@@ -77,6 +77,10 @@ func (s *Server) audit(ctx context.Context, actor, action, subject, detail strin
 	}
 }
 
+// errIdentityMoved means a renewing agent's certificate and the registry
+// disagree on its tenant or site.
+var errIdentityMoved = errors.New("identity moved")
+
 // refusalAuditEvery is how often the same refusal of the same agent goes
 // to the audit log: an agent retries a refused request (a bad clock, an
 // identity mismatch) for as long as the cause lasts, and the append-only
@@ -243,7 +247,7 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request, id pki.Iden
 	var leaf *x509.Certificate
 	_, err = s.cfg.Registry.Renew(r.Context(), id.Agent, func(a store.Agent) (store.Cert, error) {
 		if a.Tenant != id.Tenant || a.Site != id.Site {
-			return store.Cert{}, fmt.Errorf("the certificate names %s/%s but the registry has %s/%s", id.Tenant, id.Site, a.Tenant, a.Site)
+			return store.Cert{}, fmt.Errorf("the certificate names %s/%s but the registry has %s/%s: %w", id.Tenant, id.Site, a.Tenant, a.Site, errIdentityMoved)
 		}
 		var err error
 		leaf, certPEM, err = s.ca.IssueAgent(id, pub, s.cfg.AgentValidity)
@@ -252,9 +256,17 @@ func (s *Server) handleRenew(w http.ResponseWriter, r *http.Request, id pki.Iden
 		}
 		return store.Cert{Serial: pki.SerialHex(leaf), AgentID: id.Agent, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
 	})
-	if err != nil {
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrRevoked), errors.Is(err, store.ErrNotFound), errors.Is(err, errIdentityMoved):
 		s.audit(r.Context(), "agent:"+id.Agent, "renew_refused", id.Agent, err.Error())
 		writeRefusal(w, refuse(http.StatusForbidden, CodeRevoked, "renewal refused: %v", err))
+		return
+	default:
+		// Our side failed (a locked database, the CA): the agent keeps
+		// its certificate and asks again; the details stay in our log.
+		s.log.Error("renewing an agent's certificate failed", "agent", id.Agent, "err", err)
+		writeRefusal(w, refuse(http.StatusServiceUnavailable, CodeStoreUnavailable, "renewal failed on our side; ask again shortly"))
 		return
 	}
 	s.audit(r.Context(), "agent:"+id.Agent, "renew", id.Agent, fmt.Sprintf("serial=%s not_after=%s", pki.SerialHex(leaf), leaf.NotAfter.UTC().Format(time.RFC3339)))

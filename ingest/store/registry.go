@@ -154,7 +154,7 @@ func (s *DB) Renew(ctx context.Context, agentID string, issue func(Agent) (Cert,
 			return err
 		}
 		if a.Revoked() {
-			return fmt.Errorf("agent %s was revoked at %s (%s): enroll a new agent with a new token", a.ID, a.RevokedAt.Format(time.RFC3339), a.RevokeReason)
+			return fmt.Errorf("agent %s was revoked at %s (%s): enroll a new agent with a new token: %w", a.ID, a.RevokedAt.Format(time.RFC3339), a.RevokeReason, ErrRevoked)
 		}
 		cert, err = issue(a)
 		if err != nil {
