@@ -103,6 +103,15 @@ func decodePointTable(data []byte) ([]uint64, error) {
 		return nil, fmt.Errorf("empty table: %w", ErrCorrupt)
 	}
 	rest := uint64(r.remaining())
+	// Every id takes a byte at least; and no batch may use more points
+	// than DefaultMaxPoints (Encode refuses them), so a larger table is
+	// refused before its ids are allocated.
+	if count > rest {
+		return nil, fmt.Errorf("count %d exceeds the %d bytes left: %w", count, rest, ErrCorrupt)
+	}
+	if count > DefaultMaxPoints {
+		return nil, fmt.Errorf("%d points, at most %d in a table: %w", count, DefaultMaxPoints, ErrTooLarge)
+	}
 	switch form {
 	case tableGaps:
 		// Every id takes at least one byte.

@@ -90,6 +90,7 @@ func TestDecodePointTableStrict(t *testing.T) {
 		{"raw short", raw(1, 2)[:20], ErrCorrupt, "need 16 bytes"},
 		{"raw trailing", append(raw(1, 2), 0), ErrCorrupt, "need 16 bytes"},
 		{"raw huge count", hdr(tableRaw, math.MaxUint64), ErrCorrupt, "bytes"},
+		{"more points than a batch may have", append(hdr(tableGaps, DefaultMaxPoints+1), make([]byte, DefaultMaxPoints+1)...), ErrTooLarge, "at most 1000000"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
