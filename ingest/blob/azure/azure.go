@@ -352,8 +352,6 @@ func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("listing blobs %q: %w", prefix, err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
-	defer cancel()
 	var opts container.ListBlobsFlatOptions
 	if prefix != "" {
 		opts.Prefix = &prefix
@@ -361,10 +359,16 @@ func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 	var names []string
 	pager := s.client.NewListBlobsFlatPager(&opts)
 	for pager.More() {
-		page, err := pager.NextPage(ctx)
+		// The timeout is per page: a large listing (a whole archive for a
+		// rebuild) takes many pages and may take far longer than one.
+		pctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+		page, err := pager.NextPage(pctx)
 		if err != nil {
-			return nil, s.explain(ctx, fmt.Sprintf("listing blobs %q", prefix), err)
+			err = s.explain(pctx, fmt.Sprintf("listing blobs %q", prefix), err)
+			cancel()
+			return nil, err
 		}
+		cancel()
 		if page.Segment == nil {
 			continue
 		}
