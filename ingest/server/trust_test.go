@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -400,5 +401,26 @@ func TestRefusalsAuditedOncePerRun(t *testing.T) {
 	sr.auditRefusal(context.Background(), "ag-x", "batch_refused", refuse(http.StatusBadRequest, CodeBadRequest, "reading the batch: unexpected EOF"))
 	if len(sr.refusalsAudited) != 0 {
 		t.Error("a body cut off on the way was audited")
+	}
+}
+
+// failingRenewals is a registry whose renewals fail on our side.
+type failingRenewals struct{ Registry }
+
+func (failingRenewals) Renew(context.Context, string, func(store.Agent) (store.Cert, error)) (store.Cert, error) {
+	return store.Cert{}, errors.New("database is locked")
+}
+
+// TestRenewFailingOnOurSide: a renewal that fails in the ingest (not a
+// revoked agent) answers 503 so the agent asks again, and the database's
+// words stay out of the answer.
+func TestRenewFailingOnOurSide(t *testing.T) {
+	e := newTrustEnv(t, func(c *Config, _ *blob.Store) { c.Registry = failingRenewals{c.Registry} })
+	c, _, _ := e.enroll(e.token("s1", time.Hour))
+	_, csr, _ := pki.NewAgentKey()
+	r := postJSON(t, e.env, c, "/v1/renew", map[string]any{"csr": csr})
+	wantReply(t, r, http.StatusServiceUnavailable, CodeStoreUnavailable)
+	if msg, _ := r.body["error"].(string); strings.Contains(msg, "locked") {
+		t.Errorf("the answer carries the database's error: %q", msg)
 	}
 }
