@@ -282,12 +282,16 @@ func (s *Stack) AgentStatus(ctx context.Context) (daemon.Status, error) {
 	return daemon.FetchStatus(ctx, s.StatusSocket())
 }
 
-// WaitDrained waits until the agent's buffer holds nothing: every sample it
-// acknowledged has been sent and acknowledged by the ingest.
+// WaitDrained waits until the agent's buffer holds nothing and its uplink
+// is uploading nothing: every sample it acknowledged has been sent and
+// acknowledged by the ingest. The uplink counts too because a batch the
+// buffer's cap dropped while it was being uploaded is no longer in the
+// buffer but may still arrive, and its acknowledgement changes the
+// agent's dropped count.
 func (s *Stack) WaitDrained(ctx context.Context) error {
 	for {
 		st, err := s.AgentStatus(ctx)
-		if err == nil && st.Buffer.PendingSamples == 0 && st.Buffer.SealedBatches == 0 {
+		if err == nil && st.Buffer.PendingSamples == 0 && st.Buffer.SealedBatches == 0 && st.Uplink.InFlight == 0 {
 			return nil
 		}
 		select {
