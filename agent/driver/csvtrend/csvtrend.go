@@ -31,6 +31,9 @@ import (
 	"sync"
 	"time"
 
+	"go.yaml.in/yaml/v4"
+
+	agentconfig "github.com/sightglass-bms/sightglass/agent/config"
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
@@ -87,10 +90,38 @@ type Settings struct {
 	// Settle skips files modified less than this long ago, so an export
 	// still being written is not consumed. Default 2s; 0 disables.
 	Settle *time.Duration `yaml:"settle"`
+	// MaxFileSize is the largest file Read takes ("64MiB", "1GB" or a
+	// number of bytes). A bigger file is refused, logged and left in
+	// place, neither read nor moved: a file is parsed whole in memory, so
+	// a huge file dropped into the folder by mistake must not take the
+	// agent's memory. Default DefaultMaxFileSize.
+	MaxFileSize *FileSize `yaml:"max_file_size"`
 }
 
 // DefaultSettle is the default of Settings.Settle.
 const DefaultSettle = 2 * time.Second
+
+// DefaultMaxFileSize is the default of Settings.MaxFileSize. Reading a
+// file holds its bytes plus 32 bytes per sample, one sample per 13 to 35
+// bytes of the real exports in testdata/bms: three to six times the file at
+// the peak (see README.md). 64 MiB is a year of 15-minute data for about a
+// hundred points, and a few hundred MiB of memory at worst; 256 MiB would
+// let one file take over a GiB of a small edge box.
+const DefaultMaxFileSize = 64 << 20
+
+// FileSize is a size in bytes, written like buffer.max_bytes in the agent
+// config ("64MiB", "1GB", "1048576").
+type FileSize int64
+
+// UnmarshalYAML parses a size, naming the setting and its line on error.
+func (s *FileSize) UnmarshalYAML(n *yaml.Node) error {
+	v, err := agentconfig.ParseByteSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: settings.max_file_size: %w", n.Line, err)
+	}
+	*s = FileSize(v)
+	return nil
+}
 
 // defaultStates are the state texts every device understands.
 var defaultStates = map[string]float64{
@@ -113,6 +144,7 @@ type config struct {
 	states    map[string]float64
 	pointFrom string
 	settle    time.Duration
+	maxSize   int64
 }
 
 // parseSettings decodes and validates a device's settings, reporting every
@@ -134,6 +166,7 @@ func parseSettings(s driver.Settings) (config, error) {
 		failed:    raw.FailedDir,
 		pointFrom: raw.PointFrom,
 		settle:    DefaultSettle,
+		maxSize:   DefaultMaxFileSize,
 	}
 	if strings.TrimSpace(raw.Path) == "" {
 		bad("settings.path: required: the folder the BMS exports to, or one CSV file")
@@ -165,6 +198,12 @@ func parseSettings(s driver.Settings) (config, error) {
 			bad("settings.settle: %s is negative: want a duration such as 2s, or 0", *raw.Settle)
 		}
 		c.settle = *raw.Settle
+	}
+	if raw.MaxFileSize != nil {
+		if *raw.MaxFileSize <= 0 {
+			bad("settings.max_file_size: must be above 0: want a size such as 64MiB, or leave it out for the default")
+		}
+		c.maxSize = int64(*raw.MaxFileSize)
 	}
 	c.states = maps.Clone(defaultStates)
 	userStates := map[string]string{}
@@ -281,6 +320,9 @@ type Driver struct {
 	// warned holds paths already warned about (unmovable, unreadable), so
 	// a file polled every interval is reported once.
 	warned map[string]bool
+	// tooBig holds the files refused for their size, by size and mtime,
+	// so each is logged once while it stays the same.
+	tooBig map[string]fingerprint
 }
 
 type pendingFile struct {
@@ -432,10 +474,13 @@ func (d *Driver) candidatesLocked() ([]candidate, error) {
 // cancelled context.
 func (d *Driver) readFileLocked(ctx context.Context, c candidate, ids func(string) []uint64) ([]telemetry.Sample, bool, error) {
 	log := d.log.With("file", c.path)
-	data, fp, changed, err := readStable(c.path)
+	data, fp, changed, err := readStable(c.path, d.cfg.maxSize)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil, false, nil // moved away by someone else
+	case errors.Is(err, errTooLarge):
+		d.refuseLocked(c, err)
+		return nil, false, nil
 	case err != nil:
 		d.warnOnce(c.path, "cannot read trend file; will retry", "err", err)
 		return nil, false, nil
@@ -460,6 +505,23 @@ func (d *Driver) readFileLocked(ctx context.Context, c candidate, ids func(strin
 	d.report(log, res)
 	d.pending = append(d.pending, pendingFile{path: c.path, fp: fp})
 	return res.samples, true, nil
+}
+
+// refuseLocked reports a file over max_file_size, once while its size and
+// mtime stay the same. The file stays where it is, neither read nor moved
+// to failed_dir: it may be a good export that only needs a higher cap, and
+// failed_dir is for files to fix.
+func (d *Driver) refuseLocked(c candidate, err error) {
+	fp := fingerprint{size: c.info.Size(), mtime: c.info.ModTime()}
+	if prev, ok := d.tooBig[c.path]; ok && prev.size == fp.size && prev.mtime.Equal(fp.mtime) {
+		return
+	}
+	if d.tooBig == nil {
+		d.tooBig = map[string]fingerprint{}
+	}
+	d.tooBig[c.path] = fp
+	d.log.Error("refusing trend file larger than settings.max_file_size; leaving it in place, unread: split the export, or raise max_file_size if the agent has the memory",
+		"file", c.path, "size", c.info.Size(), "max_file_size", d.cfg.maxSize, "err", err)
 }
 
 // fail moves an unparseable file to failed_dir, or remembers it if it
@@ -585,6 +647,10 @@ func (d *Driver) Discover(ctx context.Context) ([]driver.Point, error) {
 			return nil, err
 		}
 		cols, err := d.headerOf(f.path)
+		if errors.Is(err, errTooLarge) {
+			d.log.Warn("skipping trend file in discovery: Read would refuse it", "file", f.path, "max_file_size", d.cfg.maxSize, "err", err)
+			continue
+		}
 		if err != nil {
 			d.log.Warn("skipping trend file in discovery: cannot read its header", "file", f.path, "err", err)
 			continue
@@ -604,13 +670,22 @@ func (d *Driver) Discover(ctx context.Context) ([]driver.Point, error) {
 	return points, nil
 }
 
+// headerOf reads the header of a file no bigger than max_file_size,
+// reading no further than the cap even if the file grows meanwhile.
 func (d *Driver) headerOf(path string) ([]column, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return d.parser.header(path, f)
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() > d.cfg.maxSize {
+		return nil, tooLarge(fi.Size(), d.cfg.maxSize)
+	}
+	return d.parser.header(path, io.LimitReader(f, d.cfg.maxSize))
 }
 
 // Close stops the driver; files read but not committed stay in place and

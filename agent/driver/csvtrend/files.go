@@ -61,10 +61,20 @@ func listFiles(dir, pattern string) ([]candidate, error) {
 	return out, nil
 }
 
-// readStable reads a whole file and its fingerprint. It reports changed
-// when the file grew or was rewritten while being read: an export still
-// being written must not be consumed half-way.
-func readStable(path string) (data []byte, fp fingerprint, changed bool, err error) {
+// errTooLarge marks a file over settings.max_file_size.
+var errTooLarge = errors.New("trend file too large")
+
+func tooLarge(size, limit int64) error {
+	return fmt.Errorf("%w: %d bytes, over settings.max_file_size of %d bytes", errTooLarge, size, limit)
+}
+
+// readStable reads a whole file of at most limit bytes and its
+// fingerprint. A bigger file is an error wrapping errTooLarge, found from
+// its size before anything is read, or from reading one byte past limit
+// when it grew meanwhile, so no more than limit+1 bytes are ever held.
+// It reports changed when the file grew or was rewritten while being
+// read: an export still being written must not be consumed half-way.
+func readStable(path string, limit int64) (data []byte, fp fingerprint, changed bool, err error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fp, false, err
@@ -74,9 +84,15 @@ func readStable(path string) (data []byte, fp fingerprint, changed bool, err err
 	if err != nil {
 		return nil, fp, false, err
 	}
-	data, err = io.ReadAll(f)
+	if before.Size() > limit {
+		return nil, fp, false, tooLarge(before.Size(), limit)
+	}
+	data, err = io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, fp, false, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fp, false, tooLarge(int64(len(data)), limit)
 	}
 	after, err := os.Stat(path)
 	if err != nil {

@@ -27,6 +27,7 @@ failed_dir: /var/lib/sightglass/failed
 states: {Auto: 2, Hand: 3}
 point_from: column
 settle: 0s
+max_file_size: 512MiB
 `, points: []driver.Point{{ID: 1, Ref: "SAT"}, {ID: 2, Ref: "MAT"}}},
 		{name: "nil settings", settings: "", want: []string{"settings.path: required"}},
 		{name: "unknown field names its line", settings: "path: /x\npaht: /y\n", want: []string{"line 2", "paht"}},
@@ -36,6 +37,8 @@ settle: 0s
 		{name: "bad point_from", settings: "path: /x\npoint_from: header", want: []string{"settings.point_from", "auto, column or file"}},
 		{name: "negative settle", settings: "path: /x\nsettle: -1s", want: []string{"settings.settle"}},
 		{name: "bad settle", settings: "path: /x\nsettle: soon", want: []string{"line 2", "soon"}},
+		{name: "bad max_file_size names field and line", settings: "path: /x\nmax_file_size: lots", want: []string{"line 2", "settings.max_file_size", `"lots"`}},
+		{name: "zero max_file_size", settings: "path: /x\nmax_file_size: 0", want: []string{"settings.max_file_size: must be above 0"}},
 		{name: "numeric state", settings: "path: /x\nstates: {'1': 5}", want: []string{"settings.states", "is a number already"}},
 		{name: "conflicting states", settings: "path: /x\nstates: {Auto: 1, AUTO: 2}", want: []string{"same text"}},
 		{name: "processed is path", settings: "path: /x\nprocessed_dir: /x/", want: []string{"settings.processed_dir: must differ"}},
@@ -83,8 +86,8 @@ func TestSettingsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := d.cfg
-	if c.pattern != "*.csv" || c.loc.String() != "UTC" || c.pointFrom != pointFromAuto || c.settle != DefaultSettle {
-		t.Errorf("defaults: pattern %q, zone %s, point_from %q, settle %s", c.pattern, c.loc, c.pointFrom, c.settle)
+	if c.pattern != "*.csv" || c.loc.String() != "UTC" || c.pointFrom != pointFromAuto || c.settle != DefaultSettle || c.maxSize != DefaultMaxFileSize {
+		t.Errorf("defaults: pattern %q, zone %s, point_from %q, settle %s, max_file_size %d", c.pattern, c.loc, c.pointFrom, c.settle, c.maxSize)
 	}
 	for _, s := range []string{"on", "off", "true", "false", "occupied", "unoccupied", "active", "inactive", "open", "closed", "enabled", "disabled", "yes", "no"} {
 		if _, ok := c.states[s]; !ok {
