@@ -3,7 +3,12 @@
 // to check: samples carry only the IDs they were given, a cancelled context
 // is honoured, Close releases and Connect reconnects, discovery returns anonymous points, Commit
 // is harmless when there is nothing to commit, and no write ever reaches
-// the wire.
+// the wire. For a driver.Checkpointer it also checks that a state taken
+// from one instance makes a new one continue where the first stopped (it
+// reports the state back and returns nothing the first had returned), and
+// that states no Checkpoint made (noise, truncated, nested, huge) neither
+// panic nor break the driver. A Checkpointer's harness should configure a
+// point with history (a trend log), or Checkpoint has nothing to carry.
 //
 // A driver author calls Run from a test in the driver's package with a
 // Harness whose New builds a fresh driver against a simulator (or, for a
@@ -32,9 +37,11 @@
 package drivertest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -414,36 +421,200 @@ func (k kit) counters(t *testing.T) {
 	}
 }
 
-// checkpoint checks a driver.Checkpointer: a fresh driver takes the state
-// another one left after a read, before its Connect, and reads on.
+// checkpoint checks a driver.Checkpointer: it must be a Committer, a
+// state taken from one instance must make a fresh one continue where the
+// first stopped, and a garbage state must neither panic nor break it.
 func (k kit) checkpoint(t *testing.T) {
-	d, points := k.fresh(t)
-	c, ok := d.(driver.Checkpointer)
-	if !ok {
+	d, _ := k.fresh(t)
+	if _, ok := d.(driver.Checkpointer); !ok {
 		t.Skip("driver does not implement driver.Checkpointer")
 	}
 	if _, ok := d.(driver.Committer); !ok {
 		t.Error("a Checkpointer must be a Committer: the poller stores its state only for drivers that consume their source")
 	}
-	if _, err := d.Read(t.Context(), points); err != nil {
+	_ = d.Close()
+	t.Run("Resume", k.resume)
+	t.Run("Garbage", k.garbage)
+}
+
+// sampleKey is a sample as its point's Ref names it, so samples of two
+// instances (whose harness may number points alike or not) compare.
+type sampleKey struct {
+	ref    string
+	time   int64
+	value  float64
+	status telemetry.Status
+}
+
+func keys(samples []telemetry.Sample, points []driver.Point) map[sampleKey]bool {
+	ref := map[uint64]string{}
+	for _, p := range points {
+		ref[p.ID] = p.Ref
+	}
+	out := map[sampleKey]bool{}
+	for _, s := range samples {
+		out[sampleKey{ref[s.PointID], s.Time, s.Value, s.Status}] = true
+	}
+	return out
+}
+
+// repeats counts the samples of got that first already returned and that
+// are older than since: a live reading taken after since is new whatever
+// its value, but an old one returned again is a repeat.
+func repeats(first map[sampleKey]bool, got []telemetry.Sample, points []driver.Point, since int64) int {
+	n := 0
+	for k := range keys(got, points) {
+		if k.time < since && first[k] {
+			n++
+		}
+	}
+	return n
+}
+
+// resume reads from one instance and takes its Checkpoint, as the poller
+// stores it with that Read's samples; then the agent dies before Commit.
+// A new instance given that state through Restore (before Connect, as the
+// poller does) must report it back from Checkpoint until it reads, and must
+// not return again what the first instance returned. A third instance,
+// built without Restore, shows whether the harness's source has a history
+// at all: when it repeats nothing either, only the state's round trip was
+// checked, and the test says so.
+func (k kit) resume(t *testing.T) {
+	d1, points1 := k.fresh(t)
+	first, err := d1.Read(t.Context(), points1)
+	if err != nil {
 		t.Fatalf("Read: %v", err)
 	}
-	state := c.Checkpoint()
-	if err := d.Close(); err != nil {
+	state := d1.(driver.Checkpointer).Checkpoint()
+	if err := d1.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
+	k.checkWrites(t)
+	if state == nil {
+		t.Skip("Checkpoint after a Read is nil: nothing to restore, so resuming cannot be checked")
+	}
+	seen := keys(first, points1)
+
+	// Without Restore: does a fresh instance repeat what the first read?
+	d3, points3 := k.h.New(t)
+	t.Cleanup(func() { _ = d3.Close() })
+	if err := d3.Connect(t.Context()); err != nil {
+		t.Fatalf("Connect (instance without Restore): %v", err)
+	}
+	since := time.Now().UnixMilli()
+	again, err := d3.Read(t.Context(), points3)
+	if err != nil {
+		t.Fatalf("Read (instance without Restore): %v", err)
+	}
+	withoutRestore := repeats(seen, again, points3, since)
+	_ = d3.Close()
+	k.checkWrites(t)
+
 	d2, points2 := k.h.New(t)
 	t.Cleanup(func() { _ = d2.Close() })
-	if state != nil {
-		if err := d2.(driver.Checkpointer).Restore(state); err != nil {
-			t.Fatalf("Restore of the state another instance left: %v", err)
-		}
+	c2, ok := d2.(driver.Checkpointer)
+	if !ok {
+		t.Fatal("Harness.New built a Checkpointer once and then a driver that is not")
+	}
+	if err := c2.Restore(state); err != nil {
+		t.Fatalf("Restore of the state another instance left: %v", err)
+	}
+	if got := c2.Checkpoint(); !bytes.Equal(got, state) {
+		t.Errorf("Checkpoint right after Restore = %q, want the state restored, %q: Restore was not taken (or Checkpoint does not report it)", got, state)
 	}
 	if err := d2.Connect(t.Context()); err != nil {
 		t.Fatalf("Connect after Restore: %v", err)
 	}
-	if _, err := d2.Read(t.Context(), points2); err != nil {
+	since = time.Now().UnixMilli()
+	resumed, err := d2.Read(t.Context(), points2)
+	if err != nil {
 		t.Fatalf("Read after Restore: %v", err)
 	}
+	checkSamples(t, resumed, points2)
+	if n := repeats(seen, resumed, points2, since); n > 0 {
+		t.Errorf("after Restore, Read returned %d samples the first instance had returned before its Checkpoint: Restore was not honoured, and the agent would store them twice", n)
+	}
+	if withoutRestore == 0 {
+		t.Logf("an instance without Restore repeats none of the first instance's %d samples either: the harness's source has no history to resume, so only the state's round trip was checked", len(first))
+	}
 	k.checkWrites(t)
+}
+
+// garbage gives Restore states no Checkpoint made: Restore may refuse them
+// with an error or ignore them (and log), but must not panic, and the
+// driver must read as before.
+func (k kit) garbage(t *testing.T) {
+	d, points := k.fresh(t)
+	if _, err := d.Read(t.Context(), points); err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	good := d.(driver.Checkpointer).Checkpoint()
+	_ = d.Close()
+
+	noise := make([]byte, 512)
+	rng := rand.New(rand.NewPCG(1, 2)) // fixed: a failure must repeat
+	for i := range noise {
+		noise[i] = byte(rng.Uint32())
+	}
+	type garbageCase struct {
+		name  string
+		state []byte
+	}
+	tests := []garbageCase{
+		{"empty", []byte{}},
+		{"text", []byte("not a checkpoint")},
+		{"binary noise", noise},
+		{"NUL and 0xFF", []byte("\x00\xff\x00\xff")},
+		{"JSON null", []byte("null")},
+		{"JSON of another shape", []byte(`[1,"two",{"three":[3]}]`)},
+		{"JSON of other types", []byte(`{"a":"b","c":[1],"d":{"e":null},"f":-1e308}`)},
+		{"deeply nested", []byte(strings.Repeat("[", 100_000))},
+		{"one MiB", bytes.Repeat([]byte("9"), 1<<20)},
+	}
+	if len(good) > 0 {
+		flipped := bytes.Clone(good)
+		for i := range flipped {
+			flipped[i] ^= 0x55
+		}
+		tests = append(tests,
+			garbageCase{"truncated", good[:len(good)/2]},
+			garbageCase{"every byte flipped", flipped},
+			garbageCase{"doubled", append(bytes.Clone(good), good...)},
+		)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, points := k.h.New(t)
+			t.Cleanup(func() { _ = d.Close() })
+			c := d.(driver.Checkpointer)
+			if err := restoreSafely(c, tt.state); err != nil && errors.Is(err, errPanicked) {
+				t.Fatalf("Restore(%s) %v: refuse a bad state with an error, or ignore it and log", tt.name, err)
+			}
+			if err := d.Connect(t.Context()); err != nil {
+				t.Fatalf("Connect after Restore(%s): %v: a bad state must not break the driver", tt.name, err)
+			}
+			samples, err := d.Read(t.Context(), points)
+			if err != nil {
+				t.Fatalf("Read after Restore(%s): %v: a bad state must not break the driver", tt.name, err)
+			}
+			if got := checkSamples(t, samples, points); len(got) == 0 {
+				t.Errorf("Read after Restore(%s) returned no valid sample: a bad state must not break the driver", tt.name)
+			}
+			_ = c.Checkpoint()
+			k.checkWrites(t)
+		})
+	}
+}
+
+var errPanicked = errors.New("panicked")
+
+// restoreSafely calls Restore and turns a panic into an error, so the kit
+// names the state that caused it instead of dying.
+func restoreSafely(c driver.Checkpointer, state []byte) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", errPanicked, r)
+		}
+	}()
+	return c.Restore(state)
 }

@@ -3,8 +3,10 @@ package drivertest_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -87,12 +89,96 @@ func (f *fake) Close() error {
 	return nil
 }
 
+// journal is a fake whose source is a log read in order, like a trend
+// log: each Read returns the next three records of every point (old
+// times), and its Checkpoint is how far it has read. A new journal starts
+// from the beginning unless Restore says otherwise. bug makes it break a
+// rule of the Checkpointer contract.
+type journal struct {
+	*fake
+	pos     int
+	pending int  // restore-late: the restored place, taken at Connect
+	broken  bool // restore-breaks: a bad state left it unable to read
+}
+
+var _ driver.Checkpointer = (*journal)(nil)
+
+// journalEpoch is the first record's time: long past, as a backfill's are.
+const journalEpoch = 1_600_000_000_000
+
+func (j *journal) Connect(ctx context.Context) error {
+	j.mu.Lock()
+	if j.pending > 0 {
+		j.pos, j.pending = j.pending, 0
+	}
+	j.mu.Unlock()
+	return j.fake.Connect(ctx)
+}
+
+func (j *journal) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sample, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	switch {
+	case j.closed || !j.connected:
+		return nil, errors.New("closed")
+	case j.broken:
+		return nil, errors.New("state corrupt")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if len(points) == 0 {
+		return nil, nil
+	}
+	var out []telemetry.Sample
+	for i := j.pos; i < j.pos+3; i++ {
+		for _, p := range points {
+			out = append(out, telemetry.Sample{PointID: p.ID, Time: journalEpoch + int64(i)*60_000, Value: float64(i)})
+		}
+	}
+	j.pos += 3
+	return out, nil
+}
+
+func (j *journal) Checkpoint() []byte {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return []byte(strconv.Itoa(j.pos))
+}
+
+func (j *journal) Restore(state []byte) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	n, err := strconv.Atoi(string(state))
+	if err != nil || n < 0 {
+		switch j.bug {
+		case "restore-panic":
+			panic("corrupt state")
+		case "restore-breaks":
+			j.broken = true
+		}
+		return fmt.Errorf("journal state %q: want a record number", state)
+	}
+	switch j.bug {
+	case "restore-ignored":
+	case "restore-late":
+		j.pending = n
+	default:
+		j.pos = max(j.pos, n)
+	}
+	return nil
+}
+
 func harness(bug string) drivertest.Harness {
 	var cur *fake
 	return drivertest.Harness{
 		New: func(t *testing.T) (driver.Driver, []driver.Point) {
 			cur = &fake{bug: bug}
-			return cur, []driver.Point{{ID: 1, Ref: "a"}, {ID: 2, Ref: "b"}}
+			points := []driver.Point{{ID: 1, Ref: "a"}, {ID: 2, Ref: "b"}}
+			if strings.HasPrefix(bug, "journal") || strings.HasPrefix(bug, "restore") {
+				return &journal{fake: cur}, points
+			}
+			return cur, points
 		},
 		Writes: func() []string {
 			cur.mu.Lock()
@@ -103,7 +189,9 @@ func harness(bug string) drivertest.Harness {
 }
 
 func TestRunPassesConformingDriver(t *testing.T) {
-	drivertest.Run(t, harness(""))
+	for _, kind := range []string{"", "journal"} {
+		t.Run("fake"+kind, func(t *testing.T) { drivertest.Run(t, harness(kind)) })
+	}
 }
 
 // TestBrokenDriver runs the kit against a broken fake when the parent test
@@ -136,6 +224,10 @@ func TestRunFailsBrokenDrivers(t *testing.T) {
 		{"no-reconnect", "Connect after Close"},
 		{"discover-id", "IDs are the agent's to compute"},
 		{"empty", "returned no valid sample"},
+		{"restore-ignored", "Restore was not honoured"},
+		{"restore-late", "Checkpoint right after Restore"},
+		{"restore-panic", "Restore(text) panicked: corrupt state"},
+		{"restore-breaks", "a bad state must not break the driver"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.bug, func(t *testing.T) {
