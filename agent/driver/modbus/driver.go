@@ -8,8 +8,9 @@
 // Points due together are coalesced into block reads by the planner, and
 // the driver learns a device's limits from its exceptions: a block the
 // device refuses as "illegal data address" or "illegal data value" is
-// split until the culprit is found; holes, cuts and a smaller maximum
-// block size are remembered and never asked again. See README.md.
+// split until the culprit is found; cuts and a smaller maximum block size
+// are remembered and never asked again, holes (registers refused on their
+// own) are asked again, alone, after a backoff. See README.md.
 package modbus
 
 import (
@@ -65,7 +66,7 @@ func newDriver(dev driver.Device) (*Driver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &Driver{cfg: cfg, log: log, guard: NewGuard(log), specs: map[string]spec{},
+	d := &Driver{cfg: cfg, log: log, guard: NewGuard(log), specs: map[string]spec{}, now: time.Now,
 		learned: map[area]*limits{}, units: map[byte]*unitHealth{}, warned: map[string]bool{}}
 	if cfg.profile != nil {
 		d.profile = byRef(cfg.profile.forUnit(cfg.unit, d.orderOverride()))
@@ -159,8 +160,9 @@ type Driver struct {
 	log     *slog.Logger
 	guard   *Guard
 	tr      *Transport
-	profile map[string]spec // the profile's points for the device's unit, by ref
-	state   string          // file keeping the learned limits; "" without a data dir
+	profile map[string]spec  // the profile's points for the device's unit, by ref
+	state   string           // file keeping the learned limits; "" without a data dir
+	now     func() time.Time // the clock of the learned limits; tests replace it
 
 	mu        sync.Mutex
 	specs     map[string]spec // resolved points by ref
@@ -311,10 +313,10 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 	}
 	items = r.skipResting(items)
 	d.mu.Lock()
-	blocks, skipped := plan(items, d.limitsLocked, d.cfg.plan)
+	blocks, skipped := plan(items, d.limitsLocked, d.now(), d.cfg.plan)
 	d.mu.Unlock()
 	for _, it := range skipped {
-		// A learned hole or unsupported table: never asked again.
+		// A hole not due to be asked again, or an unsupported table.
 		r.fail(it, telemetry.StatusFault)
 	}
 	for _, b := range blocks {
@@ -326,7 +328,7 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 		d.log.Info("learned the device's limits from refused block reads; later polls read in blocks that work",
 			"refusals", r.learned, "requests", r.requests)
 	}
-	if r.learned > 0 || r.probed {
+	if r.learned > 0 || r.changed {
 		d.saveLearned()
 	}
 	if len(r.dead) > 0 && r.answered == 0 {
@@ -407,7 +409,7 @@ type read struct {
 	answered int            // requests answered, exceptions included
 	requests int
 	learned  int  // limits learned from refused blocks
-	probed   bool // a read below a refused length worked: the limit moved
+	changed  bool // the limits changed otherwise: a probe worked, a hole was refused again or answered
 }
 
 func (r *read) set(i int, v float64, st telemetry.Status) {
@@ -444,9 +446,15 @@ func (r *read) block(ctx context.Context, b block) (bool, error) {
 		d.unitAnswered(b.area.unit)
 		d.mu.Lock()
 		l := d.limitsLocked(b.area)
-		r.probed = r.probed || l.badLen != 0
+		r.changed = r.changed || l.badLen != 0
 		l.succeeded(b.span.end - b.span.start)
+		back := l.readable(b.span)
 		d.mu.Unlock()
+		if back {
+			r.changed = true
+			d.log.Info("device answers registers it refused before; their points are read again, in blocks with their neighbours from the next poll",
+				"range", fmt.Sprintf("%s %d+%d on unit %d", b.area.table, b.span.start, b.span.end-b.span.start, b.area.unit))
+		}
 		r.decode(b, data)
 		return true, nil
 	case errors.As(err, &mbErr):
@@ -471,11 +479,17 @@ func (r *read) block(ctx context.Context, b block) (bool, error) {
 		if len(b.items) == 1 {
 			d.mu.Lock()
 			l := d.limitsLocked(b.area)
-			l.holes = append(l.holes, b.items[0].span)
+			first := l.refusedAlone(b.items[0].span, d.now())
 			d.mu.Unlock()
-			r.learned++
-			d.log.Warn("device refuses to read these registers; their points get a fault status and are not asked again",
-				"range", where, "exception", mbErr.ExceptionCode)
+			if first {
+				r.learned++
+				d.log.Warn("device refuses to read these registers; their points get a fault status, and they are asked again after a backoff",
+					"range", where, "exception", mbErr.ExceptionCode, "retry_in", holeRetryBase)
+			} else {
+				// Logged once when learned and again when it answers.
+				r.changed = true
+				d.log.Debug("device still refuses these registers", "range", where, "exception", mbErr.ExceptionCode)
+			}
 			r.fail(b.items[0], telemetry.StatusFault)
 			return false, nil
 		}
@@ -491,15 +505,23 @@ func (r *read) block(ctx context.Context, b block) (bool, error) {
 		d.mu.Lock()
 		l := d.limitsLocked(b.area)
 		switch {
-		case atGap:
-			// The unmapped registers between the halves, or a hole
-			// found in one of them, made the bridging read fail: do not
-			// bridge this gap again. Cutting every gap split here makes
-			// the next poll use this read's working partition at once.
+		case atGap && okL && okR:
+			// Both halves read whole: the unmapped registers between
+			// them made the bridging read fail. Do not bridge this gap
+			// again.
 			l.cuts = append(l.cuts, right.span.start)
+			l.learnedAt(d.now())
+		case atGap:
+			// A hole (or another failure) in a half may have been what
+			// the device refused. Cutting anyway makes the next poll use
+			// this read's working partition at once; the cut goes with
+			// the area's holes, when one answers again.
+			l.holeCuts = append(l.holeCuts, right.span.start)
+			l.learnedAt(d.now())
 		case okL && okR:
 			// Contiguous and both halves fine: the read was too long.
 			l.refused(b.span.end - b.span.start)
+			l.learnedAt(d.now())
 		}
 		d.mu.Unlock()
 		r.learned++
@@ -508,7 +530,9 @@ func (r *read) block(ctx context.Context, b block) (bool, error) {
 		return okL && okR, nil
 	case gmodbus.ExceptionCodeIllegalFunction:
 		d.mu.Lock()
-		d.limitsLocked(b.area).unsupported = true
+		l := d.limitsLocked(b.area)
+		l.unsupported = true
+		l.learnedAt(d.now())
 		d.mu.Unlock()
 		d.log.Warn("unit does not support reading this table; its points get a fault status and are not asked again",
 			"range", where, "function_code", b.area.table.function())

@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -17,27 +18,67 @@ import (
 
 // What the driver learned about a device (holes, cuts, block size,
 // unsupported tables) is kept in <data_dir>/modbus/<device>.json, so a
-// restart does not ask the device again. It is trusted for learnedTTL and
-// then learned afresh, so a device whose firmware changed is not held to
-// its old limits forever; the file is ignored when the device's address
-// changed.
+// restart does not ask the device again. Each hole carries when the device
+// last refused it and how often in a row, so its backoff survives a
+// restart; each area carries when its other limits were first learned.
+// Each is trusted for learnedTTL from its own time and then learned
+// afresh, so a device whose firmware changed is not held to its old limits
+// forever however often the file is rewritten; the file is ignored when
+// the device's address changed.
 const learnedTTL = 7 * 24 * time.Hour
 
+// learnedVersion is the file's format: 2 gives every hole and area a time
+// of its own; 1 (still read) had only the file's.
+const learnedVersion = 2
+
 type learnedFile struct {
-	Version int           `json:"version"`
-	Address string        `json:"address"`
+	Version int    `json:"version"`
+	Address string `json:"address"`
+	// Learned is when the file was written: the time of every hole and
+	// area that has none of its own (all of them, in version 1).
 	Learned time.Time     `json:"learned"`
 	Areas   []learnedArea `json:"areas"`
 }
 
 type learnedArea struct {
-	Unit        byte     `json:"unit"`
-	Table       string   `json:"table"`
-	OK          int      `json:"ok_len,omitempty"`
-	Bad         int      `json:"bad_len,omitempty"`
-	Holes       [][2]int `json:"holes,omitempty"`
-	Cuts        []int    `json:"cuts,omitempty"`
-	Unsupported bool     `json:"unsupported,omitempty"`
+	Unit  byte   `json:"unit"`
+	Table string `json:"table"`
+	// Learned is when the area's limits other than holes were first
+	// learned; zero: the file's time.
+	Learned     time.Time     `json:"learned,omitzero"`
+	OK          int           `json:"ok_len,omitempty"`
+	Bad         int           `json:"bad_len,omitempty"`
+	Holes       []learnedHole `json:"holes,omitempty"`
+	Cuts        []int         `json:"cuts,omitempty"`
+	HoleCuts    []int         `json:"hole_cuts,omitempty"`
+	Unsupported bool          `json:"unsupported,omitempty"`
+}
+
+// learnedHole is one hole: [Start, End), when the device last refused it
+// (zero: the file's time) and how many times in a row (0: once).
+type learnedHole struct {
+	Start    int       `json:"start"`
+	End      int       `json:"end"`
+	Learned  time.Time `json:"learned,omitzero"`
+	Refusals int       `json:"refusals,omitempty"`
+}
+
+// UnmarshalJSON reads a hole as written now, or as the [start, end] pair
+// of a version 1 file.
+func (h *learnedHole) UnmarshalJSON(data []byte) error {
+	if b := bytes.TrimSpace(data); len(b) > 0 && b[0] == '[' {
+		var pair []int
+		if err := json.Unmarshal(b, &pair); err != nil {
+			return err
+		}
+		if len(pair) != 2 {
+			return fmt.Errorf("a hole is [start, end], not %d numbers", len(pair))
+		}
+		*h = learnedHole{Start: pair[0], End: pair[1]}
+		return nil
+	}
+	type plain learnedHole // without this method
+	return json.Unmarshal(data, (*plain)(h))
 }
 
 // stateFile returns where a device's learned limits live, or "" when the
@@ -60,16 +101,22 @@ func stateFile(dataDir, device string) string {
 func (d *Driver) snapshotLocked() []learnedArea {
 	var out []learnedArea
 	for a, l := range d.learned {
-		la := learnedArea{Unit: a.unit, Table: a.table.String(), Cuts: slices.Clone(l.cuts), Unsupported: l.unsupported}
+		la := learnedArea{Unit: a.unit, Table: a.table.String(), Cuts: slices.Clone(l.cuts),
+			HoleCuts: slices.Clone(l.holeCuts), Unsupported: l.unsupported}
 		if l.badLen != 0 {
 			// okLen only matters while probing below a refused length.
 			la.OK, la.Bad = l.okLen, l.badLen
 		}
 		for _, h := range l.holes {
-			la.Holes = append(la.Holes, [2]int{h.start, h.end})
+			la.Holes = append(la.Holes, learnedHole{Start: h.start, End: h.end, Learned: h.learned.UTC(), Refusals: h.refusals})
 		}
 		slices.Sort(la.Cuts)
-		if la.Bad == 0 && len(la.Holes) == 0 && len(la.Cuts) == 0 && !la.Unsupported {
+		slices.Sort(la.HoleCuts)
+		slices.SortFunc(la.Holes, func(a, b learnedHole) int { return cmp.Compare(a.Start, b.Start) })
+		if la.Bad != 0 || len(la.Cuts) > 0 || len(la.HoleCuts) > 0 || la.Unsupported {
+			la.Learned = l.since.UTC()
+		}
+		if la.Learned.IsZero() && len(la.Holes) == 0 {
 			continue
 		}
 		out = append(out, la)
@@ -80,8 +127,9 @@ func (d *Driver) snapshotLocked() []learnedArea {
 	return out
 }
 
-// loadLearned restores the limits learned by an earlier run. A missing,
-// stale or unreadable file only means learning again.
+// loadLearned restores the limits learned by an earlier run, each unless
+// it is older than learnedTTL. A missing or unreadable file only means
+// learning again.
 func (d *Driver) loadLearned() {
 	if d.state == "" {
 		return
@@ -98,29 +146,59 @@ func (d *Driver) loadLearned() {
 	case err != nil:
 		d.log.Warn("cannot read the device's learned limits; learning them again", "file", d.state, "err", err)
 		return
-	case f.Version != 1 || f.Address != d.cfg.address:
-		return
-	case time.Since(f.Learned) > learnedTTL:
-		d.log.Info("the device's learned limits are over a week old; learning them again", "file", d.state)
+	case f.Version != 1 && f.Version != learnedVersion || f.Address != d.cfg.address:
 		return
 	}
+	now := d.now()
+	// A time ahead of the clock (which was set back since) would keep a
+	// limit for ever and a hole from being asked again: take it as now.
+	timeOf := func(t time.Time) time.Time {
+		if t.IsZero() {
+			t = f.Learned
+		}
+		if t.After(now) {
+			t = now
+		}
+		return t
+	}
+	stale := func(t time.Time) bool { return now.Sub(t) > learnedTTL }
+	expired, kept := 0, 0
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	for _, la := range f.Areas {
 		t := slices.Index(tableNames[:], la.Table)
 		if t < 0 {
 			continue
 		}
 		l := d.limitsLocked(area{la.Unit, table(t)})
-		l.okLen, l.badLen, l.cuts, l.unsupported = la.OK, la.Bad, la.Cuts, la.Unsupported
+		switch since := timeOf(la.Learned); {
+		case la.Bad == 0 && len(la.Cuts) == 0 && len(la.HoleCuts) == 0 && !la.Unsupported:
+		case stale(since):
+			expired++
+		default:
+			l.okLen, l.badLen, l.unsupported, l.since = la.OK, la.Bad, la.Unsupported, since
+			l.cuts, l.holeCuts = la.Cuts, la.HoleCuts
+			kept++
+		}
 		for _, h := range la.Holes {
-			if h[0] < h[1] {
-				l.holes = append(l.holes, span{h[0], h[1]})
+			switch learned := timeOf(h.Learned); {
+			case h.Start < 0 || h.Start >= h.End || h.End > 1<<16:
+				continue
+			case stale(learned):
+				expired++
+			default:
+				l.holes = append(l.holes, hole{span: span{h.Start, h.End}, learned: learned, refusals: max(h.Refusals, 1)})
+				kept++
 			}
 		}
 	}
-	d.saved = f.Areas
-	d.log.Info("restored the device's learned limits", "file", d.state, "areas", len(f.Areas))
+	d.saved = d.snapshotLocked()
+	d.mu.Unlock()
+	if expired > 0 {
+		d.log.Info("some of the device's learned limits are over a week old; learning them again", "file", d.state, "expired", expired)
+	}
+	if kept > 0 {
+		d.log.Info("restored the device's learned limits", "file", d.state, "limits", kept)
+	}
 }
 
 // saveLearned writes the learned limits when they changed since the last
@@ -137,7 +215,7 @@ func (d *Driver) saveLearned() {
 	if same {
 		return
 	}
-	data, err := json.MarshalIndent(learnedFile{Version: 1, Address: d.cfg.address, Learned: time.Now().UTC(), Areas: areas}, "", "  ")
+	data, err := json.MarshalIndent(learnedFile{Version: learnedVersion, Address: d.cfg.address, Learned: d.now().UTC(), Areas: areas}, "", "  ")
 	if err == nil {
 		err = os.MkdirAll(filepath.Dir(d.state), 0o700)
 	}

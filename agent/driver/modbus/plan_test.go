@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	gmodbus "github.com/goburrow/modbus"
 
@@ -29,6 +30,7 @@ func describe(blocks []block) string {
 
 func TestPlan(t *testing.T) {
 	opts := planOptions{maxRegisters: 125, maxBits: 2000, maxGap: 4}
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	tests := []struct {
 		name  string
 		items []*item
@@ -43,14 +45,19 @@ func TestPlan(t *testing.T) {
 		{"learned max", items(holding, span{0, 10}, span{10, 20}, span{20, 30}), limits{okLen: 20, badLen: 21}, "hr0-20 hr20-30"},
 		{"probing max", items(holding, span{0, 10}, span{10, 20}, span{20, 30}), limits{okLen: 10, badLen: 30}, "hr0-20 hr20-30"},
 		{"cut", items(holding, span{0, 2}, span{4, 6}, span{6, 8}), limits{cuts: []int{4}}, "hr0-2 hr4-8"},
-		{"hole skipped and not bridged", items(holding, span{0, 2}, span{3, 4}, span{5, 6}), limits{holes: []span{{3, 4}}}, "hr0-2 hr5-6"},
+		{"hole skipped and not bridged", items(holding, span{0, 2}, span{3, 4}, span{5, 6}), limits{holes: []hole{{span: span{3, 4}, learned: now, refusals: 1}}}, "hr0-2 hr5-6"},
+		{"hole due: asked alone", items(holding, span{0, 2}, span{3, 4}, span{4, 6}),
+			limits{holes: []hole{{span: span{3, 4}, learned: now.Add(-holeRetryBase), refusals: 1}}}, "hr0-2 hr3-4 hr4-6"},
+		{"hole refused thrice: rests 40 minutes", items(holding, span{0, 2}, span{3, 4}, span{4, 6}),
+			limits{holes: []hole{{span: span{3, 4}, learned: now.Add(-30 * time.Minute), refusals: 3}}}, "hr0-2 hr4-6"},
+		{"hole cut", items(holding, span{0, 2}, span{4, 6}, span{6, 8}), limits{holeCuts: []int{4}}, "hr0-2 hr4-8"},
 		{"bits bridge 16x", items(coils, span{0, 1}, span{60, 61}, span{200, 201}), limits{}, "coil0-61 coil200-201"},
 		{"unsupported table", items(input, span{0, 1}), limits{unsupported: true}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			lim := tt.lim
-			blocks, _ := plan(tt.items, func(area) *limits { return &lim }, opts)
+			blocks, _ := plan(tt.items, func(area) *limits { return &lim }, now, opts)
 			if got := describe(blocks); got != tt.want {
 				t.Errorf("plan = %q, want %q", got, tt.want)
 			}
@@ -59,7 +66,7 @@ func TestPlan(t *testing.T) {
 	// Areas never mix.
 	mixed := append(items(holding, span{0, 1}), items(input, span{1, 2})...)
 	mixed = append(mixed, &item{area: area{2, holding}, span: span{1, 2}})
-	blocks, _ := plan(mixed, func(area) *limits { return &limits{} }, opts)
+	blocks, _ := plan(mixed, func(area) *limits { return &limits{} }, now, opts)
 	if len(blocks) != 3 {
 		t.Errorf("three areas planned as %s", describe(blocks))
 	}
@@ -97,6 +104,61 @@ func TestLimitsConverge(t *testing.T) {
 	l.succeeded(80) // a read past the "limit" worked: it was no limit
 	if l.maxLen() != 0 {
 		t.Errorf("after a long read worked, maxLen = %d, want none", l.maxLen())
+	}
+}
+
+func TestHoleBackoff(t *testing.T) {
+	tests := []struct {
+		refusals int
+		want     time.Duration
+	}{
+		{0, 10 * time.Minute}, {1, 10 * time.Minute}, {2, 20 * time.Minute}, {3, 40 * time.Minute},
+		{6, 320 * time.Minute}, {7, 6 * time.Hour}, {1000, 6 * time.Hour},
+	}
+	for _, tt := range tests {
+		if got := holeBackoff(tt.refusals); got != tt.want {
+			t.Errorf("holeBackoff(%d) = %s, want %s", tt.refusals, got, tt.want)
+		}
+	}
+}
+
+// TestHoleLifecycle: a hole is learned once, refused again keeps it and
+// doubles its wait, and a read that works takes its addresses out of it,
+// with the cuts learned beside holes.
+func TestHoleLifecycle(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	var l limits
+	if !l.refusedAlone(span{10, 14}, now) {
+		t.Error("first refusal not reported as a new hole")
+	}
+	l.holeCuts = []int{10, 14}
+	l.cuts = []int{30}
+	if l.due(span{10, 14}, now.Add(holeRetryBase-time.Second)) || !l.due(span{10, 14}, now.Add(holeRetryBase)) {
+		t.Errorf("a hole refused once is due after %s", holeRetryBase)
+	}
+	later := now.Add(holeRetryBase)
+	if l.refusedAlone(span{10, 14}, later) {
+		t.Error("a known hole refused again reported as new")
+	}
+	if h := l.holes[0]; len(l.holes) != 1 || h.refusals != 2 || !h.learned.Equal(later) || !h.retryAt().Equal(later.Add(2*holeRetryBase)) {
+		t.Errorf("after a second refusal: %+v", l.holes)
+	}
+	if l.readable(span{0, 5}) {
+		t.Error("a read beside the hole changed it")
+	}
+	if !l.readable(span{11, 12}) {
+		t.Fatal("a read inside the hole did not change it")
+	}
+	want := []hole{{span{10, 11}, later, 2}, {span{12, 14}, later, 2}}
+	if len(l.holes) != 2 || l.holes[0] != want[0] || l.holes[1] != want[1] {
+		t.Errorf("hole after reading 11: %+v, want %+v", l.holes, want)
+	}
+	if l.holeCuts != nil || len(l.cuts) != 1 {
+		t.Errorf("cuts after a hole shrank: hole cuts %v (want none), cuts %v (want [30])", l.holeCuts, l.cuts)
+	}
+	l.readable(span{10, 14})
+	if len(l.holes) != 0 || !l.allows(span{0, 20}) {
+		t.Errorf("after the whole hole answered: holes %+v, allows 0-20 %v", l.holes, l.allows(span{0, 20}))
 	}
 }
 

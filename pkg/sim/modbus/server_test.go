@@ -88,3 +88,37 @@ func TestServerListensOnLoopbackOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestRefuse: an address refused for a while answers the exception to
+// every read covering it, mapped or not, and reads again once cleared.
+func TestRefuse(t *testing.T) {
+	u := NewUnit().SetRegisters(Holding, 0, 1, 2, 3).SetBits(Coils, 0, true)
+	s, err := Start(Options{}, map[byte]*Unit{1: u})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	steps := []struct {
+		name string
+		set  func()
+		pdu  []byte
+		want []byte
+	}{
+		{"refused alone", func() { u.Refuse(Holding, 1, 2) }, []byte{3, 0, 1, 0, 1}, []byte{0x83, 2}},
+		{"refused in a block", nil, []byte{3, 0, 0, 0, 3}, []byte{0x83, 2}},
+		{"neighbour answers", nil, []byte{3, 0, 2, 0, 1}, []byte{3, 2, 0, 3}},
+		{"other table answers", nil, []byte{1, 0, 0, 0, 2}, []byte{1, 1, 1}},
+		{"exception 3", func() { u.Refuse(Holding, 1, 3) }, []byte{3, 0, 0, 0, 2}, []byte{0x83, 3}},
+		{"unmapped refused", func() { u.Refuse(Holding, 1, 0).Refuse(Holding, 9, 2) }, []byte{3, 0, 8, 0, 2}, []byte{0x83, 2}},
+		{"answers once cleared", nil, []byte{3, 0, 0, 0, 3}, []byte{3, 6, 0, 1, 0, 2, 0, 3}},
+		{"coil refused", func() { u.Refuse(Coils, 0, 2) }, []byte{1, 0, 0, 0, 2}, []byte{0x81, 2}},
+	}
+	for _, st := range steps {
+		if st.set != nil {
+			st.set()
+		}
+		if got := exchange(t, s.Addr(), 1, st.pdu); string(got) != string(st.want) {
+			t.Errorf("%s: answer %x, want %x", st.name, got, st.want)
+		}
+	}
+}

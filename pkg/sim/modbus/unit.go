@@ -20,7 +20,10 @@ type Unit struct {
 	strict bool
 	// maxRead is the longest read answered (0: the protocol's limits).
 	maxRead int
-	id      *Identity
+	// refuse holds addresses refused for now, by function code: the
+	// exception a read covering one answers.
+	refuse map[byte]map[uint16]byte
+	id     *Identity
 	// update refreshes the values before each answer.
 	update func(u *Unit, now time.Time)
 }
@@ -28,8 +31,9 @@ type Unit struct {
 // NewUnit returns an empty unit.
 func NewUnit() *Unit {
 	return &Unit{
-		regs: map[byte]map[uint16]uint16{Holding: {}, Input: {}},
-		bits: map[byte]map[uint16]bool{Coils: {}, Discrete: {}},
+		regs:   map[byte]map[uint16]uint16{Holding: {}, Input: {}},
+		bits:   map[byte]map[uint16]bool{Coils: {}, Discrete: {}},
+		refuse: map[byte]map[uint16]byte{Coils: {}, Discrete: {}, Holding: {}, Input: {}},
 	}
 }
 
@@ -48,6 +52,22 @@ func (u *Unit) MaxRead(n int) *Unit {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.maxRead = n
+	return u
+}
+
+// Refuse makes reads of table covering addr answer exception code,
+// whether the address is mapped or not, until Refuse is called again with
+// code 0. Exceptions 2 and 3 for a while are what a gateway answers while
+// its serial device reboots, a device still starting, or a drive in a
+// fault state.
+func (u *Unit) Refuse(table byte, addr uint16, code byte) *Unit {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if code == 0 {
+		delete(u.refuse[table], addr)
+	} else {
+		u.refuse[table][addr] = code
+	}
 	return u
 }
 
@@ -119,6 +139,11 @@ func (u *Unit) answer(pdu []byte) []byte {
 		}
 		if int(addr)+n > 65536 {
 			return exception(fc, 2)
+		}
+		for a, code := range u.refuse[fc] {
+			if addr <= a && int(a) < int(addr)+n {
+				return exception(fc, code)
+			}
 		}
 		if fc == Coils || fc == Discrete {
 			out := make([]byte, 2+(n+7)/8)
