@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -22,6 +23,7 @@ import (
 	"github.com/sightglass-bms/sightglass/agent/driver/modbus"
 	"github.com/sightglass-bms/sightglass/agent/driver/opcua"
 	"github.com/sightglass-bms/sightglass/pkg/bacnet"
+	"github.com/sightglass-bms/sightglass/pkg/nicbind"
 )
 
 // maxSweepHosts bounds the subnet sweep: a /22. A larger control subnet is
@@ -46,6 +48,10 @@ type allOptions struct {
 	skip       map[string]bool
 	log        *slog.Logger
 	progress   io.Writer
+	// nicOf finds the interface that holds an address (nicbind.Owner): the
+	// sweep's probes are bound to the control NIC. It lists the machine's
+	// interfaces, so a sweep asks it once, not once per probe.
+	nicOf func(netip.Addr) (string, error)
 }
 
 // AllReport is what `discover all` found, per protocol.
@@ -85,7 +91,7 @@ The control address and subnet come from --config (network.control) or from
   sightglass-agent discover all --config /etc/sightglass/agent.yaml --skip opcua --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o := allOptions{bacnetPort: bacnetPort, modbusPort: modbusPort, opcuaPort: opcuaPort, timeout: timeout, wait: wait, rate: rate, broadcast: broadcast, skip: map[string]bool{}, dataDir: "/var/lib/sightglass"}
+			o := allOptions{bacnetPort: bacnetPort, modbusPort: modbusPort, opcuaPort: opcuaPort, timeout: timeout, wait: wait, rate: rate, broadcast: broadcast, skip: map[string]bool{}, dataDir: "/var/lib/sightglass", nicOf: nicbind.Owner}
 			for _, s := range strings.Split(skip, ",") {
 				switch s = strings.TrimSpace(s); s {
 				case "":
@@ -222,10 +228,33 @@ func broadcastOf(p netip.Prefix) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
+// probeDialer dials the sweep's probes from the control address with the
+// socket bound to the control NIC, as the drivers' sockets are. The NIC is
+// worked out once, when the dialer is made, and the dialer is handed to
+// every probe of the sweep.
+type probeDialer struct {
+	d net.Dialer
+}
+
+// newProbeDialer finds the interface holding control with nicOf and
+// returns a dialer bound to both.
+func newProbeDialer(control netip.Addr, nicOf func(netip.Addr) (string, error)) (*probeDialer, error) {
+	ifname, err := nicOf(control)
+	if err != nil {
+		return nil, err
+	}
+	return &probeDialer{d: net.Dialer{LocalAddr: &net.TCPAddr{IP: control.AsSlice()}, Control: nicbind.Control(ifname, nil)}}, nil
+}
+
+// dial opens a TCP connection to remote (IP:port).
+func (p *probeDialer) dial(ctx context.Context, remote string) (net.Conn, error) {
+	return p.d.DialContext(ctx, "tcp", remote)
+}
+
 // sweep connects to port on every host, at most rate connects per second
 // and a few at once, and returns those that accepted. A connect sends no
 // application byte: the device sees a connection opened and closed.
-func sweep(ctx context.Context, o allOptions, hosts []netip.Addr, port int) []netip.AddrPort {
+func sweep(ctx context.Context, o allOptions, dial *probeDialer, hosts []netip.Addr, port int) []netip.AddrPort {
 	var mu sync.Mutex
 	var open []netip.AddrPort
 	tick := time.NewTicker(time.Duration(float64(time.Second) / o.rate))
@@ -244,7 +273,7 @@ func sweep(ctx context.Context, o allOptions, hosts []netip.Addr, port int) []ne
 		g.Go(func() error {
 			dctx, cancel := context.WithTimeout(gctx, o.timeout)
 			defer cancel()
-			c, err := dialFrom(dctx, o.control.String(), target.String())
+			c, err := dial.dial(dctx, target.String())
 			if err == nil {
 				c.Close()
 				mu.Lock()
@@ -278,8 +307,16 @@ func discoverAll(ctx context.Context, o allOptions) (*AllReport, string, error) 
 		devices = append(devices, nodes...)
 	}
 
-	if !o.skip["modbus"] {
-		for _, ap := range sweep(ctx, o, hosts, o.modbusPort) {
+	var dial *probeDialer
+	if !o.skip["modbus"] || !o.skip["opcua"] {
+		if dial, err = newProbeDialer(o.control, o.nicOf); err != nil {
+			// Every probe would fail to bind: say why once instead of
+			// reporting an empty subnet.
+			rep.Errors = append(rep.Errors, fmt.Sprintf("modbus and opcua sweep: binding the probes to the control NIC: %v", err))
+		}
+	}
+	if !o.skip["modbus"] && dial != nil {
+		for _, ap := range sweep(ctx, o, dial, hosts, o.modbusPort) {
 			addr := ap.String()
 			fmt.Fprintf(o.progress, "modbus: %s accepts; probing unit ids %d..%d\n", addr, o.units[0], o.units[len(o.units)-1])
 			reports, err := modbus.Scan(ctx, modbus.ScanOptions{Address: addr, LocalAddr: o.control.String(), Units: o.units, Timeout: o.timeout, Rate: o.rate, Logger: o.log})
@@ -291,8 +328,8 @@ func discoverAll(ctx context.Context, o allOptions) (*AllReport, string, error) 
 			addStarter("modbus "+addr, modbus.StarterConfig(addr, "modbus-"+strings.ReplaceAll(ap.Addr().String(), ".", "-"), reports))
 		}
 	}
-	if !o.skip["opcua"] {
-		for _, ap := range sweep(ctx, o, hosts, o.opcuaPort) {
+	if !o.skip["opcua"] && dial != nil {
+		for _, ap := range sweep(ctx, o, dial, hosts, o.opcuaPort) {
 			endpoint := "opc.tcp://" + ap.String()
 			fmt.Fprintf(o.progress, "opcua: %s accepts; asking for endpoints and browsing\n", endpoint)
 			s := opcua.Settings{Endpoint: endpoint, SecurityPolicy: "Basic256Sha256", SecurityMode: "SignAndEncrypt"}

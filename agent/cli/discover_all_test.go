@@ -2,6 +2,9 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -9,11 +12,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/sightglass-bms/sightglass/agent/config"
 	"github.com/sightglass-bms/sightglass/agent/driver/modbus"
 	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/nicbind"
 	bacnetsim "github.com/sightglass-bms/sightglass/pkg/sim/bacnet"
 	modbussim "github.com/sightglass-bms/sightglass/pkg/sim/modbus"
 )
@@ -24,15 +30,7 @@ import (
 // loads as agent config and builds every driver, the Modbus device is
 // bound to the control address, and only reads reached the simulators.
 func TestDiscoverAll(t *testing.T) {
-	profile, err := modbus.LoadProfile("schneider-pm5300")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mb, err := modbussim.Start(modbussim.Options{Addr: "127.0.0.1:0"}, map[byte]*modbussim.Unit{1: modbussim.FromProfile(profile)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mb.Close()
+	mb := startMeter(t)
 	bn, err := bacnetsim.Start(t.Context(), bacnetsim.Config{Local: bacnetsim.NewDevice(100, "AHU 1", 2, 1, 1, true)})
 	if err != nil {
 		t.Fatal(err)
@@ -114,6 +112,21 @@ func TestDiscoverAll(t *testing.T) {
 	}
 }
 
+// startMeter starts a simulated Modbus power meter (unit 1) on loopback.
+func startMeter(t *testing.T) *modbussim.Server {
+	t.Helper()
+	profile, err := modbus.LoadProfile("schneider-pm5300")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, err := modbussim.Start(modbussim.Options{Addr: "127.0.0.1:0"}, map[byte]*modbussim.Unit{1: modbussim.FromProfile(profile)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mb.Close() })
+	return mb
+}
+
 func TestSweepHosts(t *testing.T) {
 	tests := []struct {
 		prefix string
@@ -174,5 +187,79 @@ func TestDiscoverAllFlagErrors(t *testing.T) {
 		if _, _, err := run(t, t.Context(), append([]string{"discover", "all"}, tt.args...)...); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%v: err = %v, want one naming %s", tt.args, err, tt.want)
 		}
+	}
+}
+
+// TestDiscoverAllLooksUpNICOnce: the interface holding the control address
+// is looked up once per sweep, not once per probe, and every probe of the
+// sweep (here 2 ports × 5 hosts) still dials from the control address on
+// that NIC; a lookup that fails is reported once and nothing is dialled.
+func TestDiscoverAllLooksUpNICOnce(t *testing.T) {
+	mb := startMeter(t)
+	_, port, _ := net.SplitHostPort(mb.Addr())
+	mbPort, _ := strconv.Atoi(port)
+	// OPC UA's port is closed: its sweep dials every host and finds none.
+	opc, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opc.Close()
+
+	tests := []struct {
+		name       string
+		skip       []string
+		lookupErr  error
+		wantLookup int
+		wantModbus bool
+		wantErr    string
+	}{
+		{name: "modbus and opcua swept", wantLookup: 1, wantModbus: true},
+		{name: "modbus only", skip: []string{"opcua"}, wantLookup: 1, wantModbus: true},
+		{name: "no tcp sweep", skip: []string{"modbus", "opcua"}, wantLookup: 0},
+		{name: "lookup fails", lookupErr: errors.New("no interface has 127.0.0.2"), wantLookup: 1, wantErr: "binding the probes to the control NIC: no interface has 127.0.0.2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var mu sync.Mutex
+			lookups := 0
+			o := allOptions{
+				control: netip.MustParseAddr("127.0.0.2"), subnet: netip.MustParsePrefix("127.0.0.0/29"),
+				modbusPort: mbPort, opcuaPort: opc.Addr().(*net.TCPAddr).Port, units: []byte{1},
+				timeout: 300 * time.Millisecond, rate: 1000, dataDir: t.TempDir(),
+				skip: map[string]bool{"bacnet": true}, log: slog.New(slog.DiscardHandler), progress: io.Discard,
+				nicOf: func(a netip.Addr) (string, error) {
+					mu.Lock()
+					lookups++
+					mu.Unlock()
+					if tt.lookupErr != nil {
+						return "", tt.lookupErr
+					}
+					return nicbind.Owner(a)
+				},
+			}
+			for _, s := range tt.skip {
+				o.skip[s] = true
+			}
+			rep, _, err := discoverAll(t.Context(), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lookups != tt.wantLookup {
+				t.Errorf("interface looked up %d times in one sweep, want %d", lookups, tt.wantLookup)
+			}
+			if _, found := rep.Modbus[mb.Addr()]; found != tt.wantModbus {
+				t.Errorf("modbus device at %s found: %v, want %v (report %+v)", mb.Addr(), found, tt.wantModbus, rep)
+			}
+			errs := strings.Join(rep.Errors, "\n")
+			if tt.wantErr == "" && errs != "" || !strings.Contains(errs, tt.wantErr) {
+				t.Errorf("report errors %q, want %q", errs, tt.wantErr)
+			}
+			if tt.wantErr != "" && len(rep.Errors) != 1 {
+				t.Errorf("lookup failure reported %d times, want once: %q", len(rep.Errors), rep.Errors)
+			}
+			if w := mb.Writes(); len(w) > 0 {
+				t.Errorf("discovery sent Modbus writes: %v", w)
+			}
+		})
 	}
 }
