@@ -4,6 +4,8 @@ GO      ?= go
 BIN     := .bin
 DEMO_FOR ?=
 FUZZTIME ?= 30s
+# How long `make test` fuzzes each target after the tests (CI runs each briefly).
+TEST_FUZZTIME ?= 3s
 export PATH := /usr/local/go/bin:$(PATH)
 
 .PHONY: all build test vet fmt-check demo bench fuzz clean package
@@ -25,6 +27,7 @@ vet:
 # servers on loopback; nothing leaves the machine.
 test: fmt-check vet
 	$(GO) test -race -timeout 15m ./...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 # The whole system on this machine: an ingest with its embedded defaults, an
 # agent enrolled with it, and simulated devices. DEMO_FOR=30s stops after that
@@ -41,32 +44,20 @@ bench:
 	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem ./pkg/batch/ ./agent/buffer/ ./agent/driver/modbus/ ./ingest/blob/azure/ ./agent/driver/bacnet/ ./ingest/server/ ./agent/driver/opcua/ ./agent/daemon/ ./pkg/demo/ ./ingest/store/ ./ingest/web/ ./ingest/secretbox/ ./agent/driver/subprocess/ | tee .bench.out
 	@echo; $(BIN)/benchtable < .bench.out
 
+# Every fuzz target in the repository, each for FUZZTIME with its seed
+# corpus in the package's testdata/fuzz/<Name>/. The targets are found in
+# the sources, so a new one cannot be left out; a target without a
+# committed corpus fails here.
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/batch/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodePointTable$$' -fuzztime $(FUZZTIME) ./pkg/batch/
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./agent/driver/csvtrend/
-	$(GO) test -run '^$$' -fuzz '^FuzzServiceResponse$$' -fuzztime $(FUZZTIME) ./ingest/blob/azure/
-	$(GO) test -run '^$$' -fuzz '^FuzzReadResponse$$' -fuzztime $(FUZZTIME) ./agent/driver/modbus/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeDeviceID$$' -fuzztime $(FUZZTIME) ./agent/driver/modbus/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseRef$$' -fuzztime $(FUZZTIME) ./agent/driver/modbus/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/bacnet/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseRef$$' -fuzztime $(FUZZTIME) ./agent/driver/bacnet/
-	$(GO) test -run '^$$' -fuzz '^FuzzSample$$' -fuzztime $(FUZZTIME) ./agent/driver/opcua/
-	$(GO) test -run '^$$' -fuzz '^FuzzReadResults$$' -fuzztime $(FUZZTIME) ./agent/driver/opcua/
-	$(GO) test -run '^$$' -fuzz '^FuzzDeliver$$' -fuzztime $(FUZZTIME) ./agent/driver/opcua/
-	$(GO) test -run '^$$' -fuzz '^FuzzHistoryPage$$' -fuzztime $(FUZZTIME) ./agent/driver/opcua/
-	$(GO) test -run '^$$' -fuzz '^FuzzRouteTable$$' -fuzztime $(FUZZTIME) ./agent/cli/
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./agent/config/
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./ingest/config/
-	$(GO) test -run '^$$' -fuzz '^FuzzImport$$' -fuzztime $(FUZZTIME) ./pkg/anon/
-	$(GO) test -run '^$$' -fuzz '^FuzzRequest$$' -fuzztime $(FUZZTIME) ./ingest/web/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseWindow$$' -fuzztime $(FUZZTIME) ./ingest/web/
-	$(GO) test -run '^$$' -fuzz '^FuzzVerifyPassword$$' -fuzztime $(FUZZTIME) ./ingest/web/
-	$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./ingest/secretbox/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeAnswer$$' -fuzztime $(FUZZTIME) ./agent/driver/subprocess/
-	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZTIME) ./agent/driver/subprocess/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCall$$' -fuzztime $(FUZZTIME) ./agent/driver/subprocess/
-	$(GO) test -run '^$$' -fuzz '^FuzzRelayRecord$$' -fuzztime $(FUZZTIME) ./agent/driver/subprocess/
+	@set -e; for f in $$(git ls-files '*_test.go' 2>/dev/null || find . -name '*_test.go' -not -path './.*'); do \
+	  dir=$$(dirname $$f); \
+	  for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+	    if ! ls $$dir/testdata/fuzz/$$name/* >/dev/null 2>&1; then \
+	      echo "fuzz: $$name in $$dir has no seed corpus in $$dir/testdata/fuzz/$$name/"; exit 1; fi; \
+	    echo "fuzz: $$name in ./$$dir for $(FUZZTIME)"; \
+	    $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$dir; \
+	  done; \
+	done
 
 # Debian packages of the agent and the ingest for each architecture into
 # dist/, built with nfpm run through go.mod's tool directive (no downloaded
