@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sightglass-bms/sightglass/ingest/blob"
+	"github.com/sightglass-bms/sightglass/ingest/pointtable"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 )
 
@@ -114,7 +115,7 @@ status is then non-zero.`,
 			if len(paths) == 0 {
 				paths = []string{""}
 			}
-			c := &catter{store: store, root: root, header: header, errOut: cmd.ErrOrStderr(), tables: map[string][]uint64{}}
+			c := &catter{store: store, root: root, header: header, errOut: cmd.ErrOrStderr(), tables: pointtable.New(store, nil)}
 			w := bufio.NewWriter(cmd.OutOrStdout())
 			c.out = json.NewEncoder(w)
 			err := c.run(cmd.Context(), paths)
@@ -136,7 +137,7 @@ type catter struct {
 	header bool
 	out    *json.Encoder
 	errOut io.Writer
-	tables map[string][]uint64 // by blob name
+	tables *pointtable.Archive
 }
 
 func (c *catter) run(ctx context.Context, paths []string) error {
@@ -237,9 +238,8 @@ func (c *catter) cat(ctx context.Context, name string) error {
 		return errors.New("not under {tenant}/{site}/, so its point table cannot be found")
 	}
 	tenant, site := parts[0], parts[1]
-	b, err := batch.Decode(data, resolverFunc(func(h batch.TableHash) ([]uint64, error) {
-		return c.table(ctx, tenant, site, h)
-	}), batch.Limits{})
+	// A batch resolves its table in its own site's folder only.
+	b, err := batch.Decode(data, c.tables.Resolver(ctx, tenant, site), batch.Limits{})
 	if err != nil {
 		return err
 	}
@@ -264,36 +264,6 @@ func (c *catter) cat(ctx context.Context, name string) error {
 	return nil
 }
 
-// table reads a point table from {tenant}/{site}/tables/, the batch's own
-// site, and checks it is the one asked for.
-func (c *catter) table(ctx context.Context, tenant, site string, h batch.TableHash) ([]uint64, error) {
-	name := blob.TableName(tenant, site, h.String())
-	if ids, ok := c.tables[name]; ok {
-		return ids, nil
-	}
-	data, err := c.store.Get(ctx, name)
-	if errors.Is(err, blob.ErrNotFound) {
-		return nil, fmt.Errorf("point table %s is not in the archive: %w", name, batch.ErrUnknownTable)
-	}
-	if err != nil {
-		return nil, err
-	}
-	ids, got, err := batch.DecodePointTable(data)
-	if err != nil {
-		return nil, fmt.Errorf("point table %s: %w", name, err)
-	}
-	if got != h {
-		return nil, fmt.Errorf("point table %s hashes to %s: the archive is damaged", name, got)
-	}
-	c.tables[name] = ids
-	return ids, nil
-}
-
 func formatMillis(ms int64) string {
 	return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano)
 }
-
-// resolverFunc adapts a function to batch.TableResolver.
-type resolverFunc func(batch.TableHash) ([]uint64, error)
-
-func (f resolverFunc) PointTable(h batch.TableHash) ([]uint64, error) { return f(h) }

@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/sightglass-bms/sightglass/ingest/blob"
+	"github.com/sightglass-bms/sightglass/ingest/pointtable"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
@@ -71,20 +72,37 @@ type Options struct {
 	PartSamples int
 	// Limits bound the decoder reading the sources.
 	Limits batch.Limits
+	// Tables caches the point tables read; nil means a cache of the
+	// Compactor's own (pointtable.DefaultMaxPoints).
+	Tables *pointtable.Cache
+	// Lookback is how long before the start of a range ReadRange looks
+	// for batches that may hold samples in it (DefaultLookback).
+	Lookback time.Duration
 }
+
+// DefaultLookback is Options.Lookback's default: a day, so a day's export
+// reads the day before for the batches that crossed midnight into it. A
+// batch spanning more (a long trend export read in one go) is warned about.
+const DefaultLookback = 24 * time.Hour
 
 // Compactor compacts days of one archive.
 type Compactor struct {
-	store Store
-	log   *slog.Logger
-	part  int
-	lim   batch.Limits
-	now   func() time.Time
+	store    Store
+	log      *slog.Logger
+	part     int
+	lim      batch.Limits
+	tables   *pointtable.Archive
+	lookback time.Duration
+	now      func() time.Time
 }
 
 // New returns a Compactor over store.
 func New(store Store, o Options) *Compactor {
-	c := &Compactor{store: store, log: o.Logger, part: o.PartSamples, lim: o.Limits, now: time.Now}
+	c := &Compactor{store: store, log: o.Logger, part: o.PartSamples, lim: o.Limits, lookback: o.Lookback,
+		tables: pointtable.New(store, o.Tables), now: time.Now}
+	if c.lookback <= 0 {
+		c.lookback = DefaultLookback
+	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -131,21 +149,16 @@ func MonthPrefix(tenant, site string, month time.Time) string {
 // a wider prefix such as MonthPrefix) the parts of the newest complete
 // generation of tenant/site on day, in part order; nil if the day was
 // never compacted. Readers of the archive take these parts together with
-// the batch blobs still under DayPrefix as the day's samples, as ReadDay
-// does: a batch blob may also be in the parts, when a compaction stopped
-// between storing them and deleting it.
+// the batch blobs still under DayPrefix as what is filed under the day, as
+// ReadRange does: a batch blob may also be in the parts, when a compaction
+// stopped between storing them and deleting it. What is filed under a day
+// may hold samples of the days after it (see ReadRange).
 func NewestGeneration(names []string, tenant, site string, day time.Time) []string {
 	gens, _ := generations(dayBlobPrefix(tenant, site, day), names)
 	if len(gens) == 0 {
 		return nil
 	}
 	return gens[len(gens)-1].parts
-}
-
-// PointTables resolves the point tables of tenant/site from store, for
-// batch.Decode of its batches and day parts; each table is read once.
-func PointTables(store blob.Store, tenant, site string) batch.TableResolver {
-	return &tableCache{store: store, tenant: tenant, site: site, ids: batch.Tables{}}
 }
 
 // PartName is the name of part (1-based) of parts of generation gen.
@@ -270,15 +283,9 @@ func (c *Compactor) day(ctx context.Context, tenant, site string, day time.Time)
 	day = day.UTC().Truncate(24 * time.Hour)
 	res := Result{Day: day.Format(time.DateOnly)}
 	log := c.log.With("tenant", tenant, "site", site, "day", res.Day)
-	srcNames, err := c.store.List(ctx, DayPrefix(tenant, site, day))
+	srcNames, prefix, existing, err := c.listDay(ctx, tenant, site, day)
 	if err != nil {
-		return res, fmt.Errorf("compacting %s/%s %s: listing batches: %w", tenant, site, res.Day, err)
-	}
-	srcNames = slices.DeleteFunc(srcNames, func(n string) bool { return !strings.HasSuffix(n, ".sgb") })
-	prefix := dayBlobPrefix(tenant, site, day)
-	existing, err := c.store.List(ctx, prefix)
-	if err != nil {
-		return res, fmt.Errorf("compacting %s/%s %s: listing day blobs: %w", tenant, site, res.Day, err)
+		return res, fmt.Errorf("compacting %s/%s %s: %w", tenant, site, res.Day, err)
 	}
 	gens, allParts := generations(prefix, existing)
 	for _, n := range existing {
@@ -322,7 +329,7 @@ func (c *Compactor) day(ctx context.Context, tenant, site string, day time.Time)
 		return res, c.cleanOld(ctx, allParts, prev, log)
 	}
 
-	tables := &tableCache{store: c.store, tenant: tenant, site: site, ids: batch.Tables{}}
+	tables := c.tables.Resolver(ctx, tenant, site)
 	samples, err := c.merge(ctx, tables, prev, srcNames, &res)
 	if err != nil {
 		return res, err
@@ -427,69 +434,144 @@ func (c *Compactor) day(ctx context.Context, tenant, site string, day time.Time)
 	return res, nil
 }
 
+// listDay lists what is filed under a day: its batch blobs, and every name
+// under its day blobs' prefix (parts of every generation, and claims).
+func (c *Compactor) listDay(ctx context.Context, tenant, site string, day time.Time) (batches []string, prefix string, dayBlobs []string, err error) {
+	batches, err = c.store.List(ctx, DayPrefix(tenant, site, day))
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("listing batches: %w", err)
+	}
+	batches = slices.DeleteFunc(batches, func(n string) bool { return !strings.HasSuffix(n, ".sgb") })
+	prefix = dayBlobPrefix(tenant, site, day)
+	if dayBlobs, err = c.store.List(ctx, prefix); err != nil {
+		return nil, "", nil, fmt.Errorf("listing day blobs: %w", err)
+	}
+	return batches, prefix, dayBlobs, nil
+}
+
 // merge reads the parts of prev (if any) and the sources, in that order,
 // and returns their samples sorted and deduplicated: the first sample for
 // a point and time wins, and later ones count as duplicates (the same
 // value and status) or conflicts.
-func (c *Compactor) merge(ctx context.Context, tables *tableCache, prev *generation, srcNames []string, res *Result) ([]telemetry.Sample, error) {
-	merged := map[key]telemetry.Sample{}
-	var order []key
-	addAll := func(name string, data []byte) error {
-		b, err := batch.Decode(data, tables, c.lim)
-		if err != nil {
-			return fmt.Errorf("decoding %s: %w", name, err)
-		}
-		for _, s := range b.Samples {
-			k := key{s.PointID, s.Time}
-			if old, seen := merged[k]; seen {
-				if math.Float64bits(old.Value) == math.Float64bits(s.Value) && old.Status == s.Status {
-					res.Duplicates++
-				} else {
-					res.Conflicts++
-				}
-				continue
-			}
-			merged[k] = s
-			order = append(order, k)
-		}
-		return nil
-	}
-	read := func(name string) ([]byte, error) {
-		data, err := c.store.Get(ctx, name)
-		if errors.Is(err, blob.ErrNotFound) {
-			// Another compactor deleted it after merging it elsewhere.
-			return nil, fmt.Errorf("%s vanished: %w", name, ErrRace)
-		}
-		return data, err
-	}
+func (c *Compactor) merge(ctx context.Context, tables batch.TableResolver, prev *generation, srcNames []string, res *Result) ([]telemetry.Sample, error) {
+	m := c.newMerger(tables, res, math.MinInt64, math.MaxInt64)
 	if prev != nil {
-		for _, n := range prev.parts {
-			data, err := read(n)
-			if err != nil {
-				return nil, fmt.Errorf("compacting %s: %w", res.Day, err)
-			}
-			if err := addAll(n, data); err != nil {
-				return nil, fmt.Errorf("compacting %s: %w", res.Day, err)
-			}
+		if err := m.addParts(ctx, prev.parts); err != nil {
+			return nil, err
 		}
 	}
-	for _, n := range srcNames {
-		data, err := read(n)
-		if err != nil {
-			return nil, fmt.Errorf("compacting %s: %w", res.Day, err)
+	if err := m.addSources(ctx, srcNames); err != nil {
+		return nil, err
+	}
+	return m.sorted(), nil
+}
+
+// merger merges the samples of blobs, first one wins, keeping those whose
+// time is in [from, to).
+type merger struct {
+	c        *Compactor
+	tables   batch.TableResolver
+	res      *Result
+	from, to int64
+	merged   map[key]telemetry.Sample
+	// op names what the merge is for in errors: compacting or reading.
+	op string
+	// spanned is called with each blob's header, for ReadRange's check
+	// of its lookback; nil when not needed.
+	spanned func(name string, part bool, h *batch.Header)
+}
+
+func (c *Compactor) newMerger(tables batch.TableResolver, res *Result, from, to int64) *merger {
+	return &merger{c: c, tables: tables, res: res, from: from, to: to, op: "compacting", merged: map[key]telemetry.Sample{}}
+}
+
+func (m *merger) add(name string, part bool, data []byte) error {
+	b, err := batch.Decode(data, m.tables, m.c.lim)
+	if err != nil {
+		return fmt.Errorf("decoding %s: %w", name, err)
+	}
+	if m.spanned != nil {
+		m.spanned(name, part, &b.Header)
+	}
+	for _, s := range b.Samples {
+		if s.Time < m.from || s.Time >= m.to {
+			continue
 		}
-		res.SourceBytes += len(data)
-		if err := addAll(n, data); err != nil {
+		k := key{s.PointID, s.Time}
+		if old, seen := m.merged[k]; seen {
+			if math.Float64bits(old.Value) == math.Float64bits(s.Value) && old.Status == s.Status {
+				m.res.Duplicates++
+			} else {
+				m.res.Conflicts++
+			}
+			continue
+		}
+		m.merged[k] = s
+	}
+	return nil
+}
+
+func (m *merger) read(ctx context.Context, name string) ([]byte, error) {
+	data, err := m.c.store.Get(ctx, name)
+	if errors.Is(err, blob.ErrNotFound) {
+		// Another compactor deleted it after merging it elsewhere.
+		return nil, fmt.Errorf("%s vanished: %w", name, ErrRace)
+	}
+	return data, err
+}
+
+// addParts merges the parts of a day generation.
+func (m *merger) addParts(ctx context.Context, parts []string) error {
+	for _, n := range parts {
+		data, err := m.read(ctx, n)
+		if err == nil {
+			err = m.add(n, true, data)
+		}
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", m.op, m.res.Day, err)
+		}
+	}
+	return nil
+}
+
+// addSources merges batch blobs.
+func (m *merger) addSources(ctx context.Context, srcNames []string) error {
+	for _, n := range srcNames {
+		data, err := m.read(ctx, n)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", m.op, m.res.Day, err)
+		}
+		m.res.SourceBytes += len(data)
+		if err := m.add(n, false, data); err != nil {
+			var te *pointtable.Error
+			if ctx.Err() != nil || errors.As(err, &te) && !te.Missing() && !errors.Is(err, pointtable.ErrDamaged) {
+				// Interrupted, or the store failed to give its table:
+				// the batch may well be sound.
+				return fmt.Errorf("%s %s: %w%s", m.op, m.res.Day, err, m.nothingDeleted())
+			}
 			// A batch that does not decode was refused by the ingest
 			// before it was stored; finding one means damage at rest,
 			// which an operator must see: stop, delete nothing.
-			return nil, fmt.Errorf("compacting %s: %w: the archive holds a damaged batch; nothing was deleted", res.Day, err)
+			return fmt.Errorf("%s %s: %w: the archive holds a damaged batch: restore it from a backup or move it out of the archive%s", m.op, m.res.Day, err, m.nothingDeleted())
 		}
+		m.res.Sources++
 	}
-	res.Sources = len(srcNames)
-	samples := make([]telemetry.Sample, 0, len(order))
-	for _, k := range order {
-		samples = append(samples, merged[k])
+	return nil
+}
+
+// nothingDeleted is what a failed compaction adds to its error.
+func (m *merger) nothingDeleted() string {
+	if m.op == "compacting" {
+		return "; nothing was deleted"
+	}
+	return ""
+}
+
+// sorted returns the merged samples sorted by point, then time.
+func (m *merger) sorted() []telemetry.Sample {
+	samples := make([]telemetry.Sample, 0, len(m.merged))
+	for _, s := range m.merged {
+		samples = append(samples, s)
 	}
 	slices.SortFunc(samples, func(a, b telemetry.Sample) int {
 		if a.PointID != b.PointID {
@@ -500,30 +582,73 @@ func (c *Compactor) merge(ctx context.Context, tables *tableCache, prev *generat
 		}
 		return int(max(-1, min(1, a.Time-b.Time)))
 	})
-	return samples, nil
+	return samples
 }
 
-// ReadDay returns every sample of tenant/site on day, sorted by point and
-// time and deduplicated: the newest day generation together with batches
-// not compacted yet, as readers of the archive should see it.
+// ReadDay returns the samples of tenant/site whose time is in day (UTC,
+// from 00:00 to the next 00:00), sorted by point and time and
+// deduplicated, as readers of the archive should see them: ReadRange over
+// the day.
 func (c *Compactor) ReadDay(ctx context.Context, tenant, site string, day time.Time) ([]telemetry.Sample, error) {
-	day = day.UTC().Truncate(24 * time.Hour)
-	res := Result{Day: day.Format(time.DateOnly)}
-	srcNames, err := c.store.List(ctx, DayPrefix(tenant, site, day))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s/%s %s: %w", tenant, site, res.Day, err)
+	d := day.UTC().Truncate(24 * time.Hour)
+	return c.ReadRange(ctx, tenant, site, d, d.Add(24*time.Hour))
+}
+
+// ReadRange returns the samples of tenant/site whose time is in [from,
+// to), sorted by point and time and deduplicated.
+//
+// The archive files a batch under the day and hour of its first sample,
+// and a day generation under the day of the batches it merged, so a blob
+// filed under one day can hold samples of the days after it, and none of
+// the days before. ReadRange therefore reads the days from that of from
+// minus Options.Lookback to that of the range's last instant — each day's
+// newest generation and the batches not compacted yet — and cuts their
+// samples to the range. Where the same point and time is in several
+// blobs, the one filed first wins (within a day, the generation before
+// the batches, as compaction does). A blob that spans more than the
+// lookback is logged as a warning: batches like it filed before the days
+// read would be missed.
+func (c *Compactor) ReadRange(ctx context.Context, tenant, site string, from, to time.Time) ([]telemetry.Sample, error) {
+	if !from.Before(to) {
+		return nil, fmt.Errorf("reading %s/%s from %s to %s: the range is empty: the start must be before the end", tenant, site, from.UTC().Format(time.RFC3339), to.UTC().Format(time.RFC3339))
 	}
-	srcNames = slices.DeleteFunc(srcNames, func(n string) bool { return !strings.HasSuffix(n, ".sgb") })
-	prefix := dayBlobPrefix(tenant, site, day)
-	existing, err := c.store.List(ctx, prefix)
-	if err != nil {
-		return nil, fmt.Errorf("reading %s/%s %s: %w", tenant, site, res.Day, err)
+	first := from.Add(-c.lookback).UTC().Truncate(24 * time.Hour)
+	last := to.Add(-time.Millisecond).UTC().Truncate(24 * time.Hour)
+	res := Result{Day: from.UTC().Format(time.DateOnly)}
+	m := c.newMerger(c.tables.Resolver(ctx, tenant, site), &res, from.UnixMilli(), to.UnixMilli())
+	m.op = "reading " + tenant + "/" + site
+	log := c.log.With("tenant", tenant, "site", site)
+	var filed time.Time
+	m.spanned = func(name string, part bool, h *batch.Header) {
+		// A batch's span is its own; a day part's is that of the batches
+		// it merged, which began on its day, so only a part reaching past
+		// the lookback after its day's end proves a long batch.
+		start := h.Start
+		if part {
+			start = filed.Add(24*time.Hour - time.Millisecond).UnixMilli()
+		}
+		if span := time.Duration(h.End-start) * time.Millisecond; span > c.lookback {
+			log.Warn("a blob spans more than the lookback: samples of blobs like it filed before the days read are missing from the range; raise the lookback",
+				"blob", name, "span", span.String(), "lookback", c.lookback.String(), "first_day_read", first.Format(time.DateOnly))
+		}
 	}
-	var prev *generation
-	if gens, _ := generations(prefix, existing); len(gens) > 0 {
-		prev = &gens[len(gens)-1]
+	for d := first; !d.After(last); d = d.Add(24 * time.Hour) {
+		filed = d
+		res.Day = d.Format(time.DateOnly)
+		srcNames, prefix, existing, err := c.listDay(ctx, tenant, site, d)
+		if err != nil {
+			return nil, fmt.Errorf("reading %s/%s %s: %w", tenant, site, res.Day, err)
+		}
+		if gens, _ := generations(prefix, existing); len(gens) > 0 {
+			if err := m.addParts(ctx, gens[len(gens)-1].parts); err != nil {
+				return nil, err
+			}
+		}
+		if err := m.addSources(ctx, srcNames); err != nil {
+			return nil, err
+		}
 	}
-	return c.merge(ctx, &tableCache{store: c.store, tenant: tenant, site: site, ids: batch.Tables{}}, prev, srcNames, &res)
+	return m.sorted(), nil
 }
 
 // cleanOld deletes every day part (and claim) but those of keep: older
@@ -570,33 +695,4 @@ func genOf(name string) (int, bool) {
 type key struct {
 	id uint64
 	t  int64
-}
-
-// tableCache resolves point tables from the site's tables folder.
-type tableCache struct {
-	store        blob.Store
-	tenant, site string
-	ids          batch.Tables
-}
-
-func (tc *tableCache) PointTable(h batch.TableHash) ([]uint64, error) {
-	if ids, ok := tc.ids[h]; ok {
-		return ids, nil
-	}
-	data, err := tc.store.Get(context.Background(), blob.TableName(tc.tenant, tc.site, h.String()))
-	if errors.Is(err, blob.ErrNotFound) {
-		return nil, fmt.Errorf("point table %s: %w", h, batch.ErrUnknownTable)
-	}
-	if err != nil {
-		return nil, err
-	}
-	ids, got, err := batch.DecodePointTable(data)
-	if err != nil {
-		return nil, fmt.Errorf("point table %s: %w", h, err)
-	}
-	if got != h {
-		return nil, fmt.Errorf("point table %s is stored under the wrong name (its hash is %s)", h, got)
-	}
-	tc.ids[h] = ids
-	return ids, nil
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sightglass-bms/sightglass/ingest/blob"
+	"github.com/sightglass-bms/sightglass/ingest/pointtable"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
@@ -71,7 +72,7 @@ func (a *archive) read() ([]telemetry.Sample, []string) {
 	}
 	// A generation's claim stays beside its parts; it holds no samples.
 	names = slices.DeleteFunc(names, func(n string) bool { return strings.HasSuffix(n, ".claim") })
-	tc := &tableCache{store: a.store, tenant: "t1", site: "s1", ids: batch.Tables{}}
+	tc := pointtable.New(a.store, nil).Resolver(context.Background(), "t1", "s1")
 	var out []telemetry.Sample
 	for _, n := range names {
 		data, _ := a.store.Get(context.Background(), n)

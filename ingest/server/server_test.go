@@ -771,18 +771,18 @@ func TestParseClaim(t *testing.T) {
 
 func TestTableCacheBound(t *testing.T) {
 	c := newTableCache(10)
-	k := func(i byte) tableKey { return tableKey{"t", "s", batch.TableHash{i}} }
-	c.add(k(1), make([]uint64, 4))
-	c.add(k(2), make([]uint64, 4))
-	c.add(k(3), make([]uint64, 4))  // evicts 1
-	c.add(k(4), make([]uint64, 11)) // larger than the cache: not kept
+	h := func(i byte) batch.TableHash { return batch.TableHash{i} }
+	c.Add("t", "s", h(1), make([]uint64, 4))
+	c.Add("t", "s", h(2), make([]uint64, 4))
+	c.Add("t", "s", h(3), make([]uint64, 4))  // evicts 1
+	c.Add("t", "s", h(4), make([]uint64, 11)) // larger than the cache: not kept
 	for i, want := range map[byte]bool{1: false, 2: true, 3: true, 4: false} {
-		if _, ok := c.get(k(i)); ok != want {
+		if _, ok := c.Get("t", "s", h(i)); ok != want {
 			t.Errorf("table %d cached = %v, want %v", i, ok, want)
 		}
 	}
-	if c.points != 8 {
-		t.Errorf("points = %d, want 8", c.points)
+	if _, points := c.Stats(); points != 8 {
+		t.Errorf("points = %d, want 8", points)
 	}
 }
 

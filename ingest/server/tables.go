@@ -3,19 +3,17 @@ package server
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 
 	"github.com/sightglass-bms/sightglass/ingest/blob"
 	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/ingest/pointtable"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 )
 
-// maxCachedPoints bounds the table cache by the ids it holds (8 bytes
-// each): 32 MiB, thousands of ordinary sites.
-const maxCachedPoints = 4 << 20
+// maxCachedPoints bounds the table cache by the ids it holds.
+const maxCachedPoints = pointtable.DefaultMaxPoints
 
 // tableReply is the JSON of a successful PUT /v1/tables/{hash}.
 type tableReply struct {
@@ -64,7 +62,7 @@ func (s *Server) putTable(r *http.Request, w http.ResponseWriter, id pki.Identit
 	case err != nil:
 		return 0, tableReply{}, s.storeFailed(log, "writing point table", err)
 	}
-	s.tables.add(tableKey{id.Tenant, id.Site, want}, ids)
+	s.tables.Add(id.Tenant, id.Site, want, ids)
 	if created {
 		s.count(func(st *Stats) { st.TablesStored++ })
 		log.Debug("point table stored", "points", len(ids))
@@ -82,85 +80,37 @@ type tableLookup struct {
 	storeErr error
 }
 
-// resolverFunc adapts a function to batch.TableResolver.
-type resolverFunc func(batch.TableHash) ([]uint64, error)
-
-func (f resolverFunc) PointTable(h batch.TableHash) ([]uint64, error) { return f(h) }
-
 // resolver finds point tables among those uploaded for the identity's
 // tenant and site only: one site cannot use another's tables.
 func (s *Server) resolver(ctx context.Context, id pki.Identity, look *tableLookup) batch.TableResolver {
-	return resolverFunc(func(h batch.TableHash) ([]uint64, error) {
-		key := tableKey{id.Tenant, id.Site, h}
-		if ids, ok := s.tables.get(key); ok {
-			return ids, nil
-		}
-		name := blob.TableName(id.Tenant, id.Site, h.String())
-		data, err := s.store.Get(ctx, name)
-		if errors.Is(err, blob.ErrNotFound) {
-			look.missing = h
-			return nil, fmt.Errorf("%w %s", batch.ErrUnknownTable, h)
-		}
-		if err != nil {
-			look.storeErr = err
-			return nil, fmt.Errorf("reading point table %s: %w", name, err)
-		}
-		ids, got, err := batch.DecodePointTable(data)
-		if err == nil && got != h {
-			err = fmt.Errorf("its hash is %s", got)
-		}
-		if err != nil {
-			look.storeErr = fmt.Errorf("archived point table %s is damaged: %w", name, err)
-			return nil, look.storeErr
-		}
-		s.tables.add(key, ids)
-		return ids, nil
-	})
-}
-
-type tableKey struct {
-	tenant, site string
-	hash         batch.TableHash
-}
-
-// tableCache keeps decoded point tables, which are immutable (named by
-// their hash), so that a batch costs no store read for its table. It is
-// bounded by the total number of ids and evicts the oldest entries first.
-type tableCache struct {
-	mu     sync.Mutex
-	max    int
-	points int
-	m      map[tableKey][]uint64
-	order  []tableKey
-}
-
-func newTableCache(maxPoints int) *tableCache {
-	return &tableCache{max: maxPoints, m: map[tableKey][]uint64{}}
-}
-
-func (c *tableCache) get(k tableKey) ([]uint64, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ids, ok := c.m[k]
-	return ids, ok
-}
-
-func (c *tableCache) add(k tableKey, ids []uint64) {
-	if len(ids) > c.max {
-		return
+	return &lookingResolver{
+		tables: pointtable.New(s.store, s.tables).Resolver(ctx, id.Tenant, id.Site),
+		look:   look,
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.m[k]; ok {
-		return
-	}
-	for c.points+len(ids) > c.max && len(c.order) > 0 {
-		old := c.order[0]
-		c.order = c.order[1:]
-		c.points -= len(c.m[old])
-		delete(c.m, old)
-	}
-	c.m[k] = ids
-	c.order = append(c.order, k)
-	c.points += len(ids)
 }
+
+// lookingResolver notes in look why a lookup failed.
+type lookingResolver struct {
+	tables batch.TableResolver
+	look   *tableLookup
+}
+
+func (r *lookingResolver) PointTable(h batch.TableHash) ([]uint64, error) {
+	ids, err := r.tables.PointTable(h)
+	var te *pointtable.Error
+	switch {
+	case err == nil:
+	case errors.As(err, &te) && te.Missing():
+		r.look.missing = h
+	default:
+		// The store failed, or holds a damaged table: ours to fix.
+		r.look.storeErr = err
+	}
+	return ids, err
+}
+
+// tableCache keeps decoded point tables (pointtable.Cache) so that a batch
+// costs no store read for its table.
+type tableCache = pointtable.Cache
+
+func newTableCache(maxPoints int) *tableCache { return pointtable.NewCache(maxPoints) }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sightglass-bms/sightglass/ingest/blob"
 	"github.com/sightglass-bms/sightglass/ingest/compact"
+	"github.com/sightglass-bms/sightglass/ingest/pointtable"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
@@ -149,12 +150,14 @@ func (s *DB) Rebuild(ctx context.Context, archive blob.Store, o RebuildOptions) 
 		return rep, err
 	}
 	prog := &progress{every: o.ProgressEvery}
+	// One cache for every site: tables are keyed by site, and bounded.
+	tables := pointtable.New(archive, nil)
 	for _, st := range sites {
 		ref := st.ref
 		r := &rebuilder{
 			db: s, archive: archive, ref: ref, months: st.months, o: o, prog: prog, now: s.now(),
 			log:    o.Logger.With("tenant", ref.Tenant, "site", ref.Site),
-			tables: compact.PointTables(archive, ref.Tenant, ref.Site),
+			tables: tables,
 			res:    RebuildSite{Tenant: ref.Tenant, Site: ref.Site, Skipped: []SkippedBlob{}},
 		}
 		err := r.run(ctx)
@@ -262,7 +265,7 @@ type rebuilder struct {
 	o       RebuildOptions
 	log     *slog.Logger
 	prog    *progress
-	tables  batch.TableResolver
+	tables  *pointtable.Archive
 	now     time.Time
 	res     RebuildSite
 
@@ -462,7 +465,7 @@ func (r *rebuilder) readEach(ctx context.Context, names []string, part bool, fn 
 func (r *rebuilder) use(ctx context.Context, name string, part bool, data []byte, err error) (it rebuildItem, ok bool, _ error) {
 	if err == nil {
 		var b *batch.Batch
-		b, err = batch.Decode(data, r.tables, r.o.Limits)
+		b, err = batch.Decode(data, r.tables.Resolver(ctx, r.ref.Tenant, r.ref.Site), r.o.Limits)
 		if err == nil {
 			err = r.checkHeader(name, part, &b.Header)
 		}
