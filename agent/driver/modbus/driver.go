@@ -534,6 +534,7 @@ func (r *read) block(ctx context.Context, b block) (bool, error) {
 		l.unsupported = true
 		l.learnedAt(d.now())
 		d.mu.Unlock()
+		r.changed = true // kept, so a restart does not ask again
 		d.log.Warn("unit does not support reading this table; its points get a fault status and are not asked again",
 			"range", where, "function_code", b.area.table.function())
 		r.failBlock(b, telemetry.StatusFault)

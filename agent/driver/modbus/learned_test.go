@@ -123,3 +123,34 @@ func age(v any, d time.Duration) int {
 	}
 	return n
 }
+
+// TestUnsupportedTableSurvivesRestart: a table the unit answered "illegal
+// function" for is kept in the learned file even when nothing else was
+// learned in that read, so the next driver does not ask it again.
+func TestUnsupportedTableSurvivesRestart(t *testing.T) {
+	u := modbussim.NewUnit().SetRegisters(modbussim.Holding, 0, 7).Lacks(modbussim.Input)
+	sim := startSim(t, modbussim.Options{}, map[byte]*modbussim.Unit{1: u})
+	points := []driver.Point{point(1, "hr/0", ""), point(2, "ir/0", "")}
+	dataDir := t.TempDir()
+	for run := range 2 {
+		sim.ResetRequests()
+		d := connect(t, driver.Device{Name: "meter", Settings: yamlSettings("host: " + sim.Addr()), Points: points, DataDir: dataDir})
+		samples, err := d.Read(t.Context(), points)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if samples[0].Status != telemetry.StatusOK || samples[0].Value != 7 || samples[1].Status != telemetry.StatusFault {
+			t.Errorf("run %d: samples %+v, want hr/0 = 7 and ir/0 faulted", run, samples)
+		}
+		asked := 0
+		for _, r := range sim.Requests() {
+			if r.Function == modbussim.Input {
+				asked++
+			}
+		}
+		if want := 1 - run; asked != want {
+			t.Errorf("run %d: the missing table was asked %d times, want %d", run, asked, want)
+		}
+		d.Close()
+	}
+}

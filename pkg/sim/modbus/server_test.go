@@ -90,7 +90,8 @@ func TestServerListensOnLoopbackOnly(t *testing.T) {
 }
 
 // TestRefuse: an address refused for a while answers the exception to
-// every read covering it, mapped or not, and reads again once cleared.
+// every read covering it, mapped or not, and reads again once cleared; a
+// table the unit lacks answers exception 1.
 func TestRefuse(t *testing.T) {
 	u := NewUnit().SetRegisters(Holding, 0, 1, 2, 3).SetBits(Coils, 0, true)
 	s, err := Start(Options{}, map[byte]*Unit{1: u})
@@ -112,6 +113,8 @@ func TestRefuse(t *testing.T) {
 		{"unmapped refused", func() { u.Refuse(Holding, 1, 0).Refuse(Holding, 9, 2) }, []byte{3, 0, 8, 0, 2}, []byte{0x83, 2}},
 		{"answers once cleared", nil, []byte{3, 0, 0, 0, 3}, []byte{3, 6, 0, 1, 0, 2, 0, 3}},
 		{"coil refused", func() { u.Refuse(Coils, 0, 2) }, []byte{1, 0, 0, 0, 2}, []byte{0x81, 2}},
+		{"table lacking", func() { u.Lacks(Input) }, []byte{4, 0, 0, 0, 1}, []byte{0x84, 1}},
+		{"other tables still there", nil, []byte{3, 0, 2, 0, 1}, []byte{3, 2, 0, 3}},
 	}
 	for _, st := range steps {
 		if st.set != nil {

@@ -23,7 +23,9 @@ type Unit struct {
 	// refuse holds addresses refused for now, by function code: the
 	// exception a read covering one answers.
 	refuse map[byte]map[uint16]byte
-	id     *Identity
+	// lacks holds the tables the unit does not have, by function code.
+	lacks map[byte]bool
+	id    *Identity
 	// update refreshes the values before each answer.
 	update func(u *Unit, now time.Time)
 }
@@ -34,6 +36,7 @@ func NewUnit() *Unit {
 		regs:   map[byte]map[uint16]uint16{Holding: {}, Input: {}},
 		bits:   map[byte]map[uint16]bool{Coils: {}, Discrete: {}},
 		refuse: map[byte]map[uint16]byte{Coils: {}, Discrete: {}, Holding: {}, Input: {}},
+		lacks:  map[byte]bool{},
 	}
 }
 
@@ -68,6 +71,15 @@ func (u *Unit) Refuse(table byte, addr uint16, code byte) *Unit {
 	} else {
 		u.refuse[table][addr] = code
 	}
+	return u
+}
+
+// Lacks makes the unit answer every read of table (a function code 1-4)
+// with exception 1 (illegal function), as a meter without coils does.
+func (u *Unit) Lacks(table byte) *Unit {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.lacks[table] = true
 	return u
 }
 
@@ -122,6 +134,9 @@ func (u *Unit) answer(pdu []byte) []byte {
 	}
 	switch fc {
 	case Coils, Discrete, Holding, Input:
+		if u.lacks[fc] {
+			return exception(fc, 1)
+		}
 		if len(pdu) != 5 {
 			return exception(fc, 3)
 		}
