@@ -7,7 +7,9 @@
 // that only reads arrived.
 //
 // Usage: node opcua_server.js --port N --pki DIR [--host IP] [--max-nodes-per-read N]
-//        [--zones N] [--exit-with-stdin]
+//        [--zones N] [--steady] [--exit-with-stdin]
+// --steady adds Plant.ChillerSetpoint, a value set once at start and never
+// again, so its source timestamp stays at the start (as on many servers).
 // It prints "READY <port> <endpoint>" once it listens. Users: anonymous,
 // username "reader" with password "secret", or any X.509 user certificate
 // (accepted on first sight, like the client certificates).
@@ -126,6 +128,18 @@ async function main() {
   const chw = analog(plant, "Plant.ChilledWaterSupplyTemp", "ChilledWaterSupplyTemp", standardUnits.degree_celsius, wave(6.5, 0.5, 30, 0));
   addressSpace.installHistoricalDataNode(chw, { maxOnlineValues: 100000 });
   analog(plant, "Plant.ChillerPower", "ChillerPower", standardUnits.kilowatt, wave(180, 40, 40, 0));
+  if (process.argv.includes("--steady")) {
+    const sp = ns.addAnalogDataItem({
+      componentOf: plant,
+      browseName: "ChillerSetpoint",
+      nodeId: "s=Plant.ChillerSetpoint",
+      dataType: "Double",
+      engineeringUnits: standardUnits.degree_celsius,
+      engineeringUnitsRange: { low: -100, high: 1000 },
+    });
+    // Set once, never in the timer below: a steady value.
+    sp.setValueFromSource(new Variant({ dataType: DataType.Double, value: 6.0 }), StatusCodes.Good);
+  }
 
   const zf = ns.addFolder(building, { browseName: "Zones", nodeId: "s=Zones" });
   for (let i = 1; i <= zones; i++) {

@@ -88,10 +88,14 @@ type Driver struct {
 	sub       *subscription
 	// droppedBefore sums the values earlier subscriptions dropped.
 	droppedBefore uint64
-	lastSeen      map[uint64]time.Time // newest sample time per point, for backfill
-	backfill      []telemetry.Sample   // history read after a reconnect, returned by the next Read
-	everOnce      bool                 // a session was up before: the next one may backfill
-	warnedOff     bool
+	// tl keeps each point's newest live sample time (see timeline.go).
+	tl *timeline
+	// notLater counts live samples left out because they could not get a
+	// time later than their point's last one.
+	notLater  uint64
+	backfill  []telemetry.Sample // history read after a reconnect, returned by the next Read
+	everOnce  bool               // a session was up before: the next one may backfill
+	warnedOff bool
 }
 
 // New builds a driver for one device. It validates the settings and does
@@ -107,12 +111,11 @@ func newDriver(dev driver.Device) (*Driver, error) {
 		errs = append(errs, err)
 	}
 	d := &Driver{
-		cfg:      cfg,
-		log:      dev.Logger,
-		points:   map[string]pointConfig{},
-		now:      time.Now,
-		faulty:   map[string]ua.StatusCode{},
-		lastSeen: map[uint64]time.Time{},
+		cfg:    cfg,
+		log:    dev.Logger,
+		points: map[string]pointConfig{},
+		now:    time.Now,
+		faulty: map[string]ua.StatusCode{},
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
@@ -133,6 +136,11 @@ func newDriver(dev driver.Device) (*Driver, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	ids := make([]uint64, len(dev.Points))
+	for i, p := range dev.Points {
+		ids[i] = p.ID
+	}
+	d.tl = newTimeline(ids)
 	return d, nil
 }
 
@@ -498,11 +506,6 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 	}
 	out = append(out, d.subscribedSamples(subscribed)...)
 	d.mu.Lock()
-	for _, s := range out {
-		if t := time.UnixMilli(s.Time); t.After(d.lastSeen[s.PointID]) && s.Status == telemetry.StatusOK {
-			d.lastSeen[s.PointID] = t
-		}
-	}
 	if len(d.backfill) > 0 {
 		out = append(dedupe(d.backfill, out), out...)
 		d.backfill = nil
@@ -595,11 +598,52 @@ func (d *Driver) readResults(points []driver.Point, res *ua.ReadResponse) ([]tel
 		return nil, fmt.Errorf("reading %d nodes: the server answered %d results", len(points), len(res.Results))
 	}
 	now := d.now()
-	out := make([]telemetry.Sample, len(points))
+	out := make([]telemetry.Sample, 0, len(points))
 	for i, p := range points {
-		out[i] = d.sample(p, res.Results[i], now)
+		s := d.sample(p, res.Results[i], now)
+		d.mu.Lock()
+		m := d.tl.of(p.ID)
+		t, ok := polledTime(m.last, res.Results[i], now)
+		if ok {
+			s.Time = t
+		}
+		d.mu.Unlock()
+		if d.advance(p, m, s.Time, ok, now) {
+			out = append(out, s)
+		}
 	}
 	return out, nil
+}
+
+// advance records a live sample of p at ms in its mark m when ok and ms is
+// later than the mark, and reports whether the sample is emitted. A sample
+// that is not is counted, and logged once until the point's time advances
+// again: a steady value polled twice within a millisecond, a subscription
+// repeating a value it delivered before (the initial value of a
+// subscription recreated after a reconnect), or a server whose clock went
+// back.
+func (d *Driver) advance(p driver.Point, m *mark, ms int64, ok bool, now time.Time) bool {
+	d.mu.Lock()
+	ok = ok && ms > m.last
+	var last int64
+	var warn, recovered bool
+	if ok {
+		m.last = ms
+		recovered, m.stuck = m.stuck, false
+	} else {
+		d.notLater++
+		last = m.last
+		warn, m.stuck = !m.stuck, true
+	}
+	d.mu.Unlock()
+	switch {
+	case warn:
+		d.log.Warn("OPC UA point's time does not advance past its last sample; leaving its samples out until it does (counted as samples_not_later)",
+			"point", p.Ref, "last_sample", time.UnixMilli(last).UTC().Format(time.RFC3339Nano), "agent_time", now.UTC().Format(time.RFC3339Nano))
+	case recovered:
+		d.log.Info("OPC UA point's time advances again", "point", p.Ref)
+	}
+	return ok
 }
 
 func (d *Driver) nodeOf(p driver.Point) *ua.NodeID {
@@ -800,7 +844,7 @@ func (d *Driver) Counters() []driver.Counter {
 		nr += v
 	}
 	d.mu.Lock()
-	sessions, attempts, sub := d.sessions, d.attempts, d.sub
+	sessions, attempts, sub, notLater := d.sessions, d.attempts, d.sub, d.notLater
 	dropped := d.droppedBefore + sub.droppedValues()
 	d.mu.Unlock()
 	return []driver.Counter{
@@ -809,6 +853,7 @@ func (d *Driver) Counters() []driver.Counter {
 		{Name: "sessions_created", Value: uint64(sessions)},
 		{Name: "connect_attempts", Value: uint64(attempts)},
 		{Name: "subscription_values_dropped", Value: dropped},
+		{Name: "samples_not_later", Value: notLater},
 	}
 }
 

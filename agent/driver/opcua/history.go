@@ -30,12 +30,12 @@ func (d *Driver) backfillGap(ctx context.Context) {
 			continue
 		}
 		d.mu.Lock()
-		last, seen := d.lastSeen[p.ID]
+		ms := d.tl.of(p.ID).last
 		d.mu.Unlock()
-		if !seen {
+		if ms == 0 {
 			continue
 		}
-		start := last.Add(time.Millisecond)
+		start := time.UnixMilli(ms + 1)
 		if floor := end.Add(-d.cfg.backfillMax); start.Before(floor) {
 			start = floor
 		}

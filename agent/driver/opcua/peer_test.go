@@ -35,7 +35,8 @@ type peerOptions struct {
 	Port            string
 	PKI             string
 	MaxNodesPerRead int
-	Zones           int // zones with one variable each; default 4
+	Zones           int  // zones with one variable each; default 4
+	Steady          bool // add Plant.ChillerSetpoint, a value that never changes
 }
 
 // needPeer skips (or, under CI, fails) when node or node-opcua is missing.
@@ -90,7 +91,11 @@ func launchPeer(node, script string, o peerOptions) (*peer, error) {
 	if o.Zones == 0 {
 		o.Zones = 4
 	}
-	cmd := exec.Command(node, script, "--port", o.Port, "--pki", o.PKI, "--max-nodes-per-read", fmt.Sprint(o.MaxNodesPerRead), "--zones", fmt.Sprint(o.Zones), "--exit-with-stdin")
+	args := []string{script, "--port", o.Port, "--pki", o.PKI, "--max-nodes-per-read", fmt.Sprint(o.MaxNodesPerRead), "--zones", fmt.Sprint(o.Zones), "--exit-with-stdin"}
+	if o.Steady {
+		args = append(args, "--steady")
+	}
+	cmd := exec.Command(node, args...)
 	cmd.Dir = filepath.Dir(script)
 	// The peer ends when this pipe closes: with stop, or when the test
 	// binary dies without running its clean-ups.
@@ -174,8 +179,8 @@ var sharedPeer struct {
 	err  error
 }
 
-// shared returns the shared peer (MaxNodesPerRead 5), starting it on
-// first use; TestMain stops it.
+// shared returns the shared peer (MaxNodesPerRead 5, with the steady
+// setpoint), starting it on first use; TestMain stops it.
 func shared(t *testing.T) *peer {
 	t.Helper()
 	node, script := needPeer(t)
@@ -186,7 +191,7 @@ func shared(t *testing.T) *peer {
 			return
 		}
 		sharedPeer.pki = pki
-		sharedPeer.p, sharedPeer.err = launchPeer(node, script, peerOptions{PKI: pki, MaxNodesPerRead: 5})
+		sharedPeer.p, sharedPeer.err = launchPeer(node, script, peerOptions{PKI: pki, MaxNodesPerRead: 5, Steady: true})
 	})
 	if sharedPeer.err != nil {
 		t.Fatal(sharedPeer.err)

@@ -258,7 +258,16 @@ func (d *Driver) subscribedSamples(points []driver.Point) []telemetry.Sample {
 			continue
 		}
 		for _, dv := range s.take(h) {
-			out = append(out, d.sample(p, dv, now))
+			// A notification keeps the time the server gave it (each is a
+			// change), but one not later than the point's last sample is
+			// a repeat and is left out.
+			smp := d.sample(p, dv, now)
+			d.mu.Lock()
+			m := d.tl.of(p.ID)
+			d.mu.Unlock()
+			if d.advance(p, m, smp.Time, true, now) {
+				out = append(out, smp)
+			}
 		}
 	}
 	return out

@@ -64,6 +64,17 @@ type Options struct {
 	// simulator given the same Epoch keeps continuous history, as a real
 	// historian would.
 	Epoch time.Time
+	// SteadySource makes the zones' setpoints, whose values never change,
+	// report the Epoch as their source timestamp, as many servers keep a
+	// steady node's SourceTimestamp at the time its value last changed.
+	// By default every value carries the time it was read.
+	SteadySource bool
+	// HistoryInterval is the spacing of HistoryNode's logged values;
+	// default one second. A short one makes a long history of many pages.
+	HistoryInterval time.Duration
+	// HistoryDelay is how long each HistoryRead takes to answer, as a
+	// slow historian does; default none.
+	HistoryDelay time.Duration
 	// Logger receives the server's own log lines at debug level; nil
 	// discards them.
 	Logger *slog.Logger
@@ -84,6 +95,7 @@ type Server struct {
 	nodes   *server.NodeNameSpace
 	start   time.Time
 	maxRead uint32
+	opts    Options
 
 	mu       sync.Mutex
 	services []string
@@ -119,7 +131,10 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if o.Epoch.IsZero() {
 		o.Epoch = time.Now()
 	}
-	s := &Server{start: o.Epoch, maxRead: o.MaxNodesPerRead, removed: map[string]bool{}}
+	if o.HistoryInterval <= 0 {
+		o.HistoryInterval = time.Second
+	}
+	s := &Server{start: o.Epoch, maxRead: o.MaxNodesPerRead, removed: map[string]bool{}, opts: o}
 	s.URL = fmt.Sprintf("opc.tcp://%s:%d", o.Host, o.Port)
 	opts := []server.Option{
 		server.EndPoint(o.Host, o.Port),
@@ -346,6 +361,8 @@ func (s *Server) folder(ns *server.NodeNameSpace, nodeID, name string) *server.N
 
 func (s *Server) variable(ns *server.NodeNameSpace, nodeID string, v variable) *server.Node {
 	nid := ua.NewStringNodeID(ns.ID(), nodeID)
+	// The setpoints are the values that never change.
+	steady := strings.HasSuffix(nodeID, ".Setpoint")
 	dt := uint32(id.Double)
 	if _, ok := v.value(0).(bool); ok {
 		dt = id.Boolean
@@ -362,10 +379,14 @@ func (s *Server) variable(ns *server.NodeNameSpace, nodeID string, v variable) *
 		ua.AttributeIDHistorizing:     server.DataValueFromValue(nodeID == HistoryNode),
 	}, nil, func() *ua.DataValue {
 		now := time.Now()
+		src := now
+		if steady && s.opts.SteadySource {
+			src = s.start
+		}
 		return &ua.DataValue{
 			EncodingMask:    ua.DataValueValue | ua.DataValueSourceTimestamp | ua.DataValueServerTimestamp,
 			Value:           ua.MustVariant(v.value(now.Sub(s.start).Seconds())),
-			SourceTimestamp: now,
+			SourceTimestamp: src,
 			ServerTimestamp: now,
 		}
 	})
@@ -431,8 +452,9 @@ func (s *Server) attribute(n *ua.NodeID, attr ua.AttributeID) *ua.DataValue {
 	return ns.Attribute(n, attr)
 }
 
-// historyRead serves raw history of HistoryNode: one value a second since
-// the server started, computed from the same function as the live value.
+// historyRead serves raw history of HistoryNode: one value each
+// HistoryInterval since the Epoch, computed from the same function as the
+// live value, after HistoryDelay.
 func (s *Server) historyRead(_ *uasc.SecureChannel, r ua.Request, _ uint32) (ua.Response, error) {
 	req, ok := r.(*ua.HistoryReadRequest)
 	if !ok {
@@ -444,6 +466,9 @@ func (s *Server) historyRead(_ *uasc.SecureChannel, r ua.Request, _ uint32) (ua.
 	}
 	if details == nil || details.IsReadModified {
 		return nil, ua.StatusBadHistoryOperationUnsupported
+	}
+	if s.opts.HistoryDelay > 0 {
+		time.Sleep(s.opts.HistoryDelay)
 	}
 	results := make([]*ua.HistoryReadResult, len(req.NodesToRead))
 	for i, n := range req.NodesToRead {
@@ -471,12 +496,13 @@ func (s *Server) history(n *ua.HistoryReadValueID, d *ua.ReadRawModifiedDetails,
 	if now := time.Now(); end.IsZero() || end.After(now) {
 		end = now
 	}
-	// One value on each whole second since start.
-	t := from.Truncate(time.Second)
+	// One value on each whole interval since start.
+	step := s.opts.HistoryInterval
+	t := from.Truncate(step)
 	if t.Before(from) {
-		t = t.Add(time.Second)
+		t = t.Add(step)
 	}
-	if first := s.start.Truncate(time.Second).Add(time.Second); t.Before(first) {
+	if first := s.start.Truncate(step).Add(step); t.Before(first) {
 		t = first
 	}
 	limit := int(d.NumValuesPerNode)
@@ -485,7 +511,7 @@ func (s *Server) history(n *ua.HistoryReadValueID, d *ua.ReadRawModifiedDetails,
 	}
 	var values []*ua.DataValue
 	var cont []byte
-	for ; t.Before(end); t = t.Add(time.Second) {
+	for ; t.Before(end); t = t.Add(step) {
 		if len(values) == limit {
 			cont = []byte(t.Format(time.RFC3339Nano))
 			break
