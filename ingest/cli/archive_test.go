@@ -1,15 +1,20 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/parquet-go/parquet-go"
+
 	"github.com/sightglass-bms/sightglass/ingest/blob"
+	"github.com/sightglass-bms/sightglass/ingest/export"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
@@ -158,5 +163,98 @@ func TestArchiveCatNoStore(t *testing.T) {
 	_, _, err := run(t, context.Background(), "archive", "cat", "--store-dir", filepath.Join(t.TempDir(), "nope"))
 	if err == nil || !strings.Contains(err.Error(), "--store-dir") {
 		t.Errorf("err = %v, want advice about --store-dir", err)
+	}
+}
+
+// TestArchiveExportCutsAtMidnight: batches that cross midnight both ways,
+// some days compacted and some not; the export of each day holds exactly
+// that day's samples, and the exports of consecutive days together hold
+// the archive, no sample twice and none missing.
+func TestArchiveExportCutsAtMidnight(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store, err := blob.OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d28 := time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
+	type pt struct {
+		id uint64
+		t  int64
+	}
+	archived := map[pt]float64{}
+	seq := uint64(0)
+	upload := func(start time.Time, minutes int) {
+		t.Helper()
+		seq++
+		var smp []telemetry.Sample
+		for p := range 3 {
+			for m := range minutes {
+				s := telemetry.Sample{PointID: uint64(0xc0 + p), Time: start.Add(time.Duration(m) * time.Minute).UnixMilli(), Value: float64(seq)}
+				smp = append(smp, s)
+				if _, ok := archived[pt{s.PointID, s.Time}]; !ok {
+					archived[pt{s.PointID, s.Time}] = s.Value
+				}
+			}
+		}
+		enc, err := batch.Encode(&batch.Batch{Header: batch.Header{AgentID: "ag-x", Site: "s1", Seq: seq, SentAt: smp[len(smp)-1].Time}, Samples: smp})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, data := range map[string][]byte{
+			blob.TableName("acme", "s1", enc.TableHash.String()):                   enc.Table,
+			blob.BatchName("acme", "s1", "ag-x", seq, time.UnixMilli(smp[0].Time)): enc.Data,
+		} {
+			if _, err := store.Put(ctx, name, data); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	upload(d28.Add(20*time.Hour), 60)                // inside the 28th
+	upload(d28.Add(23*time.Hour+40*time.Minute), 40) // the 28th into the 29th
+	upload(d28.Add(24*time.Hour), 10)                // the 29th, re-sent inside the one above
+	upload(d28.Add(36*time.Hour), 30)                // inside the 29th
+	upload(d28.Add(47*time.Hour+50*time.Minute), 30) // the 29th into the 30th
+	upload(d28.Add(72*time.Hour-time.Minute), 2)     // the 30th into the 1st
+	// The 28th and 29th are compacted (--older-than keeps the 30th out);
+	// the 30th stays in batches.
+	if _, _, err := run(t, ctx, "archive", "compact", "--store-dir", dir, "--tenant", "acme", "--site", "s1", "--day", "2026-11-28"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := run(t, ctx, "archive", "compact", "--store-dir", dir, "--tenant", "acme", "--site", "s1", "--day", "2026-11-29"); err != nil {
+		t.Fatal(err)
+	}
+	exported := map[pt]string{}
+	for _, day := range []string{"2026-11-28", "2026-11-29", "2026-11-30", "2026-12-01"} {
+		pq := filepath.Join(t.TempDir(), day+".parquet")
+		if _, _, err := run(t, ctx, "archive", "export", "--store-dir", dir, "--tenant", "acme", "--site", "s1", "--day", day, "--out", pq); err != nil {
+			t.Fatalf("export of %s: %v", day, err)
+		}
+		data, err := os.ReadFile(pq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows, err := parquet.Read[export.Row](bytes.NewReader(data), int64(len(data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			if got := r.Time.UTC().Format(time.DateOnly); got != day {
+				t.Errorf("the export of %s holds a sample of %s", day, r.Time.UTC())
+			}
+			k := pt{r.PointID, r.Time.UnixMilli()}
+			if other, dup := exported[k]; dup {
+				t.Errorf("point %x at %s is in the exports of %s and %s", r.PointID, r.Time.UTC(), other, day)
+			}
+			exported[k] = day
+			if want, ok := archived[k]; !ok || want != r.Value {
+				t.Errorf("point %x at %s: exported %v, archived %v (%v)", r.PointID, r.Time.UTC(), r.Value, want, ok)
+			}
+		}
+	}
+	for k := range archived {
+		if _, ok := exported[k]; !ok {
+			t.Errorf("point %x at %s is in no export", k.id, time.UnixMilli(k.t).UTC())
+		}
 	}
 }
