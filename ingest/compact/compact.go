@@ -608,10 +608,24 @@ func (c *Compactor) ReadDay(ctx context.Context, tenant, site string, day time.T
 // the batches, as compaction does). A blob that spans more than the
 // lookback is logged as a warning: batches like it filed before the days
 // read would be missed.
+//
+// A compaction running meanwhile (on another replica) may delete a batch
+// between the listing and the read, having merged it into a day blob:
+// ReadRange then starts over, up to a bound, as Day does.
 func (c *Compactor) ReadRange(ctx context.Context, tenant, site string, from, to time.Time) ([]telemetry.Sample, error) {
 	if !from.Before(to) {
 		return nil, fmt.Errorf("reading %s/%s from %s to %s: the range is empty: the start must be before the end", tenant, site, from.UTC().Format(time.RFC3339), to.UTC().Format(time.RFC3339))
 	}
+	for attempt := 1; ; attempt++ {
+		samples, err := c.readRange(ctx, tenant, site, from, to)
+		if !errors.Is(err, ErrRace) || attempt == maxAttempts {
+			return samples, err
+		}
+		c.log.Info("a compaction changed the archive while it was read; starting over", "tenant", tenant, "site", site, "attempt", attempt)
+	}
+}
+
+func (c *Compactor) readRange(ctx context.Context, tenant, site string, from, to time.Time) ([]telemetry.Sample, error) {
 	first := from.Add(-c.lookback).UTC().Truncate(24 * time.Hour)
 	last := to.Add(-time.Millisecond).UTC().Truncate(24 * time.Hour)
 	res := Result{Day: from.UTC().Format(time.DateOnly)}

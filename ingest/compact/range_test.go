@@ -248,3 +248,41 @@ func TestTableReadsStopWithTheContext(t *testing.T) {
 		})
 	}
 }
+
+// compactFirst runs a compaction of the day just before the first read of
+// one of its batches, as another replica might between a reader's listing
+// and its read.
+type compactFirst struct {
+	*blob.Dir
+	t     *testing.T
+	fired bool
+}
+
+func (s *compactFirst) Get(ctx context.Context, name string) ([]byte, error) {
+	if !s.fired && strings.HasSuffix(name, ".sgb") && !strings.Contains(name, "/days/") {
+		s.fired = true
+		if _, err := New(s.Dir, Options{}).Day(ctx, "t1", "s1", day); err != nil {
+			s.t.Errorf("the concurrent compaction: %v", err)
+		}
+	}
+	return s.Dir.Get(ctx, name)
+}
+
+func TestReadDayDuringACompaction(t *testing.T) {
+	a := newArchive(t)
+	var want []telemetry.Sample
+	for h := range 3 {
+		s := hour(h+1, 2, linear)
+		a.upload("ag-a", s)
+		want = append(want, s...)
+	}
+	st := &compactFirst{Dir: a.store, t: t}
+	got, err := New(st, Options{}).ReadDay(context.Background(), "t1", "s1", day)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.fired {
+		t.Fatal("no compaction ran during the read")
+	}
+	sameSamples(t, got, want)
+}
