@@ -3,9 +3,12 @@ package modbus
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -145,6 +148,62 @@ func FuzzParseRef(f *testing.F) {
 		}
 		if int(s.addr)+s.size() > 65536 {
 			t.Fatalf("%q spans past the address space: %+v", ref, s)
+		}
+	})
+}
+
+// FuzzLearnedFile feeds arbitrary learned-limit files (a disk fills up, a
+// card corrupts, someone edits one) to a starting driver: it must never
+// panic, keep only holes that are real spans with a refusal count, and
+// what it kept must survive a save and a reload unchanged.
+func FuzzLearnedFile(f *testing.F) {
+	now := time.Now().UTC()
+	f.Add([]byte(`{"version": 1, "address": "127.0.0.1:502", "learned": "` + now.Format(time.RFC3339) + `",
+		"areas": [{"unit": 1, "table": "hr", "ok_len": 8, "bad_len": 9, "holes": [[15, 16]], "cuts": [20, 22]}]}`))
+	f.Add([]byte(`{"version": 2, "address": "127.0.0.1:502", "learned": "` + now.Format(time.RFC3339) + `",
+		"areas": [{"unit": 1, "table": "hr", "learned": "` + now.Add(-time.Hour).Format(time.RFC3339) + `", "cuts": [5], "hole_cuts": [7],
+		"holes": [{"start": 3, "end": 4, "learned": "` + now.Add(-9*24*time.Hour).Format(time.RFC3339) + `", "refusals": 2}, {"start": 7, "end": 9}]},
+		{"unit": 2, "table": "ir", "unsupported": true}]}`))
+	f.Add([]byte(`{"version": 2, "address": "127.0.0.1:502", "learned": "2999-01-01T00:00:00Z", "areas": [{"unit": 1, "table": "coil", "holes": [[5, 2], [0, 70000], {"start": -1, "end": 3}]}]}`))
+	f.Add([]byte(`{"version": 2, "areas": [{"holes": [[1, 2, 3]]}]}`))
+	f.Add([]byte(`{"version": 1`))
+	load := func(t *testing.T, dir string) *Driver {
+		d, err := newDriver(driver.Device{Name: "fuzz", Settings: yamlText("host: 127.0.0.1"), DataDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		file := stateFile(dir, "fuzz")
+		if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(file, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d := load(t, dir)
+		d.mu.Lock()
+		kept := d.snapshotLocked()
+		for a, l := range d.learned {
+			for _, h := range l.holes {
+				if h.start < 0 || h.start >= h.end || h.end > 1<<16 || h.refusals < 1 || h.learned.After(time.Now()) {
+					t.Fatalf("area %+v kept a bad hole %+v", a, h)
+				}
+			}
+		}
+		d.saved = nil // make the save below write what was kept
+		d.mu.Unlock()
+		d.saveLearned()
+		d2 := load(t, dir)
+		d2.mu.Lock()
+		again := d2.snapshotLocked()
+		d2.mu.Unlock()
+		if !slicesEqualJSON(kept, again) {
+			a, _ := json.Marshal(kept)
+			b, _ := json.Marshal(again)
+			t.Fatalf("kept %s, after a save and reload %s", a, b)
 		}
 	})
 }
