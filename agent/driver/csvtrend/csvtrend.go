@@ -104,8 +104,8 @@ const DefaultSettle = 2 * time.Second
 // DefaultMaxFileSize is the default of Settings.MaxFileSize. Reading a
 // file holds its bytes plus 32 bytes per sample, one sample per 13 to 35
 // bytes of the real exports in testdata/bms: three to six times the file at
-// the peak (see README.md). 64 MiB is a year of 15-minute data for about a
-// hundred points, and a few hundred MiB of memory at worst; 256 MiB would
+// the peak (see README.md). 64 MiB is a year of 15-minute data for about
+// 300 points, and a few hundred MiB of memory at worst; 256 MiB would
 // let one file take over a GiB of a small edge box.
 const DefaultMaxFileSize = 64 << 20
 
