@@ -211,11 +211,12 @@ func (d *Driver) saveLearned() {
 	d.mu.Lock()
 	areas := d.snapshotLocked()
 	same := slicesEqualJSON(areas, d.saved)
+	now := d.now()
 	d.mu.Unlock()
 	if same {
 		return
 	}
-	data, err := json.MarshalIndent(learnedFile{Version: learnedVersion, Address: d.cfg.address, Learned: d.now().UTC(), Areas: areas}, "", "  ")
+	data, err := json.MarshalIndent(learnedFile{Version: learnedVersion, Address: d.cfg.address, Learned: now.UTC(), Areas: areas}, "", "  ")
 	if err == nil {
 		err = os.MkdirAll(filepath.Dir(d.state), 0o700)
 	}
