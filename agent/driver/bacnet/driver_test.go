@@ -58,9 +58,17 @@ func TestConformance(t *testing.T) {
 	drivertest.Run(t, drivertest.Harness{
 		New: func(t *testing.T) (driver.Driver, []driver.Point) {
 			dev := bacnetsim.NewDevice(1001, "ahu", 3, 2, 1, true)
+			// A trend log on the first point makes the driver a
+			// Checkpointer with a state, so the kit checks resuming.
+			for _, o := range dev.Objects {
+				if o.Log != nil {
+					o.Log.Interval = 100 * time.Millisecond
+					o.Log.Start = time.Now().Add(-time.Minute)
+				}
+			}
 			sim = startSim(t, bacnetsim.Config{Local: dev})
 			points := []driver.Point{
-				{ID: 1, Ref: "analog-input:1"}, {ID: 2, Ref: "analog-input:2"},
+				{ID: 1, Ref: "analog-input:1", Settings: yamlText("trend_log: trend-log:1")}, {ID: 2, Ref: "analog-input:2"},
 				{ID: 3, Ref: "binary-value:1"}, {ID: 4, Ref: "multi-state-value:1"},
 				{ID: 5, Ref: "analog-input:3/object-name"},
 			}
