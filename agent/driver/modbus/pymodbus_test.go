@@ -241,7 +241,8 @@ func TestPymodbusIntegration(t *testing.T) {
 		if n1 != 5 {
 			t.Errorf("first read sent %d requests, want 5: split the refused block until the hole is found", n1)
 		}
-		// Learned: the hole at 15 is never asked again, 5 and 24 in two reads.
+		// Learned: the hole at 15 is not asked again before its retry (10
+		// minutes on), 5 and 24 in two reads.
 		if len(reqs) != 2 {
 			t.Errorf("second read sent %+v, want two reads (the hole learned)", reqs)
 		}
