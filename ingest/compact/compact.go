@@ -631,8 +631,12 @@ func (c *Compactor) readRange(ctx context.Context, tenant, site string, from, to
 	res := Result{Day: from.UTC().Format(time.DateOnly)}
 	m := c.newMerger(c.tables.Resolver(ctx, tenant, site), &res, from.UnixMilli(), to.UnixMilli())
 	m.op = "reading " + tenant + "/" + site
-	log := c.log.With("tenant", tenant, "site", site)
-	var filed time.Time
+	var (
+		filed   time.Time
+		long    int // blobs spanning more than the lookback
+		longest time.Duration
+		example string
+	)
 	m.spanned = func(name string, part bool, h *batch.Header) {
 		// A batch's span is its own; a day part's is that of the batches
 		// it merged, which began on its day, so only a part reaching past
@@ -642,8 +646,10 @@ func (c *Compactor) readRange(ctx context.Context, tenant, site string, from, to
 			start = filed.Add(24*time.Hour - time.Millisecond).UnixMilli()
 		}
 		if span := time.Duration(h.End-start) * time.Millisecond; span > c.lookback {
-			log.Warn("a blob spans more than the lookback: samples of blobs like it filed before the days read are missing from the range; raise the lookback",
-				"blob", name, "span", span.String(), "lookback", c.lookback.String(), "first_day_read", first.Format(time.DateOnly))
+			long++
+			if span > longest {
+				longest, example = span, name
+			}
 		}
 	}
 	for d := first; !d.After(last); d = d.Add(24 * time.Hour) {
@@ -661,6 +667,11 @@ func (c *Compactor) readRange(ctx context.Context, tenant, site string, from, to
 		if err := m.addSources(ctx, srcNames); err != nil {
 			return nil, err
 		}
+	}
+	if long > 0 {
+		c.log.Warn("blobs span more than the lookback: samples of blobs like them filed before the days read are missing from the range; raise the lookback",
+			"tenant", tenant, "site", site, "blobs", long, "longest", longest.String(), "blob", example,
+			"lookback", c.lookback.String(), "first_day_read", first.Format(time.DateOnly))
 	}
 	return m.sorted(), nil
 }

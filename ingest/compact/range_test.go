@@ -188,7 +188,7 @@ func TestReadRangeWarnsOfLongBatches(t *testing.T) {
 			if len(got) != tt.want {
 				t.Errorf("%d samples, want %d", len(got), tt.want)
 			}
-			if w := strings.Contains(logs.String(), "spans more than the lookback"); w != tt.warned {
+			if w := strings.Contains(logs.String(), "span more than the lookback"); w != tt.warned {
 				t.Errorf("warned = %v, want %v; log:\n%s", w, tt.warned, logs.String())
 			}
 		})
@@ -200,7 +200,7 @@ func TestReadRangeWarnsOfLongBatches(t *testing.T) {
 	if _, err := c.ReadDay(context.Background(), "t1", "s1", day.Add(-48*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(logs.String(), "spans more than the lookback") {
+	if !strings.Contains(logs.String(), "span more than the lookback") {
 		t.Errorf("no warning about a 60-hour batch; log:\n%s", logs.String())
 	}
 }
