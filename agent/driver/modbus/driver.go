@@ -163,6 +163,10 @@ type Driver struct {
 	profile map[string]spec  // the profile's points for the device's unit, by ref
 	state   string           // file keeping the learned limits; "" without a data dir
 	now     func() time.Time // the clock of the learned limits; tests replace it
+	// saveMu makes saves of the learned limits one at a time, snapshot
+	// and write together, so two concurrent reads cannot leave the
+	// older snapshot in the file.
+	saveMu sync.Mutex
 
 	mu        sync.Mutex
 	specs     map[string]spec // resolved points by ref

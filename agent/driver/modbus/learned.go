@@ -208,6 +208,8 @@ func (d *Driver) saveLearned() {
 	if d.state == "" {
 		return
 	}
+	d.saveMu.Lock()
+	defer d.saveMu.Unlock()
 	d.mu.Lock()
 	areas := d.snapshotLocked()
 	same := slicesEqualJSON(areas, d.saved)
