@@ -40,10 +40,12 @@ type Error struct {
 	Err  error
 }
 
+// Error names the table, its site and its blob, then what went wrong.
 func (e *Error) Error() string {
 	return fmt.Sprintf("point table %s of site %s/%s (%s): %v", e.Hash, e.Tenant, e.Site, e.Name, e.Err)
 }
 
+// Unwrap returns Err, for errors.Is and errors.As.
 func (e *Error) Unwrap() error { return e.Err }
 
 // Missing reports whether the table is not in the archive, as opposed to
