@@ -20,6 +20,7 @@ import (
 	"github.com/sightglass-bms/sightglass/agent/daemon"
 	"github.com/sightglass-bms/sightglass/ingest/blob"
 	"github.com/sightglass-bms/sightglass/ingest/blob/azure"
+	"github.com/sightglass-bms/sightglass/ingest/pointtable"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
@@ -330,6 +331,7 @@ func ReadStore(ctx context.Context, store blob.Store) ([]telemetry.Sample, []*ba
 	}
 	var samples []telemetry.Sample
 	var batches []*batch.Batch
+	tables := pointtable.New(store, nil)
 	for _, name := range names {
 		if !strings.HasSuffix(name, ".sgb") {
 			continue
@@ -339,7 +341,7 @@ func ReadStore(ctx context.Context, store blob.Store) ([]telemetry.Sample, []*ba
 			return nil, nil, err
 		}
 		parts := strings.SplitN(name, "/", 3)
-		b, err := batch.Decode(data, tables{ctx, store, parts[0], parts[1]}, batch.Limits{})
+		b, err := batch.Decode(data, tables.Resolver(ctx, parts[0], parts[1]), batch.Limits{})
 		if err != nil {
 			return nil, nil, fmt.Errorf("decoding %s: %w", name, err)
 		}
@@ -347,21 +349,6 @@ func ReadStore(ctx context.Context, store blob.Store) ([]telemetry.Sample, []*ba
 		samples = append(samples, b.Samples...)
 	}
 	return samples, batches, nil
-}
-
-type tables struct {
-	ctx          context.Context
-	store        blob.Store
-	tenant, site string
-}
-
-func (t tables) PointTable(h batch.TableHash) ([]uint64, error) {
-	data, err := t.store.Get(t.ctx, blob.TableName(t.tenant, t.site, h.String()))
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", batch.ErrUnknownTable, h, err)
-	}
-	ids, _, err := batch.DecodePointTable(data)
-	return ids, err
 }
 
 func freePort() (int, error) {
