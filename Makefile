@@ -35,13 +35,18 @@ test: fmt-check vet
 demo: build
 	$(BIN)/sightglass-demo --bin $(BIN) --dir .demo $(if $(DEMO_FOR),--for $(DEMO_FOR))
 
-# The benchmarks, then a table of their domain figures (B/sample beside
+# Test sources outside dot-directories and installed peers, tracked or not.
+TEST_SRCS = find . -name '*_test.go' -not -path '*/.*' -not -path '*/node_modules/*'
+# Every package with a benchmark, found in the sources.
+BENCH_PKGS = $(shell $(TEST_SRCS) | xargs grep -l '^func Benchmark' | xargs -n1 dirname | sort -u)
+
+# The benchmarks (every package that has one), then a table of their domain figures (B/sample beside
 # naive+zstd, samples/s, requests per poll); the raw output goes to
 # .bench.out for benchstat.
 bench:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./pkg/benchtable/cmd/benchtable
-	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem ./pkg/batch/ ./agent/buffer/ ./agent/driver/modbus/ ./ingest/blob/azure/ ./agent/driver/bacnet/ ./ingest/server/ ./agent/driver/opcua/ ./agent/daemon/ ./pkg/demo/ ./ingest/store/ ./ingest/web/ ./ingest/secretbox/ ./agent/driver/subprocess/ | tee .bench.out
+	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem $(BENCH_PKGS) | tee .bench.out
 	@echo; $(BIN)/benchtable < .bench.out
 
 # Every fuzz target in the repository, each for FUZZTIME with its seed
@@ -49,13 +54,13 @@ bench:
 # the sources, so a new one cannot be left out; a target without a
 # committed corpus fails here.
 fuzz:
-	@set -e; for f in $$(git ls-files '*_test.go' 2>/dev/null || find . -name '*_test.go' -not -path './.*'); do \
+	@set -e; for f in $$($(TEST_SRCS) | sort); do \
 	  dir=$$(dirname $$f); \
 	  for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
 	    if ! ls $$dir/testdata/fuzz/$$name/* >/dev/null 2>&1; then \
 	      echo "fuzz: $$name in $$dir has no seed corpus in $$dir/testdata/fuzz/$$name/"; exit 1; fi; \
-	    echo "fuzz: $$name in ./$$dir for $(FUZZTIME)"; \
-	    $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$dir; \
+	    echo "fuzz: $$name in $$dir for $(FUZZTIME)"; \
+	    $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$dir; \
 	  done; \
 	done
 
