@@ -137,9 +137,15 @@ type Device struct {
 // are the driver's own point settings.
 type Point struct {
 	// Ref is the driver's reference of the point (a column, a register).
-	Ref      string
-	Name     string
-	Unit     string
+	Ref  string
+	Name string
+	Unit string
+	// Description is the installer's longer text for the point.
+	Description string
+	// Kind is what sort of value the point is (analog, binary,
+	// multistate, text, or a driver's finer word such as float32); empty
+	// leaves it to the driver's discovery.
+	Kind     string
 	Interval time.Duration
 	Tags     []string
 	// Settings holds the remaining keys, for the driver.
@@ -148,7 +154,7 @@ type Point struct {
 	Line int
 }
 
-var genericPointKeys = map[string]bool{"ref": true, "name": true, "unit": true, "interval": true, "tags": true}
+var genericPointKeys = map[string]bool{"ref": true, "name": true, "unit": true, "description": true, "kind": true, "interval": true, "tags": true}
 
 // UnmarshalYAML splits a point's generic keys from its driver settings,
 // keeping the line numbers of both.
@@ -168,16 +174,19 @@ func (p *Point) UnmarshalYAML(n *yaml.Node) error {
 		}
 	}
 	var g struct {
-		Ref      string        `yaml:"ref"`
-		Name     string        `yaml:"name"`
-		Unit     string        `yaml:"unit"`
-		Interval time.Duration `yaml:"interval"`
-		Tags     []string      `yaml:"tags"`
+		Ref         string        `yaml:"ref"`
+		Name        string        `yaml:"name"`
+		Unit        string        `yaml:"unit"`
+		Description string        `yaml:"description"`
+		Kind        string        `yaml:"kind"`
+		Interval    time.Duration `yaml:"interval"`
+		Tags        []string      `yaml:"tags"`
 	}
 	if err := generic.Load(&g, yaml.WithKnownFields()); err != nil {
 		return err
 	}
 	p.Ref, p.Name, p.Unit, p.Interval, p.Tags = g.Ref, g.Name, g.Unit, g.Interval, g.Tags
+	p.Description, p.Kind = g.Description, g.Kind
 	p.Settings = rest
 	return nil
 }

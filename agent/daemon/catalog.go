@@ -20,6 +20,7 @@ type CatalogPoint struct {
 	Name        string   `json:"name,omitempty"`
 	Description string   `json:"description,omitempty"`
 	Unit        string   `json:"unit,omitempty"`
+	Kind        string   `json:"kind,omitempty"`
 	Tags        []string `json:"tags,omitempty"`
 }
 
@@ -33,7 +34,7 @@ func Catalog(devs []poll.Device, policy string) []CatalogPoint {
 	var out []CatalogPoint
 	for _, d := range devs {
 		for _, p := range d.Points {
-			c := CatalogPoint{ID: p.ID, Unit: p.Unit, Tags: p.Tags}
+			c := CatalogPoint{ID: p.ID, Unit: p.Unit, Kind: p.Kind, Tags: p.Tags}
 			if policy == config.CatalogFull {
 				c.Name, c.Description = p.Name, p.Description
 				// The device is a name too, so only a full catalogue

@@ -94,7 +94,7 @@ func configuredPoints(d *config.Device, ids *anon.Registry) ([]driver.Point, err
 		if err != nil {
 			return nil, fmt.Errorf("device %q: point %q (line %d): %w", d.Name, p.Ref, p.Line, err)
 		}
-		points = append(points, driver.Point{ID: id, Ref: p.Ref, Name: p.Name, Unit: p.Unit, Tags: p.Tags, Interval: p.Interval, Settings: p.PointSettings(d.Name)})
+		points = append(points, driver.Point{ID: id, Ref: p.Ref, Name: p.Name, Unit: p.Unit, Description: p.Description, Kind: p.Kind, Tags: p.Tags, Interval: p.Interval, Settings: p.PointSettings(d.Name)})
 	}
 	return points, nil
 }
@@ -127,7 +127,8 @@ var errDeviceUnreachable = errors.New("device unreachable for discovery")
 
 // mergeDiscovered adds discovered points that the configuration does not
 // list. A configured point wins, since the installer may have named it, but
-// what it leaves unsaid comes from discovery: its unit, description, tags
+// what it leaves unsaid comes from discovery: its name (when the config
+// gave none, so the name is still the ref), unit, description, kind, tags
 // and, when it has no settings of its own, the driver settings discovery
 // found (a profile's scale and byte order, say).
 func mergeDiscovered(d *config.Device, configured, found []driver.Point, ids *anon.Registry) ([]driver.Point, error) {
@@ -142,8 +143,14 @@ func mergeDiscovered(d *config.Device, configured, found []driver.Point, ids *an
 	for _, p := range found {
 		if i, ok := have[p.Ref]; ok {
 			c := &configured[i]
+			if c.Name == c.Ref && p.Name != "" {
+				c.Name = p.Name
+			}
 			if c.Unit == "" {
 				c.Unit = p.Unit
+			}
+			if c.Kind == "" {
+				c.Kind = p.Kind
 			}
 			if c.Description == "" {
 				c.Description = p.Description

@@ -36,8 +36,8 @@ func (profileSettings) Decode(any) error { return nil }
 
 func (f *fakeDriver) Discover(context.Context) ([]driver.Point, error) {
 	return []driver.Point{
-		{Ref: "sat", Name: "Supply air", Unit: "°F", Description: "from the device", Settings: profileSettings{}},
-		{Ref: "rat", Name: "Return air", Unit: "°F"},
+		{Ref: "sat", Name: "Supply air", Unit: "°F", Description: "from the device", Kind: "analog-input", Settings: profileSettings{}},
+		{Ref: "rat", Name: "Return air", Unit: "°F", Kind: "analog-input"},
 	}, nil
 }
 
@@ -87,6 +87,28 @@ func TestBuildDevicesMergesDiscovery(t *testing.T) {
 	}
 }
 
+// TestBuildDevicesTakesTheDevicesWords checks that a configured point the
+// installer did not name or type gets the name and kind the device gives,
+// while the installer's own words win.
+func TestBuildDevicesTakesTheDevicesWords(t *testing.T) {
+	cfg := loadConfig(t, "  - name: ahu\n    driver: up\n    interval: 1m\n    discover: true\n    points:\n      - ref: sat\n      - {ref: rat, name: RAT, kind: temperature, description: ceiling plenum}\n")
+	var s anon.Secret
+	devs, err := BuildDevices(context.Background(), cfg, registry(t), anon.NewRegistry(anon.New(s)), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]driver.Point{}
+	for _, p := range devs[0].Points {
+		got[p.Ref] = p
+	}
+	if p := got["sat"]; p.Name != "Supply air" || p.Kind != "analog-input" {
+		t.Errorf("unnamed configured point %+v, want the device's name and kind", p)
+	}
+	if p := got["rat"]; p.Name != "RAT" || p.Kind != "temperature" || p.Description != "ceiling plenum" {
+		t.Errorf("named configured point %+v, want the installer's name, kind and description", p)
+	}
+}
+
 func TestBuildDevicesSurvivesADeviceDown(t *testing.T) {
 	cfg := loadConfig(t, `  - name: dead
     driver: down
@@ -120,18 +142,18 @@ func TestBuildDevicesSurvivesADeviceDown(t *testing.T) {
 }
 
 func TestCatalogPolicy(t *testing.T) {
-	cfg := loadConfig(t, "  - name: ahu\n    driver: up\n    interval: 1m\n    points:\n      - {ref: sat, name: Supply air, unit: °F, tags: [air]}\n")
+	cfg := loadConfig(t, "  - name: ahu\n    driver: up\n    interval: 1m\n    points:\n      - {ref: sat, name: Supply air, unit: °F, kind: analog, tags: [air]}\n")
 	var s anon.Secret
 	devs, err := BuildDevices(context.Background(), cfg, registry(t), anon.NewRegistry(anon.New(s)), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	full := Catalog(devs, config.CatalogFull)
-	if len(full) != 1 || full[0].Name != "Supply air" || full[0].Unit != "°F" || len(full[0].Tags) != 2 || full[0].Tags[1] != "device:ahu" {
+	if len(full) != 1 || full[0].Name != "Supply air" || full[0].Unit != "°F" || full[0].Kind != "analog" || len(full[0].Tags) != 2 || full[0].Tags[1] != "device:ahu" {
 		t.Errorf("full catalogue %+v", full)
 	}
 	tags := Catalog(devs, config.CatalogTagsOnly)
-	if len(tags) != 1 || tags[0].Name != "" || tags[0].Description != "" || len(tags[0].Tags) != 1 || tags[0].Unit != "°F" {
+	if len(tags) != 1 || tags[0].Name != "" || tags[0].Description != "" || len(tags[0].Tags) != 1 || tags[0].Unit != "°F" || tags[0].Kind != "analog" {
 		t.Errorf("tags-only catalogue %+v", tags)
 	}
 	if none := Catalog(devs, config.CatalogNone); none != nil {

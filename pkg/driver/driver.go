@@ -57,6 +57,12 @@ type Point struct {
 	Unit string
 	// Description is the device's or installer's longer text, if any.
 	Description string
+	// Kind is what sort of value the point carries: analog, binary,
+	// multistate or text, or the protocol's finer word (a BACnet object
+	// type, a Modbus data type, an OPC UA data type) when a driver's
+	// discovery knows it. It travels in the point catalogue, never in
+	// batches; empty when unknown.
+	Kind string
 	// Tags classify the point (from the configuration, or a driver's
 	// discovery); they travel in the point catalogue, never in batches.
 	Tags []string
