@@ -25,8 +25,11 @@ vet:
 
 # Every test, with the race detector. Integration tests start their own
 # servers on loopback; nothing leaves the machine.
+# What tests keep for a person to look at (t.ArtifactDir: the dashboard's
+# screenshots) lands under .test-artifacts/_artifacts/.
 test: fmt-check vet
-	$(GO) test -race -timeout 15m ./...
+	@rm -rf .test-artifacts && mkdir -p .test-artifacts
+	$(GO) test -race -timeout 15m -artifacts -outputdir $(CURDIR)/.test-artifacts ./...
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 # The whole system on this machine: an ingest with its embedded defaults, an
