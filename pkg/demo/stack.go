@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -201,9 +202,23 @@ func (s *Stack) StartIngest(ctx context.Context) error {
 		return err
 	}
 	s.ingest = p
+	// The agents' listener and the dashboard's start one after the other:
+	// wait for both, or a user (or a test) given the dashboard URL finds
+	// nothing there yet.
+	addrs := []string{s.ingestAddr}
+	if u, err := url.Parse(s.DashboardURL); err == nil && u.Host != "" {
+		addrs = append(addrs, u.Host)
+	}
 	for {
-		if c, err := net.DialTimeout("tcp", s.ingestAddr, 100*time.Millisecond); err == nil {
+		for len(addrs) > 0 {
+			c, err := net.DialTimeout("tcp", addrs[0], 100*time.Millisecond)
+			if err != nil {
+				break
+			}
 			c.Close()
+			addrs = addrs[1:]
+		}
+		if len(addrs) == 0 {
 			return nil
 		}
 		select {
