@@ -19,12 +19,12 @@ import (
 var day = time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
 
 type archive struct {
-	t     *testing.T
+	t     testing.TB
 	store *blob.Dir
 	seq   uint64
 }
 
-func newArchive(t *testing.T) *archive {
+func newArchive(t testing.TB) *archive {
 	d, err := blob.OpenDir(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
