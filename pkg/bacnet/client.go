@@ -128,7 +128,12 @@ type Device struct {
 	Addr         Address
 	MaxAPDU      int
 	Segmentation Segmentation
-	Vendor       uint32
+	// MaxSegments is the device's max-segments-accepted property, 0 when
+	// unknown (I-Am does not carry it, and older devices lack it). Devices
+	// seldom send more segments than they accept, so a planner sizes
+	// answers to it.
+	MaxSegments int
+	Vendor      uint32
 	// Timeout, Retries and MaxOutstanding override the client's Timeout,
 	// Retries and PerDevice for this device when non-zero (Retries < 0:
 	// none), so devices sharing one socket can be treated differently.

@@ -91,6 +91,7 @@ const (
 	PropModelName                 PropertyID = 70
 	PropVendorName                PropertyID = 121
 	PropLogInterval               PropertyID = 134
+	PropMaxSegmentsAccepted       PropertyID = 167
 )
 
 var propertyNames = map[PropertyID]string{
@@ -104,7 +105,8 @@ var propertyNames = map[PropertyID]string{
 	PropLogDeviceObjectProperty: "log-device-object-property", PropRecordCount: "record-count",
 	PropTotalRecordCount: "total-record-count", PropStateText: "state-text", PropNumberOfStates: "number-of-states",
 	PropModelName: "model-name", PropVendorName: "vendor-name", PropLogInterval: "log-interval",
-	PropertyID(87): "priority-array", PropertyID(104): "relinquish-default", PropertyID(44): "firmware-revision",
+	PropMaxSegmentsAccepted: "max-segments-accepted",
+	PropertyID(87):          "priority-array", PropertyID(104): "relinquish-default", PropertyID(44): "firmware-revision",
 }
 
 // String names the property, or gives its number.

@@ -65,6 +65,9 @@ type Driver struct {
 	rpm     bool
 	closed  bool
 	missing map[bacnet.ObjectID]bool // objects the device says it does not have
+	// budget is the answer length the device has shown it can send; kept
+	// across locates, since a device that moved is the same device.
+	budget answerBudget
 }
 
 // ErrClosed is returned by Connect and Read after Close.
@@ -140,7 +143,7 @@ func (d *Driver) locateLocked(ctx context.Context) error {
 	}
 	d.dev, d.rpm, d.located = dev, rpm, true
 	d.log.Info("bacnet device located", "instance", dev.Instance, "max_apdu", dev.MaxAPDU,
-		"segmentation", dev.Segmentation.String(), "read_property_multiple", rpm)
+		"segmentation", dev.Segmentation.String(), "max_segments", dev.MaxSegments, "read_property_multiple", rpm)
 	return nil
 }
 
@@ -183,9 +186,20 @@ func locate(ctx context.Context, c *bacnet.Client, cfg config) (bacnet.Device, b
 	if cfg.maxAPDU > 0 {
 		dev.MaxAPDU = min(dev.MaxAPDU, cfg.maxAPDU)
 	}
+	devObj := bacnet.ObjectID{Type: bacnet.ObjectDevice, Instance: cfg.instance}
+	if dev.Segmentation.CanTransmit() {
+		// How many segments the device takes is the best hint of how many
+		// it sends; many lack the property, and their aborts teach the
+		// planner instead.
+		v, err := c.ReadProperty(ctx, dev, devObj, bacnet.Prop(bacnet.PropMaxSegmentsAccepted))
+		if err == nil && len(v) == 1 && v[0].Kind == bacnet.KindUnsigned && v[0].Uint > 0 {
+			dev.MaxSegments = int(min(v[0].Uint, 255))
+		} else if ctx.Err() != nil {
+			return dev, false, ctx.Err()
+		}
+	}
 	rpm := cfg.rpm
 	if rpm {
-		devObj := bacnet.ObjectID{Type: bacnet.ObjectDevice, Instance: cfg.instance}
 		v, err := c.ReadProperty(ctx, dev, devObj, bacnet.Prop(bacnet.PropProtocolServicesSupported))
 		if err == nil && len(v) == 1 && v[0].Kind == bacnet.KindBitString {
 			rpm = v[0].Bits.Bit(int(bacnet.ServiceReadPropertyMultiple))
@@ -310,7 +324,7 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 		}
 	}
 	d.mu.Unlock()
-	res, fellBack, err := readAll(ctx, c, dev, rpm, parsed, batched)
+	res, fellBack, err := reader{c: c, dev: dev, budget: &d.budget, log: d.log}.readAll(ctx, rpm, parsed, batched)
 	if err == nil {
 		for _, i := range alone {
 			res[i] = result{reliable: true}

@@ -185,7 +185,7 @@ func TestPlanFitsDevice(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%d/%v", tt.dev.MaxAPDU, tt.dev.Segmentation), func(t *testing.T) {
-			batches := plan(tt.dev, points, valid, roleValue, roleFlags, roleReliability)
+			batches := plan(tt.dev, 0, points, valid, roleValue, roleFlags, roleReliability)
 			seen := 0
 			for _, b := range batches {
 				req, err := bacnet.AppendReadPropertyMultiple(nil, b.specs)

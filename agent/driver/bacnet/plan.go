@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
+	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
 
@@ -62,15 +64,49 @@ const (
 	ackProp    = 12
 	apduHeader = 5
 	// maxPlanSegments bounds the segments an answer is planned to need,
-	// below what devices typically buffer (and what we accept).
+	// below what devices typically buffer (and what we accept); a device's
+	// max-segments-accepted lowers it.
 	maxPlanSegments = 8
 )
+
+// answerBudget is the longest answer, in the planner's estimated octets,
+// that a device has shown it can send: lowered whenever the device aborts a
+// batch as too long for it, so the next polls plan requests it answers at
+// the first try. Zero means nothing learned. It only goes down: a device's
+// buffers do not grow while it runs.
+type answerBudget struct{ octets atomic.Int64 }
+
+func (b *answerBudget) get() int { return int(b.octets.Load()) }
+
+// lower makes the budget at most n octets and reports whether it went down.
+func (b *answerBudget) lower(n int) bool {
+	n = max(n, 1)
+	for {
+		cur := b.octets.Load()
+		if cur != 0 && cur <= int64(n) {
+			return false
+		}
+		if b.octets.CompareAndSwap(cur, int64(n)) {
+			return true
+		}
+	}
+}
 
 // batch is one ReadPropertyMultiple request: object specs and, for each
 // property asked, the point and role it answers.
 type batch struct {
 	specs []bacnet.ReadAccessSpec
 	slots [][]slot // per spec, per property
+	ack   int      // the answer's estimated octets
+}
+
+// halves splits a batch of several objects in two.
+func (b batch) halves() [2]batch {
+	mid := len(b.specs) / 2
+	part := func(lo, hi int) batch {
+		return batch{specs: b.specs[lo:hi], slots: b.slots[lo:hi], ack: b.ack * (hi - lo) / len(b.specs)}
+	}
+	return [2]batch{part(0, mid), part(mid, len(b.specs))}
 }
 
 type slot struct {
@@ -87,12 +123,21 @@ const (
 
 // plan groups the points' reads into requests that fit the device: the
 // request within its max APDU, the answer within its max APDU times the
-// segments it can send (one when it cannot segment).
-func plan(dev bacnet.Device, points []point, valid []bool, roles ...uint8) []batch {
+// segments it can send (one when it cannot segment, at most its
+// max-segments-accepted) and within budget, what it has shown it can send
+// (0: nothing learned).
+func plan(dev bacnet.Device, budget int, points []point, valid []bool, roles ...uint8) []batch {
 	maxReq := dev.MaxAPDU - apduHeader
 	maxAck := dev.MaxAPDU - apduHeader
 	if dev.Segmentation.CanTransmit() {
-		maxAck = (dev.MaxAPDU - apduHeader) * maxPlanSegments
+		segs := maxPlanSegments
+		if dev.MaxSegments > 0 {
+			segs = min(segs, dev.MaxSegments)
+		}
+		maxAck = (dev.MaxAPDU - apduHeader) * segs
+	}
+	if budget > 0 {
+		maxAck = min(maxAck, budget)
 	}
 	// One spec per object, in first-seen order, so the points of one
 	// object share its brackets.
@@ -133,6 +178,7 @@ func plan(dev bacnet.Device, points []point, valid []bool, roles ...uint8) []bat
 		rs := reqObject + reqProp*len(o.spec.Properties)
 		as := ackObject + ackProp*len(o.spec.Properties)
 		if len(cur.specs) > 0 && (reqSize+rs > maxReq || ackSize+as > maxAck) {
+			cur.ack = ackSize
 			out = append(out, cur)
 			cur, reqSize, ackSize = batch{}, 0, 0
 		}
@@ -142,15 +188,26 @@ func plan(dev bacnet.Device, points []point, valid []bool, roles ...uint8) []bat
 		ackSize += as
 	}
 	if len(cur.specs) > 0 {
+		cur.ack = ackSize
 		out = append(out, cur)
 	}
 	return out
 }
 
+// reader is one Read's view of a device: where to send, what the device
+// has shown it can answer, and the results being filled in.
+type reader struct {
+	c      *bacnet.Client
+	dev    bacnet.Device
+	budget *answerBudget
+	log    *slog.Logger
+}
+
 // readAll reads every valid point. It returns per-point results, whether
 // the device rejected RPM (and ReadProperty was used instead), and an error
 // only when no read got through at all (the device is gone).
-func readAll(ctx context.Context, c *bacnet.Client, dev bacnet.Device, rpm bool, points []point, valid []bool) ([]result, bool, error) {
+func (rd reader) readAll(ctx context.Context, rpm bool, points []point, valid []bool) ([]result, bool, error) {
+	c, dev := rd.c, rd.dev
 	res := make([]result, len(points))
 	for i := range res {
 		res[i].reliable = true
@@ -162,7 +219,7 @@ func readAll(ctx context.Context, c *bacnet.Client, dev bacnet.Device, rpm bool,
 		// no-fault-detected, so reliability is asked only of the points
 		// whose flags say fault (or that have no flags): a second, small
 		// round instead of a third of every request.
-		batches := plan(dev, points, valid, roleValue, roleFlags)
+		batches := plan(dev, rd.budget.get(), points, valid, roleValue, roleFlags)
 		errs := runBatches(ctx, c, dev, batches, res)
 		for _, err := range errs {
 			if isRPMUnsupported(err) {
@@ -173,18 +230,11 @@ func readAll(ctx context.Context, c *bacnet.Client, dev bacnet.Device, rpm bool,
 		if !fellBack {
 			for bi, err := range errs {
 				tried++
-				switch {
-				case err == nil:
-				case isTransport(err) || ctx.Err() != nil:
+				if err != nil && (isTransport(err) || ctx.Err() != nil) {
 					failed++
-					markFailed(res, batches[bi], err)
-				default:
-					// Many devices answer a whole RPM with one Error when one
-					// of its objects is missing: read that batch's points one
-					// by one, so the others are not lost with it.
-					if err := readEach(ctx, c, dev, points, batches[bi], res); err != nil {
-						return nil, fellBack, err
-					}
+				}
+				if err := rd.settle(ctx, points, batches[bi], err, res); err != nil {
+					return nil, fellBack, err
 				}
 			}
 			suspect := make([]bool, len(points))
@@ -196,7 +246,7 @@ func readAll(ctx context.Context, c *bacnet.Client, dev bacnet.Device, rpm bool,
 			}
 			if any {
 				// Best effort: the flags already gave the status.
-				_ = runBatches(ctx, c, dev, plan(dev, points, suspect, roleReliability), res)
+				_ = runBatches(ctx, c, dev, plan(dev, rd.budget.get(), points, suspect, roleReliability), res)
 			}
 		}
 	}
@@ -232,6 +282,53 @@ func readAll(ctx context.Context, c *bacnet.Client, dev bacnet.Device, rpm bool,
 	return res, fellBack, nil
 }
 
+// settle deals with a batch's outcome. A batch the device aborted as too
+// long for it is read again in halves, down to ReadProperty per property,
+// and lowers the device's answer budget; one that failed with an Error is
+// read point by point (many devices answer a whole RPM with one Error when
+// one of its objects is missing), so the others are not lost with it. It
+// returns an error only when ctx ends.
+func (rd reader) settle(ctx context.Context, points []point, b batch, err error, res []result) error {
+	switch {
+	case err == nil:
+		return nil
+	case isTransport(err) || ctx.Err() != nil:
+		markFailed(res, b, err)
+		return nil
+	case !isTooLong(err) || len(b.specs) == 1:
+		// One object too long alone says nothing of the device's buffers:
+		// its properties are asked one at a time, the budget is kept.
+		return readEach(ctx, rd.c, rd.dev, points, b, res)
+	}
+	if rd.budget.lower(b.ack / 2) {
+		rd.log.Info("device aborted an answer as too long for it; planning shorter requests",
+			"instance", rd.dev.Instance, "answer_budget", rd.budget.get(), "err", err)
+	}
+	halves := b.halves()
+	errs := runBatches(ctx, rd.c, rd.dev, halves[:], res)
+	for i, h := range halves {
+		if err := rd.settle(ctx, points, h, errs[i], res); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// isTooLong reports an Abort saying the answer would be longer than the
+// device can send: buffer-overflow, segmentation-not-supported or
+// apdu-too-long (ANSI/ASHRAE 135 clause 21, BACnetAbortReason).
+func isTooLong(err error) bool {
+	var a *bacnet.AbortError
+	if !errors.As(err, &a) {
+		return false
+	}
+	switch a.Reason {
+	case bacnet.AbortBufferOverflow, bacnet.AbortSegmentationNotSupported, bacnet.AbortApduTooLong:
+		return true
+	}
+	return false
+}
+
 // runBatches sends the batches, up to 8 at a time (the client bounds
 // what is outstanding per device and network; this only avoids a goroutine
 // per batch in huge polls), and returns each one's error. A device
@@ -262,11 +359,13 @@ func isRPMUnsupported(err error) bool {
 }
 
 // isTransport reports a failure to reach the device, as opposed to the
-// device answering with an error.
+// device answering: with an Error, a Reject or an Abort, each of which
+// says the device is there.
 func isTransport(err error) bool {
 	var e *bacnet.Error
 	var r *bacnet.RejectError
-	return !errors.As(err, &e) && !errors.As(err, &r)
+	var a *bacnet.AbortError
+	return !errors.As(err, &e) && !errors.As(err, &r) && !errors.As(err, &a)
 }
 
 func markFailed(res []result, b batch, err error) {

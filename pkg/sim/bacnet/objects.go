@@ -12,6 +12,7 @@ package bacnetsim
 import (
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/bacnet"
@@ -75,8 +76,13 @@ type Device struct {
 	// Segmentation is what the device supports; it segments answers only
 	// when it can transmit segments.
 	Segmentation bacnet.Segmentation
-	// MaxSegments is how many segments it sends at most. Default 32.
+	// MaxSegments is how many segments it sends at most (and, as its
+	// max-segments-accepted property, accepts). Default 32.
 	MaxSegments int
+	// NoMaxSegmentsAccepted leaves the max-segments-accepted property out,
+	// as many older devices do: a client learns what they can send only
+	// from their aborts.
+	NoMaxSegmentsAccepted bool
 	// Window is the segment window it proposes. Default 4.
 	Window int
 	// DropSegment, when above zero, makes the device leave out segment
@@ -220,7 +226,11 @@ func (d *Device) properties(o *Object) (all, required []bacnet.PropertyID) {
 		required = append(common, 112, bacnet.PropVendorName, bacnet.PropVendorIdentifier, bacnet.PropModelName,
 			bacnet.PropObjectList, bacnet.PropMaxAPDULengthAccepted, bacnet.PropSegmentationSupported,
 			bacnet.PropProtocolServicesSupported)
-		return append(required, bacnet.PropDescription), required
+		all = append(slices.Clone(required), bacnet.PropDescription)
+		if !d.NoMaxSegmentsAccepted {
+			all = append(all, bacnet.PropMaxSegmentsAccepted)
+		}
+		return all, required
 	case o.Log != nil:
 		required = append(common, bacnet.PropStatusFlags, bacnet.PropEventState, bacnet.PropLogBuffer,
 			bacnet.PropRecordCount, bacnet.PropTotalRecordCount)
@@ -329,6 +339,8 @@ func (d *Device) read(o *Object, p bacnet.PropertyRef, now time.Time) ([]bacnet.
 		return one(bacnet.Unsigned(uint64(d.MaxAPDU)))
 	case bacnet.PropSegmentationSupported:
 		return one(bacnet.Enumerated(uint64(d.Segmentation)))
+	case bacnet.PropMaxSegmentsAccepted:
+		return one(bacnet.Unsigned(uint64(d.MaxSegments)))
 	case bacnet.PropProtocolServicesSupported:
 		bits := make([]bool, 41)
 		bits[bacnet.ServiceReadProperty] = true

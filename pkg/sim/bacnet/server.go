@@ -72,9 +72,11 @@ type Server struct {
 	// inflight and maxInflight count confirmed requests being answered,
 	// by device instance and (negative keys) by network.
 	inflight, maxInflight map[int64]int
-	wg                    sync.WaitGroup
-	done                  chan struct{}
-	closed                bool
+	// aborts counts the Aborts sent: answers too long for the device.
+	aborts int
+	wg     sync.WaitGroup
+	done   chan struct{}
+	closed bool
 }
 
 type ackKey struct {
@@ -174,6 +176,14 @@ func (s *Server) Requests() []Request {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Clone(s.requests)
+}
+
+// Aborts reports how many answers the simulator aborted as too long for
+// the device to send (segmentation-not-supported, apdu-too-long).
+func (s *Server) Aborts() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.aborts
 }
 
 // Reset forgets the recorded requests.
@@ -641,6 +651,9 @@ func (s *Server) send(to netip.AddrPort, d *Device, a bacnet.APDU, payload []byt
 		return
 	}
 	abort := func(reason uint8) {
+		s.mu.Lock()
+		s.aborts++
+		s.mu.Unlock()
 		s.reply(to, d, bacnet.APDU{Type: bacnet.PDUAbort, Server: true, InvokeID: a.InvokeID, Reason: reason})
 	}
 	if !d.Segmentation.CanTransmit() || !a.SegmentedResponseAccepted {

@@ -1,0 +1,145 @@
+package bacnet
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/sightglass-bms/sightglass/pkg/bacnet"
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	bacnetsim "github.com/sightglass-bms/sightglass/pkg/sim/bacnet"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// TestAbortedBatchesAreSplit reads devices whose answers are shorter than
+// the planner's first guess: one that sends only two segments (with and
+// without the max-segments-accepted property that says so) and one that
+// cannot segment, asked for long object names. An abort is the device's
+// answer, not an outage: every point is read, the device is not looked for
+// again, and the next polls plan requests the device can answer.
+func TestAbortedBatchesAreSplit(t *testing.T) {
+	twoSegs := func(hide bool) *bacnetsim.Device {
+		d := bacnetsim.NewDevice(41, "two-segments", 300, 0, 0, false)
+		d.MaxAPDU, d.MaxSegments, d.NoMaxSegmentsAccepted = 480, 2, hide
+		return d
+	}
+	var analogs, namesToo []driver.Point
+	for i := range 300 {
+		analogs = append(analogs, driver.Point{ID: uint64(i + 1), Ref: fmt.Sprintf("analog-input:%d", i+1)})
+	}
+	for i := range 40 {
+		namesToo = append(namesToo, driver.Point{ID: uint64(2*i + 1), Ref: fmt.Sprintf("analog-input:%d", i+1)},
+			driver.Point{ID: uint64(2*i + 2), Ref: fmt.Sprintf("analog-input:%d/object-name", i+1)})
+	}
+	unsegmented := bacnetsim.NewDevice(41, "a device whose names are long, unsegmented", 40, 0, 0, false)
+	unsegmented.MaxAPDU, unsegmented.Segmentation = 480, bacnet.NoSegmentation
+	// A name longer than the device's whole APDU: that object's name is
+	// read alone (and lost), its present value and the others are not.
+	tiny := bacnetsim.NewDevice(41, "tiny", 3, 0, 0, false)
+	tiny.MaxAPDU, tiny.Segmentation = 128, bacnet.NoSegmentation
+	tiny.Objects[0].Name = strings.Repeat("a name too long for the device ", 5)
+	tinyPoints := []driver.Point{{ID: 1, Ref: "analog-input:1"}, {ID: 2, Ref: "analog-input:1/object-name"},
+		{ID: 3, Ref: "analog-input:2"}, {ID: 4, Ref: "analog-input:2/object-name"}, {ID: 5, Ref: "analog-input:3"}}
+	tests := []struct {
+		name   string
+		dev    *bacnetsim.Device
+		points []driver.Point
+		// aborts is whether the first poll meets aborts (the device does
+		// not say what it can send); steady, whether every poll does (one
+		// object's answer is too long on its own).
+		aborts, steady bool
+	}{
+		{"two segments, property says so", twoSegs(false), analogs, false, false},
+		{"two segments, no property", twoSegs(true), analogs, true, false},
+		{"unsegmented, long names", unsegmented, namesToo, true, false},
+		{"one object too long alone", tiny, tinyPoints, true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sim := startSim(t, bacnetsim.Config{Local: tt.dev})
+			drv := newDriver(t, simSettings(sim, 41, ""), tt.points)
+			if err := drv.Connect(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			count := func() (aborts, whoIs int) {
+				for _, r := range sim.Requests() {
+					if r.PDU == bacnet.PDUUnconfirmedRequest && r.Service == bacnet.ServiceWhoIs {
+						whoIs++
+					}
+				}
+				return sim.Aborts(), whoIs
+			}
+			_, whoIsBefore := count()
+			for poll := range 3 {
+				abortsBefore, _ := count()
+				samples, err := drv.Read(t.Context(), tt.points)
+				if err != nil {
+					t.Fatalf("poll %d: %v", poll, err)
+				}
+				for i, s := range samples {
+					want := telemetry.StatusOK
+					if strings.HasSuffix(tt.points[i].Ref, "/object-name") {
+						// Read, but text is no number: a fault, not a comm failure.
+						want = telemetry.StatusFault
+					}
+					if s.Status != want {
+						t.Fatalf("poll %d: %s: status %v, want %v", poll, tt.points[i].Ref, s.Status, want)
+					}
+				}
+				aborts, whoIs := count()
+				if whoIs != whoIsBefore {
+					t.Errorf("poll %d sent Who-Is %d times: an abort is not a lost device", poll, whoIs-whoIsBefore)
+				}
+				switch met := aborts - abortsBefore; {
+				case (poll == 0 && tt.aborts || tt.steady) && met == 0:
+					t.Errorf("poll %d met no abort: the test does not exercise the split", poll)
+				case (poll > 0 || !tt.aborts) && !tt.steady && met != 0:
+					t.Errorf("poll %d met %d aborts; the plan should fit what the device showed it can send", poll, met)
+				}
+			}
+			if w := sim.Writes(); len(w) > 0 {
+				t.Errorf("non-reads reached the device: %q", w)
+			}
+		})
+	}
+}
+
+// TestErrorKinds tells a device that answered (Error, Reject, Abort) from
+// one that did not, and the aborts that mean "ask for less".
+func TestErrorKinds(t *testing.T) {
+	wrap := func(err error) error { return fmt.Errorf("read-property-multiple of 3 objects: %w", err) }
+	tests := []struct {
+		name               string
+		err                error
+		transport, tooLong bool
+	}{
+		{"timeout", wrap(bacnet.ErrTimeout), true, false},
+		{"error", wrap(&bacnet.Error{Class: bacnet.ErrorClassObject, Code: bacnet.ErrorCodeUnknownObject}), false, false},
+		{"reject", wrap(&bacnet.RejectError{Reason: 9}), false, false},
+		{"abort other", wrap(&bacnet.AbortError{Reason: bacnet.AbortOther, Server: true}), false, false},
+		{"abort buffer-overflow", wrap(&bacnet.AbortError{Reason: bacnet.AbortBufferOverflow, Server: true}), false, true},
+		{"abort segmentation-not-supported", wrap(&bacnet.AbortError{Reason: bacnet.AbortSegmentationNotSupported, Server: true}), false, true},
+		{"abort apdu-too-long", wrap(&bacnet.AbortError{Reason: bacnet.AbortApduTooLong, Server: true}), false, true},
+	}
+	for _, tt := range tests {
+		if got := isTransport(tt.err); got != tt.transport {
+			t.Errorf("%s: isTransport %v, want %v", tt.name, got, tt.transport)
+		}
+		if got := isTooLong(tt.err); got != tt.tooLong {
+			t.Errorf("%s: isTooLong %v, want %v", tt.name, got, tt.tooLong)
+		}
+	}
+}
+
+// TestAnswerBudgetOnlyGoesDown: aborts met concurrently in one poll must
+// not compound (each lowers to half its own batch, not half the budget).
+func TestAnswerBudgetOnlyGoesDown(t *testing.T) {
+	var b answerBudget
+	steps := []struct{ lower, want int }{{1000, 1000}, {1500, 1000}, {400, 400}, {400, 400}, {0, 1}}
+	for _, s := range steps {
+		b.lower(s.lower)
+		if got := b.get(); got != s.want {
+			t.Errorf("after lower(%d): %d, want %d", s.lower, got, s.want)
+		}
+	}
+}
