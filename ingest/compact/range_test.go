@@ -26,6 +26,12 @@ func span(start time.Time, minutes, points int, value float64) []telemetry.Sampl
 	return out
 }
 
+// key is a sample's point and time.
+type key struct {
+	id uint64
+	t  int64
+}
+
 // midnightArchive fills an archive around day (the 30th) with batches that
 // cross midnight both ways, and returns every distinct sample in it (the
 // first copy of each point and time, in upload order).
