@@ -131,6 +131,9 @@ type Device struct {
 
 	// Line is where the device starts in the file.
 	Line int `yaml:"-"`
+	// LocalAddressFilled is true when settings.local_address was not in
+	// the file and came from network.control.address.
+	LocalAddressFilled bool `yaml:"-"`
 }
 
 // Point is one configured point. Keys other than the generic ones below
@@ -333,6 +336,7 @@ func (c *Config) applyDefaults() {
 	if c.Log.Format == "" {
 		c.Log.Format = "text"
 	}
+	c.fillLocalAddresses()
 	for i := range c.Devices {
 		d := &c.Devices[i]
 		if d.Interval == 0 {
@@ -454,6 +458,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.validateNetwork()...)
+	errs = append(errs, c.validateBACnetShared()...)
 	return errors.Join(errs...)
 }
 

@@ -143,6 +143,156 @@ func (c *Config) validateNetwork() []error {
 	return errs
 }
 
+// bacnetShared is what the BACnet devices on one local_address share: one
+// socket, so one broadcast address, BBMD registration and per-network
+// limit. Read generically here (config imports no driver); the driver
+// decodes its settings strictly itself.
+type bacnetShared struct {
+	LocalAddress  string `yaml:"local_address"`
+	Broadcast     string `yaml:"broadcast"`
+	BBMD          string `yaml:"bbmd"`
+	MaxPerNetwork int    `yaml:"max_per_network"`
+}
+
+// validateBACnetShared refuses two BACnet devices on one local_address
+// whose shared settings differ: at run time the second to connect would
+// fail every attempt (they cannot share the socket and cannot each have
+// one on the same address and port).
+func (c *Config) validateBACnetShared() []error {
+	type first struct {
+		d *Device
+		s bacnetShared
+	}
+	var errs []error
+	seen := map[string]first{}
+	for i := range c.Devices {
+		d := &c.Devices[i]
+		if d.Driver != "bacnet" || d.Settings.Kind != yaml.MappingNode {
+			continue
+		}
+		var s bacnetShared
+		if err := d.Settings.Load(&s); err != nil {
+			continue // the driver reports malformed settings with their lines
+		}
+		if ap, err := netip.ParseAddrPort(s.LocalAddress); s.LocalAddress == "" || err == nil && ap.Port() == 0 {
+			continue // an ephemeral port is the device's own socket
+		}
+		f, ok := seen[s.LocalAddress]
+		if !ok {
+			seen[s.LocalAddress] = first{d, s}
+			continue
+		}
+		var diffs []string
+		for _, x := range []struct {
+			key       string
+			was, this any
+		}{
+			{"broadcast", f.s.Broadcast, s.Broadcast},
+			{"bbmd", f.s.BBMD, s.BBMD},
+			{"max_per_network", f.s.MaxPerNetwork, s.MaxPerNetwork},
+		} {
+			if x.was != x.this {
+				diffs = append(diffs, fmt.Sprintf("%s %s%v here, %v there", x.key, settingLine(d, x.key), orUnset(x.this), orUnset(x.was)))
+			}
+		}
+		if len(diffs) > 0 {
+			errs = append(errs, fmt.Errorf("device %q (line %d) and device %q (line %d) share settings.local_address %s but differ: %s: devices on one local address share one BACnet socket: give them the same broadcast, bbmd and max_per_network, or this one another local_address",
+				d.Name, d.Line, f.d.Name, f.d.Line, s.LocalAddress, strings.Join(diffs, "; ")))
+		}
+	}
+	return errs
+}
+
+// settingLine is "(line N) " for key in d's settings, "" when absent.
+func settingLine(d *Device, key string) string {
+	if k, _ := settingsKey(&d.Settings, key); k != nil {
+		return fmt.Sprintf("(line %d) ", k.Line)
+	}
+	return ""
+}
+
+func orUnset(v any) any {
+	if v == "" || v == 0 {
+		return "unset"
+	}
+	return v
+}
+
+// BACnetPort is the standard BACnet/IP UDP port (0xBAC0), which a BACnet
+// device's local_address gets when it is filled from the control address.
+const BACnetPort = 47808
+
+// controlSide names the drivers whose sockets are on the control side and
+// how each spells the control NIC's address as its local_address. Names,
+// not imports: config depends on no driver and does no I/O.
+var controlSide = map[string]func(netip.Addr) string{
+	"modbus": netip.Addr.String,
+	"opcua":  netip.Addr.String,
+	"bacnet": func(a netip.Addr) string { return netip.AddrPortFrom(a, BACnetPort).String() },
+}
+
+// fillLocalAddresses gives every control-side device without a
+// local_address the control NIC's address, so its driver binds its socket
+// there and to the control NIC (SO_BINDTODEVICE, pkg/nicbind) instead of
+// letting the routing table pick a NIC. Without a network section, or with
+// a control address that is no usable IP (validateNetwork says so), nothing
+// is filled.
+func (c *Config) fillLocalAddresses() {
+	n := c.Network
+	if !n.Configured() {
+		return
+	}
+	control, err := netip.ParseAddr(n.Control.Address)
+	if err != nil || control.IsUnspecified() {
+		return
+	}
+	line := n.Control.Line
+	if line == 0 {
+		line = n.Line
+	}
+	for i := range c.Devices {
+		d := &c.Devices[i]
+		spell, ok := controlSide[d.Driver]
+		if !ok {
+			continue
+		}
+		s := &d.Settings
+		switch s.Kind {
+		case 0:
+			*s = yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: d.Line, Column: 1}
+		case yaml.MappingNode:
+		default:
+			continue // not a mapping: the driver reports it
+		}
+		value := spell(control)
+		if _, v := settingsKey(s, "local_address"); v != nil {
+			// An explicit empty local_address means "the kernel's choice",
+			// which a box with a network section does not have.
+			if v.Kind == yaml.ScalarNode && strings.TrimSpace(v.Value) == "" {
+				v.Value, v.Tag, v.Style = value, "!!str", 0
+				d.LocalAddressFilled = true
+			}
+			continue
+		}
+		// The lines are the control address's, so a message about the
+		// filled value points at where it came from.
+		s.Content = append(s.Content,
+			&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: "local_address", Line: line, Column: 1},
+			&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: value, Line: line, Column: 1})
+		d.LocalAddressFilled = true
+	}
+}
+
+// LocalAddress returns the device's settings.local_address as its driver
+// will see it (filled from network.control.address when the file does not
+// set it), or "" when it has none.
+func (d *Device) LocalAddress() string {
+	if _, v := settingsKey(&d.Settings, "local_address"); v != nil && v.Kind == yaml.ScalarNode {
+		return strings.TrimSpace(v.Value)
+	}
+	return ""
+}
+
 // settingsKey finds key in a mapping node, such as a device's settings.
 func settingsKey(n *yaml.Node, key string) (k, v *yaml.Node) {
 	if n == nil || n.Kind != yaml.MappingNode {

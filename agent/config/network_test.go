@@ -1,6 +1,8 @@
 package config
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -95,5 +97,126 @@ func TestNetworkDeviceOnControlAddress(t *testing.T) {
 	// The same address with a port (BACnet's IP:port) is on the NIC.
 	if _, err := Parse([]byte(networkConfig(goodNetwork, "  local_address: 203.0.113.7\n", "      local_address: 192.168.10.5:47808\n")), ""); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// devicesConfig is a config with goodNetwork (when network is true) and
+// the given devices.
+func devicesConfig(network bool, devices string) string {
+	s := "uplink:\n  url: https://127.0.0.1:8443\n"
+	if network {
+		s += goodNetwork
+	}
+	return s + "devices:\n" + devices
+}
+
+func TestNetworkFillsLocalAddress(t *testing.T) {
+	devices := `  - name: meter
+    driver: modbus
+    settings: {host: 192.168.10.40}
+    points: [{ref: hr/0}]
+  - name: scada
+    driver: opcua
+    settings: {endpoint: "opc.tcp://192.168.10.41:4840"}
+    points: [{ref: "ns=2;s=X"}]
+  - name: vav
+    driver: bacnet
+    settings: {device_instance: 7, address: 192.168.10.42}
+    points: [{ref: analog-input:0}]
+  - name: bare
+    driver: modbus
+    points: [{ref: hr/0}]
+  - name: empty
+    driver: opcua
+    settings: {endpoint: "opc.tcp://192.168.10.43:4840", local_address: ""}
+    points: [{ref: "ns=2;s=X"}]
+  - name: own
+    driver: bacnet
+    settings: {device_instance: 8, address: 192.168.10.44, local_address: "192.168.10.5:47809"}
+    points: [{ref: analog-input:0}]
+  - name: trend
+    driver: csvtrend
+    settings: {path: /srv/trends}
+    points: [{ref: SAT}]
+`
+	tests := []struct {
+		network bool
+		device  string
+		want    string
+		filled  bool
+	}{
+		{true, "meter", "192.168.10.5", true},
+		{true, "scada", "192.168.10.5", true},
+		{true, "vav", "192.168.10.5:47808", true},
+		{true, "bare", "192.168.10.5", true},
+		{true, "empty", "192.168.10.5", true},
+		{true, "own", "192.168.10.5:47809", false},
+		{true, "trend", "", false},
+		{false, "meter", "", false},
+		{false, "vav", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s network=%v", tt.device, tt.network), func(t *testing.T) {
+			c, err := Parse([]byte(devicesConfig(tt.network, devices)), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			i := slices.IndexFunc(c.Devices, func(d Device) bool { return d.Name == tt.device })
+			d := &c.Devices[i]
+			if got := d.LocalAddress(); got != tt.want || d.LocalAddressFilled != tt.filled {
+				t.Errorf("local address %q (filled %v), want %q (filled %v)", got, d.LocalAddressFilled, tt.want, tt.filled)
+			}
+			// What the driver decodes is the same value.
+			var s struct {
+				LocalAddress string `yaml:"local_address"`
+			}
+			if err := d.Settings.Load(&s); d.Settings.Kind != 0 && err != nil {
+				t.Fatal(err)
+			}
+			if s.LocalAddress != tt.want {
+				t.Errorf("the driver decodes local_address %q, want %q", s.LocalAddress, tt.want)
+			}
+		})
+	}
+}
+
+func TestNetworkBACnetShared(t *testing.T) {
+	bacnet := func(name, extra string) string {
+		return "  - name: " + name + "\n    driver: bacnet\n    settings:\n      device_instance: 1\n      address: 192.168.10.40\n" + extra + "    points: [{ref: analog-input:0}]\n"
+	}
+	tests := []struct {
+		name    string
+		network bool
+		devices string
+		want    []string // empty: valid
+	}{
+		{"same settings", true, bacnet("a", "      broadcast: 192.168.10.255:47808\n") + bacnet("b", "      broadcast: 192.168.10.255:47808\n"), nil},
+		{"different broadcast, filled address", true, bacnet("a", "      broadcast: 192.168.10.255:47808\n") + bacnet("b", "      broadcast: 192.168.11.255:47808\n"),
+			[]string{`device "b" (line 17)`, `device "a" (line 10)`, "192.168.10.5:47808", "broadcast (line 22) 192.168.11.255:47808 here, 192.168.10.255:47808 there"}},
+		{"different max_per_network", false, bacnet("a", "      local_address: 10.0.0.5:47808\n      max_per_network: 4\n") + bacnet("b", "      local_address: 10.0.0.5:47808\n"),
+			[]string{`device "b"`, `device "a"`, "10.0.0.5:47808", "max_per_network unset here, 4 there"}},
+		{"different bbmd", false, bacnet("a", "      local_address: 10.0.0.5:47808\n      bbmd: 10.1.0.1:47808\n") + bacnet("b", "      local_address: 10.0.0.5:47808\n      bbmd: 10.2.0.1:47808\n"),
+			[]string{"bbmd (line", "10.2.0.1:47808 here, 10.1.0.1:47808 there"}},
+		{"different local addresses", false, bacnet("a", "      local_address: 10.0.0.5:47808\n      max_per_network: 4\n") + bacnet("b", "      local_address: 10.0.0.5:47809\n"), nil},
+		{"ephemeral ports are not shared", false, bacnet("a", "      local_address: 10.0.0.5:0\n      max_per_network: 4\n") + bacnet("b", "      local_address: 10.0.0.5:0\n"), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(devicesConfig(tt.network, tt.devices)), "")
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("Parse succeeded, want the conflict named")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q\ndoes not contain %q", err, w)
+				}
+			}
+		})
 	}
 }

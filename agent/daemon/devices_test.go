@@ -43,9 +43,16 @@ func (f *fakeDriver) Discover(context.Context) ([]driver.Point, error) {
 
 func loadConfig(t *testing.T, devices string) *config.Config {
 	t.Helper()
+	return loadConfigWith(t, "", devices)
+}
+
+// loadConfigWith is loadConfig with more top-level sections before the
+// devices.
+func loadConfigWith(t *testing.T, sections, devices string) *config.Config {
+	t.Helper()
 	dir := t.TempDir()
 	p := filepath.Join(dir, "agent.yaml")
-	body := "site:\n  name: x\ndata_dir: " + dir + "\nuplink:\n  url: https://127.0.0.1:1\ndevices:\n" + devices
+	body := "site:\n  name: x\ndata_dir: " + dir + "\n" + sections + "uplink:\n  url: https://127.0.0.1:1\ndevices:\n" + devices
 	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}

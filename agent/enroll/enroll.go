@@ -15,11 +15,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/pkg/nicbind"
 )
 
 // maxAnswer bounds what is read from the ingest: a certificate and a CA.
@@ -37,6 +39,11 @@ type Options struct {
 	// LocalAddr is the uplink NIC's address to dial from; "" lets the
 	// kernel choose.
 	LocalAddr string
+	// Interface is the uplink NIC (network.uplink.interface): every
+	// connection and DNS query of the enrollment is bound to it, as the
+	// running agent's are. "" binds to the NIC holding LocalAddr, or to
+	// none without LocalAddr.
+	Interface string
 	// Proxy chooses the proxy; nil means http.ProxyFromEnvironment.
 	Proxy func(*http.Request) (*url.URL, error)
 	// Timeout bounds each request (30s when zero).
@@ -139,13 +146,9 @@ func Enroll(ctx context.Context, o Options) (Result, error) {
 }
 
 func client(o Options, tc *tls.Config) (*http.Client, error) {
-	d := &net.Dialer{Timeout: o.Timeout}
-	if o.LocalAddr != "" {
-		ip := net.ParseIP(o.LocalAddr)
-		if ip == nil {
-			return nil, fmt.Errorf("local address %q is not an IP address", o.LocalAddr)
-		}
-		d.LocalAddr = &net.TCPAddr{IP: ip}
+	d, err := dialer(o)
+	if err != nil {
+		return nil, err
 	}
 	proxy := o.Proxy
 	if proxy == nil {
@@ -156,6 +159,31 @@ func client(o Options, tc *tls.Config) (*http.Client, error) {
 		// A redirect would send the token somewhere nobody configured.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}, nil
+}
+
+// dialer is the uplink's dialer: bound to the uplink NIC and address, its
+// DNS queries too (see nicbind.Dialer), so enrollment takes the path the
+// agent will take, and sends nothing out of the control NIC.
+func dialer(o Options) (*net.Dialer, error) {
+	var local netip.Addr
+	if o.LocalAddr != "" {
+		ip, err := netip.ParseAddr(o.LocalAddr)
+		if err != nil {
+			return nil, fmt.Errorf("local address %q is not an IP address: give the uplink NIC's address, without a port", o.LocalAddr)
+		}
+		local = ip.Unmap()
+	}
+	ifname := o.Interface
+	if ifname == "" && local.IsValid() {
+		owner, err := nicbind.Owner(local)
+		if err != nil {
+			return nil, fmt.Errorf("enrolling from %s: %w", local, err)
+		}
+		ifname = owner
+	}
+	d := nicbind.Dialer(ifname, local)
+	d.Timeout = o.Timeout
+	return d, nil
 }
 
 func call(ctx context.Context, c *http.Client, timeout time.Duration, method, target string, body []byte) (int, []byte, error) {

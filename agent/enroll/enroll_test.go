@@ -11,7 +11,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -29,6 +31,34 @@ type ingest struct {
 	url string
 	ca  *pki.CA
 	db  *store.DB
+
+	mu   sync.Mutex
+	from []string // the addresses connections came from, since peers
+}
+
+// peers returns the addresses connections came from since the last call.
+func (in *ingest) peers() []string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	p := in.from
+	in.from = nil
+	return p
+}
+
+// recordingListener notes where each connection comes from.
+type recordingListener struct {
+	net.Listener
+	in *ingest
+}
+
+func (l recordingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.in.mu.Lock()
+		l.in.from = append(l.in.from, c.RemoteAddr().(*net.TCPAddr).IP.String())
+		l.in.mu.Unlock()
+	}
+	return c, err
 }
 
 func startIngest(t *testing.T, validity time.Duration) *ingest {
@@ -55,11 +85,12 @@ func startIngest(t *testing.T, validity time.Duration) *ingest {
 	if err != nil {
 		t.Fatal(err)
 	}
+	in := &ingest{url: "https://" + ln.Addr().String(), ca: ca, db: db}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { srv.Serve(ctx, ln); close(done) }()
+	go func() { srv.Serve(ctx, recordingListener{ln, in}); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return &ingest{url: "https://" + ln.Addr().String(), ca: ca, db: db}
+	return in
 }
 
 func (in *ingest) token(t *testing.T, fp pki.Fingerprint) string {
@@ -225,6 +256,47 @@ func TestRenewAt(t *testing.T) {
 			r := &Renewer{Rand: tt.rnd}
 			if got := r.RenewAt(nb, na); got.Sub(tt.want).Abs() > time.Second {
 				t.Errorf("RenewAt = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestEnrollBindsTheUplink: enrollment dials from the uplink address and
+// binds its sockets to the uplink NIC, named or found from the address,
+// and a NIC that does not exist stops it before anything is sent.
+func TestEnrollBindsTheUplink(t *testing.T) {
+	in := startIngest(t, 0)
+	fp := pki.FingerprintOf(in.ca.Certificate())
+	for _, tt := range []struct {
+		name, local, ifname string
+		want                string // error fragment; "" for success
+	}{
+		{"named NIC and address", "127.0.0.2", "lo", ""},
+		{"NIC from the address", "127.0.0.2", "", ""},
+		{"NIC missing", "127.0.0.2", "nosuchnic0", "nosuchnic0"},
+		{"NIC missing, no address", "", "nosuchnic0", "nosuchnic0"},
+		{"address on no NIC", "192.0.2.77", "", "no interface of this machine has that address"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			o := noProxy()
+			o.Ingest, o.Token, o.CertDir, o.LocalAddr, o.Interface, o.Timeout = in.url, in.token(t, fp), filepath.Join(t.TempDir(), "cert"), tt.local, tt.ifname, 5*time.Second
+			in.peers() // forget earlier cases' connections
+			_, err := Enroll(context.Background(), o)
+			if tt.want != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.want) {
+					t.Fatalf("err = %v, want it to say %q", err, tt.want)
+				}
+				if seen := in.peers(); len(seen) != 0 {
+					t.Errorf("the ingest saw connections from %v through a NIC that does not exist", seen)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen := in.peers()
+			if len(seen) == 0 || slices.ContainsFunc(seen, func(a string) bool { return a != tt.local }) {
+				t.Errorf("the ingest saw connections from %v, want only %s", seen, tt.local)
 			}
 		})
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -16,15 +17,19 @@ import (
 // newTransport builds the HTTP/2-over-TLS-1.3 transport with the client
 // certificate. It only dials; it never listens.
 func newTransport(cfg Config, conns *connTracker, sessions *sessionCache) (*http.Transport, error) {
-	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
+	var local netip.Addr
 	if cfg.LocalAddr != "" {
-		ip := net.ParseIP(cfg.LocalAddr)
-		if ip == nil {
+		ip, err := netip.ParseAddr(cfg.LocalAddr)
+		if err != nil {
 			return nil, fmt.Errorf("local address %q is not an IP address: give the uplink NIC's address, without a port", cfg.LocalAddr)
 		}
-		dialer.LocalAddr = &net.TCPAddr{IP: ip}
+		local = ip.Unmap()
 	}
-	dialer.Control = nicbind.Control(cfg.Interface, nil)
+	// Bound to the uplink NIC, the names of the ingest and the proxy
+	// included: their DNS queries leave by the uplink too, never by a DNS
+	// server the routing table finds on the control side.
+	dialer := nicbind.Dialer(cfg.Interface, local)
+	dialer.KeepAlive = 30 * time.Second
 	proxy := cfg.Proxy
 	if proxy == nil {
 		proxy = http.ProxyFromEnvironment

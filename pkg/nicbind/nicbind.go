@@ -12,10 +12,12 @@
 package nicbind
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -126,4 +128,79 @@ func Device(conn syscall.Conn) (string, error) {
 		return "", nil
 	}
 	return name, gerr
+}
+
+// Dialer returns a dialer whose sockets are bound to the interface ifname
+// (SO_BINDTODEVICE; "" binds none) and, when local is valid, to that
+// address, and whose Resolver sends its DNS queries through the same
+// binding (the pure-Go resolver, so no libc lookup escapes it). Without
+// the resolver a name would be looked up by the routing table's choice of
+// NIC: on a two-NIC box a DNS server on the control subnet would be asked
+// through the control NIC for the ingest's or the proxy's name.
+//
+// One exception: a DNS server on a loopback address (systemd-resolved's
+// 127.0.0.53, a local dnsmasq) is asked without the NIC binding when
+// ifname is not the loopback interface, since a socket bound to a NIC
+// cannot reach loopback at all and the query never leaves the box; which
+// NIC that local resolver forwards on is its own configuration.
+//
+// Set Timeout, KeepAlive and the like on the result before using it; the
+// resolver's dials take them from it.
+func Dialer(ifname string, local netip.Addr) *net.Dialer {
+	d := &net.Dialer{Control: Control(ifname, nil)}
+	if local.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: local.AsSlice(), Zone: local.Zone()}
+	}
+	d.Resolver = &net.Resolver{PreferGo: true, Dial: resolverDial(d, ifname, local)}
+	return d
+}
+
+// resolverDial is the resolver's Dial: the bound dialer, with the local
+// address in the form the network needs (a UDP dial refuses a TCP local
+// address), and without a resolver of its own (the DNS server's address
+// is an IP already).
+func resolverDial(bound *net.Dialer, ifname string, local netip.Addr) func(ctx context.Context, network, address string) (net.Conn, error) {
+	return func(ctx context.Context, network, address string) (net.Conn, error) {
+		d := net.Dialer{Timeout: bound.Timeout, Deadline: bound.Deadline, KeepAlive: bound.KeepAlive, Control: bound.Control}
+		if loopbackServer(address) && !loopbackInterface(ifname) {
+			d.Control = nil
+			return d.DialContext(ctx, network, address)
+		}
+		if local.IsValid() {
+			ip := local.AsSlice()
+			if strings.HasPrefix(network, "udp") {
+				d.LocalAddr = &net.UDPAddr{IP: ip, Zone: local.Zone()}
+			} else {
+				d.LocalAddr = &net.TCPAddr{IP: ip, Zone: local.Zone()}
+			}
+		}
+		conn, err := d.DialContext(ctx, network, address)
+		if err != nil {
+			return nil, fmt.Errorf("asking the DNS server %s through interface %s: %w (a DNS server must be reachable on the uplink side)", address, orNone(ifname), err)
+		}
+		return conn, nil
+	}
+}
+
+func orNone(ifname string) string {
+	if ifname == "" {
+		return "(any)"
+	}
+	return ifname
+}
+
+// loopbackServer reports whether address ("IP:port") is on loopback.
+func loopbackServer(address string) bool {
+	ap, err := netip.ParseAddrPort(address)
+	return err == nil && ap.Addr().Unmap().IsLoopback()
+}
+
+// loopbackInterface reports whether ifname is the loopback interface; ""
+// counts as loopback (nothing is bound, nothing to exempt).
+func loopbackInterface(ifname string) bool {
+	if ifname == "" {
+		return true
+	}
+	ifc, err := net.InterfaceByName(ifname)
+	return err == nil && ifc.Flags&net.FlagLoopback != 0
 }
