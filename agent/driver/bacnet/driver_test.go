@@ -49,6 +49,17 @@ func newDriver(t *testing.T, settings string, points []driver.Point) *Driver {
 	return d.(*Driver)
 }
 
+// confirmed counts the confirmed requests of a service the simulator received.
+func confirmed(sim *bacnetsim.Server, service uint8) int {
+	n := 0
+	for _, r := range sim.Requests() {
+		if r.PDU == bacnet.PDUConfirmedRequest && r.Service == service {
+			n++
+		}
+	}
+	return n
+}
+
 func simSettings(s *bacnetsim.Server, instance uint32, extra string) string {
 	return fmt.Sprintf("device_instance: %d\nlocal_address: 127.0.0.1:0\nbroadcast: %s\ntimeout: 500ms\n%s", instance, s.Addr(), extra)
 }
@@ -155,13 +166,7 @@ func TestRPMFallback(t *testing.T) {
 			}
 		}
 	}
-	rpms := 0
-	for _, r := range sim.Requests() {
-		if r.PDU == bacnet.PDUConfirmedRequest && r.Service == bacnet.ServiceReadPropertyMultiple {
-			rpms++
-		}
-	}
-	if rpms != 1 {
+	if rpms := confirmed(sim, bacnet.ServiceReadPropertyMultiple); rpms != 1 {
 		t.Errorf("sent %d RPM requests; want exactly the one that was rejected", rpms)
 	}
 }
@@ -443,13 +448,7 @@ func TestDiscoverLongObjectList(t *testing.T) {
 	}
 	// 51 object-list elements and its size, then names, descriptions and
 	// (40 analogs) units one by one: at least 192 ReadProperty requests.
-	rp := 0
-	for _, r := range sim.Requests() {
-		if r.PDU == bacnet.PDUConfirmedRequest && r.Service == bacnet.ServiceReadProperty {
-			rp++
-		}
-	}
-	if rp < 192 {
+	if rp := confirmed(sim, bacnet.ServiceReadProperty); rp < 192 {
 		t.Errorf("%d ReadProperty requests; the object list was not read element by element", rp)
 	}
 	if w := sim.Writes(); len(w) > 0 {
@@ -498,15 +497,7 @@ func TestStrictRPM(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []telemetry.Status{telemetry.StatusOK, telemetry.StatusFault, telemetry.StatusOK}
-	rpms := func() int {
-		n := 0
-		for _, r := range sim.Requests() {
-			if r.PDU == bacnet.PDUConfirmedRequest && r.Service == bacnet.ServiceReadPropertyMultiple {
-				n++
-			}
-		}
-		return n
-	}
+	rpms := func() int { return confirmed(sim, bacnet.ServiceReadPropertyMultiple) }
 	for poll := range 3 {
 		before := rpms()
 		samples, err := drv.Read(t.Context(), points)
@@ -613,13 +604,13 @@ func TestCloseForgetsUncommittedMarks(t *testing.T) {
 		t.Fatal(err)
 	}
 	drv := d.(*Driver)
-	drv.state.stage("analog-input:1", 1000)
+	drv.state.stage("analog-input:1", mark{Last: 1000})
 	if err := drv.state.commit(); err != nil {
 		t.Fatal(err)
 	}
-	drv.state.stage("analog-input:1", 2000) // a read the buffer refused
+	drv.state.stage("analog-input:1", mark{Last: 2000}) // a read the buffer refused
 	drv.Close()
-	if got := string(drv.Checkpoint()); got != `{"analog-input:1":1000}` {
+	if got := string(drv.Checkpoint()); got != `{"version":2,"marks":{"analog-input:1":{"last":1000}}}` {
 		t.Errorf("after Close the checkpoint is %s, want only the committed mark", got)
 	}
 }

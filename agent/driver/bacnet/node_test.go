@@ -82,7 +82,7 @@ func TestNodePeerBackfillIntegration(t *testing.T) {
 	dir := t.TempDir()
 	away := time.Now().Add(-10*time.Minute - 30*time.Second)
 	state := newBackfillState(dir, "node")
-	state.stage("analog-input:0", away.UnixMilli())
+	state.stage("analog-input:0", mark{Last: away.UnixMilli()})
 	if err := state.commit(); err != nil {
 		t.Fatal(err)
 	}

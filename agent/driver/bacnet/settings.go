@@ -53,7 +53,10 @@ type Settings struct {
 	Timezone string `yaml:"timezone"`
 	// BackfillAfter is how long a point may go unread before the trend
 	// log named by its trend_log setting is read back to fill the gap.
-	// Default 2m.
+	// Default: the larger of 2m and twice the point's interval (its own
+	// interval, or for a point read at the device's interval the spacing
+	// seen between its reads), so a slowly polled point does not send a
+	// ReadRange every poll.
 	BackfillAfter time.Duration `yaml:"backfill_after"`
 	// BackfillMax bounds how far back a backfill reaches. Default 7 days.
 	BackfillMax time.Duration `yaml:"backfill_max"`
@@ -77,8 +80,31 @@ type config struct {
 	maxAPDU       int
 	rpm           bool
 	loc           *time.Location
-	backfillAfter time.Duration
+	backfillAfter time.Duration // 0: derived per point, see backfillAfterFor
 	backfillMax   time.Duration
+	// backfillRetry is the first wait before a failed backfill is asked
+	// again; it doubles per failure up to an hour.
+	backfillRetry time.Duration
+}
+
+// defaultBackfillAfter is the least time a point goes unread before a gap
+// is backfilled, when backfill_after is not set.
+const defaultBackfillAfter = 2 * time.Minute
+
+// backfillAfterFor is how long point p may go unread before its trend log
+// is asked for the gap: backfill_after when set, else the larger of 2m and
+// twice the point's interval. A point read at the device's interval has
+// none of its own (drivers are not told the device's), so observed, the
+// spacing seen between its reads, stands in (0: none seen yet).
+func (c config) backfillAfterFor(p driver.Point, observed time.Duration) time.Duration {
+	if c.backfillAfter > 0 {
+		return c.backfillAfter
+	}
+	iv := p.Interval
+	if iv <= 0 {
+		iv = observed
+	}
+	return max(defaultBackfillAfter, 2*iv)
 }
 
 func parseSettings(s driver.Settings) (config, error) {
@@ -91,7 +117,7 @@ func parseSettings(s driver.Settings) (config, error) {
 	}
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	c := config{rpm: true, backfillAfter: 2 * time.Minute, backfillMax: 7 * 24 * time.Hour, maxAPDU: raw.MaxAPDU}
+	c := config{rpm: true, backfillMax: 7 * 24 * time.Hour, backfillRetry: time.Minute, maxAPDU: raw.MaxAPDU}
 	switch {
 	case raw.DeviceInstance == nil:
 		bad("settings.device_instance: required: the device object's instance number (0..4194302)")

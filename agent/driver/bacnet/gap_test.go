@@ -1,0 +1,259 @@
+package bacnet
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/bacnet"
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	bacnetsim "github.com/sightglass-bms/sightglass/pkg/sim/bacnet"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// logCount is a slog handler counting records by level and message.
+type logCount struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (l *logCount) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logCount) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *logCount) WithGroup(string) slog.Handler            { return l }
+func (l *logCount) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n == nil {
+		l.n = map[string]int{}
+	}
+	l.n[r.Level.String()+" "+r.Message]++
+	return nil
+}
+
+// count returns how many records of level start with prefix.
+func (l *logCount) count(level slog.Level, prefix string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for k, v := range l.n {
+		if strings.HasPrefix(k, level.String()+" "+prefix) {
+			n += v
+		}
+	}
+	return n
+}
+
+// TestBackfillGapKept: the trend log fails while live reads go on. The
+// live mark advances anyway, the gap is kept apart and asked for again
+// only with backoff (logged once, and once on recovery); when the trend log
+// answers, exactly the gap is filled, not the time live reads covered.
+func TestBackfillGapKept(t *testing.T) {
+	dev := bacnetsim.NewDevice(13, "logged", 1, 0, 0, true)
+	tl := dev.Objects[1]
+	tl.Log.Interval = 50 * time.Millisecond
+	tl.Log.Start = time.Now().Add(-time.Minute)
+	sim := startSim(t, bacnetsim.Config{Local: dev})
+	logs := &logCount{}
+	points := []driver.Point{{ID: 1, Ref: "analog-input:1", Settings: yamlText("trend_log: trend-log:1")}}
+	settings := yamlText(simSettings(sim, 13, "backfill_after: 300ms\n"))
+	d, err := New(driver.Device{Name: "logged", Settings: settings, Points: points, Logger: slog.New(logs), DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := d.(*Driver)
+	defer drv.Close()
+	drv.cfg.backfillRetry = time.Hour
+	if err := drv.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	readRanges := func() int { return confirmed(sim, bacnet.ServiceReadRange) }
+	read := func(what string) []telemetry.Sample {
+		t.Helper()
+		s, err := drv.Read(t.Context(), points)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if len(s) == 0 || s[0].Status != telemetry.StatusOK {
+			t.Fatalf("%s: live sample %+v", what, s)
+		}
+		if err := drv.Commit(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	const failed = "trend-log backfill failed"
+	t1 := read("first read")[0].Time
+	time.Sleep(500 * time.Millisecond) // a gap of about ten records
+	var saved *bacnetsim.TrendLog
+	sim.Update(func() { saved, tl.Log = tl.Log, nil }) // ReadRange now fails
+	second := read("read with the trend log failing")
+	t2 := second[0].Time
+	if len(second) != 1 || readRanges() != 1 || logs.count(slog.LevelWarn, failed) != 1 {
+		t.Fatalf("the failing backfill: %d samples, %d ReadRange, %d warnings; want 1, 1, 1", len(second), readRanges(), logs.count(slog.LevelWarn, failed))
+	}
+	var cp stateFile
+	if err := json.Unmarshal(drv.Checkpoint(), &cp); err != nil {
+		t.Fatal(err)
+	}
+	if m := cp.Marks["analog-input:1"]; m.Last != t2 || len(m.Gaps) != 1 || m.Gaps[0] != (gap{From: t1, To: t2}) {
+		t.Fatalf("checkpoint %+v: want the live mark at %d and the gap %d..%d", m, t2, t1, t2)
+	}
+	gapState := drv.Checkpoint()
+	// Live reads go on, each within backfill_after of the last: the gap is
+	// not asked for again before its backoff, and no new gap opens.
+	for range 3 {
+		time.Sleep(150 * time.Millisecond)
+		if s := read("live read while backing off"); len(s) != 1 {
+			t.Fatalf("%d samples while backing off", len(s))
+		}
+	}
+	if n := readRanges(); n != 1 {
+		t.Fatalf("%d ReadRange requests while backing off, want the first only", n)
+	}
+	drv.cfg.backfillRetry = 0 // the backoff has passed
+	read("retry that fails again")
+	if n, w := readRanges(), logs.count(slog.LevelWarn, failed); n != 2 || w != 1 {
+		t.Fatalf("after the retry: %d ReadRange, %d warnings; want 2 and still 1", n, w)
+	}
+	sim.Update(func() { tl.Log = saved })
+	recovered := read("read with the trend log back")
+	checkGap := func(what string, samples []telemetry.Sample) {
+		t.Helper()
+		if len(samples) < 5 {
+			t.Fatalf("%s: %d samples; want the live one and the ~10 records of the gap", what, len(samples))
+		}
+		for _, s := range samples[1:] {
+			if s.Time <= t1 || s.Time >= t2 {
+				t.Errorf("%s: backfilled %d outside the gap %d..%d: live reads covered it", what, s.Time, t1, t2)
+			}
+		}
+	}
+	checkGap("recovered", recovered)
+	if n := logs.count(slog.LevelInfo, "trend-log backfill works again"); n != 1 {
+		t.Errorf("%d recovery logs, want 1", n)
+	}
+	var after stateFile
+	if err := json.Unmarshal(drv.Checkpoint(), &after); err != nil || len(after.Marks["analog-input:1"].Gaps) != 0 {
+		t.Errorf("checkpoint after the gap was filled: %s (%v)", drv.Checkpoint(), err)
+	}
+	if s := read("next read"); len(s) != 1 {
+		t.Errorf("the read after the recovery returned %d samples; the gap was filled already", len(s))
+	}
+
+	// A restarted agent handed the checkpoint of the failing read asks
+	// for that gap, and only it.
+	d2, err := New(driver.Device{Name: "restarted", Settings: settings, Points: points})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	if err := d2.(driver.Checkpointer).Restore(gapState); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	restarted, err := d2.Read(t.Context(), points)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The restart itself is a gap since the checkpoint's mark: keep only
+	// the samples up to it.
+	var inOld []telemetry.Sample
+	for _, s := range restarted[1:] {
+		if s.Time < t2 {
+			inOld = append(inOld, s)
+		}
+	}
+	checkGap("restored", append(restarted[:1:1], inOld...))
+	if w := sim.Writes(); len(w) > 0 {
+		t.Errorf("non-reads reached the device: %q", w)
+	}
+}
+
+// TestBackfillStateVersions: the state of older agents (a bare map of
+// marks) still loads, the current one round-trips, and states that make
+// no sense are refused.
+func TestBackfillStateVersions(t *testing.T) {
+	tests := []struct {
+		name, in string
+		want     map[string]mark
+		err      string
+	}{
+		{"version 1", `{"analog-input:1":1000,"binary-value:2":2000}`, map[string]mark{"analog-input:1": {Last: 1000}, "binary-value:2": {Last: 2000}}, ""},
+		{"version 2", `{"version":2,"marks":{"analog-input:1":{"last":3000,"gaps":[{"from":1000,"to":2000}]}}}`,
+			map[string]mark{"analog-input:1": {Last: 3000, Gaps: []gap{{1000, 2000}}}}, ""},
+		{"future version", `{"version":3,"marks":{}}`, nil, "version 3"},
+		{"gap after the mark", `{"version":2,"marks":{"analog-input:1":{"last":1000,"gaps":[{"from":1000,"to":2000}]}}}`, nil, "not before"},
+		{"empty gap", `{"version":2,"marks":{"analog-input:1":{"last":3000,"gaps":[{"from":2000,"to":2000}]}}}`, nil, "not before"},
+		{"not json", `{"analog-input:1":`, nil, "unexpected end"},
+		{"wrong shape", `{"analog-input:1":"yesterday"}`, nil, "cannot unmarshal"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newBackfillState("", "x")
+			err := s.restore([]byte(tt.in))
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("restore: %v, want an error containing %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, want := range tt.want {
+				got := s.mark(k)
+				if got.Last != want.Last || len(got.Gaps) != len(want.Gaps) || (len(want.Gaps) > 0 && got.Gaps[0] != want.Gaps[0]) {
+					t.Errorf("%s: %+v, want %+v", k, got, want)
+				}
+			}
+			// What it checkpoints loads again unchanged.
+			s2 := newBackfillState("", "x")
+			if err := s2.restore(s.checkpoint()); err != nil || !bytes.Equal(s2.checkpoint(), s.checkpoint()) {
+				t.Errorf("round trip: %s -> %s (%v)", s.checkpoint(), s2.checkpoint(), err)
+			}
+		})
+	}
+}
+
+// TestBackfillAfterDefault: without backfill_after, a gap opens only after
+// twice the point's interval (at least 2m): its own, or the spacing seen
+// between its reads when it is read at the device's interval.
+func TestBackfillAfterDefault(t *testing.T) {
+	var set config
+	set.backfillAfter = 30 * time.Second
+	tests := []struct {
+		name     string
+		c        config
+		interval time.Duration
+		observed time.Duration
+		want     time.Duration
+	}{
+		{"fast point", config{}, 10 * time.Second, 0, 2 * time.Minute},
+		{"15 min point", config{}, 15 * time.Minute, 0, 30 * time.Minute},
+		{"device interval, nothing seen yet", config{}, 0, 0, 2 * time.Minute},
+		{"device interval of 15 min seen", config{}, 0, 15 * time.Minute, 30 * time.Minute},
+		{"own interval wins over what was seen", config{}, 5 * time.Minute, 15 * time.Minute, 10 * time.Minute},
+		{"set explicitly", set, 15 * time.Minute, 0, 30 * time.Second},
+	}
+	for _, tt := range tests {
+		if got := tt.c.backfillAfterFor(driver.Point{Interval: tt.interval}, tt.observed); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	// Spacings: one span alone (maybe an outage) does not count; the
+	// shorter of the last two does.
+	s := newBackfillState("", "x")
+	for _, step := range []struct{ span, want time.Duration }{{time.Hour, 0}, {15 * time.Minute, 15 * time.Minute}, {16 * time.Minute, 15 * time.Minute}, {2 * time.Hour, 16 * time.Minute}} {
+		s.observe("p", step.span)
+		if got := s.spacing("p"); got != step.want {
+			t.Errorf("after a span of %v: spacing %v, want %v", step.span, got, step.want)
+		}
+	}
+}
