@@ -33,6 +33,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -164,7 +165,6 @@ type Uplink struct {
 	pace     *pacer            // nil without a bandwidth cap
 	rnd      func(int64) int64 // the backoff's jitter; tests replace it
 	conns    *connTracker      // nil over a test transport
-	sessions *sessionCache     // nil over a test transport
 	notify   chan struct{}
 	running  atomic.Bool
 
@@ -191,8 +191,13 @@ func New(cfg Config, src Source) (*Uplink, error) {
 		problems = append(problems, errors.New("no CA pool for the ingest's certificate: set Config.Roots"))
 	}
 	conns := newConnTracker()
-	sessions := newSessionCache()
-	tr, err := newTransport(cfg.withDefaults(), conns, sessions)
+	// Each transport gets its own session cache: a TLS 1.3 ticket reaches
+	// the client after the handshake, so an old connection can still put
+	// a session of the old certificate into a cache that was just emptied.
+	build := func() (http.RoundTripper, error) {
+		return newTransport(cfg.withDefaults(), conns, newSessionCache())
+	}
+	tr, err := newRotatingTransport(build)
 	if err != nil {
 		problems = append(problems, err)
 	}
@@ -203,7 +208,7 @@ func New(cfg Config, src Source) (*Uplink, error) {
 	if err != nil {
 		return nil, err
 	}
-	u.conns, u.sessions = conns, sessions
+	u.conns = conns
 	return u, nil
 }
 
@@ -312,15 +317,125 @@ func (u *Uplink) Notify() {
 	}
 }
 
-// CertificateRotated forgets the TLS sessions and closes idle connections
-// so that the next request opens a new one with a full handshake and
-// presents the certificate Config.Cert returns now. Requests in flight
-// finish on their connection.
+// CertificateRotated makes every request from now on go over a new
+// connection with a full handshake that presents the certificate
+// Config.Cert returns now: a new transport with an empty TLS session cache
+// takes over. Closing idle connections alone would not do: over
+// HTTP/2 a busy agent's connection is never idle, and new requests would
+// keep riding on it under the old certificate. Requests in flight finish
+// on their old connection, which is closed once the last of them is done.
 func (u *Uplink) CertificateRotated() {
-	if u.sessions != nil {
-		u.sessions.reset()
+	if rt, ok := u.client.Transport.(*rotatingTransport); ok {
+		if err := rt.rotate(); err != nil {
+			// newTransport failed at New with the same config, so this
+			// does not happen; the old transport carries on meanwhile.
+			u.log.Error("building a new transport after a certificate rotation failed; busy connections keep the old certificate until they close", "err", err)
+		} else {
+			return
+		}
 	}
 	u.client.CloseIdleConnections()
+}
+
+// rotatingTransport is the uplink's transport: it sends every request
+// through the current http.Transport and, at a certificate rotation,
+// replaces it with a new one and closes the old one's connections once
+// the requests still on them have finished.
+type rotatingTransport struct {
+	build func() (http.RoundTripper, error)
+
+	mu  sync.Mutex
+	cur *transportGen
+}
+
+// transportGen is one transport and the requests in flight on it.
+type transportGen struct {
+	rt       http.RoundTripper
+	inFlight int  // requests sent and whose body is not closed yet
+	retired  bool // replaced: close its connections when inFlight is 0
+}
+
+func newRotatingTransport(build func() (http.RoundTripper, error)) (*rotatingTransport, error) {
+	rt, err := build()
+	if err != nil {
+		return nil, err
+	}
+	return &rotatingTransport{build: build, cur: &transportGen{rt: rt}}, nil
+}
+
+// RoundTrip sends req on the current transport. The request counts as in
+// flight until its response body is closed, since the connection carries
+// it until then.
+func (t *rotatingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	t.mu.Lock()
+	g := t.cur
+	g.inFlight++
+	t.mu.Unlock()
+	resp, err := g.rt.RoundTrip(req)
+	if err != nil {
+		t.done(g)
+		return nil, err
+	}
+	resp.Body = &doneBody{ReadCloser: resp.Body, done: sync.OnceFunc(func() { t.done(g) })}
+	return resp, nil
+}
+
+// done ends one request on g and closes g's connections if it was the
+// last one of a retired transport.
+func (t *rotatingTransport) done(g *transportGen) {
+	t.mu.Lock()
+	g.inFlight--
+	last := g.retired && g.inFlight == 0
+	t.mu.Unlock()
+	if last {
+		closeIdle(g.rt)
+	}
+}
+
+// rotate puts a new transport in place; the old one's idle connections
+// close now, its busy ones when their last request is done.
+func (t *rotatingTransport) rotate() error {
+	rt, err := t.build()
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	old := t.cur
+	old.retired = true
+	t.cur = &transportGen{rt: rt}
+	t.mu.Unlock()
+	// Closing idle connections also marks an http.Transport so that a
+	// connection that turns idle later is closed rather than kept, which
+	// covers HTTP/1.1; busy HTTP/2 connections are closed by done.
+	closeIdle(old.rt)
+	return nil
+}
+
+// CloseIdleConnections closes the current transport's idle connections
+// (http.Client.CloseIdleConnections calls it).
+func (t *rotatingTransport) CloseIdleConnections() {
+	t.mu.Lock()
+	rt := t.cur.rt
+	t.mu.Unlock()
+	closeIdle(rt)
+}
+
+func closeIdle(rt http.RoundTripper) {
+	if c, ok := rt.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// doneBody is a response body that reports when it is closed.
+type doneBody struct {
+	io.ReadCloser
+	done func()
+}
+
+func (b *doneBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.done()
+	return err
 }
 
 // SendCatalog uploads the point catalogue (JSON, PUT /v1/catalog) over the

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/sightglass-bms/sightglass/ingest/pki"
-	"github.com/sightglass-bms/sightglass/ingest/store"
 )
 
 // Error codes, the "code" of every JSON error body. Agents act on the code,
@@ -137,25 +136,28 @@ func (s *Server) agentHandler() http.Handler {
 				"no agent identity on this connection (%v): connect with the certificate issued by `sightglass-ingest agents issue`", idErr))
 			return
 		}
-		if rf := s.checkClock(r); rf != nil {
-			s.count(func(st *Stats) { st.Refused[rf.code]++ })
-			s.auditRefusal(r.Context(), id.Agent, "request_refused", rf)
-			writeRefusal(lw, rf)
-			return
+		// A refused batch is audited as such, any other route's request
+		// as a request.
+		action := "request_refused"
+		if p == "/v1/batches" {
+			action = "batch_refused"
 		}
-		// The handshake checked revocation; a keep-alive connection can
-		// outlive that check by hours, so every request checks again.
-		if err := s.checkAgent(r.Context(), id, r.TLS.PeerCertificates[0]); err != nil {
-			var rf *refusal
-			if errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrNotFound) {
-				rf = refuse(http.StatusForbidden, CodeRevoked, "%v: this agent may no longer upload; enroll it anew", err)
-			} else {
-				// The registry could not say: refuse (fail closed), but as
-				// something to retry, not as a revocation.
-				s.log.Warn("checking an agent against the registry failed", "agent", id.Agent, "err", err)
-				rf = refuse(http.StatusServiceUnavailable, CodeStoreUnavailable, "the agent registry cannot be read right now: retry in %d seconds", retryAfterStoreSeconds)
-			}
+		leaf := r.TLS.PeerCertificates[0]
+		// The handshake checked validity and revocation; a keep-alive
+		// connection can outlive both checks by hours, so every request
+		// checks again.
+		rf := s.checkValidity(leaf)
+		if rf == nil {
+			rf = s.checkClock(r)
+		}
+		if rf == nil {
+			rf = s.checkRegistry(r.Context(), id, leaf)
+		}
+		if rf != nil {
 			s.count(func(st *Stats) { st.Refused[rf.code]++ })
+			if rf.code != CodeStoreUnavailable { // our trouble, not the agent's doing
+				s.auditRefusal(r.Context(), id.Agent, action, rf)
+			}
 			writeRefusal(lw, rf)
 			return
 		}

@@ -70,8 +70,14 @@ type Config struct {
 	// ShutdownTimeout is how long Serve waits for in-flight requests once
 	// its context is done (DefaultShutdownTimeout).
 	ShutdownTimeout time.Duration
-	// Now is the clock for the sample time window (time.Now).
+	// Now is the clock for the sample time window and the request's send
+	// time (time.Now).
 	Now func() time.Time
+	// CertNow is the clock agent certificates are judged by, at the
+	// handshake and again at every request (time.Now). It is apart from
+	// Now because certificates are made with the real time while tests
+	// pin Now to judge sample times.
+	CertNow func() time.Time
 	// Registry, when set, enables enrollment, renewal, the CRL, status
 	// queries and the catalogue, checks every agent against it at every
 	// handshake and request (revocation), and receives the audit log.
@@ -121,6 +127,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.CertNow == nil {
+		c.CertNow = time.Now
 	}
 	if c.AgentValidity <= 0 {
 		c.AgentValidity = pki.DefaultAgentValidity
@@ -194,6 +203,9 @@ func New(cfg Config, store blob.Store, ca *pki.CA, logger *slog.Logger) (*Server
 	if (tlsCfg.ClientAuth != tls.RequireAndVerifyClientCert && tlsCfg.ClientAuth != tls.VerifyClientCertIfGiven) || tlsCfg.MinVersion < tls.VersionTLS13 {
 		return nil, errors.New("creating ingest server: TLS config must verify client certificates and require TLS 1.3")
 	}
+	// The handshake judges certificate validity by the same clock as
+	// every later request (checkValidity).
+	tlsCfg.Time = s.cfg.CertNow
 	s.tls = tlsCfg
 	return s, nil
 }

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -120,7 +121,19 @@ func (e *env) client(agent string) *http.Client {
 func clientWith(t testing.TB, cfg *tls.Config) *http.Client {
 	tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}
 	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr}
+	return &http.Client{Transport: sentAtTransport{tr}}
+}
+
+// sentAtTransport stamps every request with SentAtHeader at the test clock,
+// as the agent's uplink does, unless the request has one already.
+type sentAtTransport struct{ *http.Transport }
+
+func (t sentAtTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Header.Get(SentAtHeader) == "" {
+		r = r.Clone(r.Context())
+		r.Header.Set(SentAtHeader, strconv.FormatInt(now.UnixMilli(), 10))
+	}
+	return t.Transport.RoundTrip(r)
 }
 
 type reply struct {

@@ -49,6 +49,8 @@ const (
 	CodeNoRegistry   = "no_registry"   // 501: this ingest runs without a registry
 	CodeBadCatalog   = "bad_catalog"   // 400: the catalogue JSON is malformed
 	CodeBadClock     = "bad_clock"     // 400: the request's Sightglass-Sent-At is far from our clock
+	CodeNoSentAt     = "no_sent_at"    // 400: a batch without Sightglass-Sent-At
+	CodeCertExpired  = "cert_expired"  // 403: the client certificate is past its NotAfter (or before its NotBefore)
 	maxTrustBody     = 64 << 10        // enrollment and renewal bodies are a CSR and a token
 	maxCatalogBody   = 32 << 20        // a catalogue of 100,000 points with tags
 	crlValidity      = 24 * time.Hour  // agents and relying parties refetch daily
@@ -64,6 +66,40 @@ func (s *Server) checkAgent(ctx context.Context, id pki.Identity, leaf *x509.Cer
 	ctx, cancel := context.WithTimeout(ctx, registryTimeout)
 	defer cancel()
 	return s.cfg.Registry.AgentAllowed(ctx, id.Agent, pki.SerialHex(leaf))
+}
+
+// checkRegistry runs checkAgent for a request and turns its error into
+// the answer: a revoked or unknown agent is refused for good, a registry
+// that cannot say is refused as something to retry (fail closed).
+func (s *Server) checkRegistry(ctx context.Context, id pki.Identity, leaf *x509.Certificate) *refusal {
+	err := s.checkAgent(ctx, id, leaf)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, store.ErrRevoked) || errors.Is(err, store.ErrNotFound):
+		return refuse(http.StatusForbidden, CodeRevoked, "%v: this agent may no longer upload; enroll it anew", err)
+	default:
+		s.log.Warn("checking an agent against the registry failed", "agent", id.Agent, "err", err)
+		return refuse(http.StatusServiceUnavailable, CodeStoreUnavailable, "the agent registry cannot be read right now: retry in %d seconds", retryAfterStoreSeconds)
+	}
+}
+
+// checkValidity refuses a request whose client certificate is outside its
+// validity period. The handshake checked it, but certificates live days
+// and an HTTP/2 connection can stay open past the end of one.
+func (s *Server) checkValidity(leaf *x509.Certificate) *refusal {
+	now := s.cfg.CertNow()
+	switch {
+	case now.After(leaf.NotAfter):
+		return refuse(http.StatusForbidden, CodeCertExpired,
+			"your client certificate (serial %s) expired at %s (ingest clock %s): an agent renews its certificate well before that; once it has expired, enroll the agent again with a new token (`sightglass-agent enroll`)",
+			pki.SerialHex(leaf), leaf.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	case now.Before(leaf.NotBefore):
+		return refuse(http.StatusForbidden, CodeCertExpired,
+			"your client certificate (serial %s) is not valid before %s (ingest clock %s): check the ingest's and the agent's clocks (NTP)",
+			pki.SerialHex(leaf), leaf.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // audit writes an audit entry; a failure is logged, not returned: the
@@ -397,11 +433,17 @@ const SentAtHeader = "Sightglass-Sent-At"
 // (more than MaxSkew either way). It judges the request, not the samples:
 // a batch sealed days ago during an outage is normal backlog, but a
 // request that says it was sent hours away from now comes from a box whose
-// clock is wrong, and every sample time it reports is suspect. A request
-// without the header (an older agent, a test tool) is not judged.
+// clock is wrong, and every sample time it reports is suspect. A batch
+// must carry the header, or the check could be skipped by leaving it out;
+// other requests (renewal, the catalogue, a status probe) are judged only
+// when they carry it.
 func (s *Server) checkClock(r *http.Request) *refusal {
 	v := r.Header.Get(SentAtHeader)
 	if v == "" {
+		if r.URL.Path == "/v1/batches" {
+			return refuse(http.StatusBadRequest, CodeNoSentAt,
+				"a batch needs the %s header (Unix milliseconds when this attempt was sent), and this request has none: send it as sightglass-agent does", SentAtHeader)
+		}
 		return nil
 	}
 	ms, err := strconv.ParseInt(v, 10, 64)

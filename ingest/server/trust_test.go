@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -208,7 +209,7 @@ func TestRevocationTakesEffectAtOnce(t *testing.T) {
 	wantReply(t, e.do(c, http.MethodPost, "/v1/batches", enc.Data), http.StatusForbidden, CodeRevoked)
 	// A new connection resuming the old TLS session is refused at the
 	// handshake: VerifyConnection runs on resumption too.
-	c.Transport.(*http.Transport).CloseIdleConnections()
+	c.CloseIdleConnections()
 	req, _ := http.NewRequest(http.MethodPost, e.base+"/v1/batches", strings.NewReader(string(enc.Data)))
 	if resp, err := c.Do(req); err == nil {
 		resp.Body.Close()
@@ -422,5 +423,100 @@ func TestRenewFailingOnOurSide(t *testing.T) {
 	wantReply(t, r, http.StatusServiceUnavailable, CodeStoreUnavailable)
 	if msg, _ := r.body["error"].(string); strings.Contains(msg, "locked") {
 		t.Errorf("the answer carries the database's error: %q", msg)
+	}
+}
+
+// fakeClock is a clock tests move by hand, safe to read from handshakes.
+type fakeClock struct{ t atomic.Pointer[time.Time] }
+
+func (c *fakeClock) Now() time.Time {
+	if t := c.t.Load(); t != nil {
+		return *t
+	}
+	return time.Now()
+}
+
+func (c *fakeClock) Set(t time.Time) { c.t.Store(&t) }
+
+// TestCertificateValidityCheckedPerRequest: a certificate that expires (or
+// is judged before its start) while its keep-alive connection is open is
+// refused at the next request on that connection, and the refusal is
+// audited.
+func TestCertificateValidityCheckedPerRequest(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		at   func(leaf *x509.Certificate) time.Time
+		want string
+	}{
+		{"past NotAfter", func(l *x509.Certificate) time.Time { return l.NotAfter.Add(time.Second) }, "expired at"},
+		{"before NotBefore", func(l *x509.Certificate) time.Time { return l.NotBefore.Add(-time.Second) }, "not valid before"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var clock fakeClock
+			e := newTrustEnv(t, func(c *Config, _ *blob.Store) { c.CertNow = clock.Now })
+			c, er, _ := e.enroll(e.token("s1", time.Hour))
+			enc := e.encode(er.Agent, 1, samples(3, now))
+			wantReply(t, e.do(c, http.MethodPut, "/v1/tables/"+enc.TableHash.String(), enc.Table), http.StatusCreated, "")
+
+			clock.Set(tt.at(mustLeaf(t, e.agents[er.Agent])))
+			// A new connection would fail its handshake (tls.Config.Time
+			// is the same clock), so an answer at all proves that the
+			// refusal came on the open connection.
+			r := e.do(c, http.MethodPost, "/v1/batches", enc.Data)
+			wantReply(t, r, http.StatusForbidden, CodeCertExpired)
+			if msg, _ := r.body["error"].(string); !strings.Contains(msg, tt.want) {
+				t.Errorf("message %q does not say %q", msg, tt.want)
+			}
+			if n := len(e.list()); n != 1 {
+				t.Errorf("%d blobs stored, want only the table", n)
+			}
+			entries, _ := e.db.AuditLog(context.Background(), 0, 100)
+			if last := entries[len(entries)-1]; last.Action != "batch_refused" || !strings.HasPrefix(last.Detail, CodeCertExpired) {
+				t.Errorf("last audit entry %+v, want the refused batch", last)
+			}
+		})
+	}
+}
+
+// TestRevokedBatchIsAudited: a batch refused because its agent was revoked
+// after the handshake goes to the audit log like every refused batch.
+func TestRevokedBatchIsAudited(t *testing.T) {
+	e := newTrustEnv(t)
+	c, er, _ := e.enroll(e.token("s1", time.Hour))
+	enc := e.encode(er.Agent, 1, samples(3, now))
+	wantReply(t, e.do(c, http.MethodPut, "/v1/tables/"+enc.TableHash.String(), enc.Table), http.StatusCreated, "")
+	if _, err := e.db.Revoke(context.Background(), er.Agent, "stolen"); err != nil {
+		t.Fatal(err)
+	}
+	wantReply(t, e.do(c, http.MethodPost, "/v1/batches", enc.Data), http.StatusForbidden, CodeRevoked)
+	entries, _ := e.db.AuditLog(context.Background(), 0, 100)
+	last := entries[len(entries)-1]
+	if last.Action != "batch_refused" || last.Subject != er.Agent || !strings.HasPrefix(last.Detail, CodeRevoked) {
+		t.Errorf("last audit entry %+v, want the revoked agent's refused batch", last)
+	}
+}
+
+// TestBatchNeedsSentAt: leaving Sightglass-Sent-At out does not skip the
+// send-time check; the batch is refused and nothing is stored.
+func TestBatchNeedsSentAt(t *testing.T) {
+	e := newTrustEnv(t)
+	_, er, _ := e.enroll(e.token("s1", time.Hour))
+	enc := e.encode(er.Agent, 1, samples(3, now))
+	wantReply(t, e.do(e.client(er.Agent), http.MethodPut, "/v1/tables/"+enc.TableHash.String(), enc.Table), http.StatusCreated, "")
+	b := e.agents[er.Agent]
+	cert, err := tls.X509KeyPair(b.CertPEM, b.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A bare transport: clientWith's would add the header.
+	tr := &http.Transport{TLSClientConfig: pki.ClientTLSConfig(cert, e.ca.Pool()), ForceAttemptHTTP2: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	r := e.do(&http.Client{Transport: tr}, http.MethodPost, "/v1/batches", enc.Data)
+	wantReply(t, r, http.StatusBadRequest, CodeNoSentAt)
+	if msg, _ := r.body["error"].(string); !strings.Contains(msg, SentAtHeader) {
+		t.Errorf("message %q does not name the missing header", msg)
+	}
+	if n := len(e.list()); n != 1 {
+		t.Errorf("%d blobs stored, want only the table", n)
 	}
 }
