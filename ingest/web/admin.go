@@ -141,9 +141,9 @@ func (s *Server) handleUserAdd(w http.ResponseWriter, r *http.Request, rq *reque
 		s.showAdmin(w, r, rq, http.StatusBadRequest, "", err.Error(), "")
 		return
 	}
-	hash, err := HashPassword(pw, s.cfg.HashParams)
+	hash, err := s.hash(ctx, pw)
 	if err != nil {
-		s.serverError(w, r, err)
+		s.busy(w, r, err)
 		return
 	}
 	if _, err := s.st.AddUser(ctx, name, role, hash); err != nil {
@@ -259,9 +259,9 @@ func (s *Server) handleUserChange(w http.ResponseWriter, r *http.Request, rq *re
 			s.showAdmin(w, r, rq, http.StatusBadRequest, "", err.Error(), "")
 			return
 		}
-		hash, err := HashPassword(pw, s.cfg.HashParams)
+		hash, err := s.hash(ctx, pw)
 		if err != nil {
-			s.serverError(w, r, err)
+			s.busy(w, r, err)
 			return
 		}
 		if err := s.st.SetPassword(ctx, name, hash); err != nil {

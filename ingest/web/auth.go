@@ -321,18 +321,25 @@ func (s *Server) handleLoginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	name, pw, src := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("password"), s.source(r)
-	since := s.cfg.Now().Add(-s.cfg.LockoutWindow)
-	byName, bySrc, err := s.st.LoginFailures(ctx, name, src, since)
+	// A slot first: waiting for one must not count against the user, and
+	// a flood of sign-ins waits here instead of holding 19 MiB each.
+	release, err := s.hashSlot(ctx)
+	if err != nil {
+		s.busy(w, r, err)
+		return
+	}
+	defer release()
+	a, err := s.attempt(ctx, name, src)
 	if err != nil {
 		s.serverError(w, r, err)
 		return
 	}
 	fail := func(reason string) {
 		s.audit(ctx, "web:"+src, "login_failed", clip(name), reason)
-		s.failure(ctx, name, src, since)
+		s.failed(ctx, a)
 		s.loginForm(w, r, http.StatusUnauthorized, loginPage{Name: name, Message: badLogin})
 	}
-	if byName >= s.cfg.MaxFailsPerUser || bySrc >= s.cfg.MaxFailsPerAddr {
+	if a.locked {
 		// Locked: the password is not even checked, so guessing on
 		// cannot tell a right one from a wrong one.
 		fail("locked")
@@ -346,11 +353,11 @@ func (s *Server) handleLoginPost(w http.ResponseWriter, r *http.Request) {
 		}
 		// Spend the same time as a real check, so timing does not tell
 		// which names exist.
-		_, _ = VerifyPassword(s.dummyHash, pw)
+		_, _ = s.verify(s.dummyHash, pw)
 		fail("unknown user")
 		return
 	}
-	ok, err := VerifyPassword(u.Hash, pw)
+	ok, err := s.verify(u.Hash, pw)
 	if err != nil {
 		s.log.Error("verifying a password failed", "user", u.Name, "err", err)
 	}
@@ -365,7 +372,8 @@ func (s *Server) handleLoginPost(w http.ResponseWriter, r *http.Request) {
 	// With a second factor the failures are cleared only once the code
 	// is right: clearing them at the password would let someone who has
 	// the password guess codes without limit, signing in again between
-	// guesses.
+	// guesses. Until then this attempt stays counted too: a password
+	// step that never completes is not a sign-in.
 	if !u.HasTOTP() {
 		if err := s.st.ClearLoginFailures(ctx, name); err != nil {
 			s.log.Warn("clearing failed logins failed", "err", err)
@@ -381,6 +389,9 @@ func (s *Server) handleLoginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	s.setCookie(w, loginCookie, "", -1)
 	if stage == store.SessionTOTP {
+		// The attempt stays counted until the code is right: if it was
+		// the last one allowed, the account is locked now.
+		s.failed(ctx, a)
 		s.audit(ctx, "user:"+u.Name, "login_password_ok", u.Name, "source="+src+" second factor due")
 		http.Redirect(w, r, "/login/totp", http.StatusSeeOther)
 		return
@@ -416,8 +427,7 @@ func (s *Server) handleTOTPPost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, src := r.Context(), s.source(r)
-	since := s.cfg.Now().Add(-s.cfg.LockoutWindow)
-	byName, bySrc, err := s.st.LoginFailures(ctx, rq.user.Name, src, since)
+	a, err := s.attempt(ctx, rq.user.Name, src)
 	if err != nil {
 		s.serverError(w, r, err)
 		return
@@ -425,7 +435,7 @@ func (s *Server) handleTOTPPost(w http.ResponseWriter, r *http.Request) {
 	step := int64(-1)
 	var secret []byte
 	stale := false
-	if byName < s.cfg.MaxFailsPerUser && bySrc < s.cfg.MaxFailsPerAddr {
+	if !a.locked {
 		if secret, stale, err = openTOTP(s.cfg.TOTPKeys, rq.user); err != nil {
 			// Fail closed, but say so: the password was right, and
 			// only an admin can help.
@@ -445,8 +455,13 @@ func (s *Server) handleTOTPPost(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if !fresh {
-		s.audit(ctx, "web:"+src, "login_failed", rq.user.Name, "wrong or reused second-factor code")
-		if s.failure(ctx, rq.user.Name, src, since) >= s.cfg.MaxFailsPerUser {
+		reason := "wrong or reused second-factor code"
+		if a.locked {
+			reason = "locked"
+		}
+		s.audit(ctx, "web:"+src, "login_failed", rq.user.Name, reason)
+		s.failed(ctx, a)
+		if a.byName >= s.cfg.MaxFailsPerUser || a.bySrc >= s.cfg.MaxFailsPerAddr {
 			s.endSession(ctx, w, rq.id)
 			s.loginForm(w, r, http.StatusUnauthorized, loginPage{Message: badLogin})
 			return
@@ -478,44 +493,76 @@ func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request, rq *reques
 }
 
 // reauth checks the current password a form asks for again (password
-// change, second factor on or off). A wrong one counts towards the
-// account's and the address's lockout exactly like a failed sign-in, and
-// a locked account is refused without checking: otherwise a stolen
-// session would be an unlimited password-guessing oracle.
-func (s *Server) reauth(r *http.Request, rq *request, pw string) bool {
+// change, second factor on or off). It counts towards the account's and
+// the address's lockout exactly like a sign-in, and a locked account is
+// refused without checking: otherwise a stolen session would be an
+// unlimited password-guessing oracle. The error is errBusy when no
+// password check could start in time (answer with s.busy), or a store
+// failure.
+func (s *Server) reauth(r *http.Request, rq *request, pw string) (bool, error) {
 	ctx, src := r.Context(), s.source(r)
-	since := s.cfg.Now().Add(-s.cfg.LockoutWindow)
-	byName, bySrc, err := s.st.LoginFailures(ctx, rq.user.Name, src, since)
+	release, err := s.hashSlot(ctx)
 	if err != nil {
-		s.log.Error("counting failed logins failed; refusing the password check", "user", rq.user.Name, "err", err)
-		return false
+		return false, err
 	}
-	if byName < s.cfg.MaxFailsPerUser && bySrc < s.cfg.MaxFailsPerAddr {
-		if ok, _ := VerifyPassword(rq.user.Hash, pw); ok {
-			return true
+	defer release()
+	a, err := s.attempt(ctx, rq.user.Name, src)
+	if err != nil {
+		return false, err
+	}
+	if !a.locked {
+		if ok, _ := s.verify(rq.user.Hash, pw); ok {
+			if err := s.st.ClearLoginFailures(ctx, rq.user.Name); err != nil {
+				s.log.Warn("clearing failed logins failed", "user", rq.user.Name, "err", err)
+			}
+			return true, nil
 		}
 	}
-	s.failure(ctx, rq.user.Name, src, since)
-	return false
+	s.failed(ctx, a)
+	return false, nil
 }
 
-// failure records a failed password or code check of the account name from
-// src, audits and logs the lockouts it causes (of the account, of the
-// address), and returns the account's failures within the window.
-func (s *Server) failure(ctx context.Context, name, src string, since time.Time) int {
+// attemptCounts is a password or code check recorded before it is made,
+// with the account's and the address's attempts within the lockout window,
+// this one included.
+type attemptCounts struct {
+	name, src     string
+	byName, bySrc int
+	// locked means the limits were reached before this attempt: it must
+	// not be checked.
+	locked bool
+}
+
+// attempt records a password or code check of the account name from src
+// and decides from the counts it gets back, in the same transaction,
+// whether the check may be made. Recording first is what makes the limit
+// hold under concurrency: parallel requests each see a distinct count, so
+// at most MaxFailsPerUser checks of one account (MaxFailsPerAddr from one
+// address) run within the window, however many arrive at once. A check
+// that succeeds clears the account's attempts (ClearLoginFailures).
+func (s *Server) attempt(ctx context.Context, name, src string) (attemptCounts, error) {
+	since := s.cfg.Now().Add(-s.cfg.LockoutWindow)
 	n, m, err := s.st.LoginFailure(ctx, name, src, since)
 	if err != nil {
-		s.log.Error("recording a failed login failed", "err", err)
+		return attemptCounts{}, fmt.Errorf("recording a sign-in attempt of %q: %w", clip(name), err)
 	}
-	if n == s.cfg.MaxFailsPerUser {
-		s.audit(ctx, "web:"+src, "lockout", clip(name), fmt.Sprintf("account locked after %d failures within %v", n, s.cfg.LockoutWindow))
-		s.log.Warn("dashboard account locked", "user", clip(name), "source", src)
+	return attemptCounts{name: name, src: src, byName: n, bySrc: m,
+		locked: n > s.cfg.MaxFailsPerUser || m > s.cfg.MaxFailsPerAddr}, nil
+}
+
+// failed audits and logs the lockouts a failed (or still incomplete)
+// attempt causes: the account's when it used the last check allowed, the
+// address's likewise. Each is reported once, by the attempt that reached
+// the limit.
+func (s *Server) failed(ctx context.Context, a attemptCounts) {
+	if a.byName == s.cfg.MaxFailsPerUser {
+		s.audit(ctx, "web:"+a.src, "lockout", clip(a.name), fmt.Sprintf("account locked after %d failures within %v", a.byName, s.cfg.LockoutWindow))
+		s.log.Warn("dashboard account locked", "user", clip(a.name), "source", a.src)
 	}
-	if m == s.cfg.MaxFailsPerAddr {
-		s.audit(ctx, "web:"+src, "lockout", "source:"+src, fmt.Sprintf("source address locked after %d failures within %v", m, s.cfg.LockoutWindow))
-		s.log.Warn("dashboard source address locked", "source", src)
+	if a.bySrc == s.cfg.MaxFailsPerAddr {
+		s.audit(ctx, "web:"+a.src, "lockout", "source:"+a.src, fmt.Sprintf("source address locked after %d failures within %v", a.bySrc, s.cfg.LockoutWindow))
+		s.log.Warn("dashboard source address locked", "source", a.src)
 	}
-	return n
 }
 
 // wrongCurrent is what a failed re-authentication shows.
@@ -542,7 +589,12 @@ func (s *Server) handleAccount(w http.ResponseWriter, r *http.Request, rq *reque
 func (s *Server) handlePassword(w http.ResponseWriter, r *http.Request, rq *request) {
 	ctx := r.Context()
 	cur, pw, again := r.PostFormValue("current"), r.PostFormValue("password"), r.PostFormValue("again")
-	if !s.reauth(r, rq, cur) {
+	ok, err := s.reauth(r, rq, cur)
+	if err != nil {
+		s.busy(w, r, err)
+		return
+	}
+	if !ok {
 		s.audit(ctx, "user:"+rq.user.Name, "password_change_failed", rq.user.Name, "wrong current password")
 		s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: wrongCurrent})
 		return
@@ -555,9 +607,9 @@ func (s *Server) handlePassword(w http.ResponseWriter, r *http.Request, rq *requ
 		s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: err.Error()})
 		return
 	}
-	hash, err := HashPassword(pw, s.cfg.HashParams)
+	hash, err := s.hash(r.Context(), pw)
 	if err != nil {
-		s.serverError(w, r, err)
+		s.busy(w, r, err)
 		return
 	}
 	// SetPassword ends every session of the user, this one included:
@@ -580,7 +632,12 @@ func (s *Server) handlePassword(w http.ResponseWriter, r *http.Request, rq *requ
 func (s *Server) handleTOTPSetup(w http.ResponseWriter, r *http.Request, rq *request) {
 	ctx := r.Context()
 	if r.PostFormValue("remove") != "" {
-		if !s.reauth(r, rq, r.PostFormValue("current")) {
+		ok, err := s.reauth(r, rq, r.PostFormValue("current"))
+		if err != nil {
+			s.busy(w, r, err)
+			return
+		}
+		if !ok {
 			s.audit(ctx, "user:"+rq.user.Name, "totp_remove_failed", rq.user.Name, "wrong current password")
 			s.render(w, r, http.StatusBadRequest, "account", rq, accountPage{Error: wrongCurrent})
 			return
@@ -628,7 +685,12 @@ func (s *Server) handleTOTPSetup(w http.ResponseWriter, r *http.Request, rq *req
 	}
 	// The password again, as for removing it: a borrowed or stolen
 	// session must not tie the account to someone else's phone.
-	if !s.reauth(r, rq, r.PostFormValue("current")) {
+	ok, err := s.reauth(r, rq, r.PostFormValue("current"))
+	if err != nil {
+		s.busy(w, r, err)
+		return
+	}
+	if !ok {
 		s.audit(ctx, "user:"+rq.user.Name, "totp_enable_failed", rq.user.Name, "wrong current password")
 		retry(wrongCurrent)
 		return

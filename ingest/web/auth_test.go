@@ -654,23 +654,44 @@ func TestSourceAddress(t *testing.T) {
 }
 
 // TestTOTPGuessesAcrossPasswordLogins: someone with the password cannot
-// reset the code-guess count by signing in with the password again; after
-// MaxFailsPerUser wrong codes the account is locked, the password step
-// included.
+// reset the code-guess count by signing in with the password again. A
+// password step counts as an attempt until its code completes the sign-in,
+// so password steps and wrong codes together use up MaxFailsPerUser
+// attempts; then even the password step is refused.
 func TestTOTPGuessesAcrossPasswordLogins(t *testing.T) {
 	e := newEnv(t)
 	e.enrol("alice")
-	for i := range e.srv.cfg.MaxFailsPerUser {
+	max := e.srv.cfg.MaxFailsPerUser
+	locked := false
+	for i := 0; i < 2*max && !locked; i++ {
 		c := e.client()
-		if r := c.login("alice", testPassword); r.status != http.StatusSeeOther || r.header.Get("Location") != "/login/totp" {
-			t.Fatalf("password step %d: %d %s (locked too early?)", i, r.status, r.header.Get("Location"))
+		r := c.login("alice", testPassword)
+		if r.status == http.StatusUnauthorized {
+			locked = true
+			break
+		}
+		if r.status != http.StatusSeeOther || r.header.Get("Location") != "/login/totp" {
+			t.Fatalf("password step %d: %d %s", i, r.status, r.header.Get("Location"))
 		}
 		if r := c.post("/login/totp", "/login/totp", url.Values{"code": {"000000"}}); r.status != http.StatusUnauthorized {
 			t.Fatalf("wrong code %d: %d", i, r.status)
 		}
 	}
-	c := e.client()
-	if r := c.login("alice", testPassword); r.status != http.StatusUnauthorized {
-		t.Errorf("the password after %d wrong codes: %d, want locked", e.srv.cfg.MaxFailsPerUser, r.status)
+	if !locked {
+		t.Fatalf("the password step still works after %d rounds of wrong codes", 2*max)
 	}
+	es, err := e.db.AuditLog(context.Background(), 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := 0
+	for _, a := range es {
+		if a.Action == "login_password_ok" || (a.Action == "login_failed" && a.Detail == "wrong or reused second-factor code") {
+			checks++
+		}
+	}
+	if checks > max {
+		t.Errorf("%d password steps and code checks before the lockout, want at most %d", checks, max)
+	}
+	e.wantAudit("lockout alice")
 }

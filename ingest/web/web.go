@@ -147,6 +147,11 @@ type Config struct {
 	// StaleAfter and AgentOffline tune the portfolio's warnings.
 	StaleAfter   time.Duration
 	AgentOffline time.Duration
+	// PasswordChecks bounds the argon2id checks and hashes running at once
+	// (twice GOMAXPROCS); PasswordCheckWait is how long a request waits
+	// for a slot before it is answered 503 (DefaultPasswordCheckWait).
+	PasswordChecks    int
+	PasswordCheckWait time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -160,6 +165,10 @@ func (c *Config) setDefaults() {
 	def(&c.LockoutWindow, DefaultLockoutWindow)
 	def(&c.StaleAfter, DefaultStaleAfter)
 	def(&c.AgentOffline, DefaultAgentOffline)
+	def(&c.PasswordCheckWait, DefaultPasswordCheckWait)
+	if c.PasswordChecks <= 0 {
+		c.PasswordChecks = defaultPasswordChecks()
+	}
 	if c.MaxFailsPerUser <= 0 {
 		c.MaxFailsPerUser = DefaultMaxFailsPerUser
 	}
@@ -185,6 +194,10 @@ type Server struct {
 	// dummyHash is verified against when a sign-in names no user, so the
 	// time taken does not tell which names exist.
 	dummyHash string
+	// hashSem holds a token per password check running (hashslot.go).
+	hashSem chan struct{}
+	// verify is VerifyPassword; tests count the checks through it.
+	verify func(hash, pw string) (bool, error)
 
 	// sweepMu keeps one expired-session sweep at a time.
 	sweepMu   sync.Mutex
@@ -197,7 +210,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("creating the dashboard: a store, a logger and a keyring for the TOTP secrets are required")
 	}
 	cfg.setDefaults()
-	s := &Server{cfg: cfg, st: cfg.Store, log: cfg.Logger, pages: map[string]*template.Template{}}
+	s := &Server{cfg: cfg, st: cfg.Store, log: cfg.Logger, pages: map[string]*template.Template{},
+		hashSem: make(chan struct{}, cfg.PasswordChecks), verify: VerifyPassword}
 	var err error
 	if s.dummyHash, err = HashPassword(string(randomBytes(16)), cfg.HashParams); err != nil {
 		return nil, fmt.Errorf("creating the dashboard: %w", err)
