@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/bacnet"
 	"github.com/sightglass-bms/sightglass/pkg/driver"
@@ -141,5 +142,30 @@ func TestAnswerBudgetOnlyGoesDown(t *testing.T) {
 		if got := b.get(); got != s.want {
 			t.Errorf("after lower(%d): %d, want %d", s.lower, got, s.want)
 		}
+	}
+}
+
+// TestDiscoverRateLimited: discovery inside the agent (discover: true) is
+// paced like the CLI's, at DefaultDiscoverRate requests a second. The
+// check is a lower bound, which pacing guarantees however fast the
+// simulator answers.
+func TestDiscoverRateLimited(t *testing.T) {
+	d := bacnetsim.NewDevice(51, "paced", 2, 1, 0, false)
+	d.NoRPM = true // every property its own request
+	sim := startSim(t, bacnetsim.Config{Local: d})
+	drv := newDriver(t, simSettings(sim, 51, ""), nil)
+	if err := drv.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	sim.Reset()
+	start := time.Now()
+	found, err := drv.Discover(t.Context())
+	if err != nil || len(found) != 3 {
+		t.Fatalf("%d points, %v", len(found), err)
+	}
+	took := time.Since(start)
+	n := confirmed(sim, bacnet.ServiceReadProperty)
+	if min := time.Duration(n-1) * time.Second / DefaultDiscoverRate; took < min {
+		t.Errorf("%d requests in %v; at %d a second they take at least %v", n, took, DefaultDiscoverRate, min)
 	}
 }

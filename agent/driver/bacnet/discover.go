@@ -31,6 +31,12 @@ var readable = map[bacnet.ObjectType]bool{
 	bacnet.ObjectIntegerValue: true, bacnet.ObjectPositiveIntegerValue: true, 12: true, // loop
 }
 
+// DefaultDiscoverRate is the most requests per second discovery sends
+// unless told otherwise, to all devices through one socket together: a
+// discovery must not crowd out the polls of the controllers (or an MS/TP
+// trunk) it reads.
+const DefaultDiscoverRate = 20
+
 // DiscoverOptions tune DiscoverObjects.
 type DiscoverOptions struct {
 	// RPM says the device supports ReadPropertyMultiple.
@@ -242,13 +248,16 @@ func (p *pacer) wait(ctx context.Context) error {
 }
 
 // Discover lists the device's readable objects as points, with names,
-// units and trend logs from the device.
+// units and trend logs from the device, at most discover_rate requests a
+// second (default DefaultDiscoverRate; the agent discovers its devices one
+// after another, so the rate holds for the network too).
 func (d *Driver) Discover(ctx context.Context) ([]driver.Point, error) {
 	c, dev, rpm, err := d.session(ctx)
 	if err != nil {
 		return nil, err
 	}
-	objs, err := DiscoverObjects(ctx, c, dev, DiscoverOptions{RPM: rpm})
+	every := time.Duration(float64(time.Second) / d.cfg.discoverRate)
+	objs, err := DiscoverObjects(ctx, c, dev, DiscoverOptions{RPM: rpm, Every: every})
 	if err != nil {
 		return nil, fmt.Errorf("discovering device %d: %w", dev.Instance, err)
 	}

@@ -325,6 +325,8 @@ func TestSettingsErrors(t *testing.T) {
 		{"device_instance: 1\naddress: 127.0.0.1\ntimezone: Mars/Base", "timezone"},
 		{"device_instance: 1\naddress: 127.0.0.1\nread_property_multiple: sometimes", "want auto or off"},
 		{"device_instance: 1\naddress: 127.0.0.1\nmax_apdu: 20", "max_apdu"},
+		{"device_instance: 1\naddress: 127.0.0.1\ndiscover_rate: -1", "discover_rate"},
+		{"device_instance: 1\naddress: 127.0.0.1\ndiscover_rate: 5000", "discover_rate"},
 		{"device_instance: 1\naddress: 127.0.0.1\nwrite: true", "write"},
 		{"device_instance: 1\naddress: 127.0.0.1", "local_address: required"},
 		{"device_instance: 1\naddress: 127.0.0.1\nlocal_address: 0.0.0.0:47808", "binds every NIC"},
@@ -435,7 +437,7 @@ func TestDiscoverLongObjectList(t *testing.T) {
 	d := bacnetsim.NewDevice(21, "tiny", 40, 10, 0, false)
 	d.MaxAPDU, d.Segmentation, d.NoRPM = 128, bacnet.NoSegmentation, true
 	sim := startSim(t, bacnetsim.Config{Local: d})
-	drv := newDriver(t, simSettings(sim, 21, ""), nil)
+	drv := newDriver(t, simSettings(sim, 21, "discover_rate: 1000\n"), nil)
 	if err := drv.Connect(t.Context()); err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,8 @@ type ScanOptions struct {
 	Low, High int
 	// Wait is how long I-Am answers are collected. Default 3s.
 	Wait time.Duration
-	// Rate is the most requests per second, across all devices. Default 20.
+	// Rate is the most requests per second, across all devices. Default
+	// DefaultDiscoverRate.
 	Rate float64
 	// PerDevice bounds the time spent on one device, so a broken one cannot
 	// hang the scan. Default 2m.
@@ -60,7 +61,7 @@ func Scan(ctx context.Context, o ScanOptions) ([]DeviceReport, error) {
 		o.Wait = 3 * time.Second
 	}
 	if o.Rate <= 0 {
-		o.Rate = 20
+		o.Rate = DefaultDiscoverRate
 	}
 	if o.PerDevice <= 0 {
 		o.PerDevice = 2 * time.Minute

@@ -60,6 +60,9 @@ type Settings struct {
 	BackfillAfter time.Duration `yaml:"backfill_after"`
 	// BackfillMax bounds how far back a backfill reaches. Default 7 days.
 	BackfillMax time.Duration `yaml:"backfill_max"`
+	// DiscoverRate is the most requests a second `discover: true` sends
+	// to the device. Default DefaultDiscoverRate (20), as the CLI's scan.
+	DiscoverRate float64 `yaml:"discover_rate"`
 }
 
 // PointSettings are the driver's own keys of a point.
@@ -85,6 +88,7 @@ type config struct {
 	// backfillRetry is the first wait before a failed backfill is asked
 	// again; it doubles per failure up to an hour.
 	backfillRetry time.Duration
+	discoverRate  float64 // requests a second
 }
 
 // defaultBackfillAfter is the least time a point goes unread before a gap
@@ -117,7 +121,7 @@ func parseSettings(s driver.Settings) (config, error) {
 	}
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	c := config{rpm: true, backfillMax: 7 * 24 * time.Hour, backfillRetry: time.Minute, maxAPDU: raw.MaxAPDU}
+	c := config{rpm: true, backfillMax: 7 * 24 * time.Hour, backfillRetry: time.Minute, discoverRate: DefaultDiscoverRate, maxAPDU: raw.MaxAPDU}
 	switch {
 	case raw.DeviceInstance == nil:
 		bad("settings.device_instance: required: the device object's instance number (0..4194302)")
@@ -177,6 +181,12 @@ func parseSettings(s driver.Settings) (config, error) {
 	}
 	if raw.BackfillMax > 0 {
 		c.backfillMax = raw.BackfillMax
+	}
+	switch {
+	case raw.DiscoverRate < 0 || raw.DiscoverRate > 1000:
+		bad("settings.discover_rate: %v: want requests per second, above 0 and at most 1000", raw.DiscoverRate)
+	case raw.DiscoverRate > 0:
+		c.discoverRate = raw.DiscoverRate
 	}
 	return c, errors.Join(errs...)
 }
