@@ -5,8 +5,12 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/batch"
@@ -30,8 +34,10 @@ type appendReq struct {
 
 // Append stores samples as one pending record. When it returns nil the
 // samples are on disk (unless Options.NoSync) and will be sealed, sent and
-// acknowledged, or counted as dropped by the cap. Concurrent calls are
-// committed together, with one fsync per commit.
+// acknowledged, or counted as dropped by the cap or a full disk. On a full
+// disk Append drops the oldest data to store these samples; it fails with
+// the file system's error (ENOSPC, EDQUOT) only when nothing is left to
+// drop. Concurrent calls are committed together, with one fsync per commit.
 //
 // Once the samples are handed to the committer, Append waits for the commit
 // even if ctx is cancelled, so that a nil error always means stored and an
@@ -191,52 +197,166 @@ func (b *Buffer) gather(group *[]*appendReq, want int, linger time.Duration) boo
 }
 
 // commitAppends stores a group of records in one transaction and applies
-// the cap.
+// the cap. When the file system is full (or the quota used up), it drops
+// the oldest data to make room and commits again, so that the newest read
+// is kept, as the cap would keep it.
 func (b *Buffer) commitAppends(group []*appendReq) error {
 	var dropped dropInfo
-	err := b.update(func(tx *bolt.Tx, c *counters) error {
-		pend := tx.Bucket(bPending)
-		pend.FillPercent = 1 // keys only ever grow: pack pages full
+	commit := func() error {
+		return b.update(func(tx *bolt.Tx, c *counters) error {
+			var err error
+			dropped, err = b.putGroup(tx, c, group)
+			return err
+		})
+	}
+	// Before the commit, so the reserve, when there is room for it again,
+	// is made before the data takes that room.
+	b.restoreReserve()
+	err := commit()
+	if isNoSpace(err) {
+		var need int64
 		for _, r := range group {
-			r.dup = false // a retried transaction starts over
-			if r.mark != nil {
-				dup, err := putMark(tx, r.mark, c.nextRec)
-				if err != nil {
-					return err
-				}
-				if r.dup = dup; dup {
-					continue
-				}
-			}
-			if r.stateKey != "" {
-				sb, err := tx.CreateBucketIfNotExists(bStates)
-				if err != nil {
-					return err
-				}
-				if err := sb.Put([]byte(r.stateKey), r.state); err != nil {
-					return err
-				}
-			}
-			key := u64key(c.nextRec)
-			if err := pend.Put(key, r.rec); err != nil {
-				return err
-			}
-			c.nextRec++
-			if c.pendingRecords == 0 {
-				c.oldestPending = r.at
-			}
-			c.pendingRecords++
-			c.pendingSamples += uint64(r.n)
-			c.bytes += int64(len(key) + len(r.rec))
+			need += int64(len(r.rec) + len(r.mark) + len(r.state) + 8)
 		}
-		var err error
-		dropped, err = b.enforceCap(tx, c)
-		return err
-	})
+		err = b.makeRoom(err, need, commit)
+	}
 	if err == nil {
-		dropped.log(b, "buffer full: dropped oldest data")
+		// Under the disk cap every append drops: the change into that
+		// state was logged once (diskFull), so this is only detail.
+		level := slog.LevelWarn
+		if b.reserve.diskCap > 0 {
+			level = slog.LevelDebug
+		}
+		dropped.log(b, level, "buffer full: dropped oldest data")
 	}
 	return err
+}
+
+// putGroup stores a group of records in tx and applies the cap.
+func (b *Buffer) putGroup(tx *bolt.Tx, c *counters, group []*appendReq) (dropInfo, error) {
+	pend := tx.Bucket(bPending)
+	pend.FillPercent = 1 // keys only ever grow: pack pages full
+	for _, r := range group {
+		r.dup = false // a retried transaction starts over
+		if r.mark != nil {
+			dup, err := putMark(tx, r.mark, c.nextRec)
+			if err != nil {
+				return dropInfo{}, err
+			}
+			if r.dup = dup; dup {
+				continue
+			}
+		}
+		if r.stateKey != "" {
+			sb, err := tx.CreateBucketIfNotExists(bStates)
+			if err != nil {
+				return dropInfo{}, err
+			}
+			if err := sb.Put([]byte(r.stateKey), r.state); err != nil {
+				return dropInfo{}, err
+			}
+		}
+		key := u64key(c.nextRec)
+		if err := pend.Put(key, r.rec); err != nil {
+			return dropInfo{}, err
+		}
+		c.nextRec++
+		if c.pendingRecords == 0 {
+			c.oldestPending = r.at
+		}
+		c.pendingRecords++
+		c.pendingSamples += uint64(r.n)
+		c.bytes += int64(len(key) + len(r.rec))
+	}
+	return b.enforceCap(tx, c)
+}
+
+// roomSlack is added to what a commit that failed for lack of space needs:
+// bbolt also rewrites the branch pages above the new records and the
+// freelist, so freeing only the records' own bytes would rarely be enough.
+const roomSlack = 64 << 10
+
+// makeRoom handles a commit that failed with cause, a full file system:
+// it drops the oldest data (in the cap's order, counted as the cap counts
+// it) in a transaction of its own, which frees the pages the retried
+// commit then reuses, and calls retry. A drop that itself finds no room
+// releases the disk-full reserve and is tried again. Each round that still
+// finds no room drops twice as much; it gives up, wrapping cause, when
+// nothing is left to drop or dropping fails too.
+func (b *Buffer) makeRoom(cause error, need int64, retry func() error) error {
+	target := 2*need + roomSlack
+	for {
+		var d dropInfo
+		err := b.update(func(tx *bolt.Tx, c *counters) error {
+			start := c.bytes
+			var err error
+			d, err = b.dropOldest(tx, c, func(c *counters) bool { return start-c.bytes >= target })
+			if err == nil && d.empty() {
+				return errNoop
+			}
+			return err
+		})
+		if isNoSpace(err) && b.releaseReserve() {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%w (dropping the oldest data to make room failed too: %v): free space on the buffer's file system", cause, err)
+		}
+		if d.empty() {
+			return fmt.Errorf("%w (the buffer holds nothing more it could drop): free space on the buffer's file system or give the buffer its own", cause)
+		}
+		d.log(b, slog.LevelWarn, "buffer's file system full: dropped oldest data to keep the newest")
+		if err = retry(); !isNoSpace(err) {
+			if err == nil {
+				b.diskFull(b.Stats().Bytes)
+			}
+			return err
+		}
+		cause = err
+		target *= 2
+	}
+}
+
+// isNoSpace reports whether err means the buffer's file system is full or
+// its owner's quota used up. bbolt passes a failed page write on as it is,
+// but turns a failed resize of the file into text, so the text counts too.
+func isNoSpace(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, syscall.ENOSPC.Error()) || strings.Contains(msg, syscall.EDQUOT.Error())
+}
+
+// CountDropped adds to DroppedSamples samples that were read but not
+// stored because Append failed and the caller gave up on them (the file
+// system full with nothing left to drop, say), so that the buffer's count,
+// which survives restarts and goes upstream in every batch header, covers
+// every sample lost on the agent. The count is written before CountDropped
+// returns nil; on an error nothing was counted, and the caller must report
+// the samples itself.
+func (b *Buffer) CountDropped(ctx context.Context, samples int) error {
+	if samples <= 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("counting %d dropped samples in buffer %s: %w", samples, b.path, err)
+	}
+	if b.isClosed() {
+		return fmt.Errorf("counting %d dropped samples in buffer %s: %w", samples, b.path, ErrClosed)
+	}
+	err := b.update(func(_ *bolt.Tx, c *counters) error {
+		c.dropped += uint64(samples)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("counting %d dropped samples in buffer %s: %w", samples, b.path, err)
+	}
+	b.log.Warn("counted samples dropped after the buffer refused them", "path", b.path, "dropped_samples", samples, "total_dropped_samples", b.Stats().DroppedSamples)
+	return nil
 }
 
 // maxMarks bounds the marks of AppendOnce kept. A mark is needed only
@@ -310,23 +430,39 @@ type dropInfo struct {
 	sealed, records, rejected int
 }
 
-func (d dropInfo) log(b *Buffer, msg string) {
-	if d.samples == 0 && d.rejected == 0 && d.records == 0 && d.sealed == 0 {
+// empty reports whether nothing was dropped.
+func (d dropInfo) empty() bool {
+	return d.samples == 0 && d.rejected == 0 && d.records == 0 && d.sealed == 0
+}
+
+func (d dropInfo) log(b *Buffer, level slog.Level, msg string) {
+	if d.empty() {
 		return
 	}
-	b.log.Warn(msg,
+	b.log.Log(context.Background(), level, msg,
 		"path", b.path, "max_bytes", b.max, "dropped_samples", d.samples,
 		"sealed_batches", d.sealed, "pending_records", d.records, "rejected_batches", d.rejected,
 		"total_dropped_samples", b.Stats().DroppedSamples)
 }
 
-// enforceCap deletes the oldest data until the live data fits the cap:
-// rejected batches first (kept only for inspection, already counted as
-// rejected), then sealed batches by sequence, then pending records.
+// enforceCap deletes the oldest data until the live data fits the cap, or
+// the disk cap while the disk is full (see reserve.go).
 func (b *Buffer) enforceCap(tx *bolt.Tx, c *counters) (dropInfo, error) {
+	limit := b.max
+	if dc := b.reserve.diskCap; dc > 0 {
+		limit = min(limit, dc)
+	}
+	return b.dropOldest(tx, c, func(c *counters) bool { return c.bytes <= limit })
+}
+
+// dropOldest deletes the oldest data until enough reports true or nothing
+// is left: rejected batches first (kept only for inspection, already
+// counted as rejected), then sealed batches by sequence, then pending
+// records. Every dropped sample is counted in c.dropped.
+func (b *Buffer) dropOldest(tx *bolt.Tx, c *counters, enough func(*counters) bool) (dropInfo, error) {
 	var d dropInfo
 	pendingTouched := false
-	for c.bytes > b.max {
+	for !enough(c) {
 		if k, v := tx.Bucket(bRejected).Cursor().First(); k != nil {
 			h, _, _ := decodeRejected(v)
 			if err := b.deleteBatch(tx, bRejected, k, h.hash, int64(len(k)+len(v)), c); err != nil {
@@ -368,7 +504,7 @@ func (b *Buffer) enforceCap(tx *bolt.Tx, c *counters) (dropInfo, error) {
 			pendingTouched = true
 			continue
 		}
-		break // nothing left to drop; cannot happen, as a record fits the cap
+		break // nothing left to drop (for the cap this cannot happen: a record fits it)
 	}
 	if pendingTouched {
 		refreshOldest(tx, c)

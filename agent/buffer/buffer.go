@@ -7,7 +7,8 @@
 // Seal turns the oldest pending samples into a sealed, encoded batch under
 // the next sequence number; the uplink reads sealed batches with Next and
 // Table, and removes them with Ack (stored) or Reject (refused for good).
-// A size cap drops the oldest data first and counts every dropped sample.
+// A size cap drops the oldest data first and counts every dropped sample;
+// a full file system drops the same way, so the newest read is kept.
 //
 // See README.md for the file layout and the durability argument.
 package buffer
@@ -56,6 +57,16 @@ type Options struct {
 	// and be refused. The agent passes the time in milliseconds, which
 	// grows faster than any buffer seals batches.
 	FirstSeq uint64
+	// ReserveBytes is the size of the disk-full reserve, a file beside
+	// the buffer (its path with ".reserve" added) that the buffer deletes
+	// when its file system is full and even dropping the oldest data
+	// fails for lack of space (bbolt needs free pages to delete), and
+	// makes again once there is room. Zero means 1 MiB; negative means no
+	// reserve. A buffer opened on a file system with less room than the
+	// reserve does not grow its file (it drops its oldest data to stay
+	// within it, as on a full disk) until the reserve can be made. With
+	// NoSync the reserve is not fsynced either.
+	ReserveBytes int64
 }
 
 const (
@@ -175,6 +186,8 @@ type Buffer struct {
 	mu  sync.RWMutex // guards c
 	c   counters
 
+	reserve reserveState
+
 	closeMu sync.RWMutex // held for reading while handing a request to the committer
 	closed  bool
 	reqs    chan *appendReq
@@ -200,6 +213,10 @@ func Open(path string, opts Options) (*Buffer, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	b := &Buffer{path: path, log: log, max: opts.MaxBytes, firstSeq: max(opts.FirstSeq, 1), now: time.Now, reqs: make(chan *appendReq, maxGroup)}
+	b.reserve = reserveState{path: path + ".reserve", size: opts.ReserveBytes, every: reserveRetry, noSync: opts.NoSync}
+	if b.reserve.size == 0 {
+		b.reserve.size = defaultReserve
+	}
 
 	db, err := openBolt(path, opts)
 	if err != nil {
@@ -209,6 +226,15 @@ func Open(path string, opts Options) (*Buffer, error) {
 	if err := b.load(); err != nil {
 		db.Close()
 		return nil, err
+	}
+	if err := b.ensureReserve(); err != nil {
+		// The file system has less room than the reserve: it is full, or
+		// as good as. Growing the file would soon end in a full disk with
+		// no reserve to release, where even a drop fails; instead the
+		// buffer stays within the pages it has (live data takes about
+		// half of them at worst) until the reserve can be made.
+		b.log.Warn("buffer's file system has no room for the disk-full reserve", "err", err)
+		b.diskFull(max(b.c.bytes, b.reserve.highWater/2))
 	}
 	b.wg.Add(1)
 	go b.commitLoop()
@@ -276,6 +302,7 @@ func (b *Buffer) load() (err error) {
 		if need := tx.Size(); need > fi.Size() {
 			return corruptErr(b.path, fmt.Errorf("file is %d bytes but its pages reach %d: truncated", fi.Size(), need))
 		}
+		b.reserve.highWater = tx.Size()
 		meta := tx.Bucket(bMeta)
 		if meta == nil {
 			empty := true

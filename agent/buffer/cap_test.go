@@ -3,6 +3,9 @@ package buffer
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -222,5 +225,64 @@ func TestDroppedWhileInFlightThenAcked(t *testing.T) {
 	b = reopen(t, b, path, opts)
 	if got := b.Stats().DroppedSamples; got != before-50 {
 		t.Errorf("after reopening: dropped %d, want %d", got, before-50)
+	}
+}
+
+// TestIsNoSpace checks what counts as a full file system: the errno as
+// bbolt passes a failed page write on (wrapped in a *PathError), and the
+// text it leaves of a failed resize; nothing else.
+func TestIsNoSpace(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"nil", nil, false},
+		{"page write", &os.PathError{Op: "write", Path: "/b.db", Err: syscall.ENOSPC}, true},
+		{"quota", fmt.Errorf("committing: %w", &os.PathError{Op: "write", Path: "/b.db", Err: syscall.EDQUOT}), true},
+		{"resize as text", fmt.Errorf("file resize error: %s", syscall.ENOSPC), true},
+		{"other errno", &os.PathError{Op: "write", Path: "/b.db", Err: syscall.EIO}, false},
+		{"closed", ErrClosed, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := isNoSpace(tc.err); got != tc.want {
+				t.Errorf("isNoSpace(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestCountDropped checks that samples a caller dropped are added to the
+// persisted count, and that nothing is counted once the buffer is closed.
+func TestCountDropped(t *testing.T) {
+	ctx := context.Background()
+	path := tempPath(t)
+	opts := Options{NoSync: true}
+	b := openT(t, path, opts)
+	if err := b.Append(ctx, mkSamples(0, 3)); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{0, 7, 5} {
+		if err := b.CountDropped(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := b.Stats().DroppedSamples; got != 12 {
+		t.Fatalf("dropped = %d, want 12", got)
+	}
+	b = reopen(t, b, path, opts)
+	if got := b.Stats().DroppedSamples; got != 12 {
+		t.Fatalf("dropped after reopen = %d, want 12", got)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.CountDropped(ctx, 4); !errors.Is(err, ErrClosed) {
+		t.Fatalf("CountDropped after Close: %v, want ErrClosed", err)
+	}
+	b = openT(t, path, opts)
+	defer b.Close()
+	if got := drainAll(t, b, 10); len(got) != 3 {
+		t.Fatalf("the counted drops touched the data: %d samples left, want 3", len(got))
 	}
 }

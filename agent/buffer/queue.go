@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"math"
 	"time"
 
@@ -146,7 +147,7 @@ func (b *Buffer) Seal(ctx context.Context, maxSamples int, seal Sealer) (Sealed,
 		return Sealed{}, false, fmt.Errorf("sealing a batch in buffer %s: %w", b.path, err)
 	}
 	if damaged.records > 0 {
-		damaged.log(b, "dropped damaged pending records")
+		damaged.log(b, slog.LevelWarn, "dropped damaged pending records")
 	}
 	return out, found, nil
 }

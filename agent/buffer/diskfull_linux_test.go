@@ -1,0 +1,198 @@
+package buffer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+)
+
+// tinyDisk mounts a tmpfs of size bytes on a fresh directory, so the
+// buffer meets a real ENOSPC from the kernel, through bbolt's own writes
+// (bbolt has no write hook to inject one, and a fault injected above it
+// would not prove that bbolt's error still says ENOSPC). Mounting needs
+// root: without it the test is skipped, unless CI is set, where a skip
+// would hide the only test of a full disk.
+func tinyDisk(t *testing.T, size int) string {
+	t.Helper()
+	dir := t.TempDir()
+	err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, fmt.Sprintf("size=%d,mode=0700", size))
+	if err != nil {
+		msg := fmt.Sprintf("mounting a %d-byte tmpfs for the disk-full test needs root (CAP_SYS_ADMIN): %v", size, err)
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	// Registered after TempDir's removal, so it runs before it; the
+	// buffer, opened later, is closed before this.
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			t.Errorf("unmounting the test tmpfs %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+// fill writes path until the file system refuses (ENOSPC), so the file
+// takes all the space left.
+func fill(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 4096)
+	for i := 0; ; i++ {
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("filling %s: %v", path, err)
+			}
+			return
+		}
+		if i > 1<<16 {
+			t.Fatalf("filling %s: 256 MiB written and the test tmpfs is not full", path)
+		}
+	}
+}
+
+// TestDiskFull drives the buffer into a real full file system: appends go
+// on succeeding, keeping the newest read and dropping the oldest data; the
+// drop is counted exactly and survives a restart; once space returns the
+// buffer goes on without dropping; and a read that cannot be stored at all
+// (nothing left to drop) is counted by CountDropped, persistently.
+func TestDiskFull(t *testing.T) {
+	ctx := context.Background()
+	disk := tinyDisk(t, 8<<20)
+	filler := filepath.Join(disk, "filler")
+	// Leave the buffer and its reserve about 3 MiB: the rest goes to a file we delete to
+	// give space back.
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(f, zeroReader{}, 5<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	path := filepath.Join(disk, "buffer.db")
+	opts := Options{} // the 1 GiB default cap is far above the disk: only ENOSPC limits
+	b := openT(t, path, opts)
+	defer func() { b.Close() }()
+
+	const perRead, perBatch = 100, 1000
+	appended := 0
+	appendRead := func() {
+		t.Helper()
+		if err := b.Append(ctx, mkSamples(appended, perRead)); err != nil {
+			t.Fatalf("append of samples %d+%d: %v (a full disk must drop the oldest data, not the newest read)", appended, perRead, err)
+		}
+		appended += perRead
+	}
+	sealFull := 0
+	seal := func() {
+		t.Helper()
+		// A seal, like the agent's, may fail for lack of space; the
+		// samples stay pending, and the next append makes room.
+		if _, _, err := b.Seal(ctx, perBatch, fakeSeal); err != nil {
+			if !isNoSpace(err) {
+				t.Fatal(err)
+			}
+			sealFull++
+		}
+	}
+
+	// Fill: with no uplink, sealed batches pile up until the disk is full,
+	// then go on until far more was dropped than the reserve held, so
+	// the drops after the first (the reserve long gone) are exercised too.
+	const dropAtLeast = 100_000
+	for i := 0; b.Stats().DroppedSamples < dropAtLeast; i++ {
+		if i > 50_000 {
+			t.Fatalf("%d samples appended and only %d dropped: the test disk never filled (%+v)", appended, b.Stats().DroppedSamples, b.Stats())
+		}
+		appendRead()
+		if i%5 == 4 {
+			seal()
+		}
+	}
+	full := b.Stats()
+	t.Logf("disk full: %d samples appended, %d dropped, %d sealed batches kept, %d seals refused for lack of space", appended, full.DroppedSamples, full.SealedBatches, sealFull)
+	if _, err := os.Stat(path + ".reserve"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the disk filled and the reserve is still there (%v): the drops never needed it, so the test shows nothing about it", err)
+	}
+
+	// The count survives a restart on the full disk (reopen checks the
+	// recomputed counters equal the ones kept), and the restarted buffer,
+	// which knows nothing of the full disk and has no reserve, goes on
+	// keeping the newest reads.
+	b = reopen(t, b, path, opts)
+	for i := 0; b.Stats().DroppedSamples < full.DroppedSamples+dropAtLeast/10; i++ {
+		if i > 50_000 {
+			t.Fatalf("after the restart on a full disk, %d samples appended and only %d more dropped", appended, b.Stats().DroppedSamples-full.DroppedSamples)
+		}
+		appendRead()
+		if i%5 == 4 {
+			seal()
+		}
+	}
+
+	// Space returns: the reserve is made again, the disk cap lifted, and
+	// appends go on without dropping. (Retry at once, not after a minute;
+	// the committer reads this after the next Append hands it a request.)
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	b.reserve.every = 0
+	before := b.Stats().DroppedSamples
+	for range 50 {
+		appendRead()
+	}
+	if st := b.Stats(); st.DroppedSamples != before {
+		t.Fatalf("with space back, dropped samples went from %d to %d", before, st.DroppedSamples)
+	}
+	if fi, err := os.Stat(path + ".reserve"); err != nil || fi.Size() != defaultReserve {
+		t.Fatalf("with space back, the reserve was not made again: %v", err)
+	}
+
+	// Exactly the newest samples survive, in order, and survivors plus
+	// dropped are everything appended: nothing lost uncounted, nothing
+	// counted twice.
+	b = reopen(t, b, path, opts)
+	dropped := int(b.Stats().DroppedSamples)
+	got := drainAll(t, b, perBatch)
+	if want := mkSamples(dropped, appended-dropped); !sameSamples(got, want) {
+		t.Fatalf("survivors: got %d samples, want the newest %d of %d (dropped %d)", len(got), len(want), appended, dropped)
+	}
+
+	// Nothing left to drop: fill the disk again and append one read
+	// larger than the free pages inside the file. Append must fail with
+	// the disk's error, and CountDropped must count the read where it
+	// survives a restart.
+	fill(t, filler)
+	big := mkSamples(appended, 500_000) // about 9 MB: more than the whole disk
+	err = b.Append(ctx, big)
+	if !isNoSpace(err) {
+		t.Fatalf("append of %d samples to an empty buffer on a full disk: %v, want an error saying the disk is full", len(big), err)
+	}
+	if st := b.Stats(); st.DroppedSamples != uint64(dropped) || st.PendingSamples != 0 || st.SealedBatches != 0 {
+		t.Fatalf("a refused append changed the buffer: %+v", st)
+	}
+	if err := b.CountDropped(ctx, len(big)); err != nil {
+		t.Fatalf("counting the refused read on a full disk: %v", err)
+	}
+	b = reopen(t, b, path, opts)
+	if got, want := b.Stats().DroppedSamples, uint64(dropped+len(big)); got != want {
+		t.Fatalf("dropped samples after counting the refused read and a restart = %d, want %d", got, want)
+	}
+	// And space returning once more ends it.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	appendRead()
+}
