@@ -9,11 +9,13 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -69,8 +71,14 @@ type checkFacts struct {
 	procNet    fs.FS // /proc/net (route, ipv6_route)
 	// timeSync reports whether the clock is synchronised and by what.
 	timeSync func() (synced bool, how string, err error)
-	resolve  func(ctx context.Context, host string) ([]string, error)
-	// dial connects from local (an IP, or "" for the kernel's choice).
+	// resolve looks host up the way the uplink does: through a resolver
+	// bound to the uplink NIC ifname and address local ("" for none).
+	resolve func(ctx context.Context, ifname, local, host string) ([]string, error)
+	// dialUplink connects to remote (host:port) the way the uplink does:
+	// bound to the NIC ifname and address local, names resolved through it.
+	dialUplink func(ctx context.Context, ifname, local, remote string) (net.Conn, error)
+	// dial connects to a device from local (an IP, or "" for the kernel's
+	// choice), bound to the NIC holding local.
 	dial     func(ctx context.Context, local, remote string) (net.Conn, error)
 	diskFree func(path string) (uint64, error)
 	now      func() time.Time
@@ -81,6 +89,11 @@ type checkFacts struct {
 	bindNIC func(ifname string) error
 	// kernel is the running kernel's release, as uname -r prints it.
 	kernel func() string
+	// unit reads the agent's installed systemd unit and its drop-ins.
+	unit func() (agentUnit, error)
+	// canWrite reports whether user may write in dir (create and remove
+	// entries); "" is whoever runs check.
+	canWrite func(dir, user string) error
 }
 
 func realFacts() checkFacts {
@@ -89,7 +102,8 @@ func realFacts() checkFacts {
 		procSys:    os.DirFS("/proc/sys"),
 		procNet:    os.DirFS("/proc/net"),
 		timeSync:   systemTimeSync,
-		resolve:    net.DefaultResolver.LookupHost,
+		resolve:    resolveUplink,
+		dialUplink: dialUplink,
 		dial:       dialFrom,
 		diskFree: func(path string) (uint64, error) {
 			var st unix.Statfs_t
@@ -103,7 +117,39 @@ func realFacts() checkFacts {
 		bacnetProbe: probeBACnet,
 		bindNIC:     nicbind.Probe,
 		kernel:      kernelRelease,
+		unit:        func() (agentUnit, error) { return readAgentUnit(os.DirFS("/")) },
+		canWrite:    writableBy,
 	}
+}
+
+// uplinkDialer is the uplink's own dialer (agent/uplink uses the same):
+// bound to the uplink NIC and address, DNS included.
+func uplinkDialer(ifname, local string) (*net.Dialer, error) {
+	var ip netip.Addr
+	if local != "" {
+		a, err := netip.ParseAddr(local)
+		if err != nil {
+			return nil, fmt.Errorf("uplink.local_address %q is not an IP address", local)
+		}
+		ip = a.Unmap()
+	}
+	return nicbind.Dialer(ifname, ip), nil
+}
+
+func resolveUplink(ctx context.Context, ifname, local, host string) ([]string, error) {
+	d, err := uplinkDialer(ifname, local)
+	if err != nil {
+		return nil, err
+	}
+	return d.Resolver.LookupHost(ctx, host)
+}
+
+func dialUplink(ctx context.Context, ifname, local, remote string) (net.Conn, error) {
+	d, err := uplinkDialer(ifname, local)
+	if err != nil {
+		return nil, err
+	}
+	return d.DialContext(ctx, "tcp", remote)
 }
 
 func kernelRelease() string {
@@ -123,12 +169,17 @@ func newCheckCmd() *cobra.Command {
 		Short: "Preflight the box: NICs, forwarding, routes, DNS, time, ingest, certificate, disk, devices",
 		Long: `check says whether this box is ready to run the agent (go) or not (no-go),
 with a reason on every line: both interfaces present with their addresses,
-sockets bindable to each of them (SO_BINDTODEVICE), no IP forwarding between them, no default route on the control side, DNS and time
-sync on the uplink side, the clock against the ingest's, outbound HTTPS and the
-mTLS handshake to the ingest (through HTTPS_PROXY when set), the certificate's
-validity and days to expiry, disk space for the buffer, and every configured
-device reachable on the control side. Device probes only read: a TCP connect
-for Modbus and OPC UA, a ReadProperty of the device's name for BACnet.
+sockets bindable to each of them (SO_BINDTODEVICE), no IP forwarding between
+them, no default route on the control side, DNS and time sync on the uplink
+side, the clock against the ingest's, outbound HTTPS and the mTLS handshake to
+the ingest (through HTTPS_PROXY when set) ending in the ingest's status of this
+agent's certificate, which must be good, the certificate's validity and days to
+expiry, disk space for the buffer, every configured device reachable on the
+control side, and every csvtrend folder writable by the agent under its unit.
+DNS and the ingest are probed through the uplink NIC, as the agent's uplink
+connects; each device from the address its driver dials from. Device probes
+only read: a TCP connect for Modbus and OPC UA, a ReadProperty of the device's
+name for BACnet.
 
 It exits 1 on no-go, so a script can gate on it.`,
 		Example: `  sightglass-agent check --config /etc/sightglass/agent.yaml
@@ -454,16 +505,16 @@ func (c *checker) checkDNS(ctx context.Context) {
 	}
 	rctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	addrs, err := c.f.resolve(rctx, host)
+	addrs, err := c.f.resolve(rctx, c.cfg.Network.Uplink.Interface, c.cfg.Uplink.LocalAddress, host)
 	what := "the ingest"
 	if proxy != nil {
 		what = "the proxy"
 	}
 	if err != nil || len(addrs) == 0 {
-		c.add("dns", checkFail, "resolving %s (%s): %v: check /etc/resolv.conf and the uplink's DNS server", host, what, err)
+		c.add("dns", checkFail, "resolving %s (%s)%s: %v: check /etc/resolv.conf: the agent asks its DNS servers through the uplink NIC only, so one must be reachable there", host, what, c.viaUplink(), err)
 		return
 	}
-	c.add("dns", checkOK, "%s (%s) is %s", host, what, strings.Join(addrs, ", "))
+	c.add("dns", checkOK, "%s (%s) is %s, asked%s", host, what, strings.Join(addrs, ", "), c.viaUplink())
 }
 
 func (c *checker) checkTime() {
@@ -494,13 +545,14 @@ func (c *checker) checkIngest(ctx context.Context) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, c.timeout)
 	start := c.f.now()
-	conn, err := c.f.dial(dctx, c.cfg.Uplink.LocalAddress, hop)
+	ifname, upLocal := c.cfg.Network.Uplink.Interface, c.cfg.Uplink.LocalAddress
+	conn, err := c.f.dialUplink(dctx, ifname, upLocal, hop)
 	cancel()
 	if err != nil {
 		c.add("outbound https", checkFail, "connecting to %s%s: %v: check the uplink's route and firewall", hop, via, err)
 	} else {
 		conn.Close()
-		c.add("outbound https", checkOK, "connected to %s%s from %s in %s", hop, via, localOf(conn), c.f.now().Sub(start).Round(10*time.Microsecond))
+		c.add("outbound https", checkOK, "connected to %s%s from %s%s in %s", hop, via, localOf(conn), c.viaUplink(), c.f.now().Sub(start).Round(10*time.Microsecond))
 	}
 
 	cert, roots, id, err := pki.LoadAgentBundle(c.cfg.Uplink.CertDir)
@@ -515,7 +567,7 @@ func (c *checker) checkIngest(ctx context.Context) {
 	tr := &http.Transport{
 		Proxy: func(*http.Request) (*url.URL, error) { return proxy, nil },
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			return c.f.dial(ctx, c.cfg.Uplink.LocalAddress, addr)
+			return c.f.dialUplink(ctx, ifname, upLocal, addr)
 		},
 		TLSClientConfig:   &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Certificates: []tls.Certificate{cert}},
 		ForceAttemptHTTP2: true,
@@ -523,9 +575,16 @@ func (c *checker) checkIngest(ctx context.Context) {
 	defer tr.CloseIdleConnections()
 	hctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(hctx, http.MethodGet, ingest.JoinPath("/healthz").String(), nil)
-	if err != nil {
-		c.add("mtls handshake", checkFail, "%v", err)
+	// The ingest's status query for this very certificate: it answers only
+	// over a verified client certificate, with the registry's word on it,
+	// so a 200 with "good" proves the handshake and the identity both.
+	serial := ""
+	if leaf := leafOf(cert); leaf != nil {
+		serial = pki.SerialHex(leaf)
+	}
+	req, err := http.NewRequestWithContext(hctx, http.MethodGet, ingest.JoinPath("/v1/certs", serial).String(), nil)
+	if err != nil || serial == "" {
+		c.add("mtls handshake", checkFail, "building the certificate status query: %v", errOr(err, "the certificate has no serial"))
 		return
 	}
 	sent := c.f.now()
@@ -538,13 +597,7 @@ func (c *checker) checkIngest(ctx context.Context) {
 	received := c.f.now()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 	resp.Body.Close()
-	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
-		// The handshake held but the ingest refuses this identity (revoked,
-		// or unknown to its registry).
-		c.add("mtls handshake", checkFail, "%s refused agent %s: %s %s", ingest.Host, id.Agent, resp.Status, strings.TrimSpace(string(body)))
-	} else {
-		c.add("mtls handshake", checkOK, "%s accepted agent %s of site %s (%s over %s)", ingest.Host, id.Agent, id.Site, tlsVersion(resp.TLS), resp.Proto)
-	}
+	c.judgeCertStatus(ingest.Host, id, serial, resp, body)
 
 	date, err := http.ParseTime(resp.Header.Get("Date"))
 	if err != nil {
@@ -568,6 +621,61 @@ func (c *checker) checkIngest(ctx context.Context) {
 	}
 }
 
+// certStatusReply is the ingest's answer to GET /v1/certs/{serial}
+// (ingest/server's CertStatusReply).
+type certStatusReply struct {
+	Serial   string    `json:"serial"`
+	Status   string    `json:"status"`
+	NotAfter time.Time `json:"not_after"`
+	Error    string    `json:"error"`
+	Code     string    `json:"code"`
+}
+
+// judgeCertStatus turns the ingest's answer about the agent's certificate
+// into the mtls handshake line: only a 200 saying "good" is a go.
+func (c *checker) judgeCertStatus(host string, id pki.Identity, serial string, resp *http.Response, body []byte) {
+	var r certStatusReply
+	jerr := json.Unmarshal(body, &r)
+	how := fmt.Sprintf("%s over %s", tlsVersion(resp.TLS), resp.Proto)
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		// The handshake held but the ingest refuses this identity (revoked,
+		// or unknown to its registry).
+		c.add("mtls handshake", checkFail, "%s refused agent %s: %s %s", host, id.Agent, resp.Status, strings.TrimSpace(string(body)))
+	case resp.StatusCode == http.StatusNotFound:
+		c.add("mtls handshake", checkFail, "%s answers %s to the certificate status query /v1/certs/%s: it has no agent registry (enrollment off) or is no Sightglass ingest of this version, so whether it accepts agent %s is unknown: check uplink.url", host, resp.Status, serial, id.Agent)
+	case resp.StatusCode != http.StatusOK:
+		c.add("mtls handshake", checkFail, "%s answered %s to the certificate status query: %s", host, resp.Status, strings.TrimSpace(string(body)))
+	case jerr != nil:
+		c.add("mtls handshake", checkFail, "%s answered the certificate status query with something that is not its JSON: %v", host, jerr)
+	case r.Status == "good":
+		c.add("mtls handshake", checkOK, "%s accepted agent %s of site %s: certificate %s is good (%s)", host, id.Agent, id.Site, serial, how)
+	case r.Status == "revoked":
+		c.add("mtls handshake", checkFail, "%s says certificate %s of agent %s is revoked: this agent may no longer upload; enroll it anew with a token from the ingest's operator", host, serial, id.Agent)
+	case r.Status == "expired":
+		c.add("mtls handshake", checkFail, "%s says certificate %s of agent %s expired %s: enroll again with a new token", host, serial, id.Agent, r.NotAfter.UTC().Format(time.RFC3339))
+	case r.Status == "unknown":
+		c.add("mtls handshake", checkFail, "%s does not know certificate %s as agent %s's (issued by another ingest, or the agent re-enrolled since): enroll with this ingest", host, serial, id.Agent)
+	default:
+		c.add("mtls handshake", checkFail, "%s says certificate %s is %q, not good", host, serial, r.Status)
+	}
+}
+
+func errOr(err error, msg string) error {
+	if err != nil {
+		return err
+	}
+	return errors.New(msg)
+}
+
+// viaUplink says which NIC the uplink's sockets are bound to.
+func (c *checker) viaUplink() string {
+	if ifname := c.cfg.Network.Uplink.Interface; ifname != "" {
+		return " through " + ifname
+	}
+	return ""
+}
+
 func aheadBehind(d time.Duration) string {
 	if d > 0 {
 		return "ahead of"
@@ -589,11 +697,17 @@ func localOf(c net.Conn) string {
 	return "?"
 }
 
-func (c *checker) checkCertificate(cert tls.Certificate, id pki.Identity) {
+// leafOf is the certificate's parsed leaf, nil if it has none.
+func leafOf(cert tls.Certificate) *x509.Certificate {
 	leaf := cert.Leaf
 	if leaf == nil && len(cert.Certificate) > 0 {
 		leaf, _ = x509.ParseCertificate(cert.Certificate[0])
 	}
+	return leaf
+}
+
+func (c *checker) checkCertificate(cert tls.Certificate, id pki.Identity) {
+	leaf := leafOf(cert)
 	if leaf == nil {
 		c.add("certificate", checkFail, "%s holds no parsable certificate", c.cfg.Uplink.CertDir)
 		return
@@ -667,6 +781,8 @@ type deviceSettings struct {
 	Broadcast      string  `yaml:"broadcast"`
 	DeviceInstance *uint32 `yaml:"device_instance"`
 	Path           string  `yaml:"path"`
+	ProcessedDir   string  `yaml:"processed_dir"`
+	FailedDir      string  `yaml:"failed_dir"`
 }
 
 func (c *checker) checkDevices(ctx context.Context) {
@@ -680,17 +796,11 @@ func (c *checker) checkDevices(ctx context.Context) {
 				continue
 			}
 		}
+		// The probes start from the address the driver dials from: its
+		// settings.local_address, which config fills from
+		// network.control.address when the device does not set it.
 		switch d.Driver {
 		case "modbus":
-			if s.LocalAddress == "" && c.cfg.Network.Configured() {
-				// Probe the way it should dial, and say that it does not.
-				c.probeTCP(ctx, name, "modbus", modbusTarget(s), c.cfg.Network.Control.Address)
-				if l := &c.rep.Lines[len(c.rep.Lines)-1]; l.Result == checkOK {
-					l.Result = checkWarn
-					l.Detail += fmt.Sprintf("; but settings.local_address is not set, so the driver dials from the kernel's choice: set it to %s", c.cfg.Network.Control.Address)
-				}
-				continue
-			}
 			c.probeTCP(ctx, name, "modbus", modbusTarget(s), s.LocalAddress)
 		case "opcua":
 			u, err := url.Parse(s.Endpoint)
@@ -702,29 +812,261 @@ func (c *checker) checkDevices(ctx context.Context) {
 			if u.Port() == "" {
 				target = net.JoinHostPort(u.Hostname(), "4840")
 			}
-			// The OPC UA driver has no local_address: it dials from the
-			// control NIC by route, so the probe binds the control address
-			// to prove that route works.
-			c.probeTCP(ctx, name, "opcua", target, c.cfg.Network.Control.Address)
+			c.probeTCP(ctx, name, "opcua", target, s.LocalAddress)
 		case "bacnet":
 			c.probeBACnet(ctx, name, s)
 		case "csvtrend":
-			if st, err := os.Stat(s.Path); err != nil || !st.IsDir() {
-				c.add(name, checkFail, "csvtrend folder %s: %v", s.Path, errOrNotDir(err))
-			} else {
-				c.add(name, checkOK, "csvtrend folder %s exists", s.Path)
-			}
+			c.checkTrendFolder(name, s)
 		default:
 			c.add(name, checkSkip, "no probe for driver %q", d.Driver)
 		}
 	}
 }
 
-func errOrNotDir(err error) error {
+// checkTrendFolder checks that the agent, as its unit runs it, may move
+// files out of a csvtrend folder into processed_dir and failed_dir: the
+// unit's ProtectSystem=strict leaves only ReadWritePaths writable, so a
+// trend folder elsewhere reads fine and then never empties.
+func (c *checker) checkTrendFolder(name string, s deviceSettings) {
+	st, err := os.Stat(s.Path)
 	if err != nil {
+		c.add(name, checkFail, "csvtrend path %s: %v", s.Path, err)
+		return
+	}
+	dir := s.Path
+	if !st.IsDir() {
+		dir = filepath.Dir(s.Path) // a single file: it moves out of its folder
+	}
+	// Resolved as the driver resolves them (agent/driver/csvtrend).
+	resolve := func(configured, def string) string {
+		switch {
+		case configured == "":
+			return filepath.Join(dir, def)
+		case filepath.IsAbs(configured):
+			return filepath.Clean(configured)
+		}
+		return filepath.Join(dir, configured)
+	}
+	paths := []struct{ what, path string }{
+		{"folder", dir},
+		{"processed_dir", resolve(s.ProcessedDir, "processed")},
+		{"failed_dir", resolve(s.FailedDir, "failed")},
+	}
+	unit, err := c.f.unit()
+	if err != nil {
+		c.add(name, checkWarn, "csvtrend folder %s exists, but the agent's unit could not be read to tell whether it may write there: %v", dir, err)
+		return
+	}
+	var problems []string
+	for _, p := range paths {
+		if why := unit.hides(p.path); why != "" {
+			problems = append(problems, fmt.Sprintf("%s %s %s", p.what, p.path, why))
+			continue
+		}
+		if err := c.f.canWrite(p.path, unit.User); err != nil {
+			problems = append(problems, fmt.Sprintf("%s %s: %v", p.what, p.path, err))
+		}
+	}
+	if len(problems) > 0 {
+		c.add(name, checkFail, "csvtrend files cannot be moved once read, so the folder never empties: %s", strings.Join(problems, "; "))
+		return
+	}
+	who := "this user"
+	if unit.found() {
+		who = fmt.Sprintf("user %s under %s", unit.User, agentUnitName)
+	}
+	c.add(name, checkOK, "csvtrend folder %s, processed_dir %s and failed_dir %s writable by %s", dir, paths[1].path, paths[2].path, who)
+}
+
+// agentUnitName is the agent's systemd unit, as packaging/ installs it.
+const agentUnitName = "sightglass-agent.service"
+
+// agentUnit is what check needs of the agent's installed unit: the user it
+// runs as and what its sandbox lets it write.
+type agentUnit struct {
+	// Files are the unit file and drop-ins read, in the order applied;
+	// none when the unit is not installed.
+	Files []string
+	// User is the unit's User= (the .deb's is sightglass).
+	User string
+	// ProtectSystem and ProtectHome are the unit's settings of those names.
+	ProtectSystem, ProtectHome string
+	// PrivateTmp gives the agent a /tmp and /var/tmp of its own.
+	PrivateTmp bool
+	// WritePaths are ReadWritePaths= and the StateDirectory= folders under
+	// /var/lib.
+	WritePaths []string
+}
+
+func (u agentUnit) found() bool { return len(u.Files) > 0 }
+
+// hides says why the unit's sandbox keeps the agent from writing path, or
+// "" when it does not.
+func (u agentUnit) hides(path string) string {
+	if !u.found() {
+		return ""
+	}
+	under := func(root string) bool {
+		rel, err := filepath.Rel(root, path)
+		return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+	}
+	// Hidden folders first: a ReadWritePaths= entry does not bring them
+	// back to the host's.
+	switch {
+	case (u.ProtectHome == "yes" || u.ProtectHome == "true" || u.ProtectHome == "tmpfs") && (under("/home") || under("/root") || under("/run/user")):
+		return fmt.Sprintf("is hidden from the agent by its unit's ProtectHome=%s: move the trend folder out of /home, /root and /run/user", u.ProtectHome)
+	case u.PrivateTmp && (under("/tmp") || under("/var/tmp")):
+		return "is not the agent's: its unit's PrivateTmp=yes gives it a /tmp and /var/tmp of its own: move the trend folder elsewhere"
+	}
+	for _, w := range u.WritePaths {
+		if under(w) {
+			return ""
+		}
+	}
+	dropIn := fmt.Sprintf("add a drop-in: systemctl edit %s, then [Service] ReadWritePaths=%s (see packaging/README.md)", agentUnitName, path)
+	switch {
+	case u.ProtectSystem == "strict":
+		return fmt.Sprintf("is read-only for the agent: its unit has ProtectSystem=strict and ReadWritePaths=%s only: %s", strings.Join(u.WritePaths, " "), dropIn)
+	case (u.ProtectSystem == "full" || u.ProtectSystem == "yes" || u.ProtectSystem == "true") && (under("/usr") || under("/boot") || under("/efi") || u.ProtectSystem == "full" && under("/etc")):
+		return fmt.Sprintf("is read-only for the agent under its unit's ProtectSystem=%s: %s", u.ProtectSystem, dropIn)
+	}
+	return ""
+}
+
+// unitDirs are where systemd looks for system units, most important first.
+var unitDirs = []string{"etc/systemd/system", "run/systemd/system", "usr/local/lib/systemd/system", "lib/systemd/system", "usr/lib/systemd/system"}
+
+// readAgentUnit reads the agent's unit and drop-ins from root (the file
+// system's root in use) the way systemd combines them: the first unit
+// file found, then every NAME.service.d/*.conf in name order, a drop-in in
+// a more important folder replacing one of the same name. It reads only
+// the settings check needs.
+func readAgentUnit(root fs.FS) (agentUnit, error) {
+	var u agentUnit
+	var files []string
+	for _, d := range unitDirs {
+		p := d + "/" + agentUnitName
+		if _, err := fs.Stat(root, p); err == nil {
+			files = append(files, p)
+			break
+		}
+	}
+	if len(files) == 0 {
+		return u, nil
+	}
+	dropIns := map[string]string{}
+	for i := len(unitDirs) - 1; i >= 0; i-- {
+		matches, _ := fs.Glob(root, unitDirs[i]+"/"+agentUnitName+".d/*.conf")
+		for _, m := range matches {
+			dropIns[filepath.Base(m)] = m
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(dropIns)) {
+		files = append(files, dropIns[name])
+	}
+	for _, f := range files {
+		b, err := fs.ReadFile(root, f)
+		if err != nil {
+			return agentUnit{}, fmt.Errorf("reading /%s: %w", f, err)
+		}
+		u.apply(string(b))
+		u.Files = append(u.Files, "/"+f)
+	}
+	if u.User == "" {
+		u.User = "root" // systemd's default; the packaged unit sets sightglass
+	}
+	return u, nil
+}
+
+// apply reads one unit file's [Service] settings over u.
+func (u *agentUnit) apply(text string) {
+	section := ""
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' || line[0] == ';' {
+			continue
+		}
+		if line[0] == '[' {
+			section = line
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || section != "[Service]" {
+			continue
+		}
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		switch k {
+		case "User":
+			u.User = v
+		case "ProtectSystem":
+			u.ProtectSystem = v
+		case "ProtectHome":
+			u.ProtectHome = v
+		case "PrivateTmp":
+			u.PrivateTmp = v == "yes" || v == "true" || v == "1" || v == "on"
+		case "ReadWritePaths", "StateDirectory":
+			if v == "" { // an empty assignment resets the list
+				u.WritePaths = nil
+				continue
+			}
+			for _, f := range strings.Fields(v) {
+				f = strings.TrimLeft(f, "-+")
+				if k == "StateDirectory" {
+					f = "/var/lib/" + strings.SplitN(f, ":", 2)[0]
+				}
+				u.WritePaths = append(u.WritePaths, filepath.Clean(f))
+			}
+		}
+	}
+}
+
+// writableBy reports whether user may create and remove entries in dir, or
+// in the folder that would hold it when it does not exist yet (the driver
+// makes processed_dir and failed_dir). Run by root, it judges by the
+// owner, group and mode bits for user; run by anyone else, access(2) for
+// that user. POSIX ACLs are not read.
+func writableBy(dir, username string) error {
+	for {
+		if _, err := os.Stat(dir); err == nil || filepath.Dir(dir) == dir {
+			break
+		}
+		dir = filepath.Dir(dir)
+	}
+	if os.Geteuid() != 0 || username == "" {
+		if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
+			return fmt.Errorf("not writable by this user (%w)", err)
+		}
+		return nil
+	}
+	if username == "root" {
+		return nil
+	}
+	u, err := user.Lookup(username)
+	if err != nil {
+		return fmt.Errorf("the agent's user %s: %w (the .deb makes it)", username, err)
+	}
+	gids, _ := u.GroupIds()
+	gids = append(gids, u.Gid)
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
 		return err
 	}
-	return errors.New("not a directory")
+	mode := st.Mode
+	switch {
+	case strconv.FormatUint(uint64(st.Uid), 10) == u.Uid:
+		if mode&0o300 == 0o300 {
+			return nil
+		}
+	case slices.Contains(gids, strconv.FormatUint(uint64(st.Gid), 10)):
+		if mode&0o030 == 0o030 {
+			return nil
+		}
+	default:
+		if mode&0o003 == 0o003 {
+			return nil
+		}
+	}
+	return fmt.Errorf("not writable by user %s (%s, owner %d:%d, mode %o): chown %s or chmod g+w with the agent in its group", username, dir, st.Uid, st.Gid, mode&0o7777, dir)
 }
 
 func modbusTarget(s deviceSettings) string {

@@ -14,7 +14,9 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"os/user"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,8 +89,14 @@ func goodFacts() checkFacts {
 				"ctl0\t0000140A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")},
 		},
 		timeSync: func() (bool, string, error) { return true, "fake", nil },
-		resolve: func(_ context.Context, host string) ([]string, error) {
+		resolve: func(_ context.Context, ifname, _, host string) ([]string, error) {
+			if ifname != "up0" {
+				return nil, fmt.Errorf("resolving %s through %q, not the uplink NIC up0", host, ifname)
+			}
 			return []string{"198.51.100.7"}, nil
+		},
+		dialUplink: func(context.Context, string, string, string) (net.Conn, error) {
+			return nil, errors.New("no dial in this test")
 		},
 		dial: func(ctx context.Context, local, remote string) (net.Conn, error) {
 			return nil, errors.New("no dial in this test")
@@ -99,8 +107,10 @@ func goodFacts() checkFacts {
 		bacnetProbe: func(context.Context, string, string, string, uint32, time.Duration) (string, error) {
 			return "", errors.New("no bacnet in this test")
 		},
-		bindNIC: func(string) error { return nil },
-		kernel:  func() string { return "6.1.0-13-amd64" },
+		bindNIC:  func(string) error { return nil },
+		kernel:   func() string { return "6.1.0-13-amd64" },
+		unit:     func() (agentUnit, error) { return agentUnit{}, nil },
+		canWrite: func(string, string) error { return nil },
 	}
 }
 
@@ -184,8 +194,11 @@ func TestCheckSystemFacts(t *testing.T) {
 			f.timeSync = func() (bool, string, error) { return false, "", errors.New("no adjtimex") }
 		}, "time sync", checkWarn, "cannot tell"},
 		{"dns", nil, "dns", checkOK, "ingest.example.com (the ingest) is 198.51.100.7"},
+		{"dns through the uplink NIC", nil, "dns", checkOK, "asked through up0"},
 		{"dns fails", func(f *checkFacts) {
-			f.resolve = func(context.Context, string) ([]string, error) { return nil, errors.New("no such host") }
+			f.resolve = func(context.Context, string, string, string) ([]string, error) {
+				return nil, errors.New("no such host")
+			}
 		}, "dns", checkFail, "no such host"},
 		{"dns of the proxy", func(f *checkFacts) {
 			f.getenv = func(k string) string {
@@ -237,24 +250,36 @@ func TestCheckSystemFacts(t *testing.T) {
 	}
 }
 
-func TestCheckModbusWithoutLocalAddress(t *testing.T) {
-	f := goodFacts()
-	var from string
-	f.dial = func(_ context.Context, local, remote string) (net.Conn, error) {
-		from = local
-		c1, c2 := net.Pipe()
-		c2.Close()
-		return c1, nil
+// TestCheckProbesFromEffectiveLocalAddress: a Modbus or OPC UA device
+// without settings.local_address is probed from the control address,
+// which is what its driver dials from (config fills it in), and with its
+// own from that one.
+func TestCheckProbesFromEffectiveLocalAddress(t *testing.T) {
+	tests := []struct {
+		name, device, want string
+	}{
+		{"modbus without", "{host: 10.20.0.40}", "10.20.0.5"},
+		{"opcua without", "{endpoint: \"opc.tcp://10.20.0.41:4840\"}", "10.20.0.5"},
+		{"modbus with", "{host: 10.20.0.40, local_address: 10.20.0.5}", "10.20.0.5"},
 	}
-	cfg := checkConfig(t, "https://ingest.example.com:8443", `  - name: meter
-    driver: modbus
-    settings: {host: 10.20.0.40}
-    points: [{ref: hr/0}]
-`)
-	rep := runChecks(t.Context(), cfg, f, time.Second)
-	l := lineOf(t, rep, "device meter")
-	if l.Result != checkWarn || !strings.Contains(l.Detail, "set it to 10.20.0.5") || from != "10.20.0.5" {
-		t.Errorf("device meter = %s %q (probed from %q), want a warning to set local_address, probed from the control address", l.Result, l.Detail, from)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := goodFacts()
+			from := "not dialled"
+			f.dial = func(_ context.Context, local, remote string) (net.Conn, error) {
+				from = local
+				c1, c2 := net.Pipe()
+				c2.Close()
+				return c1, nil
+			}
+			drv := strings.Fields(tt.name)[0]
+			cfg := checkConfig(t, "https://ingest.example.com:8443", "  - name: meter\n    driver: "+drv+"\n    settings: "+tt.device+"\n    points: [{ref: hr/0}]\n")
+			rep := runChecks(t.Context(), cfg, f, time.Second)
+			l := lineOf(t, rep, "device meter")
+			if l.Result != checkOK || from != tt.want {
+				t.Errorf("device meter = %s %q, probed from %q; want ok, probed from %s", l.Result, l.Detail, from, tt.want)
+			}
+		})
 	}
 }
 
@@ -368,18 +393,35 @@ func TestCheckIngestIntegration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var served int
+	var served atomic.Int32
 	var revoked atomic.Bool
+	// status is what the ingest's registry says of the certificate; ""
+	// stands for an ingest without a registry, which has no such path.
+	var status atomic.Value
+	status.Store("good")
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		served++
+		served.Add(1)
 		if len(r.TLS.PeerCertificates) == 0 {
 			t.Error("the ingest saw no client certificate")
+			return
 		}
 		if revoked.Load() {
 			http.Error(w, `{"code":"revoked"}`, http.StatusForbidden)
 			return
 		}
-		w.WriteHeader(http.StatusOK)
+		// As ingest/server answers GET /v1/certs/{serial}: the status of
+		// the caller's own certificate, "unknown" for any other.
+		serial, ok := strings.CutPrefix(r.URL.Path, "/v1/certs/")
+		st := status.Load().(string)
+		if !ok || st == "" || r.Method != http.MethodGet {
+			http.Error(w, `{"code":"not_found"}`, http.StatusNotFound)
+			return
+		}
+		if serial != pki.SerialHex(r.TLS.PeerCertificates[0]) {
+			st = "unknown"
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"serial": serial, "status": st, "not_after": r.TLS.PeerCertificates[0].NotAfter})
 	}))
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}
 	// The preflight's TCP probe connects and closes without a handshake.
@@ -437,6 +479,17 @@ func TestCheckIngestIntegration(t *testing.T) {
 		}
 		return dialFrom(ctx, local, remote)
 	}
+	// The uplink's probes go through the uplink NIC (here: its address,
+	// on lo), like the agent's uplink.
+	f.dialUplink = func(ctx context.Context, ifname, local, remote string) (net.Conn, error) {
+		if h, _, _ := net.SplitHostPort(remote); h != "127.0.0.1" {
+			return nil, fmt.Errorf("test dial to %s refused: loopback only", remote)
+		}
+		if ifname != "up0" || local != "127.0.0.1" {
+			return nil, fmt.Errorf("the uplink probe dials through %q from %q, want up0 from 127.0.0.1", ifname, local)
+		}
+		return dialFrom(ctx, local, remote)
+	}
 
 	rep := runChecks(t.Context(), cfg, f, 5*time.Second)
 	for _, l := range rep.Lines {
@@ -444,7 +497,7 @@ func TestCheckIngestIntegration(t *testing.T) {
 	}
 	for check, want := range map[string]string{
 		"outbound https": "connected to 127.0.0.1",
-		"mtls handshake": "accepted agent " + b.Identity.Agent + " of site site-1 (TLS 1.3",
+		"mtls handshake": "accepted agent " + b.Identity.Agent + " of site site-1: certificate ",
 		"clock skew":     "within",
 		"certificate":    "site site-1: valid until",
 		"device meter":   "answers a TCP connect from 127.0.0.2",
@@ -458,8 +511,11 @@ func TestCheckIngestIntegration(t *testing.T) {
 	if !rep.Go {
 		t.Errorf("no-go on a good box: %v", errNoGo(rep))
 	}
-	if served != 1 {
-		t.Errorf("the ingest answered %d requests, want 1", served)
+	if n := served.Load(); n != 1 {
+		t.Errorf("the ingest answered %d requests, want 1", n)
+	}
+	if l := lineOf(t, rep, "mtls handshake"); !strings.Contains(l.Detail, "is good (TLS 1.3") {
+		t.Errorf("mtls handshake = %q, want it to say the certificate is good over TLS 1.3", l.Detail)
 	}
 	select {
 	case n := <-got:
@@ -494,6 +550,24 @@ func TestCheckIngestIntegration(t *testing.T) {
 	if l := lineOf(t, rep, "mtls handshake"); l.Result != checkFail || !strings.Contains(l.Detail, "403") || !strings.Contains(l.Detail, "revoked") {
 		t.Errorf("a refused agent: mtls handshake = %+v, want fail naming 403 and the reason", l)
 	}
+	// What the registry says of the certificate decides: only good is go,
+	// and an ingest without the status query (a 404) is no proof.
+	for _, tt := range []struct{ status, want string }{
+		{"revoked", "is revoked"},
+		{"expired", "expired"},
+		{"unknown", "does not know certificate"},
+		{"", "404 Not Found"},
+	} {
+		status.Store(tt.status)
+		rep = runChecks(t.Context(), cfg, f, 5*time.Second)
+		if l := lineOf(t, rep, "mtls handshake"); l.Result != checkFail || !strings.Contains(l.Detail, tt.want) {
+			t.Errorf("certificate status %q: mtls handshake = %+v, want fail saying %q", tt.status, l, tt.want)
+		}
+		if rep.Go {
+			t.Errorf("certificate status %q: go", tt.status)
+		}
+	}
+	status.Store("good")
 
 	// Through an HTTPS proxy: the probes and the handshake go through
 	// CONNECT, and the report says so.
@@ -644,4 +718,133 @@ func FuzzRouteTable(f *testing.F) {
 			t.Errorf("egress via %q, which the input does not name", iface)
 		}
 	})
+}
+
+// TestCheckTrendFolder: a csvtrend device is go only when the agent, as
+// its unit runs it, may move files out of the folder into processed_dir
+// and failed_dir; otherwise the line names the path and the drop-in.
+func TestCheckTrendFolder(t *testing.T) {
+	dir := t.TempDir()
+	strict := agentUnit{Files: []string{"/lib/systemd/system/" + agentUnitName}, User: "sightglass", ProtectSystem: "strict", ProtectHome: "yes",
+		WritePaths: []string{"/var/lib/sightglass", "/etc/sightglass/cert"}}
+	withDropIn := strict
+	withDropIn.WritePaths = append(slices.Clone(strict.WritePaths), dir)
+	privateTmp := withDropIn
+	privateTmp.PrivateTmp = true
+	tests := []struct {
+		name     string
+		settings string
+		unit     agentUnit
+		canWrite func(dir, user string) error
+		result   string
+		want     []string
+	}{
+		{"no unit installed", "{path: " + dir + "}", agentUnit{}, nil, checkOK, []string{"writable by this user", dir + "/processed"}},
+		{"outside ReadWritePaths", "{path: " + dir + "}", strict, nil, checkFail,
+			[]string{"folder " + dir + " is read-only", "ProtectSystem=strict", "ReadWritePaths=" + dir, "systemctl edit " + agentUnitName, "packaging/README.md"}},
+		{"with the drop-in", "{path: " + dir + "}", withDropIn, nil, checkOK, []string{"writable by user sightglass under " + agentUnitName}},
+		{"processed_dir elsewhere", "{path: " + dir + ", processed_dir: /srv/done}", withDropIn, nil, checkFail,
+			[]string{"processed_dir /srv/done is read-only", "ReadWritePaths=/srv/done"}},
+		{"relative processed_dir", "{path: " + dir + ", processed_dir: done}", withDropIn, nil, checkOK, []string{"processed_dir " + dir + "/done"}},
+		{"not the agent's permission", "{path: " + dir + "}", withDropIn, func(d, user string) error {
+			if strings.HasSuffix(d, "/failed") {
+				return fmt.Errorf("not writable by user %s", user)
+			}
+			return nil
+		}, checkFail, []string{"failed_dir " + dir + "/failed: not writable by user sightglass"}},
+		{"private tmp", "{path: " + dir + "}", privateTmp, nil, checkFail, []string{"PrivateTmp"}},
+		{"under home", "{path: " + dir + ", processed_dir: /home/bob/done}", withDropIn, nil, checkFail, []string{"/home/bob/done is hidden", "ProtectHome=yes"}},
+		{"missing folder", "{path: " + dir + "/nope}", strict, nil, checkFail, []string{dir + "/nope"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := goodFacts()
+			f.unit = func() (agentUnit, error) { return tt.unit, nil }
+			if tt.canWrite != nil {
+				f.canWrite = tt.canWrite
+			}
+			cfg := checkConfig(t, "https://ingest.example.com:8443", "  - name: trends\n    driver: csvtrend\n    settings: "+tt.settings+"\n    points: [{ref: SAT}]\n")
+			l := lineOf(t, runChecks(t.Context(), cfg, f, time.Second), "device trends")
+			if l.Result != tt.result {
+				t.Errorf("device trends = %s %q, want %s", l.Result, l.Detail, tt.result)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(l.Detail, w) {
+					t.Errorf("device trends = %q, want it to contain %q", l.Detail, w)
+				}
+			}
+		})
+	}
+}
+
+// TestReadAgentUnit reads the packaged unit as the .deb installs it, with
+// drop-ins the way systemd combines them.
+func TestReadAgentUnit(t *testing.T) {
+	unit, err := os.ReadFile(filepath.Join("..", "..", "packaging", "systemd", agentUnitName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		files fstest.MapFS
+		want  agentUnit
+	}{
+		{"not installed", fstest.MapFS{}, agentUnit{}},
+		{"packaged", fstest.MapFS{"lib/systemd/system/" + agentUnitName: {Data: unit}},
+			agentUnit{Files: []string{"/lib/systemd/system/" + agentUnitName}, User: "sightglass", ProtectSystem: "strict", ProtectHome: "yes", PrivateTmp: true,
+				WritePaths: []string{"/var/lib/sightglass", "/var/lib/sightglass", "/etc/sightglass/cert"}}},
+		{"drop-ins", fstest.MapFS{
+			"lib/systemd/system/" + agentUnitName:                       {Data: unit},
+			"lib/systemd/system/" + agentUnitName + ".d/10-trends.conf": {Data: []byte("[Service]\nReadWritePaths=/srv/old\n")},
+			"etc/systemd/system/" + agentUnitName + ".d/10-trends.conf": {Data: []byte("[Service]\nReadWritePaths=-/srv/trends\n")},
+			"etc/systemd/system/" + agentUnitName + ".d/20-user.conf":   {Data: []byte("# a comment\n[Unit]\nUser=ignored\n[Service]\nUser=bms\n")},
+			"run/systemd/system/" + agentUnitName + ".d/30-reset.conf":  {Data: []byte("[Service]\nReadWritePaths=\nReadWritePaths=/var/lib/sightglass /srv/trends\n")},
+			"etc/systemd/system/" + agentUnitName + ".d/not-a-conf.txt": {Data: []byte("[Service]\nUser=nobody\n")},
+		}, agentUnit{
+			Files: []string{"/lib/systemd/system/" + agentUnitName, "/etc/systemd/system/" + agentUnitName + ".d/10-trends.conf",
+				"/etc/systemd/system/" + agentUnitName + ".d/20-user.conf", "/run/systemd/system/" + agentUnitName + ".d/30-reset.conf"},
+			User: "bms", ProtectSystem: "strict", ProtectHome: "yes", PrivateTmp: true,
+			WritePaths: []string{"/var/lib/sightglass", "/srv/trends"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := readAgentUnit(tt.files)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", tt.want) {
+				t.Errorf("readAgentUnit =\n%+v\nwant\n%+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestWritableBy judges a real folder for a user other than the one
+// running the test (as root) or for the test's own user.
+func TestWritableBy(t *testing.T) {
+	dir := t.TempDir()
+	if err := writableBy(filepath.Join(dir, "processed", "deeper"), ""); err != nil {
+		t.Errorf("a folder to be made in a writable one: %v", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("judging another user's permissions needs root; the rest ran")
+	}
+	if _, err := user.Lookup("nobody"); err != nil {
+		t.Skip("no user nobody here")
+	}
+	for _, tt := range []struct {
+		mode os.FileMode
+		ok   bool
+	}{{0o755, false}, {0o777, true}, {0o773, true}} {
+		if err := os.Chmod(dir, tt.mode); err != nil {
+			t.Fatal(err)
+		}
+		err := writableBy(dir, "nobody")
+		if (err == nil) != tt.ok {
+			t.Errorf("mode %o: writableBy(nobody) = %v, want ok %v", tt.mode, err, tt.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "nobody") {
+			t.Errorf("the error does not name the user: %v", err)
+		}
+	}
 }
