@@ -135,3 +135,34 @@ func TestForeignDeviceBBMDDown(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestForeignDeviceResultFromElsewhere: only the configured BBMD answers a
+// registration. A BVLC-Result from any other sender (here a refusal that
+// arrives first) is ignored, and the BBMD's own acceptance counts.
+func TestForeignDeviceResultFromElsewhere(t *testing.T) {
+	listen := func() *net.UDPConn {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	bbmd, impostor := listen(), listen()
+	go func() {
+		buf := make([]byte, 64)
+		n, from, err := bbmd.ReadFromUDPAddrPort(buf)
+		if err != nil || n == 0 {
+			return
+		}
+		// The impostor's refusal is sent (and queued at the client) before
+		// the BBMD's acceptance.
+		impostor.WriteToUDPAddrPort(bacnet.AppendBVLC(nil, bacnet.BVLCResult, []byte{0, 0x30}), from)
+		bbmd.WriteToUDPAddrPort(bacnet.AppendBVLC(nil, bacnet.BVLCResult, []byte{0, 0}), from)
+	}()
+	c, err := bacnet.New(t.Context(), bacnet.Config{Local: "127.0.0.1:0", BBMD: bbmd.LocalAddr().String(), Timeout: 2 * time.Second, Retries: -1})
+	if err != nil {
+		t.Fatalf("registration failed on a result the BBMD did not send: %v", err)
+	}
+	c.Close()
+}

@@ -502,6 +502,13 @@ func (c *Client) readLoop(conn *net.UDPConn) {
 
 func (c *Client) dispatch(from netip.AddrPort, m Message) {
 	if m.BVLC.Function == BVLCResult {
+		// Only the BBMD answers our registration: a result from anyone
+		// else (a stray device, a spoofer) must neither refuse nor accept
+		// it for the BBMD.
+		if !c.bbmd.IsValid() || from != c.bbmd {
+			c.log.Debug("dropping a bvlc-result not from the bbmd", "from", from.String(), "result", m.BVLC.Result)
+			return
+		}
 		select {
 		case c.bvlcRes <- m.BVLC.Result:
 		default:
