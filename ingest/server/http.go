@@ -91,6 +91,9 @@ func (s *Server) agentHandler() http.Handler {
 		var handle func(http.ResponseWriter, *http.Request, pki.Identity)
 		var anon func(http.ResponseWriter, *http.Request) // routes that need no certificate
 		var allow string
+		// limited routes answer anybody, so each remote address gets only
+		// so many requests (Config.AnonymousLimit).
+		var limited bool
 		trust := s.cfg.Registry != nil
 		p := r.URL.Path
 		switch {
@@ -99,7 +102,7 @@ func (s *Server) agentHandler() http.Handler {
 		case strings.HasPrefix(p, "/v1/tables/") && !strings.Contains(p[len("/v1/tables/"):], "/"):
 			handle, allow = s.handleTable, http.MethodPut
 		case trust && p == "/v1/enroll":
-			anon, allow = s.handleEnroll, http.MethodPost
+			anon, allow, limited = s.handleEnroll, http.MethodPost, true
 		case trust && p == "/v1/ca.crt":
 			anon, allow = s.handleCACert, http.MethodGet
 		case trust && p == "/v1/crl":
@@ -109,7 +112,7 @@ func (s *Server) agentHandler() http.Handler {
 		case trust && p == "/v1/catalog":
 			handle, allow = s.handleCatalog, http.MethodPut
 		case trust && strings.HasPrefix(p, "/v1/certs/") && !strings.Contains(p[len("/v1/certs/"):], "/"):
-			handle, allow = s.handleCertStatus, http.MethodGet
+			anon, allow, limited = s.handleCertStatus, http.MethodGet, true
 		default:
 			writeRefusal(lw, refuse(http.StatusNotFound, CodeNotFound,
 				"no such path %q: agents POST /v1/batches and PUT /v1/tables/{hash}", p))
@@ -122,7 +125,9 @@ func (s *Server) agentHandler() http.Handler {
 			return
 		}
 		if anon != nil {
-			anon(lw, r)
+			if !limited || s.limitAnonymous(lw, r) {
+				anon(lw, r)
+			}
 			return
 		}
 		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {

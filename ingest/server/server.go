@@ -83,6 +83,14 @@ type Config struct {
 	// handshake and request (revocation), and receives the audit log.
 	// Without it only certificates from the CA are checked.
 	Registry Registry
+	// AnonymousLimit rate-limits, per remote address, the routes that
+	// answer without a client certificate and cost a database look-up:
+	// enrollment and the certificate status query (DefaultAnonymousBurst,
+	// DefaultAnonymousEvery). The address is the TCP peer's, so a load
+	// balancer in front must pass the client's address through (TLS
+	// passthrough with the source address kept), or every agent shares
+	// one bucket.
+	AnonymousLimit Limit
 	// AgentValidity is the lifetime of certificates issued at enrollment
 	// and renewal (pki.DefaultAgentValidity).
 	AgentValidity time.Duration
@@ -149,6 +157,8 @@ type Server struct {
 	tls    *tls.Config
 	log    *slog.Logger
 	tables *tableCache
+	// anonLimit rate-limits enrollment and status queries per address.
+	anonLimit *ipLimiter
 
 	// draining turns /readyz to 503 once shutdown starts, so a load
 	// balancer stops sending new work while in-flight batches finish.
@@ -175,12 +185,13 @@ func New(cfg Config, store blob.Store, ca *pki.CA, logger *slog.Logger) (*Server
 	}
 	cfg.setDefaults()
 	s := &Server{
-		cfg:    cfg,
-		store:  store,
-		ca:     ca,
-		log:    logger,
-		tables: newTableCache(maxCachedPoints),
-		stats:  Stats{Refused: map[string]uint64{}},
+		cfg:       cfg,
+		store:     store,
+		ca:        ca,
+		log:       logger,
+		tables:    newTableCache(maxCachedPoints),
+		anonLimit: newIPLimiter(cfg.AnonymousLimit),
+		stats:     Stats{Refused: map[string]uint64{}},
 	}
 	// Without a registry there is no enrollment, so every connection must
 	// bring a certificate; with one, enrollment and the CRL need none and

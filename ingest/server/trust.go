@@ -51,6 +51,7 @@ const (
 	CodeBadClock     = "bad_clock"     // 400: the request's Sightglass-Sent-At is far from our clock
 	CodeNoSentAt     = "no_sent_at"    // 400: a batch without Sightglass-Sent-At
 	CodeCertExpired  = "cert_expired"  // 403: the client certificate is past its NotAfter (or before its NotBefore)
+	CodeBadSerial    = "bad_serial"    // 400: GET /v1/certs/{serial} with a serial that is not hex
 	maxTrustBody     = 64 << 10        // enrollment and renewal bodies are a CSR and a token
 	maxCatalogBody   = 32 << 20        // a catalogue of 100,000 points with tags
 	crlValidity      = 24 * time.Hour  // agents and relying parties refetch daily
@@ -123,28 +124,55 @@ var errIdentityMoved = errors.New("identity moved")
 // log must record that it happened, not every retry.
 const refusalAuditEvery = 10 * time.Minute
 
-type refusalKey struct{ agent, action, code string }
+// refusalKey is one run of refusals: who (an agent id, or "ip:" and an
+// anonymous caller's address), what it asked and why it was refused.
+type refusalKey struct{ who, action, code string }
 
 type refusalRun struct {
 	last       time.Time
 	suppressed int
 }
 
-// auditRefusal writes a refused request to the audit log: the first of a
-// run of the same refusal, then at most once per refusalAuditEvery with
-// the count of those not written. A body cut off on the way
-// (CodeBadRequest) is the network's doing and is not audited.
+// maxRefusalRuns bounds the runs tracked at once; refusals beyond it share
+// one run per action and reason, so a flood from many addresses is still
+// audited, once per refusalAuditEvery.
+const maxRefusalRuns = 10_000
+
+// auditRefusal writes a refused agent request to the audit log, throttled
+// (auditThrottled). A body cut off on the way (CodeBadRequest) is the
+// network's doing and is not audited.
 func (s *Server) auditRefusal(ctx context.Context, agent, action string, rf *refusal) {
 	if rf.code == CodeBadRequest {
 		return
 	}
+	s.auditThrottled(ctx, refusalKey{agent, action, rf.code}, "agent:"+agent, agent, rf.code+": "+rf.msg)
+}
+
+// auditEnrollRefused writes a refused enrollment to the audit log,
+// throttled per remote address and reason: anybody can send enrollment
+// requests, and the append-only log must not be theirs to fill.
+func (s *Server) auditEnrollRefused(r *http.Request, subject, why string) {
+	ip := remoteKey(r.RemoteAddr).Addr().String()
+	s.auditThrottled(r.Context(), refusalKey{"ip:" + ip, "enroll_refused", why}, "anonymous:"+ip, subject, why)
+}
+
+// auditThrottled writes an audit entry for the first refusal of a run,
+// then at most once per refusalAuditEvery with the count of those not
+// written since.
+func (s *Server) auditThrottled(ctx context.Context, k refusalKey, actor, subject, detail string) {
 	now := s.cfg.Now()
-	k := refusalKey{agent, action, rf.code}
 	s.mu.Lock()
 	if s.refusalsAudited == nil {
 		s.refusalsAudited = map[refusalKey]*refusalRun{}
 	}
 	run := s.refusalsAudited[k]
+	if run == nil && len(s.refusalsAudited) >= maxRefusalRuns {
+		s.pruneRefusalRuns(now)
+		if len(s.refusalsAudited) >= maxRefusalRuns {
+			k.who, actor = "*", "anonymous:*"
+			run = s.refusalsAudited[k]
+		}
+	}
 	if run != nil && now.Sub(run.last) < refusalAuditEvery {
 		run.suppressed++
 		s.mu.Unlock()
@@ -156,11 +184,20 @@ func (s *Server) auditRefusal(ctx context.Context, agent, action string, rf *ref
 	}
 	s.refusalsAudited[k] = &refusalRun{last: now}
 	s.mu.Unlock()
-	detail := rf.code + ": " + rf.msg
 	if suppressed > 0 {
 		detail += fmt.Sprintf(" (and %d more like it since the last entry)", suppressed)
 	}
-	s.audit(ctx, "agent:"+agent, action, agent, detail)
+	s.audit(ctx, actor, k.action, subject, detail)
+}
+
+// pruneRefusalRuns forgets the runs whose last entry is older than
+// refusalAuditEvery and that have no refusals left to count; s.mu is held.
+func (s *Server) pruneRefusalRuns(now time.Time) {
+	for k, run := range s.refusalsAudited {
+		if run.suppressed == 0 && now.Sub(run.last) >= refusalAuditEvery {
+			delete(s.refusalsAudited, k)
+		}
+	}
 }
 
 type enrollRequest struct {
@@ -213,13 +250,13 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	}
 	tok, err := pki.ParseEnrollToken(req.Token)
 	if err != nil {
-		s.audit(r.Context(), "anonymous:"+r.RemoteAddr, "enroll_refused", "", "malformed token")
+		s.auditEnrollRefused(r, "", "malformed token")
 		writeRefusal(w, refuse(http.StatusForbidden, CodeBadToken, "%v", err))
 		return
 	}
 	subject := fmt.Sprintf("token:%x", tok.Hash()[:6])
 	if !tok.MatchesCA(s.ca.Certificate()) {
-		s.audit(r.Context(), "anonymous:"+r.RemoteAddr, "enroll_refused", subject, "token for another CA")
+		s.auditEnrollRefused(r, subject, "token for another CA")
 		writeRefusal(w, refuse(http.StatusForbidden, CodeWrongCA, "this token was made for another ingest's CA: ask for a token from the ingest at this address"))
 		return
 	}
@@ -256,7 +293,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 			writeRefusal(w, refuse(http.StatusServiceUnavailable, CodeStoreUnavailable, "enrollment failed on our side; try again shortly"))
 			return
 		}
-		s.audit(r.Context(), "anonymous:"+r.RemoteAddr, "enroll_refused", subject, "token "+why)
+		s.auditEnrollRefused(r, subject, "token "+why)
 		// One answer for every bad token: a guesser learns nothing.
 		writeRefusal(w, refuse(http.StatusForbidden, CodeBadToken, "enrollment token refused (unknown, already used or expired): ask the operator for a new one"))
 		return
@@ -341,19 +378,39 @@ type CertStatusReply struct {
 	NotAfter time.Time        `json:"not_after,omitzero"`
 }
 
-// handleCertStatus is GET /v1/certs/{serial}: the status of one of the
-// calling agent's own certificates (another agent's is "unknown" to it).
-func (s *Server) handleCertStatus(w http.ResponseWriter, r *http.Request, id pki.Identity) {
+// handleCertStatus is GET /v1/certs/{serial}: good, revoked, expired or
+// unknown for any serial, to any client, like the CRL. Serials are 128
+// random bits, so the answer tells nothing about an agent one does not
+// already hold the certificate of; the route is rate-limited per address.
+func (s *Server) handleCertStatus(w http.ResponseWriter, r *http.Request) {
 	serial := strings.ToLower(strings.TrimPrefix(r.URL.Path, "/v1/certs/"))
-	st, c, a, err := s.cfg.Registry.CertStatus(r.Context(), serial)
+	if !validSerial(serial) {
+		writeRefusal(w, refuse(http.StatusBadRequest, CodeBadSerial,
+			"%q is not a certificate serial: want 1 to %d hex digits, as `sightglass-ingest agents status` shows it", serial, maxSerialHex))
+		return
+	}
+	st, c, _, err := s.cfg.Registry.CertStatus(r.Context(), serial)
 	if err != nil {
+		s.log.Warn("looking up a certificate status failed", "serial", serial, "err", err)
 		writeRefusal(w, refuse(http.StatusServiceUnavailable, CodeStoreUnavailable, "the registry is unavailable; try again shortly"))
 		return
 	}
-	if st != store.CertUnknown && a.ID != id.Agent {
-		st, c = store.CertUnknown, store.Cert{}
-	}
 	writeJSON(w, http.StatusOK, CertStatusReply{Serial: serial, Status: st, NotAfter: c.NotAfter})
+}
+
+// maxSerialHex is the longest serial X.509 allows (20 bytes).
+const maxSerialHex = 40
+
+func validSerial(s string) bool {
+	if s == "" || len(s) > maxSerialHex {
+		return false
+	}
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 type catalogRequest struct {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -34,7 +35,12 @@ func newTrustEnv(t testing.TB, opts ...envOpt) *trustEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	opts = append([]envOpt{func(c *Config, _ *blob.Store) { c.Registry = db }}, opts...)
+	// Tests enroll many agents from 127.0.0.1; the limiter's own test
+	// sets its limit back.
+	opts = append([]envOpt{func(c *Config, _ *blob.Store) {
+		c.Registry = db
+		c.AnonymousLimit = Limit{Burst: 1 << 20}
+	}}, opts...)
 	return &trustEnv{env: newEnv(t, opts...), db: db}
 }
 
@@ -167,7 +173,7 @@ func TestRouteNeedsCertificate(t *testing.T) {
 	e := newTrustEnv(t)
 	for _, p := range []struct{ method, path string }{
 		{http.MethodPost, "/v1/batches"}, {http.MethodPut, "/v1/tables/0011223344556677"},
-		{http.MethodPost, "/v1/renew"}, {http.MethodPut, "/v1/catalog"}, {http.MethodGet, "/v1/certs/01"},
+		{http.MethodPost, "/v1/renew"}, {http.MethodPut, "/v1/catalog"},
 	} {
 		wantReply(t, e.do(e.anonymous(), p.method, p.path, []byte("x")), http.StatusUnauthorized, CodeUnauthorized)
 	}
@@ -240,11 +246,6 @@ func TestRenew(t *testing.T) {
 	st := e.do(nc, http.MethodGet, "/v1/certs/"+oldSerial, nil)
 	if st.body["status"] != string(store.CertGood) {
 		t.Errorf("old certificate status %v", st.body)
-	}
-	// Another agent's serial is unknown to this one.
-	_, other, _ := e.enroll(e.token("s1", time.Hour))
-	if st := e.do(nc, http.MethodGet, "/v1/certs/"+pki.SerialHex(mustLeaf(t, e.agents[other.Agent])), nil); st.body["status"] != string(store.CertUnknown) {
-		t.Errorf("another agent's certificate status %v, want unknown", st.body)
 	}
 	// A revoked agent cannot renew (a fresh DB check, not only the
 	// handshake's): revoke, then renew on the open connection.
@@ -518,5 +519,168 @@ func TestBatchNeedsSentAt(t *testing.T) {
 	}
 	if n := len(e.list()); n != 1 {
 		t.Errorf("%d blobs stored, want only the table", n)
+	}
+}
+
+// auditCount counts the audit entries of action and returns the last.
+func (e *trustEnv) auditCount(action string) (int, store.AuditEntry) {
+	e.t.Helper()
+	entries, err := e.db.AuditLog(context.Background(), 0, 10000)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	n, last := 0, store.AuditEntry{}
+	for _, en := range entries {
+		if en.Action == action {
+			n, last = n+1, en
+		}
+	}
+	return n, last
+}
+
+// TestEnrollRefusalsThrottled: a flood of bad enrollments from one address
+// writes one audit entry per reason, then one per refusalAuditEvery that
+// counts those left out; the chain stays whole.
+func TestEnrollRefusalsThrottled(t *testing.T) {
+	var clock fakeClock
+	clock.Set(now)
+	e := newTrustEnv(t, func(c *Config, _ *blob.Store) { c.Now = clock.Now })
+	_, csr, _ := pki.NewAgentKey()
+	garbage := func(n int) {
+		for range n {
+			wantReply(t, postJSON(t, e.env, e.anonymous(), "/v1/enroll", map[string]any{"token": "sge1.nope", "csr": csr}), http.StatusForbidden, CodeBadToken)
+		}
+	}
+	garbage(50)
+	unknown, _ := pki.NewEnrollToken(pki.FingerprintOf(e.ca.Certificate()))
+	wantReply(t, postJSON(t, e.env, e.anonymous(), "/v1/enroll", map[string]any{"token": unknown.String(), "csr": csr}), http.StatusForbidden, CodeBadToken)
+	if n, _ := e.auditCount("enroll_refused"); n != 2 {
+		t.Fatalf("%d audit entries for 50 malformed and 1 unknown token, want 2 (one per reason)", n)
+	}
+	clock.Set(now.Add(refusalAuditEvery))
+	garbage(1)
+	n, last := e.auditCount("enroll_refused")
+	if n != 3 || !strings.Contains(last.Detail, "and 49 more like it") || last.Actor != "anonymous:127.0.0.1" {
+		t.Errorf("after %s: %d entries, last %+v; want a third counting the 49 left out, from anonymous:127.0.0.1", refusalAuditEvery, n, last)
+	}
+	if _, err := e.db.VerifyAudit(context.Background()); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestRefusalRunsBounded: past maxRefusalRuns distinct callers, refusals
+// share one run per reason instead of growing the map or the log.
+func TestRefusalRunsBounded(t *testing.T) {
+	db, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "ingest.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	sr := &Server{log: slog.New(slog.DiscardHandler)}
+	sr.cfg.Now, sr.cfg.Registry = func() time.Time { return now }, db
+	sr.refusalsAudited = map[refusalKey]*refusalRun{}
+	for i := range maxRefusalRuns {
+		sr.refusalsAudited[refusalKey{"ip:" + strconv.Itoa(i), "enroll_refused", "malformed token"}] = &refusalRun{last: now}
+	}
+	for i := range 5 {
+		sr.auditThrottled(context.Background(), refusalKey{"ip:new" + strconv.Itoa(i), "enroll_refused", "malformed token"}, "anonymous:x", "", "malformed token")
+	}
+	if n := len(sr.refusalsAudited); n != maxRefusalRuns+1 {
+		t.Errorf("%d runs tracked, want %d (the overflow run added once)", n, maxRefusalRuns+1)
+	}
+	if entries, _ := db.AuditLog(context.Background(), 0, 100); len(entries) != 1 || entries[0].Actor != "anonymous:*" {
+		t.Errorf("audit %+v, want one overflow entry", entries)
+	}
+}
+
+// TestAnonymousRateLimited: enrollment and status queries share a per-
+// address bucket; once it is empty both answer 429 with Retry-After until
+// it refills.
+func TestAnonymousRateLimited(t *testing.T) {
+	var clock fakeClock
+	clock.Set(now)
+	e := newTrustEnv(t, func(c *Config, _ *blob.Store) {
+		c.Now = clock.Now
+		c.AnonymousLimit = Limit{Burst: 3, Every: time.Minute}
+	})
+	_, csr, _ := pki.NewAgentKey()
+	enroll := func() reply {
+		return postJSON(t, e.env, e.anonymous(), "/v1/enroll", map[string]any{"token": "sge1.nope", "csr": csr})
+	}
+	wantReply(t, enroll(), http.StatusForbidden, CodeBadToken)
+	wantReply(t, enroll(), http.StatusForbidden, CodeBadToken)
+	wantReply(t, e.do(e.anonymous(), http.MethodGet, "/v1/certs/01", nil), http.StatusOK, "")
+	for _, r := range []reply{enroll(), e.do(e.anonymous(), http.MethodGet, "/v1/certs/01", nil)} {
+		wantReply(t, r, http.StatusTooManyRequests, CodeRateLimited)
+		if ra := r.header.Get("Retry-After"); ra != "60" {
+			t.Errorf("Retry-After %q, want 60", ra)
+		}
+	}
+	// The CRL is not limited: relying parties fetch it on their own clock.
+	if resp, err := e.anonymous().Get(e.base + "/v1/crl"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("CRL: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	clock.Set(now.Add(time.Minute))
+	wantReply(t, enroll(), http.StatusForbidden, CodeBadToken)
+	wantReply(t, enroll(), http.StatusTooManyRequests, CodeRateLimited)
+	if got := e.srv.Stats().Refused[CodeRateLimited]; got != 3 {
+		t.Errorf("%d rate-limited requests counted, want 3", got)
+	}
+}
+
+func TestRemoteKey(t *testing.T) {
+	for _, tt := range []struct{ addr, want string }{
+		{"127.0.0.1:4000", "127.0.0.1/32"},
+		{"[::ffff:10.1.2.3]:4000", "10.1.2.3/32"},
+		{"[2001:db8:1:2:aaaa::1]:4000", "2001:db8:1:2::/64"},
+		{"[2001:db8:1:2:bbbb::9]:5", "2001:db8:1:2::/64"},
+		{"nonsense", "invalid Prefix"},
+	} {
+		if got := remoteKey(tt.addr).String(); got != tt.want {
+			t.Errorf("remoteKey(%q) = %s, want %s", tt.addr, got, tt.want)
+		}
+	}
+}
+
+// TestCertStatusOverHTTP: any client, with or without a certificate, gets
+// good, revoked, expired or unknown for a serial.
+func TestCertStatusOverHTTP(t *testing.T) {
+	e := newTrustEnv(t)
+	c, good, _ := e.enroll(e.token("s1", time.Hour))
+	_, gone, _ := e.enroll(e.token("s1", time.Hour))
+	if _, err := e.db.Revoke(context.Background(), gone.Agent, "stolen"); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-48 * time.Hour)
+	if err := e.db.AddAgent(context.Background(), store.Agent{ID: "ag-old", Tenant: tenant, Site: "s1"},
+		store.Cert{Serial: "ab12cd", AgentID: "ag-old", NotBefore: old, NotAfter: old.Add(24 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	serial := func(er EnrollReply) string { return pki.SerialHex(mustLeaf(t, e.agents[er.Agent])) }
+	tests := []struct {
+		name, serial string
+		want         store.CertStatus
+	}{
+		{"good", serial(good), store.CertGood},
+		{"good, upper case", strings.ToUpper(serial(good)), store.CertGood},
+		{"revoked", serial(gone), store.CertRevoked},
+		{"expired", "ab12cd", store.CertExpired},
+		{"unknown", "0123456789abcdef", store.CertUnknown},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for client, hc := range map[string]*http.Client{"anonymous": e.anonymous(), "another agent": c} {
+				r := e.do(hc, http.MethodGet, "/v1/certs/"+tt.serial, nil)
+				wantReply(t, r, http.StatusOK, "")
+				if r.body["status"] != string(tt.want) {
+					t.Errorf("%s: status %v, want %s", client, r.body, tt.want)
+				}
+			}
+		})
+	}
+	for _, bad := range []string{"xyz", strings.Repeat("a", 41)} {
+		wantReply(t, e.do(e.anonymous(), http.MethodGet, "/v1/certs/"+bad, nil), http.StatusBadRequest, CodeBadSerial)
 	}
 }
