@@ -11,8 +11,13 @@
 // MaxNodesPerRead. Read reads polled points in batches of that size and
 // returns the values subscribed points reported since. A lost connection
 // is reported as driver.ErrConnLost; the next Connect (or Read) waits out a
-// jittered exponential backoff, recreates the subscription and, for points
-// with history, backfills the gap with HistoryRead. See README.md.
+// jittered exponential backoff and recreates the subscription. Gaps are
+// filled from the server's history (HistoryRead) by the Reads that follow,
+// a few pages each within their deadlines, never by Connect: the window of
+// history: true points on the first session, and after a reconnect the gap
+// of those and of every subscribed node the server historizes. Polled
+// samples get strictly increasing times per point (timeline.go). See
+// README.md.
 package opcua
 
 import (
@@ -93,9 +98,16 @@ type Driver struct {
 	// notLater counts live samples left out because they could not get a
 	// time later than their point's last one.
 	notLater  uint64
-	backfill  []telemetry.Sample // history read after a reconnect, returned by the next Read
-	everOnce  bool               // a session was up before: the next one may backfill
+	everOnce  bool // a session was up before: the next one fills a gap
 	warnedOff bool
+
+	// Backfill (history.go): the gaps still to read, worked off by Reads.
+	bfMu        sync.Mutex // one Read at a time works on the backfill
+	jobs        []*backfillJob
+	pageSize    int           // values asked per HistoryRead; shrinks for a slow server
+	pageTook    time.Duration // how long backfill requests take, to fit them in a Read
+	subGaps     uint64        // subscribed nodes whose gap could not be filled
+	histSamples uint64        // samples read from history
 }
 
 // New builds a driver for one device. It validates the settings and does
@@ -111,11 +123,12 @@ func newDriver(dev driver.Device) (*Driver, error) {
 		errs = append(errs, err)
 	}
 	d := &Driver{
-		cfg:    cfg,
-		log:    dev.Logger,
-		points: map[string]pointConfig{},
-		now:    time.Now,
-		faulty: map[string]ua.StatusCode{},
+		cfg:      cfg,
+		log:      dev.Logger,
+		points:   map[string]pointConfig{},
+		now:      time.Now,
+		faulty:   map[string]ua.StatusCode{},
+		pageSize: historyPageSize,
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
@@ -272,17 +285,19 @@ func (d *Driver) connect(ctx context.Context) error {
 	}
 	d.mu.Lock()
 	d.maxNodes = maxNodes
-	again := d.everOnce
-	d.everOnce = true
 	d.mu.Unlock()
 	if len(d.subs) > 0 {
 		if err := d.subscribe(ctx); err != nil {
 			return err
 		}
 	}
-	if again {
-		d.backfillGap(ctx)
-	}
+	// History is read by the Reads that follow, page by page within their
+	// deadlines, never here: a long history must not keep the device from
+	// coming up.
+	d.mu.Lock()
+	d.planBackfill(!d.everOnce, d.sessions, d.now())
+	d.everOnce = true
+	d.mu.Unlock()
 	d.log.Info("OPC UA session open", "endpoint", d.cfg.endpoint, "security_policy", d.cfg.policyName, "security_mode", strings.TrimPrefix(d.cfg.mode.String(), "MessageSecurityMode"), "max_nodes_per_read", maxNodes, "subscribed", len(d.subs))
 	return nil
 }
@@ -505,33 +520,10 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 		}
 	}
 	out = append(out, d.subscribedSamples(subscribed)...)
-	d.mu.Lock()
-	if len(d.backfill) > 0 {
-		out = append(dedupe(d.backfill, out), out...)
-		d.backfill = nil
-	}
-	d.mu.Unlock()
+	// Then history, in what is left of the Read's time: the gaps end at
+	// the live samples just taken, so the two never overlap.
+	out = append(out, d.runBackfill(ctx)...)
 	return out, nil
-}
-
-// readChunk reads one batch, at most MaxNodesPerRead points.
-// dedupe drops backfilled samples at or after a point's first live sample:
-// a server's history usually ends with the value it serves live.
-func dedupe(backfill, live []telemetry.Sample) []telemetry.Sample {
-	first := map[uint64]int64{}
-	for _, s := range live {
-		if t, ok := first[s.PointID]; !ok || s.Time < t {
-			first[s.PointID] = s.Time
-		}
-	}
-	kept := backfill[:0]
-	for _, s := range backfill {
-		if t, ok := first[s.PointID]; ok && s.Time >= t {
-			continue
-		}
-		kept = append(kept, s)
-	}
-	return kept
 }
 
 // readPolled reads polled points in batches of at most MaxNodesPerRead,
@@ -627,6 +619,12 @@ func (d *Driver) advance(p driver.Point, m *mark, ms int64, ok bool, now time.Ti
 	ok = ok && ms > m.last
 	var last int64
 	var warn, recovered bool
+	if !m.heard {
+		m.heard = true
+		if ok {
+			m.first = ms
+		}
+	}
 	if ok {
 		m.last = ms
 		recovered, m.stuck = m.stuck, false
@@ -844,7 +842,7 @@ func (d *Driver) Counters() []driver.Counter {
 		nr += v
 	}
 	d.mu.Lock()
-	sessions, attempts, sub, notLater := d.sessions, d.attempts, d.sub, d.notLater
+	sessions, attempts, sub, notLater, subGaps, histSamples := d.sessions, d.attempts, d.sub, d.notLater, d.subGaps, d.histSamples
 	dropped := d.droppedBefore + sub.droppedValues()
 	d.mu.Unlock()
 	return []driver.Counter{
@@ -854,6 +852,8 @@ func (d *Driver) Counters() []driver.Counter {
 		{Name: "connect_attempts", Value: uint64(attempts)},
 		{Name: "subscription_values_dropped", Value: dropped},
 		{Name: "samples_not_later", Value: notLater},
+		{Name: "subscription_gaps", Value: subGaps},
+		{Name: "history_samples", Value: histSamples},
 	}
 }
 

@@ -347,21 +347,6 @@ func TestDiscoverBrowseStart(t *testing.T) {
 	}
 }
 
-func TestDedupe(t *testing.T) {
-	backfill := []telemetry.Sample{{PointID: 1, Time: 10}, {PointID: 1, Time: 20}, {PointID: 1, Time: 30}, {PointID: 2, Time: 30}}
-	live := []telemetry.Sample{{PointID: 1, Time: 30}, {PointID: 3, Time: 5}}
-	got := dedupe(backfill, live)
-	want := []telemetry.Sample{{PointID: 1, Time: 10}, {PointID: 1, Time: 20}, {PointID: 2, Time: 30}}
-	if len(got) != len(want) {
-		t.Fatalf("dedupe = %v, want %v", got, want)
-	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("dedupe = %v, want %v", got, want)
-		}
-	}
-}
-
 func TestLocalAddress(t *testing.T) {
 	for _, tt := range []struct {
 		local   string

@@ -66,3 +66,19 @@ func notReads(got []string) []string {
 	}
 	return out
 }
+
+// connected builds a driver for points with settings and connects it; the
+// test's clean-up closes it. Its log collects in the returned buffer.
+func connected(t *testing.T, settings yamlSettings, points []driver.Point) (*Driver, *logBuffer) {
+	t.Helper()
+	logs := &logBuffer{}
+	d, err := newDriver(driver.Device{Name: "dev", Settings: settings, Points: points, Logger: logs.Logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatalf("Connect: %v\n%s", err, logs.String())
+	}
+	return d, logs
+}

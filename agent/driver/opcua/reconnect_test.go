@@ -2,69 +2,12 @@ package opcua
 
 import (
 	"fmt"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/driver"
-	simopcua "github.com/sightglass-bms/sightglass/pkg/sim/opcua"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
-
-// TestHistoryBackfill restarts the simulator (whose history is continuous
-// across restarts) while the driver polls: after it reconnects, the next
-// Read carries the values logged during the outage, from HistoryRead.
-func TestHistoryBackfill(t *testing.T) {
-	epoch := time.Now().Add(-time.Minute)
-	sim := startSim(t, simopcua.Options{Epoch: epoch})
-	ref := fmt.Sprintf("ns=%d;s=%s", sim.NS, simopcua.HistoryNode)
-	points := []driver.Point{{ID: 1, Ref: ref, Settings: yamlSettings("history: true")}}
-	var logs logBuffer
-	d, err := New(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL, "request_timeout: 2s"), Points: points, Logger: logs.Logger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if err := d.Connect(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	first, err := d.Read(t.Context(), points)
-	if err != nil || len(first) != 1 {
-		t.Fatalf("Read = %v, %v", first, err)
-	}
-	last := time.UnixMilli(first[0].Time)
-	sim.Close()
-	t0 := time.Now()
-	if _, err := d.Read(t.Context(), points); err == nil {
-		t.Fatal("Read with the server gone succeeded")
-	}
-	t.Logf("read with the server gone failed after %s", time.Since(t0))
-	time.Sleep(3 * time.Second)
-	port, _ := strconv.Atoi(sim.URL[strings.LastIndex(sim.URL, ":")+1:])
-	sim2 := startSim(t, simopcua.Options{Epoch: epoch, Port: port})
-	var got []telemetry.Sample
-	if !waitFor(t.Context(), 10*time.Second, func() bool {
-		got, err = d.Read(t.Context(), points)
-		return err == nil
-	}) {
-		t.Fatalf("no Read succeeded after the restart: %v\n%s", err, logs.String())
-	}
-	var gap int
-	for _, s := range got[:len(got)-1] { // the last one is the live value
-		ts := time.UnixMilli(s.Time)
-		if !ts.After(last) || s.Status != telemetry.StatusOK {
-			t.Errorf("backfilled sample %+v is not after the last one read (%s)", s, last)
-		}
-		gap++
-	}
-	if gap < 2 {
-		t.Errorf("backfill returned %d samples for a gap of over 3s at one a second:\n%s", gap, logs.String())
-	}
-	if !strings.Contains(strings.Join(sim2.Services(), ","), "HistoryRead") {
-		t.Errorf("no HistoryRead reached the server: %q", sim2.Services())
-	}
-}
 
 // TestNodeOPCUAReconnectIntegration kills the node-opcua peer under a
 // driver with polled and subscribed points, restarts it on the same port,

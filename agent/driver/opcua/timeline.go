@@ -16,6 +16,12 @@ type mark struct {
 	// stuck is set while the point's samples cannot get a later time, so
 	// that is logged once per episode rather than at every poll.
 	stuck bool
+	// heard is set once a live value of the point arrived in the current
+	// session, and first is the time of the first live sample emitted in
+	// it (0 when that value was left out): where the gap a backfill fills
+	// ends.
+	heard bool
+	first int64
 }
 
 // timeline holds the marks, one per configured point. A point Read is
@@ -57,6 +63,16 @@ func (tl *timeline) of(id uint64) *mark {
 	m := &mark{}
 	tl.extra[id] = m
 	return m
+}
+
+// newSession forgets what the marks heard in the previous session.
+func (tl *timeline) newSession() {
+	for _, m := range tl.configured {
+		m.heard, m.first = false, 0
+	}
+	for _, m := range tl.extra {
+		m.heard, m.first = false, 0
+	}
 }
 
 // size is how many marks are kept, for tests.

@@ -65,14 +65,7 @@ func TestSteadyValueOnePerPoll(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		points = append(points, driver.Point{ID: uint64(i), Ref: fmt.Sprintf("ns=%d;s=Zones.Zone%d.Setpoint", sim.NS, i)})
 	}
-	d, err := newDriver(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL), Points: points})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if err := d.Connect(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	d, _ := connected(t, noneSettings(t, sim.URL), points)
 	const polls = 5
 	times := map[uint64][]int64{}
 	for range polls {
@@ -174,14 +167,7 @@ func counter(d *Driver, name string) uint64 {
 func TestNodeOPCUASteadyIntegration(t *testing.T) {
 	p := shared(t)
 	points := []driver.Point{{ID: 1, Ref: peerRef("Plant.ChillerSetpoint")}, {ID: 2, Ref: peerRef("AHU1.SupplyAirTemp")}}
-	d, err := newDriver(driver.Device{Name: "peer", Settings: noneSettings(t, p.URL), Points: points})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if err := d.Connect(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	d, _ := connected(t, noneSettings(t, p.URL), points)
 	const polls = 4
 	times := map[uint64][]int64{}
 	for range polls {

@@ -1,0 +1,374 @@
+package opcua
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sightglass-bms/sightglass/pkg/driver"
+	simopcua "github.com/sightglass-bms/sightglass/pkg/sim/opcua"
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
+)
+
+// deadlineRead reads points under a deadline, as the poller does.
+func deadlineRead(t *testing.T, d *Driver, points []driver.Point, timeout time.Duration) ([]telemetry.Sample, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	defer cancel()
+	return d.Read(ctx, points)
+}
+
+// simPort is the port of a simulator's endpoint.
+func simPort(t *testing.T, sim *simopcua.Server) int {
+	t.Helper()
+	port, err := strconv.Atoi(sim.URL[strings.LastIndex(sim.URL, ":")+1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+// TestBackfillAcrossReads gives the driver a server whose history takes
+// more pages than fit in one Read's deadline (a value every millisecond,
+// 300 ms per HistoryRead, Reads of 1 s): Connect comes up at once under
+// the same deadline, and the window of history (backfill_max 6s) arrives
+// over several Reads that all succeed. Then the session drops (as when a
+// request fails on it) for a while: the gap is filled the same way, every
+// millisecond of it, and nothing is read twice. (The simulator, gopcua's
+// server, takes 10 s to close, and answers GetEndpoints only for its own
+// URL, so neither a restart nor a proxy suits this test.)
+func TestBackfillAcrossReads(t *testing.T) {
+	opts := simopcua.Options{Epoch: time.Now().Add(-time.Minute), HistoryInterval: time.Millisecond, HistoryDelay: 300 * time.Millisecond}
+	sim := startSim(t, opts)
+	ref := fmt.Sprintf("ns=%d;s=%s", sim.NS, simopcua.HistoryNode)
+	points := []driver.Point{{ID: 1, Ref: ref, Settings: yamlSettings("history: true")}, {ID: 2, Ref: fmt.Sprintf("ns=%d;s=AHU1.FanSpeed", sim.NS)}}
+	var logs logBuffer
+	d, err := newDriver(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL, "backfill_max: 6s", "request_timeout: 500ms"), Points: points, Logger: logs.Logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	const timeout = time.Second
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
+	err = d.Connect(ctx)
+	cancel()
+	if err != nil {
+		t.Fatalf("Connect under a %s deadline: %v", timeout, err)
+	}
+	if n := countOf(sim.Services(), "HistoryRead"); n != 0 {
+		t.Fatalf("Connect sent %d HistoryRead; history belongs to the Reads", n)
+	}
+
+	// drain reads until the backfill is done, and returns the samples of
+	// point 1 and how many Reads carried history.
+	drain := func(phase string) (live, hist []telemetry.Sample, reads int) {
+		t.Helper()
+		for i := 0; i < 40; i++ {
+			samples, err := deadlineRead(t, d, points, timeout)
+			if err != nil {
+				t.Fatalf("%s: Read %d under a %s deadline: %v\n%s", phase, i, timeout, err, logs.String())
+			}
+			before := len(hist)
+			// Point 1 is polled and first: its live sample leads the
+			// Read, its history follows the live samples.
+			for j, s := range samples {
+				switch {
+				case s.PointID != 1:
+				case j == 0:
+					live = append(live, s)
+				default:
+					hist = append(hist, s)
+				}
+			}
+			if len(hist) > before {
+				reads++
+			}
+			d.mu.Lock()
+			pending := len(d.jobs)
+			d.mu.Unlock()
+			if pending == 0 {
+				return live, hist, reads
+			}
+		}
+		t.Fatalf("%s: backfill not done after 40 reads\n%s", phase, logs.String())
+		return nil, nil, 0
+	}
+
+	live, hist, reads := drain("first session")
+	if reads < 2 {
+		t.Errorf("the window's history came in %d Reads; with 300 ms pages and 1 s Reads it cannot fit in one", reads)
+	}
+	// The window: from 6 s before the session opened up to the first
+	// live sample, one value a millisecond, each once.
+	first := live[0].Time
+	if from := checkHistory(t, "first session", hist, first); from > first-5999 || from < first-7000 {
+		t.Errorf("the window's history starts %d ms before the first live sample, want 6 s before the session opened", first-from)
+	}
+
+	// Drop the session for a while; the driver fills the gap between
+	// its last sample before and its first one after.
+	_, _, _ = drain("settle")
+	lastBefore := d.tl.configured[1].last
+	historyReads := countOf(sim.Services(), "HistoryRead")
+	d.drop(t.Context(), errors.New("the test dropped the session"))
+	time.Sleep(2500 * time.Millisecond) // 3 pages of history at least
+	var after []telemetry.Sample
+	if !waitFor(t.Context(), 10*time.Second, func() bool {
+		after, err = deadlineRead(t, d, points, timeout)
+		return err == nil
+	}) {
+		t.Fatalf("no Read succeeded after the session dropped: %v\n%s", err, logs.String())
+	}
+	firstAfter := int64(0)
+	var gap []telemetry.Sample
+	for _, s := range after {
+		if s.PointID != 1 {
+			continue
+		}
+		if firstAfter == 0 {
+			firstAfter = s.Time // the live sample comes first
+			continue
+		}
+		gap = append(gap, s)
+	}
+	_, more, moreReads := drain("after the reconnect")
+	gap = append(gap, more...)
+	if moreReads == 0 {
+		t.Errorf("a gap of %d ms (3 pages of 300 ms) was filled in the first Read after the reconnect", firstAfter-lastBefore)
+	}
+	if from := checkHistory(t, "after the reconnect", gap, firstAfter); from != lastBefore+1 {
+		t.Errorf("the gap's history starts at %d, want the millisecond after the last sample before the session dropped, %d", from, lastBefore+1)
+	}
+	if n := countOf(sim.Services(), "HistoryRead") - historyReads; n < 2 {
+		t.Errorf("the gap took %d HistoryRead, want pages", n)
+	}
+	if bad := notReads(sim.Services()); len(bad) > 0 {
+		t.Errorf("sent %q", bad)
+	}
+}
+
+// checkHistory checks that hist holds exactly one ok sample on each
+// millisecond from its earliest up to to (exclusive), and returns the
+// earliest.
+func checkHistory(t *testing.T, phase string, hist []telemetry.Sample, to int64) int64 {
+	t.Helper()
+	if len(hist) == 0 {
+		t.Fatalf("%s: no history", phase)
+	}
+	times := make([]int64, 0, len(hist))
+	for _, s := range hist {
+		if s.Status != telemetry.StatusOK {
+			t.Fatalf("%s: history sample %+v is not ok", phase, s)
+		}
+		times = append(times, s.Time)
+	}
+	slices.Sort(times)
+	for i := 1; i < len(times); i++ {
+		if d := times[i] - times[i-1]; d != 1 {
+			t.Fatalf("%s: history has %d ms between %d and %d, want one value each millisecond, each once", phase, d, times[i-1], times[i])
+		}
+	}
+	if last := times[len(times)-1]; last != to-1 {
+		t.Errorf("%s: history ends at %d, want %d (just before the first live sample)", phase, last, to-1)
+	}
+	t.Logf("%s: %d history samples", phase, len(times))
+	return times[0]
+}
+
+// split sorts the samples of Reads into live ones (times by point, in the
+// order received) and those from history (times of point 1): a Read
+// returns its history samples last, and the driver's history_samples
+// count says how many there are.
+type split struct {
+	t    *testing.T
+	d    *Driver
+	seen uint64
+	live map[uint64][]int64
+	hist []int64
+}
+
+func newSplit(t *testing.T, d *Driver) *split {
+	return &split{t: t, d: d, live: map[uint64][]int64{}}
+}
+
+func (sp *split) add(samples []telemetry.Sample) {
+	n := counter(sp.d, "history_samples") - sp.seen
+	sp.seen += n
+	for i, s := range samples {
+		switch {
+		case i >= len(samples)-int(n):
+			if s.PointID != 1 {
+				sp.t.Fatalf("history sample %+v of a point without history", s)
+			}
+			sp.hist = append(sp.hist, s.Time)
+		case s.Status == telemetry.StatusOK:
+			sp.live[s.PointID] = append(sp.live[s.PointID], s.Time)
+		}
+	}
+}
+
+// firstAfter is the first live sample time of point id after ms, 0 if none.
+func (sp *split) firstAfter(id uint64, ms int64) int64 {
+	for _, ts := range sp.live[id] {
+		if ts > ms {
+			return ts
+		}
+	}
+	return 0
+}
+
+// TestSubscriptionGapBackfill restarts the simulator under a driver that
+// subscribes to two nodes: one the server historizes (no history: true
+// needed) and one it does not. The values the old subscription had queued
+// are gone with it; after the reconnect the historized node's gap, from
+// its last notification to its first new one, is read from history, and
+// the other node's gap is counted (subscription_gaps) and logged once with
+// the node count.
+func TestSubscriptionGapBackfill(t *testing.T) {
+	opts := simopcua.Options{Epoch: time.Now().Add(-time.Minute), HistoryInterval: 50 * time.Millisecond}
+	sim := startSim(t, opts)
+	points := []driver.Point{
+		{ID: 1, Ref: fmt.Sprintf("ns=%d;s=%s", sim.NS, simopcua.HistoryNode), Settings: yamlSettings("mode: subscribe\nsampling_interval: 100ms")},
+		{ID: 2, Ref: fmt.Sprintf("ns=%d;s=AHU1.FanSpeed", sim.NS), Settings: yamlSettings("mode: subscribe\nsampling_interval: 100ms")},
+		{ID: 3, Ref: fmt.Sprintf("ns=%d;s=AHU1.SupplyAirTemp", sim.NS)},
+	}
+	d, logs := connected(t, noneSettings(t, sim.URL, "publishing_interval: 100ms", "request_timeout: 1s"), points)
+	sp := newSplit(t, d)
+	byPoint := sp.live
+	collect := sp.add
+	if !waitFor(t.Context(), 10*time.Second, func() bool {
+		samples, err := d.Read(t.Context(), points)
+		if err != nil {
+			t.Fatal(err)
+		}
+		collect(samples)
+		return len(byPoint[1]) >= 3 && len(byPoint[2]) >= 3
+	}) {
+		t.Fatalf("no notifications: %v\n%s", byPoint, logs.String())
+	}
+	if counter(d, "history_samples") != 0 {
+		t.Fatal("history read on the first session without history: true")
+	}
+	lastBefore := slices.Max(byPoint[1])
+	sim.Close()
+	opts.Port = simPort(t, sim)
+	sim2 := startSim(t, opts)
+	reconnected := func() bool {
+		samples, err := d.Read(t.Context(), points)
+		if err != nil {
+			return false
+		}
+		collect(samples)
+		d.mu.Lock()
+		pending := len(d.jobs)
+		d.mu.Unlock()
+		return d.Sessions() >= 2 && pending == 0 && counter(d, "history_samples") > 0
+	}
+	if !waitFor(t.Context(), 20*time.Second, reconnected) {
+		t.Fatalf("no backfill after the restart\n%s", logs.String())
+	}
+	// The first new notification after lastBefore ends the gap; every
+	// point of the history's 50 ms grid between is there, once.
+	firstNew := sp.firstAfter(1, lastBefore)
+	gap := sp.hist
+	if len(gap) < 10 {
+		t.Fatalf("%d history samples for a gap of %d ms at one per 50 ms\n%s", len(gap), firstNew-lastBefore, logs.String())
+	}
+	slices.Sort(gap)
+	if gap[0] <= lastBefore || gap[0] > lastBefore+50 || gap[len(gap)-1] >= firstNew || gap[len(gap)-1] < firstNew-50 {
+		t.Errorf("history [%d, %d] does not span the gap (%d, %d)", gap[0], gap[len(gap)-1], lastBefore, firstNew)
+	}
+	for i := 1; i < len(gap); i++ {
+		if gap[i]-gap[i-1] != 50 {
+			t.Fatalf("history has %d ms between %d and %d, want every 50 ms once", gap[i]-gap[i-1], gap[i-1], gap[i])
+		}
+	}
+	if n := counter(d, "subscription_gaps"); n != 1 {
+		t.Errorf("subscription_gaps = %d, want 1 (FanSpeed, which the server does not historize)", n)
+	}
+	if n := strings.Count(logs.String(), "subscription had queued"); n != 1 || !strings.Contains(logs.String(), "nodes=1") {
+		t.Errorf("the lost values were logged %d times, want once with nodes=1:\n%s", n, logs.String())
+	}
+	if countOf(sim2.Services(), "HistoryRead") == 0 {
+		t.Errorf("the restarted server saw no HistoryRead: %q", sim2.Services())
+	}
+	if bad := notReads(sim2.Services()); len(bad) > 0 {
+		t.Errorf("sent %q", bad)
+	}
+}
+
+// TestNodeOPCUASubscriptionGapIntegration cuts the network between the
+// driver and node-opcua (through a loopback proxy) while it subscribes to
+// a node the peer historizes and one it does not. node-opcua keeps the old
+// subscription, with the values it queued, for a session the driver no
+// longer has; after the reconnect the historized node's gap comes from
+// HistoryRead, exactly between the last notification before and the first
+// after, and the other node's gap is counted.
+func TestNodeOPCUASubscriptionGapIntegration(t *testing.T) {
+	p := shared(t)
+	proxy := startProxy(t, p.URL)
+	points := []driver.Point{
+		{ID: 1, Ref: peerRef("Plant.ChilledWaterSupplyTemp"), Settings: yamlSettings("mode: subscribe\nsampling_interval: 100ms\nqueue_size: 10")},
+		{ID: 2, Ref: peerRef("AHU1.FanSpeed"), Settings: yamlSettings("mode: subscribe\nsampling_interval: 100ms")},
+	}
+	d, logs := connected(t, noneSettings(t, proxy.URL(), "publishing_interval: 200ms", "request_timeout: 1s"), points)
+	sp := newSplit(t, d)
+	live := sp.live
+	read := func() error {
+		samples, err := d.Read(t.Context(), points)
+		if err == nil {
+			sp.add(samples)
+		}
+		return err
+	}
+	for range 8 {
+		if err := read(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if len(live[1]) < 3 {
+		t.Fatalf("%d notifications of the historized node in 1.6 s", len(live[1]))
+	}
+	proxy.Cut()
+	waitFor(t.Context(), 5*time.Second, func() bool { return read() != nil })
+	time.Sleep(2 * time.Second)
+	lastBefore := slices.Max(live[1])
+	proxy.Restore()
+	if !waitFor(t.Context(), 20*time.Second, func() bool {
+		if read() != nil {
+			return false
+		}
+		d.mu.Lock()
+		pending := len(d.jobs)
+		d.mu.Unlock()
+		return d.Sessions() >= 2 && pending == 0 && len(sp.hist) > 0
+	}) {
+		t.Fatalf("no backfill after the network came back (%d history samples)\n%s", len(sp.hist), logs.String())
+	}
+	firstNew := sp.firstAfter(1, lastBefore)
+	hist := sp.hist
+	slices.Sort(hist)
+	t.Logf("gap (%d, %d): %d ms, %d values from history", lastBefore, firstNew, firstNew-lastBefore, len(hist))
+	// The peer logs a value every 200 ms: a gap of over 2 s holds many.
+	if len(hist) < 5 {
+		t.Errorf("%d history values for a gap of %d ms", len(hist), firstNew-lastBefore)
+	}
+	if len(hist) > 0 && (hist[0] <= lastBefore || hist[len(hist)-1] >= firstNew) {
+		t.Errorf("history [%d, %d] is not inside the gap (%d, %d)", hist[0], hist[len(hist)-1], lastBefore, firstNew)
+	}
+	if n := len(slices.Compact(slices.Clone(hist))); n != len(hist) {
+		t.Errorf("%d history values repeat a time", len(hist)-n)
+	}
+	if n := counter(d, "subscription_gaps"); n != 1 {
+		t.Errorf("subscription_gaps = %d, want 1 (FanSpeed, which the peer does not historize)", n)
+	}
+	if bad := notReads(p.Services()); len(bad) > 0 {
+		t.Errorf("the peer received %q", bad)
+	}
+}
