@@ -177,6 +177,10 @@ func TestIsolationIntegration(t *testing.T) {
 	})
 
 	// edge: the agent, both NICs named, every control socket bound to ctl0.
+	// The meter names its local_address; peer, vav and scada leave it out,
+	// so the agent takes network.control.address for them (their sockets
+	// are audited below like the meter's: from the control address, bound
+	// to ctl0).
 	agentDir := filepath.Join(dir, "agent")
 	agentCfg := filepath.Join(agentDir, "agent.yaml")
 	if err := os.MkdirAll(agentDir, 0o700); err != nil {
@@ -202,28 +206,28 @@ devices:
   - name: peer
     driver: modbus
     interval: 1s
-    settings: {host: "%s:%d", unit: 1, local_address: %s}
+    settings: {host: "%s:%d", unit: 1}
     points:
       - {ref: hr/0/float32}
       - {ref: ir/10}
   - name: vav
     driver: bacnet
     interval: 1s
-    settings: {device_instance: 4242, address: "%s:%d", local_address: "%s:%d"}
+    settings: {device_instance: 4242, address: "%s:%d"}
     points:
       - {ref: analog-input:0}
       - {ref: binary-input:0}
   - name: scada
     driver: opcua
     interval: 1s
-    settings: {endpoint: "opc.tcp://%s:%d", security_policy: Basic256Sha256, security_mode: SignAndEncrypt, local_address: %s}
+    settings: {endpoint: "opc.tcp://%s:%d", security_policy: Basic256Sha256, security_mode: SignAndEncrypt}
     points:
       - {ref: "ns=2;s=AHU1.FanSpeed"}
       - {ref: "ns=2;s=AHU1.SupplyAirTemp"}
 `, agentDir, controlIf, controlAddr, uplinkIf, ingestAddr, ingestPort, uplinkAddr,
-		deviceAddr, simPort, controlAddr, deviceAddr, pymodbusPort, controlAddr,
-		deviceAddr, bacnetPort, controlAddr, bacnetPort,
-		deviceAddr, opcuaPort, controlAddr))
+		deviceAddr, simPort, controlAddr, deviceAddr, pymodbusPort,
+		deviceAddr, bacnetPort,
+		deviceAddr, opcuaPort))
 
 	t.Run("refuses to start while forwarding", func(t *testing.T) {
 		for _, key := range []string{"net.ipv4.conf." + controlIf + ".forwarding", "net.ipv4.ip_forward"} {
