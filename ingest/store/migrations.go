@@ -168,6 +168,14 @@ CREATE TABLE observed (
 );
 CREATE INDEX observed_at ON observed(at);
 `,
+	// 4: completeness counts every point of a building over a window. The
+	// primary key leads with the point, so that query could use only its
+	// (tenant, site) prefix and read every rollup row of the building; this
+	// index leads with the window and covers the columns it sums (a 24 h
+	// page over a year of 300 points: 276 ms to 3 ms).
+	`
+CREATE INDEX rollups_window ON rollups(tenant, site, res, bucket, point_id, n, bad);
+`,
 }
 
 func (s *DB) migrate(ctx context.Context) error {

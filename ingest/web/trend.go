@@ -99,14 +99,14 @@ func parseWindow(q url.Values, now time.Time) (window, error) {
 	return w, nil
 }
 
+// query is the window as from/to, even for a preset: a link that said
+// range=6h would be read against a later "now" and cover other buckets
+// than the ones shown. From is aligned already, so reading it back
+// yields the same window and resolution.
 func (w window) query() url.Values {
 	v := url.Values{}
-	if w.Key != "" {
-		v.Set("range", w.Key)
-	} else {
-		v.Set("from", strconv.FormatInt(w.From.UnixMilli(), 10))
-		v.Set("to", strconv.FormatInt(w.To.UnixMilli(), 10))
-	}
+	v.Set("from", strconv.FormatInt(w.From.UnixMilli(), 10))
+	v.Set("to", strconv.FormatInt(w.To.UnixMilli(), 10))
 	return v
 }
 
@@ -406,7 +406,18 @@ type completenessPage struct {
 	Ranges       []rangeLink
 	AgentOffline bool
 	LastUpload   time.Time
+	// Capped is set when the range asked for was longer than
+	// maxCompletenessSpan and only its end is shown.
+	Capped bool
 }
+
+// maxCompletenessSpan caps the work of one completeness page: its one
+// query reads a row per point per bucket of the window (hourly past two
+// days), so a year of a 300-point building was 2.6 million rows and a
+// second; 30 days of 1,000 points are 720,000 rows (see
+// store.BenchmarkReceivedAll). Longer ranges show their last 30 days, and
+// say so; from/to step through older months.
+const maxCompletenessSpan = 30 * 24 * time.Hour
 
 // Completeness verdicts: what an engineer needs to tell apart.
 const (
@@ -424,6 +435,10 @@ func (s *Server) handleCompleteness(w http.ResponseWriter, r *http.Request, rq *
 	if err != nil {
 		s.queryError(w, r, err)
 		return
+	}
+	capped := win.To.Sub(win.From) > maxCompletenessSpan
+	if capped {
+		win.From = win.To.Add(-maxCompletenessSpan)
 	}
 	// Counts come from the 5-minute rollups for short or recent spans,
 	// else from the hourly ones.
@@ -447,7 +462,7 @@ func (s *Server) handleCompleteness(w http.ResponseWriter, r *http.Request, rq *
 		s.serverError(w, r, err)
 		return
 	}
-	page := completenessPage{building: b, Window: win}
+	page := completenessPage{building: b, Window: win, Capped: capped}
 	for _, h := range healths {
 		if h.Site == b.SiteRef && h.LastUpload.After(page.LastUpload) {
 			page.LastUpload = h.LastUpload
@@ -524,7 +539,9 @@ func (s *Server) handleCompleteness(w http.ResponseWriter, r *http.Request, rq *
 		page.NextURL = link(page.PageNo + 1)
 	}
 	for _, rg := range ranges {
-		page.Ranges = append(page.Ranges, rangeLink{Key: rg.Key, URL: b.Path + "/completeness?range=" + rg.Key, Active: rg.Key == win.Key})
+		if rg.D <= maxCompletenessSpan {
+			page.Ranges = append(page.Ranges, rangeLink{Key: rg.Key, URL: b.Path + "/completeness?range=" + rg.Key, Active: rg.Key == win.Key})
+		}
 	}
 	s.render(w, r, http.StatusOK, "completeness", rq, page)
 }
