@@ -11,7 +11,9 @@
 // second) are read in one Driver.Read call, which lets the driver's planner
 // coalesce them into as few requests as the protocol allows. A tick that
 // passes while the device is still busy with an earlier read, or down, is
-// skipped, not queued: the next read happens at the next tick.
+// skipped, not queued: the next read happens at the next tick, the device is
+// never asked twice at once (unless Concurrency allows), and the skipped
+// ticks and slow reads are counted in DeviceStats.
 //
 // With Options.Jitter > 0 every read, the first included, is delayed by a
 // random amount below Jitter × the device's shortest point interval, so that
@@ -49,7 +51,8 @@
 // implements driver.Committer committed. When Append fails the scheduler
 // retries it (Options.AppendAttempts in all, pausing Options.AppendPause,
 // doubling), then drops the read with an error log and counts the dropped
-// samples in Stats; a Committer is not committed, so it reads the same data
+// samples in Stats, and in the Sink's own persisted count when it is a
+// DropCounter; a Committer is not committed, so it reads the same data
 // again. A crash between Append and Commit also makes a Committer read its
 // data again; when the Sink is a OnceSink, that second read is recognised
 // by its mark and committed without being stored twice. A failing buffer is serious, but holding the read back would stall
@@ -112,6 +115,16 @@ type Sink interface {
 // a second time. The agent's buffer implements it.
 type OnceSink interface {
 	AppendOnce(ctx context.Context, mark []byte, samples []telemetry.Sample) (dup bool, err error)
+}
+
+// DropCounter is a Sink that keeps a persisted count of lost samples (the
+// agent's buffer, whose count goes upstream in every batch header and
+// survives restarts). When the Sink refuses a read AppendAttempts times, the
+// scheduler drops it and hands its sample count to CountDropped; nil means
+// the Sink counted them, and Health then leaves them out, so they are
+// reported once. On an error they stay in Health.
+type DropCounter interface {
+	CountDropped(ctx context.Context, samples int) error
 }
 
 // StateSink is a Sink that also keeps a driver.Checkpointer's state:
@@ -203,6 +216,21 @@ type DeviceStats struct {
 	// DroppedReads and DroppedSamples count reads (and their samples) lost
 	// because the Sink refused them AppendAttempts times.
 	DroppedReads, DroppedSamples uint64
+	// DroppedCountedBySink is the part of DroppedSamples the Sink added to
+	// its own persisted count (DropCounter).
+	DroppedCountedBySink uint64
+	// SkippedTicks counts the ticks of the device's point groups that
+	// passed without a read of their own: the device was still busy with
+	// the read before (a slow device), or down. For each group, the ticks
+	// up to its last successful read are its reads plus its skipped ticks.
+	SkippedTicks uint64
+	// SlowReads counts successful reads that took longer than the shortest
+	// interval of the points they read, so a tick passed during them.
+	SlowReads uint64
+	// LateReads counts reads that started after their tick because the
+	// device's every read slot (Concurrency) was taken by a read of other
+	// points when it came.
+	LateReads uint64
 	// CommitErrors counts failed Commit calls (the source is read again).
 	CommitErrors uint64
 	// OutOfRangeSamples counts samples left out because their time is
@@ -240,7 +268,8 @@ type Health struct {
 	// DevicesUp and DevicesDown count devices by DeviceStats.Up.
 	DevicesUp, DevicesDown uint32
 	// DroppedSamples counts samples read but lost because the Sink refused
-	// them (not the buffer's own cap drops).
+	// them, leaving out those a DropCounter Sink counted itself (the
+	// buffer reports those, with its own cap drops).
 	DroppedSamples uint64
 }
 
@@ -414,7 +443,7 @@ func (s *Scheduler) Health() Health {
 	for _, w := range s.workers {
 		st := w.snapshot()
 		h.PollErrors += st.Failures
-		h.DroppedSamples += st.DroppedSamples
+		h.DroppedSamples += st.DroppedSamples - st.DroppedCountedBySink
 		if st.Up {
 			h.DevicesUp++
 		} else {

@@ -29,15 +29,22 @@ type group struct {
 	next time.Time
 	// busy is true while a read of the group is in flight.
 	busy bool
+	// late is set when the group fell due while every read the device
+	// allows was in flight, so its read starts after its tick.
+	late bool
 }
 
 // advance moves next to the first tick after now, skipping the ticks
-// missed while the device was busy or down.
-func (g *group) advance(now time.Time) {
+// missed while the device was busy or down, and returns how many it
+// skipped: the read that ends now serves one of the ticks up to now, and
+// every other one passed without a read of its own.
+func (g *group) advance(now time.Time) (skipped int) {
 	if g.next.After(now) {
-		return
+		return 0
 	}
-	g.next = g.next.Add((now.Sub(g.next)/g.interval + 1) * g.interval)
+	passed := now.Sub(g.next)/g.interval + 1
+	g.next = g.next.Add(passed * g.interval)
+	return int(passed) - 1
 }
 
 // worker polls one device. Its fields below mu are owned by the goroutine
@@ -66,6 +73,9 @@ type worker struct {
 	// so the loop waking early (a read coming back) does not draw again.
 	nominal time.Time
 	delay   time.Duration
+	// slow is set while reads take longer than their interval, so that
+	// is logged once when it starts and once when it ends.
+	slow bool
 
 	index map[uint64]int // point id -> its place in stats.Points; fixed at start
 	// windowWarned is set once a sample outside the ingest's time window
@@ -118,13 +128,18 @@ func newWorker(d Device, sink Sink, opts Options) *worker {
 
 // result is the outcome of one read, handed back to the worker's loop.
 type result struct {
-	groups    []*group
-	err       error
-	samples   int
-	bad       int
-	got       []telemetry.Sample // for the per-point counts
-	dropped   bool               // the sink refused the samples
-	commitErr bool
+	groups  []*group
+	err     error
+	samples int
+	bad     int
+	got     []telemetry.Sample // for the per-point counts
+	dropped bool               // the sink refused the samples
+	// dropCounted is set when the sink counted the dropped samples in
+	// its own persisted count (DropCounter).
+	dropCounted bool
+	commitErr   bool
+	// took is how long the read took (busy retries included).
+	took time.Duration
 	// outOfRange counts samples left out for a time the ingest refuses.
 	outOfRange int
 }
@@ -165,8 +180,12 @@ func (w *worker) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 		case r := <-results:
+			full := inflight >= w.dev.Concurrency
 			inflight--
 			w.handle(ctx, r)
+			if full {
+				w.markLate(time.Now())
+			}
 		case <-tick:
 			if w.dispatch(ctx, results) {
 				inflight++
@@ -234,18 +253,39 @@ func (w *worker) dispatch(ctx context.Context, results chan<- result) bool {
 	now := time.Now()
 	var due []*group
 	var points []driver.Point
+	late := false
 	for _, g := range w.groups {
 		if !g.busy && !g.next.After(now) {
 			g.busy = true
 			due = append(due, g)
 			points = append(points, g.points...)
+			late = late || g.late
+			g.late = false
 		}
 	}
 	if len(due) == 0 {
 		return false
 	}
+	if late {
+		w.update(func(st *DeviceStats) { st.LateReads++ })
+	}
 	go func() { results <- w.poll(ctx, due, points) }()
 	return true
+}
+
+// markLate marks the idle groups that fell due before now, when a read has
+// just come back from a device whose every read slot was taken: they fell
+// due while none was free. Not after a failure, where the backoff, not the
+// other reads, decides when they are read.
+func (w *worker) markLate(now time.Time) {
+	if w.failures > 0 {
+		return
+	}
+	for _, g := range w.groups {
+		if !g.busy && g.next.Before(now) {
+			g.late = true
+		}
+	}
 }
 
 // connect opens the driver; a failed Connect is followed by Close, so the
@@ -303,10 +343,11 @@ func (w *worker) handle(ctx context.Context, r result) {
 	}
 	switch {
 	case r.err == nil:
+		skipped := 0
 		for _, g := range r.groups {
-			g.advance(now)
+			skipped += g.advance(now)
 		}
-		w.succeed(now, r)
+		w.succeed(now, r, skipped)
 		if r.dropped && w.committer != nil && w.open {
 			// The read was not committed, but the driver counts it as
 			// read (a trend file stays pending, a trend log's mark is
@@ -320,11 +361,13 @@ func (w *worker) handle(ctx context.Context, r result) {
 	case errors.Is(r.err, driver.ErrRefused):
 		// A driver bug: retrying would be refused again, and backing off
 		// would not help the device, so wait for the next tick.
+		skipped := 0
 		for _, g := range r.groups {
-			g.advance(now)
+			skipped += g.advance(now)
 		}
 		w.log.Error("read refused by the read-only guard; this is a driver bug, please report it", "err", r.err)
 		w.update(func(st *DeviceStats) {
+			st.SkippedTicks += uint64(skipped)
 			st.Failures++
 			st.LastError, st.LastErrorAt = r.err.Error(), now
 		})
@@ -336,14 +379,36 @@ func (w *worker) handle(ctx context.Context, r result) {
 	}
 }
 
-// succeed records a successful read, logging a recovery.
-func (w *worker) succeed(now time.Time, r result) {
+// succeed records a successful read, logging a recovery, and the start
+// and end of a run of slow reads. skipped is how many ticks passed without
+// a read of their own.
+func (w *worker) succeed(now time.Time, r result, skipped int) {
 	if w.failures > 0 {
 		w.log.Info("device recovered", "failures", w.failures, "down_for", now.Sub(w.downSince))
 	}
 	w.failures = 0
+	// A read slower than its interval makes the group miss its next tick;
+	// the tick is skipped, not queued, so the device is never asked twice
+	// at once (see the package doc).
+	interval := r.groups[0].interval
+	for _, g := range r.groups[1:] {
+		interval = min(interval, g.interval)
+	}
+	slow := r.took > interval
+	switch {
+	case slow && !w.slow:
+		w.log.Warn("device answers more slowly than its points' interval; ticks that pass during a read are skipped, not queued",
+			"took", r.took, "interval", interval)
+	case !slow && w.slow:
+		w.log.Info("device answers within its points' interval again", "took", r.took, "interval", interval)
+	}
+	w.slow = slow
 	w.update(func(st *DeviceStats) {
 		st.Up = true
+		st.SkippedTicks += uint64(skipped)
+		if slow {
+			st.SlowReads++
+		}
 		st.LastOK = now
 		st.Reads++
 		st.ConsecutiveFailures = 0
@@ -366,6 +431,9 @@ func (w *worker) succeed(now time.Time, r result) {
 		if r.dropped {
 			st.DroppedReads++
 			st.DroppedSamples += uint64(r.samples)
+			if r.dropCounted {
+				st.DroppedCountedBySink += uint64(r.samples)
+			}
 		}
 		if r.commitErr {
 			st.CommitErrors++
@@ -414,7 +482,9 @@ func (w *worker) backoff(n int) time.Duration {
 // its own goroutine and touches no worker state.
 func (w *worker) poll(ctx context.Context, groups []*group, points []driver.Point) result {
 	r := result{groups: groups}
+	began := time.Now()
 	samples, err := w.read(ctx, points)
+	r.took = time.Since(began)
 	if err != nil {
 		r.err = err
 		return r
@@ -439,6 +509,7 @@ func (w *worker) poll(ctx context.Context, groups []*group, points []driver.Poin
 	}
 	if !w.store(ctx, samples, mark, state) {
 		r.dropped = true
+		r.dropCounted = w.countDropped(ctx, len(samples))
 		return r
 	}
 	if w.committer != nil {
@@ -565,6 +636,24 @@ func (w *worker) store(ctx context.Context, samples []telemetry.Sample, mark, st
 		w.log.Warn("buffer append failed, trying again", "err", err, "attempt", attempt, "retry_in", pause)
 		pause *= 2
 	}
+}
+
+// countDropped hands the count of a dropped read to a DropCounter sink and
+// reports whether it took it; if not, Health reports the samples.
+func (w *worker) countDropped(ctx context.Context, samples int) bool {
+	dc, ok := w.sink.(DropCounter)
+	if !ok || samples == 0 {
+		return false
+	}
+	// Like Append, not cut short by shutdown: the count must not be lost.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opts.AppendTimeout)
+	defer cancel()
+	if err := dc.CountDropped(cctx, samples); err != nil {
+		w.log.Error("the buffer could not count the dropped read either; it is reported from memory until the agent restarts",
+			"err", err, "samples", samples)
+		return false
+	}
+	return true
 }
 
 // markOf names samples for OnceSink: a SHA-256 over every field of every
