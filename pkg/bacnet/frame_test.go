@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -124,6 +125,32 @@ func TestDecodeAnswers(t *testing.T) {
 		}
 		if len(recs) != 1 || !recs[0].HasValue || recs[0].Value != 21.5 || !recs[0].Time.Equal(time.Date(2026, 3, 2, 10, 30, 0, 0, time.UTC)) {
 			t.Fatalf("%+v", recs)
+		}
+	})
+	t.Run("log records with bad ones", func(t *testing.T) {
+		// Good records at 10:30 and 10:45 around bad ones: a timestamp
+		// without its time, a datum of two choices, status flags that are
+		// not a bit string. Each loses only itself.
+		good := func(minute string) string {
+			return "0e" + "a47e030201" + "b40a" + minute + "0000" + "0f" + "1e" + "2c41ac0000" + "1f" + "2a0400"
+		}
+		bad := []string{
+			"0e" + "a47e030201" + "0f" + "1e" + "2c41ac0000" + "1f",
+			"0e" + "a47e030201" + "b40a200000" + "0f" + "1e" + "2c41ac0000" + "2c41ac0000" + "1f",
+			"0e" + "a47e030201" + "b40a210000" + "0f" + "1e" + "2c41ac0000" + "1f" + "28",
+		}
+		for i, b := range bad {
+			r, err := DecodeReadRangeACK(mustHex(t, "0c05000001"+"1983"+"3a05c0"+"4903"+"5e"+good("1e")+b+good("2d")+"5f"))
+			if err != nil {
+				t.Fatalf("bad record %d: the page: %v", i, err)
+			}
+			recs, err := DecodeLogRecords(r.Items, time.UTC)
+			if err == nil || !strings.Contains(err.Error(), "1 of the page's records skipped") {
+				t.Errorf("bad record %d: err %v, want one skipped", i, err)
+			}
+			if len(recs) != 2 || recs[0].Time.Minute() != 30 || recs[1].Time.Minute() != 45 || recs[1].Value != 21.5 {
+				t.Errorf("bad record %d: %+v, want the records of 10:30 and 10:45", i, recs)
+			}
 		}
 	})
 	t.Run("error", func(t *testing.T) {

@@ -1,6 +1,7 @@
 package bacnet
 
 import (
+	"errors"
 	"fmt"
 	"time"
 )
@@ -648,45 +649,68 @@ const (
 )
 
 // DecodeLogRecords interprets ReadRange items of a trend log's log-buffer,
-// with timestamps in loc (the device's time zone).
+// with timestamps in loc (the device's time zone). A malformed record is
+// skipped up to the next record's timestamp, so it loses only itself: the
+// records that decode are returned even then, with an error naming each
+// one skipped.
 func DecodeLogRecords(items []Value, loc *time.Location) ([]LogRecord, error) {
 	out := make([]LogRecord, 0, len(items)/2)
 	f := &fields{vals: items, what: "log record"}
+	var errs []error
 	for !f.done() {
-		ts, err := f.constructed(0)
-		if err != nil {
-			return nil, err
+		start := f.i
+		rec, err := f.logRecord(loc)
+		if err == nil {
+			out = append(out, rec)
+			continue
 		}
-		if len(ts) != 2 || ts[0].Kind != KindDate || ts[1].Kind != KindTime {
-			return nil, f.errf("timestamp is not a date and a time")
+		errs = append(errs, err)
+		// Resynchronise on the next timestamp ([0] constructed).
+		for f.i = start + 1; !f.done() && !f.peekContext(0, KindConstructed); f.i++ {
 		}
-		rec := LogRecord{Time: DateTime(ts[0].Date, ts[1].Time, loc)}
-		datum, err := f.constructed(1)
-		if err != nil {
-			return nil, err
-		}
-		if len(datum) != 1 || (datum[0].Kind != KindContext && datum[0].Kind != KindConstructed) {
-			return nil, f.errf("log datum is not one choice")
-		}
-		d := datum[0]
-		rec.Kind = d.Context
-		appTag := map[uint8]uint8{LogDatumBoolean: TagBoolean, LogDatumReal: TagReal, LogDatumEnum: TagEnumerated,
-			LogDatumUnsigned: TagUnsigned, LogDatumSigned: TagSigned}
-		if at, ok := appTag[d.Context]; ok && d.Kind == KindContext {
-			v, err := d.ContextAs(at)
-			if err != nil {
-				return nil, f.errf("log datum: %v", err)
-			}
-			rec.Value, rec.HasValue = v.Float()
-		}
-		if f.peekContext(2, KindContext) {
-			sf, err := f.context(2, TagBitString)
-			if err != nil {
-				return nil, err
-			}
-			rec.StatusFlags, rec.HasStatusFlags = sf.Bits, true
-		}
-		out = append(out, rec)
+	}
+	if len(errs) > 0 {
+		return out, fmt.Errorf("%d of the page's records skipped: %w", len(errs), errors.Join(errs...))
 	}
 	return out, nil
 }
+
+// logRecord decodes one BACnetLogRecord.
+func (f *fields) logRecord(loc *time.Location) (LogRecord, error) {
+	ts, err := f.constructed(0)
+	if err != nil {
+		return LogRecord{}, err
+	}
+	if len(ts) != 2 || ts[0].Kind != KindDate || ts[1].Kind != KindTime {
+		return LogRecord{}, f.errf("timestamp is not a date and a time")
+	}
+	rec := LogRecord{Time: DateTime(ts[0].Date, ts[1].Time, loc)}
+	datum, err := f.constructed(1)
+	if err != nil {
+		return LogRecord{}, err
+	}
+	if len(datum) != 1 || (datum[0].Kind != KindContext && datum[0].Kind != KindConstructed) {
+		return LogRecord{}, f.errf("log datum is not one choice")
+	}
+	d := datum[0]
+	rec.Kind = d.Context
+	if at, ok := logDatumTags[d.Context]; ok && d.Kind == KindContext {
+		v, err := d.ContextAs(at)
+		if err != nil {
+			return LogRecord{}, f.errf("log datum: %v", err)
+		}
+		rec.Value, rec.HasValue = v.Float()
+	}
+	if f.peekContext(2, KindContext) {
+		sf, err := f.context(2, TagBitString)
+		if err != nil {
+			return LogRecord{}, err
+		}
+		rec.StatusFlags, rec.HasStatusFlags = sf.Bits, true
+	}
+	return rec, nil
+}
+
+// logDatumTags are the application tags of the numeric log datum choices.
+var logDatumTags = map[uint8]uint8{LogDatumBoolean: TagBoolean, LogDatumReal: TagReal, LogDatumEnum: TagEnumerated,
+	LogDatumUnsigned: TagUnsigned, LogDatumSigned: TagSigned}

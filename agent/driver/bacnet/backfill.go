@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
@@ -355,7 +356,7 @@ func (d *Driver) backfill(ctx context.Context, c *bacnet.Client, dev bacnet.Devi
 func (d *Driver) fillGaps(ctx context.Context, c *bacnet.Client, dev bacnet.Device, p driver.Point, tl bacnet.ObjectID, gaps []gap) ([]telemetry.Sample, []gap, error) {
 	var out []telemetry.Sample
 	for k, g := range gaps {
-		got, err := readTrend(ctx, c, dev, tl, time.UnixMilli(g.From), time.UnixMilli(g.To), d.cfg.loc, p.ID)
+		got, err := readTrend(ctx, c, dev, tl, time.UnixMilli(g.From), time.UnixMilli(g.To), d.cfg.loc, p.ID, d.log)
 		out = append(out, got...)
 		if err != nil {
 			rest := slices.Clone(gaps[k:])
@@ -375,7 +376,7 @@ func fmtMS(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC333
 // readTrend reads a trend log's records logged after from and before to.
 // On an error it returns the records of the pages read before it, in
 // order, so a caller can keep them and ask for the rest later.
-func readTrend(ctx context.Context, c *bacnet.Client, dev bacnet.Device, tl bacnet.ObjectID, from, to time.Time, loc *time.Location, id uint64) ([]telemetry.Sample, error) {
+func readTrend(ctx context.Context, c *bacnet.Client, dev bacnet.Device, tl bacnet.ObjectID, from, to time.Time, loc *time.Location, id uint64, log *slog.Logger) ([]telemetry.Sample, error) {
 	var out []telemetry.Sample
 	ref := from.In(loc)
 	for range 1000 { // bounded: 200k records at most per gap
@@ -384,8 +385,12 @@ func readTrend(ctx context.Context, c *bacnet.Client, dev bacnet.Device, tl bacn
 			return out, err
 		}
 		recs, err := bacnet.DecodeLogRecords(r.Items, loc)
-		if err != nil {
-			return out, fmt.Errorf("trend log %v: %w", tl, err)
+		switch {
+		case err != nil && len(recs) == 0 && len(r.Items) > 0:
+			return out, fmt.Errorf("trend log %v: no record of the page decodes: %w", tl, err)
+		case err != nil:
+			// A malformed record loses only itself.
+			log.Warn("trend-log records that do not decode were skipped", "trend_log", tl.String(), "err", err)
 		}
 		for _, rec := range recs {
 			if !rec.Time.After(from) || !rec.Time.Before(to) || !rec.HasValue {

@@ -257,3 +257,49 @@ func TestBackfillAfterDefault(t *testing.T) {
 		}
 	}
 }
+
+// TestBackfillSkipsBadRecord: a trend log page with malformed records
+// (every other one here) loses only those: the others are backfilled, the
+// gap counts as filled, and the skip is logged.
+func TestBackfillSkipsBadRecord(t *testing.T) {
+	dev := bacnetsim.NewDevice(14, "buggy", 1, 0, 0, true)
+	tl := dev.Objects[1].Log
+	tl.Interval = 50 * time.Millisecond
+	tl.Start = time.Now().Add(-time.Minute)
+	sim := startSim(t, bacnetsim.Config{Local: dev})
+	logs := &logCount{}
+	points := []driver.Point{{ID: 1, Ref: "analog-input:1", Settings: yamlText("trend_log: trend-log:1")}}
+	d, err := New(driver.Device{Name: "buggy", Settings: yamlText(simSettings(sim, 14, "backfill_after: 300ms\n")), Points: points, Logger: slog.New(logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	first, err := d.Read(t.Context(), points)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // about ten records
+	sim.Update(func() { tl.Corrupt = func(seq uint64) bool { return seq%2 == 1 } })
+	samples, err := d.Read(t.Context(), points)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(samples) - 1; n < 3 || n > 7 {
+		t.Fatalf("%d backfilled; want the good half of about ten records", n)
+	}
+	for _, s := range samples[1:] {
+		if s.Time <= first[0].Time || s.Time >= samples[0].Time {
+			t.Errorf("backfilled %d outside the gap", s.Time)
+		}
+	}
+	var cp stateFile
+	if err := json.Unmarshal(d.(*Driver).Checkpoint(), &cp); err != nil || len(cp.Marks["analog-input:1"].Gaps) != 0 {
+		t.Errorf("checkpoint %s (%v): the gap should count as filled", d.(*Driver).Checkpoint(), err)
+	}
+	if logs.count(slog.LevelWarn, "trend-log records that do not decode") == 0 {
+		t.Error("the skipped records were not logged")
+	}
+}

@@ -46,6 +46,9 @@ type TrendLog struct {
 	Start    time.Time
 	Interval time.Duration
 	Size     int
+	// Corrupt, if set, makes the records it is true for malformed (a
+	// timestamp without its time), as a buggy device sends them.
+	Corrupt func(seq uint64) bool
 	// value computes the logged value (the source's Value).
 	value func(t time.Time) float64
 }
@@ -385,5 +388,8 @@ func (d *Device) logRecord(l *TrendLog, seq uint64, loc *time.Location) []bacnet
 	}
 	real, _ := bacnet.ContextOf(bacnet.LogDatumReal, bacnet.Real(float32(v)))
 	flags, _ := bacnet.ContextOf(2, bacnet.Bits(bacnet.NewBitString(false, false, false, false)))
+	if l.Corrupt != nil && l.Corrupt(seq) {
+		return []bacnet.Value{bacnet.Constructed(0, date), bacnet.Constructed(1, real), flags}
+	}
 	return []bacnet.Value{bacnet.Constructed(0, date, tm), bacnet.Constructed(1, real), flags}
 }
