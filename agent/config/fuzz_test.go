@@ -12,6 +12,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("devices:\n  - name: a\n    driver: modbus\n    settings: {host: 10.0.0.1, unit: 1}\n    points:\n      - {ref: hr/1/float32, scale: 0.1}\n"))
 	f.Add([]byte("buffer:\n  max_bytes: 1GiB\npoll:\n  jitter: 0.5\n"))
 	f.Add([]byte("a: &x [*x]\n"))
+	// A network section fills local_address; BACnet devices sharing one are compared.
+	f.Add([]byte("uplink: {url: https://h:1}\nnetwork:\n  control: {interface: eth0, address: 10.0.0.5}\n  uplink: {interface: eth1}\ndevices:\n  - {name: a, driver: bacnet, settings: {device_instance: 1, broadcast: 10.0.0.255:47808}, points: [{ref: ai:1}]}\n  - {name: b, driver: bacnet, settings: {device_instance: 2, max_per_network: 3}, points: [{ref: ai:1}]}\n  - {name: c, driver: opcua, settings: &s {local_address: \"\"}, points: [{ref: x}]}\n  - {name: d, driver: modbus, settings: *s, points: [{ref: x}]}\n"))
 	f.Add([]byte("devices: [{points: [{ref: 1}, {ref: 1}]}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse(data, "fuzz.yaml")
