@@ -48,29 +48,42 @@ func (l *logCount) count(level slog.Level, prefix string) int {
 	return n
 }
 
+// trendDevice is a simulated device whose trend-log:1 has logged
+// analog-input:1 every interval for the last minute.
+func trendDevice(instance uint32, name string, interval time.Duration) (*bacnetsim.Device, *bacnetsim.Object) {
+	dev := bacnetsim.NewDevice(instance, name, 1, 0, 0, true)
+	tl := dev.Objects[1]
+	tl.Log.Interval = interval
+	tl.Log.Start = time.Now().Add(-time.Minute)
+	return dev, tl
+}
+
+// openDriver builds and connects a driver, closed when the test ends.
+func openDriver(t *testing.T, dev driver.Device) *Driver {
+	t.Helper()
+	d, err := New(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return d.(*Driver)
+}
+
 // TestBackfillGapKept: the trend log fails while live reads go on. The
 // live mark advances anyway, the gap is kept apart and asked for again
 // only with backoff (logged once, and once on recovery); when the trend log
 // answers, exactly the gap is filled, not the time live reads covered.
 func TestBackfillGapKept(t *testing.T) {
-	dev := bacnetsim.NewDevice(13, "logged", 1, 0, 0, true)
-	tl := dev.Objects[1]
-	tl.Log.Interval = 50 * time.Millisecond
-	tl.Log.Start = time.Now().Add(-time.Minute)
+	dev, tl := trendDevice(13, "logged", 50*time.Millisecond)
 	sim := startSim(t, bacnetsim.Config{Local: dev})
 	logs := &logCount{}
 	points := []driver.Point{{ID: 1, Ref: "analog-input:1", Settings: yamlText("trend_log: trend-log:1")}}
 	settings := yamlText(simSettings(sim, 13, "backfill_after: 300ms\n"))
-	d, err := New(driver.Device{Name: "logged", Settings: settings, Points: points, Logger: slog.New(logs), DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	drv := d.(*Driver)
-	defer drv.Close()
+	drv := openDriver(t, driver.Device{Name: "logged", Settings: settings, Points: points, Logger: slog.New(logs), DataDir: t.TempDir()})
 	drv.cfg.backfillRetry = time.Hour
-	if err := drv.Connect(t.Context()); err != nil {
-		t.Fatal(err)
-	}
 	readRanges := func() int { return confirmed(sim, bacnet.ServiceReadRange) }
 	read := func(what string) []telemetry.Sample {
 		t.Helper()
@@ -152,6 +165,7 @@ func TestBackfillGapKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d2.Close()
+	// The agent restores before the first Connect.
 	if err := d2.(driver.Checkpointer).Restore(gapState); err != nil {
 		t.Fatal(err)
 	}
@@ -262,27 +276,17 @@ func TestBackfillAfterDefault(t *testing.T) {
 // (every other one here) loses only those: the others are backfilled, the
 // gap counts as filled, and the skip is logged.
 func TestBackfillSkipsBadRecord(t *testing.T) {
-	dev := bacnetsim.NewDevice(14, "buggy", 1, 0, 0, true)
-	tl := dev.Objects[1].Log
-	tl.Interval = 50 * time.Millisecond
-	tl.Start = time.Now().Add(-time.Minute)
+	dev, tl := trendDevice(14, "buggy", 50*time.Millisecond)
 	sim := startSim(t, bacnetsim.Config{Local: dev})
 	logs := &logCount{}
 	points := []driver.Point{{ID: 1, Ref: "analog-input:1", Settings: yamlText("trend_log: trend-log:1")}}
-	d, err := New(driver.Device{Name: "buggy", Settings: yamlText(simSettings(sim, 14, "backfill_after: 300ms\n")), Points: points, Logger: slog.New(logs)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if err := d.Connect(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	d := openDriver(t, driver.Device{Name: "buggy", Settings: yamlText(simSettings(sim, 14, "backfill_after: 300ms\n")), Points: points, Logger: slog.New(logs)})
 	first, err := d.Read(t.Context(), points)
 	if err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond) // about ten records
-	sim.Update(func() { tl.Corrupt = func(seq uint64) bool { return seq%2 == 1 } })
+	sim.Update(func() { tl.Log.Corrupt = func(seq uint64) bool { return seq%2 == 1 } })
 	samples, err := d.Read(t.Context(), points)
 	if err != nil {
 		t.Fatal(err)
@@ -296,8 +300,8 @@ func TestBackfillSkipsBadRecord(t *testing.T) {
 		}
 	}
 	var cp stateFile
-	if err := json.Unmarshal(d.(*Driver).Checkpoint(), &cp); err != nil || len(cp.Marks["analog-input:1"].Gaps) != 0 {
-		t.Errorf("checkpoint %s (%v): the gap should count as filled", d.(*Driver).Checkpoint(), err)
+	if err := json.Unmarshal(d.Checkpoint(), &cp); err != nil || len(cp.Marks["analog-input:1"].Gaps) != 0 {
+		t.Errorf("checkpoint %s (%v): the gap should count as filled", d.Checkpoint(), err)
 	}
 	if logs.count(slog.LevelWarn, "trend-log records that do not decode") == 0 {
 		t.Error("the skipped records were not logged")
