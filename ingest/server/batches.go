@@ -125,12 +125,23 @@ func timeRange(b *batch.Batch) (first, last time.Time) {
 	return time.UnixMilli(lo), time.UnixMilli(hi)
 }
 
-// storeBatch archives a checked batch idempotently. A claim blob named by
-// (agent, seq) and holding the body's hash is written first, create-if-
-// absent, so a second upload under the same seq is recognised whatever its
-// time range: the same bytes are a duplicate (the batch blob is written
-// again if an earlier attempt stopped between the two writes), different
-// bytes a conflict.
+// storeBatch archives a checked batch idempotently, in three create-if-
+// absent writes:
+//
+//  1. a claim named by (agent, seq) holding the body's hash and the batch
+//     blob's name, so a second upload under the same seq is recognised
+//     whatever its time range: the same bytes are a duplicate, different
+//     bytes a conflict;
+//  2. the batch blob;
+//  3. a stored marker beside the claim (storedName), which says that step
+//     2 completed.
+//
+// A retry whose claim matches is a duplicate at once when the marker is
+// there: the batch is archived, maybe by now inside a compacted day part
+// (compaction deletes the batch blob but keeps claims and markers), and
+// writing the blob again would put its samples in the archive twice.
+// Without the marker an earlier attempt stopped before it was written, so
+// the blob (which may be missing) and the marker are written now.
 func (s *Server) storeBatch(ctx context.Context, body []byte, b *batch.Batch, id pki.Identity) (string, *refusal) {
 	sum := sha256.Sum256(body)
 	first, _ := timeRange(b)
@@ -139,9 +150,14 @@ func (s *Server) storeBatch(ctx context.Context, body []byte, b *batch.Batch, id
 	claim := []byte(hex.EncodeToString(sum[:]) + " " + name + "\n")
 	log := s.log.With("tenant", id.Tenant, "site", id.Site, "agent", id.Agent, "batch_seq", b.Seq)
 
-	_, err := s.store.Put(ctx, claimName, claim)
+	claimed, err := s.store.Put(ctx, claimName, claim)
 	switch {
+	case err == nil && claimed:
 	case err == nil:
+		// These very bytes claimed this seq before: a retry.
+		if status, rf := s.retried(ctx, log, claimName); status != "" || rf != nil {
+			return status, rf
+		}
 	case errors.Is(err, blob.ErrConflict):
 		old, gerr := s.store.Get(ctx, claimName)
 		if gerr != nil {
@@ -163,17 +179,16 @@ func (s *Server) storeBatch(ctx context.Context, body []byte, b *batch.Batch, id
 		// The same bytes: keep the name recorded first, so a change in
 		// naming between versions cannot store the batch twice.
 		name = oldName
+		if status, rf := s.retried(ctx, log, claimName); status != "" || rf != nil {
+			return status, rf
+		}
 	default:
 		return "", s.storeFailed(log, "writing batch claim", err)
 	}
 
 	created, err := s.store.Put(ctx, name, body)
 	switch {
-	case err == nil && created:
-		log.Debug("batch stored", "blob", name, "samples", len(b.Samples), "bytes", len(body))
-		return StatusStored, nil
 	case err == nil:
-		return StatusDuplicate, nil
 	case errors.Is(err, blob.ErrConflict):
 		// The claim matched, so the blob under its name should too.
 		log.Error("batch blob differs from its claim", "blob", name)
@@ -182,7 +197,37 @@ func (s *Server) storeBatch(ctx context.Context, body []byte, b *batch.Batch, id
 	default:
 		return "", s.storeFailed(log, "writing batch", err)
 	}
+	// A marker is a marker whatever it holds: ErrConflict means one is
+	// there already.
+	if _, err := s.store.Put(ctx, storedName(claimName), []byte(name+"\n")); err != nil && !errors.Is(err, blob.ErrConflict) {
+		return "", s.storeFailed(log, "writing batch stored marker", err)
+	}
+	if !created {
+		return StatusDuplicate, nil
+	}
+	log.Debug("batch stored", "blob", name, "samples", len(b.Samples), "bytes", len(body))
+	return StatusStored, nil
 }
+
+// retried answers a retry of the batch claimed under claimName:
+// StatusDuplicate when its stored marker is there, "" when the earlier
+// attempt stopped before the marker and the batch must be written now.
+func (s *Server) retried(ctx context.Context, log *slog.Logger, claimName string) (string, *refusal) {
+	_, err := s.store.Get(ctx, storedName(claimName))
+	switch {
+	case err == nil:
+		return StatusDuplicate, nil
+	case errors.Is(err, blob.ErrNotFound):
+		return "", nil
+	default:
+		return "", s.storeFailed(log, "reading batch stored marker", err)
+	}
+}
+
+// storedName is the stored marker of a batch claim: {claim}.stored, beside
+// the claim, so that whatever keeps claims keeps markers, and whatever
+// reads batches (names ending in .sgb) passes them by.
+func storedName(claimName string) string { return claimName + ".stored" }
 
 // storeFailed answers a store error: 503, since a store that fails now may
 // answer later, unless the store refused the name itself, which is a bug
