@@ -65,6 +65,7 @@ func BenchmarkReceivedAll(b *testing.B) {
 	t0 := time.Now()
 	fillRollups(b, db, ref, points, 30, end)
 	b.Logf("built %d points × 30 days in %v", points, time.Since(t0).Round(time.Millisecond))
+	b.Logf("plan: %s", queryPlan(b, db, end.Add(-30*24*time.Hour), end))
 	for _, tt := range []struct {
 		name string
 		res  time.Duration
@@ -85,6 +86,29 @@ func BenchmarkReceivedAll(b *testing.B) {
 	}
 }
 
+// queryPlan is SQLite's plan for ReceivedAll's query over [from, to).
+func queryPlan(tb testing.TB, db *DB, from, to time.Time) string {
+	tb.Helper()
+	rows, err := db.db.QueryContext(context.Background(), `EXPLAIN QUERY PLAN `+receivedAllQuery, site1.Tenant, site1.Site, 300, from.UnixMilli(), to.UnixMilli())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+			tb.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return strings.Join(plan, "; ")
+}
+
 // TestReceivedAllUsesWindowIndex: the completeness query is answered from
 // the window index (a range of buckets), not by reading every rollup row
 // of the building through the primary key's (tenant, site) prefix.
@@ -93,21 +117,7 @@ func TestReceivedAllUsesWindowIndex(t *testing.T) {
 	ctx := context.Background()
 	end := time.Date(2026, 6, 30, 12, 0, 0, 0, time.UTC)
 	fillRollups(t, db, site1, 20, 3, end)
-	rows, err := db.db.QueryContext(ctx, `EXPLAIN QUERY PLAN `+receivedAllQuery, site1.Tenant, site1.Site, 300, end.Add(-time.Hour).UnixMilli(), end.UnixMilli())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var plan []string
-	for rows.Next() {
-		var id, parent, unused int
-		var detail string
-		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
-			t.Fatal(err)
-		}
-		plan = append(plan, detail)
-	}
-	all := strings.Join(plan, "; ")
+	all := queryPlan(t, db, end.Add(-time.Hour), end)
 	if !strings.Contains(all, "USING COVERING INDEX rollups_window (tenant=? AND site=? AND res=? AND bucket>? AND bucket<?)") {
 		t.Errorf("the completeness query does not range over the window index: %s", all)
 	}

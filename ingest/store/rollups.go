@@ -399,7 +399,12 @@ func (s *DB) Received(ctx context.Context, ref SiteRef, point uint64, from, to t
 
 // receivedAllQuery is answered from the rollups_window index (migration
 // 4): a range of buckets, the columns summed read from the index itself.
-const receivedAllQuery = `SELECT point_id, sum(n), sum(bad) FROM rollups
+// INDEXED BY because the planner, given statistics (ANALYZE, PRAGMA
+// optimize), prefers the primary key to save the GROUP BY's sort, and
+// then reads every rollup row of the building: 0.8 s instead of 0.1 s for
+// 30 days of 300 points. (SQLite syntax; a PostgreSQL store needs no hint
+// for the same index.)
+const receivedAllQuery = `SELECT point_id, sum(n), sum(bad) FROM rollups INDEXED BY rollups_window
 	WHERE tenant = ? AND site = ? AND res = ? AND bucket >= ? AND bucket < ? GROUP BY point_id`
 
 // ReceivedAll counts the samples of every point of a building at once, by
