@@ -12,17 +12,24 @@ import (
 
 // BenchmarkPoll reads n points of one simulated device per iteration and
 // reports the requests and octets one poll costs, for a device that
-// segments (max APDU 1476) and one that cannot (max APDU 480).
+// segments (max APDU 1476), one that cannot (max APDU 480), and one that
+// sends only two segments of 480 without saying so (no
+// max-segments-accepted): its first poll learns that from aborts
+// (aborts_learning), later polls meet none (aborts/poll).
 func BenchmarkPoll(b *testing.B) {
 	for _, dev := range []struct {
 		name    string
 		maxAPDU int
 		seg     bacnet.Segmentation
-	}{{"segmenting-1476", 1476, bacnet.SegmentedBoth}, {"unsegmented-480", 480, bacnet.NoSegmentation}} {
+		maxSegs int
+	}{{"segmenting-1476", 1476, bacnet.SegmentedBoth, 0}, {"unsegmented-480", 480, bacnet.NoSegmentation, 0}, {"two-segments-480", 480, bacnet.SegmentedBoth, 2}} {
 		for _, n := range []int{100, 1000, 5000} {
 			b.Run(fmt.Sprintf("%s/points=%d", dev.name, n), func(b *testing.B) {
 				d := bacnetsim.NewDevice(77, "bench", n, 0, 0, false)
 				d.MaxAPDU, d.Segmentation = dev.maxAPDU, dev.seg
+				if dev.maxSegs > 0 {
+					d.MaxSegments, d.NoMaxSegmentsAccepted = dev.maxSegs, true
+				}
 				sim, err := bacnetsim.Start(b.Context(), bacnetsim.Config{Local: d})
 				if err != nil {
 					b.Fatal(err)
@@ -41,6 +48,12 @@ func BenchmarkPoll(b *testing.B) {
 				if err := drv.Connect(b.Context()); err != nil {
 					b.Fatal(err)
 				}
+				// One poll first: what a device teaches the planner (its
+				// aborts) is learned once; the figures are the steady state.
+				if _, err := drv.Read(b.Context(), points); err != nil {
+					b.Fatal(err)
+				}
+				learned := sim.Aborts()
 				c := drv.(*Driver).client.c
 				before := c.Stats()
 				b.ResetTimer()
@@ -57,6 +70,8 @@ func BenchmarkPoll(b *testing.B) {
 				b.ReportMetric(float64(after.BytesSent-before.BytesSent)/polls, "bytes_sent/poll")
 				b.ReportMetric(float64(after.BytesReceived-before.BytesReceived)/polls, "bytes_received/poll")
 				b.ReportMetric(float64(after.SegmentsReceived-before.SegmentsReceived)/polls, "segments/poll")
+				b.ReportMetric(float64(sim.Aborts()-learned)/polls, "aborts/poll")
+				b.ReportMetric(float64(learned), "aborts_learning")
 			})
 		}
 	}
