@@ -260,6 +260,10 @@ func firstSeq(now time.Time, cert *x509.Certificate) uint64 {
 // scheduler finds it is a StateSink.
 var _ poll.StateSink = (*buffer.Buffer)(nil)
 
+// A read the buffer could not store is counted in the buffer's persisted
+// drop count, so status and batch headers still show it after a restart.
+var _ poll.DropCounter = (*buffer.Buffer)(nil)
+
 // source adapts the buffer to the uplink's Source.
 type source struct{ b *buffer.Buffer }
 
