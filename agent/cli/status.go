@@ -57,7 +57,7 @@ func newStatusCmd() *cobra.Command {
 			fmt.Fprintln(out)
 			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "DEVICE\tSTATE\tREADS\tFAILURES\tSAMPLES\tBAD\tREQUESTS\tGUARD REFUSED\tLAST ERROR")
-			var refusals, outOfRange []string
+			var refusals, outOfRange, slow []string
 			for _, d := range st.Devices {
 				state := "up"
 				if !d.Up {
@@ -70,6 +70,9 @@ func newStatusCmd() *cobra.Command {
 				if d.OutOfRangeSamples > 0 {
 					outOfRange = append(outOfRange, fmt.Sprintf("%s (%d)", d.Name, d.OutOfRangeSamples))
 				}
+				if d.SkippedTicks+d.SlowReads+d.LateReads > 0 {
+					slow = append(slow, fmt.Sprintf("%s (%d ticks skipped, %d slow reads, %d late)", d.Name, d.SkippedTicks, d.SlowReads, d.LateReads))
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", d.Name, state, d.Reads, d.Failures, d.Samples, d.BadSamples, requests, refused, d.LastError)
 			}
 			if err := tw.Flush(); err != nil {
@@ -77,6 +80,9 @@ func newStatusCmd() *cobra.Command {
 			}
 			if len(outOfRange) > 0 {
 				fmt.Fprintf(out, "samples left out because their time is outside what the ingest accepts (check the device's clock or time zone): %s\n", strings.Join(outOfRange, ", "))
+			}
+			if len(slow) > 0 {
+				fmt.Fprintf(out, "devices slower than their interval (a longer interval, fewer points per device or a faster link helps): %s\n", strings.Join(slow, "; "))
 			}
 			if len(refusals) > 0 {
 				fmt.Fprintf(out, "the read-only guard refused requests on %s: nothing was sent, but a driver tried to send more than a read; report it with the agent's log\n", strings.Join(refusals, ", "))

@@ -47,7 +47,7 @@ func TestStatus(t *testing.T) {
 	st := daemon.Status{
 		Agent: "ag-test", Site: "s-1", Version: "v1", StartedAt: time.Now().Add(-time.Hour),
 		Buffer: buffer.Stats{PendingSamples: 12, SealedBatches: 3, DroppedSamples: 7},
-		Devices: []poll.DeviceStats{{Name: "ahu1", Up: true, Reads: 5, Points: []poll.PointStats{{Name: "supply air", Samples: 5, BadSamples: 1, LastTime: time.Now(), LastValue: 21.5, LastStatus: "fault"}},
+		Devices: []poll.DeviceStats{{Name: "ahu1", Up: true, Reads: 5, SkippedTicks: 3, SlowReads: 4, Points: []poll.PointStats{{Name: "supply air", Samples: 5, BadSamples: 1, LastTime: time.Now(), LastValue: 21.5, LastStatus: "fault"}},
 			Counters: []driver.Counter{{Name: "requests", Value: 4242}, {Name: driver.GuardRefusals, Value: 0}}},
 			{Name: "rtu2", Up: false, LastError: "connection refused", Points: []poll.PointStats{{Name: "zone temp"}}, OutOfRangeSamples: 9,
 				Counters: []driver.Counter{{Name: "requests", Value: 17}, {Name: driver.GuardRefusals, Value: 2}}},
@@ -60,7 +60,8 @@ func TestStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, want := range []string{"agent ag-test", "12 samples pending", "7 dropped", "last upload never", "ahu1", "rtu2", "down", "connection refused",
-			"GUARD REFUSED", "4242", "the read-only guard refused requests on rtu2 (2)", "outside what the ingest accepts (check the device's clock or time zone): rtu2 (9)"} {
+			"GUARD REFUSED", "4242", "the read-only guard refused requests on rtu2 (2)", "outside what the ingest accepts (check the device's clock or time zone): rtu2 (9)",
+			"devices slower than their interval", "ahu1 (3 ticks skipped, 4 slow reads, 0 late)"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("output lacks %q:\n%s", want, out)
 			}
