@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -564,12 +565,22 @@ func (c *checker) checkIngest(ctx context.Context) {
 	}
 	c.checkCertificate(cert, id)
 
+	var asked atomic.Bool
 	tr := &http.Transport{
 		Proxy: func(*http.Request) (*url.URL, error) { return proxy, nil },
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			return c.f.dialUplink(ctx, ifname, upLocal, addr)
 		},
-		TLSClientConfig:   &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Certificates: []tls.Certificate{cert}},
+		TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots,
+			// Called only when the ingest asks for a client certificate:
+			// the status query answers without one, so an answer proves
+			// the certificate was accepted only if it was asked for (and
+			// then verified, revocation included, in the handshake).
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				asked.Store(true)
+				return &cert, nil
+			},
+		},
 		ForceAttemptHTTP2: true,
 	}
 	defer tr.CloseIdleConnections()
@@ -597,7 +608,7 @@ func (c *checker) checkIngest(ctx context.Context) {
 	received := c.f.now()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 	resp.Body.Close()
-	c.judgeCertStatus(ingest.Host, id, serial, resp, body)
+	c.judgeCertStatus(ingest.Host, id, serial, resp, body, asked.Load())
 
 	date, err := http.ParseTime(resp.Header.Get("Date"))
 	if err != nil {
@@ -633,7 +644,7 @@ type certStatusReply struct {
 
 // judgeCertStatus turns the ingest's answer about the agent's certificate
 // into the mtls handshake line: only a 200 saying "good" is a go.
-func (c *checker) judgeCertStatus(host string, id pki.Identity, serial string, resp *http.Response, body []byte) {
+func (c *checker) judgeCertStatus(host string, id pki.Identity, serial string, resp *http.Response, body []byte, certAsked bool) {
 	var r certStatusReply
 	jerr := json.Unmarshal(body, &r)
 	how := fmt.Sprintf("%s over %s", tlsVersion(resp.TLS), resp.Proto)
@@ -648,6 +659,8 @@ func (c *checker) judgeCertStatus(host string, id pki.Identity, serial string, r
 		c.add("mtls handshake", checkFail, "%s answered %s to the certificate status query: %s", host, resp.Status, strings.TrimSpace(string(body)))
 	case jerr != nil:
 		c.add("mtls handshake", checkFail, "%s answered the certificate status query with something that is not its JSON: %v", host, jerr)
+	case r.Status == "good" && !certAsked:
+		c.add("mtls handshake", checkFail, "%s says certificate %s is good but never asked this agent for it in the TLS handshake, so it cannot have accepted agent %s: is uplink.url the ingest's agent listener, and no TLS-terminating proxy in between?", host, serial, id.Agent)
 	case r.Status == "good":
 		c.add("mtls handshake", checkOK, "%s accepted agent %s of site %s: certificate %s is good (%s)", host, id.Agent, id.Site, serial, how)
 	case r.Status == "revoked":

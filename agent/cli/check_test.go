@@ -848,3 +848,56 @@ func TestWritableBy(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckIngestNeverAsksForCertificate: the certificate status query
+// answers without a client certificate, so a "good" from a listener that
+// never asked for one (not the agent listener, or a proxy terminating TLS)
+// proves nothing and is no-go.
+func TestCheckIngestNeverAsksForCertificate(t *testing.T) {
+	ca, err := pki.Init(t.TempDir(), pki.InitOptions{ServerNames: []string{"127.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverCert, err := ca.ServerCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name   string
+		auth   tls.ClientAuthType
+		result string
+		want   string
+	}{
+		{"asks", tls.VerifyClientCertIfGiven, checkOK, "is good"},
+		{"never asks", tls.NoClientCert, checkFail, "never asked this agent for it"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				serial, _ := strings.CutPrefix(r.URL.Path, "/v1/certs/")
+				json.NewEncoder(w).Encode(map[string]string{"serial": serial, "status": "good"})
+			}))
+			srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientCAs: ca.Pool(), ClientAuth: tt.auth, MinVersion: tls.VersionTLS13}
+			srv.StartTLS()
+			defer srv.Close()
+			cfg := checkConfig(t, srv.URL, oneModbus)
+			b, err := ca.NewAgentBundle("acme", "site-1", 30*24*time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := b.WriteDir(cfg.Uplink.CertDir); err != nil {
+				t.Fatal(err)
+			}
+			f := goodFacts()
+			f.dialUplink = func(ctx context.Context, _, _, remote string) (net.Conn, error) {
+				if h, _, _ := net.SplitHostPort(remote); h != "127.0.0.1" {
+					return nil, fmt.Errorf("test dial to %s refused: loopback only", remote)
+				}
+				return dialFrom(ctx, "", remote)
+			}
+			l := lineOf(t, runChecks(t.Context(), cfg, f, 5*time.Second), "mtls handshake")
+			if l.Result != tt.result || !strings.Contains(l.Detail, tt.want) {
+				t.Errorf("mtls handshake = %s %q, want %s containing %q", l.Result, l.Detail, tt.result, tt.want)
+			}
+		})
+	}
+}
