@@ -37,6 +37,10 @@ type issueReport struct {
 	NotAfter time.Time `json:"not_after"`
 }
 
+// maxIssueValidity caps `agents issue --validity` as the ingest's config
+// caps agent_validity: past 90 days a lost box keeps working too long.
+const maxIssueValidity = 90 * 24 * time.Hour
+
 func newAgentsIssueCmd() *cobra.Command {
 	var (
 		rf                registryFlags
@@ -61,8 +65,8 @@ air-gapped set-ups and tests.`,
       --tenant acme --site s1 --out /tmp/bundle --validity 720h --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if validity <= 0 {
-				return fmt.Errorf("--validity %v must be positive, such as 2160h (90 days)", validity)
+			if validity <= 0 || validity > maxIssueValidity {
+				return fmt.Errorf("--validity %v is out of range: want more than 0 and at most %v (90 days, the ingest's cap on agent_validity): a lost box works as long as its certificate, and the agent renews its own before it expires", validity, maxIssueValidity)
 			}
 			db, err := rf.open(cmd.Context())
 			if err != nil {
@@ -107,7 +111,7 @@ air-gapped set-ups and tests.`,
 	f.StringVar(&tenant, "tenant", "", "tenant id (required)")
 	f.StringVar(&site, "site", "", "site id, opaque (required)")
 	f.StringVar(&out, "out", "", "directory to write the bundle to (required; must not hold one already)")
-	f.DurationVar(&validity, "validity", 2160*time.Hour, "how long the certificate is valid")
+	f.DurationVar(&validity, "validity", maxIssueValidity, "how long the certificate is valid, at most 2160h (90 days)")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	for _, name := range []string{"tenant", "site", "out"} {
 		_ = cmd.MarkFlagRequired(name) // the flag exists: cannot fail

@@ -86,6 +86,7 @@ func TestAgentsIssueRefuses(t *testing.T) {
 		{"upper-case tenant", []string{"--tenant", "ACME", "--site", "s1", "--out", t.TempDir()}, "ACME"},
 		{"bundle already there", []string{"--tenant", "acme", "--site", "s1", "--out", used}, "already exists"},
 		{"zero validity", []string{"--tenant", "acme", "--site", "s1", "--out", t.TempDir(), "--validity", "0s"}, "--validity"},
+		{"validity past 90 days", []string{"--tenant", "acme", "--site", "s1", "--out", t.TempDir(), "--validity", "2161h"}, "at most 2160h0m0s (90 days"},
 		{"no CA", []string{"--ca-dir", t.TempDir(), "--tenant", "acme", "--site", "s1", "--out", t.TempDir()}, "ca init"},
 	}
 	for _, tt := range tests {

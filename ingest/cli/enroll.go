@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"crypto/rand"
+	"encoding/base32"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -26,6 +29,7 @@ type tokenReport struct {
 	Token         string    `json:"token"`
 	Tenant        string    `json:"tenant"`
 	Site          string    `json:"site"`
+	SiteGenerated bool      `json:"site_generated"` // the site id was made by this command
 	ExpiresAt     time.Time `json:"expires_at"`
 	CAFingerprint string    `json:"ca_fingerprint"`
 }
@@ -41,7 +45,10 @@ func newEnrollCreateCmd() *cobra.Command {
 		Use:   "create",
 		Short: "Create a single-use enrollment token for one agent of a site",
 		Long: `create makes a token that lets one agent enroll for --tenant and --site, once,
-within --ttl (at most 24h). The ingest stores only the token's hash. The token
+within --ttl (at most 24h). Leave --site out for a new building: an opaque id
+(s- and 8 random characters) is made and printed. The site id is part of
+every archive path, so it must never name the building or its address; give
+the building its human name with 'sightglass-ingest sites name'. The ingest stores only the token's hash. The token
 also carries the fingerprint of this ingest's CA, so the agent can check it is
 talking to the right ingest before it trusts it. Give the token to the
 installer, who runs on the box:
@@ -50,12 +57,20 @@ installer, who runs on the box:
 
 The token is printed on standard output and nowhere else: treat it like a
 password until it is used or has expired.`,
-		Example: `  sightglass-ingest enroll create --tenant acme --site s-7f3a
+		Example: `  sightglass-ingest enroll create --tenant acme
+  sightglass-ingest enroll create --tenant acme --site s-7f3a
   sightglass-ingest enroll create --config /etc/sightglass-ingest/ingest.yaml --tenant acme --site s-7f3a --ttl 2h --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if ttl <= 0 || ttl > pki.MaxTokenValidity {
 				return fmt.Errorf("--ttl %v: want more than 0 and at most %v", ttl, pki.MaxTokenValidity)
+			}
+			generated := site == ""
+			if generated {
+				var err error
+				if site, err = newSiteID(); err != nil {
+					return err
+				}
 			}
 			id := pki.Identity{Tenant: tenant, Site: site, Agent: "ag-check"}
 			if err := id.Validate(); err != nil {
@@ -82,11 +97,17 @@ password until it is used or has expired.`,
 			if _, err := db.Audit(cmd.Context(), "cli", "token_create", fmt.Sprintf("token:%x", tok.Hash()[:6]), fmt.Sprintf("tenant=%s site=%s expires=%s", tenant, site, exp.Format(time.RFC3339))); err != nil {
 				return err
 			}
+			stderr := cmd.ErrOrStderr()
+			if generated {
+				fmt.Fprintf(stderr, "made the opaque site id %s for a new building; name it for the dashboard with:\n  sightglass-ingest sites name %s/%s \"BUILDING NAME\"\n", site, tenant, site)
+			} else {
+				fmt.Fprintf(stderr, "warning: the site id %q is part of every archive path (%s/%s/...): it must not name the building or its address. Leave --site out to have an opaque id made, and give the human name with `sightglass-ingest sites name %s/ID \"NAME\"`\n", site, tenant, site, tenant)
+			}
 			if asJSON {
-				return writeJSON(cmd.OutOrStdout(), tokenReport{Token: tok.String(), Tenant: tenant, Site: site, ExpiresAt: exp, CAFingerprint: fp.String()})
+				return writeJSON(cmd.OutOrStdout(), tokenReport{Token: tok.String(), Tenant: tenant, Site: site, SiteGenerated: generated, ExpiresAt: exp, CAFingerprint: fp.String()})
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), tok.String())
-			fmt.Fprintf(cmd.ErrOrStderr(), "enrollment token for tenant %s site %s, single use, valid until %s\non the box: sightglass-agent enroll --token TOKEN --ingest https://HOST:PORT\n",
+			fmt.Fprintf(stderr, "enrollment token for tenant %s site %s, single use, valid until %s\non the box: sightglass-agent enroll --token TOKEN --ingest https://HOST:PORT\n",
 				tenant, site, exp.Format(time.RFC3339))
 			return nil
 		},
@@ -94,11 +115,19 @@ password until it is used or has expired.`,
 	rf.add(cmd, true)
 	f := cmd.Flags()
 	f.StringVar(&tenant, "tenant", "", "tenant id (required)")
-	f.StringVar(&site, "site", "", "site id, opaque (required)")
+	f.StringVar(&site, "site", "", "opaque site id of an existing building; left out, a new one is made")
 	f.DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token can be used (at most 24h)")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
-	for _, name := range []string{"tenant", "site"} {
-		_ = cmd.MarkFlagRequired(name)
-	}
+	_ = cmd.MarkFlagRequired("tenant")
 	return cmd
+}
+
+// newSiteID makes an opaque site id: "s-" and 8 random base32 characters
+// (40 bits), which says nothing about the building.
+func newSiteID() (string, error) {
+	var b [5]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("making a site id: %w", err)
+	}
+	return "s-" + strings.ToLower(base32.StdEncoding.EncodeToString(b[:])), nil
 }

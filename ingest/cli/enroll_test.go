@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -116,5 +117,55 @@ func TestAgentsListRevokeStatusAudit(t *testing.T) {
 	}
 	if v, _, err := run(t, ctx, "audit", "verify", "--db", db); err != nil || !strings.Contains(v, "2 entries") {
 		t.Errorf("audit verify = %q, %v", v, err)
+	}
+}
+
+// TestEnrollCreateSite: without --site an opaque id is made and printed
+// with how to name the building; a given id is accepted with a warning
+// that it appears in every archive path.
+func TestEnrollCreateSite(t *testing.T) {
+	caDir := newCA(t)
+	opaque := regexp.MustCompile(`^s-[a-z2-7]{8}$`)
+	tests := []struct {
+		name      string
+		site      []string
+		generated bool
+		stderr    string
+	}{
+		{"left out", nil, true, "sightglass-ingest sites name acme/"},
+		{"given", []string{"--site", "mainlibrary"}, false, "must not name the building"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"enroll", "create", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme", "--json"}, tt.site...)
+			stdout, stderr, err := run(t, context.Background(), args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rep tokenReport
+			if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+				t.Fatalf("--json = %s: %v", stdout, err)
+			}
+			if rep.SiteGenerated != tt.generated {
+				t.Errorf("site_generated %v, want %v", rep.SiteGenerated, tt.generated)
+			}
+			if tt.generated && !opaque.MatchString(rep.Site) {
+				t.Errorf("made site id %q, want s- and 8 base32 characters", rep.Site)
+			}
+			if !tt.generated && rep.Site != "mainlibrary" {
+				t.Errorf("site %q, want the one given", rep.Site)
+			}
+			if !strings.Contains(stderr, tt.stderr) || !strings.Contains(stderr, rep.Site) {
+				t.Errorf("stderr %q, want it to name %s and say %q", stderr, rep.Site, tt.stderr)
+			}
+		})
+	}
+	a, _, _ := run(t, context.Background(), "enroll", "create", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme", "--json")
+	b, _, _ := run(t, context.Background(), "enroll", "create", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme", "--json")
+	var ra, rb tokenReport
+	json.Unmarshal([]byte(a), &ra)
+	json.Unmarshal([]byte(b), &rb)
+	if ra.Site == "" || ra.Site == rb.Site {
+		t.Errorf("two new buildings got site ids %q and %q", ra.Site, rb.Site)
 	}
 }
