@@ -29,6 +29,23 @@ func TestPasswordPolicy(t *testing.T) {
 		{"one repeated character", "ann", "aaaaaaaaaaaaaaa", false},
 		{"too long", "ann", strings.Repeat("ab", 200), false},
 		{"unicode counts characters", "ann", "ééééééééééé", false},
+		// Found accepted by the requirements check.
+		{"digit run", "ann", "123456789012", false},
+		{"digit run, longer", "ann", "1234567890123", false},
+		{"repeated half", "ann", "qwertyqwerty", false},
+		{"alphabet run", "ann", "abcdefghijkl", false},
+		{"keyboard columns", "ann", "zaq12wsxcde3", false},
+		{"repeated word", "ann", "letmeinletmein", false},
+		{"short unit repeated", "ann", "abcabcabcabcab", false},
+		{"backwards digit run", "ann", "987654321098", false},
+		{"two keyboard rows", "ann", "asdfghjklzxcvb", false},
+		{"name with a few characters", "jsmith", "JSmith!20261", false},
+		{"e-mail local part", "j.smith@acme.example", "jsmith2026!!x", false},
+		{"e-mail domain with a few characters", "j.smith@acmeheating.example", "acmeheating26", false},
+		{"e-mail domain inside a passphrase", "j.smith@acme.example", "acme boiler room seven at dusk", true},
+		{"passphrase with digits", "ann", "purple 7 otters 23 lamps", true},
+		{"random looking", "ann", "v9Lq#2mZ!r8Tk", true},
+		{"doubled alphabet run", "ann", "aabbccddeeffgg", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

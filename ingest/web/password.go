@@ -61,7 +61,10 @@ var commonPasswords = func() map[string]bool {
 
 // CheckPasswordPolicy returns an error wrapping ErrWeakPassword when pw may
 // not be used by the user called name: too short or long, one of the most
-// common passwords (or one with digits appended), or the user's own name.
+// common passwords (or one with digits appended), the user's own name or
+// e-mail address (with a few characters added), a short unit repeated, or
+// a run along the keyboard, the alphabet or the digits
+// (passwordshape.go).
 func CheckPasswordPolicy(name, pw string) error {
 	n := utf8.RuneCountInString(pw)
 	if n < MinPasswordLength {
@@ -74,11 +77,17 @@ func CheckPasswordPolicy(name, pw string) error {
 	if commonPasswords[lower] || commonPasswords[strings.TrimRight(lower, "0123456789!.")] {
 		return fmt.Errorf("%w: it is one of the most common passwords, the first ones an attacker tries; choose another", ErrWeakPassword)
 	}
-	if name != "" && strings.Contains(lower, strings.ToLower(name)) {
-		return fmt.Errorf("%w: it contains the user name; choose another", ErrWeakPassword)
+	if name != "" && (strings.Contains(lower, strings.ToLower(name)) || derivedFromName(name, pw)) {
+		return fmt.Errorf("%w: it contains the user name or e-mail address; choose another", ErrWeakPassword)
 	}
 	if strings.Count(pw, pw[:1]) == len(pw) {
 		return fmt.Errorf("%w: it repeats one character; choose another", ErrWeakPassword)
+	}
+	if repeatsUnit(lower) {
+		return fmt.Errorf("%w: it is a short part repeated; choose another (a few unrelated words make a good one)", ErrWeakPassword)
+	}
+	if isWalk(lower) {
+		return fmt.Errorf("%w: it is a run along the keyboard, the alphabet or the digits; choose another", ErrWeakPassword)
 	}
 	return nil
 }
