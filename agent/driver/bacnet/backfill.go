@@ -222,11 +222,11 @@ func (s *backfillState) due(ref string, now time.Time, base time.Duration) bool 
 	if !ok || r.failures == 0 {
 		return true
 	}
-	wait := base << min(r.failures-1, 20)
-	if wait <= 0 || wait > time.Hour {
-		wait = min(time.Hour, max(base, 0))
+	wait := max(base, 0)
+	for i := 1; i < r.failures && wait < time.Hour; i++ {
+		wait *= 2
 	}
-	return !now.Before(r.at.Add(wait))
+	return !now.Before(r.at.Add(min(wait, time.Hour)))
 }
 
 // outcome records a backfill attempt and returns the failures before it,

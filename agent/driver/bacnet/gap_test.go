@@ -307,3 +307,26 @@ func TestBackfillSkipsBadRecord(t *testing.T) {
 		t.Error("the skipped records were not logged")
 	}
 }
+
+// TestBackfillBackoff: a failing backfill is asked again after the base
+// wait, doubling per failure, never more than an hour apart; a success
+// makes it due at once.
+func TestBackfillBackoff(t *testing.T) {
+	t0 := time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)
+	tests := []struct {
+		failures int
+		wait     time.Duration
+	}{{1, time.Minute}, {2, 2 * time.Minute}, {3, 4 * time.Minute}, {7, time.Hour}, {40, time.Hour}}
+	for _, tt := range tests {
+		s := newBackfillState("", "x")
+		for range tt.failures {
+			s.outcome("p", t0, true)
+		}
+		if s.due("p", t0.Add(tt.wait-time.Second), time.Minute) || !s.due("p", t0.Add(tt.wait), time.Minute) {
+			t.Errorf("after %d failures: want due exactly %v later", tt.failures, tt.wait)
+		}
+		if before := s.outcome("p", t0, false); before != tt.failures || !s.due("p", t0, time.Minute) {
+			t.Errorf("after a success (%d failures before): not due at once", before)
+		}
+	}
+}
