@@ -132,6 +132,22 @@ func BenchmarkReadDayMemory(b *testing.B) {
 	})
 }
 
+// BenchmarkEachDayMemory streams a synthetic day as an export that
+// writes as it reads does, and reports the memory it takes per sample.
+func BenchmarkEachDayMemory(b *testing.B) {
+	a, n := benchArchive(b, benchPoints)
+	c := New(a.store, Options{})
+	reportMemory(b, n, func() {
+		got, err := c.EachDay(context.Background(), "t1", "s1", day, func([]telemetry.Sample) error { return nil })
+		if err != nil {
+			b.Fatal(err)
+		}
+		if got != n {
+			b.Fatalf("%d samples, want %d", got, n)
+		}
+	})
+}
+
 // BenchmarkCompactDayMemory compacts a synthetic day (merge, encode,
 // store, verify, delete) and reports the memory it takes per sample.
 func BenchmarkCompactDayMemory(b *testing.B) {

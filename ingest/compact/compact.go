@@ -751,19 +751,62 @@ func (c *Compactor) ReadDay(ctx context.Context, tenant, site string, day time.T
 // between the listing and the read, having merged it into a day blob:
 // ReadRange then starts over, up to a bound, as Day does.
 func (c *Compactor) ReadRange(ctx context.Context, tenant, site string, from, to time.Time) ([]telemetry.Sample, error) {
+	m, err := c.gather(ctx, tenant, site, from, to)
+	if err != nil {
+		return nil, err
+	}
+	return m.sorted(), nil
+}
+
+// EachRangeChunk is how many samples EachRange hands its fn at a time.
+const EachRangeChunk = 64 << 10
+
+// EachRange streams what ReadRange returns: it reads the same blobs, then
+// calls fn with the samples sorted by point and time and deduplicated, in
+// consecutive chunks of at most EachRangeChunk. fn must not keep a chunk:
+// it is reused. An error from fn stops the stream and is returned. It
+// returns how many samples it streamed.
+//
+// ReadRange holds the decoded blobs and a sorted copy of the range at
+// once; EachRange holds only the decoded blobs and one chunk, about half
+// the memory, so an export of a large site's day should stream.
+// Every blob is read before fn is first called, so a start over (a
+// compaction deleting a batch meanwhile) never repeats a chunk.
+func (c *Compactor) EachRange(ctx context.Context, tenant, site string, from, to time.Time, fn func([]telemetry.Sample) error) (int, error) {
+	m, err := c.gather(ctx, tenant, site, from, to)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	err = m.each(EachRangeChunk, m.res, func(chunk []telemetry.Sample) error {
+		n += len(chunk)
+		return fn(chunk)
+	})
+	return n, err
+}
+
+// EachDay is EachRange over day (UTC), as ReadDay is ReadRange over it.
+func (c *Compactor) EachDay(ctx context.Context, tenant, site string, day time.Time, fn func([]telemetry.Sample) error) (int, error) {
+	d := day.UTC().Truncate(24 * time.Hour)
+	return c.EachRange(ctx, tenant, site, d, d.Add(24*time.Hour), fn)
+}
+
+// gather reads what ReadRange and EachRange merge, starting over when a
+// compaction changed the archive meanwhile.
+func (c *Compactor) gather(ctx context.Context, tenant, site string, from, to time.Time) (*merger, error) {
 	if !from.Before(to) {
 		return nil, fmt.Errorf("reading %s/%s from %s to %s: the range is empty: the start must be before the end", tenant, site, from.UTC().Format(time.RFC3339), to.UTC().Format(time.RFC3339))
 	}
 	for attempt := 1; ; attempt++ {
-		samples, err := c.readRange(ctx, tenant, site, from, to)
+		m, err := c.readRange(ctx, tenant, site, from, to)
 		if !errors.Is(err, ErrRace) || attempt == maxAttempts {
-			return samples, err
+			return m, err
 		}
 		c.log.Info("a compaction changed the archive while it was read; starting over", "tenant", tenant, "site", site, "attempt", attempt)
 	}
 }
 
-func (c *Compactor) readRange(ctx context.Context, tenant, site string, from, to time.Time) ([]telemetry.Sample, error) {
+func (c *Compactor) readRange(ctx context.Context, tenant, site string, from, to time.Time) (*merger, error) {
 	first := from.Add(-c.lookback).UTC().Truncate(24 * time.Hour)
 	last := to.Add(-time.Millisecond).UTC().Truncate(24 * time.Hour)
 	res := Result{Day: from.UTC().Format(time.DateOnly)}
@@ -811,7 +854,7 @@ func (c *Compactor) readRange(ctx context.Context, tenant, site string, from, to
 			"tenant", tenant, "site", site, "blobs", long, "longest", longest.String(), "blob", example,
 			"lookback", c.lookback.String(), "first_day_read", first.Format(time.DateOnly))
 	}
-	return m.sorted(), nil
+	return m, nil
 }
 
 // cleanOld deletes every day part (and claim) but those of keep: older

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -153,8 +154,21 @@ func TestReadRange(t *testing.T) {
 			if len(want) == 0 {
 				t.Fatal("the test's range holds no samples")
 			}
+			// EachRange streams exactly what ReadRange returns, in order.
+			var streamed []telemetry.Sample
+			n, err := New(a.store, Options{}).EachRange(context.Background(), "t1", "s1", tt.from, tt.to, func(c []telemetry.Sample) error {
+				streamed = append(streamed, c...)
+				return nil
+			})
+			if err != nil || n != len(got) || !slices.Equal(streamed, got) {
+				t.Errorf("EachRange streamed %d samples (said %d, %v), ReadRange returned %d; equal: %v", len(streamed), n, err, len(got), slices.Equal(streamed, got))
+			}
 			sameSamples(t, got, want)
 		})
+	}
+	stop := errors.New("the reader stopped")
+	if _, err := New(a.store, Options{}).EachDay(context.Background(), "t1", "s1", day, func([]telemetry.Sample) error { return stop }); !errors.Is(err, stop) {
+		t.Errorf("EachDay with a failing fn: err = %v, want it returned", err)
 	}
 	if _, err := New(a.store, Options{}).ReadRange(context.Background(), "t1", "s1", day, day); err == nil || !strings.Contains(err.Error(), "empty") {
 		t.Errorf("an empty range: err = %v", err)

@@ -3,6 +3,7 @@ package export
 import (
 	"bytes"
 	"math"
+	"strconv"
 	"testing"
 	"time"
 
@@ -49,4 +50,53 @@ func TestWriteParquetRoundTrip(t *testing.T) {
 		t.Errorf("first column %q", got)
 	}
 	t.Logf("%d samples in %d bytes (%.2f B/sample)", len(in), buf.Len(), float64(buf.Len())/float64(len(in)))
+}
+
+// TestParquetWriterChunks: a file written from samples handed over in
+// chunks of any size, row groups crossed included, is the same bytes as
+// one written from all of them at once.
+func TestParquetWriterChunks(t *testing.T) {
+	base := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC).UnixMilli()
+	// Small row groups and row batches: the test runs as the real sizes
+	// would, in a fraction of the time.
+	const group, batch = 1000, 300
+	in := make([]telemetry.Sample, group+batch+17)
+	for i := range in {
+		in[i] = telemetry.Sample{PointID: uint64(i / 1440), Time: base + int64(i%1440)*60_000, Value: math.Round(100*math.Sin(float64(i))) / 100, Status: telemetry.Status(i % 2)}
+	}
+	var whole bytes.Buffer
+	pw := newParquetWriter(&whole, group, batch)
+	if err := pw.Write(in); err != nil {
+		t.Fatal(err)
+	}
+	if err := pw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, chunk := range []int{1, 300, 299, 999, 1001, len(in)} {
+		t.Run(strconv.Itoa(chunk), func(t *testing.T) {
+			var buf bytes.Buffer
+			pw := newParquetWriter(&buf, group, batch)
+			for lo := 0; lo < len(in); lo += chunk {
+				if err := pw.Write(in[lo:min(len(in), lo+chunk)]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := pw.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(buf.Bytes(), whole.Bytes()) {
+				t.Fatalf("written in chunks of %d: %d bytes, differing from the %d of one write", chunk, buf.Len(), whole.Len())
+			}
+		})
+	}
+	f, err := parquet.OpenFile(bytes.NewReader(whole.Bytes()), int64(whole.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := len(f.RowGroups()); g != 2 {
+		t.Errorf("%d row groups, want 2", g)
+	}
+	if n := f.NumRows(); n != int64(len(in)) {
+		t.Errorf("%d rows, want %d", n, len(in))
+	}
 }
