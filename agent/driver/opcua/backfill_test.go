@@ -117,6 +117,18 @@ func TestBackfillAcrossReads(t *testing.T) {
 	historyReads := countOf(sim.Services(), "HistoryRead")
 	d.drop(t.Context(), errors.New("the test dropped the session"))
 	time.Sleep(2500 * time.Millisecond) // 3 pages of history at least
+	// The poller reconnects by Close and Connect, under its deadline:
+	// Connect opens the session and sends no history request.
+	d.Close()
+	ctx, cancel = context.WithTimeout(t.Context(), timeout)
+	err = d.Connect(ctx)
+	cancel()
+	if err != nil {
+		t.Fatalf("Connect after the session dropped, under a %s deadline: %v", timeout, err)
+	}
+	if n := countOf(sim.Services(), "HistoryRead"); n != historyReads {
+		t.Fatalf("Connect sent %d HistoryRead; history belongs to the Reads", n-historyReads)
+	}
 	var after []telemetry.Sample
 	if !waitFor(t.Context(), 10*time.Second, func() bool {
 		after, err = deadlineRead(t, d, points, timeout)
@@ -370,5 +382,61 @@ func TestNodeOPCUASubscriptionGapIntegration(t *testing.T) {
 	}
 	if bad := notReads(p.Services()); len(bad) > 0 {
 		t.Errorf("the peer received %q", bad)
+	}
+}
+
+// TestBackfillJobsBounded opens sessions again and again for a point
+// whose gaps are never read: at most maxJobsPerPoint wait, the oldest are
+// given up and, the point being subscribed, counted as subscription gaps.
+// The first session plans the window of history: true points only.
+func TestBackfillJobsBounded(t *testing.T) {
+	points := []driver.Point{
+		{ID: 1, Ref: "ns=2;s=Sub", Settings: yamlSettings("mode: subscribe\nhistory: true")},
+		{ID: 2, Ref: "ns=2;s=Polled", Settings: yamlSettings("history: true")},
+		{ID: 3, Ref: "ns=2;s=Plain"},
+		{ID: 4, Ref: "ns=2;s=SubNoHistory", Settings: yamlSettings("mode: subscribe")},
+	}
+	var logs logBuffer
+	d, err := newDriver(driver.Device{Name: "d", Settings: yamlSettings("endpoint: opc.tcp://127.0.0.1:4840\npki_dir: /nonexistent\nbackfill_max: 1h"), Points: points, Logger: logs.Logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.UnixMilli(1_700_000_000_000)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.planBackfill(true, 1, now)
+	var planned []uint64
+	for _, j := range d.jobs {
+		planned = append(planned, j.p.ID)
+		if !j.from.Equal(now.Add(-time.Hour)) || j.check || j.subscribed {
+			t.Errorf("first-session job %+v: want the hour before, no check, not a subscription gap", j)
+		}
+	}
+	if !slices.Equal(planned, []uint64{1, 2}) {
+		t.Fatalf("first session planned points %v, want the history: true ones, 1 and 2", planned)
+	}
+	d.jobs = nil
+	for _, m := range d.tl.configured {
+		m.last = now.UnixMilli() - 1000
+	}
+	for s := 2; s <= 6; s++ {
+		d.planBackfill(false, s, now.Add(time.Duration(s)*time.Second))
+	}
+	per := map[uint64]int{}
+	for _, j := range d.jobs {
+		per[j.p.ID]++
+	}
+	if per[1] != maxJobsPerPoint || per[2] != maxJobsPerPoint || per[4] != maxJobsPerPoint || per[3] != 0 {
+		t.Errorf("jobs per point %v after 5 reconnects, want %d each for 1, 2 and 4, none for 3", per, maxJobsPerPoint)
+	}
+	// Points 1 and 4 are subscribed: their 2 oldest gaps each are given
+	// up and counted; point 2's are given up too, but it is polled.
+	if d.subGaps != 4 {
+		t.Errorf("subscription_gaps = %d, want 4", d.subGaps)
+	}
+	for _, j := range d.jobs {
+		if j.check != (j.p.ID == 4) {
+			t.Errorf("job of point %d: check %v; only a subscribed point without history: true is checked for Historizing", j.p.ID, j.check)
+		}
 	}
 }

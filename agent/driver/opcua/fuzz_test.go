@@ -190,3 +190,73 @@ func FuzzHistoryPage(f *testing.F) {
 		checkFuzzSamples(t, samples)
 	})
 }
+
+// FuzzPolledTime checks the timestamp rule of polled samples against any
+// timestamps a server may send: an emitted time is later than the last
+// one and is one of the source, server or read times, in that order of
+// preference; a sample is left out only when none is later.
+func FuzzPolledTime(f *testing.F) {
+	f.Add(int64(0), int64(133_500_000_000_000_000), int64(133_500_000_000_000_000), int64(1_700_000_000_000))
+	f.Add(int64(1_700_000_000_000), int64(133_500_000_000_000_000), int64(0), int64(1_700_000_000_000))
+	f.Add(int64(math.MaxInt64), int64(-1), int64(1), int64(0))
+	f.Add(int64(-5), int64(0), int64(0), int64(-10))
+	f.Fuzz(func(t *testing.T, last, src, srv, nowMs int64) {
+		dv := &ua.DataValue{SourceTimestamp: ticks(src), ServerTimestamp: ticks(srv)}
+		now := time.UnixMilli(nowMs)
+		got, ok := polledTime(last, dv, now)
+		var candidates []int64
+		for _, ts := range []time.Time{dv.SourceTimestamp, dv.ServerTimestamp} {
+			if validTime(ts) {
+				candidates = append(candidates, ts.UnixMilli())
+			}
+		}
+		candidates = append(candidates, now.UnixMilli())
+		want, wantOK := int64(0), false
+		for _, c := range candidates {
+			if c > last {
+				want, wantOK = c, true
+				break
+			}
+		}
+		if ok != wantOK || (ok && (got != want || got <= last)) {
+			t.Fatalf("polledTime(%d, src %d, srv %d, now %d) = %d, %v; want %d, %v", last, src, srv, nowMs, got, ok, want, wantOK)
+		}
+	})
+}
+
+// FuzzHistorizedResults reads any answer to a Historizing read: one
+// verdict per node asked, true only for a good Boolean true.
+func FuzzHistorizedResults(f *testing.F) {
+	f.Add(uint8(3), uint8(3), uint32(0), uint32(0), uint8(0), true)
+	f.Add(uint8(2), uint8(5), uint32(0), uint32(ua.StatusBadAttributeIDInvalid), uint8(0), true)
+	f.Add(uint8(4), uint8(1), uint32(ua.StatusBadTooManyOperations), uint32(0), uint8(0), true)
+	f.Add(uint8(1), uint8(1), uint32(0), uint32(0), uint8(10), false)
+	f.Fuzz(func(t *testing.T, n, results uint8, service, status uint32, kind uint8, truth bool) {
+		res := &ua.ReadResponse{ResponseHeader: &ua.ResponseHeader{ServiceResult: ua.StatusCode(service)}}
+		for i := 0; i < int(results%8); i++ {
+			var dv *ua.DataValue
+			switch {
+			case i == 1:
+				// a hole
+			case kind%2 == 0:
+				dv = &ua.DataValue{Status: ua.StatusCode(status), Value: ua.MustVariant(truth)}
+			default:
+				dv = fuzzValue(kind, 1, status, 0, 0)
+			}
+			res.Results = append(res.Results, dv)
+		}
+		got := historizedResults(res, int(n%8))
+		if len(got) != int(n%8) {
+			t.Fatalf("%d verdicts for %d nodes", len(got), n%8)
+		}
+		for i, h := range got {
+			if !h {
+				continue
+			}
+			r := res.Results[i]
+			if service != 0 || r == nil || r.Status != ua.StatusOK || r.Value.Value() != true {
+				t.Fatalf("node %d taken as historized from %+v (service 0x%08X)", i, r, service)
+			}
+		}
+	})
+}

@@ -286,11 +286,7 @@ func (d *Driver) checkHistorizing(ctx context.Context, jobs []*backfillJob) erro
 			d.log.Warn("the server refused to say whether it keeps history; taking it as not", "nodes", len(chunk), "err", err)
 			continue
 		}
-		for i := range chunk {
-			if i < len(res.Results) && res.Results[i] != nil && res.Results[i].Status == ua.StatusOK && res.Results[i].Value != nil {
-				historized[start+i], _ = res.Results[i].Value.Value().(bool)
-			}
-		}
+		copy(historized[start:], historizedResults(res, len(chunk)))
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -310,6 +306,22 @@ func (d *Driver) checkHistorizing(ctx context.Context, jobs []*backfillJob) erro
 		d.log.Warn("values the subscription had queued when the session dropped are lost: the server keeps no history of these nodes (counted as subscription_gaps)", "nodes", lost, "subscribed", len(d.subs))
 	}
 	return nil
+}
+
+// historizedResults reads the answer to a Read of n nodes' Historizing
+// attribute: true only for a good Boolean true; a missing, bad or other
+// result is taken as no history.
+func historizedResults(res *ua.ReadResponse, n int) []bool {
+	out := make([]bool, n)
+	if res == nil || (res.ResponseHeader != nil && res.ResponseHeader.ServiceResult != ua.StatusOK) {
+		return out
+	}
+	for i := range min(n, len(res.Results)) {
+		if r := res.Results[i]; r != nil && r.Status == ua.StatusOK && r.Value != nil {
+			out[i], _ = r.Value.Value().(bool)
+		}
+	}
+	return out
 }
 
 // removeJob drops j from the queue. The caller holds d.mu.
