@@ -30,6 +30,7 @@ import (
 
 	"github.com/sightglass-bms/sightglass/agent/config"
 	"github.com/sightglass-bms/sightglass/agent/daemon"
+	"github.com/sightglass-bms/sightglass/agent/driver/csvtrend"
 	"github.com/sightglass-bms/sightglass/ingest/pki"
 	"github.com/sightglass-bms/sightglass/pkg/bacnet"
 	"github.com/sightglass-bms/sightglass/pkg/nicbind"
@@ -850,20 +851,10 @@ func (c *checker) checkTrendFolder(name string, s deviceSettings) {
 	if !st.IsDir() {
 		dir = filepath.Dir(s.Path) // a single file: it moves out of its folder
 	}
-	// Resolved as the driver resolves them (agent/driver/csvtrend).
-	resolve := func(configured, def string) string {
-		switch {
-		case configured == "":
-			return filepath.Join(dir, def)
-		case filepath.IsAbs(configured):
-			return filepath.Clean(configured)
-		}
-		return filepath.Join(dir, configured)
-	}
 	paths := []struct{ what, path string }{
 		{"folder", dir},
-		{"processed_dir", resolve(s.ProcessedDir, "processed")},
-		{"failed_dir", resolve(s.FailedDir, "failed")},
+		{"processed_dir", csvtrend.ResolveDir(dir, s.ProcessedDir, csvtrend.DefaultProcessedDir)},
+		{"failed_dir", csvtrend.ResolveDir(dir, s.FailedDir, csvtrend.DefaultFailedDir)},
 	}
 	unit, err := c.f.unit()
 	if err != nil {

@@ -45,6 +45,8 @@ Get the token from the ingest's operator: sightglass-ingest enroll create.`,
 					o.CertDir = cfg.Uplink.CertDir
 				}
 				o.LocalAddr, o.Timeout = cfg.Uplink.LocalAddress, cfg.Uplink.Timeout
+				// Bound to the uplink NIC, as the agent's own uplink is.
+				o.Interface = cfg.Network.Uplink.Interface
 			}
 			if o.Ingest == "" || o.CertDir == "" {
 				return errors.New("say where the ingest is and where the certificate goes: --config FILE, or --ingest URL and --cert-dir DIR")

@@ -367,8 +367,8 @@ func (d *Driver) resolveLocked() error {
 	default:
 		return fmt.Errorf("opening trend path %s: neither a directory nor a regular file", d.cfg.path)
 	}
-	d.processed = resolveDir(d.dir, d.cfg.processed, "processed")
-	d.failed = resolveDir(d.dir, d.cfg.failed, "failed")
+	d.processed = ResolveDir(d.dir, d.cfg.processed, DefaultProcessedDir)
+	d.failed = ResolveDir(d.dir, d.cfg.failed, DefaultFailedDir)
 	if !d.single && (d.processed == d.dir || d.failed == d.dir) {
 		return fmt.Errorf("opening trend path %s: processed_dir and failed_dir must differ from it", d.dir)
 	}
@@ -376,7 +376,18 @@ func (d *Driver) resolveLocked() error {
 	return nil
 }
 
-func resolveDir(base, configured, def string) string {
+// The folders consumed files move to when processed_dir and failed_dir are
+// not set, inside the trend folder.
+const (
+	DefaultProcessedDir = "processed"
+	DefaultFailedDir    = "failed"
+)
+
+// ResolveDir is where processed_dir or failed_dir (configured, empty for
+// the default def) points for a trend folder base: an absolute path as it
+// is, a relative one inside base. `sightglass-agent check` resolves them
+// the same way to test that the agent may write there.
+func ResolveDir(base, configured, def string) string {
 	switch {
 	case configured == "":
 		return filepath.Join(base, def)
