@@ -165,6 +165,9 @@ type Stats struct {
 	SegmentsReceived            uint64
 	BytesSent, BytesReceived    uint64
 	Refused                     uint64
+	// Aborts counts transactions the device aborted (most often an
+	// answer too long for it).
+	Aborts uint64
 }
 
 // Client is a BACnet/IP client that only reads. It is safe for concurrent
@@ -195,7 +198,7 @@ type Client struct {
 	done chan struct{}
 	wg   sync.WaitGroup
 
-	requests, retries, timeouts, segments, sent, recvd atomic.Uint64
+	requests, retries, timeouts, segments, sent, recvd, aborts atomic.Uint64
 }
 
 type txKey struct {
@@ -365,7 +368,7 @@ func (c *Client) Stats() Stats {
 	return Stats{
 		Requests: c.requests.Load(), Retries: c.retries.Load(), Timeouts: c.timeouts.Load(),
 		SegmentsReceived: c.segments.Load(), BytesSent: c.sent.Load(), BytesReceived: c.recvd.Load(),
-		Refused: c.guard.Refused(),
+		Refused: c.guard.Refused(), Aborts: c.aborts.Load(),
 	}
 }
 
@@ -886,6 +889,7 @@ func (c *Client) await(ctx context.Context, dev Device, id, service uint8, ch ch
 			case PDUReject:
 				return nil, &RejectError{Reason: a.Reason}
 			case PDUAbort:
+				c.aborts.Add(1)
 				return nil, &AbortError{Reason: a.Reason, Server: a.Server}
 			}
 		}
@@ -931,6 +935,7 @@ func (c *Client) segmented(ctx context.Context, dev Device, first APDU, ch chan 
 			a := m.APDU
 			switch a.Type {
 			case PDUAbort:
+				c.aborts.Add(1)
 				return nil, &AbortError{Reason: a.Reason, Server: a.Server}
 			case PDUComplexACK:
 			default:

@@ -98,6 +98,14 @@ func TestAbortedBatchesAreSplit(t *testing.T) {
 					t.Errorf("poll %d met %d aborts; the plan should fit what the device showed it can send", poll, met)
 				}
 			}
+			// The aborts show in the driver's counters, as the device sent them.
+			counted := map[string]uint64{}
+			for _, c := range drv.Counters() {
+				counted[c.Name] = c.Value
+			}
+			if got, ok := counted["aborts"]; !ok || got != uint64(sim.Aborts()) {
+				t.Errorf("aborts counter %d (present %v); the device sent %d", got, ok, sim.Aborts())
+			}
 			if w := sim.Writes(); len(w) > 0 {
 				t.Errorf("non-reads reached the device: %q", w)
 			}

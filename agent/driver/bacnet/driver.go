@@ -223,6 +223,7 @@ func (d *Driver) Counters() []driver.Counter {
 		{Name: driver.GuardRefusals, Value: st.Refused},
 		{Name: "retries", Value: st.Retries},
 		{Name: "timeouts", Value: st.Timeouts},
+		{Name: "aborts", Value: st.Aborts},
 		{Name: "segments_received", Value: st.SegmentsReceived},
 		{Name: "bytes_sent", Value: st.BytesSent},
 		{Name: "bytes_received", Value: st.BytesReceived},
