@@ -66,7 +66,7 @@ func buildDevices(ctx context.Context, cfg *config.Config, reg *driver.Registry,
 			}
 			dlog.Info("discovered points", "points", len(found), "configured", len(d.Points))
 		}
-		drv, err := info.New(driver.Device{Name: d.Name, Settings: d.DeviceSettings(), Points: points, Logger: dlog, DataDir: cfg.DataDir})
+		drv, err := info.New(driver.Device{Name: d.Name, Settings: d.DeviceSettings(), Points: points, Logger: dlog, DataDir: cfg.DataDir, Interval: d.Interval})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("device %q (line %d): %w", d.Name, d.Line, err))
 			continue

@@ -92,6 +92,10 @@ type Device struct {
 	// that must survive restarts (certificates, pins), each in its own
 	// subdirectory. Empty when unknown; drivers then need a setting.
 	DataDir string
+	// Interval is how often the poller reads points whose own Interval is
+	// zero, for drivers that tune to it (how long a gap must be before a
+	// trend log is asked for it, say). Zero when unknown.
+	Interval time.Duration
 }
 
 // Factory builds a driver from its configuration. It validates the

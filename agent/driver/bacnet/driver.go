@@ -76,6 +76,7 @@ var ErrClosed = errors.New("bacnet driver closed: call Connect to reconnect")
 // New builds a driver from a device's configuration; it does no network I/O.
 func New(d driver.Device) (driver.Driver, error) {
 	cfg, err := parseSettings(d.Settings)
+	cfg.interval = d.Interval
 	var errs []error
 	if err != nil {
 		errs = append(errs, err)

@@ -237,8 +237,8 @@ func TestBackfillStateVersions(t *testing.T) {
 }
 
 // TestBackfillAfterDefault: without backfill_after, a gap opens only after
-// twice the point's interval (at least 2m): its own, or the spacing seen
-// between its reads when it is read at the device's interval.
+// twice the point's interval (at least 2m): its own, else the device's
+// (driver.Device.Interval), else the spacing seen between its reads.
 func TestBackfillAfterDefault(t *testing.T) {
 	var set config
 	set.backfillAfter = 30 * time.Second
@@ -255,6 +255,9 @@ func TestBackfillAfterDefault(t *testing.T) {
 		{"device interval of 15 min seen", config{}, 0, 15 * time.Minute, 30 * time.Minute},
 		{"own interval wins over what was seen", config{}, 5 * time.Minute, 15 * time.Minute, 10 * time.Minute},
 		{"set explicitly", set, 15 * time.Minute, 0, 30 * time.Second},
+		{"device interval from the agent", config{interval: 10 * time.Minute}, 0, 0, 20 * time.Minute},
+		{"device interval wins over what was seen", config{interval: 10 * time.Minute}, 0, time.Minute, 20 * time.Minute},
+		{"own interval wins over the device's", config{interval: 10 * time.Minute}, 5 * time.Minute, 0, 10 * time.Minute},
 	}
 	for _, tt := range tests {
 		if got := tt.c.backfillAfterFor(driver.Point{Interval: tt.interval}, tt.observed); got != tt.want {

@@ -53,9 +53,8 @@ type Settings struct {
 	Timezone string `yaml:"timezone"`
 	// BackfillAfter is how long a point may go unread before the trend
 	// log named by its trend_log setting is read back to fill the gap.
-	// Default: the larger of 2m and twice the point's interval (its own
-	// interval, or for a point read at the device's interval the spacing
-	// seen between its reads), so a slowly polled point does not send a
+	// Default: the larger of 2m and twice the point's interval (its own,
+	// else the device's), so a slowly polled point does not send a
 	// ReadRange every poll.
 	BackfillAfter time.Duration `yaml:"backfill_after"`
 	// BackfillMax bounds how far back a backfill reaches. Default 7 days.
@@ -84,6 +83,8 @@ type config struct {
 	rpm           bool
 	loc           *time.Location
 	backfillAfter time.Duration // 0: derived per point, see backfillAfterFor
+	// interval is the device's read interval from the agent (0 unknown).
+	interval time.Duration
 	backfillMax   time.Duration
 	// backfillRetry is the first wait before a failed backfill is asked
 	// again; it doubles per failure up to an hour.
@@ -97,14 +98,17 @@ const defaultBackfillAfter = 2 * time.Minute
 
 // backfillAfterFor is how long point p may go unread before its trend log
 // is asked for the gap: backfill_after when set, else the larger of 2m and
-// twice the point's interval. A point read at the device's interval has
-// none of its own (drivers are not told the device's), so observed, the
-// spacing seen between its reads, stands in (0: none seen yet).
+// twice the point's interval: its own, else the device's. When neither is
+// known (a driver built without the agent), observed, the spacing seen
+// between its reads, stands in (0: none seen yet).
 func (c config) backfillAfterFor(p driver.Point, observed time.Duration) time.Duration {
 	if c.backfillAfter > 0 {
 		return c.backfillAfter
 	}
 	iv := p.Interval
+	if iv <= 0 {
+		iv = c.interval
+	}
 	if iv <= 0 {
 		iv = observed
 	}
