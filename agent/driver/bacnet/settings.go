@@ -84,8 +84,8 @@ type config struct {
 	loc           *time.Location
 	backfillAfter time.Duration // 0: derived per point, see backfillAfterFor
 	// interval is the device's read interval from the agent (0 unknown).
-	interval time.Duration
-	backfillMax   time.Duration
+	interval    time.Duration
+	backfillMax time.Duration
 	// backfillRetry is the first wait before a failed backfill is asked
 	// again; it doubles per failure up to an hour.
 	backfillRetry time.Duration
