@@ -7,7 +7,12 @@
 // The protocol:
 //
 //	PUT  /v1/tables/{hash}  a point table (batch.EncodePointTable); 201 stored, 200 already there
-//	POST /v1/batches        a batch (batch.Encode); 200 {"status":"stored"|"duplicate","seq":N}
+//	POST /v1/batches        a batch (batch.Encode) with Sightglass-Sent-At; 200 {"status":"stored"|"duplicate","seq":N}
+//
+// With a Registry, also: POST /v1/enroll, GET /v1/ca.crt, GET /v1/crl and
+// GET /v1/certs/{serial} without a client certificate (enrollment and the
+// status query rate-limited per remote address), and POST /v1/renew and
+// PUT /v1/catalog with one.
 //
 // Every error is JSON {"error": "...", "code": "..."} with a 4xx or 5xx
 // status; the codes are the Code* constants. A 503 carries Retry-After.
@@ -147,9 +152,11 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Server serves agents and the internal health endpoints. It holds no
-// per-agent state beyond a cache of immutable point tables, so any number
-// of replicas can share one blob store.
+// Server serves agents and the internal health endpoints. Beyond a cache
+// of immutable point tables it holds only the rate limits and the audit
+// throttle, which are per node, so any number of replicas can share one
+// blob store; they must share one Registry too, or an agent enrolled on one
+// is refused by the others.
 type Server struct {
 	cfg    Config
 	store  blob.Store
