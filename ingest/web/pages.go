@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"math"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -331,8 +332,83 @@ func (s *Server) handlePortfolio(w http.ResponseWriter, r *http.Request, rq *req
 	s.render(w, r, http.StatusOK, "portfolio", rq, page)
 }
 
+// deviceTag is the tag prefix a full catalogue gives every point: the
+// name of the device it is read from (agent/daemon.Catalog). Tags-only and
+// no catalogue carry no device, names being what the policy withholds.
+const deviceTag = "device:"
+
+// deviceRow is one device of a building, summed over its points.
+type deviceRow struct {
+	Name   string
+	Tag    string // the filter that lists its points
+	URL    string
+	Points int
+	Stale  int
+	Failed int // points whose latest read failed: fault or comm-failure
+	Class  string
+}
+
+// pointDevice is the device a point's tags name, or "".
+func pointDevice(p pointView) string {
+	for _, t := range p.Tags {
+		if name, ok := strings.CutPrefix(t, deviceTag); ok && name != "" {
+			return name
+		}
+	}
+	return ""
+}
+
+// devices groups a building's points by device, problems first, then by
+// name. Points without a device tag are counted apart (NoDevice).
+func devices(pts []pointView, path string) (rows []deviceRow, noDevice int) {
+	by := map[string]*deviceRow{}
+	for _, p := range pts {
+		name := pointDevice(p)
+		if name == "" {
+			noDevice++
+			continue
+		}
+		d := by[name]
+		if d == nil {
+			d = &deviceRow{Name: name, Tag: deviceTag + name, URL: path + "?" + url.Values{"tag": {deviceTag + name}}.Encode()}
+			by[name] = d
+		}
+		d.Points++
+		if p.Stale {
+			d.Stale++
+		}
+		if p.Status == telemetry.StatusFault.String() || p.Status == telemetry.StatusCommFailure.String() {
+			d.Failed++
+		}
+	}
+	for _, d := range by {
+		switch {
+		case d.Failed > 0:
+			d.Class = "bad"
+		case d.Stale > 0:
+			d.Class = "warn"
+		default:
+			d.Class = "ok"
+		}
+		rows = append(rows, *d)
+	}
+	rank := map[string]int{"bad": 0, "warn": 1, "ok": 2}
+	slices.SortFunc(rows, func(a, b deviceRow) int {
+		if r := rank[a.Class] - rank[b.Class]; r != 0 {
+			return r
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return rows, noDevice
+}
+
 type buildingPage struct {
 	building
+	// Devices are the building's devices from the catalogue's device
+	// tags; empty when the catalogue names none (tags-only or none).
+	Devices []deviceRow
+	// NoDevice counts the points without a device tag.
+	NoDevice       int
 	Points         []pointView
 	Total, Matched int
 	Q, Tag, Status string
@@ -356,6 +432,7 @@ func (s *Server) handleBuilding(w http.ResponseWriter, r *http.Request, rq *requ
 	q := r.URL.Query()
 	page := buildingPage{building: b, Total: len(pts), Q: strings.TrimSpace(q.Get("q")), Tag: q.Get("tag"), Status: q.Get("status"),
 		Statuses: []string{"ok", "stale", "fault", "comm-failure", "out-of-service", "overridden", "old"}}
+	page.Devices, page.NoDevice = devices(pts, b.Path)
 	tags := map[string]bool{}
 	needle := strings.ToLower(page.Q)
 	var matched []pointView

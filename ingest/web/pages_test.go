@@ -5,6 +5,7 @@ import (
 	"encoding/csv"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -387,5 +388,66 @@ func TestParseWindow(t *testing.T) {
 				t.Errorf("window %v..%v at %v, want %v over %v", w.From, w.To, w.Res, tt.res, tt.span)
 			}
 		})
+	}
+}
+
+// TestBuildingDevices: with a full catalogue the building page has a row
+// per device (from the points' device: tags) above the points, with its
+// points, stale points and failed reads; a building whose catalogue names
+// no device says so.
+func TestBuildingDevices(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if err := e.db.PutCatalog(ctx, siteB.Tenant, siteB.Site, "ag-s-bbbb", []store.CatalogPoint{
+		{ID: 101, Name: secretName, Unit: "degC", Tags: []string{"chw", "device:chiller-1"}},
+		{ID: 102, Name: "B-return", Unit: "degC", Tags: []string{"chw", "device:chiller-1"}},
+		{ID: 103, Name: "B-fan", Tags: []string{"device:ahu-2"}},
+		{ID: 104, Name: "B-loose"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// 103 fails its reads now; 104 last reported long ago.
+	b := &batch.Batch{Header: batch.Header{Seq: 5}, Samples: []telemetry.Sample{
+		{PointID: 103, Time: e.start.UnixMilli(), Status: telemetry.StatusCommFailure},
+		{PointID: 104, Time: e.start.Add(-5 * time.Hour).UnixMilli(), Value: 1},
+	}}
+	if err := e.db.ObserveBatch(ctx, siteB, "ag-s-bbbb", b); err != nil {
+		t.Fatal(err)
+	}
+	c := e.client()
+	c.mustLogin("bob")
+	r := c.get("/b/acme/s-bbbb")
+	if r.status != http.StatusOK {
+		t.Fatalf("building: %d", r.status)
+	}
+	table := regexpFind(`(?s)<table class="grid" id="devices">(.*?)</table>`, r.body)
+	rows := regexp.MustCompile(`<tr class="(\w+)"><td><a href="([^"]+)">([^<]+)</a></td><td class="num">(\d+)</td><td class="num">(\d+)</td><td class="num">(\d+)</td></tr>`).FindAllStringSubmatch(table, -1)
+	var got []string
+	for _, m := range rows {
+		got = append(got, strings.Join(m[1:], " "))
+	}
+	want := []string{
+		"bad /b/acme/s-bbbb?tag=device%3Aahu-2 ahu-2 1 0 1",
+		"ok /b/acme/s-bbbb?tag=device%3Achiller-1 chiller-1 2 0 0",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("device rows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if !strings.Contains(r.body, "1 points name no device") {
+		t.Error("the point without a device is not counted")
+	}
+	if strings.Index(r.body, `id="devices"`) > strings.Index(r.body, `id="points"`) {
+		t.Error("the devices are not above the points")
+	}
+	// A device's link lists its points only.
+	f := c.get("/b/acme/s-bbbb?tag=device%3Achiller-1")
+	if !strings.Contains(f.body, secretName) || !strings.Contains(f.body, "B-return") || strings.Contains(f.body, ">B-fan<") {
+		t.Error("the device filter does not list exactly its points")
+	}
+	// Building A has no catalogue: no device table, and the page says why.
+	a := e.client()
+	a.mustLogin("alice")
+	if r := a.get("/b/acme/s-aaaa"); strings.Contains(r.body, `id="devices"`) || !strings.Contains(r.body, `id="no-devices"`) {
+		t.Error("building A, without a catalogue, does not say it names no devices")
 	}
 }
