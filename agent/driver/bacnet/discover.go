@@ -263,7 +263,7 @@ func (d *Driver) Discover(ctx context.Context) ([]driver.Point, error) {
 	}
 	out := make([]driver.Point, 0, len(objs))
 	for _, ob := range objs {
-		p := driver.Point{Ref: Ref(ob.ID, bacnet.Prop(bacnet.PropPresentValue)), Name: ob.Name, Unit: ob.Unit, Description: ob.Description}
+		p := driver.Point{Ref: Ref(ob.ID, bacnet.Prop(bacnet.PropPresentValue)), Name: ob.Name, Unit: ob.Unit, Description: ob.Description, Kind: ob.ID.Type.String()}
 		if ob.TrendLog != nil {
 			p.Settings = yamlSettings{PointSettings{TrendLog: ob.TrendLog.String()}}
 		}

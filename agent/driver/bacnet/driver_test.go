@@ -448,6 +448,10 @@ func TestDiscoverLongObjectList(t *testing.T) {
 	if len(found) != 50 || found[49].Name != "tiny BV-10" || found[0].Unit != "°C" {
 		t.Fatalf("%d points, last %+v", len(found), found[len(found)-1])
 	}
+	// The object type is the point's kind in the catalogue.
+	if found[0].Kind != "analog-input" || found[49].Kind != "binary-value" {
+		t.Errorf("kinds %q and %q, want the object types", found[0].Kind, found[49].Kind)
+	}
 	// 51 object-list elements and its size, then names, descriptions and
 	// (40 analogs) units one by one: at least 192 ReadProperty requests.
 	if rp := confirmed(sim, bacnet.ServiceReadProperty); rp < 192 {

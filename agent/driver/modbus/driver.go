@@ -651,7 +651,7 @@ func (d *Driver) Discover(ctx context.Context) ([]driver.Point, error) {
 	d.mu.Unlock()
 	points := make([]driver.Point, 0, len(p.Points))
 	for i, pp := range p.Points {
-		points = append(points, driver.Point{Ref: specs[i].ref(), Name: pp.Name, Unit: pp.Unit, Settings: settingsOf(specs[i])})
+		points = append(points, driver.Point{Ref: specs[i].ref(), Name: pp.Name, Unit: pp.Unit, Kind: specs[i].typ.String(), Settings: settingsOf(specs[i])})
 	}
 	return points, nil
 }

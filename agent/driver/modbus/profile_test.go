@@ -104,6 +104,9 @@ func TestProfileOrderOverride(t *testing.T) {
 		t.Fatalf("Discover: %d points, %v", len(found), err)
 	}
 	pt := found[0]
+	if pt.Kind != "float32" {
+		t.Errorf("discovered %s has kind %q, want its data type float32", pt.Ref, pt.Kind)
+	}
 	pt.ID = 1
 	// The polling instance gets the discovered point, as the agent does.
 	d2 := newDriver(t, sim.Addr(), "profile: eastron-sdm630\norder: CDAB", pt)
