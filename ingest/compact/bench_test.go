@@ -26,7 +26,17 @@ const (
 	// default's share of a 10,000-point day, so a day here has as many
 	// parts as a real one of that size (eight).
 	benchPart = DefaultPartSamples * benchPoints / 10_000
+	// benchMerge likewise scales the merge's budget: a day here is merged
+	// in as many ranges as a real one of 10,000 points (four).
+	benchMerge = DefaultMergeSamples * benchPoints / 10_000
 )
+
+// benchBudgets are the merge budgets the memory benchmarks run with: the
+// whole day in memory, and the default's share, in ranges of points.
+var benchBudgets = []struct {
+	name   string
+	budget int
+}{{"whole", math.MaxInt}, {"ranged", benchMerge}}
 
 // benchArchive fills an archive with the synthetic day of points points
 // and returns the distinct samples in it.
@@ -120,88 +130,114 @@ func reportMemory(b *testing.B, samples int, op func()) {
 // does, and reports the memory it takes per sample.
 func BenchmarkReadDayMemory(b *testing.B) {
 	a, n := benchArchive(b, benchPoints)
-	c := New(a.store, Options{})
-	reportMemory(b, n, func() {
-		got, err := c.ReadDay(context.Background(), "t1", "s1", day)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if len(got) != n {
-			b.Fatalf("%d samples, want %d", len(got), n)
-		}
-	})
+	for _, bb := range benchBudgets {
+		b.Run(bb.name, func(b *testing.B) {
+			c := New(a.store, Options{MergeSamples: bb.budget})
+			reportMemory(b, n, func() {
+				got, err := c.ReadDay(context.Background(), "t1", "s1", day)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(got) != n {
+					b.Fatalf("%d samples, want %d", len(got), n)
+				}
+			})
+		})
+	}
 }
 
 // BenchmarkEachDayMemory streams a synthetic day as an export that
 // writes as it reads does, and reports the memory it takes per sample.
 func BenchmarkEachDayMemory(b *testing.B) {
 	a, n := benchArchive(b, benchPoints)
-	c := New(a.store, Options{})
-	reportMemory(b, n, func() {
-		got, err := c.EachDay(context.Background(), "t1", "s1", day, func([]telemetry.Sample) error { return nil })
-		if err != nil {
-			b.Fatal(err)
-		}
-		if got != n {
-			b.Fatalf("%d samples, want %d", got, n)
-		}
-	})
+	for _, bb := range benchBudgets {
+		b.Run(bb.name, func(b *testing.B) {
+			c := New(a.store, Options{MergeSamples: bb.budget})
+			reportMemory(b, n, func() {
+				got, err := c.EachDay(context.Background(), "t1", "s1", day, func([]telemetry.Sample) error { return nil })
+				if err != nil {
+					b.Fatal(err)
+				}
+				if got != n {
+					b.Fatalf("%d samples, want %d", got, n)
+				}
+			})
+		})
+	}
 }
 
 // BenchmarkCompactDayMemory compacts a synthetic day (merge, encode,
 // store, verify, delete) and reports the memory it takes per sample.
 func BenchmarkCompactDayMemory(b *testing.B) {
-	var total, peak uint64
-	var n int
-	for range b.N {
-		b.StopTimer()
-		a, distinct := benchArchive(b, benchPoints)
-		n = distinct
-		c := New(a.store, Options{PartSamples: benchPart})
-		var before, after runtime.MemStats
-		runtime.ReadMemStats(&before)
-		stop := heapPeak()
-		b.StartTimer()
-		res, err := c.Day(context.Background(), "t1", "s1", day)
-		b.StopTimer()
-		peak = max(peak, stop())
-		runtime.ReadMemStats(&after)
-		total += after.TotalAlloc - before.TotalAlloc
-		if err != nil {
-			b.Fatal(err)
-		}
-		if res.Samples != n {
-			b.Fatalf("%d samples, want %d", res.Samples, n)
-		}
+	for _, bb := range benchBudgets {
+		b.Run(bb.name, func(b *testing.B) {
+			var total, peak uint64
+			var n int
+			for range b.N {
+				b.StopTimer()
+				a, distinct := benchArchive(b, benchPoints)
+				n = distinct
+				c := New(a.store, Options{PartSamples: benchPart, MergeSamples: bb.budget})
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				stop := heapPeak()
+				b.StartTimer()
+				res, err := c.Day(context.Background(), "t1", "s1", day)
+				b.StopTimer()
+				peak = max(peak, stop())
+				runtime.ReadMemStats(&after)
+				total += after.TotalAlloc - before.TotalAlloc
+				if err != nil {
+					b.Fatal(err)
+				}
+				if res.Samples != n {
+					b.Fatalf("%d samples, want %d", res.Samples, n)
+				}
+			}
+			b.ReportMetric(float64(total)/float64(b.N)/float64(n), "alloc-B/sample")
+			b.ReportMetric(float64(peak)/float64(n), "peak-B/sample")
+			b.ReportMetric(float64(n), "samples")
+		})
 	}
-	b.ReportMetric(float64(total)/float64(b.N)/float64(n), "alloc-B/sample")
-	b.ReportMetric(float64(peak)/float64(n), "peak-B/sample")
-	b.ReportMetric(float64(n), "samples")
 }
 
 // TestDayMemoryBound: compacting a day keeps the decoded sources and one
-// part's samples live, not a map and a sorted copy of the whole day. The
-// map-based merge peaked at about 113 bytes a sample here, the merge of
-// sorted runs at about 47 (the 32-byte samples, 10% of them retried
-// duplicates, and a part being encoded and verified).
+// part's samples live, not a map and a sorted copy of the whole day; past
+// the merge's budget, a range of points' decoded sources and the sources'
+// bytes. The map-based merge peaked at about 135 bytes a sample here, the
+// merge of sorted runs at about 55 (the 32-byte samples, 10% of them
+// retried duplicates, and a part being encoded and verified), the ranged
+// merge at about 25.
 func TestDayMemoryBound(t *testing.T) {
 	if testing.Short() {
 		t.Skip("measures a compaction of 144,000 samples")
 	}
-	const points, bound = 100, 80
-	a, n := benchArchive(t, points)
-	c := New(a.store, Options{PartSamples: DefaultPartSamples * points / 10_000})
-	stop := heapPeak()
-	res, err := c.Day(context.Background(), "t1", "s1", day)
-	peak := float64(stop()) / float64(n)
-	if err != nil {
-		t.Fatal(err)
+	const points = 100
+	tests := []struct {
+		name   string
+		budget int
+		bound  float64 // bytes a sample
+	}{
+		{"the whole day in memory", math.MaxInt, 80},
+		{"ranges of points", DefaultMergeSamples * points / 10_000, 40},
 	}
-	if res.Samples != n || res.Parts != 8 {
-		t.Fatalf("%d samples in %d parts, want %d in 8", res.Samples, res.Parts, n)
-	}
-	t.Logf("live heap peak %.1f bytes a sample", peak)
-	if peak > bound {
-		t.Errorf("compacting a day kept %.1f bytes a sample live at its peak, want at most %d", peak, bound)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, n := benchArchive(t, points)
+			c := New(a.store, Options{PartSamples: DefaultPartSamples * points / 10_000, MergeSamples: tt.budget})
+			stop := heapPeak()
+			res, err := c.Day(context.Background(), "t1", "s1", day)
+			peak := float64(stop()) / float64(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Samples != n || res.Parts != 8 {
+				t.Fatalf("%d samples in %d parts, want %d in 8", res.Samples, res.Parts, n)
+			}
+			t.Logf("live heap peak %.1f bytes a sample", peak)
+			if peak > tt.bound {
+				t.Errorf("compacting a day kept %.1f bytes a sample live at its peak, want at most %.0f", peak, tt.bound)
+			}
+		})
 	}
 }

@@ -79,7 +79,16 @@ type Options struct {
 	// Lookback is how long before the start of a range ReadRange looks
 	// for batches that may hold samples in it (DefaultLookback).
 	Lookback time.Duration
+	// MergeSamples is how many decoded samples a merge keeps in memory
+	// (DefaultMergeSamples): a day with more is merged a range of point
+	// ids at a time, decoding its blobs once per range.
+	MergeSamples int
 }
+
+// DefaultMergeSamples is Options.MergeSamples's default: 4M samples, 128
+// MiB of decoded samples; a day of 2,800 points at one minute fits, one of
+// 10,000 is merged in four ranges.
+const DefaultMergeSamples = 4_000_000
 
 // DefaultLookback is Options.Lookback's default: a day, so a day's export
 // reads the day before for the batches that crossed midnight into it. A
@@ -94,13 +103,18 @@ type Compactor struct {
 	lim      batch.Limits
 	tables   *pointtable.Archive
 	lookback time.Duration
-	now      func() time.Time
+	// mergeSamples is Options.MergeSamples.
+	mergeSamples int
+	now          func() time.Time
 }
 
 // New returns a Compactor over store.
 func New(store Store, o Options) *Compactor {
 	c := &Compactor{store: store, log: o.Logger, part: o.PartSamples, lim: o.Limits, lookback: o.Lookback,
-		tables: pointtable.New(store, o.Tables), now: time.Now}
+		mergeSamples: o.MergeSamples, tables: pointtable.New(store, o.Tables), now: time.Now}
+	if c.mergeSamples <= 0 {
+		c.mergeSamples = DefaultMergeSamples
+	}
 	if c.lookback <= 0 {
 		c.lookback = DefaultLookback
 	}
@@ -485,6 +499,7 @@ func (c *Compactor) merge(ctx context.Context, tables batch.TableResolver, prev 
 	if err := m.addSources(ctx, srcNames); err != nil {
 		return nil, err
 	}
+	m.added()
 	return m, nil
 }
 
@@ -494,16 +509,30 @@ func (c *Compactor) merge(ctx context.Context, tables batch.TableResolver, prev 
 // It keeps each blob's decoded samples as a run, in the order the blobs
 // were added, and merges the runs only when asked (each): a run is sorted
 // by point and time already, so the merge needs no map of the day and no
-// second copy of it. A whole day in a map cost about 150 bytes a sample at
-// its peak (1.5 GB for 10,000 points at one minute); the runs cost the 32
+// second copy of it. A whole day in a map cost about 115 bytes a sample at
+// its peak (1.6 GB for 10,000 points at one minute); the runs cost the 32
 // bytes of the samples themselves.
+//
+// Past a budget of samples (Options.MergeSamples) it keeps the blobs'
+// bytes instead, a few bytes a sample, and each decodes them again for one
+// range of point ids at a time, ranges holding about a budget each: the
+// memory is bounded by the budget whatever the day holds, at the price of
+// a decode of every blob per range. Duplicates are of one point, so they
+// meet within a range; ranges go in point order, so the stream is the same.
 type merger struct {
 	c        *Compactor
 	tables   batch.TableResolver
 	res      *Result
 	from, to int64
 	runs     [][]telemetry.Sample
-	total    int // samples in runs, duplicates included
+	total    int // samples in [from, to), duplicates included
+	// blobs are the bytes of every blob added, in order, and ranged says
+	// the runs were dropped for them (past the budget).
+	blobs  []namedBlob
+	ranged bool
+	// perPoint counts the samples in [from, to) of each point, to cut the
+	// point ids into ranges.
+	perPoint map[uint64]int
 	// op names what the merge is for in errors: compacting or reading.
 	op string
 	// spanned is called with each blob's header, for ReadRange's check
@@ -511,8 +540,14 @@ type merger struct {
 	spanned func(name string, part bool, h *batch.Header)
 }
 
+// namedBlob is a blob's bytes, kept for a ranged merge.
+type namedBlob struct {
+	name string
+	data []byte
+}
+
 func (c *Compactor) newMerger(tables batch.TableResolver, res *Result, from, to int64) *merger {
-	return &merger{c: c, tables: tables, res: res, from: from, to: to, op: "compacting"}
+	return &merger{c: c, tables: tables, res: res, from: from, to: to, op: "compacting", perPoint: map[uint64]int{}}
 }
 
 func (m *merger) add(name string, part bool, data []byte) error {
@@ -523,13 +558,45 @@ func (m *merger) add(name string, part bool, data []byte) error {
 	if m.spanned != nil {
 		m.spanned(name, part, &b.Header)
 	}
-	run := slices.DeleteFunc(b.Samples, func(s telemetry.Sample) bool { return s.Time < m.from || s.Time >= m.to })
-	switch {
-	case len(run) == 0:
+	run := m.cut(b.Samples, 0, math.MaxUint64)
+	if len(run) == 0 {
 		return nil
-	case len(run) < cap(run)/2:
+	}
+	m.blobs = append(m.blobs, namedBlob{name, data})
+	m.total += len(run)
+	for _, s := range run {
+		m.perPoint[s.PointID]++
+	}
+	if m.ranged {
+		return nil
+	}
+	if m.total > m.c.mergeSamples {
+		// Past the budget: from here on the runs are made per range.
+		m.runs, m.ranged = nil, true
+		return nil
+	}
+	m.runs = append(m.runs, run)
+	return nil
+}
+
+// added is called once every blob is added: under the budget, the runs
+// are all each needs.
+func (m *merger) added() {
+	if !m.ranged {
+		m.blobs, m.perPoint = nil, nil
+	}
+}
+
+// cut keeps of a decoded blob's samples those in [from, to) of the points
+// in [lo, hi], in point and time order, in a slice of their own when they
+// are a small part of the blob.
+func (m *merger) cut(samples []telemetry.Sample, lo, hi uint64) []telemetry.Sample {
+	run := slices.DeleteFunc(samples, func(s telemetry.Sample) bool {
+		return s.Time < m.from || s.Time >= m.to || s.PointID < lo || s.PointID > hi
+	})
+	if len(run) < cap(run)/2 {
 		// Most of the blob is outside the range (a day read for its
-		// lookback): keep only what is in it.
+		// lookback, a range of points): keep only what is in it.
 		run = slices.Clone(run)
 	}
 	if !slices.IsSortedFunc(run, compareKey) {
@@ -537,9 +604,47 @@ func (m *merger) add(name string, part bool, data []byte) error {
 		// so a decoder that broke it must not make a wrong day blob.
 		slices.SortStableFunc(run, compareKey)
 	}
-	m.runs = append(m.runs, run)
-	m.total += len(run)
-	return nil
+	return run
+}
+
+// pointRanges cuts the points seen into ranges [lo, hi] of about the
+// budget of samples each (a point holding more is a range of its own), in
+// point order.
+func (m *merger) pointRanges() [][2]uint64 {
+	ids := make([]uint64, 0, len(m.perPoint))
+	for id := range m.perPoint {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	var out [][2]uint64
+	for i := 0; i < len(ids); {
+		n, j := m.perPoint[ids[i]], i+1
+		for j < len(ids) && n+m.perPoint[ids[j]] <= m.c.mergeSamples {
+			n += m.perPoint[ids[j]]
+			j++
+		}
+		out = append(out, [2]uint64{ids[i], ids[j-1]})
+		i = j
+	}
+	return out
+}
+
+// rangeRuns decodes every blob again and returns its samples of the
+// points in [lo, hi] as runs, in the order the blobs were added.
+func (m *merger) rangeRuns(lo, hi uint64) ([][]telemetry.Sample, int, error) {
+	var runs [][]telemetry.Sample
+	total := 0
+	for _, b := range m.blobs {
+		d, err := batch.Decode(b.data, m.tables, m.c.lim)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s %s: decoding %s again for points %016x to %016x: %w%s", m.op, m.res.Day, b.name, lo, hi, err, m.nothingDeleted())
+		}
+		if run := m.cut(d.Samples, lo, hi); len(run) > 0 {
+			runs = append(runs, run)
+			total += len(run)
+		}
+	}
+	return runs, total, nil
 }
 
 // compareKey orders samples by point, then time.
@@ -614,61 +719,97 @@ func (m *merger) nothingDeleted() string {
 // stats is not nil, each later copy counts in it as a duplicate or a
 // conflict. each can be called again and streams the same samples.
 func (m *merger) each(chunk int, stats *Result, fn func([]telemetry.Sample) error) error {
-	h := runHeap{runs: m.runs, pos: make([]int, len(m.runs))}
-	for r := range m.runs {
+	e := emitter{buf: make([]telemetry.Sample, 0, min(chunk, m.total, m.c.mergeSamples)), chunk: chunk, stats: stats, fn: fn}
+	if !m.ranged {
+		if err := e.merge(m.runs); err != nil {
+			return err
+		}
+		return e.flush()
+	}
+	ranges := m.pointRanges()
+	for i, r := range ranges {
+		runs, n, err := m.rangeRuns(r[0], r[1])
+		if err != nil {
+			return err
+		}
+		m.c.log.Debug("merging a range of points", "day", m.res.Day, "range", i+1, "of", len(ranges), "samples", n)
+		if err := e.merge(runs); err != nil {
+			return err
+		}
+	}
+	return e.flush()
+}
+
+// emitter deduplicates merged samples and hands them on in chunks.
+type emitter struct {
+	buf   []telemetry.Sample
+	chunk int
+	stats *Result
+	fn    func([]telemetry.Sample) error
+	last  telemetry.Sample // the sample kept for its point and time
+	have  bool             // last was set
+}
+
+// merge emits the samples of runs, each sorted by point and time, merged.
+func (e *emitter) merge(runs [][]telemetry.Sample) error {
+	h := runHeap{runs: runs, pos: make([]int, len(runs))}
+	for r := range runs {
 		h.heap = append(h.heap, r)
 	}
 	for i := len(h.heap)/2 - 1; i >= 0; i-- {
 		h.down(i)
 	}
-	buf := make([]telemetry.Sample, 0, min(chunk, m.total))
-	var (
-		last telemetry.Sample // the sample kept for its point and time
-		have bool             // last was set
-	)
 	for len(h.heap) > 0 {
 		r := h.heap[0]
 		s := h.runs[r][h.pos[r]]
 		h.advance()
-		if have && s.PointID == last.PointID && s.Time == last.Time {
-			if stats != nil {
-				if math.Float64bits(last.Value) == math.Float64bits(s.Value) && last.Status == s.Status {
-					stats.Duplicates++
+		if e.have && s.PointID == e.last.PointID && s.Time == e.last.Time {
+			if e.stats != nil {
+				if math.Float64bits(e.last.Value) == math.Float64bits(s.Value) && e.last.Status == s.Status {
+					e.stats.Duplicates++
 				} else {
-					stats.Conflicts++
+					e.stats.Conflicts++
 				}
 			}
 			continue
 		}
-		last, have = s, true
-		buf = append(buf, s)
-		if len(buf) == chunk {
-			if err := fn(buf); err != nil {
+		e.last, e.have = s, true
+		e.buf = append(e.buf, s)
+		if len(e.buf) == e.chunk {
+			if err := e.fn(e.buf); err != nil {
 				return err
 			}
-			buf = buf[:0]
+			e.buf = e.buf[:0]
 		}
-	}
-	if len(buf) > 0 {
-		return fn(buf)
 	}
 	return nil
 }
 
+// flush hands on the last, short chunk.
+func (e *emitter) flush() error {
+	if len(e.buf) == 0 {
+		return nil
+	}
+	return e.fn(e.buf)
+}
+
 // sorted returns the merged samples sorted by point, then time, in one
 // slice, and lets go of the runs.
-func (m *merger) sorted() []telemetry.Sample {
+func (m *merger) sorted() ([]telemetry.Sample, error) {
 	out := make([]telemetry.Sample, 0, m.total)
 	// Small chunks: each's buffer is not a third copy of the day.
-	_ = m.each(64<<10, m.res, func(chunk []telemetry.Sample) error {
+	err := m.each(64<<10, m.res, func(chunk []telemetry.Sample) error {
 		out = append(out, chunk...)
 		return nil
 	})
-	m.runs = nil
+	if err != nil {
+		return nil, err
+	}
+	m.runs, m.blobs = nil, nil
 	if len(out) < cap(out)*9/10 {
 		out = slices.Clone(out) // many duplicates: give the rest back
 	}
-	return out
+	return out, nil
 }
 
 // runHeap is a min-heap of runs by their next sample's point and time, then
@@ -755,7 +896,7 @@ func (c *Compactor) ReadRange(ctx context.Context, tenant, site string, from, to
 	if err != nil {
 		return nil, err
 	}
-	return m.sorted(), nil
+	return m.sorted()
 }
 
 // EachRangeChunk is how many samples EachRange hands its fn at a time.
@@ -854,6 +995,7 @@ func (c *Compactor) readRange(ctx context.Context, tenant, site string, from, to
 			"tenant", tenant, "site", site, "blobs", long, "longest", longest.String(), "blob", example,
 			"lookback", c.lookback.String(), "first_day_read", first.Format(time.DateOnly))
 	}
+	m.added()
 	return m, nil
 }
 

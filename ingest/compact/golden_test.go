@@ -84,14 +84,24 @@ func hashSamples(samples []telemetry.Sample) string {
 // those the compactor wrote before its merge was rewritten to bound its
 // memory (the golden file was made with the map-based merge), in two
 // generations: a first compaction, then a late backlog merged into it; and
-// so are the samples ReadDay returns before each.
+// so are the samples ReadDay returns before each. The same holds when the
+// merge is over its budget and goes a range of points at a time (7,200
+// samples of 6 points in ranges of 2,500 or 1,000, and of one point each).
 func TestCompactGolden(t *testing.T) {
+	for _, budget := range []int{0, 2500, 1000, 1} {
+		t.Run(fmt.Sprintf("budget %d", budget), func(t *testing.T) {
+			compactGolden(t, budget, *update && budget == 0)
+		})
+	}
+}
+
+func compactGolden(t *testing.T, budget int, update bool) {
 	a := newArchive(t)
 	ups := goldenUploads()
 	for i, u := range ups[:len(ups)-6] {
 		a.upload(fmt.Sprintf("ag-%c", 'a'+i%2), u)
 	}
-	c := New(a.store, Options{PartSamples: 1000})
+	c := New(a.store, Options{PartSamples: 1000, MergeSamples: budget})
 	var got []golden
 	record := func() {
 		read, err := c.ReadDay(context.Background(), "t1", "s1", day)
@@ -128,7 +138,7 @@ func TestCompactGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join("testdata", "compact.golden.json")
-	if *update {
+	if update {
 		if err := os.MkdirAll("testdata", 0o755); err != nil {
 			t.Fatal(err)
 		}
