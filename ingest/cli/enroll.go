@@ -97,18 +97,22 @@ password until it is used or has expired.`,
 			if _, err := db.Audit(cmd.Context(), "cli", "token_create", fmt.Sprintf("token:%x", tok.Hash()[:6]), fmt.Sprintf("tenant=%s site=%s expires=%s", tenant, site, exp.Format(time.RFC3339))); err != nil {
 				return err
 			}
-			stderr := cmd.ErrOrStderr()
-			if generated {
-				fmt.Fprintf(stderr, "made the opaque site id %s for a new building; name it for the dashboard with:\n  sightglass-ingest sites name %s/%s \"BUILDING NAME\"\n", site, tenant, site)
-			} else {
-				fmt.Fprintf(stderr, "warning: the site id %q is part of every archive path (%s/%s/...): it must not name the building or its address. Leave --site out to have an opaque id made, and give the human name with `sightglass-ingest sites name %s/ID \"NAME\"`\n", site, tenant, site, tenant)
-			}
+			// The token (or the JSON) comes first, then the notes: a script
+			// reading the combined output takes its first line.
 			if asJSON {
-				return writeJSON(cmd.OutOrStdout(), tokenReport{Token: tok.String(), Tenant: tenant, Site: site, SiteGenerated: generated, ExpiresAt: exp, CAFingerprint: fp.String()})
+				if err := writeJSON(cmd.OutOrStdout(), tokenReport{Token: tok.String(), Tenant: tenant, Site: site, SiteGenerated: generated, ExpiresAt: exp, CAFingerprint: fp.String()}); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintln(cmd.OutOrStdout(), tok.String())
+				fmt.Fprintf(cmd.ErrOrStderr(), "enrollment token for tenant %s site %s, single use, valid until %s\non the box: sightglass-agent enroll --token TOKEN --ingest https://HOST:PORT\n",
+					tenant, site, exp.Format(time.RFC3339))
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), tok.String())
-			fmt.Fprintf(stderr, "enrollment token for tenant %s site %s, single use, valid until %s\non the box: sightglass-agent enroll --token TOKEN --ingest https://HOST:PORT\n",
-				tenant, site, exp.Format(time.RFC3339))
+			if generated {
+				fmt.Fprintf(cmd.ErrOrStderr(), "made the opaque site id %s for a new building; name it for the dashboard with:\n  sightglass-ingest sites name %s/%s \"BUILDING NAME\"\n", site, tenant, site)
+			} else {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: the site id %q is part of every archive path (%s/%s/...): it must not name the building or its address. Leave --site out to have an opaque id made, and give the human name with `sightglass-ingest sites name %s/ID \"NAME\"`\n", site, tenant, site, tenant)
+			}
 			return nil
 		},
 	}

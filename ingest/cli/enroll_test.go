@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"path/filepath"
@@ -167,5 +168,26 @@ func TestEnrollCreateSite(t *testing.T) {
 	json.Unmarshal([]byte(b), &rb)
 	if ra.Site == "" || ra.Site == rb.Site {
 		t.Errorf("two new buildings got site ids %q and %q", ra.Site, rb.Site)
+	}
+}
+
+// TestEnrollCreateTokenFirst: with stdout and stderr in one stream, as a
+// script or the demo reads them, the token is the first line, ahead of the
+// notes about the site id.
+func TestEnrollCreateTokenFirst(t *testing.T) {
+	caDir := newCA(t)
+	for _, site := range [][]string{nil, {"--site", "s1"}} {
+		var both bytes.Buffer
+		root := New()
+		root.SetArgs(append([]string{"enroll", "create", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme"}, site...))
+		root.SetOut(&both)
+		root.SetErr(&both)
+		if err := root.ExecuteContext(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		first, _, _ := strings.Cut(both.String(), "\n")
+		if _, err := pki.ParseEnrollToken(first); err != nil {
+			t.Errorf("site %v: first line %q is not the token: %v", site, first, err)
+		}
 	}
 }
