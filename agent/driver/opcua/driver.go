@@ -97,9 +97,12 @@ type Driver struct {
 	tl *timeline
 	// notLater counts live samples left out because they could not get a
 	// time later than their point's last one.
-	notLater  uint64
-	everOnce  bool // a session was up before: the next one fills a gap
-	warnedOff bool
+	notLater uint64
+	// unanswered counts the Reads in a row whose deadline passed waiting
+	// for the server (see readError).
+	unanswered int
+	everOnce   bool // a session was up before: the next one fills a gap
+	warnedOff  bool
 
 	// Backfill (history.go): the gaps still to read, worked off by Reads.
 	bfMu        sync.Mutex // one Read at a time works on the backfill
@@ -223,7 +226,7 @@ func (d *Driver) ensure(ctx context.Context) error {
 	if d.failures > 0 {
 		d.log.Info("OPC UA server reachable again", "endpoint", d.cfg.endpoint, "failed_attempts", d.failures)
 	}
-	d.failures, d.nextTry, d.connected, d.lost = 0, time.Time{}, true, nil
+	d.failures, d.nextTry, d.connected, d.lost, d.unanswered = 0, time.Time{}, true, nil, 0
 	return nil
 }
 
@@ -508,6 +511,9 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 		}
 		samples, err := d.readPolled(ctx, polled)
 		if err == nil {
+			d.mu.Lock()
+			d.unanswered = 0
+			d.mu.Unlock()
 			out = samples
 			break
 		}
@@ -771,7 +777,24 @@ func toFloat(v any) (float64, bool) {
 // ErrBusy, a refusal or a cancelled context is passed on, and anything else
 // drops the session and is ErrConnLost (the poller closes, backs off and
 // connects again; a Read before that reopens the session by itself).
+//
+// A Read whose deadline passed while the server did not answer counts as
+// unanswered; after maxUnanswered in a row the session is dropped too. A
+// connection whose bytes vanish (a pulled cable, a dead host) sends no
+// reset, and while requests are outstanding TCP takes many minutes to give
+// up on it; a poller whose deadline is shorter than request_timeout would
+// otherwise wait on it all that time.
 func (d *Driver) readError(ctx context.Context, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		d.mu.Lock()
+		d.unanswered++
+		n := d.unanswered
+		d.mu.Unlock()
+		if n >= maxUnanswered {
+			d.drop(ctx, fmt.Errorf("no answer to %d reads in a row: %w", n, err))
+			return fmt.Errorf("reading %s: no answer to %d reads in a row, reconnecting: %w: %w", d.cfg.endpoint, n, err, driver.ErrConnLost)
+		}
+	}
 	switch {
 	case errors.Is(err, driver.ErrRefused), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return err
@@ -781,6 +804,10 @@ func (d *Driver) readError(ctx context.Context, err error) error {
 	d.drop(ctx, err)
 	return fmt.Errorf("reading %s: %w: %w", d.cfg.endpoint, err, driver.ErrConnLost)
 }
+
+// maxUnanswered is how many Reads in a row may pass their deadline with
+// no answer before the session is given up as dead.
+const maxUnanswered = 2
 
 func isBusy(err error) bool {
 	var sc ua.StatusCode

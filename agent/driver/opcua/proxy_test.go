@@ -1,7 +1,6 @@
 package opcua
 
 import (
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -11,12 +10,17 @@ import (
 // cutProxy is a TCP proxy on loopback between the driver and a server,
 // whose Cut drops every connection at once and refuses new ones until
 // Restore: a network cut, with the server (and its history) running on.
+// Blackhole keeps the connections open but loses every byte on them, as a
+// pulled cable or a dead host does (no reset ever arrives).
 type cutProxy struct {
 	ln     net.Listener
 	target string
 
 	mu    sync.Mutex
 	cut   bool
+	hole  bool
+	// accepted counts the connections the proxy took.
+	accepted int
 	conns map[net.Conn]bool
 	wg    sync.WaitGroup
 }
@@ -56,6 +60,7 @@ func (p *cutProxy) accept() {
 		}
 		p.mu.Lock()
 		cut := p.cut
+		p.accepted++
 		p.mu.Unlock()
 		if cut {
 			c.Close()
@@ -75,10 +80,25 @@ func (p *cutProxy) accept() {
 	}
 }
 
-// pipe copies from src to dst until either end closes, then closes both.
+// pipe copies from src to dst until either end closes, then closes both;
+// while blackholed it drops what it reads.
 func (p *cutProxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		p.mu.Lock()
+		hole := p.hole
+		p.mu.Unlock()
+		if n > 0 && !hole {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
@@ -97,9 +117,24 @@ func (p *cutProxy) Cut() {
 	}
 }
 
-// Restore lets connections through again.
+// Restore lets connections (and bytes) through again.
 func (p *cutProxy) Restore() {
 	p.mu.Lock()
-	p.cut = false
+	p.cut, p.hole = false, false
+	p.mu.Unlock()
+}
+
+// Accepted is how many connections the proxy took so far.
+func (p *cutProxy) Accepted() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.accepted
+}
+
+// Blackhole loses every byte on the open connections from now until
+// Restore, and lets new connections through.
+func (p *cutProxy) Blackhole() {
+	p.mu.Lock()
+	p.hole = true
 	p.mu.Unlock()
 }

@@ -179,3 +179,42 @@ func TestNodeOPCUARestartBetweenPollsIntegration(t *testing.T) {
 		t.Errorf("%d CreateSession after the restart, want 1", n)
 	}
 }
+
+// TestNodeOPCUAUnansweredReadsIntegration loses every byte between the
+// driver and node-opcua without closing the connection (a pulled cable, a
+// dead host: no reset arrives) while the poller's Read deadline is far
+// shorter than request_timeout, so no request ever times out on its own.
+// After two Reads in a row got no answer the driver gives up the session
+// and tries a new connection, rather than waiting for TCP to notice (with
+// data outstanding, many minutes); once the network carries bytes again a
+// Read succeeds on a new session.
+func TestNodeOPCUAUnansweredReadsIntegration(t *testing.T) {
+	p := shared(t)
+	proxy := startProxy(t, p.URL)
+	points := peerPoints()[:2]
+	d, logs := connected(t, noneSettings(t, proxy.URL(), "request_timeout: 30s"), points)
+	if _, err := deadlineRead(t, d, points, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	conns := proxy.Accepted()
+	proxy.Blackhole()
+	for i := range 4 {
+		if _, err := deadlineRead(t, d, points, 300*time.Millisecond); err == nil {
+			t.Fatalf("Read %d succeeded with every byte lost", i)
+		}
+		time.Sleep(100 * time.Millisecond) // past the reconnect backoff (50-200 ms)
+	}
+	if proxy.Accepted() == conns {
+		t.Fatalf("4 unanswered Reads and no new connection tried: the driver waits on a dead session\n%s", logs.String())
+	}
+	proxy.Restore()
+	if !waitFor(t.Context(), 10*time.Second, func() bool {
+		_, err := deadlineRead(t, d, points, 2*time.Second)
+		return err == nil
+	}) {
+		t.Fatalf("no Read succeeded after the network came back:\n%s", logs.String())
+	}
+	if d.Sessions() != 2 {
+		t.Errorf("%d sessions, want 2 (a new one after the unanswered reads)", d.Sessions())
+	}
+}
