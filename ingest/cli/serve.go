@@ -120,8 +120,17 @@ While the store does not answer, batches get 503 and stay with the agents.`,
 			if err != nil {
 				return err
 			}
+			// Anchor the audit log in the archive every few minutes and
+			// at shutdown, so `audit verify --config` can tell deleted or
+			// rewritten entries (store.RunAuditAnchors).
+			anchored := make(chan struct{})
+			go func() {
+				defer close(anchored)
+				db.RunAuditAnchors(ctx, store, rdb.DefaultAnchorEvery, log)
+			}()
 			err = srv.Run(ctx, ln, iln)
 			cancel()
+			<-anchored
 			if err := errors.Join(append(dash.wait(), err)...); err != nil {
 				return err
 			}
