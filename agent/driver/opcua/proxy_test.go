@@ -16,13 +16,13 @@ type cutProxy struct {
 	ln     net.Listener
 	target string
 
-	mu    sync.Mutex
-	cut   bool
-	hole  bool
+	mu   sync.Mutex
+	cut  bool
+	hole bool
 	// accepted counts the connections the proxy took.
 	accepted int
-	conns map[net.Conn]bool
-	wg    sync.WaitGroup
+	conns    map[net.Conn]bool
+	wg       sync.WaitGroup
 }
 
 // startProxy proxies to the opc.tcp URL target (on loopback) until the
