@@ -100,6 +100,7 @@ func TestBackfillAcrossReads(t *testing.T) {
 	}
 
 	live, hist, reads := drain("first session")
+	t.Logf("first session: the window's history came in %d Reads of %s", reads, timeout)
 	if reads < 2 {
 		t.Errorf("the window's history came in %d Reads; with 300 ms pages and 1 s Reads it cannot fit in one", reads)
 	}
@@ -149,6 +150,7 @@ func TestBackfillAcrossReads(t *testing.T) {
 		gap = append(gap, s)
 	}
 	_, more, moreReads := drain("after the reconnect")
+	t.Logf("after the reconnect: the gap's history came in %d Reads of %s after the first", moreReads, timeout)
 	gap = append(gap, more...)
 	if moreReads == 0 {
 		t.Errorf("a gap of %d ms (3 pages of 300 ms) was filled in the first Read after the reconnect", firstAfter-lastBefore)
