@@ -56,8 +56,9 @@ type Settings struct {
 	// PublishingInterval is the subscription's publishing interval, for
 	// points read by subscription. Default 1s.
 	PublishingInterval time.Duration `yaml:"publishing_interval"`
-	// BackfillMax is how far back HistoryRead fills a gap after an outage,
-	// for points with history: true. Default 1h.
+	// BackfillMax is how far back history is read: the window read on the
+	// driver's first session for points with history: true, and the
+	// longest gap filled after an outage. Default 1h.
 	BackfillMax time.Duration `yaml:"backfill_max"`
 	// BrowseStart, BrowseDepth and BrowseMax bound what a device with
 	// discover: true browses: the start node (default Objects, i=85), the
@@ -96,8 +97,10 @@ type PointSettings struct {
 	DeadbandType string  `yaml:"deadband_type"`
 	// QueueSize is the monitored item's queue. Default 1.
 	QueueSize uint32 `yaml:"queue_size"`
-	// History asks for a HistoryRead backfill of the gap after an outage,
-	// where the server keeps history.
+	// History asks for the server's history of this point: the last
+	// backfill_max when the driver starts, and the gap after an outage. A
+	// subscribed point's gap after a reconnect is read whenever the server
+	// historizes the node, without it.
 	History bool `yaml:"history"`
 }
 
