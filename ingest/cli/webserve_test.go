@@ -12,11 +12,13 @@ import (
 	"net/url"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/ingest/server"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
@@ -93,6 +95,7 @@ func TestServeDashboard(t *testing.T) {
 		body         []byte
 	}{{"PUT", "/v1/tables/" + enc.TableHash.String(), enc.Table}, {"POST", "/v1/batches", enc.Data}} {
 		r, _ := http.NewRequest(req.method, "https://"+agentAddr+req.path, bytes.NewReader(req.body))
+		r.Header.Set(server.SentAtHeader, strconv.FormatInt(time.Now().UnixMilli(), 10))
 		resp, err := (&http.Client{Transport: atr}).Do(r)
 		if err != nil {
 			t.Fatal(err)

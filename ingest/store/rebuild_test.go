@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -126,6 +127,7 @@ func (l *live) upload(agent string, seq uint64, smp []telemetry.Sample) {
 		if err != nil {
 			l.t.Fatal(err)
 		}
+		r.Header.Set(server.SentAtHeader, strconv.FormatInt(now.UnixMilli(), 10))
 		resp, err := l.clients[agent].Do(r)
 		if err != nil {
 			l.t.Fatal(err)
