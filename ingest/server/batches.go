@@ -34,11 +34,15 @@ type batchReply struct {
 func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request, id pki.Identity) {
 	body, rf := readBody(w, r, s.cfg.MaxBatchBytes, "batch")
 	if rf == nil {
+		// The archive's calls (tables the batch names, its claim, the
+		// blob) share one deadline: a hanging store answers 503.
+		sctx, cancel := context.WithTimeout(r.Context(), s.cfg.StoreTimeout)
+		defer cancel()
 		var b *batch.Batch
-		b, rf = s.checkBatch(r.Context(), body, id)
+		b, rf = s.checkBatch(sctx, body, id)
 		if rf == nil {
 			var status string
-			status, rf = s.storeBatch(r.Context(), body, b, id)
+			status, rf = s.storeBatch(sctx, body, b, id)
 			if rf == nil {
 				// A duplicate too: if the first attempt stopped between
 				// the archive and the Observer, the retry heals it; the

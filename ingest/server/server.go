@@ -46,6 +46,11 @@ const (
 	DefaultMaxSkew         = 15 * time.Minute
 	DefaultMaxAge          = 10 * 365 * 24 * time.Hour
 	DefaultShutdownTimeout = 30 * time.Second
+	// DefaultStoreTimeout bounds the archive's work for one request, well
+	// inside the agent's upload timeout (30s by default), so a hanging
+	// store answers 503 and the agent retries later instead of every
+	// upload running into its own deadline with no answer.
+	DefaultStoreTimeout = 20 * time.Second
 )
 
 // Timeouts of the agent listener. A batch of a few MiB over a slow building
@@ -75,6 +80,10 @@ type Config struct {
 	// ShutdownTimeout is how long Serve waits for in-flight requests once
 	// its context is done (DefaultShutdownTimeout).
 	ShutdownTimeout time.Duration
+	// StoreTimeout bounds the archive calls one request makes (point
+	// tables, claims, the batch blob): past it the request is answered
+	// 503 with Retry-After (DefaultStoreTimeout).
+	StoreTimeout time.Duration
 	// Now is the clock for the sample time window and the request's send
 	// time (time.Now).
 	Now func() time.Time
@@ -137,6 +146,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.StoreTimeout <= 0 {
+		c.StoreTimeout = DefaultStoreTimeout
 	}
 	if c.Now == nil {
 		c.Now = time.Now

@@ -52,7 +52,9 @@ func (s *Server) putTable(r *http.Request, w http.ResponseWriter, id pki.Identit
 		return 0, tableReply{}, refuse(http.StatusBadRequest, CodeTableHashMismatch,
 			"the table's hash is %s, not %s as the path says: PUT it to /v1/tables/%s", got, want, got)
 	}
-	created, err := s.store.Put(r.Context(), blob.TableName(id.Tenant, id.Site, want.String()), body)
+	sctx, cancel := context.WithTimeout(r.Context(), s.cfg.StoreTimeout)
+	defer cancel()
+	created, err := s.store.Put(sctx, blob.TableName(id.Tenant, id.Site, want.String()), body)
 	log := s.log.With("tenant", id.Tenant, "site", id.Site, "agent", id.Agent, "table", want.String())
 	switch {
 	case errors.Is(err, blob.ErrConflict):
