@@ -161,14 +161,18 @@ func newArchiveExportCmd() *cobra.Command {
 		af                    archiveFlags
 		tenant, site, dayFlag string
 		out                   string
+		lookback              time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "export",
 		Short: "Write a day of a site as a Parquet file for Spark, Synapse or DuckDB",
-		Long: `export reads one day (UTC) of --tenant/--site — the compacted day blob and any
-batches not compacted yet, deduplicated — and writes it as a Parquet file with
-one row per sample: point_id (the pseudonymous id), point_hex, time
-(timestamp, ms), value, status.`,
+		Long: `export writes the samples of --tenant/--site whose time is in one day (UTC)
+as a Parquet file with one row per sample: point_id (the pseudonymous id),
+point_hex, time (timestamp, ms), value, status. It reads the compacted day
+blobs and the batches not compacted yet of that day and of the days
+--lookback before it (a batch is filed under its first sample's hour, so one
+filed the evening before can hold this day's first samples), keeps only this
+day's samples, each once, and streams them to the file.`,
 		Example: `  sightglass-ingest archive export --config /etc/sightglass-ingest/ingest.yaml --tenant acme --site s-7f3a --day 2026-11-30 --out s-7f3a-2026-11-30.parquet
   duckdb -c "SELECT point_hex, avg(value) FROM 's-7f3a-2026-11-30.parquet' GROUP BY 1"`,
 		Args: cobra.NoArgs,
@@ -176,6 +180,9 @@ one row per sample: point_id (the pseudonymous id), point_hex, time
 			d, err := time.Parse(time.DateOnly, dayFlag)
 			if err != nil {
 				return fmt.Errorf("--day %q: want yyyy-mm-dd", dayFlag)
+			}
+			if lookback <= 0 {
+				return fmt.Errorf("--lookback %v: want a positive duration such as 24h", lookback)
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 			store, err := af.open(cmd.Context(), log)
@@ -186,30 +193,32 @@ one row per sample: point_id (the pseudonymous id), point_hex, time
 			if !ok {
 				return fmt.Errorf("this archive store cannot be read for export")
 			}
-			samples, err := compact.New(cs, compact.Options{Logger: log}).ReadDay(cmd.Context(), tenant, site, d)
-			if err != nil {
-				return err
-			}
-			if len(samples) == 0 {
-				return fmt.Errorf("no samples of %s/%s on %s: check --tenant, --site and --day", tenant, site, dayFlag)
-			}
 			tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*")
 			if err != nil {
 				return fmt.Errorf("creating %s: %w", out, err)
 			}
 			defer os.Remove(tmp.Name())
-			if err := export.WriteParquet(tmp, samples); err != nil {
-				tmp.Close()
-				return err
+			// Streamed: the day is merged in chunks written as they come,
+			// so an export holds a row group, not the whole day.
+			pw := export.NewParquetWriter(tmp)
+			n, err := compact.New(cs, compact.Options{Logger: log, Lookback: lookback}).EachDay(cmd.Context(), tenant, site, d, pw.Write)
+			if err == nil {
+				err = pw.Close()
 			}
-			if err := tmp.Close(); err != nil {
-				return err
+			if cerr := tmp.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fmt.Errorf("exporting %s/%s on %s: %w", tenant, site, dayFlag, err)
+			}
+			if n == 0 {
+				return fmt.Errorf("no samples of %s/%s on %s: check --tenant, --site and --day", tenant, site, dayFlag)
 			}
 			if err := os.Rename(tmp.Name(), out); err != nil {
 				return err
 			}
 			fi, _ := os.Stat(out)
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %d samples of %s/%s on %s to %s (%d bytes)\n", len(samples), tenant, site, dayFlag, out, fi.Size())
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %d samples of %s/%s on %s to %s (%d bytes)\n", n, tenant, site, dayFlag, out, fi.Size())
 			return nil
 		},
 	}
@@ -219,6 +228,7 @@ one row per sample: point_id (the pseudonymous id), point_hex, time
 	f.StringVar(&site, "site", "", "site id (required)")
 	f.StringVar(&dayFlag, "day", "", "the day, yyyy-mm-dd, UTC (required)")
 	f.StringVar(&out, "out", "", "the Parquet file to write (required)")
+	f.DurationVar(&lookback, "lookback", compact.DefaultLookback, "how long before the day to look for batches holding its samples (the longest batch an agent sends)")
 	for _, n := range []string{"tenant", "site", "day", "out"} {
 		_ = cmd.MarkFlagRequired(n)
 	}
