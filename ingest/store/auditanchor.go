@@ -157,9 +157,9 @@ func (s *DB) RunAuditAnchors(ctx context.Context, anchors blob.Store, every time
 
 // AnchorCheck is what VerifyAuditAnchors found.
 type AnchorCheck struct {
-	Entries int64 // entries in the log, chain verified
-	Anchors int   // anchors in the archive, every one agreeing
-	Newest  int64 // the newest anchored entry; 0 with no anchor
+	Entries int64 `json:"entries"` // entries in the log, chain verified
+	Anchors int   `json:"anchors"` // anchors in the archive, every one agreeing
+	Newest  int64 `json:"newest"`  // the newest anchored entry; 0 with no anchor
 }
 
 // VerifyAuditAnchors verifies the hash chain (VerifyAudit), then every

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/ingest/store"
@@ -323,11 +324,14 @@ func (s *Server) handleLoginPost(w http.ResponseWriter, r *http.Request) {
 	name, pw, src := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("password"), s.source(r)
 	// A slot first: waiting for one must not count against the user, and
 	// a flood of sign-ins waits here instead of holding 19 MiB each.
-	release, err := s.hashSlot(ctx)
+	slot, err := s.hashSlot(ctx)
 	if err != nil {
 		s.busy(w, r, err)
 		return
 	}
+	// Given back as soon as the password is checked, not after the
+	// session and audit writes.
+	release := sync.OnceFunc(slot)
 	defer release()
 	a, err := s.attempt(ctx, name, src)
 	if err != nil {
@@ -354,10 +358,12 @@ func (s *Server) handleLoginPost(w http.ResponseWriter, r *http.Request) {
 		// Spend the same time as a real check, so timing does not tell
 		// which names exist.
 		_, _ = s.verify(s.dummyHash, pw)
+		release()
 		fail("unknown user")
 		return
 	}
 	ok, err := s.verify(u.Hash, pw)
+	release()
 	if err != nil {
 		s.log.Error("verifying a password failed", "user", u.Name, "err", err)
 	}

@@ -64,8 +64,10 @@ type Store interface {
 	ReplaceTOTP(ctx context.Context, userID int64, prev, next []byte) (bool, error)
 	UseTOTPStep(ctx context.Context, userID, step int64) (bool, error)
 	AssignSites(ctx context.Context, name string, sites []store.SiteRef) error
+	// LoginFailure records an attempt and returns the counts with it, in
+	// one transaction: the lockout decides from what it returns, so
+	// parallel attempts cannot all see a count below the limit.
 	LoginFailure(ctx context.Context, name, source string, since time.Time) (byName, bySource int, err error)
-	LoginFailures(ctx context.Context, name, source string, since time.Time) (byName, bySource int, err error)
 	ClearLoginFailures(ctx context.Context, name string) error
 
 	CreateSession(ctx context.Context, id []byte, s store.Session) error
