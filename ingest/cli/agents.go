@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sightglass-bms/sightglass/ingest/config"
 	"github.com/sightglass-bms/sightglass/ingest/pki"
 	"github.com/sightglass-bms/sightglass/ingest/store"
 )
@@ -39,7 +40,7 @@ type issueReport struct {
 
 // maxIssueValidity caps `agents issue --validity` as the ingest's config
 // caps agent_validity: past 90 days a lost box keeps working too long.
-const maxIssueValidity = 90 * 24 * time.Hour
+const maxIssueValidity = config.MaxAgentValidity
 
 func newAgentsIssueCmd() *cobra.Command {
 	var (

@@ -36,7 +36,9 @@ const (
 // working too long.
 const (
 	minAgentValidity = time.Hour
-	maxAgentValidity = 90 * 24 * time.Hour
+	// MaxAgentValidity is the longest life of an agent certificate, from
+	// the config's agent_validity or `agents issue --validity`.
+	MaxAgentValidity = 90 * 24 * time.Hour
 )
 
 // Store kinds: a local directory (the embedded default) or an Azure Blob
@@ -326,8 +328,8 @@ func (c *Config) Validate() error {
 	if c.Database == "" {
 		bad("database", "is empty: set it to the SQLite file that holds the agent registry and audit log, such as /var/lib/sightglass-ingest/ingest.db")
 	}
-	if c.AgentValidity < minAgentValidity || c.AgentValidity > maxAgentValidity {
-		bad("agent_validity", "%v is out of range: want %v to %v (default %v)", c.AgentValidity, minAgentValidity, maxAgentValidity, DefaultAgentValidity)
+	if c.AgentValidity < minAgentValidity || c.AgentValidity > MaxAgentValidity {
+		bad("agent_validity", "%v is out of range: want %v to %v (default %v)", c.AgentValidity, minAgentValidity, MaxAgentValidity, DefaultAgentValidity)
 	}
 	errs = append(errs, c.validateWeb()...)
 	switch c.CatalogPolicy {
