@@ -226,14 +226,31 @@ func (sp *split) add(samples []telemetry.Sample) {
 	}
 }
 
-// firstAfter is the first live sample time of point id after ms, 0 if none.
-func (sp *split) firstAfter(id uint64, ms int64) int64 {
+// bracket sorts the history and returns the live samples of point id
+// just before and just after it. History fills a gap between two live
+// samples: a live sample among the history's times fails the test, and so
+// does history with no live sample on either side.
+func (sp *split) bracket(id uint64) (prev, next int64) {
+	sp.t.Helper()
+	if len(sp.hist) == 0 {
+		sp.t.Fatal("no history")
+	}
+	slices.Sort(sp.hist)
+	lo, hi := sp.hist[0], sp.hist[len(sp.hist)-1]
 	for _, ts := range sp.live[id] {
-		if ts > ms {
-			return ts
+		switch {
+		case ts >= lo && ts <= hi:
+			sp.t.Fatalf("live sample at %d among the history [%d, %d]: the backfill overlaps live data", ts, lo, hi)
+		case ts < lo:
+			prev = max(prev, ts)
+		case next == 0 || ts < next:
+			next = ts
 		}
 	}
-	return 0
+	if prev == 0 || next == 0 {
+		sp.t.Fatalf("history [%d, %d] is not between live samples (%d before, %d after)", lo, hi, prev, next)
+	}
+	return prev, next
 }
 
 // TestSubscriptionGapBackfill restarts the simulator under a driver that
@@ -268,7 +285,6 @@ func TestSubscriptionGapBackfill(t *testing.T) {
 	if counter(d, "history_samples") != 0 {
 		t.Fatal("history read on the first session without history: true")
 	}
-	lastBefore := slices.Max(byPoint[1])
 	sim.Close()
 	opts.Port = simPort(t, sim)
 	sim2 := startSim(t, opts)
@@ -286,15 +302,15 @@ func TestSubscriptionGapBackfill(t *testing.T) {
 	if !waitFor(t.Context(), 20*time.Second, reconnected) {
 		t.Fatalf("no backfill after the restart\n%s", logs.String())
 	}
-	// The first new notification after lastBefore ends the gap; every
-	// point of the history's 50 ms grid between is there, once.
-	firstNew := sp.firstAfter(1, lastBefore)
+	// The history lies between the last value received before the
+	// restart and the first new notification, and every point of its
+	// 50 ms grid between them is there, once.
+	lastBefore, firstNew := sp.bracket(1)
 	gap := sp.hist
 	if len(gap) < 10 {
 		t.Fatalf("%d history samples for a gap of %d ms at one per 50 ms\n%s", len(gap), firstNew-lastBefore, logs.String())
 	}
-	slices.Sort(gap)
-	if gap[0] <= lastBefore || gap[0] > lastBefore+50 || gap[len(gap)-1] >= firstNew || gap[len(gap)-1] < firstNew-50 {
+	if gap[0] > lastBefore+50 || gap[len(gap)-1] < firstNew-50 {
 		t.Errorf("history [%d, %d] does not span the gap (%d, %d)", gap[0], gap[len(gap)-1], lastBefore, firstNew)
 	}
 	for i := 1; i < len(gap); i++ {
@@ -352,7 +368,6 @@ func TestNodeOPCUASubscriptionGapIntegration(t *testing.T) {
 	proxy.Cut()
 	waitFor(t.Context(), 5*time.Second, func() bool { return read() != nil })
 	time.Sleep(2 * time.Second)
-	lastBefore := slices.Max(live[1])
 	proxy.Restore()
 	if !waitFor(t.Context(), 20*time.Second, func() bool {
 		if read() != nil {
@@ -365,16 +380,12 @@ func TestNodeOPCUASubscriptionGapIntegration(t *testing.T) {
 	}) {
 		t.Fatalf("no backfill after the network came back (%d history samples)\n%s", len(sp.hist), logs.String())
 	}
-	firstNew := sp.firstAfter(1, lastBefore)
+	lastBefore, firstNew := sp.bracket(1)
 	hist := sp.hist
-	slices.Sort(hist)
 	t.Logf("gap (%d, %d): %d ms, %d values from history", lastBefore, firstNew, firstNew-lastBefore, len(hist))
 	// The peer logs a value every 200 ms: a gap of over 2 s holds many.
 	if len(hist) < 5 {
 		t.Errorf("%d history values for a gap of %d ms", len(hist), firstNew-lastBefore)
-	}
-	if len(hist) > 0 && (hist[0] <= lastBefore || hist[len(hist)-1] >= firstNew) {
-		t.Errorf("history [%d, %d] is not inside the gap (%d, %d)", hist[0], hist[len(hist)-1], lastBefore, firstNew)
 	}
 	if n := len(slices.Compact(slices.Clone(hist))); n != len(hist) {
 		t.Errorf("%d history values repeat a time", len(hist)-n)

@@ -98,6 +98,11 @@ type Driver struct {
 	// notLater counts live samples left out because they could not get a
 	// time later than their point's last one.
 	notLater uint64
+	// carry holds, by point ref, the values a subscription received that
+	// no Read took before it ended (a dropped session): the next Reads
+	// return them first. carryDropped counts what its bound pushed out.
+	carry        map[string][]*ua.DataValue
+	carryDropped uint64
 	// unanswered counts the Reads in a row whose deadline passed waiting
 	// for the server (see readError).
 	unanswered int
@@ -212,7 +217,7 @@ func (d *Driver) ensure(ctx context.Context) error {
 		d.sub = nil
 		d.droppedBefore += sub.droppedValues()
 		d.mu.Unlock()
-		sub.stop()
+		d.retire(sub)
 		d.g.hangUp(ctx)
 		d.mu.Lock()
 		if errors.Is(err, ErrServerCertChanged) || errors.Is(err, driver.ErrRefused) {
@@ -240,7 +245,7 @@ func (d *Driver) drop(ctx context.Context, why error) {
 	d.sub = nil
 	d.droppedBefore += sub.droppedValues()
 	d.mu.Unlock()
-	sub.stop()
+	d.retire(sub)
 	d.g.hangUp(ctx)
 	if was {
 		d.log.Warn("OPC UA session lost; reconnecting", "endpoint", d.cfg.endpoint, "err", why)
@@ -606,7 +611,7 @@ func (d *Driver) readResults(points []driver.Point, res *ua.ReadResponse) ([]tel
 			s.Time = t
 		}
 		d.mu.Unlock()
-		if d.advance(p, m, s.Time, ok, now) {
+		if d.advance(p, m, s.Time, ok, true, now) {
 			out = append(out, s)
 		}
 	}
@@ -614,18 +619,20 @@ func (d *Driver) readResults(points []driver.Point, res *ua.ReadResponse) ([]tel
 }
 
 // advance records a live sample of p at ms in its mark m when ok and ms is
-// later than the mark, and reports whether the sample is emitted. A sample
+// later than the mark, and reports whether the sample is emitted. A fresh
+// sample (read or notified in the current session) also notes that the
+// point was heard since the session opened, which ends its gap. A sample
 // that is not is counted, and logged once until the point's time advances
 // again: a steady value polled twice within a millisecond, a subscription
 // repeating a value it delivered before (the initial value of a
 // subscription recreated after a reconnect), or a server whose clock went
 // back.
-func (d *Driver) advance(p driver.Point, m *mark, ms int64, ok bool, now time.Time) bool {
+func (d *Driver) advance(p driver.Point, m *mark, ms int64, ok, fresh bool, now time.Time) bool {
 	d.mu.Lock()
 	ok = ok && ms > m.last
 	var last int64
 	var warn, recovered bool
-	if !m.heard {
+	if fresh && !m.heard {
 		m.heard = true
 		if ok {
 			m.first = ms
@@ -666,11 +673,8 @@ func (d *Driver) sample(p driver.Point, dv *ua.DataValue, now time.Time) telemet
 		s.Status = telemetry.StatusFault
 		return s
 	}
-	switch {
-	case !dv.SourceTimestamp.IsZero() && dv.SourceTimestamp.Unix() > 0:
-		s.Time = dv.SourceTimestamp.UnixMilli()
-	case !dv.ServerTimestamp.IsZero() && dv.ServerTimestamp.Unix() > 0:
-		s.Time = dv.ServerTimestamp.UnixMilli()
+	if ms, ok := valueTime(dv); ok {
+		s.Time = ms
 	}
 	s.Status = mapStatus(dv.Status)
 	if s.Status == telemetry.StatusOK || s.Status == telemetry.StatusStale || s.Status == telemetry.StatusOverridden {
@@ -692,6 +696,18 @@ func (d *Driver) sample(p driver.Point, dv *ua.DataValue, now time.Time) telemet
 		d.noteOK(p)
 	}
 	return s
+}
+
+// valueTime is the time a server gave a value, in Unix ms: its source
+// timestamp, else its server timestamp; false when it gave neither.
+func valueTime(dv *ua.DataValue) (int64, bool) {
+	switch {
+	case validTime(dv.SourceTimestamp):
+		return dv.SourceTimestamp.UnixMilli(), true
+	case validTime(dv.ServerTimestamp):
+		return dv.ServerTimestamp.UnixMilli(), true
+	}
+	return 0, false
 }
 
 func (d *Driver) noteFault(p driver.Point, code ua.StatusCode, why string) {
@@ -834,7 +850,7 @@ func (d *Driver) Close() error {
 	d.sub = nil
 	d.droppedBefore += sub.droppedValues()
 	d.mu.Unlock()
-	sub.stop()
+	d.retire(sub)
 	d.g.close(context.Background(), 2*time.Second)
 	return nil
 }
@@ -870,7 +886,7 @@ func (d *Driver) Counters() []driver.Counter {
 	}
 	d.mu.Lock()
 	sessions, attempts, sub, notLater, subGaps, histSamples := d.sessions, d.attempts, d.sub, d.notLater, d.subGaps, d.histSamples
-	dropped := d.droppedBefore + sub.droppedValues()
+	dropped := d.droppedBefore + sub.droppedValues() + d.carryDropped
 	d.mu.Unlock()
 	return []driver.Counter{
 		{Name: "requests", Value: ns},

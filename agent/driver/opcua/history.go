@@ -101,6 +101,13 @@ func (d *Driver) planBackfill(first bool, session int, opened time.Time) {
 			j.from = floor
 		} else {
 			last := d.tl.of(p.ID).last
+			// Values a retired subscription left for the next Read are
+			// not lost: the gap starts after the newest of them.
+			for _, dv := range d.carry[p.Ref] {
+				if ms, ok := valueTime(dv); ok && ms > last {
+					last = ms
+				}
+			}
 			if last == 0 {
 				continue // nothing read before: no gap known
 			}

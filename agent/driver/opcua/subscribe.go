@@ -54,12 +54,25 @@ func (s *subscription) push(handle uint32, dv *ua.DataValue) {
 		s.dropped++
 		return
 	}
-	q := append(s.pending[handle], dv)
-	if len(q) > maxPending {
-		s.dropped += uint64(len(q) - maxPending)
-		q = q[len(q)-maxPending:]
-	}
+	q, dropped := capQueue(append(s.pending[handle], dv))
+	s.dropped += dropped
 	s.pending[handle] = q
+}
+
+// capQueue keeps the newest maxPending values of q and says how many it
+// dropped.
+func capQueue(q []*ua.DataValue) ([]*ua.DataValue, uint64) {
+	if len(q) <= maxPending {
+		return q, 0
+	}
+	return q[len(q)-maxPending:], uint64(len(q) - maxPending)
+}
+
+// takeQueue removes and returns the queue m holds for k.
+func takeQueue[K comparable](m map[K][]*ua.DataValue, k K) []*ua.DataValue {
+	q := m[k]
+	delete(m, k)
+	return q
 }
 
 // droppedValues is how many values the subscription dropped so far.
@@ -72,13 +85,55 @@ func (s *subscription) droppedValues() uint64 {
 	return s.dropped
 }
 
+// drain removes and returns every value queued, by point ref.
+func (s *subscription) drain() map[string][]*ua.DataValue {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string][]*ua.DataValue{}
+	for ref, h := range s.handles {
+		if q := s.pending[h]; len(q) > 0 {
+			out[ref] = q
+		}
+	}
+	clear(s.pending)
+	return out
+}
+
+// retire stops sub, a subscription the driver let go of, and keeps the
+// values it had received that no Read took yet: they reached the agent,
+// and the next Reads return them (before the new subscription's) rather
+// than lose them with the session. A nil sub is fine.
+func (d *Driver) retire(sub *subscription) {
+	if sub == nil {
+		return
+	}
+	sub.stop()
+	left := sub.drain()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.carry == nil {
+		d.carry = map[string][]*ua.DataValue{}
+	}
+	for ref, q := range left {
+		var dropped uint64
+		d.carry[ref], dropped = capQueue(append(d.carry[ref], q...))
+		d.carryDropped += dropped
+	}
+}
+
+// carried removes and returns the values kept for ref from retired
+// subscriptions.
+func (d *Driver) carried(ref string) []*ua.DataValue {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return takeQueue(d.carry, ref)
+}
+
 // take removes and returns the values queued for handle.
 func (s *subscription) take(handle uint32) []*ua.DataValue {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	q := s.pending[handle]
-	delete(s.pending, handle)
-	return q
+	return takeQueue(s.pending, handle)
 }
 
 // subscribe creates the subscription and its monitored items and starts
@@ -243,21 +298,28 @@ func (d *Driver) subscribedSamples(points []driver.Point) []telemetry.Sample {
 	d.mu.Lock()
 	s := d.sub
 	d.mu.Unlock()
-	if s == nil || len(points) == 0 {
+	if len(points) == 0 {
 		return nil
 	}
 	now := d.now()
 	var out []telemetry.Sample
 	for _, p := range points {
-		h, ok := s.handles[p.Ref]
-		if !ok {
-			// Not configured at start: only configured points are
-			// monitored. Say so once per point instead of failing reads.
-			d.noteFault(p, ua.StatusBadNodeIDUnknown, "mode subscribe on a point the device was not configured with")
-			out = append(out, telemetry.Sample{PointID: p.ID, Time: now.UnixMilli(), Status: telemetry.StatusFault})
-			continue
+		// Values a retired subscription left come first: they are older,
+		// and they do not end a gap (they arrived before it).
+		old := d.carried(p.Ref)
+		var fresh []*ua.DataValue
+		if s != nil {
+			h, ok := s.handles[p.Ref]
+			if !ok {
+				// Not configured at start: only configured points are
+				// monitored. Say so once per point instead of failing reads.
+				d.noteFault(p, ua.StatusBadNodeIDUnknown, "mode subscribe on a point the device was not configured with")
+				out = append(out, telemetry.Sample{PointID: p.ID, Time: now.UnixMilli(), Status: telemetry.StatusFault})
+				continue
+			}
+			fresh = s.take(h)
 		}
-		for _, dv := range s.take(h) {
+		for i, dv := range append(old, fresh...) {
 			// A notification keeps the time the server gave it (each is a
 			// change), but one not later than the point's last sample is
 			// a repeat and is left out.
@@ -265,7 +327,7 @@ func (d *Driver) subscribedSamples(points []driver.Point) []telemetry.Sample {
 			d.mu.Lock()
 			m := d.tl.of(p.ID)
 			d.mu.Unlock()
-			if d.advance(p, m, smp.Time, true, now) {
+			if d.advance(p, m, smp.Time, true, i >= len(old), now) {
 				out = append(out, smp)
 			}
 		}

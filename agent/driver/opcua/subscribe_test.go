@@ -1,6 +1,7 @@
 package opcua
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -71,5 +72,46 @@ func TestPushRefusesUnknownHandles(t *testing.T) {
 	}
 	if n := len(s.take(2)); n != maxPending || s.droppedValues() != 8 {
 		t.Errorf("queue of %d, %d dropped; want %d and 8", n, s.droppedValues(), maxPending)
+	}
+}
+
+// TestQueuedValuesSurviveDrop lets notifications queue in the driver
+// between Reads, then drops the session (as a failed request does): the
+// values the agent had already received come with the next Read, before
+// the new subscription's, instead of being lost with the old one.
+func TestQueuedValuesSurviveDrop(t *testing.T) {
+	sim := startSim(t, simopcua.Options{})
+	points := []driver.Point{{ID: 1, Ref: fmt.Sprintf("ns=%d;s=AHU1.FanSpeed", sim.NS), Settings: yamlSettings("mode: subscribe\nsampling_interval: 100ms\nqueue_size: 5")}}
+	d, logs := connected(t, noneSettings(t, sim.URL, "publishing_interval: 200ms"), points)
+	if _, err := d.Read(t.Context(), points); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(t.Context(), 5*time.Second, func() bool {
+		d.mu.Lock()
+		sub := d.sub
+		d.mu.Unlock()
+		sub.mu.Lock()
+		defer sub.mu.Unlock()
+		return len(sub.pending[1]) >= 3
+	}) {
+		t.Fatalf("no notifications queued\n%s", logs.String())
+	}
+	d.drop(t.Context(), errors.New("the test dropped the session"))
+	dropped := time.Now().UnixMilli()
+	samples, err := d.Read(t.Context(), points)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := 0
+	for _, s := range samples {
+		if s.Time < dropped {
+			before++
+		}
+	}
+	if before < 3 {
+		t.Errorf("%d of the values received before the session dropped came through, want the 3 or more queued: %v", before, samples)
+	}
+	if d.Sessions() != 2 {
+		t.Errorf("%d sessions, want 2", d.Sessions())
 	}
 }
