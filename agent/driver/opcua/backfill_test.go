@@ -261,6 +261,9 @@ func (sp *split) bracket(id uint64) (prev, next int64) {
 // the other node's gap is counted (subscription_gaps) and logged once with
 // the node count.
 func TestSubscriptionGapBackfill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts the simulator, whose gopcua server takes 10 s to close; skipped under -short")
+	}
 	opts := simopcua.Options{Epoch: time.Now().Add(-time.Minute), HistoryInterval: 50 * time.Millisecond}
 	sim := startSim(t, opts)
 	points := []driver.Point{
