@@ -622,14 +622,16 @@ func (d *Driver) readResults(points []driver.Point, res *ua.ReadResponse) ([]tel
 // later than the mark, and reports whether the sample is emitted. A fresh
 // sample (read or notified in the current session) also notes that the
 // point was heard since the session opened, which ends its gap. A sample
-// that is not is counted, and logged once until the point's time advances
-// again: a steady value polled twice within a millisecond, a subscription
-// repeating a value it delivered before (the initial value of a
-// subscription recreated after a reconnect), or a server whose clock went
-// back.
+// that is not emitted is counted. One that got no time at all (ok false: a
+// steady value polled twice within a millisecond, a server clock ahead of
+// the agent's) is logged once until the point's time advances again; one
+// whose given time is not later is a repeat (the initial value of a
+// subscription recreated after a reconnect, which is expected) and only
+// logged at debug level.
 func (d *Driver) advance(p driver.Point, m *mark, ms int64, ok, fresh bool, now time.Time) bool {
 	d.mu.Lock()
-	ok = ok && ms > m.last
+	repeat := ok && ms <= m.last
+	ok = ok && !repeat
 	var last int64
 	var warn, recovered bool
 	if fresh && !m.heard {
@@ -644,10 +646,14 @@ func (d *Driver) advance(p driver.Point, m *mark, ms int64, ok, fresh bool, now 
 	} else {
 		d.notLater++
 		last = m.last
-		warn, m.stuck = !m.stuck, true
+		if !repeat {
+			warn, m.stuck = !m.stuck, true
+		}
 	}
 	d.mu.Unlock()
 	switch {
+	case repeat:
+		d.log.Debug("OPC UA notification repeats the point's last sample; left out", "point", p.Ref, "sample_time", time.UnixMilli(ms).UTC().Format(time.RFC3339Nano))
 	case warn:
 		d.log.Warn("OPC UA point's time does not advance past its last sample; leaving its samples out until it does (counted as samples_not_later)",
 			"point", p.Ref, "last_sample", time.UnixMilli(last).UTC().Format(time.RFC3339Nano), "agent_time", now.UTC().Format(time.RFC3339Nano))

@@ -193,3 +193,35 @@ func TestNodeOPCUASteadyIntegration(t *testing.T) {
 	}
 	t.Logf("steady setpoint sample times %v", times[1])
 }
+
+// TestSubscribedRepeatLeftOut delivers a notification that repeats the
+// last one's time, as the initial value of a subscription recreated after
+// a reconnect does for a steady node: it is left out and counted, without
+// the warning a stuck point gets.
+func TestSubscribedRepeatLeftOut(t *testing.T) {
+	var logs logBuffer
+	points := []driver.Point{{ID: 1, Ref: "ns=2;s=A", Settings: yamlSettings("mode: subscribe")}}
+	d, err := newDriver(driver.Device{Name: "d", Settings: yamlSettings("endpoint: opc.tcp://127.0.0.1:4840\npki_dir: /nonexistent"), Points: points, Logger: logs.Logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &subscription{handles: map[string]uint32{"ns=2;s=A": 1}, pending: map[uint32][]*ua.DataValue{}}
+	d.sub = s
+	changed := time.UnixMilli(1_700_000_000_000)
+	for i, want := range []int{1, 0, 1} {
+		dv := &ua.DataValue{Value: ua.MustVariant(float64(i)), SourceTimestamp: changed}
+		if i == 2 {
+			dv.SourceTimestamp = changed.Add(time.Second) // a real change
+		}
+		s.push(1, dv)
+		if got := d.subscribedSamples(points); len(got) != want {
+			t.Fatalf("notification %d: %d samples, want %d", i, len(got), want)
+		}
+	}
+	if n := counter(d, "samples_not_later"); n != 1 {
+		t.Errorf("samples_not_later = %d, want 1", n)
+	}
+	if strings.Contains(logs.String(), "does not advance") {
+		t.Errorf("a repeated notification was warned about:\n%s", logs.String())
+	}
+}
