@@ -216,6 +216,8 @@ func (u *Uplink) exchange(ctx context.Context, method, target, contentType strin
 		if strings.Contains(err.Error(), "client conn could not be established") {
 			err = fmt.Errorf("%w (the ingest closed the new connection; it may have refused the agent's certificate: check the ingest's log)", err)
 		}
+		// The ingest can say why: ask it (at most every few minutes).
+		err = u.probe.explain(ctx, err)
 		return answer{}, err // *url.Error names the method and URL
 	}
 	defer resp.Body.Close()

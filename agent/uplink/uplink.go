@@ -165,6 +165,7 @@ type Uplink struct {
 	pace     *pacer            // nil without a bandwidth cap
 	rnd      func(int64) int64 // the backoff's jitter; tests replace it
 	conns    *connTracker      // nil over a test transport
+	probe    *refusalProbe     // asks why a connection was refused; nil over a test transport
 	notify   chan struct{}
 	running  atomic.Bool
 
@@ -201,6 +202,10 @@ func New(cfg Config, src Source) (*Uplink, error) {
 	if err != nil {
 		problems = append(problems, err)
 	}
+	probeTr, err := newTransport(cfg.withDefaults(), conns, nil)
+	if err != nil {
+		problems = append(problems, err)
+	}
 	if err := errors.Join(problems...); err != nil {
 		return nil, fmt.Errorf("configuring uplink: %w", err)
 	}
@@ -209,6 +214,7 @@ func New(cfg Config, src Source) (*Uplink, error) {
 		return nil, err
 	}
 	u.conns = conns
+	u.probe = newRefusalProbe(probeTr, cfg.URL, cfg.Cert)
 	return u, nil
 }
 
