@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -51,4 +52,23 @@ func TestReadBody(t *testing.T) {
 			t.Errorf("refusal %+v, want 413", rf)
 		}
 	})
+}
+
+// TestReadBodyAllocatesAsBytesArrive: a request announcing the limit and
+// sending nothing must not make the server allocate the limit, or a few
+// idle streams of one agent would hold hundreds of MiB.
+func TestReadBodyAllocatesAsBytesArrive(t *testing.T) {
+	const limit = 8 << 20
+	r := httptest.NewRequest(http.MethodPost, "/v1/batches", strings.NewReader(""))
+	r.ContentLength = limit
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, rf := readBody(httptest.NewRecorder(), r, limit, "batch")
+	runtime.ReadMemStats(&after)
+	if rf == nil || rf.status != http.StatusBadRequest {
+		t.Errorf("refusal %+v, want 400 for a body shorter than announced", rf)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 2<<20 {
+		t.Errorf("reading an empty body announced as %d bytes allocated %d bytes", limit, grew)
+	}
 }

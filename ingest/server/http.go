@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -171,23 +172,29 @@ func (s *Server) agentHandler() http.Handler {
 }
 
 // readBody reads at most limit bytes of r's body, or says why not.
+// readBodyPrealloc is the most readBody allocates before a body's bytes
+// arrive.
+const readBodyPrealloc = 256 << 10
+
 func readBody(w http.ResponseWriter, r *http.Request, limit int64, what string) ([]byte, *refusal) {
-	// A body announced larger than the limit is refused unread, and one
-	// of known length is read into a buffer of that size: reading it
-	// through io.ReadAll's doubling cost twice the limit per oversized
-	// request, most of the ingest's memory under a flood of them.
+	// A body announced larger than the limit is refused unread. One of
+	// known length is read into a buffer sized for it, but at most
+	// readBodyPrealloc up front: reading through io.ReadAll's doubling cost
+	// twice the limit per oversized request, while allocating the whole
+	// announced length before a byte arrives would let one agent hold
+	// hundreds of MiB with streams that send nothing.
 	if r.ContentLength > limit {
 		return nil, refuse(http.StatusRequestEntityTooLarge, CodeTooLarge,
 			"%s is larger than the limit of %d bytes: send smaller ones", what, limit)
 	}
-	rd := http.MaxBytesReader(w, r.Body, limit)
-	var data []byte
-	var err error
-	if r.ContentLength >= 0 {
-		data = make([]byte, r.ContentLength)
-		_, err = io.ReadFull(rd, data)
-	} else {
-		data, err = io.ReadAll(rd)
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(min(r.ContentLength, readBodyPrealloc)))
+	}
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
+	data := buf.Bytes()
+	if err == nil && r.ContentLength >= 0 && int64(len(data)) != r.ContentLength {
+		err = fmt.Errorf("got %d of the %d bytes announced", len(data), r.ContentLength)
 	}
 	if err != nil {
 		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
