@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sightglass-bms/sightglass/ingest/config"
+	"github.com/sightglass-bms/sightglass/ingest/observequeue"
 	"github.com/sightglass-bms/sightglass/ingest/pki"
 	"github.com/sightglass-bms/sightglass/ingest/server"
 	rdb "github.com/sightglass-bms/sightglass/ingest/store"
@@ -26,7 +27,10 @@ func newServeCmd() *cobra.Command {
 when internal_listen is set, the plain-HTTP /healthz and /readyz endpoints,
 and, when web_listen is set, the dashboard (HTTPS; web_http_listen redirects
 plain HTTP to it), until interrupted (SIGINT or SIGTERM); in-flight batches
-are finished first. Every stored batch updates the dashboard's hot store.
+are finished first. Every stored batch updates the dashboard's hot store; a
+batch the hot store fails on (database locked, disk full) is recorded in the
+archive under _observe/ and retried in the background until it is taken, also
+after a restart (the pending count is on /healthz).
 
 Without --config it uses the built-in configuration: listen on
 127.0.0.1:8443, the CA in DATA/ca and the archive in DATA/archive, where DATA
@@ -75,6 +79,16 @@ While the store does not answer, batches get 503 and stay with the agents.`,
 				return err
 			}
 			defer db.Close()
+			// Batches the hot store fails on are recorded in the archive
+			// and retried, so the dashboard does not silently miss them.
+			qstore, ok := store.(observequeue.Store)
+			if !ok {
+				return fmt.Errorf("the archive (%T) cannot delete blobs, which the hot store's retry queue needs: this is a bug; report it", store)
+			}
+			queue, err := observequeue.New(qstore, db, log, observequeue.Options{})
+			if err != nil {
+				return err
+			}
 			srv, err := server.New(server.Config{
 				MaxBatchBytes: cfg.MaxBatchBytes,
 				MaxSkew:       cfg.MaxSkew,
@@ -84,7 +98,8 @@ While the store does not answer, batches get 503 and stay with the agents.`,
 				CatalogPolicy: cfg.CatalogPolicy,
 				// The dashboard's latest values and rollups, written as
 				// batches arrive.
-				Observer: db,
+				Observer:     db,
+				ObserveQueue: queue,
 			}, store, ca, log)
 			if err != nil {
 				return err
@@ -128,15 +143,23 @@ While the store does not answer, batches get 503 and stay with the agents.`,
 				defer close(anchored)
 				db.RunAuditAnchors(ctx, store, rdb.DefaultAnchorEvery, log)
 			}()
+			// Retry what an earlier run left and what fails from now on.
+			retried := make(chan struct{})
+			go func() {
+				defer close(retried)
+				queue.Run(ctx)
+			}()
 			err = srv.Run(ctx, ln, iln)
 			cancel()
 			<-anchored
+			<-retried
 			if err := errors.Join(append(dash.wait(), err)...); err != nil {
 				return err
 			}
 			st := srv.Stats()
 			log.Info("stopped", "batches_stored", st.BatchesStored, "batches_duplicate", st.BatchesDuplicate,
-				"samples", st.Samples, "bytes", st.Bytes, "refused", st.Refused)
+				"samples", st.Samples, "bytes", st.Bytes, "refused", st.Refused,
+				"observe_errors", st.ObserveErrors, "observe_pending", st.ObservePending)
 			return nil
 		},
 	}

@@ -44,10 +44,6 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request, id pki.Iden
 			var status string
 			status, rf = s.storeBatch(sctx, body, b, id)
 			if rf == nil {
-				// A duplicate too: if the first attempt stopped between
-				// the archive and the Observer, the retry heals it; the
-				// Observer ignores a batch it has seen.
-				s.observe(r.Context(), id, b)
 				s.count(func(st *Stats) {
 					if status == StatusStored {
 						st.BatchesStored++
@@ -57,8 +53,13 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request, id pki.Iden
 						st.BatchesDuplicate++
 					}
 				})
-				writeJSON(w, http.StatusOK, batchReply{Status: status, Seq: b.Seq})
-				return
+				// A duplicate too: if the first attempt stopped between
+				// the archive and the Observer, the retry heals it; the
+				// Observer ignores a batch it has seen.
+				if rf = s.observe(r.Context(), id, b); rf == nil {
+					writeJSON(w, http.StatusOK, batchReply{Status: status, Seq: b.Seq})
+					return
+				}
 			}
 		}
 	}
@@ -258,14 +259,35 @@ func parseClaim(c []byte) (sum []byte, name string, ok bool) {
 
 // observe hands an archived batch to the Observer. The batch is
 // archived already, so neither an error nor the agent hanging up may undo
-// that: the error is logged and counted, the context detached.
-func (s *Server) observe(ctx context.Context, id pki.Identity, b *batch.Batch) {
+// that: the context is detached, and a failure is logged, counted and
+// recorded in the ObserveQueue for a later retry. Only when that record
+// cannot be written either is the answer a refusal (503): the agent keeps
+// the batch and its retry shows it to the Observer again, so the hot store
+// never silently misses an acknowledged batch.
+func (s *Server) observe(ctx context.Context, id pki.Identity, b *batch.Batch) *refusal {
 	if s.cfg.Observer == nil {
-		return
+		return nil
 	}
-	if err := s.cfg.Observer.Observe(context.WithoutCancel(ctx), id, b); err != nil {
-		s.count(func(st *Stats) { st.ObserveErrors++ })
-		s.log.Error("updating the hot store failed; the batch is archived", "tenant", id.Tenant, "site", id.Site,
-			"agent", id.Agent, "batch_seq", b.Seq, "err", err)
+	ctx = context.WithoutCancel(ctx)
+	err := s.cfg.Observer.Observe(ctx, id, b)
+	if err == nil {
+		return nil
 	}
+	s.count(func(st *Stats) { st.ObserveErrors++ })
+	log := s.log.With("tenant", id.Tenant, "site", id.Site, "agent", id.Agent, "batch_seq", b.Seq)
+	if s.cfg.ObserveQueue == nil {
+		log.Error("updating the hot store failed; the batch is archived", "err", err)
+		return nil
+	}
+	qctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
+	defer cancel()
+	qerr := s.cfg.ObserveQueue.Add(qctx, id, b.Seq)
+	if qerr == nil {
+		log.Warn("updating the hot store failed; the batch is archived and queued for a retry", "err", err)
+		return nil
+	}
+	log.Error("updating the hot store failed and the batch could not be queued for a retry; the agent is told to send it again",
+		"err", err, "queue_err", qerr)
+	return refuse(http.StatusServiceUnavailable, CodeStoreUnavailable,
+		"the batch is archived but the dashboard could not take it and the archive could not record that: retry in %d seconds", retryAfterStoreSeconds)
 }

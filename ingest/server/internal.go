@@ -18,6 +18,11 @@ type Pinger interface {
 type statusReply struct {
 	Status string `json:"status"`
 	Error  string `json:"error,omitempty"`
+	// ObservePending is on /healthz with an ObserveQueue: batches the
+	// hot store missed and will be given again. It does not make the
+	// node unhealthy: the batches are archived, and the node still
+	// takes new ones.
+	ObservePending *int `json:"observe_pending,omitempty"`
 }
 
 // internalHandler serves /healthz and /readyz.
@@ -30,7 +35,12 @@ func (s *Server) internalHandler() http.Handler {
 		}
 		switch r.URL.Path {
 		case "/healthz":
-			writeJSON(w, http.StatusOK, statusReply{Status: "ok"})
+			rep := statusReply{Status: "ok"}
+			if s.cfg.ObserveQueue != nil {
+				n := s.cfg.ObserveQueue.Pending()
+				rep.ObservePending = &n
+			}
+			writeJSON(w, http.StatusOK, rep)
 		case "/readyz":
 			if s.draining.Load() {
 				writeJSON(w, http.StatusServiceUnavailable, statusReply{Status: "draining", Error: "shutting down"})

@@ -113,11 +113,30 @@ type Config struct {
 	CatalogPolicy string
 	// Observer, when set, is shown every batch once it is archived,
 	// retries included (never a refused one), e.g. to update the
-	// dashboard's hot store. Its error is logged and never fails the
-	// upload: the archive is the truth; the dashboard misses that batch
-	// unless the agent retries it or an operator runs `sightglass-ingest
-	// store rebuild` (Stats.ObserveErrors counts them).
+	// dashboard's hot store. Its error is logged and counted
+	// (Stats.ObserveErrors); it never undoes the archive, which is the
+	// truth. With an ObserveQueue the batch is then recorded there and
+	// retried later; without one the dashboard misses that batch unless
+	// the agent retries it or an operator runs `sightglass-ingest store
+	// rebuild`.
 	Observer Observer
+	// ObserveQueue, when set with an Observer, records every batch the
+	// Observer failed on before the agent is answered, so that the batch
+	// is observed later (observequeue.Queue). If the record cannot be
+	// written either, the agent is answered 503 and keeps the batch: its
+	// retry is a duplicate that is shown to the Observer again. A batch
+	// the Observer takes is answered as before, at the same cost.
+	ObserveQueue ObserveQueue
+}
+
+// ObserveQueue records archived batches the Observer failed on, durably,
+// for a later retry.
+type ObserveQueue interface {
+	// Add records batch seq of id; it returns once the record is
+	// durable, and adding one twice is not an error.
+	Add(ctx context.Context, id pki.Identity, seq uint64) error
+	// Pending is the number of batches recorded and not yet observed.
+	Pending() int
 }
 
 // Observer receives every batch the server has archived, each time the
@@ -259,7 +278,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // ServeInternal serves the plain-HTTP health endpoints on ln until ctx is
-// done: /healthz answers 200 while the process runs; /readyz answers 200
+// done: /healthz answers 200 while the process runs (with the
+// ObserveQueue's pending count when there is one); /readyz answers 200
 // when the blob store answers and shutdown has not begun, else 503. Keep ln
 // on loopback or a private network: it is not authenticated.
 func (s *Server) ServeInternal(ctx context.Context, ln net.Listener) error {
@@ -326,13 +346,21 @@ type Stats struct {
 	TablesStored    uint64
 	TablesDuplicate uint64
 	ObserveErrors   uint64 // batches the Observer failed on
+	// ObservePending is the ObserveQueue's count of batches recorded
+	// for a retry and not yet observed (0 without a queue).
+	ObservePending int
 }
 
 // Stats returns a copy of the counters.
 func (s *Server) Stats() Stats {
+	pending := 0
+	if s.cfg.ObserveQueue != nil {
+		pending = s.cfg.ObserveQueue.Pending()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.stats
+	st.ObservePending = pending
 	st.Refused = make(map[string]uint64, len(s.stats.Refused))
 	for k, v := range s.stats.Refused {
 		st.Refused[k] = v
