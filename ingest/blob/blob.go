@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -118,6 +119,31 @@ func BatchName(tenant, site, agent string, seq uint64, t time.Time) string {
 // it detectable.
 func ClaimName(tenant, site, agent string, seq uint64) string {
 	return fmt.Sprintf("%s/%s/claims/%s/%020d", tenant, site, agent, seq)
+}
+
+// StoredName is the stored marker of a batch claim, {claim}.stored,
+// written once the batch blob is in the archive: with it a retry of the
+// batch answers duplicate without writing the blob again, even after
+// compaction merged the blob into its day and deleted it.
+func StoredName(claimName string) string { return claimName + ".stored" }
+
+// ParseBatchName is BatchName's inverse: the tenant, site, agent and seq of
+// a batch blob's name; ok is false for any other name.
+func ParseBatchName(name string) (tenant, site, agent string, seq uint64, ok bool) {
+	parts := strings.Split(name, "/")
+	if len(parts) != 7 || !strings.HasSuffix(parts[6], ".sgb") {
+		return "", "", "", 0, false
+	}
+	base := strings.TrimSuffix(parts[6], ".sgb")
+	i := strings.LastIndexByte(base, '-')
+	if i <= 0 || len(base)-i-1 != 20 {
+		return "", "", "", 0, false
+	}
+	seq, err := strconv.ParseUint(base[i+1:], 10, 64)
+	if err != nil {
+		return "", "", "", 0, false
+	}
+	return parts[0], parts[1], base[:i], seq, true
 }
 
 // TableName is where a point table is archived: {tenant}/{site}/tables/{hash}.sgt.

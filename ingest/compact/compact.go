@@ -454,6 +454,14 @@ func (c *Compactor) day(ctx context.Context, tenant, site string, day time.Time)
 		return res, fmt.Errorf("compacting %s: the stored parts hold %d samples, %d merged; nothing was deleted", res.Day, i, res.Samples)
 	}
 	for _, n := range srcNames {
+		// The batch's stored marker first: a retry of it from an agent
+		// that never saw the ingest's answer must be told duplicate, and
+		// without the blob only the marker says it was stored.
+		if tenant, site, agent, seq, ok := blob.ParseBatchName(n); ok {
+			if _, err := c.store.Put(ctx, blob.StoredName(blob.ClaimName(tenant, site, agent, seq)), []byte(n+"\n")); err != nil && !errors.Is(err, blob.ErrConflict) {
+				return res, fmt.Errorf("compacting %s: marking merged batch %s stored: %w (nothing more was deleted; run compact again)", res.Day, n, err)
+			}
+		}
 		if err := c.store.Delete(ctx, n); err != nil {
 			return res, fmt.Errorf("compacting %s: deleting merged batch %s: %w (the day blob has it; run compact again)", res.Day, n, err)
 		}

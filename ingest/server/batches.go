@@ -232,7 +232,7 @@ func (s *Server) retried(ctx context.Context, log *slog.Logger, claimName string
 // storedName is the stored marker of a batch claim: {claim}.stored, beside
 // the claim, so that whatever keeps claims keeps markers, and whatever
 // reads batches (names ending in .sgb) passes them by.
-func storedName(claimName string) string { return claimName + ".stored" }
+func storedName(claimName string) string { return blob.StoredName(claimName) }
 
 // storeFailed answers a store error: 503, since a store that fails now may
 // answer later, unless the store refused the name itself, which is a bug
