@@ -118,7 +118,10 @@ func TestWebDemoLiveDataIntegration(t *testing.T) {
 	var out syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Options{Bin: binDir, Dir: dir, Data: "../../testdata/bms", For: 3 * time.Minute, Out: &out, Logs: &testLog{t: t}})
+		// Until ctx ends (the test's stop), not for a fixed time: a demo
+		// that ended on its own while the test still polled would fail
+		// with "connection refused" instead of naming the stale devices.
+		done <- Run(ctx, Options{Bin: binDir, Dir: dir, Data: "../../testdata/bms", Out: &out, Logs: &testLog{t: t}})
 	}()
 	stop := func() error { cancel(); return <-done }
 	// The demo prints the dashboard's URL, login and CA once it runs.
