@@ -3,7 +3,9 @@ package cli
 import (
 	"crypto/rand"
 	"encoding/base32"
+	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -17,7 +19,8 @@ func newEnrollCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "enroll",
 		Short: "Make one-time enrollment tokens for new agents",
-		Example: `  sightglass-ingest enroll create --tenant acme --site s-7f3a
+		Example: `  sightglass-ingest enroll create --tenant acme --new-site
+  sightglass-ingest enroll create --tenant acme --site s-7f3a2kqm
   sightglass-ingest enroll create --config /etc/sightglass-ingest/ingest.yaml --tenant acme --site s-7f3a --ttl 2h --json`,
 	}
 	cmd.AddCommand(newEnrollCreateCmd())
@@ -38,6 +41,7 @@ func newEnrollCreateCmd() *cobra.Command {
 	var (
 		rf           registryFlags
 		tenant, site string
+		newSite      bool
 		ttl          time.Duration
 		asJSON       bool
 	)
@@ -45,10 +49,14 @@ func newEnrollCreateCmd() *cobra.Command {
 		Use:   "create",
 		Short: "Create a single-use enrollment token for one agent of a site",
 		Long: `create makes a token that lets one agent enroll for --tenant and --site, once,
-within --ttl (at most 24h). Leave --site out for a new building: an opaque id
-(s- and 8 random characters) is made and printed. The site id is part of
-every archive path, so it must never name the building or its address; give
-the building its human name with 'sightglass-ingest sites name'. The ingest stores only the token's hash. The token
+within --ttl (at most 24h). Name the building one of two ways, never neither:
+--site with the id of a building already enrolled (another box, or a box
+replaced: its agent then keeps the site's point ids and history), or
+--new-site for a new building, for which an opaque id (s- and 8 random
+characters) is made and printed. The site id is part of every archive path,
+so it must never name the building or its address; give the building its
+human name with 'sightglass-ingest sites name'. The ingest stores only the
+token's hash. The token
 also carries the fingerprint of this ingest's CA, so the agent can check it is
 talking to the right ingest before it trusts it. Give the token to the
 installer, who runs on the box:
@@ -57,15 +65,24 @@ installer, who runs on the box:
 
 The token is printed on standard output and nowhere else: treat it like a
 password until it is used or has expired.`,
-		Example: `  sightglass-ingest enroll create --tenant acme
-  sightglass-ingest enroll create --tenant acme --site s-7f3a
-  sightglass-ingest enroll create --config /etc/sightglass-ingest/ingest.yaml --tenant acme --site s-7f3a --ttl 2h --json`,
+		Example: `  sightglass-ingest enroll create --tenant acme --new-site
+  sightglass-ingest enroll create --tenant acme --site s-7f3a2kqm
+  sightglass-ingest enroll create --config /etc/sightglass-ingest/ingest.yaml --tenant acme --site s-7f3a2kqm --ttl 2h --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if ttl <= 0 || ttl > pki.MaxTokenValidity {
 				return fmt.Errorf("--ttl %v: want more than 0 and at most %v", ttl, pki.MaxTokenValidity)
 			}
-			generated := site == ""
+			// Making an id is never the default: an operator replacing a
+			// box who forgot --site would get a new building, and its
+			// agent new point ids and a history that starts again.
+			switch {
+			case site == "" && !newSite:
+				return errors.New("enroll create needs the building: --site ID for a building already enrolled (see 'sightglass-ingest sites list'), or --new-site to make an opaque id for a new building")
+			case site != "" && newSite:
+				return fmt.Errorf("--site %s and --new-site: give one, --site for a building already enrolled or --new-site for a new one", site)
+			}
+			generated := newSite
 			if generated {
 				var err error
 				if site, err = newSiteID(); err != nil {
@@ -110,8 +127,8 @@ password until it is used or has expired.`,
 			}
 			if generated {
 				fmt.Fprintf(cmd.ErrOrStderr(), "made the opaque site id %s for a new building; name it for the dashboard with:\n  sightglass-ingest sites name %s/%s \"BUILDING NAME\"\n", site, tenant, site)
-			} else {
-				fmt.Fprintf(cmd.ErrOrStderr(), "warning: the site id %q is part of every archive path (%s/%s/...): it must not name the building or its address. Leave --site out to have an opaque id made, and give the human name with `sightglass-ingest sites name %s/ID \"NAME\"`\n", site, tenant, site, tenant)
+			} else if !opaqueSiteID.MatchString(site) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: the site id %q is part of every archive path (%s/%s/...): it must not name the building or its address. For a new building use --new-site to have an opaque id made, and give the human name with `sightglass-ingest sites name %s/ID \"NAME\"`\n", site, tenant, site, tenant)
 			}
 			return nil
 		},
@@ -119,12 +136,17 @@ password until it is used or has expired.`,
 	rf.add(cmd, true)
 	f := cmd.Flags()
 	f.StringVar(&tenant, "tenant", "", "tenant id (required)")
-	f.StringVar(&site, "site", "", "opaque site id of an existing building; left out, a new one is made")
+	f.StringVar(&site, "site", "", "opaque site id of a building already enrolled (this or --new-site is required)")
+	f.BoolVar(&newSite, "new-site", false, "make an opaque site id for a new building (this or --site is required)")
 	f.DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token can be used (at most 24h)")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	_ = cmd.MarkFlagRequired("tenant")
 	return cmd
 }
+
+// opaqueSiteID is the form newSiteID makes; a given id of another form
+// draws the warning that it must not name the building.
+var opaqueSiteID = regexp.MustCompile(`^s-[a-z2-7]{8}$`)
 
 // newSiteID makes an opaque site id: "s-" and 8 random base32 characters
 // (40 bits), which says nothing about the building.

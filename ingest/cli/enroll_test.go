@@ -121,20 +121,25 @@ func TestAgentsListRevokeStatusAudit(t *testing.T) {
 	}
 }
 
-// TestEnrollCreateSite: without --site an opaque id is made and printed
-// with how to name the building; a given id is accepted with a warning
-// that it appears in every archive path.
+// TestEnrollCreateSite: --new-site makes an opaque id and prints how to
+// name the building; a given id is taken, with a warning that it appears
+// in every archive path unless it has the opaque form; with neither (an
+// operator replacing a box who forgot --site) or both, nothing is made.
 func TestEnrollCreateSite(t *testing.T) {
 	caDir := newCA(t)
 	opaque := regexp.MustCompile(`^s-[a-z2-7]{8}$`)
+	const warning = "must not name the building"
 	tests := []struct {
 		name      string
 		site      []string
 		generated bool
-		stderr    string
+		stderr    string // said on stderr
+		notStderr string // not said on stderr
 	}{
-		{"left out", nil, true, "sightglass-ingest sites name acme/"},
-		{"given", []string{"--site", "mainlibrary"}, false, "must not name the building"},
+		{"new site", []string{"--new-site"}, true, "sightglass-ingest sites name acme/", warning},
+		{"given, readable", []string{"--site", "mainlibrary"}, false, warning, ""},
+		{"given, opaque", []string{"--site", "s-7f3a2kqm"}, false, "", warning},
+		{"given, opaque-looking but too long", []string{"--site", "s-7f3a2kqmx"}, false, warning, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -153,16 +158,19 @@ func TestEnrollCreateSite(t *testing.T) {
 			if tt.generated && !opaque.MatchString(rep.Site) {
 				t.Errorf("made site id %q, want s- and 8 base32 characters", rep.Site)
 			}
-			if !tt.generated && rep.Site != "mainlibrary" {
+			if !tt.generated && rep.Site != tt.site[1] {
 				t.Errorf("site %q, want the one given", rep.Site)
 			}
-			if !strings.Contains(stderr, tt.stderr) || !strings.Contains(stderr, rep.Site) {
+			if tt.stderr != "" && (!strings.Contains(stderr, tt.stderr) || !strings.Contains(stderr, rep.Site)) {
 				t.Errorf("stderr %q, want it to name %s and say %q", stderr, rep.Site, tt.stderr)
+			}
+			if tt.notStderr != "" && strings.Contains(stderr, tt.notStderr) {
+				t.Errorf("stderr %q says %q", stderr, tt.notStderr)
 			}
 		})
 	}
-	a, _, _ := run(t, context.Background(), "enroll", "create", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme", "--json")
-	b, _, _ := run(t, context.Background(), "enroll", "create", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme", "--json")
+	a, _, _ := run(t, context.Background(), "enroll", "create", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme", "--new-site", "--json")
+	b, _, _ := run(t, context.Background(), "enroll", "create", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme", "--new-site", "--json")
 	var ra, rb tokenReport
 	json.Unmarshal([]byte(a), &ra)
 	json.Unmarshal([]byte(b), &rb)
@@ -171,12 +179,47 @@ func TestEnrollCreateSite(t *testing.T) {
 	}
 }
 
+// TestEnrollCreateNeedsSite: without --site or --new-site, or with both,
+// enroll create refuses, names both options, and makes no token.
+func TestEnrollCreateNeedsSite(t *testing.T) {
+	caDir := newCA(t)
+	for _, tt := range []struct {
+		name string
+		args []string
+	}{
+		{"neither", nil},
+		{"both", []string{"--site", "s-7f3a2kqm", "--new-site"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"enroll", "create", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme"}, tt.args...)
+			stdout, _, err := run(t, context.Background(), args...)
+			if err == nil {
+				t.Fatalf("enroll create %v succeeded, printing %q", tt.args, stdout)
+			}
+			if !strings.Contains(err.Error(), "--site") || !strings.Contains(err.Error(), "--new-site") {
+				t.Errorf("error %q does not name both --site and --new-site", err)
+			}
+			if strings.TrimSpace(stdout) != "" {
+				t.Errorf("printed %q", stdout)
+			}
+		})
+	}
+	db, err := store.Open(context.Background(), dbOf(caDir), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if entries, err := db.AuditLog(context.Background(), 0, 10); err != nil || len(entries) != 0 {
+		t.Errorf("audit %+v (%v): a refused enroll create made a token", entries, err)
+	}
+}
+
 // TestEnrollCreateTokenFirst: with stdout and stderr in one stream, as a
 // script or the demo reads them, the token is the first line, ahead of the
 // notes about the site id.
 func TestEnrollCreateTokenFirst(t *testing.T) {
 	caDir := newCA(t)
-	for _, site := range [][]string{nil, {"--site", "s1"}} {
+	for _, site := range [][]string{{"--new-site"}, {"--site", "s1"}} {
 		var both bytes.Buffer
 		root := New()
 		root.SetArgs(append([]string{"enroll", "create", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme"}, site...))
