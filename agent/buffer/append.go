@@ -37,7 +37,9 @@ type appendReq struct {
 // acknowledged, or counted as dropped by the cap or a full disk. On a full
 // disk Append drops the oldest data to store these samples; it fails with
 // the file system's error (ENOSPC, EDQUOT) only when nothing is left to
-// drop. Concurrent calls are committed together, with one fsync per commit.
+// drop, or at once, dropping nothing, when the samples need more than
+// dropping everything could free. Concurrent calls are committed
+// together, with one fsync per commit.
 //
 // Once the samples are handed to the committer, Append waits for the commit
 // even if ctx is cancelled, so that a nil error always means stored and an
@@ -283,7 +285,18 @@ const roomSlack = 64 << 10
 // releases the disk-full reserve and is tried again. Each round that still
 // finds no room drops twice as much; it gives up, wrapping cause, when
 // nothing is left to drop or dropping fails too.
+//
+// A group that needs more than dropping everything could ever give it (a
+// read larger than the disk) fails at once with nothing dropped: the
+// doubling would otherwise wipe the whole backlog and refuse the read all
+// the same.
 func (b *Buffer) makeRoom(cause error, need int64, retry func() error) error {
+	if ceiling, ok := b.roomCeiling(); ok && need > ceiling {
+		b.log.Warn("buffer's file system full and a read larger than all the space the buffer could free: refused it, dropped nothing",
+			"path", b.path, "need_bytes", need, "ceiling_bytes", ceiling)
+		return fmt.Errorf("%w (the read needs %d bytes, more than the %d the buffer could have by dropping everything it holds; nothing dropped): free space on the buffer's file system, give the buffer its own, or poll fewer points per device",
+			cause, need, ceiling)
+	}
 	target := 2*need + roomSlack
 	for {
 		var d dropInfo
@@ -315,6 +328,23 @@ func (b *Buffer) makeRoom(cause error, need int64, retry func() error) error {
 		cause = err
 		target *= 2
 	}
+}
+
+// roomCeiling is an upper bound on the space a commit could have if the
+// buffer dropped everything: the blocks its file holds on disk (live data,
+// free pages, bbolt's own), those of the reserve if it is there, and what
+// the file system has free. ok is false when the file system cannot say.
+func (b *Buffer) roomCeiling() (ceiling int64, ok bool) {
+	held, ok := allocated(b.path)
+	if !ok {
+		return 0, false
+	}
+	free, ok := fsFree(b.path)
+	if !ok {
+		return 0, false
+	}
+	reserve, _ := allocated(b.reserve.path) // none once released
+	return held + reserve + free, true
 }
 
 // isNoSpace reports whether err means the buffer's file system is full or

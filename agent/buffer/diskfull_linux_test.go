@@ -170,18 +170,26 @@ func TestDiskFull(t *testing.T) {
 		t.Fatalf("survivors: got %d samples, want the newest %d of %d (dropped %d)", len(got), len(want), appended, dropped)
 	}
 
-	// Nothing left to drop: fill the disk again and append one read
-	// larger than the free pages inside the file. Append must fail with
-	// the disk's error, and CountDropped must count the read where it
-	// survives a restart.
+	// A read larger than the whole disk, with a backlog in the buffer: no
+	// drop could ever make room for it, so Append must fail with the
+	// disk's error at once and drop nothing (doubling the drop until the
+	// buffer was empty lost the backlog and refused the read all the
+	// same), and CountDropped must count the read where it survives a
+	// restart.
+	const backlog = 5000
+	backlogStart := appended
+	for range backlog / perRead {
+		appendRead()
+	}
 	fill(t, filler)
+	held := b.Stats()
 	big := mkSamples(appended, 500_000) // about 9 MB: more than the whole disk
 	err = b.Append(ctx, big)
 	if !isNoSpace(err) {
-		t.Fatalf("append of %d samples to an empty buffer on a full disk: %v, want an error saying the disk is full", len(big), err)
+		t.Fatalf("append of %d samples to a buffer on a full disk: %v, want an error saying the disk is full", len(big), err)
 	}
-	if st := b.Stats(); st.DroppedSamples != uint64(dropped) || st.PendingSamples != 0 || st.SealedBatches != 0 {
-		t.Fatalf("a refused append changed the buffer: %+v", st)
+	if st := b.Stats(); st != held {
+		t.Fatalf("an append that could never fit changed the buffer (it must drop nothing):\nbefore %+v\nafter  %+v", held, st)
 	}
 	if err := b.CountDropped(ctx, len(big)); err != nil {
 		t.Fatalf("counting the refused read on a full disk: %v", err)
@@ -190,9 +198,12 @@ func TestDiskFull(t *testing.T) {
 	if got, want := b.Stats().DroppedSamples, uint64(dropped+len(big)); got != want {
 		t.Fatalf("dropped samples after counting the refused read and a restart = %d, want %d", got, want)
 	}
-	// And space returning once more ends it.
+	// And space returning once more ends it, with the backlog intact.
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
 	appendRead()
+	if got, want := drainAll(t, b, perBatch), mkSamples(backlogStart, appended-backlogStart); !sameSamples(got, want) {
+		t.Fatalf("after the refused read: got %d samples, want the backlog and the next read, %d", len(got), len(want))
+	}
 }
