@@ -265,7 +265,11 @@ func (e *AbortError) Error() string {
 const (
 	AbortOther                    = 0
 	AbortBufferOverflow           = 1
+	AbortPreempted                = 3 // preempted-by-higher-priority-task
 	AbortSegmentationNotSupported = 4
+	AbortExceededReplyTime        = 8 // application-exceeded-reply-time
+	AbortOutOfResources           = 9
+	AbortTSMTimeout               = 10
 	AbortApduTooLong              = 11
 )
 

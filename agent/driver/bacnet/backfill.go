@@ -138,9 +138,12 @@ func encodeState(m map[string]mark) []byte {
 
 // takeLater keeps, per point, whichever of two marks was read later, whole
 // with its gaps: the later state already accounts for the earlier's gaps.
+// On a tie from wins: two reads within one millisecond (or a clock that
+// stepped back, whose reads keep the mark where it was) still commit what
+// the later one filled.
 func takeLater(into, from map[string]mark) {
 	for k, m := range from {
-		if m.Last > into[k].Last {
+		if cur, ok := into[k]; !ok || m.Last >= cur.Last {
 			into[k] = m
 		}
 	}

@@ -54,6 +54,10 @@ type Driver struct {
 	log    *slog.Logger
 	points map[string]point // parsed configured points by ref
 	state  *backfillState
+	// now is the clock of live samples and backfill marks: time.Now, a
+	// fake one in tests, so gaps are as long as a test says and not as
+	// long as a loaded machine makes them.
+	now func() time.Time
 	// counted is the client last connected, for Counters without d.mu
 	// (which a Read holds while it locates the device).
 	counted atomic.Pointer[bacnet.Client]
@@ -85,7 +89,7 @@ func New(d driver.Device) (driver.Driver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	drv := &Driver{cfg: cfg, name: d.Name, log: log, points: map[string]point{}, missing: map[bacnet.ObjectID]bool{}}
+	drv := &Driver{cfg: cfg, name: d.Name, log: log, points: map[string]point{}, missing: map[bacnet.ObjectID]bool{}, now: time.Now}
 	for _, p := range d.Points {
 		pt, err := parsePoint(p)
 		if err != nil {
@@ -312,7 +316,7 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 		}
 		parsed[i], valid[i] = pt, true
 	}
-	now := time.Now()
+	now := d.now()
 	// Objects the device said do not exist are kept out of RPM requests
 	// (a strict device fails a whole request for one of them) and read
 	// alone, so a point created later is picked up.

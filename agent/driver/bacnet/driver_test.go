@@ -264,10 +264,9 @@ func TestRoutedAndDeadDevices(t *testing.T) {
 // TestBackfill takes a device away for a while, then checks the gap is
 // filled from its trend log with the logged timestamps.
 func TestBackfill(t *testing.T) {
-	dev := bacnetsim.NewDevice(11, "logged", 1, 0, 0, true)
-	log := dev.Objects[1].Log
-	log.Interval = 100 * time.Millisecond
-	log.Start = time.Now().Add(-time.Minute)
+	dev, tl := trendDevice(11, "logged", 100*time.Millisecond)
+	log := tl.Log
+	clock := newFakeClock()
 	sim := startSim(t, bacnetsim.Config{Local: dev})
 	dir := t.TempDir()
 	pointSettings := yamlText("trend_log: trend-log:1")
@@ -278,6 +277,7 @@ func TestBackfill(t *testing.T) {
 		t.Fatal(err)
 	}
 	drv := d.(*Driver)
+	drv.now = clock.now
 	if err := drv.Connect(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -289,13 +289,14 @@ func TestBackfill(t *testing.T) {
 		t.Fatal(err)
 	}
 	drv.Close()
-	time.Sleep(time.Second) // the agent is down: ~10 records are logged meanwhile
+	clock.advance(time.Second) // the agent is down: 10 records are logged meanwhile
 	// A new driver (a restarted agent) finds the mark on disk.
 	d2, err := New(driver.Device{Name: "logged", Settings: yamlText(settings), Points: points, DataDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d2.Close()
+	d2.(*Driver).now = clock.now
 	if err := d2.Connect(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -303,8 +304,8 @@ func TestBackfill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(samples) < 8 || len(samples) > 14 {
-		t.Fatalf("%d samples after a 1s gap logged every 100ms; want the live one and about 10 backfilled", len(samples))
+	if want := logged(log, first[0].Time, samples[0].Time, nil); len(samples) != 1+want || want != 10 {
+		t.Fatalf("%d samples after a 1s gap logged every 100ms; want the live one and the %d records of the gap", len(samples), want)
 	}
 	for _, s := range samples[1:] {
 		if s.Time <= first[0].Time || s.Time >= samples[0].Time || s.PointID != 1 {
@@ -536,12 +537,10 @@ func TestStrictRPM(t *testing.T) {
 // buffer kept with those samples does not backfill the same records again;
 // one without it (only the file Commit writes) does.
 func TestBackfillCheckpoint(t *testing.T) {
-	dev := bacnetsim.NewDevice(12, "logged", 1, 0, 0, true)
-	log := dev.Objects[1].Log
-	log.Interval = 100 * time.Millisecond
-	log.Start = time.Now().Add(-time.Minute)
+	dev, _ := trendDevice(12, "logged", 100*time.Millisecond)
 	sim := startSim(t, bacnetsim.Config{Local: dev})
 	dir := t.TempDir()
+	clock := newFakeClock()
 	points := []driver.Point{{ID: 1, Ref: "analog-input:1", Settings: yamlText("trend_log: trend-log:1")}}
 	settings := yamlText(simSettings(sim, 12, "backfill_after: 300ms\n"))
 	open := func(restore []byte) *Driver {
@@ -551,6 +550,7 @@ func TestBackfillCheckpoint(t *testing.T) {
 			t.Fatal(err)
 		}
 		drv := d.(*Driver)
+		drv.now = clock.now
 		if restore != nil {
 			if err := drv.Restore(restore); err != nil {
 				t.Fatal(err)
@@ -575,7 +575,7 @@ func TestBackfillCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	d1.Close()
-	time.Sleep(time.Second) // a gap of about ten logged records
+	clock.advance(time.Second) // a gap of ten logged records
 
 	d2 := open(nil)
 	backfilled := read(d2)
@@ -591,7 +591,7 @@ func TestBackfillCheckpoint(t *testing.T) {
 	d3 := open(cp)
 	again := read(d3)
 	d3.Close()
-	if len(again) > 2 {
+	if len(again) != 1 {
 		t.Errorf("restored from the checkpoint, the next read returned %d samples; want the live one (the gap was backfilled already)", len(again))
 	}
 	d4 := open(nil) // the control: only the file, which Commit never updated

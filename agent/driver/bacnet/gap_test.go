@@ -49,13 +49,54 @@ func (l *logCount) count(level slog.Level, prefix string) int {
 }
 
 // trendDevice is a simulated device whose trend-log:1 has logged
-// analog-input:1 every interval for the last minute.
+// analog-input:1 every interval for the last minute, from a whole second.
 func trendDevice(instance uint32, name string, interval time.Duration) (*bacnetsim.Device, *bacnetsim.Object) {
 	dev := bacnetsim.NewDevice(instance, name, 1, 0, 0, true)
 	tl := dev.Objects[1]
 	tl.Log.Interval = interval
-	tl.Log.Start = time.Now().Add(-time.Minute)
+	tl.Log.Start = time.Now().Add(-time.Minute).Truncate(time.Second)
 	return dev, tl
+}
+
+// fakeClock is a driver's clock that moves only when a test says: the
+// gaps a test opens are exactly as long as it says however loaded the
+// machine is. It starts half a minute in the past (and 25ms past a whole
+// second, between a trend log's records), so what a trend log logged by
+// the real clock covers every fake time.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{t: time.Now().Add(-30 * time.Second).Truncate(time.Second).Add(25 * time.Millisecond)}
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// logged counts the records of log strictly between from and to (Unix ms)
+// for which keep is true (nil: all).
+func logged(log *bacnetsim.TrendLog, from, to int64, keep func(seq uint64) bool) int {
+	n := 0
+	for seq := uint64(1); ; seq++ {
+		at := log.Start.Add(time.Duration(seq-1) * log.Interval).UnixMilli()
+		if at >= to {
+			return n
+		}
+		if at > from && (keep == nil || keep(seq)) {
+			n++
+		}
+	}
 }
 
 // openDriver builds and connects a driver, closed when the test ends.
@@ -82,7 +123,9 @@ func TestBackfillGapKept(t *testing.T) {
 	logs := &logCount{}
 	points := []driver.Point{{ID: 1, Ref: "analog-input:1", Settings: yamlText("trend_log: trend-log:1")}}
 	settings := yamlText(simSettings(sim, 13, "backfill_after: 300ms\n"))
+	clock := newFakeClock()
 	drv := openDriver(t, driver.Device{Name: "logged", Settings: settings, Points: points, Logger: slog.New(logs), DataDir: t.TempDir()})
+	drv.now = clock.now
 	drv.cfg.backfillRetry = time.Hour
 	readRanges := func() int { return confirmed(sim, bacnet.ServiceReadRange) }
 	read := func(what string) []telemetry.Sample {
@@ -101,7 +144,7 @@ func TestBackfillGapKept(t *testing.T) {
 	}
 	const failed = "trend-log backfill failed"
 	t1 := read("first read")[0].Time
-	time.Sleep(500 * time.Millisecond) // a gap of about ten records
+	clock.advance(500 * time.Millisecond) // a gap of ten records
 	var saved *bacnetsim.TrendLog
 	sim.Update(func() { saved, tl.Log = tl.Log, nil }) // ReadRange now fails
 	second := read("read with the trend log failing")
@@ -120,7 +163,7 @@ func TestBackfillGapKept(t *testing.T) {
 	// Live reads go on, each within backfill_after of the last: the gap is
 	// not asked for again before its backoff, and no new gap opens.
 	for range 3 {
-		time.Sleep(150 * time.Millisecond)
+		clock.advance(150 * time.Millisecond)
 		if s := read("live read while backing off"); len(s) != 1 {
 			t.Fatalf("%d samples while backing off", len(s))
 		}
@@ -137,8 +180,8 @@ func TestBackfillGapKept(t *testing.T) {
 	recovered := read("read with the trend log back")
 	checkGap := func(what string, samples []telemetry.Sample) {
 		t.Helper()
-		if len(samples) < 5 {
-			t.Fatalf("%s: %d samples; want the live one and the ~10 records of the gap", what, len(samples))
+		if want := logged(saved, t1, t2, nil); len(samples) != 1+want {
+			t.Fatalf("%s: %d samples; want the live one and the %d records of the gap", what, len(samples), want)
 		}
 		for _, s := range samples[1:] {
 			if s.Time <= t1 || s.Time >= t2 {
@@ -165,6 +208,7 @@ func TestBackfillGapKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d2.Close()
+	d2.(*Driver).now = clock.now
 	// The agent restores before the first Connect.
 	if err := d2.(driver.Checkpointer).Restore(gapState); err != nil {
 		t.Fatal(err)
@@ -284,18 +328,22 @@ func TestBackfillSkipsBadRecord(t *testing.T) {
 	logs := &logCount{}
 	points := []driver.Point{{ID: 1, Ref: "analog-input:1", Settings: yamlText("trend_log: trend-log:1")}}
 	d := openDriver(t, driver.Device{Name: "buggy", Settings: yamlText(simSettings(sim, 14, "backfill_after: 300ms\n")), Points: points, Logger: slog.New(logs)})
+	clock := newFakeClock()
+	d.now = clock.now
 	first, err := d.Read(t.Context(), points)
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond) // about ten records
-	sim.Update(func() { tl.Log.Corrupt = func(seq uint64) bool { return seq%2 == 1 } })
+	clock.advance(500 * time.Millisecond) // ten records
+	bad := func(seq uint64) bool { return seq%2 == 1 }
+	sim.Update(func() { tl.Log.Corrupt = bad })
 	samples, err := d.Read(t.Context(), points)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(samples) - 1; n < 3 || n > 7 {
-		t.Fatalf("%d backfilled; want the good half of about ten records", n)
+	good := func(seq uint64) bool { return !bad(seq) }
+	if n, want := len(samples)-1, logged(tl.Log, first[0].Time, samples[0].Time, good); n != want || want == 0 {
+		t.Fatalf("%d backfilled; want the good half of the gap's records, %d", n, want)
 	}
 	for _, s := range samples[1:] {
 		if s.Time <= first[0].Time || s.Time >= samples[0].Time {
