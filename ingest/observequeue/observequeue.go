@@ -356,11 +356,13 @@ func (q *Queue) retry(ctx context.Context, name string) (bool, error) {
 	log := q.log.With("tenant", id.Tenant, "site", id.Site, "agent", id.Agent, "batch_seq", seq, "marker", name)
 	b, kind, err := q.load(ctx, id, seq)
 	if errors.Is(err, errPermanent) {
-		log.Error("the hot store cannot be given this batch: it lacks the batch's samples until the site is rebuilt; "+
-			"with the ingest stopped run: sightglass-ingest store rebuild --tenant "+id.Tenant+" --site "+id.Site, "err", err)
+		// Logged once the marker is gone, so a failing delete (logged
+		// once itself) does not repeat this at every pass.
 		if derr := q.delete(ctx, name); derr != nil {
 			return false, derr
 		}
+		log.Error("the hot store cannot be given this batch: it lacks the batch's samples until the site is rebuilt; "+
+			"with the ingest stopped run: sightglass-ingest store rebuild --tenant "+id.Tenant+" --site "+id.Site, "err", err)
 		q.mu.Lock()
 		q.stats.Abandoned++
 		q.mu.Unlock()

@@ -270,6 +270,47 @@ type failingStore struct {
 	getSuffix string
 }
 
+// flakyDelete fails its first Delete.
+type flakyDelete struct {
+	Store
+	mu     sync.Mutex
+	failed bool
+}
+
+func (f *flakyDelete) Delete(ctx context.Context, name string) error {
+	f.mu.Lock()
+	fail := !f.failed
+	f.failed = true
+	f.mu.Unlock()
+	if fail {
+		return errors.New("connection reset")
+	}
+	return f.Store.Delete(ctx, name)
+}
+
+// TestPassDeleteFails: a batch observed whose marker cannot be deleted
+// stays pending; the next pass shows it again (the Observer ignores a
+// batch it has seen) and deletes the marker.
+func TestPassDeleteFails(t *testing.T) {
+	ctx := context.Background()
+	d := newDir(t)
+	archive(t, d, 1)
+	obs := &observer{}
+	q := newQueue(t, &flakyDelete{Store: d}, obs, nil, Options{})
+	if err := q.Add(ctx, id, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Pass(ctx); err == nil || len(markers(t, d)) != 1 || q.Pending() != 1 {
+		t.Fatalf("first pass: err %v, markers %v, pending %d; want the delete's error and the marker kept", err, markers(t, d), q.Pending())
+	}
+	if res, err := q.Pass(ctx); err != nil || res.Observed != 1 || len(markers(t, d)) != 0 || q.Pending() != 0 {
+		t.Fatalf("second pass: %+v %v, markers %v", res, err, markers(t, d))
+	}
+	if calls, _ := obs.snapshot(); calls != 2 {
+		t.Errorf("observer called %d times, want 2 (once per pass)", calls)
+	}
+}
+
 func (f *failingStore) Get(ctx context.Context, name string) ([]byte, error) {
 	if f.getSuffix != "" && strings.HasSuffix(name, f.getSuffix) {
 		return nil, errors.New("connection reset")
