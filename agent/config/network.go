@@ -127,7 +127,7 @@ func (c *Config) validateNetwork() []error {
 		}
 	}
 	for _, d := range c.Devices {
-		k, v := settingsKey(&d.Settings, "local_address")
+		v := localAddressNode(&d.Settings)
 		if v == nil || v.Kind != yaml.ScalarNode {
 			continue
 		}
@@ -137,7 +137,7 @@ func (c *Config) validateNetwork() []error {
 			continue
 		}
 		if a.Unmap() != control.Unmap() {
-			bad("device %q (line %d): settings.local_address (line %d): %s is not the control NIC's address %s (network.control.address, line %d): control-side sockets bind only there", d.Name, d.Line, k.Line, v.Value, control, cl)
+			bad("device %q (line %d): settings.local_address (line %d): %s is not the control NIC's address %s (network.control.address, line %d): control-side sockets bind only there", d.Name, d.Line, v.Line, v.Value, control, cl)
 		}
 	}
 	return errs
@@ -237,6 +237,11 @@ var controlSide = map[string]func(netip.Addr) string{
 // letting the routing table pick a NIC. Without a network section, or with
 // a control address that is no usable IP (validateNetwork says so), nothing
 // is filled.
+//
+// Settings may share nodes through anchors and merge keys, so filling one
+// device's mapping can change what another merges: which devices to fill
+// is decided for all of them first, from the file as written, and each
+// gets the value as a key of its own, which beats a merged one.
 func (c *Config) fillLocalAddresses() {
 	n := c.Network
 	if !n.Configured() {
@@ -250,28 +255,39 @@ func (c *Config) fillLocalAddresses() {
 	if line == 0 {
 		line = n.Line
 	}
+	var fill []*Device
 	for i := range c.Devices {
 		d := &c.Devices[i]
-		spell, ok := controlSide[d.Driver]
-		if !ok {
+		if _, ok := controlSide[d.Driver]; !ok {
 			continue
 		}
 		s := &d.Settings
 		switch s.Kind {
 		case 0:
 			*s = yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: d.Line, Column: 1}
+		case yaml.AliasNode:
+			// settings: *common. Made a mapping that merges the alias, so
+			// the device can have a key of its own.
+			alias := *s
+			*s = yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: s.Line, Column: s.Column, Content: []*yaml.Node{
+				{Kind: yaml.ScalarNode, Tag: "!!merge", Value: "<<", Line: s.Line, Column: s.Column}, &alias}}
 		case yaml.MappingNode:
 		default:
 			continue // not a mapping: the driver reports it
 		}
-		value := spell(control)
+		// An explicit empty local_address means "the kernel's choice",
+		// which a box with a network section does not have: it is filled
+		// like a missing one. Any other value is the file's.
+		if v := localAddressNode(s); v == nil || v.Kind == yaml.ScalarNode && blankScalar(v) {
+			fill = append(fill, d)
+		}
+	}
+	for _, d := range fill {
+		value := controlSide[d.Driver](control)
+		d.LocalAddressFilled = true
+		s := &d.Settings
 		if _, v := settingsKey(s, "local_address"); v != nil {
-			// An explicit empty local_address means "the kernel's choice",
-			// which a box with a network section does not have.
-			if v.Kind == yaml.ScalarNode && strings.TrimSpace(v.Value) == "" {
-				v.Value, v.Tag, v.Style = value, "!!str", 0
-				d.LocalAddressFilled = true
-			}
+			v.Value, v.Tag, v.Style = value, "!!str", 0
 			continue
 		}
 		// The lines are the control address's, so a message about the
@@ -279,7 +295,6 @@ func (c *Config) fillLocalAddresses() {
 		s.Content = append(s.Content,
 			&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: "local_address", Line: line, Column: 1},
 			&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: value, Line: line, Column: 1})
-		d.LocalAddressFilled = true
 	}
 }
 
@@ -287,10 +302,41 @@ func (c *Config) fillLocalAddresses() {
 // will see it (filled from network.control.address when the file does not
 // set it), or "" when it has none.
 func (d *Device) LocalAddress() string {
-	if _, v := settingsKey(&d.Settings, "local_address"); v != nil && v.Kind == yaml.ScalarNode {
+	if v := localAddressNode(&d.Settings); v != nil && v.Kind == yaml.ScalarNode && !blankScalar(v) {
 		return strings.TrimSpace(v.Value)
 	}
 	return ""
+}
+
+// localAddressNode returns the value of local_address in a device's
+// settings as its driver, decoding them, will see it: written in the
+// mapping or brought in by a merge key (`<<: *common`), a key written
+// directly winning as YAML has it. It decodes rather than scans the
+// mapping's keys, which would miss a merged one. The node is a copy when
+// the key is merged; nil when the key is absent.
+func localAddressNode(s *yaml.Node) *yaml.Node {
+	if s == nil || s.Kind != yaml.MappingNode {
+		return nil
+	}
+	var v struct {
+		LocalAddress yaml.Node `yaml:"local_address"`
+	}
+	if err := s.Load(&v); err != nil {
+		// Settings the driver will refuse (a merge of a scalar, say): only
+		// a key written directly can count.
+		_, n := settingsKey(s, "local_address")
+		return n
+	}
+	if v.LocalAddress.Kind == 0 {
+		return nil
+	}
+	return &v.LocalAddress
+}
+
+// blankScalar reports whether a scalar node decodes as an empty string:
+// blank, or null (`local_address: ~`).
+func blankScalar(v *yaml.Node) bool {
+	return v.ShortTag() == "!!null" || strings.TrimSpace(v.Value) == ""
 }
 
 // settingsKey finds key in a mapping node, such as a device's settings.

@@ -128,12 +128,40 @@ func TestNetworkFillsLocalAddress(t *testing.T) {
     points: [{ref: hr/0}]
   - name: empty
     driver: opcua
-    settings: {endpoint: "opc.tcp://192.168.10.43:4840", local_address: ""}
+    settings: &empty {endpoint: "opc.tcp://192.168.10.43:4840", local_address: ""}
     points: [{ref: "ns=2;s=X"}]
   - name: own
     driver: bacnet
-    settings: {device_instance: 8, address: 192.168.10.44, local_address: "192.168.10.5:47809"}
+    settings: &own {device_instance: 8, address: 192.168.10.44, local_address: "192.168.10.5:47809"}
     points: [{ref: analog-input:0}]
+  - name: merged
+    driver: bacnet
+    settings: {<<: *own, device_instance: 9}
+    points: [{ref: analog-input:0}]
+  - name: aliased
+    driver: bacnet
+    settings: *own
+    points: [{ref: analog-input:0}]
+  - name: merged-empty
+    driver: opcua
+    settings: {<<: *empty, endpoint: "opc.tcp://192.168.10.45:4840"}
+    points: [{ref: "ns=2;s=X"}]
+  - name: nulled
+    driver: modbus
+    settings: {host: 192.168.10.46, local_address: ~}
+    points: [{ref: hr/0}]
+  - name: base
+    driver: modbus
+    settings: &base {host: 192.168.10.47}
+    points: [{ref: hr/0}]
+  - name: base-bacnet
+    driver: bacnet
+    settings: {<<: *base, device_instance: 11, address: 192.168.10.48}
+    points: [{ref: analog-input:0}]
+  - name: aliased-base
+    driver: modbus
+    settings: *base
+    points: [{ref: hr/0}]
   - name: trend
     driver: csvtrend
     settings: {path: /srv/trends}
@@ -151,6 +179,19 @@ func TestNetworkFillsLocalAddress(t *testing.T) {
 		{true, "bare", "192.168.10.5", true},
 		{true, "empty", "192.168.10.5", true},
 		{true, "own", "192.168.10.5:47809", false},
+		// A local_address merged in (<<: *own) or aliased is the file's:
+		// filling it would add a key that beats the merged one.
+		{true, "merged", "192.168.10.5:47809", false},
+		{true, "aliased", "192.168.10.5:47809", false},
+		{true, "merged-empty", "192.168.10.5", true},
+		{true, "nulled", "192.168.10.5", true},
+		// Filling the anchored mapping does not decide for those that
+		// merge it: each gets its driver's spelling.
+		{true, "base", "192.168.10.5", true},
+		{true, "base-bacnet", "192.168.10.5:47808", true},
+		{true, "aliased-base", "192.168.10.5", true},
+		{false, "merged", "192.168.10.5:47809", false},
+		{false, "aliased-base", "", false},
 		{true, "trend", "", false},
 		{false, "meter", "", false},
 		{false, "vav", "", false},
@@ -177,6 +218,33 @@ func TestNetworkFillsLocalAddress(t *testing.T) {
 				t.Errorf("the driver decodes local_address %q, want %q", s.LocalAddress, tt.want)
 			}
 		})
+	}
+}
+
+// TestNetworkMergedLocalAddressChecked: a local_address off the control
+// NIC that a device gets through a merge key is refused like one written
+// in its settings (it used to be overridden by a filled one, unseen).
+func TestNetworkMergedLocalAddressChecked(t *testing.T) {
+	devices := `  - name: a
+    driver: modbus
+    settings: &c {host: 192.168.10.40, local_address: 172.16.0.9}
+    points: [{ref: hr/0}]
+  - name: b
+    driver: modbus
+    settings: {<<: *c, host: 192.168.10.41}
+    points: [{ref: hr/0}]
+`
+	_, err := Parse([]byte(devicesConfig(true, devices)), "")
+	if err == nil {
+		t.Fatal("Parse succeeded, want both devices' local_address refused")
+	}
+	for _, w := range []string{`device "a" (line 10)`, `device "b" (line 14)`, "settings.local_address (line 12): 172.16.0.9"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q\ndoes not contain %q", err, w)
+		}
+	}
+	if n := strings.Count(err.Error(), "172.16.0.9 is not the control NIC's address"); n != 2 {
+		t.Errorf("error %q names the address %d times, want 2 (one per device)", err, n)
 	}
 }
 
