@@ -1,6 +1,7 @@
 package bacnet
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -114,21 +115,29 @@ func TestAbortedBatchesAreSplit(t *testing.T) {
 }
 
 // TestErrorKinds tells a device that answered (Error, Reject, Abort) from
-// one that did not, and the aborts that mean "ask for less".
+// one that did not, the aborts that mean "ask for less" from those that
+// mean "busy, come back later", and which make a point's sample a comm
+// failure.
 func TestErrorKinds(t *testing.T) {
 	wrap := func(err error) error { return fmt.Errorf("read-property-multiple of 3 objects: %w", err) }
+	abort := func(reason uint8) error { return wrap(&bacnet.AbortError{Reason: reason, Server: true}) }
 	tests := []struct {
-		name               string
-		err                error
-		transport, tooLong bool
+		name                           string
+		err                            error
+		transport, tooLong, busy, comm bool
 	}{
-		{"timeout", wrap(bacnet.ErrTimeout), true, false},
-		{"error", wrap(&bacnet.Error{Class: bacnet.ErrorClassObject, Code: bacnet.ErrorCodeUnknownObject}), false, false},
-		{"reject", wrap(&bacnet.RejectError{Reason: 9}), false, false},
-		{"abort other", wrap(&bacnet.AbortError{Reason: bacnet.AbortOther, Server: true}), false, false},
-		{"abort buffer-overflow", wrap(&bacnet.AbortError{Reason: bacnet.AbortBufferOverflow, Server: true}), false, true},
-		{"abort segmentation-not-supported", wrap(&bacnet.AbortError{Reason: bacnet.AbortSegmentationNotSupported, Server: true}), false, true},
-		{"abort apdu-too-long", wrap(&bacnet.AbortError{Reason: bacnet.AbortApduTooLong, Server: true}), false, true},
+		{"timeout", wrap(bacnet.ErrTimeout), true, false, false, true},
+		{"error", wrap(&bacnet.Error{Class: bacnet.ErrorClassObject, Code: bacnet.ErrorCodeUnknownObject}), false, false, false, false},
+		{"reject", wrap(&bacnet.RejectError{Reason: 9}), false, false, false, false},
+		{"abort other", abort(bacnet.AbortOther), false, false, true, true},
+		{"abort preempted", abort(bacnet.AbortPreempted), false, false, true, true},
+		{"abort application-exceeded-reply-time", abort(bacnet.AbortExceededReplyTime), false, false, true, true},
+		{"abort out-of-resources", abort(bacnet.AbortOutOfResources), false, false, true, true},
+		{"abort tsm-timeout", abort(bacnet.AbortTSMTimeout), false, false, true, true},
+		{"abort buffer-overflow", abort(bacnet.AbortBufferOverflow), false, true, false, false},
+		{"abort segmentation-not-supported", abort(bacnet.AbortSegmentationNotSupported), false, true, false, false},
+		{"abort apdu-too-long", abort(bacnet.AbortApduTooLong), false, true, false, false},
+		{"no error", nil, true, false, false, false},
 	}
 	for _, tt := range tests {
 		if got := isTransport(tt.err); got != tt.transport {
@@ -136,6 +145,100 @@ func TestErrorKinds(t *testing.T) {
 		}
 		if got := isTooLong(tt.err); got != tt.tooLong {
 			t.Errorf("%s: isTooLong %v, want %v", tt.name, got, tt.tooLong)
+		}
+		if got := isBusy(tt.err); got != tt.busy {
+			t.Errorf("%s: isBusy %v, want %v", tt.name, got, tt.busy)
+		}
+		if got := isCommFailure(tt.err); got != tt.comm {
+			t.Errorf("%s: isCommFailure %v, want %v", tt.name, got, tt.comm)
+		}
+	}
+}
+
+// TestBusyAbort reads a device that aborts every request as busy for a
+// while, by RPM and (a device without it) by ReadProperty. Its points are
+// comm failures, not faults; the aborted RPM is not split into a request
+// per point; the device is not looked for again (it answered); and the
+// busy time is owed by the trend log: once the device answers again, the
+// gap since the last good read is backfilled.
+func TestBusyAbort(t *testing.T) {
+	reasons := []uint8{bacnet.AbortOther, bacnet.AbortPreempted, bacnet.AbortExceededReplyTime, bacnet.AbortOutOfResources, bacnet.AbortTSMTimeout}
+	for _, noRPM := range []bool{false, true} {
+		for _, reason := range reasons {
+			t.Run(fmt.Sprintf("rpm %v, reason %d", !noRPM, reason), func(t *testing.T) {
+				dev, tl := trendDevice(61, "busy", 50*time.Millisecond)
+				dev.NoRPM = noRPM
+				points := []driver.Point{{ID: 1, Ref: "analog-input:1", Settings: yamlText("trend_log: trend-log:1")}}
+				for i := range 10 {
+					dev.Objects = append(dev.Objects, &bacnetsim.Object{ID: bacnet.ObjectID{Type: bacnet.ObjectAnalogValue, Instance: uint32(i + 1)}})
+					points = append(points, driver.Point{ID: uint64(i + 2), Ref: fmt.Sprintf("analog-value:%d", i+1)})
+				}
+				sim := startSim(t, bacnetsim.Config{Local: dev})
+				clock := newFakeClock()
+				drv := newDriver(t, simSettings(sim, 61, "backfill_after: 500ms\n"), points)
+				drv.now = clock.now
+				if err := drv.Connect(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+				good, err := drv.Read(t.Context(), points)
+				if err != nil || len(good) != len(points) {
+					t.Fatalf("first read: %d samples, %v", len(good), err)
+				}
+				sim.Update(func() { dev.Busy, dev.BusyReason = true, reason })
+				for poll := range 2 {
+					clock.advance(400 * time.Millisecond)
+					sim.Reset()
+					samples, err := drv.Read(t.Context(), points)
+					if err != nil {
+						t.Fatalf("busy poll %d: %v; a busy device answered, the read did not fail", poll, err)
+					}
+					for i, s := range samples {
+						if s.Status != telemetry.StatusCommFailure {
+							t.Errorf("busy poll %d: %s: status %v, want comm failure", poll, points[i].Ref, s.Status)
+						}
+					}
+					var rp, rpm, whoIs int
+					for _, r := range sim.Requests() {
+						switch {
+						case r.PDU == bacnet.PDUUnconfirmedRequest && r.Service == bacnet.ServiceWhoIs:
+							whoIs++
+						case r.PDU == bacnet.PDUConfirmedRequest && r.Service == bacnet.ServiceReadProperty:
+							rp++
+						case r.PDU == bacnet.PDUConfirmedRequest && r.Service == bacnet.ServiceReadPropertyMultiple:
+							rpm++
+						}
+					}
+					wantRP, wantRPM := 0, 1
+					if noRPM {
+						// One request per point is all a device without RPM
+						// gets: the value, whose abort ends the point's read.
+						wantRP, wantRPM = len(points), 0
+					}
+					if rp != wantRP || rpm != wantRPM || whoIs != 0 {
+						t.Errorf("busy poll %d sent %d ReadProperty, %d RPM, %d Who-Is; want %d, %d, 0", poll, rp, rpm, whoIs, wantRP, wantRPM)
+					}
+				}
+				var cp stateFile
+				if err := json.Unmarshal(drv.Checkpoint(), &cp); err != nil || cp.Marks["analog-input:1"].Last != good[0].Time {
+					t.Errorf("checkpoint %s (%v) after the busy polls: want the mark at the last good read, %d", drv.Checkpoint(), err, good[0].Time)
+				}
+				if noRPM {
+					return // such a device has no ReadRange either
+				}
+				sim.Update(func() { dev.Busy = false })
+				clock.advance(400 * time.Millisecond)
+				back, err := drv.Read(t.Context(), points)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := logged(tl.Log, good[0].Time, back[0].Time, nil)
+				if len(back) != len(points)+want || want == 0 {
+					t.Errorf("the read after the busy time returned %d samples; want %d live and the %d records logged since the last good read", len(back), len(points), want)
+				}
+				if w := sim.Writes(); len(w) > 0 {
+					t.Errorf("non-reads reached the device: %q", w)
+				}
+			})
 		}
 	}
 }

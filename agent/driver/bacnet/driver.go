@@ -334,9 +334,7 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 	if err == nil {
 		for _, i := range alone {
 			res[i] = result{reliable: true}
-			if rerr := readSingle(ctx, c, dev, parsed[i], &res[i]); rerr != nil && isTransport(rerr) {
-				res[i].commFailed = true
-			}
+			res[i].commFailed = isCommFailure(readSingle(ctx, c, dev, parsed[i], &res[i]))
 		}
 		if err = ctx.Err(); err != nil {
 			return nil, err

@@ -230,6 +230,7 @@ func (rd reader) readAll(ctx context.Context, rpm bool, points []point, valid []
 		if !fellBack {
 			for bi, err := range errs {
 				tried++
+				// A busy device is there: it counts as answering.
 				if err != nil && (isTransport(err) || ctx.Err() != nil) {
 					failed++
 				}
@@ -266,8 +267,8 @@ func (rd reader) readAll(ctx context.Context, rpm bool, points []point, valid []
 				}
 				if isTransport(err) {
 					failed++
-					res[i].commFailed = true
 				}
+				res[i].commFailed = isCommFailure(err)
 			}
 		}
 	}
@@ -286,13 +287,15 @@ func (rd reader) readAll(ctx context.Context, rpm bool, points []point, valid []
 // long for it is read again in halves, down to ReadProperty per property,
 // and lowers the device's answer budget; one that failed with an Error is
 // read point by point (many devices answer a whole RPM with one Error when
-// one of its objects is missing), so the others are not lost with it. It
-// returns an error only when ctx ends.
+// one of its objects is missing), so the others are not lost with it. One
+// the device aborted as busy, or that got no answer, is a comm failure of
+// its points: splitting it would send an overloaded device a request per
+// point, each aborted in turn. It returns an error only when ctx ends.
 func (rd reader) settle(ctx context.Context, points []point, b batch, err error, res []result) error {
 	switch {
 	case err == nil:
 		return nil
-	case isTransport(err) || ctx.Err() != nil:
+	case isCommFailure(err) || ctx.Err() != nil:
 		markFailed(res, b, err)
 		return nil
 	case !isTooLong(err) || len(b.specs) == 1:
@@ -368,10 +371,25 @@ func isTransport(err error) bool {
 	return !errors.As(err, &e) && !errors.As(err, &r) && !errors.As(err, &a)
 }
 
+// isBusy reports an Abort that is not about the answer's length: the
+// device is there but could not answer now (preempted, out of resources,
+// its application or transaction timed out, or a reason it does not say).
+// Asking again in smaller pieces only loads it more.
+func isBusy(err error) bool {
+	var a *bacnet.AbortError
+	return errors.As(err, &a) && !isTooLong(err)
+}
+
+// isCommFailure reports a read that says nothing of the point: the device
+// was not reached, or was too busy to answer. Its samples are comm
+// failures, and its time is owed by the trend log (the backfill mark does
+// not advance over it).
+func isCommFailure(err error) bool { return err != nil && (isTransport(err) || isBusy(err)) }
+
 func markFailed(res []result, b batch, err error) {
 	for _, slots := range b.slots {
 		for _, s := range slots {
-			if isTransport(err) {
+			if isCommFailure(err) {
 				res[s.point].commFailed = true
 			} else if s.role == roleValue {
 				res[s.point].err = err
@@ -394,9 +412,7 @@ func readEach(ctx context.Context, c *bacnet.Client, dev bacnet.Device, points [
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				if isTransport(err) {
-					res[s.point].commFailed = true
-				}
+				res[s.point].commFailed = isCommFailure(err)
 			}
 		}
 	}
@@ -475,13 +491,13 @@ func readSingle(ctx context.Context, c *bacnet.Client, dev bacnet.Device, p poin
 	}
 	v, err = c.ReadProperty(ctx, dev, p.obj, bacnet.Prop(bacnet.PropStatusFlags))
 	apply(r, roleFlags, propResult(bacnet.Prop(bacnet.PropStatusFlags), v, err))
-	if isTransport(err) && err != nil {
+	if isCommFailure(err) {
 		return err
 	}
 	if r.hasFlags && r.flags.Bit(1) {
 		v, err = c.ReadProperty(ctx, dev, p.obj, bacnet.Prop(bacnet.PropReliability))
 		apply(r, roleReliability, propResult(bacnet.Prop(bacnet.PropReliability), v, err))
-		if isTransport(err) && err != nil {
+		if isCommFailure(err) {
 			return err
 		}
 	}

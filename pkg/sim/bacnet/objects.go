@@ -103,6 +103,11 @@ type Device struct {
 	// Hung devices answer Who-Is but no confirmed request (a controller
 	// whose application crashed, its network stack alive).
 	Hung bool
+	// Busy makes the device answer every confirmed request with an Abort
+	// of BusyReason (9, out-of-resources, say), as an overloaded
+	// controller does until it catches up.
+	Busy       bool
+	BusyReason uint8
 	// Delay holds every answer to a confirmed request this long (a slow
 	// MS/TP trunk), so tests can see how many requests are in flight.
 	Delay time.Duration

@@ -72,7 +72,8 @@ type Server struct {
 	// inflight and maxInflight count confirmed requests being answered,
 	// by device instance and (negative keys) by network.
 	inflight, maxInflight map[int64]int
-	// aborts counts the Aborts sent: answers too long for the device.
+	// aborts counts the Aborts sent: answers too long for the device, and
+	// a busy device's.
 	aborts int
 	wg     sync.WaitGroup
 	done   chan struct{}
@@ -178,8 +179,9 @@ func (s *Server) Requests() []Request {
 	return slices.Clone(s.requests)
 }
 
-// Aborts reports how many answers the simulator aborted as too long for
-// the device to send (segmentation-not-supported, apdu-too-long).
+// Aborts reports how many answers the simulator aborted: as too long for
+// the device to send (segmentation-not-supported, apdu-too-long), or as
+// a Busy device.
 func (s *Server) Aborts() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -372,9 +374,13 @@ func appendContext(b []byte, tag uint8, v bacnet.Value) []byte {
 // confirmed answers one confirmed request.
 func (s *Server) confirmed(from netip.AddrPort, d *Device, a bacnet.APDU) {
 	s.devMu.RLock()
-	hung, delay := d.Hung, d.Delay
+	hung, delay, busy, reason := d.Hung, d.Delay, d.Busy, d.BusyReason
 	s.devMu.RUnlock()
 	if hung {
+		return
+	}
+	if busy {
+		s.abort(from, d, a, reason)
 		return
 	}
 	s.mu.Lock()
@@ -641,6 +647,14 @@ func (s *Server) readRange(d *Device, o *Object, p bacnet.PropertyRef, r bacnet.
 	return b
 }
 
+// abort answers a with an Abort of reason, and counts it.
+func (s *Server) abort(to netip.AddrPort, d *Device, a bacnet.APDU, reason uint8) {
+	s.mu.Lock()
+	s.aborts++
+	s.mu.Unlock()
+	s.reply(to, d, bacnet.APDU{Type: bacnet.PDUAbort, Server: true, InvokeID: a.InvokeID, Reason: reason})
+}
+
 // send answers a in one ComplexACK, or segmented when it does not fit
 // and both sides segment; otherwise it aborts as a real device would.
 func (s *Server) send(to netip.AddrPort, d *Device, a bacnet.APDU, payload []byte, maxResp int) {
@@ -650,12 +664,7 @@ func (s *Server) send(to netip.AddrPort, d *Device, a bacnet.APDU, payload []byt
 		s.reply(to, d, ack)
 		return
 	}
-	abort := func(reason uint8) {
-		s.mu.Lock()
-		s.aborts++
-		s.mu.Unlock()
-		s.reply(to, d, bacnet.APDU{Type: bacnet.PDUAbort, Server: true, InvokeID: a.InvokeID, Reason: reason})
-	}
+	abort := func(reason uint8) { s.abort(to, d, a, reason) }
 	if !d.Segmentation.CanTransmit() || !a.SegmentedResponseAccepted {
 		abort(bacnet.AbortSegmentationNotSupported)
 		return
