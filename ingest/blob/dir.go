@@ -253,8 +253,9 @@ func (d *Dir) List(ctx context.Context, prefix string) ([]string, error) {
 }
 
 // Delete removes the blob; a blob that is not there is not an error, so
-// several compactors can delete the same sources. Only compaction deletes,
-// and only what it has stored again in compacted form and verified.
+// several compactors can delete the same sources. Only compaction deletes
+// archived data, and only what it has stored again in compacted form and
+// verified; the hot store's retry queue deletes its own markers.
 func (d *Dir) Delete(ctx context.Context, name string) error {
 	if err := ValidName(name); err != nil {
 		return fmt.Errorf("deleting blob: %w", err)

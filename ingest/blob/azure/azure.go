@@ -478,8 +478,9 @@ func (s *Store) explain(ctx context.Context, op string, err error) error {
 }
 
 // Delete removes the blob; one already gone is not an error, so several
-// compactors can delete the same sources. Only compaction deletes, and only
-// what it has stored again in compacted form and verified.
+// compactors can delete the same sources. Only compaction deletes archived
+// data, and only what it has stored again in compacted form and verified;
+// the hot store's retry queue deletes its own markers.
 func (s *Store) Delete(ctx context.Context, name string) error {
 	if err := blob.ValidName(name); err != nil {
 		return fmt.Errorf("deleting blob: %w", err)
