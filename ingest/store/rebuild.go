@@ -121,7 +121,10 @@ type RebuildReport struct {
 // are read; a named site is read month by month from Since.
 //
 // A blob that cannot be read or decoded is logged, recorded in the report
-// and skipped; the rest are rebuilt. A site none of whose blobs could be
+// and skipped; the rest are rebuilt. The exception is a batch whose point
+// table the archive fails to give (an outage, not a missing or damaged
+// table): it is retried a few times, then the rebuild stops with an error,
+// since skipping it would leave the hot store quietly incomplete. A site none of whose blobs could be
 // read keeps its old rows. An error is returned only when the
 // rebuild cannot go on (the archive cannot be listed, the hot store cannot
 // be written, ctx ended); the report then says which site is incomplete.
@@ -464,17 +467,15 @@ func (r *rebuilder) readEach(ctx context.Context, names []string, part bool, fn 
 // only when the rebuild must stop.
 func (r *rebuilder) use(ctx context.Context, name string, part bool, data []byte, err error) (it rebuildItem, ok bool, _ error) {
 	if err == nil {
-		var b *batch.Batch
-		b, err = batch.Decode(data, r.tables.Resolver(ctx, r.ref.Tenant, r.ref.Site), r.o.Limits)
-		if err == nil {
-			err = r.checkHeader(name, part, &b.Header)
-		}
-		if err == nil {
-			it = rebuildItem{agent: b.AgentID, seq: b.Seq, sentAt: b.SentAt, batch: !part, samples: b.Samples}
-		}
+		it, err = r.decodeRetrying(ctx, name, part, data)
 	}
 	if ctx.Err() != nil {
 		return it, false, ctx.Err()
+	}
+	if tableUnavailable(err) {
+		// The blob is likely sound and the archive failing: skipping it
+		// would leave the hot store quietly short of it after an outage.
+		return it, false, fmt.Errorf("decoding %s: %w: the archive did not give the batch's point table in %d attempts, so the rebuild stopped rather than leave the batch out: check that the archive is reachable, then run the rebuild again", name, err, tableAttempts)
 	}
 	r.prog.blobs++
 	if err != nil {
@@ -494,6 +495,57 @@ func (r *rebuilder) use(ctx context.Context, name string, part bool, data []byte
 		r.log.Info("rebuild progress", "blobs", r.prog.blobs, "samples", r.prog.samples, "skipped", r.prog.skipped, "at", name)
 	}
 	return it, err == nil, nil
+}
+
+// Retries of a blob whose point table the archive failed to give: a few
+// seconds' hiccup of the store is ridden out; a longer outage stops the
+// site.
+const (
+	tableAttempts  = 4
+	tableFirstWait = 100 * time.Millisecond // doubled after each attempt
+)
+
+// decodeRetrying decodes a blob, again after a short wait while the
+// archive fails to give its point table (tableUnavailable). A table that
+// failed is not cached, so each attempt reads it anew.
+func (r *rebuilder) decodeRetrying(ctx context.Context, name string, part bool, data []byte) (rebuildItem, error) {
+	wait := tableFirstWait
+	for attempt := 1; ; attempt++ {
+		it, err := r.decode(ctx, name, part, data)
+		if !tableUnavailable(err) || attempt == tableAttempts || ctx.Err() != nil {
+			return it, err
+		}
+		r.log.Warn("the archive failed to give a batch's point table; retrying", "blob", name, "attempt", attempt, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return it, ctx.Err()
+		case <-t.C:
+		}
+		wait *= 2
+	}
+}
+
+// decode decodes one blob and checks its header against its name.
+func (r *rebuilder) decode(ctx context.Context, name string, part bool, data []byte) (rebuildItem, error) {
+	b, err := batch.Decode(data, r.tables.Resolver(ctx, r.ref.Tenant, r.ref.Site), r.o.Limits)
+	if err != nil {
+		return rebuildItem{}, err
+	}
+	if err := r.checkHeader(name, part, &b.Header); err != nil {
+		return rebuildItem{}, err
+	}
+	return rebuildItem{agent: b.AgentID, seq: b.Seq, sentAt: b.SentAt, batch: !part, samples: b.Samples}, nil
+}
+
+// tableUnavailable reports whether err is the archive failing to give a
+// point table, as opposed to the table being missing or damaged (which
+// make the blob unusable and are skipped): as in compaction, the blob may
+// well be sound.
+func tableUnavailable(err error) bool {
+	var te *pointtable.Error
+	return errors.As(err, &te) && !te.Missing() && !errors.Is(err, pointtable.ErrDamaged)
 }
 
 // checkHeader refuses a blob whose header disagrees with where it is

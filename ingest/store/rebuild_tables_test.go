@@ -3,7 +3,10 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,8 +17,10 @@ import (
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
 
-// Ctrl-C during a point table's fetch stops the rebuild at once.
-func TestRebuildTableFetchStopsWithTheContext(t *testing.T) {
+// archiveOneBatch stores one batch of site s1, an hour before now, and
+// its point table in a new directory archive.
+func archiveOneBatch(t *testing.T) (*blob.Dir, time.Time) {
+	t.Helper()
 	dir, err := blob.OpenDir(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -28,16 +33,22 @@ func TestRebuildTableFetchStopsWithTheContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	for name, data := range map[string][]byte{
 		blob.TableName(tenant, "s1", enc.TableHash.String()): enc.Table,
 		blob.BatchName(tenant, "s1", "ag-a", 1, at):          enc.Data,
 	} {
-		if _, err := dir.Put(ctx, name, data); err != nil {
+		if _, err := dir.Put(context.Background(), name, data); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return dir, at
+}
+
+// Ctrl-C during a point table's fetch stops the rebuild at once.
+func TestRebuildTableFetchStopsWithTheContext(t *testing.T) {
+	dir, at := archiveOneBatch(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	st := &pointtabletest.Stall{Store: dir, OnStall: cancel}
 	rep, err := openDB(t, "rebuilt.db").Rebuild(ctx, st, store.RebuildOptions{Tenant: tenant, Site: "s1", Since: at})
 	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "interrupted") {
@@ -48,5 +59,85 @@ func TestRebuildTableFetchStopsWithTheContext(t *testing.T) {
 	}
 	if len(rep.Sites) != 1 || rep.Sites[0].Complete || len(rep.Sites[0].Skipped) != 0 {
 		t.Errorf("report %+v: want the site incomplete and nothing skipped", rep.Sites)
+	}
+}
+
+// errOutage is what a store in an outage answers.
+var errOutage = errors.New("connection refused")
+
+// failingTables is a blob.Store whose first fails Gets of point tables
+// fail as a store in an outage does (every one when fails is negative);
+// everything else goes to Store.
+type failingTables struct {
+	blob.Store
+	mu          sync.Mutex
+	fails, gets int
+}
+
+func (f *failingTables) Get(ctx context.Context, name string) ([]byte, error) {
+	if !strings.Contains(name, "/tables/") {
+		return f.Store.Get(ctx, name)
+	}
+	f.mu.Lock()
+	f.gets++
+	fail := f.fails < 0 || f.gets <= f.fails
+	f.mu.Unlock()
+	if fail {
+		return nil, fmt.Errorf("getting %s: %w", name, errOutage)
+	}
+	return f.Store.Get(ctx, name)
+}
+
+// TestRebuildTableOutage: a point table the archive fails to give (not a
+// missing or damaged one) is asked for again a few times; a short outage
+// is ridden out, a longer one stops the site with an error that says so,
+// and the batch is neither skipped nor the site's old rows touched.
+func TestRebuildTableOutage(t *testing.T) {
+	ctx := context.Background()
+	ref := store.SiteRef{Tenant: tenant, Site: "s1"}
+	for _, tt := range []struct {
+		name     string
+		fails    int
+		complete bool
+		gets     int // table reads: the first and up to 3 retries
+	}{
+		{"short outage", 2, true, 3},
+		{"long outage", -1, false, 4},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir, at := archiveOneBatch(t)
+			db := openDB(t, "rebuilt.db")
+			o := store.RebuildOptions{Tenant: tenant, Site: "s1", Since: at}
+			if _, err := db.Rebuild(ctx, dir, o); err != nil {
+				t.Fatal(err)
+			}
+			before, err := db.LatestValues(ctx, ref)
+			if err != nil || len(before) != 1 {
+				t.Fatalf("latest values %+v (%v) after a first rebuild, want one", before, err)
+			}
+
+			st := &failingTables{Store: dir, fails: tt.fails}
+			rep, err := db.Rebuild(ctx, st, o)
+			if tt.complete != (err == nil) {
+				t.Fatalf("err = %v, want the site complete: %v", err, tt.complete)
+			}
+			if !tt.complete && (!errors.Is(err, errOutage) || !strings.Contains(err.Error(), "point table") ||
+				!strings.Contains(err.Error(), "run the rebuild again") || !strings.Contains(err.Error(), "not changed")) {
+				t.Errorf("err = %v, want the store's error, the point table, that nothing changed and to run it again", err)
+			}
+			if len(rep.Sites) != 1 || rep.Sites[0].Complete != tt.complete || len(rep.Sites[0].Skipped) != 0 {
+				t.Fatalf("report %+v: want complete %v and nothing skipped", rep.Sites, tt.complete)
+			}
+			if tt.complete && rep.Sites[0].Batches != 1 {
+				t.Errorf("%d batches rebuilt, want 1", rep.Sites[0].Batches)
+			}
+			if st.gets != tt.gets {
+				t.Errorf("%d table reads, want %d", st.gets, tt.gets)
+			}
+			after, err := db.LatestValues(ctx, ref)
+			if err != nil || !reflect.DeepEqual(after, before) {
+				t.Errorf("latest values %+v (%v), want %+v kept", after, err, before)
+			}
+		})
 	}
 }
