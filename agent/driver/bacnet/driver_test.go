@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -64,8 +66,18 @@ func simSettings(s *bacnetsim.Server, instance uint32, extra string) string {
 	return fmt.Sprintf("device_instance: %d\nlocal_address: 127.0.0.1:0\nbroadcast: %s\ntimeout: 500ms\n%s", instance, s.Addr(), extra)
 }
 
+// TestConformance runs the kit. Its drivers share a data directory whose
+// backfill state (rewritten by every New, as a driver that never
+// committed would leave it) holds a mark a minute old, and the trend log
+// logs the same records in every simulator New starts: so a fresh driver
+// backfills that minute at its first read, and one restored from another's
+// checkpoint must not backfill it again. Without that history the kit's
+// resume check could not fail.
 func TestConformance(t *testing.T) {
 	var sim *bacnetsim.Server
+	dataDir := t.TempDir()
+	logStart := time.Now().Add(-2 * time.Minute).Truncate(time.Second)
+	oldMark := fmt.Sprintf(`{"version":2,"marks":{"analog-input:1":{"last":%d}}}`, time.Now().Add(-time.Minute).UnixMilli())
 	drivertest.Run(t, drivertest.Harness{
 		New: func(t *testing.T) (driver.Driver, []driver.Point) {
 			dev := bacnetsim.NewDevice(1001, "ahu", 3, 2, 1, true)
@@ -73,17 +85,28 @@ func TestConformance(t *testing.T) {
 			// Checkpointer with a state, so the kit checks resuming.
 			for _, o := range dev.Objects {
 				if o.Log != nil {
-					o.Log.Interval = 100 * time.Millisecond
-					o.Log.Start = time.Now().Add(-time.Minute)
+					o.Log.Interval = time.Second
+					o.Log.Start = logStart
 				}
 			}
 			sim = startSim(t, bacnetsim.Config{Local: dev})
+			if err := os.MkdirAll(filepath.Join(dataDir, "bacnet"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dataDir, "bacnet", "ahu.backfill.json"), []byte(oldMark), 0o600); err != nil {
+				t.Fatal(err)
+			}
 			points := []driver.Point{
 				{ID: 1, Ref: "analog-input:1", Settings: yamlText("trend_log: trend-log:1")}, {ID: 2, Ref: "analog-input:2"},
 				{ID: 3, Ref: "binary-value:1"}, {ID: 4, Ref: "multi-state-value:1"},
 				{ID: 5, Ref: "analog-input:3/object-name"},
 			}
-			return newDriver(t, simSettings(sim, 1001, ""), points), points
+			d, err := New(driver.Device{Name: "ahu", Settings: yamlText(simSettings(sim, 1001, "backfill_after: 200ms\n")), Points: points, DataDir: dataDir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { d.Close() })
+			return d, points
 		},
 		Writes: func() []string { return sim.Writes() },
 	})
