@@ -35,6 +35,7 @@ import (
 
 	"github.com/sightglass-bms/sightglass/ingest/blob"
 	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/ingest/pointtable"
 	"github.com/sightglass-bms/sightglass/ingest/store"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 )
@@ -194,7 +195,7 @@ type Server struct {
 	ca     *pki.CA
 	tls    *tls.Config
 	log    *slog.Logger
-	tables *tableCache
+	tables *pointtable.Cache // decoded point tables: a batch costs no store read for its table
 	// anonLimit rate-limits enrollment and status queries per address.
 	anonLimit *ipLimiter
 
@@ -227,7 +228,7 @@ func New(cfg Config, store blob.Store, ca *pki.CA, logger *slog.Logger) (*Server
 		store:     store,
 		ca:        ca,
 		log:       logger,
-		tables:    newTableCache(maxCachedPoints),
+		tables:    pointtable.NewCache(pointtable.DefaultMaxPoints),
 		anonLimit: newIPLimiter(cfg.AnonymousLimit),
 		stats:     Stats{Refused: map[string]uint64{}},
 	}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/sightglass-bms/sightglass/ingest/blob"
 	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/ingest/pointtable"
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
@@ -634,7 +635,7 @@ func TestStoreUnavailable(t *testing.T) {
 	flaky.mu.Lock()
 	flaky.failing = true
 	flaky.mu.Unlock()
-	e.srv.tables = newTableCache(maxCachedPoints) // make the batch read its table from the store
+	e.srv.tables = pointtable.NewCache(pointtable.DefaultMaxPoints) // make the batch read its table from the store
 	for _, tt := range []struct{ name, method, path string }{
 		{"table read", http.MethodPost, "/v1/batches"},
 		{"table write", http.MethodPut, "/v1/tables/" + enc.TableHash.String()},
@@ -783,7 +784,7 @@ func TestParseClaim(t *testing.T) {
 }
 
 func TestTableCacheBound(t *testing.T) {
-	c := newTableCache(10)
+	c := pointtable.NewCache(10)
 	h := func(i byte) batch.TableHash { return batch.TableHash{i} }
 	c.Add("t", "s", h(1), make([]uint64, 4))
 	c.Add("t", "s", h(2), make([]uint64, 4))

@@ -12,9 +12,6 @@ import (
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 )
 
-// maxCachedPoints bounds the table cache by the ids it holds.
-const maxCachedPoints = pointtable.DefaultMaxPoints
-
 // tableReply is the JSON of a successful PUT /v1/tables/{hash}.
 type tableReply struct {
 	Status string `json:"status"`
@@ -110,9 +107,3 @@ func (r *lookingResolver) PointTable(h batch.TableHash) ([]uint64, error) {
 	}
 	return ids, err
 }
-
-// tableCache keeps decoded point tables (pointtable.Cache) so that a batch
-// costs no store read for its table.
-type tableCache = pointtable.Cache
-
-func newTableCache(maxPoints int) *tableCache { return pointtable.NewCache(maxPoints) }
