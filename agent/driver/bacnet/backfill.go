@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sightglass-bms/sightglass/pkg/atomicfile"
 	"github.com/sightglass-bms/sightglass/pkg/bacnet"
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
@@ -285,16 +286,14 @@ func (s *backfillState) commit() error {
 	if s.path == "" {
 		return nil
 	}
-	b := encodeState(snapshot)
 	if err := os.MkdirAll(filepath.Dir(s.path), 0o700); err != nil {
-		return fmt.Errorf("saving backfill state: %w", err)
+		return fmt.Errorf("saving backfill state: %w (check the data directory is writable)", err)
 	}
-	tmp := s.path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("saving backfill state: %w", err)
-	}
-	if err := os.Rename(tmp, s.path); err != nil {
-		return fmt.Errorf("saving backfill state: %w", err)
+	// Whole or not at all, and durable before the poller moves on: a power
+	// cut must not leave a torn file (which would lose every mark) or one
+	// older than the buffer thinks (which would repeat a backfill).
+	if err := atomicfile.Write(s.path, encodeState(snapshot), 0o600); err != nil {
+		return fmt.Errorf("saving backfill state: %w (check the data directory is writable)", err)
 	}
 	return nil
 }
@@ -354,24 +353,35 @@ func (d *Driver) backfill(ctx context.Context, c *bacnet.Client, dev bacnet.Devi
 }
 
 // fillGaps reads the gaps from the trend log and returns their samples and
-// the gaps still owed: those after the first failure, and the rest of the
-// one that failed past the records already read.
+// the gaps still owed: each that failed, from past the records already
+// read of it. A gap that fails (a page of its time that does not decode, a
+// device refusing that range) does not hold up the later ones; a comm
+// failure does, since the later gaps would only wait out the same
+// timeouts: they are kept for the next attempt.
 func (d *Driver) fillGaps(ctx context.Context, c *bacnet.Client, dev bacnet.Device, p driver.Point, tl bacnet.ObjectID, gaps []gap) ([]telemetry.Sample, []gap, error) {
 	var out []telemetry.Sample
+	var kept []gap
+	var errs []error
 	for k, g := range gaps {
 		got, err := readTrend(ctx, c, dev, tl, time.UnixMilli(g.From), time.UnixMilli(g.To), d.cfg.loc, p.ID, d.log)
 		out = append(out, got...)
 		if err != nil {
-			rest := slices.Clone(gaps[k:])
+			rest := g
 			if len(got) > 0 {
-				rest[0].From = got[len(got)-1].Time
+				rest.From = got[len(got)-1].Time
 			}
-			return out, rest, err
+			kept = append(kept, rest)
+			errs = append(errs, fmt.Errorf("gap %s..%s: %w", fmtMS(g.From), fmtMS(g.To), err))
+			if ctx.Err() != nil || errors.Is(err, bacnet.ErrTimeout) || isBusy(err) {
+				kept = append(kept, gaps[k+1:]...)
+				break
+			}
+			continue
 		}
 		d.log.Info("backfilled a gap from the trend log", "point", p.Ref, "trend_log", tl.String(),
 			"from", fmtMS(g.From), "to", fmtMS(g.To), "samples", len(got))
 	}
-	return out, nil, nil
+	return out, kept, errors.Join(errs...)
 }
 
 func fmtMS(ms int64) string { return time.UnixMilli(ms).UTC().Format(time.RFC3339) }

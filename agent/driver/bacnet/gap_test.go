@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -378,6 +380,80 @@ func TestBackfillBackoff(t *testing.T) {
 		}
 		if before := s.outcome("p", t0, false); before != tt.failures || !s.due("p", t0, time.Minute) {
 			t.Errorf("after a success (%d failures before): not due at once", before)
+		}
+	}
+}
+
+// TestBackfillGapFailsAlone: a gap whose trend-log page does not decode
+// at all fails, and is kept; the later gap is filled all the same.
+func TestBackfillGapFailsAlone(t *testing.T) {
+	dev, tl := trendDevice(15, "holes", 50*time.Millisecond)
+	from := tl.Log.Start.Add(10*time.Second + 25*time.Millisecond)
+	broken, later := gap{From: from.UnixMilli(), To: from.Add(time.Second).UnixMilli()}, gap{From: from.Add(20 * time.Second).UnixMilli(), To: from.Add(21 * time.Second).UnixMilli()}
+	// Every record a page from the broken gap's start returns (200 of
+	// them: 10s) is malformed; those of the later gap are not.
+	tl.Log.Corrupt = func(seq uint64) bool {
+		at := tl.Log.Start.Add(time.Duration(seq-1) * tl.Log.Interval)
+		return !at.Before(from.Add(-time.Second)) && at.Before(from.Add(15*time.Second))
+	}
+	sim := startSim(t, bacnetsim.Config{Local: dev})
+	p := driver.Point{ID: 1, Ref: "analog-input:1", Settings: yamlText("trend_log: trend-log:1")}
+	drv := openDriver(t, driver.Device{Name: "holes", Settings: yamlText(simSettings(sim, 15, "")), Points: []driver.Point{p}})
+	c, d, _, err := drv.session(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, kept, err := drv.fillGaps(t.Context(), c, d, p, bacnet.ObjectID{Type: bacnet.ObjectTrendLog, Instance: 1}, []gap{broken, later})
+	if err == nil || !strings.Contains(err.Error(), "no record of the page decodes") {
+		t.Errorf("error %v; want the broken gap's", err)
+	}
+	if len(kept) != 1 || kept[0] != broken {
+		t.Errorf("kept %+v; want the broken gap only, %+v", kept, broken)
+	}
+	if want := logged(tl.Log, later.From, later.To, nil); len(got) != want || want == 0 {
+		t.Fatalf("%d samples; want the later gap's %d", len(got), want)
+	}
+	for _, s := range got {
+		if s.Time <= later.From || s.Time >= later.To {
+			t.Errorf("sample at %d outside the later gap %+v", s.Time, later)
+		}
+	}
+}
+
+// TestBackfillStateFile: Commit replaces the state file whole through a
+// temporary file of its own (a leftover of a fixed name, here one that
+// cannot be written, does not stop it), owner-only, and leaves no
+// temporary file behind.
+func TestBackfillStateFile(t *testing.T) {
+	dir := t.TempDir()
+	s := newBackfillState(dir, "ahu/1")
+	if err := os.MkdirAll(s.path+".tmp", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for i, last := range []int64{1000, 2000} {
+		s.stage("analog-input:1", mark{Last: last})
+		if err := s.commit(); err != nil {
+			t.Fatalf("commit %d: %v", i, err)
+		}
+	}
+	fi, err := os.Stat(s.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("state file mode %v, want 0600", fi.Mode().Perm())
+	}
+	reread := newBackfillState(dir, "ahu/1")
+	if err := reread.load(); err != nil || reread.mark("analog-input:1").Last != 2000 {
+		t.Errorf("reloaded mark %+v (%v), want the last committed, 2000", reread.mark("analog-input:1"), err)
+	}
+	entries, err := os.ReadDir(filepath.Dir(s.path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if p := filepath.Join(filepath.Dir(s.path), e.Name()); p != s.path && p != s.path+".tmp" {
+			t.Errorf("left behind: %s", e.Name())
 		}
 	}
 }
