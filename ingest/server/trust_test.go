@@ -595,12 +595,14 @@ func TestRefusalRunsBounded(t *testing.T) {
 
 // TestAnonymousRateLimited: enrollment and status queries share a per-
 // address bucket; once it is empty both answer 429 with Retry-After until
-// it refills.
+// it refills, by real time (CertNow): the sample clock (Now) stays pinned,
+// as tests pin it.
 func TestAnonymousRateLimited(t *testing.T) {
 	var clock fakeClock
-	clock.Set(now)
+	start := time.Now()
+	clock.Set(start)
 	e := newTrustEnv(t, func(c *Config, _ *blob.Store) {
-		c.Now = clock.Now
+		c.CertNow = clock.Now
 		c.AnonymousLimit = Limit{Burst: 3, Every: time.Minute}
 	})
 	_, csr, _ := pki.NewAgentKey()
@@ -622,7 +624,7 @@ func TestAnonymousRateLimited(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
-	clock.Set(now.Add(time.Minute))
+	clock.Set(start.Add(time.Minute))
 	wantReply(t, enroll(), http.StatusForbidden, CodeBadToken)
 	wantReply(t, enroll(), http.StatusTooManyRequests, CodeRateLimited)
 	if got := e.srv.Stats().Refused[CodeRateLimited]; got != 3 {
@@ -634,8 +636,10 @@ func TestRemoteKey(t *testing.T) {
 	for _, tt := range []struct{ addr, want string }{
 		{"127.0.0.1:4000", "127.0.0.1/32"},
 		{"[::ffff:10.1.2.3]:4000", "10.1.2.3/32"},
-		{"[2001:db8:1:2:aaaa::1]:4000", "2001:db8:1:2::/64"},
-		{"[2001:db8:1:2:bbbb::9]:5", "2001:db8:1:2::/64"},
+		{"[2001:db8:1:2:aaaa::1]:4000", "2001:db8:1::/56"},
+		{"[2001:db8:1:2:bbbb::9]:5", "2001:db8:1::/56"},
+		{"[2001:db8:1:ff:1::9]:5", "2001:db8:1::/56"}, // another /64 of the same /56
+		{"[2001:db8:1:100::1]:5", "2001:db8:1:100::/56"},
 		{"nonsense", "invalid Prefix"},
 	} {
 		if got := remoteKey(tt.addr).String(); got != tt.want {
