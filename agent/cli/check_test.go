@@ -724,7 +724,14 @@ func FuzzRouteTable(f *testing.F) {
 // its unit runs it, may move files out of the folder into processed_dir
 // and failed_dir; otherwise the line names the path and the drop-in.
 func TestCheckTrendFolder(t *testing.T) {
-	dir := t.TempDir()
+	// In /tmp itself, not t.TempDir(): the cases assume a folder PrivateTmp
+	// hides and ProtectHome does not, which $TMPDIR (under /home, say)
+	// need not be.
+	dir, err := os.MkdirTemp("/tmp", "sightglass-trends-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
 	strict := agentUnit{Files: []string{"/lib/systemd/system/" + agentUnitName}, User: "sightglass", ProtectSystem: "strict", ProtectHome: "yes",
 		WritePaths: []string{"/var/lib/sightglass", "/etc/sightglass/cert"}}
 	withDropIn := strict

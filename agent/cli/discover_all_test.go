@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,13 +37,7 @@ func TestDiscoverAll(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer bn.Close()
-	// A port nothing listens on, for OPC UA.
-	closed, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	opcuaPort := closed.Addr().(*net.TCPAddr).Port
-	closed.Close()
+	opcuaPort := refusingPort(t)
 	_, mbPort, _ := net.SplitHostPort(mb.Addr())
 
 	out := filepath.Join(t.TempDir(), "discovered.yaml")
@@ -50,7 +45,7 @@ func TestDiscoverAll(t *testing.T) {
 		"--control-address", "127.0.0.2", "--subnet", "127.0.0.0/30",
 		"--modbus-port", mbPort, "--opcua-port", strconv.Itoa(opcuaPort), "--units", "1-2",
 		"--broadcast", bn.Addr().String(), "--bacnet-port", "0",
-		"--timeout", "300ms", "--wait", "300ms", "--rate", "1000", "--out", out, "--json")
+		"--timeout", "2s", "--wait", "1s", "--rate", "1000", "--out", out, "--json")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stderr)
 	}
@@ -172,6 +167,28 @@ func TestSweepHosts(t *testing.T) {
 	}
 }
 
+// refusingPort returns a loopback TCP port that refuses connections for
+// the rest of the test: a socket bound to 127.0.0.1 on it and never
+// listening, without SO_REUSEADDR, so the kernel gives the port to no other
+// socket on that address meanwhile. (A listener closed again would free the
+// port for anything binding 127.0.0.1:0, which the sweep would then find.)
+func refusingPort(t *testing.T) int {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sa.(*syscall.SockaddrInet4).Port
+}
+
 func TestDiscoverAllFlagErrors(t *testing.T) {
 	tests := []struct {
 		args []string
@@ -199,11 +216,7 @@ func TestDiscoverAllLooksUpNICOnce(t *testing.T) {
 	_, port, _ := net.SplitHostPort(mb.Addr())
 	mbPort, _ := strconv.Atoi(port)
 	// OPC UA's port is closed: its sweep dials every host and finds none.
-	opc, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	opc.Close()
+	opcPort := refusingPort(t)
 
 	tests := []struct {
 		name       string
@@ -224,8 +237,10 @@ func TestDiscoverAllLooksUpNICOnce(t *testing.T) {
 			lookups := 0
 			o := allOptions{
 				control: netip.MustParseAddr("127.0.0.2"), subnet: netip.MustParsePrefix("127.0.0.0/29"),
-				modbusPort: mbPort, opcuaPort: opc.Addr().(*net.TCPAddr).Port, units: []byte{1},
-				timeout: 300 * time.Millisecond, rate: 1000, dataDir: t.TempDir(),
+				modbusPort: mbPort, opcuaPort: opcPort, units: []byte{1},
+				// Far above a loopback answer: a bound on a hang, not a
+				// figure a loaded machine under -race must beat.
+				timeout: 2 * time.Second, rate: 1000, dataDir: t.TempDir(),
 				skip: map[string]bool{"bacnet": true}, log: slog.New(slog.DiscardHandler), progress: io.Discard,
 				nicOf: func(a netip.Addr) (string, error) {
 					mu.Lock()

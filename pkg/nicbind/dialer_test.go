@@ -2,6 +2,7 @@ package nicbind
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"slices"
@@ -23,15 +24,7 @@ type dnsServer struct {
 
 func startDNS(t *testing.T, answer netip.Addr) *dnsServer {
 	t.Helper()
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp4", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		t.Fatal(err)
-	}
+	pc, ln := listenUDPAndTCP(t)
 	s := &dnsServer{udp: pc, tcp: ln, from: make(chan netip.Addr, 16)}
 	t.Cleanup(func() { pc.Close(); ln.Close() })
 	go func() {
@@ -58,6 +51,33 @@ func startDNS(t *testing.T, answer netip.Addr) *dnsServer {
 		}
 	}()
 	return s
+}
+
+// listenUDPAndTCP listens on loopback UDP and TCP on one port, as DNS
+// needs: the UDP port is the kernel's choice, and the same number may be
+// taken for TCP by another test or process meanwhile, so on EADDRINUSE
+// both are closed and it starts again, a few times.
+func listenUDPAndTCP(t *testing.T) (net.PacketConn, net.Listener) {
+	t.Helper()
+	var err error
+	for range 10 {
+		var pc net.PacketConn
+		pc, err = net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ln net.Listener
+		ln, err = net.Listen("tcp4", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln
+		}
+		pc.Close()
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+	}
+	t.Fatalf("listening on one loopback port for UDP and TCP: %v", err)
+	return nil, nil
 }
 
 func (s *dnsServer) addr() string { return s.udp.LocalAddr().String() }
