@@ -243,16 +243,122 @@ func TestBusyAbort(t *testing.T) {
 	}
 }
 
-// TestAnswerBudgetOnlyGoesDown: aborts met concurrently in one poll must
-// not compound (each lowers to half its own batch, not half the budget).
-func TestAnswerBudgetOnlyGoesDown(t *testing.T) {
+// TestAnswerBudget: aborts met concurrently in one poll do not compound
+// (each lowers to half its own batch, not half the budget); a budget that
+// held for an hour is tried one step larger, a step that holds is kept, a
+// step that is aborted goes back to the proven size and the next try
+// waits twice as long; past the plan's own bound the budget is dropped.
+func TestAnswerBudget(t *testing.T) {
+	t0 := time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)
+	const ceiling = 5000
+	type step struct {
+		at    time.Duration
+		lower int // > 0: an abort of a batch of twice this; 0: a poll that held
+		want  int
+	}
+	steps := []step{
+		{0, 1000, 1000},
+		{0, 1500, 1000},
+		{0, 400, 400},
+		{30 * time.Minute, 0, 400},
+		{time.Hour, 0, 800},                       // held an hour: one step up
+		{time.Hour + time.Minute, 0, 800},         // the step held
+		{2*time.Hour + time.Minute, 0, 1600},      // and the next, an hour on
+		{2*time.Hour + 2*time.Minute, 800, 800},   // aborted: back to what held
+		{3*time.Hour + 2*time.Minute, 0, 800},     // the next try waits two hours
+		{4*time.Hour + 2*time.Minute, 0, 1600},    // ... and holds
+		{4*time.Hour + 3*time.Minute, 0, 1600},    //
+		{5*time.Hour + 3*time.Minute, 0, 3200},    //
+		{5*time.Hour + 4*time.Minute, 0, 3200},    // held
+		{7*time.Hour + 4*time.Minute, 0, 0},       // 6400 is past the plan's bound: nothing to learn
+		{7*time.Hour + 5*time.Minute, 2000, 2000}, // the device aborts again: learned afresh
+		{7*time.Hour + 6*time.Minute, 0, 2000},    //
+		{9*time.Hour + 4*time.Minute, 0, 2000},    // a failed try: two hours, not one
+		{9*time.Hour + 5*time.Minute, 0, 4000},    //
+		{9*time.Hour + 6*time.Minute, 100, 100},   // a small batch aborted while trying: its half
+		{200 * time.Hour, 0, 200},                 //
+		{200*time.Hour + time.Second, 100, 100},   // the step aborted: back
+		{10000 * time.Hour, 0, 200},               // much later, tried again
+		{10000*time.Hour + time.Minute, 0, 200},   //
+		{10000*time.Hour + 2*time.Minute, -1, 1},  // never below one octet
+	}
 	var b answerBudget
-	steps := []struct{ lower, want int }{{1000, 1000}, {1500, 1000}, {400, 400}, {400, 400}, {0, 1}}
-	for _, s := range steps {
-		b.lower(s.lower)
-		if got := b.get(); got != s.want {
-			t.Errorf("after lower(%d): %d, want %d", s.lower, got, s.want)
+	for i, s := range steps {
+		now := t0.Add(s.at)
+		if s.lower != 0 {
+			b.lower(max(s.lower, 0), now)
+		} else {
+			b.held(now, ceiling)
 		}
+		if got := b.get(); got != s.want {
+			t.Fatalf("step %d (%v, lower %d): budget %d, want %d", i, s.at, s.lower, got, s.want)
+		}
+	}
+}
+
+// TestAnswerBudgetRecovers: a device that could send only two segments
+// for a while (it does not say how many) and then its full answers again:
+// an hour after the aborts, the driver plans longer requests, and after a
+// few hours it plans as if nothing had been learned; while the device
+// still aborts, a try costs one poll's aborts, not every poll's.
+func TestAnswerBudgetRecovers(t *testing.T) {
+	dev := bacnetsim.NewDevice(42, "recovering", 300, 0, 0, false)
+	dev.MaxAPDU, dev.MaxSegments, dev.NoMaxSegmentsAccepted = 480, 2, true
+	var points []driver.Point
+	for i := range 300 {
+		points = append(points, driver.Point{ID: uint64(i + 1), Ref: fmt.Sprintf("analog-input:%d", i+1)})
+	}
+	sim := startSim(t, bacnetsim.Config{Local: dev})
+	drv := newDriver(t, simSettings(sim, 42, ""), points)
+	clock := newFakeClock()
+	drv.now = clock.now
+	if err := drv.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	poll := func(what string) int {
+		t.Helper()
+		before := sim.Aborts()
+		samples, err := drv.Read(t.Context(), points)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		for _, s := range samples {
+			if s.Status != telemetry.StatusOK {
+				t.Fatalf("%s: sample %+v", what, s)
+			}
+		}
+		return sim.Aborts() - before
+	}
+	if poll("first poll") == 0 {
+		t.Fatal("the first poll met no abort: the test does not exercise the budget")
+	}
+	learned := drv.budget.get()
+	if n := poll("the next poll"); n != 0 || learned == 0 {
+		t.Fatalf("the next poll met %d aborts (budget %d); want none", n, learned)
+	}
+	clock.advance(time.Hour)
+	if n := poll("an hour on"); n != 0 || drv.budget.get() <= learned {
+		t.Fatalf("an hour on: %d aborts, budget %d; want none, and a budget above the %d learned", n, drv.budget.get(), learned)
+	}
+	clock.advance(time.Minute)
+	if n := poll("the try, the device still limited"); n == 0 {
+		t.Errorf("no abort from longer requests to a device still limited (budget %d)", drv.budget.get())
+	}
+	for _, wait := range []time.Duration{time.Minute, time.Hour} {
+		clock.advance(wait)
+		if n := poll("after the failed try"); n != 0 {
+			t.Errorf("%v after the failed try: %d aborts; the next try waits two hours", wait, n)
+		}
+	}
+	sim.Update(func() { dev.MaxSegments = 32 })
+	for range 10 {
+		clock.advance(2 * time.Hour)
+		if n := poll("the device sends long answers again"); n != 0 {
+			t.Fatalf("%d aborts from a device that is no longer limited", n)
+		}
+	}
+	if b := drv.budget.get(); b != 0 {
+		t.Errorf("budget %d after 20 hours of full answers; want it dropped (learned %d)", b, learned)
 	}
 }
 

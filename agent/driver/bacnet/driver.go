@@ -330,7 +330,7 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 		}
 	}
 	d.mu.Unlock()
-	res, fellBack, err := reader{c: c, dev: dev, budget: &d.budget, log: d.log}.readAll(ctx, rpm, parsed, batched)
+	res, fellBack, err := reader{c: c, dev: dev, budget: &d.budget, log: d.log, now: now}.readAll(ctx, rpm, parsed, batched)
 	if err == nil {
 		for _, i := range alone {
 			res[i] = result{reliable: true}

@@ -7,7 +7,8 @@ import (
 	"log/slog"
 	"math"
 	"slices"
-	"sync/atomic"
+	"sync"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -72,24 +73,79 @@ const (
 // answerBudget is the longest answer, in the planner's estimated octets,
 // that a device has shown it can send: lowered whenever the device aborts a
 // batch as too long for it, so the next polls plan requests it answers at
-// the first try. Zero means nothing learned. It only goes down: a device's
-// buffers do not grow while it runs.
-type answerBudget struct{ octets atomic.Int64 }
+// the first try. Zero means nothing learned.
+//
+// An abort may be passing (a device short of buffers while it runs a
+// schedule), so the budget is not lowered for good: once it has held for
+// budgetProbeAfter without an abort, it is tried one step larger (doubled;
+// past what the plan allows anyway, dropped). A step that holds for a poll
+// is kept, and the next is tried after budgetProbeAfter again; a step the
+// device aborts goes back to the size it had proven, and the next try
+// waits twice as long (at most budgetMaxWait), so a device whose limit is
+// real costs one aborted request a day at most.
+type answerBudget struct {
+	mu     sync.Mutex
+	octets int // 0: nothing learned
+	// proven is the size before the step being tried; 0 when none is.
+	proven int
+	// wait is how long the budget holds before the next step up, from
+	// changed, when it last changed.
+	wait    time.Duration
+	changed time.Time
+}
 
-func (b *answerBudget) get() int { return int(b.octets.Load()) }
+const (
+	budgetProbeAfter = time.Hour
+	budgetMaxWait    = 24 * time.Hour
+)
 
-// lower makes the budget at most n octets and reports whether it went down.
-func (b *answerBudget) lower(n int) bool {
+func (b *answerBudget) get() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.octets
+}
+
+// lower makes the budget at most n octets after an abort at now and
+// reports whether it went down. Aborts met concurrently in one poll do not
+// compound: each lowers to half its own batch, not half the budget.
+func (b *answerBudget) lower(n int, now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	n = max(n, 1)
-	for {
-		cur := b.octets.Load()
-		if cur != 0 && cur <= int64(n) {
-			return false
-		}
-		if b.octets.CompareAndSwap(cur, int64(n)) {
-			return true
-		}
+	if b.proven > 0 {
+		// The step was too far: back to what held, and wait longer.
+		b.octets, b.proven = min(b.proven, n), 0
+		b.wait, b.changed = min(2*b.wait, budgetMaxWait), now
+		return true
 	}
+	if b.octets != 0 && b.octets <= n {
+		return false
+	}
+	b.octets, b.wait, b.changed = n, budgetProbeAfter, now
+	return true
+}
+
+// held records a poll at now whose batches the device answered without
+// an abort for length, and tries the next step up when it is due: it
+// reports whether it did. ceiling is the longest answer the plan makes
+// without a budget.
+func (b *answerBudget) held(now time.Time, ceiling int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.proven > 0 {
+		// The step held: the next is tried at the first pace again.
+		b.proven, b.wait = 0, budgetProbeAfter
+	}
+	if b.octets == 0 || now.Sub(b.changed) < b.wait {
+		return false
+	}
+	b.proven = b.octets
+	b.octets = 2 * b.octets
+	if b.octets >= ceiling {
+		b.octets = 0
+	}
+	b.changed = now
+	return true
 }
 
 // batch is one ReadPropertyMultiple request: object specs and, for each
@@ -128,14 +184,7 @@ const (
 // (0: nothing learned).
 func plan(dev bacnet.Device, budget int, points []point, valid []bool, roles ...uint8) []batch {
 	maxReq := dev.MaxAPDU - apduHeader
-	maxAck := dev.MaxAPDU - apduHeader
-	if dev.Segmentation.CanTransmit() {
-		segs := maxPlanSegments
-		if dev.MaxSegments > 0 {
-			segs = min(segs, dev.MaxSegments)
-		}
-		maxAck = (dev.MaxAPDU - apduHeader) * segs
-	}
+	maxAck := answerCeiling(dev)
 	if budget > 0 {
 		maxAck = min(maxAck, budget)
 	}
@@ -194,6 +243,18 @@ func plan(dev bacnet.Device, budget int, points []point, valid []bool, roles ...
 	return out
 }
 
+// answerCeiling is the longest answer plan makes for dev without a budget.
+func answerCeiling(dev bacnet.Device) int {
+	if !dev.Segmentation.CanTransmit() {
+		return dev.MaxAPDU - apduHeader
+	}
+	segs := maxPlanSegments
+	if dev.MaxSegments > 0 {
+		segs = min(segs, dev.MaxSegments)
+	}
+	return (dev.MaxAPDU - apduHeader) * segs
+}
+
 // reader is one Read's view of a device: where to send, what the device
 // has shown it can answer, and the results being filled in.
 type reader struct {
@@ -201,6 +262,10 @@ type reader struct {
 	dev    bacnet.Device
 	budget *answerBudget
 	log    *slog.Logger
+	// now is the Read's time, for the budget's clock.
+	now time.Time
+	// tooLong is set when a batch of the Read was aborted as too long.
+	tooLong *bool
 }
 
 // readAll reads every valid point. It returns per-point results, whether
@@ -221,6 +286,7 @@ func (rd reader) readAll(ctx context.Context, rpm bool, points []point, valid []
 		// round instead of a third of every request.
 		batches := plan(dev, rd.budget.get(), points, valid, roleValue, roleFlags)
 		errs := runBatches(ctx, c, dev, batches, res)
+		rd.tooLong = new(bool)
 		for _, err := range errs {
 			if isRPMUnsupported(err) {
 				fellBack, rpm = true, false
@@ -237,6 +303,10 @@ func (rd reader) readAll(ctx context.Context, rpm bool, points []point, valid []
 				if err := rd.settle(ctx, points, batches[bi], err, res); err != nil {
 					return nil, fellBack, err
 				}
+			}
+			if !*rd.tooLong && failed < tried && ctx.Err() == nil && rd.budget.held(rd.now, answerCeiling(dev)) {
+				rd.log.Info("the device answered without aborting for a while; trying longer requests again",
+					"instance", dev.Instance, "answer_budget", rd.budget.get())
 			}
 			suspect := make([]bool, len(points))
 			any := false
@@ -303,7 +373,8 @@ func (rd reader) settle(ctx context.Context, points []point, b batch, err error,
 		// its properties are asked one at a time, the budget is kept.
 		return readEach(ctx, rd.c, rd.dev, points, b, res)
 	}
-	if rd.budget.lower(b.ack / 2) {
+	*rd.tooLong = true
+	if rd.budget.lower(b.ack/2, rd.now) {
 		rd.log.Info("device aborted an answer as too long for it; planning shorter requests",
 			"instance", rd.dev.Instance, "answer_budget", rd.budget.get(), "err", err)
 	}
