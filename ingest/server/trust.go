@@ -124,19 +124,36 @@ var errIdentityMoved = errors.New("identity moved")
 // log must record that it happened, not every retry.
 const refusalAuditEvery = 10 * time.Minute
 
+// refusalFlushEvery is how often the runs that ended (no entry for
+// refusalAuditEvery) have their counts written: a burst that stops is
+// counted within refusalAuditEvery and this, not at the next refusal like
+// it, which may never come.
+const refusalFlushEvery = time.Minute
+
 // refusalKey is one run of refusals: who (an agent id, or "ip:" and an
 // anonymous caller's address), what it asked and why it was refused.
 type refusalKey struct{ who, action, code string }
 
+// refusalRun is a run's state: when its last entry was written and the
+// refusals left out since, with the newest of them, which the entry that
+// counts them describes.
 type refusalRun struct {
 	last       time.Time
 	suppressed int
+	// Of the newest refusal left out.
+	actor, subject, detail string
+	at                     time.Time
 }
 
 // maxRefusalRuns bounds the runs tracked at once; refusals beyond it share
 // one run per action and reason, so a flood from many addresses is still
 // audited, once per refusalAuditEvery.
 const maxRefusalRuns = 10_000
+
+// refusalPruneSample is how many runs a refusal from a new caller looks at
+// when the runs are full: a bounded cost under the lock (the periodic
+// flush ends the rest), never a scan of all of them per request.
+const refusalPruneSample = 64
 
 // auditRefusal writes a refused agent request to the audit log, throttled
 // (auditThrottled). A body cut off on the way (CodeBadRequest) is the
@@ -158,16 +175,20 @@ func (s *Server) auditEnrollRefused(r *http.Request, subject, why string) {
 
 // auditThrottled writes an audit entry for the first refusal of a run,
 // then at most once per refusalAuditEvery with the count of those not
-// written since.
+// written since. A run with no entry for refusalAuditEvery has ended: the
+// periodic flush (startRefusalFlush), a refusal from a new caller finding
+// the runs full, or FlushAudit writes its count and forgets it. The
+// window is real time (CertNow): tests pin Now to judge sample times.
 func (s *Server) auditThrottled(ctx context.Context, k refusalKey, actor, subject, detail string) {
-	now := s.cfg.Now()
+	now := s.cfg.CertNow()
 	s.mu.Lock()
 	if s.refusalsAudited == nil {
 		s.refusalsAudited = map[refusalKey]*refusalRun{}
 	}
+	var ended []endedRun
 	run := s.refusalsAudited[k]
 	if run == nil && len(s.refusalsAudited) >= maxRefusalRuns {
-		s.pruneRefusalRuns(now)
+		ended = s.endRefusalRuns(now, refusalPruneSample, false)
 		if len(s.refusalsAudited) >= maxRefusalRuns {
 			k.who, actor = "*", "anonymous:*"
 			run = s.refusalsAudited[k]
@@ -175,7 +196,9 @@ func (s *Server) auditThrottled(ctx context.Context, k refusalKey, actor, subjec
 	}
 	if run != nil && now.Sub(run.last) < refusalAuditEvery {
 		run.suppressed++
+		run.actor, run.subject, run.detail, run.at = actor, subject, detail, now
 		s.mu.Unlock()
+		s.writeEnded(ctx, ended)
 		return
 	}
 	suppressed := 0
@@ -184,19 +207,87 @@ func (s *Server) auditThrottled(ctx context.Context, k refusalKey, actor, subjec
 	}
 	s.refusalsAudited[k] = &refusalRun{last: now}
 	s.mu.Unlock()
+	s.writeEnded(ctx, ended)
 	if suppressed > 0 {
 		detail += fmt.Sprintf(" (and %d more like it since the last entry)", suppressed)
 	}
 	s.audit(ctx, actor, k.action, subject, detail)
 }
 
-// pruneRefusalRuns forgets the runs whose last entry is older than
-// refusalAuditEvery and that have no refusals left to count; s.mu is held.
-func (s *Server) pruneRefusalRuns(now time.Time) {
+// endedRun is the entry that counts a run's refusals left out.
+type endedRun struct {
+	action string
+	run    refusalRun
+}
+
+// endRefusalRuns forgets the runs whose last entry is refusalAuditEvery
+// old or older (every run when all is set), looking at up to limit of
+// them (every one when limit < 0), and returns those with refusals left
+// out, whose counts must be written (writeEnded); s.mu is held.
+func (s *Server) endRefusalRuns(now time.Time, limit int, all bool) []endedRun {
+	var ended []endedRun
 	for k, run := range s.refusalsAudited {
-		if run.suppressed == 0 && now.Sub(run.last) >= refusalAuditEvery {
-			delete(s.refusalsAudited, k)
+		if limit == 0 {
+			break
 		}
+		limit--
+		if !all && now.Sub(run.last) < refusalAuditEvery {
+			continue
+		}
+		delete(s.refusalsAudited, k)
+		if run.suppressed > 0 {
+			ended = append(ended, endedRun{k.action, *run})
+		}
+	}
+	return ended
+}
+
+// writeEnded writes the entries of runs that ended; s.mu is not held.
+func (s *Server) writeEnded(ctx context.Context, ended []endedRun) {
+	for _, e := range ended {
+		s.audit(ctx, e.run.actor, e.action, e.run.subject, fmt.Sprintf("%s (%d more like it since the last entry, the last at %s)",
+			e.run.detail, e.run.suppressed, e.run.at.UTC().Format(time.RFC3339)))
+	}
+}
+
+// FlushAudit writes to the audit log the count of every refusal the
+// throttle has left out so far and forgets the runs, so that none is lost
+// when the process ends. Serve's lifetime does it when Serve returns.
+func (s *Server) FlushAudit(ctx context.Context) { s.flushRefusals(ctx, true) }
+
+// flushRefusals writes the counts of the runs that ended (of every run
+// when all is set) and forgets them.
+func (s *Server) flushRefusals(ctx context.Context, all bool) {
+	s.mu.Lock()
+	ended := s.endRefusalRuns(s.cfg.CertNow(), -1, all)
+	s.mu.Unlock()
+	s.writeEnded(ctx, ended)
+}
+
+// startRefusalFlush writes the counts of ended refusal runs every
+// refusalFlushEvery until ctx is done or stop is called; stop waits for
+// that and then writes every count left (FlushAudit). Serve runs it for
+// its lifetime: defer s.startRefusalFlush(ctx)().
+func (s *Server) startRefusalFlush(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(refusalFlushEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				s.flushRefusals(ctx, false)
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+		s.FlushAudit(context.WithoutCancel(ctx))
 	}
 }
 

@@ -372,8 +372,10 @@ func TestRequestClockChecked(t *testing.T) {
 // writes one audit entry, then one per refusalAuditEvery that counts the
 // retries left out; a body cut off on the way is not audited at all.
 func TestRefusalsAuditedOncePerRun(t *testing.T) {
-	clock := now
-	e := newTrustEnv(t, func(c *Config, _ *blob.Store) { c.Now = func() time.Time { return clock } })
+	var clock fakeClock
+	start := time.Now()
+	clock.Set(start)
+	e := newTrustEnv(t, func(c *Config, _ *blob.Store) { c.CertNow = clock.Now })
 	_, er, _ := e.enroll(e.token("s1", time.Hour))
 	c := e.client(er.Agent)
 	refused := func() int {
@@ -392,14 +394,14 @@ func TestRefusalsAuditedOncePerRun(t *testing.T) {
 	if n := refused(); n != 1 {
 		t.Fatalf("%d audit entries for 5 retries of one refusal, want 1", n)
 	}
-	clock = clock.Add(refusalAuditEvery)
+	clock.Set(start.Add(refusalAuditEvery))
 	wantReply(t, e.do(c, http.MethodPost, "/v1/batches", []byte("garbage")), http.StatusBadRequest, CodeBadBatch)
 	entries, _ := e.db.AuditLog(context.Background(), 0, 1000)
 	if last := entries[len(entries)-1]; refused() != 2 || !strings.Contains(last.Detail, "and 4 more like it") {
 		t.Errorf("after %s: %d entries, last %q; want a second one counting the 4 left out", refusalAuditEvery, refused(), last.Detail)
 	}
 	var sr Server
-	sr.cfg.Now = func() time.Time { return clock }
+	sr.cfg.CertNow = clock.Now
 	sr.auditRefusal(context.Background(), "ag-x", "batch_refused", refuse(http.StatusBadRequest, CodeBadRequest, "reading the batch: unexpected EOF"))
 	if len(sr.refusalsAudited) != 0 {
 		t.Error("a body cut off on the way was audited")
@@ -543,8 +545,9 @@ func (e *trustEnv) auditCount(action string) (int, store.AuditEntry) {
 // counts those left out; the chain stays whole.
 func TestEnrollRefusalsThrottled(t *testing.T) {
 	var clock fakeClock
-	clock.Set(now)
-	e := newTrustEnv(t, func(c *Config, _ *blob.Store) { c.Now = clock.Now })
+	start := time.Now()
+	clock.Set(start)
+	e := newTrustEnv(t, func(c *Config, _ *blob.Store) { c.CertNow = clock.Now })
 	_, csr, _ := pki.NewAgentKey()
 	garbage := func(n int) {
 		for range n {
@@ -557,7 +560,7 @@ func TestEnrollRefusalsThrottled(t *testing.T) {
 	if n, _ := e.auditCount("enroll_refused"); n != 2 {
 		t.Fatalf("%d audit entries for 50 malformed and 1 unknown token, want 2 (one per reason)", n)
 	}
-	clock.Set(now.Add(refusalAuditEvery))
+	clock.Set(start.Add(refusalAuditEvery))
 	garbage(1)
 	n, last := e.auditCount("enroll_refused")
 	if n != 3 || !strings.Contains(last.Detail, "and 49 more like it") || last.Actor != "anonymous:127.0.0.1" {
@@ -577,7 +580,7 @@ func TestRefusalRunsBounded(t *testing.T) {
 	}
 	t.Cleanup(func() { db.Close() })
 	sr := &Server{log: slog.New(slog.DiscardHandler)}
-	sr.cfg.Now, sr.cfg.Registry = func() time.Time { return now }, db
+	sr.cfg.CertNow, sr.cfg.Registry = func() time.Time { return now }, db
 	sr.refusalsAudited = map[refusalKey]*refusalRun{}
 	for i := range maxRefusalRuns {
 		sr.refusalsAudited[refusalKey{"ip:" + strconv.Itoa(i), "enroll_refused", "malformed token"}] = &refusalRun{last: now}
