@@ -223,7 +223,9 @@ func (s *backfillState) due(ref string, now time.Time, base time.Duration) bool 
 	s.mu.Lock()
 	r, ok := s.retry[ref]
 	s.mu.Unlock()
-	if !ok || r.failures == 0 {
+	if !ok || r.failures == 0 || now.Before(r.at) {
+		// Before the last failure: the clock stepped back, and waiting
+		// for it to pass that time again could take hours.
 		return true
 	}
 	wait := max(base, 0)
@@ -309,13 +311,25 @@ func (d *Driver) backfill(ctx context.Context, c *bacnet.Client, dev bacnet.Devi
 	var out []telemetry.Sample
 	nowMS := now.UnixMilli()
 	oldest := now.Add(-d.cfg.backfillMax).UnixMilli()
+	checked, behind := false, false
 	for i, p := range points {
 		pt := parsed[i]
 		if !valid[i] || pt.trend == nil || res[i].commFailed {
 			continue
 		}
 		m := d.state.mark(p.Ref)
-		if m.Last > 0 {
+		checked = true
+		if m.Last > nowMS {
+			// The clock stepped back behind the mark (an NTP correction, a
+			// box whose RTC lost its time). The mark stays where it is, so
+			// what this read fills is committed and not asked for again
+			// every poll; a gap opens only once the clock passes it.
+			behind = true
+			if d.clockBack.CompareAndSwap(false, true) {
+				d.log.Warn("the clock is behind the trend-log backfill mark of a point; backfill marks stay until it catches up (check the system clock)",
+					"point", p.Ref, "mark", fmtMS(m.Last), "now", fmtMS(nowMS))
+			}
+		} else if m.Last > 0 {
 			since := now.Sub(time.UnixMilli(m.Last))
 			if since > d.cfg.backfillAfterFor(p, d.state.spacing(p.Ref)) {
 				m.Gaps = append(m.Gaps, gap{From: m.Last, To: nowMS})
@@ -346,8 +360,11 @@ func (d *Driver) backfill(ctx context.Context, c *bacnet.Client, dev bacnet.Devi
 				d.log.Info("trend-log backfill works again", "point", p.Ref, "trend_log", pt.trend.String(), "failures", before)
 			}
 		}
-		m.Last = nowMS
+		m.Last = max(m.Last, nowMS)
 		d.state.stage(p.Ref, m)
+	}
+	if checked && !behind && d.clockBack.CompareAndSwap(true, false) {
+		d.log.Info("the clock has caught up with the trend-log backfill marks")
 	}
 	return out
 }

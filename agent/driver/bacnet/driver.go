@@ -58,6 +58,9 @@ type Driver struct {
 	// fake one in tests, so gaps are as long as a test says and not as
 	// long as a loaded machine makes them.
 	now func() time.Time
+	// clockBack is set while the clock is behind a backfill mark, so that
+	// is logged once and once more when it has caught up.
+	clockBack atomic.Bool
 	// counted is the client last connected, for Counters without d.mu
 	// (which a Read holds while it locates the device).
 	counted atomic.Pointer[bacnet.Client]

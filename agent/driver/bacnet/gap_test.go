@@ -378,6 +378,9 @@ func TestBackfillBackoff(t *testing.T) {
 		if s.due("p", t0.Add(tt.wait-time.Second), time.Minute) || !s.due("p", t0.Add(tt.wait), time.Minute) {
 			t.Errorf("after %d failures: want due exactly %v later", tt.failures, tt.wait)
 		}
+		if !s.due("p", t0.Add(-time.Hour), time.Minute) {
+			t.Errorf("after %d failures: not due with the clock stepped back an hour; it would wait for the clock to pass the failure again", tt.failures)
+		}
 		if before := s.outcome("p", t0, false); before != tt.failures || !s.due("p", t0, time.Minute) {
 			t.Errorf("after a success (%d failures before): not due at once", before)
 		}
@@ -455,5 +458,59 @@ func TestBackfillStateFile(t *testing.T) {
 		if p := filepath.Join(filepath.Dir(s.path), e.Name()); p != s.path && p != s.path+".tmp" {
 			t.Errorf("left behind: %s", e.Name())
 		}
+	}
+}
+
+// TestBackfillClockStepsBack: the clock steps back an hour while a gap is
+// owed. The gap is filled once, not at every poll (a mark read before the
+// committed one was never committed), the mark stays where it was until
+// the clock passes it, and the step is logged once.
+func TestBackfillClockStepsBack(t *testing.T) {
+	dev, tl := trendDevice(16, "drifting", 50*time.Millisecond)
+	sim := startSim(t, bacnetsim.Config{Local: dev})
+	logs := &logCount{}
+	points := []driver.Point{{ID: 1, Ref: "analog-input:1", Settings: yamlText("trend_log: trend-log:1")}}
+	clock := newFakeClock()
+	drv := openDriver(t, driver.Device{Name: "drifting", Settings: yamlText(simSettings(sim, 16, "backfill_after: 300ms\n")), Points: points, Logger: slog.New(logs), DataDir: t.TempDir()})
+	drv.now = clock.now
+	drv.cfg.backfillRetry = 0
+	read := func(what string) []telemetry.Sample {
+		t.Helper()
+		s, err := drv.Read(t.Context(), points)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if err := drv.Commit(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	t1 := read("first read")[0].Time
+	var saved *bacnetsim.TrendLog
+	sim.Update(func() { saved, tl.Log = tl.Log, nil })
+	clock.advance(time.Second)
+	t2 := read("the trend log failing")[0].Time
+	sim.Update(func() { tl.Log = saved })
+	clock.advance(-time.Hour)
+	if got, want := len(read("the clock stepped back"))-1, logged(saved, t1, t2, nil); got != want || want == 0 {
+		t.Fatalf("backfilled %d after the clock stepped back; want the gap's %d", got, want)
+	}
+	for poll := range 3 {
+		clock.advance(time.Second)
+		if n := len(read("later")); n != 1 {
+			t.Errorf("poll %d after the gap was filled returned %d samples; want the live one only", poll, n)
+		}
+	}
+	var cp stateFile
+	if err := json.Unmarshal(drv.Checkpoint(), &cp); err != nil || cp.Marks["analog-input:1"].Last != t2 || len(cp.Marks["analog-input:1"].Gaps) != 0 {
+		t.Errorf("checkpoint %s (%v); want the mark at %d and no gap", drv.Checkpoint(), err, t2)
+	}
+	if n := logs.count(slog.LevelWarn, "the clock is behind"); n != 1 {
+		t.Errorf("%d warnings of the clock stepping back, want 1", n)
+	}
+	clock.advance(time.Hour)
+	read("the clock caught up")
+	if n := logs.count(slog.LevelInfo, "the clock has caught up"); n != 1 {
+		t.Errorf("%d logs of the clock catching up, want 1", n)
 	}
 }
