@@ -93,9 +93,10 @@ type checkFacts struct {
 	kernel func() string
 	// unit reads the agent's installed systemd unit and its drop-ins.
 	unit func() (agentUnit, error)
-	// canWrite reports whether user may write in dir (create and remove
-	// entries); "" is whoever runs check.
-	canWrite func(dir, user string) error
+	// canWrite reports whether user may create entries in dir and, with
+	// moveOut, move others' files out of it (writableBy); "" is whoever
+	// runs check.
+	canWrite func(dir, user string, moveOut bool) error
 }
 
 func realFacts() checkFacts {
@@ -867,7 +868,7 @@ func (c *checker) checkTrendFolder(name string, s deviceSettings) {
 			problems = append(problems, fmt.Sprintf("%s %s %s", p.what, p.path, why))
 			continue
 		}
-		if err := c.f.canWrite(p.path, unit.User); err != nil {
+		if err := c.f.canWrite(p.path, unit.User, p.what == "folder"); err != nil {
 			problems = append(problems, fmt.Sprintf("%s %s: %v", p.what, p.path, err))
 		}
 	}
@@ -1024,21 +1025,35 @@ func (u *agentUnit) apply(text string) {
 	}
 }
 
-// writableBy reports whether user may create and remove entries in dir, or
-// in the folder that would hold it when it does not exist yet (the driver
-// makes processed_dir and failed_dir). Run by root, it judges by the
-// owner, group and mode bits for user; run by anyone else, access(2) for
-// that user. POSIX ACLs are not read.
-func writableBy(dir, username string) error {
+// writableBy reports whether user may create entries in dir, or in the
+// folder that would hold it when it does not exist yet (the driver makes
+// processed_dir and failed_dir), and, with moveOut, move the files others
+// put there out of it. Run by root, it judges by owners, groups and mode
+// bits for user: write and search permission on the folder, search
+// permission on every folder above it (without it the folder cannot be
+// reached, whatever its own mode), and no sticky bit on a folder files are
+// moved out of unless user owns it (in a sticky folder only a file's
+// owner may move it). Run by anyone else, access(2) for that user, which
+// walks the parents itself. POSIX ACLs are not read.
+func writableBy(dir, username string, moveOut bool) error {
 	for {
 		if _, err := os.Stat(dir); err == nil || filepath.Dir(dir) == dir {
 			break
 		}
 		dir = filepath.Dir(dir)
+		moveOut = false // a folder to be made: nothing is moved out of its parent
+	}
+	// The parents that matter are those of the folder itself, not of a
+	// symbolic link to it.
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
 	}
 	if os.Geteuid() != 0 || username == "" {
 		if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
 			return fmt.Errorf("not writable by this user (%w)", err)
+		}
+		if moveOut {
+			return stickyFor(dir, strconv.Itoa(os.Geteuid()), "this user")
 		}
 		return nil
 	}
@@ -1051,26 +1066,66 @@ func writableBy(dir, username string) error {
 	}
 	gids, _ := u.GroupIds()
 	gids = append(gids, u.Gid)
+	// From the top down, so the error names the first folder in the way.
+	var above []string
+	for p := filepath.Dir(dir); ; p = filepath.Dir(p) {
+		above = append(above, p)
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	slices.Reverse(above)
+	for _, p := range above {
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil {
+			return err
+		}
+		if permFor(&st, u.Uid, gids)&0o1 == 0 {
+			return fmt.Errorf("user %s cannot reach %s: the folder %s above it (owner %d:%d, mode %o) gives it no search (x) permission: chmod o+x %s, or make the agent's group its group and chmod g+x",
+				username, dir, p, st.Uid, st.Gid, st.Mode&0o7777, p)
+		}
+	}
 	var st unix.Stat_t
 	if err := unix.Stat(dir, &st); err != nil {
 		return err
 	}
-	mode := st.Mode
-	switch {
-	case strconv.FormatUint(uint64(st.Uid), 10) == u.Uid:
-		if mode&0o300 == 0o300 {
-			return nil
-		}
-	case slices.Contains(gids, strconv.FormatUint(uint64(st.Gid), 10)):
-		if mode&0o030 == 0o030 {
-			return nil
-		}
-	default:
-		if mode&0o003 == 0o003 {
-			return nil
-		}
+	if permFor(&st, u.Uid, gids)&0o3 != 0o3 {
+		return fmt.Errorf("not writable by user %s (%s, owner %d:%d, mode %o): chown %s or chmod g+w with the agent in its group", username, dir, st.Uid, st.Gid, st.Mode&0o7777, dir)
 	}
-	return fmt.Errorf("not writable by user %s (%s, owner %d:%d, mode %o): chown %s or chmod g+w with the agent in its group", username, dir, st.Uid, st.Gid, mode&0o7777, dir)
+	if moveOut {
+		return stickyFor(dir, u.Uid, "user "+username)
+	}
+	return nil
+}
+
+// permFor returns the rwx bits of st's mode that apply to the user uid in
+// the groups gids: the owner's if it owns the file, else the group's if it
+// is in the file's group, else the others' (one class only, as the kernel
+// does: an owner denied what others may do is denied).
+func permFor(st *unix.Stat_t, uid string, gids []string) uint32 {
+	switch {
+	case strconv.FormatUint(uint64(st.Uid), 10) == uid:
+		return st.Mode >> 6 & 0o7
+	case slices.Contains(gids, strconv.FormatUint(uint64(st.Gid), 10)):
+		return st.Mode >> 3 & 0o7
+	default:
+		return st.Mode & 0o7
+	}
+}
+
+// stickyFor refuses a sticky folder (mode +t, as /tmp) that uid does not
+// own: there only a file's owner may move it, so the files another user
+// (the BMS's export, a file share) puts there would stay for ever.
+func stickyFor(dir, uid, who string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_ISVTX == 0 || strconv.FormatUint(uint64(st.Uid), 10) == uid {
+		return nil
+	}
+	return fmt.Errorf("sticky (mode %o, owner %d): %s may move out of it only the files it owns, so files others write there stay: chmod -t %s, give the folder to the agent's user, or have the files written as that user",
+		st.Mode&0o7777, st.Uid, who, dir)
 }
 
 func modbusTarget(s deviceSettings) string {

@@ -17,6 +17,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -110,7 +111,7 @@ func goodFacts() checkFacts {
 		bindNIC:  func(string) error { return nil },
 		kernel:   func() string { return "6.1.0-13-amd64" },
 		unit:     func() (agentUnit, error) { return agentUnit{}, nil },
-		canWrite: func(string, string) error { return nil },
+		canWrite: func(string, string, bool) error { return nil },
 	}
 }
 
@@ -742,7 +743,7 @@ func TestCheckTrendFolder(t *testing.T) {
 		name     string
 		settings string
 		unit     agentUnit
-		canWrite func(dir, user string) error
+		canWrite func(dir, user string, moveOut bool) error
 		result   string
 		want     []string
 	}{
@@ -753,12 +754,21 @@ func TestCheckTrendFolder(t *testing.T) {
 		{"processed_dir elsewhere", "{path: " + dir + ", processed_dir: /srv/done}", withDropIn, nil, checkFail,
 			[]string{"processed_dir /srv/done is read-only", "ReadWritePaths=/srv/done"}},
 		{"relative processed_dir", "{path: " + dir + ", processed_dir: done}", withDropIn, nil, checkOK, []string{"processed_dir " + dir + "/done"}},
-		{"not the agent's permission", "{path: " + dir + "}", withDropIn, func(d, user string) error {
+		{"not the agent's permission", "{path: " + dir + "}", withDropIn, func(d, user string, _ bool) error {
 			if strings.HasSuffix(d, "/failed") {
 				return fmt.Errorf("not writable by user %s", user)
 			}
 			return nil
 		}, checkFail, []string{"failed_dir " + dir + "/failed: not writable by user sightglass"}},
+		{"files moved out of the folder only", "{path: " + dir + "}", withDropIn, func(d, user string, moveOut bool) error {
+			if moveOut {
+				if d != dir {
+					return fmt.Errorf("moveOut asked for %s", d)
+				}
+				return errors.New("sticky")
+			}
+			return nil
+		}, checkFail, []string{"folder " + dir + ": sticky"}},
 		{"private tmp", "{path: " + dir + "}", privateTmp, nil, checkFail, []string{"PrivateTmp"}},
 		{"under home", "{path: " + dir + ", processed_dir: /home/bob/done}", withDropIn, nil, checkFail, []string{"/home/bob/done is hidden", "ProtectHome=yes"}},
 		{"missing folder", "{path: " + dir + "/nope}", strict, nil, checkFail, []string{dir + "/nope"}},
@@ -826,33 +836,95 @@ func TestReadAgentUnit(t *testing.T) {
 	}
 }
 
-// TestWritableBy judges a real folder for a user other than the one
-// running the test (as root) or for the test's own user.
+// TestWritableBy judges real folders for a user other than the one
+// running the test (as root) or for the test's own user: the folder's own
+// mode, the search permission of every folder above it, symbolic links
+// followed to where the folder really is, and the sticky bit of a folder
+// files are moved out of.
 func TestWritableBy(t *testing.T) {
-	dir := t.TempDir()
-	if err := writableBy(filepath.Join(dir, "processed", "deeper"), ""); err != nil {
+	if err := writableBy(filepath.Join(t.TempDir(), "processed", "deeper"), "", false); err != nil {
 		t.Errorf("a folder to be made in a writable one: %v", err)
 	}
 	if os.Geteuid() != 0 {
 		t.Skip("judging another user's permissions needs root; the rest ran")
 	}
-	if _, err := user.Lookup("nobody"); err != nil {
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
 		t.Skip("no user nobody here")
 	}
-	for _, tt := range []struct {
-		mode os.FileMode
-		ok   bool
-	}{{0o755, false}, {0o777, true}, {0o773, true}} {
-		if err := os.Chmod(dir, tt.mode); err != nil {
-			t.Fatal(err)
-		}
-		err := writableBy(dir, "nobody")
-		if (err == nil) != tt.ok {
-			t.Errorf("mode %o: writableBy(nobody) = %v, want ok %v", tt.mode, err, tt.ok)
-		}
-		if err != nil && !strings.Contains(err.Error(), "nobody") {
-			t.Errorf("the error does not name the user: %v", err)
-		}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	// Under /tmp, which everyone may search, not $TMPDIR, which may lie
+	// in a folder nobody cannot reach; the base is opened to all.
+	base, err := os.MkdirTemp("/tmp", "sightglass-writable-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		parentMode os.FileMode // of base/NAME, the folder holding the one judged
+		mode       os.FileMode // of base/NAME/trends
+		ownedBy    int         // -1: root
+		link       bool        // judge a link to the folder from base, not the folder
+		sub        string      // judge a folder to be made below it
+		moveOut    bool
+		want       string // "" for writable
+	}{
+		{name: "own mode too narrow", parentMode: 0o755, mode: 0o755, ownedBy: -1, want: "not writable by user nobody"},
+		{name: "open to all", parentMode: 0o755, mode: 0o777, ownedBy: -1},
+		{name: "writable and searchable, not readable", parentMode: 0o755, mode: 0o773, ownedBy: -1},
+		{name: "parent closed", parentMode: 0o700, mode: 0o777, ownedBy: -1, want: "no search (x) permission"},
+		{name: "parent readable, not searchable", parentMode: 0o744, mode: 0o777, ownedBy: -1, want: "no search (x) permission"},
+		{name: "link into a closed parent", parentMode: 0o700, mode: 0o777, ownedBy: -1, link: true, want: "no search (x) permission"},
+		{name: "to be made in a closed parent", parentMode: 0o700, mode: 0o777, ownedBy: -1, sub: "processed", want: "no search (x) permission"},
+		{name: "sticky, files moved out", parentMode: 0o755, mode: 0o777 | os.ModeSticky, ownedBy: -1, moveOut: true, want: "only the files it owns"},
+		{name: "sticky, files moved in", parentMode: 0o755, mode: 0o777 | os.ModeSticky, ownedBy: -1},
+		{name: "sticky, owned by the agent", parentMode: 0o755, mode: 0o700 | os.ModeSticky, ownedBy: uid, moveOut: true},
+		{name: "owner denied though others may", parentMode: 0o755, mode: 0o577, ownedBy: uid, want: "not writable by user nobody"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			parent := filepath.Join(base, strconv.Itoa(i))
+			dir := filepath.Join(parent, "trends")
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if tt.ownedBy >= 0 {
+				if err := os.Chown(dir, tt.ownedBy, -1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Chmod after Chown, which clears no bits on a folder but
+			// would on some file systems.
+			if err := os.Chmod(dir, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(parent, tt.parentMode); err != nil {
+				t.Fatal(err)
+			}
+			judged := dir
+			if tt.link {
+				judged = filepath.Join(base, strconv.Itoa(i)+"-link")
+				if err := os.Symlink(dir, judged); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.sub != "" {
+				judged = filepath.Join(judged, tt.sub)
+			}
+			err := writableBy(judged, "nobody", tt.moveOut)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("writableBy(%s, nobody) = %v, want writable", judged, err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("writableBy(%s, nobody) = %v, want an error containing %q", judged, err, tt.want)
+			case err != nil && !strings.Contains(err.Error(), "nobody"):
+				t.Errorf("the error does not name the user: %v", err)
+			}
+		})
 	}
 }
 
