@@ -30,7 +30,11 @@ import (
 //
 // Marks are staged by Read and become durable on Commit (once the samples
 // are in the agent's buffer), in a file under the data directory when the
-// agent has one, so a restart backfills the time the agent was down.
+// agent has one, so a restart backfills the time the agent was down. The
+// staged marks are the driver's, not one Read's: Commit has no way to say
+// which Read's samples are buffered, and it need not, since the agent
+// refuses concurrency above 1 for a Committer (agent/poll), so a Read's
+// marks are committed before the next Read starts.
 type backfillState struct {
 	path string
 
