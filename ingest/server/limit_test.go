@@ -68,3 +68,21 @@ func TestLimiterPruneAmortised(t *testing.T) {
 		t.Errorf("%d buckets after all refilled, want 1", len(l.buckets))
 	}
 }
+
+// BenchmarkLimiterFullNewAddress is a request from a new address to a
+// limiter full of buckets still refilling, as in a flood from many
+// addresses: it costs one eviction, not a scan.
+func BenchmarkLimiterFullNewAddress(b *testing.B) {
+	l := newIPLimiter(Limit{Burst: 1, Every: time.Minute})
+	key := func(i int) netip.Prefix {
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32)
+	}
+	for i := range maxLimited {
+		l.allow(key(i), now)
+	}
+	i := maxLimited
+	for b.Loop() {
+		l.allow(key(i), now)
+		i++
+	}
+}
