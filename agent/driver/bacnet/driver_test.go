@@ -434,8 +434,11 @@ func TestScanSurvivesHungDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Since(start); d > 4*time.Second {
-		t.Errorf("scan took %v with a hung device", d)
+	// Three devices of at most 2s each, even one after another, with room
+	// for a loaded machine: a scan waiting on the hung device for good
+	// would take the test's whole timeout.
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("scan took %v with a hung device; the per-device limit is 2s", d)
 	}
 	if len(reports) != 3 {
 		t.Fatalf("%d reports, want 3", len(reports))
