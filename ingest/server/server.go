@@ -91,7 +91,8 @@ type Config struct {
 	// CertNow is the clock agent certificates are judged by, at the
 	// handshake and again at every request (time.Now). It is apart from
 	// Now because certificates are made with the real time while tests
-	// pin Now to judge sample times.
+	// pin Now to judge sample times. The anonymous rate limiter and the
+	// audit throttle run on it too: they measure real time.
 	CertNow func() time.Time
 	// Registry, when set, enables enrollment, renewal, the CRL, status
 	// queries and the catalogue, checks every agent against it at every
@@ -264,6 +265,9 @@ func New(cfg Config, store blob.Store, ca *pki.CA, logger *slog.Logger) (*Server
 // ctx is done, then stops accepting and waits up to ShutdownTimeout for
 // in-flight requests to finish. It returns nil after a clean shutdown.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	// Refusal counts the audit throttle held back are written every
+	// minute and when Serve returns.
+	defer s.startRefusalFlush(ctx)()
 	srv := &http.Server{
 		Handler:           s.agentHandler(),
 		TLSConfig:         s.tls.Clone(),
