@@ -466,6 +466,15 @@ func (r *rebuilder) readEach(ctx context.Context, names []string, part bool, fn 
 // is false when the blob was skipped (recorded and logged); err is set
 // only when the rebuild must stop.
 func (r *rebuilder) use(ctx context.Context, name string, part bool, data []byte, err error) (it rebuildItem, ok bool, _ error) {
+	if ctx.Err() != nil {
+		return it, false, ctx.Err()
+	}
+	if err != nil && !errors.Is(err, blob.ErrNotFound) {
+		// The archive failing to give the blob says nothing about the
+		// blob: skipping it would leave the hot store short after an
+		// outage, as a table it failed to give would.
+		return it, false, fmt.Errorf("reading %s: %w: the archive did not answer, so the rebuild stopped rather than leave the blob out: check that the archive is reachable, then run the rebuild again", name, err)
+	}
 	if err == nil {
 		it, err = r.decodeRetrying(ctx, name, part, data)
 	}

@@ -141,3 +141,31 @@ func TestRebuildTableOutage(t *testing.T) {
 		})
 	}
 }
+
+// failingBatches is an archive whose batch reads fail (an outage, not a
+// missing blob).
+type failingBatches struct{ blob.Store }
+
+func (f failingBatches) Get(ctx context.Context, name string) ([]byte, error) {
+	if strings.HasSuffix(name, ".sgb") {
+		return nil, fmt.Errorf("getting %s: %w", name, errOutage)
+	}
+	return f.Store.Get(ctx, name)
+}
+
+// TestRebuildBatchOutage: a batch the archive fails to give stops the
+// rebuild with an error saying so, instead of being skipped as damaged.
+func TestRebuildBatchOutage(t *testing.T) {
+	ctx := context.Background()
+	dir, at := archiveOneBatch(t)
+	db := openDB(t, "rebuilt.db")
+	rep, err := db.Rebuild(ctx, failingBatches{dir}, store.RebuildOptions{Tenant: tenant, Site: "s1", Since: at})
+	if !errors.Is(err, errOutage) || !strings.Contains(err.Error(), "run the rebuild again") {
+		t.Fatalf("err = %v, want the store's error and to run the rebuild again", err)
+	}
+	for _, s := range rep.Sites {
+		if len(s.Skipped) != 0 || s.Complete {
+			t.Errorf("site report %+v: want it incomplete with nothing skipped", s)
+		}
+	}
+}
