@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
@@ -107,7 +108,7 @@ func realFacts() checkFacts {
 		timeSync:   systemTimeSync,
 		resolve:    resolveUplink,
 		dialUplink: dialUplink,
-		dial:       dialFrom,
+		dial:       newDeviceDialers().dial,
 		diskFree: func(path string) (uint64, error) {
 			var st unix.Statfs_t
 			if err := unix.Statfs(path, &st); err != nil {
@@ -125,18 +126,15 @@ func realFacts() checkFacts {
 	}
 }
 
-// uplinkDialer is the uplink's own dialer (agent/uplink uses the same):
-// bound to the uplink NIC and address, DNS included.
+// uplinkDialer is the uplink's own dialer (nicbind.DialerFrom, as enroll
+// makes it): bound to the uplink NIC, or to the one holding
+// uplink.local_address when no NIC is named, DNS included.
 func uplinkDialer(ifname, local string) (*net.Dialer, error) {
-	var ip netip.Addr
-	if local != "" {
-		a, err := netip.ParseAddr(local)
-		if err != nil {
-			return nil, fmt.Errorf("uplink.local_address %q is not an IP address", local)
-		}
-		ip = a.Unmap()
+	d, err := nicbind.DialerFrom(ifname, local)
+	if err != nil {
+		return nil, fmt.Errorf("uplink.local_address: %w", err)
 	}
-	return nicbind.Dialer(ifname, ip), nil
+	return d, nil
 }
 
 func resolveUplink(ctx context.Context, ifname, local, host string) ([]string, error) {
@@ -1314,23 +1312,45 @@ func probeBACnet(ctx context.Context, local, broadcast, address string, instance
 	return vals[0].Str, nil
 }
 
-func dialFrom(ctx context.Context, local, remote string) (net.Conn, error) {
-	d := net.Dialer{}
-	if local != "" {
-		ip := net.ParseIP(local)
-		if ip == nil {
-			return nil, fmt.Errorf("local address %q is not an IP address", local)
-		}
-		d.LocalAddr = &net.TCPAddr{IP: ip}
-		// Probes are bound to the control NIC like the drivers' sockets.
-		addr, _ := netip.AddrFromSlice(ip)
-		ctl, err := nicbind.ForAddress(addr.Unmap(), nil)
-		if err != nil {
-			return nil, err
-		}
-		d.Control = ctl
+// deviceDialers dials the device probes from a device's local_address
+// ("" for the kernel's choice), bound to the interface holding it as the
+// drivers' sockets are (nicbind.DialerFrom). Each address's interface is
+// looked up once per check, at its first probe, not at every probe.
+type deviceDialers struct {
+	mu      sync.Mutex
+	byLocal map[string]*net.Dialer
+}
+
+func newDeviceDialers() *deviceDialers {
+	return &deviceDialers{byLocal: map[string]*net.Dialer{}}
+}
+
+// dial connects to remote (host:port) from local.
+func (p *deviceDialers) dial(ctx context.Context, local, remote string) (net.Conn, error) {
+	d, err := p.dialer(local)
+	if err != nil {
+		return nil, err
 	}
 	return d.DialContext(ctx, "tcp", remote)
+}
+
+// dialer returns the dialer for local, made at its first use.
+func (p *deviceDialers) dialer(local string) (*net.Dialer, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if d, ok := p.byLocal[local]; ok {
+		return d, nil
+	}
+	d, err := nicbind.DialerFrom("", local)
+	if err != nil {
+		return nil, err
+	}
+	// A device's host name is looked up by the system's resolver, as the
+	// drivers look it up, so the probe answers for what the driver will
+	// do.
+	d.Resolver = nil
+	p.byLocal[local] = d
+	return d, nil
 }
 
 func systemInterfaces() ([]nic, error) {

@@ -21,12 +21,14 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/fstest"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/agent/config"
 	"github.com/sightglass-bms/sightglass/ingest/pki"
+	"github.com/sightglass-bms/sightglass/pkg/nicbind"
 )
 
 // checkConfig is an agent config with both NICs named; extra is appended
@@ -474,11 +476,12 @@ func TestCheckIngestIntegration(t *testing.T) {
 	f.procNet = fstest.MapFS{"route": {Data: []byte("Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n" +
 		"up0\t00000000\t0100007F\t0003\t0\t0\t0\t00000000\n" +
 		"ctl0\t0000007F\t00000000\t0001\t0\t0\t0\t000000FF\n")}}
+	probes := newDeviceDialers()
 	f.dial = func(ctx context.Context, local, remote string) (net.Conn, error) {
 		if h, _, _ := net.SplitHostPort(remote); h != "127.0.0.1" {
 			return nil, fmt.Errorf("test dial to %s refused: loopback only", remote)
 		}
-		return dialFrom(ctx, local, remote)
+		return probes.dial(ctx, local, remote)
 	}
 	// The uplink's probes go through the uplink NIC (here: its address,
 	// on lo), like the agent's uplink.
@@ -489,7 +492,7 @@ func TestCheckIngestIntegration(t *testing.T) {
 		if ifname != "up0" || local != "127.0.0.1" {
 			return nil, fmt.Errorf("the uplink probe dials through %q from %q, want up0 from 127.0.0.1", ifname, local)
 		}
-		return dialFrom(ctx, local, remote)
+		return probes.dial(ctx, local, remote)
 	}
 
 	rep := runChecks(t.Context(), cfg, f, 5*time.Second)
@@ -967,16 +970,98 @@ func TestCheckIngestNeverAsksForCertificate(t *testing.T) {
 				t.Fatal(err)
 			}
 			f := goodFacts()
+			probes := newDeviceDialers()
 			f.dialUplink = func(ctx context.Context, _, _, remote string) (net.Conn, error) {
 				if h, _, _ := net.SplitHostPort(remote); h != "127.0.0.1" {
 					return nil, fmt.Errorf("test dial to %s refused: loopback only", remote)
 				}
-				return dialFrom(ctx, "", remote)
+				return probes.dial(ctx, "", remote)
 			}
 			l := lineOf(t, runChecks(t.Context(), cfg, f, 5*time.Second), "mtls handshake")
 			if l.Result != tt.result || !strings.Contains(l.Detail, tt.want) {
 				t.Errorf("mtls handshake = %s %q, want %s containing %q", l.Result, l.Detail, tt.result, tt.want)
 			}
 		})
+	}
+}
+
+// TestCheckDialersBindLikeTheAgent: check's uplink probes and device probes
+// dial from the configured address, bound to the named interface or, when
+// none is named, to the one holding the address (the uplink's dial used to
+// bind to none then, unlike enroll's); a device probe's dialer is made once
+// per address, not at every probe.
+func TestCheckDialersBindLikeTheAgent(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	probes := newDeviceDialers()
+	tests := []struct {
+		name     string
+		dial     func(ctx context.Context) (net.Conn, error)
+		dev      string
+		from     string
+		wantFail string
+	}{
+		{"uplink, interface named", func(ctx context.Context) (net.Conn, error) {
+			return dialUplink(ctx, "lo", "127.0.0.2", ln.Addr().String())
+		}, "lo", "127.0.0.2", ""},
+		{"uplink, interface from the address", func(ctx context.Context) (net.Conn, error) {
+			return dialUplink(ctx, "", "127.0.0.2", ln.Addr().String())
+		}, "lo", "127.0.0.2", ""},
+		{"uplink, no address", func(ctx context.Context) (net.Conn, error) {
+			return dialUplink(ctx, "", "", ln.Addr().String())
+		}, "", "", ""},
+		{"uplink, address with a port", func(ctx context.Context) (net.Conn, error) {
+			return dialUplink(ctx, "", "127.0.0.2:80", ln.Addr().String())
+		}, "", "", "uplink.local_address"},
+		{"device", func(ctx context.Context) (net.Conn, error) {
+			return probes.dial(ctx, "127.0.0.2", ln.Addr().String())
+		}, "lo", "127.0.0.2", ""},
+		{"device, address on no interface", func(ctx context.Context) (net.Conn, error) {
+			return probes.dial(ctx, "192.0.2.77", ln.Addr().String())
+		}, "", "", "no interface of this machine has that address"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, err := tt.dial(t.Context())
+			if tt.wantFail != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantFail) {
+					t.Errorf("dial = %v, want an error saying %q", err, tt.wantFail)
+				}
+				if conn != nil {
+					conn.Close()
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			dev, err := nicbind.Device(conn.(syscall.Conn))
+			if err != nil || dev != tt.dev {
+				t.Errorf("bound to %q (%v), want %q", dev, err, tt.dev)
+			}
+			if from := conn.LocalAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().String(); tt.from != "" && from != tt.from {
+				t.Errorf("dialled from %s, want %s", from, tt.from)
+			}
+		})
+	}
+	a, err := probes.dialer("127.0.0.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := probes.dialer("127.0.0.2"); a != b {
+		t.Error("a second probe from one address made a dialer again (and looked its interface up again)")
 	}
 }

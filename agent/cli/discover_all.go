@@ -233,17 +233,22 @@ func broadcastOf(p netip.Prefix) netip.Addr {
 // worked out once, when the dialer is made, and the dialer is handed to
 // every probe of the sweep.
 type probeDialer struct {
-	d net.Dialer
+	d *net.Dialer
 }
 
 // newProbeDialer finds the interface holding control with nicOf and
-// returns a dialer bound to both.
+// returns a dialer bound to both (nicbind.DialerFrom, as check's device
+// probes are).
 func newProbeDialer(control netip.Addr, nicOf func(netip.Addr) (string, error)) (*probeDialer, error) {
 	ifname, err := nicOf(control)
 	if err != nil {
 		return nil, err
 	}
-	return &probeDialer{d: net.Dialer{LocalAddr: &net.TCPAddr{IP: control.AsSlice()}, Control: nicbind.Control(ifname, nil)}}, nil
+	d, err := nicbind.DialerFrom(ifname, control.String())
+	if err != nil {
+		return nil, err
+	}
+	return &probeDialer{d: d}, nil
 }
 
 // dial opens a TCP connection to remote (IP:port).

@@ -15,7 +15,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -162,26 +161,14 @@ func client(o Options, tc *tls.Config) (*http.Client, error) {
 }
 
 // dialer is the uplink's dialer: bound to the uplink NIC and address, its
-// DNS queries too (see nicbind.Dialer), so enrollment takes the path the
-// agent will take, and sends nothing out of the control NIC.
+// DNS queries too (see nicbind.DialerFrom, which the agent's uplink and
+// check use as well), so enrollment takes the path the agent will take,
+// and sends nothing out of the control NIC.
 func dialer(o Options) (*net.Dialer, error) {
-	var local netip.Addr
-	if o.LocalAddr != "" {
-		ip, err := netip.ParseAddr(o.LocalAddr)
-		if err != nil {
-			return nil, fmt.Errorf("local address %q is not an IP address: give the uplink NIC's address, without a port", o.LocalAddr)
-		}
-		local = ip.Unmap()
+	d, err := nicbind.DialerFrom(o.Interface, o.LocalAddr)
+	if err != nil {
+		return nil, fmt.Errorf("enrolling from the uplink side: %w", err)
 	}
-	ifname := o.Interface
-	if ifname == "" && local.IsValid() {
-		owner, err := nicbind.Owner(local)
-		if err != nil {
-			return nil, fmt.Errorf("enrolling from %s: %w", local, err)
-		}
-		ifname = owner
-	}
-	d := nicbind.Dialer(ifname, local)
 	d.Timeout = o.Timeout
 	return d, nil
 }

@@ -155,6 +155,39 @@ func Dialer(ifname string, local netip.Addr) *net.Dialer {
 	return d
 }
 
+// DialerFrom is Dialer for the addresses and interface names a config
+// spells as strings (uplink.local_address and uplink.interface, a device's
+// local_address): the one place that turns them into a bound dialer, so
+// enroll, check, discover and the uplink all dial the same way.
+//
+// local is an IP address without a port, or "" for the kernel's choice.
+// ifname is the interface to bind to; when it is "" and local is set, the
+// dialer binds to the interface that holds local (Owner), because an
+// address alone does not keep a connection on its NIC: Linux's weak host
+// model sends it by whatever route the table picks, so naming the address
+// without the NIC would otherwise be a promise the kernel does not keep.
+// A named ifname is used as it is, even if local is not among its
+// addresses (the bind then fails at dial time, saying so). It fails when
+// local is no IP address, or no interface holds it.
+func DialerFrom(ifname, local string) (*net.Dialer, error) {
+	var ip netip.Addr
+	if local != "" {
+		a, err := netip.ParseAddr(local)
+		if err != nil {
+			return nil, fmt.Errorf("local address %q is not an IP address: give the NIC's address, without a port", local)
+		}
+		ip = a.Unmap()
+	}
+	if ifname == "" && ip.IsValid() {
+		owner, err := Owner(ip)
+		if err != nil {
+			return nil, fmt.Errorf("dialing from %s: %w", ip, err)
+		}
+		ifname = owner
+	}
+	return Dialer(ifname, ip), nil
+}
+
 // resolverDial is the resolver's Dial: the bound dialer, with the local
 // address in the form the network needs (a UDP dial refuses a TCP local
 // address), and without a resolver of its own (the DNS server's address

@@ -126,3 +126,79 @@ func TestProbe(t *testing.T) {
 		t.Errorf("Probe of a missing interface = %v, want an error naming it", err)
 	}
 }
+
+// TestDialerFrom: the dialer made from a config's strings dials from the
+// address and binds to the named interface or, when none is named, to the
+// one holding the address; no address binds nothing; a malformed address
+// or one no interface holds is refused before anything is dialled.
+func TestDialerFrom(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	tests := []struct {
+		name, ifname, local string
+		wantDev, wantFrom   string // wantFrom "" means any
+		wantErr, wantDial   string // error fragments of DialerFrom, of the dial
+	}{
+		{name: "kernel's choice", wantDev: ""},
+		{name: "interface from the address", local: "127.0.0.2", wantDev: "lo", wantFrom: "127.0.0.2"},
+		{name: "named interface", ifname: "lo", local: "127.0.0.2", wantDev: "lo", wantFrom: "127.0.0.2"},
+		{name: "named interface, no address", ifname: "lo", wantDev: "lo"},
+		{name: "mapped address", local: "::ffff:127.0.0.2", wantDev: "lo", wantFrom: "127.0.0.2"},
+		{name: "unspecified address", local: "0.0.0.0", wantDev: ""},
+		{name: "address with a port", local: "127.0.0.2:80", wantErr: "not an IP address"},
+		{name: "a name", local: "uplink-nic", wantErr: "not an IP address"},
+		{name: "address on no interface", local: "192.0.2.77", wantErr: "no interface of this machine has that address"},
+		{name: "interface missing", ifname: "nosuchnic0", wantDial: "nosuchnic0"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := DialerFrom(tt.ifname, tt.local)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("DialerFrom(%q, %q) = %v, want an error saying %q", tt.ifname, tt.local, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Resolver == nil {
+				t.Error("no resolver of its own: names would be looked up off the binding")
+			}
+			conn, err := d.DialContext(t.Context(), "tcp4", ln.Addr().String())
+			if tt.wantDial != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantDial) {
+					t.Errorf("dial = %v, want an error saying %q", err, tt.wantDial)
+				}
+				if conn != nil {
+					conn.Close()
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			dev, err := Device(conn.(syscall.Conn))
+			if err != nil || dev != tt.wantDev {
+				t.Errorf("bound to %q (%v), want %q", dev, err, tt.wantDev)
+			}
+			from := conn.LocalAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().String()
+			if tt.wantFrom != "" && from != tt.wantFrom {
+				t.Errorf("dialled from %s, want %s", from, tt.wantFrom)
+			}
+		})
+	}
+}
