@@ -291,7 +291,9 @@ const roomSlack = 64 << 10
 // doubling would otherwise wipe the whole backlog and refuse the read all
 // the same.
 func (b *Buffer) makeRoom(cause error, need int64, retry func() error) error {
-	if ceiling, ok := b.roomCeiling(); ok && need > ceiling {
+	// With roomSlack: the commit needs its branch pages and freelist too,
+	// and a read that fits only without them would still empty the buffer.
+	if ceiling, ok := b.roomCeiling(); ok && need+roomSlack > ceiling {
 		b.log.Warn("buffer's file system full and a read larger than all the space the buffer could free: refused it, dropped nothing",
 			"path", b.path, "need_bytes", need, "ceiling_bytes", ceiling)
 		return fmt.Errorf("%w (the read needs %d bytes, more than the %d the buffer could have by dropping everything it holds; nothing dropped): free space on the buffer's file system, give the buffer its own, or poll fewer points per device",

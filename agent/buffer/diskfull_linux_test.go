@@ -207,3 +207,57 @@ func TestDiskFull(t *testing.T) {
 		t.Fatalf("after the refused read: got %d samples, want the backlog and the next read, %d", len(got), len(want))
 	}
 }
+
+// TestDiskFullLargeRead: on a full disk, a read larger than any free space
+// but smaller than what dropping the backlog frees is stored, the oldest
+// data dropped for it and counted; the bound that refuses reads larger
+// than the disk must not refuse this one.
+func TestDiskFullLargeRead(t *testing.T) {
+	ctx := context.Background()
+	disk := tinyDisk(t, 8<<20)
+	filler := filepath.Join(disk, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(f, zeroReader{}, 5<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	path := filepath.Join(disk, "buffer.db")
+	b := openT(t, path, Options{})
+	defer func() { b.Close() }()
+
+	// Pending records until the disk is full and appends drop.
+	const perRead = 1000
+	appended := 0
+	for i := 0; b.Stats().DroppedSamples == 0; i++ {
+		if i > 10_000 {
+			t.Fatalf("%d samples appended and the test disk never filled", appended)
+		}
+		if err := b.Append(ctx, mkSamples(appended, perRead)); err != nil {
+			t.Fatalf("append of samples %d+%d: %v", appended, perRead, err)
+		}
+		appended += perRead
+	}
+	full := b.Stats()
+	// A read of about a third of what the buffer holds: more than the
+	// disk has free, far less than dropping the backlog frees.
+	n := int(full.Bytes/3) / 19 // about 19 bytes a sample in a record
+	if err := b.Append(ctx, mkSamples(appended, n)); err != nil {
+		t.Fatalf("append of %d samples (about %d bytes) with %d live bytes to drop: %v", n, full.Bytes/3, full.Bytes, err)
+	}
+	appended += n
+	st := b.Stats()
+	if st.DroppedSamples <= full.DroppedSamples {
+		t.Fatalf("the large read was stored without dropping anything (%+v before, %+v after): the test shows nothing", full, st)
+	}
+	b = reopen(t, b, path, Options{})
+	dropped := int(b.Stats().DroppedSamples)
+	if err := os.Remove(filler); err != nil { // room to seal the rest
+		t.Fatal(err)
+	}
+	if got, want := drainAll(t, b, 10_000), mkSamples(dropped, appended-dropped); !sameSamples(got, want) {
+		t.Fatalf("survivors: got %d samples, want the newest %d of %d (dropped %d)", len(got), len(want), appended, dropped)
+	}
+}
