@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -17,18 +16,15 @@ import (
 // newTransport builds the HTTP/2-over-TLS-1.3 transport with the client
 // certificate. It only dials; it never listens.
 func newTransport(cfg Config, conns *connTracker, sessions *sessionCache) (*http.Transport, error) {
-	var local netip.Addr
-	if cfg.LocalAddr != "" {
-		ip, err := netip.ParseAddr(cfg.LocalAddr)
-		if err != nil {
-			return nil, fmt.Errorf("local address %q is not an IP address: give the uplink NIC's address, without a port", cfg.LocalAddr)
-		}
-		local = ip.Unmap()
+	// Bound to the uplink NIC (the named one, else the one holding the
+	// local address), the names of the ingest and the proxy included:
+	// their DNS queries leave by the uplink too, never by a DNS server the
+	// routing table finds on the control side. enroll and check dial the
+	// same way.
+	dialer, err := nicbind.DialerFrom(cfg.Interface, cfg.LocalAddr)
+	if err != nil {
+		return nil, fmt.Errorf("uplink: %w", err)
 	}
-	// Bound to the uplink NIC, the names of the ingest and the proxy
-	// included: their DNS queries leave by the uplink too, never by a DNS
-	// server the routing table finds on the control side.
-	dialer := nicbind.Dialer(cfg.Interface, local)
 	dialer.KeepAlive = 30 * time.Second
 	proxy := cfg.Proxy
 	if proxy == nil {
