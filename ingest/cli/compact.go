@@ -17,6 +17,7 @@ import (
 	"github.com/sightglass-bms/sightglass/ingest/compact"
 	"github.com/sightglass-bms/sightglass/ingest/config"
 	"github.com/sightglass-bms/sightglass/ingest/export"
+	"github.com/sightglass-bms/sightglass/ingest/observequeue"
 )
 
 // archiveFlags choose the archive a command works on: the store of the
@@ -84,7 +85,9 @@ into a new generation of the day blob. Progress goes to stderr.`,
 					return err
 				}
 			}
-			c := compact.New(cs, compact.Options{Logger: log})
+			// Batches the hot store still owes stay as they are until its
+			// retry has read them.
+			c := compact.New(cs, compact.Options{Logger: log, Owed: compact.OwedFunc(observequeue.Owed(cs))})
 			var results []compact.Result
 			var total compact.Result
 			for i, d := range days {

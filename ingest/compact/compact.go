@@ -83,7 +83,16 @@ type Options struct {
 	// (DefaultMergeSamples): a day with more is merged a range of point
 	// ids at a time, decoding its blobs once per range.
 	MergeSamples int
+	// Owed, when set, names the batches of a site that must stay as they
+	// are for now: the hot store still owes them (observequeue.Owed),
+	// and its retry reads the batch blob, which compaction would delete.
+	// They are left for a later compaction; readers merge them anyway.
+	Owed OwedFunc
 }
+
+// OwedFunc reports which batches of tenant/site to leave uncompacted: the
+// returned func says, per agent and seq, whether to hold the batch.
+type OwedFunc func(ctx context.Context, tenant, site string) (func(agent string, seq uint64) bool, error)
 
 // DefaultMergeSamples is Options.MergeSamples's default: 4M samples, 128
 // MiB of decoded samples; a day of 2,800 points at one minute fits, one of
@@ -105,13 +114,14 @@ type Compactor struct {
 	lookback time.Duration
 	// mergeSamples is Options.MergeSamples.
 	mergeSamples int
+	owed         OwedFunc
 	now          func() time.Time
 }
 
 // New returns a Compactor over store.
 func New(store Store, o Options) *Compactor {
 	c := &Compactor{store: store, log: o.Logger, part: o.PartSamples, lim: o.Limits, lookback: o.Lookback,
-		mergeSamples: o.MergeSamples, tables: pointtable.New(store, o.Tables), now: time.Now}
+		mergeSamples: o.MergeSamples, tables: pointtable.New(store, o.Tables), owed: o.Owed, now: time.Now}
 	if c.mergeSamples <= 0 {
 		c.mergeSamples = DefaultMergeSamples
 	}
@@ -139,6 +149,7 @@ type Result struct {
 	SourceBytes int    `json:"source_bytes"`
 	Bytes       int    `json:"bytes"`   // of the day blob's parts
 	Skipped     bool   `json:"skipped"` // nothing new to merge
+	Held        int    `json:"held"`    // batches left for later: the hot store still owes them
 }
 
 // DayPrefix is where a day's batch blobs are: {tenant}/{site}/{yyyy}/{mm}/{dd}/.
@@ -294,6 +305,27 @@ func (c *Compactor) Day(ctx context.Context, tenant, site string, day time.Time)
 	}
 }
 
+// holdOwed takes the batches Options.Owed holds out of names, counting
+// them in res.Held.
+func (c *Compactor) holdOwed(ctx context.Context, tenant, site string, names []string, res *Result) ([]string, error) {
+	if c.owed == nil || len(names) == 0 {
+		return names, nil
+	}
+	owed, err := c.owed(ctx, tenant, site)
+	if err != nil {
+		return nil, fmt.Errorf("compacting %s/%s %s: finding the batches the hot store still owes: %w (nothing was changed; run compact again)", tenant, site, res.Day, err)
+	}
+	kept := make([]string, 0, len(names))
+	for _, n := range names {
+		if _, _, agent, seq, ok := blob.ParseBatchName(n); ok && owed(agent, seq) {
+			res.Held++
+			continue
+		}
+		kept = append(kept, n)
+	}
+	return kept, nil
+}
+
 func (c *Compactor) day(ctx context.Context, tenant, site string, day time.Time) (Result, error) {
 	day = day.UTC().Truncate(24 * time.Hour)
 	res := Result{Day: day.Format(time.DateOnly)}
@@ -301,6 +333,12 @@ func (c *Compactor) day(ctx context.Context, tenant, site string, day time.Time)
 	srcNames, prefix, existing, err := c.listDay(ctx, tenant, site, day)
 	if err != nil {
 		return res, fmt.Errorf("compacting %s/%s %s: %w", tenant, site, res.Day, err)
+	}
+	if srcNames, err = c.holdOwed(ctx, tenant, site, srcNames, &res); err != nil {
+		return res, err
+	}
+	if res.Held > 0 {
+		log.Info("left batches the hot store still owes for a later compaction", "batches", res.Held)
 	}
 	gens, allParts := generations(prefix, existing)
 	for _, n := range existing {

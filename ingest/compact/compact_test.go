@@ -287,3 +287,54 @@ func TestParsePart(t *testing.T) {
 		}
 	}
 }
+
+// TestOwedBatchesHeld: a batch the hot store still owes (Options.Owed)
+// stays as it is, so the retry that reads its blob finds it; the next
+// compaction, once it is no longer owed, merges it. Readers see every
+// sample throughout.
+func TestOwedBatchesHeld(t *testing.T) {
+	a := newArchive(t)
+	h0, h1 := hour(0, 3, linear), hour(1, 3, linear)
+	a.upload("ag-a", h0)
+	held := a.upload("ag-a", h1)
+	owedSeq := a.seq
+	owed := true
+	c := New(a.store, Options{Owed: func(_ context.Context, tenant, site string) (func(string, uint64) bool, error) {
+		if tenant != "t1" || site != "s1" {
+			t.Errorf("asked about %s/%s", tenant, site)
+		}
+		return func(agent string, seq uint64) bool { return owed && agent == "ag-a" && seq == owedSeq }, nil
+	}})
+	res, err := c.Day(context.Background(), "t1", "s1", day)
+	if err != nil || res.Sources != 1 || res.Held != 1 || res.Samples != len(h0) {
+		t.Fatalf("with a batch owed: %+v, %v; want one merged and one held", res, err)
+	}
+	if src := a.sources(); len(src) != 1 || src[0] != held {
+		t.Errorf("sources left %v, want the owed %s", src, held)
+	}
+	all, err := c.ReadDay(context.Background(), "t1", "s1", day)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameSamples(t, all, append(slices.Clone(h0), h1...))
+
+	owed = false
+	res, err = c.Day(context.Background(), "t1", "s1", day)
+	if err != nil || res.Sources != 1 || res.Held != 0 || res.Samples != len(h0)+len(h1) {
+		t.Fatalf("once no longer owed: %+v, %v; want it merged", res, err)
+	}
+	if src := a.sources(); len(src) != 0 {
+		t.Errorf("sources left %v", src)
+	}
+
+	failing := New(a.store, Options{Owed: func(context.Context, string, string) (func(string, uint64) bool, error) {
+		return nil, errors.New("archive down")
+	}})
+	a.upload("ag-a", hour(2, 3, linear))
+	if _, err := failing.Day(context.Background(), "t1", "s1", day); err == nil || !strings.Contains(err.Error(), "owes") {
+		t.Errorf("Owed failing: %v, want the day left alone with an error saying why", err)
+	}
+	if src := a.sources(); len(src) != 1 {
+		t.Errorf("after Owed failed, sources %v, want the new batch kept", src)
+	}
+}

@@ -470,3 +470,32 @@ func (q *Queue) ok(kind string) {
 		q.log.Info("retrying batches the hot store missed works again", "kind", kind, "failures", n)
 	}
 }
+
+// Lister lists blob names by prefix, as blob.Store does.
+type Lister interface {
+	List(ctx context.Context, prefix string) ([]string, error)
+}
+
+// Owed returns, for compaction (compact.Options.Owed), which batches of
+// tenant/site have a marker under Prefix in store: the hot store still
+// owes them, and the retry needs their blob, which compaction deletes.
+func Owed(store Lister) func(ctx context.Context, tenant, site string) (func(agent string, seq uint64) bool, error) {
+	return func(ctx context.Context, tenant, site string) (func(agent string, seq uint64) bool, error) {
+		names, err := store.List(ctx, Prefix)
+		if err != nil {
+			return nil, fmt.Errorf("listing the hot store's owed batches under %s: %w", Prefix, err)
+		}
+		type key struct {
+			agent string
+			seq   uint64
+		}
+		owed := map[key]bool{}
+		for _, n := range names {
+			id, seq, err := ParseMarkerName(n)
+			if err == nil && id.Tenant == tenant && id.Site == site {
+				owed[key{id.Agent, seq}] = true
+			}
+		}
+		return func(agent string, seq uint64) bool { return owed[key{agent, seq}] }, nil
+	}
+}
