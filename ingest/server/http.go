@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -176,6 +175,40 @@ func (s *Server) agentHandler() http.Handler {
 // arrive.
 const readBodyPrealloc = 256 << 10
 
+// readKnown reads a body announced as n bytes: into a buffer that grows as
+// bytes arrive but never past n (so a batch costs about its size, not the
+// doubling io.ReadAll or bytes.Buffer do), then checks that the body ends
+// there.
+func readKnown(rd io.Reader, n int64) ([]byte, error) {
+	data := make([]byte, 0, min(n, readBodyPrealloc))
+	for int64(len(data)) < n {
+		if len(data) == cap(data) {
+			// Double, but never past n: slices.Grow would round up.
+			grown := make([]byte, len(data), len(data)+int(min(int64(len(data)), n-int64(len(data)))))
+			copy(grown, data)
+			data = grown
+		}
+		m, err := rd.Read(data[len(data):min(int64(cap(data)), n)])
+		data = data[:len(data)+m]
+		switch {
+		case err == io.EOF && int64(len(data)) == n:
+			return data, nil
+		case err == io.EOF:
+			return nil, fmt.Errorf("got %d of the %d bytes announced", len(data), n)
+		case err != nil:
+			return nil, err
+		}
+	}
+	var one [1]byte
+	if m, err := rd.Read(one[:]); m > 0 || (err != nil && err != io.EOF) {
+		if err == nil {
+			err = fmt.Errorf("more than the %d bytes announced", n)
+		}
+		return nil, err
+	}
+	return data, nil
+}
+
 func readBody(w http.ResponseWriter, r *http.Request, limit int64, what string) ([]byte, *refusal) {
 	// A body announced larger than the limit is refused unread. One of
 	// known length is read into a buffer sized for it, but at most
@@ -187,14 +220,13 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64, what string) 
 		return nil, refuse(http.StatusRequestEntityTooLarge, CodeTooLarge,
 			"%s is larger than the limit of %d bytes: send smaller ones", what, limit)
 	}
-	var buf bytes.Buffer
-	if r.ContentLength > 0 {
-		buf.Grow(int(min(r.ContentLength, readBodyPrealloc)))
-	}
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
-	data := buf.Bytes()
-	if err == nil && r.ContentLength >= 0 && int64(len(data)) != r.ContentLength {
-		err = fmt.Errorf("got %d of the %d bytes announced", len(data), r.ContentLength)
+	rd := http.MaxBytesReader(w, r.Body, limit)
+	var data []byte
+	var err error
+	if r.ContentLength >= 0 {
+		data, err = readKnown(rd, r.ContentLength)
+	} else {
+		data, err = io.ReadAll(rd)
 	}
 	if err != nil {
 		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
