@@ -38,6 +38,9 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if os.Getenv(oldHostEnv) == "1" {
+		os.Exit(serveOldHost())
+	}
 	if os.Getenv(agentEnv) == "1" {
 		os.Exit(actAsAgent())
 	}
@@ -83,6 +86,14 @@ func hostedForTest() []driver.Info {
 			return &reportingFake{fake: f}, err
 		}},
 		opcua.Info(),
+		{Name: "cursor", New: func(dev driver.Device) (driver.Driver, error) {
+			f, err := newFake(dev)
+			return &cursorFake{fakeCommitter: &fakeCommitter{f}}, err
+		}},
+		{Name: "cpnocommit", New: func(dev driver.Device) (driver.Driver, error) {
+			f, err := newFake(dev)
+			return checkpointOnly{&plainDriver{f}}, err
+		}},
 	}
 }
 
@@ -115,6 +126,7 @@ type fake struct {
 	}
 	connected bool
 	commits   int
+	interval  time.Duration // the device's, as the driver was built with it
 }
 
 type fakeCommitter struct{ *fake }
@@ -138,7 +150,7 @@ func (p *plainDriver) Read(ctx context.Context, pts []driver.Point) ([]telemetry
 func (p *plainDriver) Close() error { return p.f.Close() }
 
 func newFake(dev driver.Device) (*fake, error) {
-	f := &fake{offsets: map[uint64]float64{}, log: dev.Logger}
+	f := &fake{offsets: map[uint64]float64{}, log: dev.Logger, interval: dev.Interval}
 	if dev.Settings != nil {
 		if err := dev.Settings.Decode(&f.cfg); err != nil {
 			return nil, fmt.Errorf("fake settings: %w", err)
@@ -188,7 +200,7 @@ const nanBits = 0x7ff8_dead_beef_0001
 // Read does what each point's Ref says: panic, exit, alloc (until the
 // address-space limit stops it), hang (ignoring ctx), slow (until ctx
 // ends), busy, lost, refused, log, stdout, pid (value is the child's
-// pid), commits, nan; anything else reads scale × ID + offset.
+// pid), commits, interval (the device's, in seconds), nan; anything else reads scale × ID + offset.
 func (f *fake) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sample, error) {
 	if !f.connected {
 		return nil, errors.New("fake: not connected")
@@ -234,6 +246,8 @@ func (f *fake) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sam
 			v = float64(os.Getpid())
 		case "commits":
 			v = float64(f.commits)
+		case "interval":
+			v = f.interval.Seconds()
 		case "nan":
 			v = math.Float64frombits(nanBits)
 		}
@@ -297,3 +311,58 @@ func (r *reportingFake) Read(ctx context.Context, pts []driver.Point) ([]telemet
 func (r *reportingFake) Counters() []driver.Counter {
 	return []driver.Counter{{Name: "requests", Value: r.reads}, {Name: driver.GuardRefusals, Value: r.refused}}
 }
+
+// cursorFake consumes a numbered source: each Read returns the record
+// after its place (the point "next"), its Checkpoint is that place in
+// decimal, Commit makes it durable (in memory: a new child knows it only
+// through Restore) and Restore takes a place further along. A state that
+// is not a number is refused with an error.
+type cursorFake struct {
+	*fakeCommitter
+	place, staged int
+}
+
+func (c *cursorFake) Read(ctx context.Context, pts []driver.Point) ([]telemetry.Sample, error) {
+	out, err := c.fake.Read(ctx, pts)
+	if err != nil {
+		return nil, err
+	}
+	for i, p := range pts {
+		if p.Ref == "next" {
+			c.staged = max(c.staged, c.place) + 1
+			out[i].Value = float64(c.staged)
+		}
+	}
+	return out, nil
+}
+
+func (c *cursorFake) Commit(ctx context.Context) error {
+	if err := c.fakeCommitter.Commit(ctx); err != nil {
+		return err
+	}
+	c.place = max(c.place, c.staged)
+	return nil
+}
+
+func (c *cursorFake) Checkpoint() []byte {
+	if c.staged == 0 && c.place == 0 {
+		return nil
+	}
+	return []byte(strconv.Itoa(max(c.staged, c.place)))
+}
+
+func (c *cursorFake) Restore(state []byte) error {
+	n, err := strconv.Atoi(string(state))
+	if err != nil || n < 0 {
+		return fmt.Errorf("cursor: state %q is not a place", state)
+	}
+	c.place = max(c.place, n)
+	return nil
+}
+
+// checkpointOnly keeps a checkpoint but commits nothing: the poller
+// stores no state for it, so the proxy must not offer one either.
+type checkpointOnly struct{ *plainDriver }
+
+func (checkpointOnly) Checkpoint() []byte   { return []byte("1") }
+func (checkpointOnly) Restore([]byte) error { return nil }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
@@ -19,6 +20,8 @@ func FuzzDecodeAnswer(f *testing.F) {
 	f.Add(encodeAnswer(answer{typ: ansSamples, id: 2, samples: []telemetry.Sample{{PointID: 1, Time: 1767323045000, Value: 21.5}, {PointID: 2, Status: telemetry.StatusFault}}}))
 	f.Add(encodeAnswer(answer{typ: ansPoints, id: 3, points: []driver.Point{{Ref: "ns=2;s=AHU1.SAT", Name: "SAT", Unit: "°C", Tags: []string{"ahu"}, Settings: yamlSettings("mode: subscribe\n")}}}))
 	f.Add(encodeAnswer(answer{typ: ansError, id: 4, err: remoteError("reading: connection lost", 1)}))
+	f.Add(encodeAnswer(answer{typ: ansSamples, id: 5, samples: []telemetry.Sample{{PointID: 1, Time: 1767323045000, Value: 21.5}}, state: []byte(`{"version":1,"points":{"ns=2;s=Hist":{"last":1767323045000}}}`)}))
+	f.Add(encodeAnswer(answer{typ: ansSamples, id: 6, state: []byte{}}))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		a, err := decodeAnswer(body)
 		if err != nil {
@@ -61,7 +64,7 @@ func FuzzReadFrame(f *testing.F) {
 // FuzzDecodeCall feeds the child's decoder; the parent is trusted, but a
 // frame it cannot decode must be an error, not a crash.
 func FuzzDecodeCall(f *testing.F) {
-	body, err := encodeStart(0, start{version: Version, driver: "opcua", device: "d", level: slog.LevelInfo, settings: yamlSettings("endpoint: opc.tcp://127.0.0.1:4840\n"), points: []driver.Point{{ID: 1, Ref: "i=2258"}}})
+	body, err := encodeStart(0, start{version: Version, driver: "opcua", device: "d", level: slog.LevelInfo, interval: time.Minute, settings: yamlSettings("endpoint: opc.tcp://127.0.0.1:4840\n"), points: []driver.Point{{ID: 1, Ref: "i=2258"}}})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -76,6 +79,10 @@ func FuzzDecodeCall(f *testing.F) {
 	cancel := newEnc(msgCancel, 0)
 	cancel.uvarint(2)
 	f.Add(cancel.b)
+	restore := newEnc(msgRestore, 3)
+	restore.uvarint(uint64(5 * time.Second))
+	restore.optBytes([]byte(`{"version":1,"points":{"ns=2;s=Hist":{"last":1767323045000,"gaps":[{"from":1,"to":2}]}}}`))
+	f.Add(restore.b)
 	f.Fuzz(func(t *testing.T, body []byte) {
 		_, _ = decodeCall(body)
 	})

@@ -98,6 +98,7 @@ type host struct {
 
 	drv    driver.Driver
 	caps   uint64
+	cp     driver.Checkpointer // nil unless caps has capCheckpointer
 	points []driver.Point
 	log    *slog.Logger
 
@@ -119,7 +120,7 @@ func (h *host) start(reg *driver.Registry, c call, logw io.Writer) error {
 	}
 	h.log = slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: s.level}))
 	h.points = s.points
-	drv, err := info.New(driver.Device{Name: s.device, Settings: s.settings, Points: s.points, Logger: h.log, DataDir: s.dataDir})
+	drv, err := info.New(driver.Device{Name: s.device, Settings: s.settings, Points: s.points, Logger: h.log, DataDir: s.dataDir, Interval: s.interval})
 	if err != nil {
 		return fmt.Errorf("building the %s driver: %w", s.driver, err)
 	}
@@ -129,6 +130,10 @@ func (h *host) start(reg *driver.Registry, c call, logw io.Writer) error {
 	}
 	if _, ok := drv.(driver.Committer); ok {
 		h.caps |= capCommitter
+		if cp, ok := drv.(driver.Checkpointer); ok {
+			h.cp = cp
+			h.caps |= capCheckpointer
+		}
 	}
 	return nil
 }
@@ -152,12 +157,12 @@ func (h *host) dispatch(ctx context.Context, c call) bool {
 			h.sendOK(c.id)
 		}
 		return true
-	case msgConnect, msgRead, msgDiscover, msgCommit:
+	case msgConnect, msgRead, msgDiscover, msgCommit, msgRestore:
 	default:
 		// Nothing but the driver's reads is served: a frame asking for
 		// anything else is refused, whoever built it.
 		h.log.Error("driver host refused a call it does not serve", "call", fmt.Sprintf("%q", c.typ))
-		h.sendError(c.id, fmt.Errorf("driver host: call %q refused: only connect, read, discover, commit and close are served: %w", c.typ, driver.ErrRefused))
+		h.sendError(c.id, fmt.Errorf("driver host: call %q refused: only connect, read, discover, commit, restore and close are served: %w", c.typ, driver.ErrRefused))
 		return false
 	}
 	cctx, cancel := context.WithCancel(ctx)
@@ -213,6 +218,17 @@ func (h *host) serve(ctx context.Context, c call) {
 		e := newEnc(ansSamples, c.id)
 		e.samples(samples)
 		e.counters(h.counts())
+		// The checkpoint rides on the read that made it, so the parent's
+		// Checkpoint is exactly the state this Read left, without a call.
+		var state []byte
+		if h.cp != nil {
+			state = h.cp.Checkpoint()
+		}
+		if len(state) > MaxState {
+			h.sendError(c.id, fmt.Errorf("driver host: the driver's checkpoint of %d bytes exceeds the %d-byte limit: it is a bug in the driver, report it", len(state), MaxState))
+			return
+		}
+		e.optBytes(state)
 		h.send(e.b)
 	case msgDiscover:
 		disc, ok := h.drv.(driver.Discoverer)
@@ -243,6 +259,12 @@ func (h *host) serve(ctx context.Context, c call) {
 			return
 		}
 		h.answerErr(c.id, com.Commit(ctx))
+	case msgRestore:
+		if h.cp == nil {
+			h.sendError(c.id, errors.New("driver host: the driver keeps no checkpoint to restore"))
+			return
+		}
+		h.answerErr(c.id, h.cp.Restore(c.state))
 	}
 }
 

@@ -7,8 +7,20 @@
 // network I/O, as the SDK requires) and closes it; Connect starts the child
 // (`sightglass-agent driver-host`, the agent's own binary), sends it the
 // device, and forwards Connect, Read, Close and, when the real driver has
-// them, Discover and Commit. The child builds the real driver from the
-// unwrapped registry (Main, Serve).
+// them, Discover, Commit and Checkpoint and Restore. The child builds the
+// real driver from the unwrapped registry (Main, Serve).
+//
+// Checkpoints (driver.Checkpointer): the proxy is a Checkpointer exactly
+// when the real driver is both a Checkpointer and a Committer (it knows
+// from the driver New builds in-process, and the child's ready answer
+// confirms it). Every samples answer carries the child's Checkpoint, so the
+// proxy's Checkpoint is the state the last Read left, answered from memory
+// without a call. Restore, which the poller calls before the first Connect
+// (before any child runs), is kept and sent to each child the proxy starts
+// before its Connect; once a Commit succeeds, the state of the read it
+// committed replaces it. A child started after a crash or a reconnect thus
+// goes on from the last committed place, and what an uncommitted read
+// returned (the buffer refused it) is read again.
 //
 // Lifecycle: one child per Connect … Close. A child that exits (a crash,
 // the OOM killer, a kill after it stopped answering) makes the call in
@@ -24,6 +36,7 @@
 package subprocess
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -89,6 +102,12 @@ var (
 	_ driver.Committer  = (*commitProxy)(nil)
 	_ driver.Discoverer = (*discoverCommitProxy)(nil)
 	_ driver.Committer  = (*discoverCommitProxy)(nil)
+
+	_ driver.Committer    = (*checkpointProxy)(nil)
+	_ driver.Checkpointer = (*checkpointProxy)(nil)
+	_ driver.Discoverer   = (*discoverCheckpointProxy)(nil)
+	_ driver.Committer    = (*discoverCheckpointProxy)(nil)
+	_ driver.Checkpointer = (*discoverCheckpointProxy)(nil)
 )
 
 // Wrap returns inner run in a child process that cmd starts. The returned
@@ -112,18 +131,17 @@ func newProxy(inner driver.Info, cmd Command, o Options, dev driver.Device) (dri
 	if err := d.Close(); err != nil {
 		return nil, fmt.Errorf("closing the %s driver after validating its settings: %w", inner.Name, err)
 	}
-	if checkpoints {
-		// The protocol carries no Checkpoint or Restore: hosted, the
-		// driver would quietly lose its crash protection.
-		return nil, fmt.Errorf("the %s driver keeps a checkpoint (driver.Checkpointer), which a driver host cannot carry yet: run it in the agent's process", inner.Name)
-	}
+	// The poller stores a checkpoint only for a driver that commits, so a
+	// Checkpointer that does not commit is carried as what it is to the
+	// poller: a plain driver.
+	checkpoints = checkpoints && canCommit
 	log := dev.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	// Encoded once: a setting that cannot be carried is an error now, at
 	// start-up, rather than at every Connect.
-	startBody, err := encodeStart(0, start{version: Version, driver: inner.Name, device: dev.Name, dataDir: dev.DataDir, level: minLevel(log), settings: dev.Settings, points: dev.Points})
+	startBody, err := encodeStart(0, start{version: Version, driver: inner.Name, device: dev.Name, dataDir: dev.DataDir, level: minLevel(log), interval: dev.Interval, settings: dev.Settings, points: dev.Points})
 	if err != nil {
 		return nil, fmt.Errorf("%s driver in a child process: %w", inner.Name, err)
 	}
@@ -146,10 +164,17 @@ func newProxy(inner driver.Info, cmd Command, o Options, dev driver.Device) (dri
 	if canCommit {
 		p.caps |= capCommitter
 	}
+	if checkpoints {
+		p.caps |= capCheckpointer
+	}
 	for i, pt := range dev.Points {
 		p.index[pt.ID] = i
 	}
 	switch {
+	case canDiscover && checkpoints:
+		return &discoverCheckpointProxy{p}, nil
+	case checkpoints:
+		return &checkpointProxy{p}, nil
 	case canDiscover && canCommit:
 		return &discoverCommitProxy{p}, nil
 	case canDiscover:
@@ -191,6 +216,13 @@ type proxy struct {
 	counts   []driver.Counter
 	countsOf *child
 	base     map[string]uint64
+
+	// A Checkpointer's states (see the package doc): state is what the
+	// last read left (or what Restore gave, until a read reports), and
+	// committed what every new child is restored with before its Connect.
+	stateMu   sync.Mutex
+	state     []byte
+	committed []byte
 }
 
 // Counters reports the counts of the child's driver (driver.Reporter) as
@@ -234,6 +266,31 @@ var _ driver.Reporter = (*proxy)(nil)
 type discoverProxy struct{ *proxy }
 type commitProxy struct{ *proxy }
 type discoverCommitProxy struct{ *proxy }
+type checkpointProxy struct{ *proxy }
+type discoverCheckpointProxy struct{ *proxy }
+
+// Commit forwards to the child's driver.
+func (p *checkpointProxy) Commit(ctx context.Context) error { return p.commit(ctx) }
+
+// Checkpoint returns the state the last Read left (see the package doc).
+func (p *checkpointProxy) Checkpoint() []byte { return p.checkpoint() }
+
+// Restore keeps state for every child the proxy starts (see the package doc).
+func (p *checkpointProxy) Restore(state []byte) error { return p.restore(state) }
+
+// Discover forwards to the child's driver.
+func (p *discoverCheckpointProxy) Discover(ctx context.Context) ([]driver.Point, error) {
+	return p.discover(ctx)
+}
+
+// Commit forwards to the child's driver.
+func (p *discoverCheckpointProxy) Commit(ctx context.Context) error { return p.commit(ctx) }
+
+// Checkpoint returns the state the last Read left (see the package doc).
+func (p *discoverCheckpointProxy) Checkpoint() []byte { return p.checkpoint() }
+
+// Restore keeps state for every child the proxy starts (see the package doc).
+func (p *discoverCheckpointProxy) Restore(state []byte) error { return p.restore(state) }
 
 // Discover forwards to the child's driver.
 func (p *discoverProxy) Discover(ctx context.Context) ([]driver.Point, error) {
@@ -288,6 +345,11 @@ func (p *proxy) Read(ctx context.Context, points []driver.Point) ([]telemetry.Sa
 	if err != nil {
 		return nil, err
 	}
+	if p.caps&capCheckpointer != 0 {
+		p.stateMu.Lock()
+		p.state = a.state
+		p.stateMu.Unlock()
+	}
 	return a.samples, nil
 }
 
@@ -308,8 +370,50 @@ func (p *proxy) commit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	_, err = c.call(ctx, msgCommit, deadlineOnly(ctx), ansOK)
-	return err
+	if _, err := c.call(ctx, msgCommit, deadlineOnly(ctx), ansOK); err != nil {
+		return err
+	}
+	// The poller commits after the buffer stored the last read's samples
+	// with its checkpoint (and never reads concurrently a driver that
+	// commits), so that checkpoint is now the place to go on from.
+	p.stateMu.Lock()
+	if p.state != nil {
+		p.committed = p.state
+	}
+	p.stateMu.Unlock()
+	return nil
+}
+
+// checkpoint returns a copy of the state the last read reported.
+func (p *proxy) checkpoint() []byte {
+	p.stateMu.Lock()
+	defer p.stateMu.Unlock()
+	return bytes.Clone(p.state)
+}
+
+// restore keeps state as the place every new child starts from. The
+// poller calls it before the first Connect, when no child runs yet; a
+// child already running is restored at once, within Options.CloseTimeout.
+func (p *proxy) restore(state []byte) error {
+	if len(state) > MaxState {
+		return fmt.Errorf("restoring the %s driver of %s: a state of %d bytes exceeds the %d-byte limit: ignored, the driver goes on from its own record", p.name, p.device, len(state), MaxState)
+	}
+	state = bytes.Clone(state)
+	if state == nil {
+		state = []byte{} // nil means none, but an empty state was given
+	}
+	p.stateMu.Lock()
+	p.state, p.committed = state, state
+	p.stateMu.Unlock()
+	p.mu.Lock()
+	c := p.c
+	p.mu.Unlock()
+	if c == nil || c.exitErr() != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.o.closeTimeout())
+	defer cancel()
+	return c.restore(ctx, state)
 }
 
 // Close closes the child's driver and ends the child, within
@@ -422,6 +526,9 @@ func (p *proxy) spawn(ctx context.Context) (*child, error) {
 	if err == nil && a.caps != p.caps {
 		err = fmt.Errorf("the driver host's %s driver offers capabilities %b, the agent's %b: restart the agent", p.name, a.caps, p.caps)
 	}
+	if err == nil && p.caps&capCheckpointer != 0 {
+		err = p.restoreChild(ctx, c)
+	}
 	if err != nil {
 		c.kill(err)
 		<-c.dead
@@ -432,6 +539,44 @@ func (p *proxy) spawn(ctx context.Context) (*child, error) {
 	}
 	p.log.Debug("driver host started", "pid", pid)
 	return c, nil
+}
+
+// restoreChild hands a new child's driver the committed state, if any,
+// before its Connect. A driver that refuses the state goes on from its own
+// record, as the poller lets it (logged); only a child that died or a
+// context that ended fails the start.
+func (p *proxy) restoreChild(ctx context.Context, c *child) error {
+	p.stateMu.Lock()
+	state := p.committed
+	p.stateMu.Unlock()
+	if state == nil {
+		return nil
+	}
+	err := c.restore(ctx, state)
+	switch {
+	case err == nil:
+	case errors.Is(err, driver.ErrConnLost) || ctx.Err() != nil:
+		return err
+	default:
+		p.log.Warn("the driver refused the state it was restored with; it goes on from its own record", "err", err)
+	}
+	p.stateMu.Lock()
+	p.state = state
+	p.stateMu.Unlock()
+	return nil
+}
+
+// restore sends a restore call with state.
+func (c *child) restore(ctx context.Context, state []byte) error {
+	_, err := c.call(ctx, msgRestore, func(e *enc) error {
+		e.deadline(ctx)
+		e.optBytes(state)
+		return nil
+	}, ansOK)
+	if err != nil {
+		return fmt.Errorf("restoring the %s driver of %s: %w", c.p.name, c.p.device, err)
+	}
+	return nil
 }
 
 func deadlineOnly(ctx context.Context) func(*enc) error {

@@ -552,26 +552,6 @@ func TestHungCallsAreBounded(t *testing.T) {
 	})
 }
 
-// checkpointingFake is a committing fake that also keeps a checkpoint.
-type checkpointingFake struct{ *fakeCommitter }
-
-func (checkpointingFake) Checkpoint() []byte   { return []byte("place") }
-func (checkpointingFake) Restore([]byte) error { return nil }
-
-// TestRefusesACheckpointer: the protocol does not carry Checkpoint and
-// Restore, so wrapping a driver that keeps one is an error at start-up, not
-// a driver that silently lost its crash protection.
-func TestRefusesACheckpointer(t *testing.T) {
-	inner := driver.Info{Name: "cp", New: func(dev driver.Device) (driver.Driver, error) {
-		f, err := newFake(dev)
-		return checkpointingFake{&fakeCommitter{f}}, err
-	}}
-	_, err := Wrap(inner, selfCommand, Options{}).New(driver.Device{Name: "trend", Points: []driver.Point{{ID: 1, Ref: "x"}}})
-	if err == nil || !strings.Contains(err.Error(), "Checkpointer") {
-		t.Fatalf("wrapping a Checkpointer: %v, want an error naming it", err)
-	}
-}
-
 // TestCountersOfARefusedRead: a read the child's guard refused comes back
 // as an error, and its counters still reach the proxy, so status shows the
 // refusal.

@@ -19,8 +19,18 @@ import (
 
 // Version is the protocol version spoken between the agent and its driver
 // host. Both ends are the same binary (the agent re-executes itself), so a
-// mismatch means a broken install, and the handshake says so.
-const Version = 2
+// mismatch means a broken install, and the handshake says so. Version 3
+// added the device's read interval to start, the restore call, and the
+// driver's checkpoint on every samples answer (driver.Checkpointer).
+const Version = 3
+
+// MaxState is the largest checkpoint (driver.Checkpointer state) either
+// side carries. The agent's buffer puts no bound of its own on a state (it
+// could only refuse the samples stored with it), but a state rides on
+// every read, so it must stay small: 1 MiB is far above what a driver
+// keeps (an OPC UA mark is some 60 bytes a history point), and a driver
+// that grows past it is refused with an error rather than carried.
+const MaxState = 1 << 20
 
 // MaxFrame is the largest frame either side accepts: 10,000 samples take
 // about 250 kB and a start frame of 10,000 points about 1 MB, so 32 MiB
@@ -29,14 +39,16 @@ const Version = 2
 const MaxFrame = 32 << 20
 
 // Frame types. Parent to child: start, connect, read, discover, commit,
-// close and cancel. Child to parent: ready (the answer to start), and an
-// answer that is an error, nothing, samples or points.
+// restore, close and cancel. Child to parent: ready (the answer to start),
+// and an answer that is an error, nothing, samples (with the driver's
+// checkpoint) or points.
 const (
 	msgStart    byte = 'S'
 	msgConnect  byte = 'C'
 	msgRead     byte = 'R'
 	msgDiscover byte = 'D'
 	msgCommit   byte = 'M'
+	msgRestore  byte = 'T'
 	msgClose    byte = 'X'
 	msgCancel   byte = 'K'
 
@@ -52,6 +64,9 @@ const (
 const (
 	capDiscoverer uint64 = 1 << iota
 	capCommitter
+	// capCheckpointer is set only with capCommitter: the agent stores a
+	// checkpoint only for a driver that commits (agent/poll).
+	capCheckpointer
 )
 
 // Error kinds: the sentinels an error from the child wraps, one bit each,
@@ -347,6 +362,35 @@ func (d *dec) counters() []driver.Counter {
 	return out
 }
 
+// state decodes an optional checkpoint, as optBytes encodes it: a flag
+// (0 none, 1 given), then its bytes, at most MaxState. None and empty
+// differ: Checkpoint's nil means none.
+func (d *dec) state() []byte {
+	switch d.byte1("state flag") {
+	case 0:
+		return nil
+	case 1:
+	default:
+		d.fail("state flag")
+		return nil
+	}
+	n := d.uvarint("state length")
+	switch {
+	case d.err != nil:
+		return nil
+	case n > MaxState:
+		d.fail(fmt.Sprintf("state of %d bytes, more than %d", n, MaxState))
+		return nil
+	case n > uint64(len(d.b)):
+		d.fail("state: length beyond the frame")
+		return nil
+	}
+	out := make([]byte, n)
+	copy(out, d.b)
+	d.b = d.b[n:]
+	return out
+}
+
 // answer is a decoded child-to-parent frame.
 type answer struct {
 	typ      byte
@@ -357,6 +401,9 @@ type answer struct {
 	samples  []telemetry.Sample // samples
 	counters []driver.Counter   // ok, error, samples: the driver's counts after the call
 	points   []driver.Point     // points
+	// state is the driver's checkpoint after the read (samples), nil when
+	// it has none or is not a driver.Checkpointer.
+	state []byte
 }
 
 // decodeAnswer decodes a frame the child sent.
@@ -376,6 +423,7 @@ func decodeAnswer(body []byte) (answer, error) {
 	case ansSamples:
 		a.samples = d.samples()
 		a.counters = d.counters()
+		a.state = d.state()
 	case ansPoints:
 		a.points = d.points()
 	default:
@@ -466,6 +514,7 @@ type start struct {
 	device   string
 	dataDir  string
 	level    slog.Level
+	interval time.Duration // driver.Device.Interval
 	settings driver.Settings
 	points   []driver.Point
 }
@@ -479,6 +528,7 @@ func encodeStart(id uint64, s start) ([]byte, error) {
 	e.str(s.device)
 	e.str(s.dataDir)
 	e.varint(int64(s.level))
+	e.varint(int64(s.interval))
 	b, err := encodeSettings(s.settings)
 	if err != nil {
 		return nil, fmt.Errorf("device settings: %w", err)
@@ -520,6 +570,7 @@ type call struct {
 	start   start         // msgStart
 	points  []readPoint   // msgRead
 	target  uint64        // msgCancel: the call to cancel
+	state   []byte        // msgRestore
 }
 
 // decodeCall decodes a frame the parent sent.
@@ -531,6 +582,7 @@ func decodeCall(body []byte) (call, error) {
 		c.start.version = d.uvarint("version")
 		c.start.driver, c.start.device, c.start.dataDir = d.str("driver"), d.str("device"), d.str("data dir")
 		c.start.level = slog.Level(d.varint("log level"))
+		c.start.interval = time.Duration(d.varint("interval"))
 		switch d.byte1("settings flag") {
 		case 0:
 		case 1:
@@ -558,6 +610,11 @@ func decodeCall(body []byte) (call, error) {
 				break
 			}
 			c.points[i] = readPoint{index: int(ref - 1)}
+		}
+	case msgRestore:
+		c.timeout = time.Duration(d.uvarint("timeout"))
+		if c.state = d.state(); c.state == nil && d.err == nil {
+			d.fail("restore without a state")
 		}
 	case msgClose:
 	case msgCancel:

@@ -35,6 +35,7 @@ func encodeAnswer(a answer) []byte {
 	case ansSamples:
 		e.samples(a.samples)
 		e.counters(a.counters)
+		e.optBytes(a.state)
 	case ansPoints:
 		e.uvarint(uint64(len(a.points)))
 		for _, p := range a.points {
@@ -64,6 +65,9 @@ func TestAnswerRoundTrip(t *testing.T) {
 		}}},
 		{"samples and counters", answer{typ: ansSamples, id: 6, samples: []telemetry.Sample{{PointID: 7, Time: 8, Value: 9}},
 			counters: []driver.Counter{{Name: "requests", Value: math.MaxUint64}, {Name: driver.GuardRefusals, Value: 0}, {Name: "", Value: 1}}}},
+		{"samples and a checkpoint", answer{typ: ansSamples, id: 8, samples: []telemetry.Sample{{PointID: 7, Time: 8, Value: 9}}, state: []byte(`{"version":1,"points":{"ns=2;s=x":{"last":1}}}`)}},
+		{"an empty checkpoint", answer{typ: ansSamples, id: 9, state: []byte{}}},
+		{"a checkpoint at the limit", answer{typ: ansSamples, id: 10, state: bytes.Repeat([]byte{0xff}, MaxState)}},
 		{"points", answer{typ: ansPoints, id: 5, points: []driver.Point{
 			{Ref: "ns=2;s=AHU1.SAT", Name: "AHU1 / SAT", Unit: "°C", Description: "supply air", Tags: []string{"ahu", ""}, Interval: -time.Second, Settings: yamlSettings("offset: 1\n")},
 			{ID: 99, Ref: ""},
@@ -93,7 +97,7 @@ func answersEqual(a, b answer) bool {
 			return false
 		}
 	}
-	return reflect.DeepEqual(a.points, b.points) && slices.Equal(a.counters, b.counters)
+	return reflect.DeepEqual(a.points, b.points) && slices.Equal(a.counters, b.counters) && bytes.Equal(a.state, b.state) && (a.state == nil) == (b.state == nil)
 }
 
 func TestErrorKindsCross(t *testing.T) {
@@ -145,6 +149,10 @@ func TestDecodeAnswerRefuses(t *testing.T) {
 		{"a bad settings flag", append(binary.AppendUvarint([]byte{ansPoints, 1}, 1), 0, 0, 0, 0, 0, 0, 0, 7)},
 		{"more counters than allowed", append(binary.AppendUvarint([]byte{ansSamples, 1, 0}, maxCounters+1), bytes.Repeat([]byte{0, 0}, maxCounters+1)...)},
 		{"an overlong varint", []byte{ansOK, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01}},
+		{"samples without a state flag", samples[:len(samples)-1]},
+		{"a bad state flag", append(bytes.Clone(samples[:len(samples)-1]), 2)},
+		{"a state longer than the frame", append(bytes.Clone(samples[:len(samples)-1]), 1, 5, 'x')},
+		{"a state above MaxState", append(binary.AppendUvarint(append(bytes.Clone(samples[:len(samples)-1]), 1), MaxState+1), bytes.Repeat([]byte{'x'}, MaxState+1)...)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -228,7 +236,7 @@ func TestSettingsCross(t *testing.T) {
 // TestStartCarriesDevice checks the start frame the child decodes.
 func TestStartCarriesDevice(t *testing.T) {
 	points := []driver.Point{{ID: 1, Ref: "a", Settings: drivertest.YAML("offset: 2")}, {ID: 2, Ref: "b", Tags: []string{"t"}}}
-	body, err := encodeStart(0, start{version: Version, driver: "opcua", device: "ahu", dataDir: "/var/lib/sightglass", level: slog.LevelWarn, settings: drivertest.YAML("endpoint: opc.tcp://127.0.0.1:4840"), points: points})
+	body, err := encodeStart(0, start{version: Version, driver: "opcua", device: "ahu", dataDir: "/var/lib/sightglass", level: slog.LevelWarn, interval: 15 * time.Second, settings: drivertest.YAML("endpoint: opc.tcp://127.0.0.1:4840"), points: points})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +245,7 @@ func TestStartCarriesDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := c.start
-	if c.typ != msgStart || s.version != Version || s.driver != "opcua" || s.device != "ahu" || s.dataDir != "/var/lib/sightglass" || s.level != slog.LevelWarn || len(s.points) != 2 {
+	if c.typ != msgStart || s.version != Version || s.driver != "opcua" || s.device != "ahu" || s.dataDir != "/var/lib/sightglass" || s.level != slog.LevelWarn || s.interval != 15*time.Second || len(s.points) != 2 {
 		t.Fatalf("decoded start %+v", s)
 	}
 	var dev struct {
@@ -248,6 +256,39 @@ func TestStartCarriesDevice(t *testing.T) {
 	}
 	if s.points[1].Tags[0] != "t" || !strings.Contains(string(s.points[0].Settings.(yamlSettings)), "offset: 2") {
 		t.Errorf("points %+v", s.points)
+	}
+}
+
+// TestRestoreCall checks the restore call the child decodes, and that it
+// refuses one without a state.
+func TestRestoreCall(t *testing.T) {
+	tests := []struct {
+		name  string
+		state []byte
+	}{
+		{"a state", []byte(`{"version":1}`)},
+		{"an empty state", []byte{}},
+		{"binary", []byte{0, 0xff, 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnc(msgRestore, 3)
+			e.uvarint(uint64(time.Second))
+			e.optBytes(tt.state)
+			c, err := decodeCall(e.b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.typ != msgRestore || c.id != 3 || c.timeout != time.Second || !bytes.Equal(c.state, tt.state) || c.state == nil {
+				t.Errorf("decoded %+v, want restore 3 of %q", c, tt.state)
+			}
+		})
+	}
+	none := newEnc(msgRestore, 4)
+	none.uvarint(0)
+	none.optBytes(nil)
+	if c, err := decodeCall(none.b); !errors.Is(err, errMalformed) {
+		t.Errorf("a restore without a state decoded to %+v, %v; want errMalformed", c, err)
 	}
 }
 
