@@ -313,7 +313,7 @@ func (c *Compactor) holdOwed(ctx context.Context, tenant, site string, names []s
 	}
 	owed, err := c.owed(ctx, tenant, site)
 	if err != nil {
-		return nil, fmt.Errorf("compacting %s/%s %s: finding the batches the hot store still owes: %w (nothing was changed; run compact again)", tenant, site, res.Day, err)
+		return nil, fmt.Errorf("compacting %s/%s %s: finding the batches the hot store still owes: %w (no batch was deleted; run compact again)", tenant, site, res.Day, err)
 	}
 	kept := make([]string, 0, len(names))
 	for _, n := range names {
@@ -490,6 +490,13 @@ func (c *Compactor) day(ctx context.Context, tenant, site string, day time.Time)
 	}
 	if i != res.Samples || k != len(parts) {
 		return res, fmt.Errorf("compacting %s: the stored parts hold %d samples, %d merged; nothing was deleted", res.Day, i, res.Samples)
+	}
+	// Asked again: a batch listed above may have become owed while the
+	// day was merged (its Observe failed a moment later). Its samples are
+	// in the day blob already; its blob stays for the retry, and readers
+	// deduplicate.
+	if srcNames, err = c.holdOwed(ctx, tenant, site, srcNames, &res); err != nil {
+		return res, err
 	}
 	for _, n := range srcNames {
 		// The batch's stored marker first: a retry of it from an agent

@@ -338,3 +338,30 @@ func TestOwedBatchesHeld(t *testing.T) {
 		t.Errorf("after Owed failed, sources %v, want the new batch kept", src)
 	}
 }
+
+// TestOwedDuringMerge: a batch that becomes owed while its day is merged
+// (its Observe failed just after compaction listed it) keeps its blob: it
+// is asked again before anything is deleted.
+func TestOwedDuringMerge(t *testing.T) {
+	a := newArchive(t)
+	h0 := hour(0, 3, linear)
+	name := a.upload("ag-a", h0)
+	calls := 0
+	c := New(a.store, Options{Owed: func(context.Context, string, string) (func(string, uint64) bool, error) {
+		calls++
+		owedNow := calls > 1
+		return func(string, uint64) bool { return owedNow }, nil
+	}})
+	res, err := c.Day(context.Background(), "t1", "s1", day)
+	if err != nil || res.Held != 1 || calls != 2 {
+		t.Fatalf("%+v, %v after %d questions; want the batch held by the second", res, err, calls)
+	}
+	if src := a.sources(); len(src) != 1 || src[0] != name {
+		t.Errorf("sources %v, want %s kept", src, name)
+	}
+	got, err := c.ReadDay(context.Background(), "t1", "s1", day)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameSamples(t, got, slices.Clone(h0))
+}

@@ -481,9 +481,11 @@ type Lister interface {
 // owes them, and the retry needs their blob, which compaction deletes.
 func Owed(store Lister) func(ctx context.Context, tenant, site string) (func(agent string, seq uint64) bool, error) {
 	return func(ctx context.Context, tenant, site string) (func(agent string, seq uint64) bool, error) {
-		names, err := store.List(ctx, Prefix)
+		// Only this site's markers: {Prefix}{tenant}.{site}.{agent}.{seq}.
+		prefix := Prefix + tenant + "." + site + "."
+		names, err := store.List(ctx, prefix)
 		if err != nil {
-			return nil, fmt.Errorf("listing the hot store's owed batches under %s: %w", Prefix, err)
+			return nil, fmt.Errorf("listing the hot store's owed batches under %s: %w", prefix, err)
 		}
 		type key struct {
 			agent string
