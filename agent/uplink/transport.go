@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -21,11 +22,10 @@ func newTransport(cfg Config, conns *connTracker, sessions *sessionCache) (*http
 	// their DNS queries leave by the uplink too, never by a DNS server the
 	// routing table finds on the control side. enroll and check dial the
 	// same way.
-	dialer, err := nicbind.DialerFrom(cfg.Interface, cfg.LocalAddr)
+	dial, err := uplinkDial(cfg.Interface, cfg.LocalAddr)
 	if err != nil {
 		return nil, fmt.Errorf("uplink: %w", err)
 	}
-	dialer.KeepAlive = 30 * time.Second
 	proxy := cfg.Proxy
 	if proxy == nil {
 		proxy = http.ProxyFromEnvironment
@@ -33,7 +33,7 @@ func newTransport(cfg Config, conns *connTracker, sessions *sessionCache) (*http
 	certFn := cfg.Cert
 	return &http.Transport{
 		Proxy:       proxy,
-		DialContext: conns.wrap(dialer.DialContext),
+		DialContext: conns.wrap(dial),
 		TLSClientConfig: &tls.Config{
 			MinVersion: tls.VersionTLS13,
 			RootCAs:    cfg.Roots,
@@ -57,6 +57,34 @@ func newTransport(cfg Config, conns *connTracker, sessions *sessionCache) (*http
 		IdleConnTimeout:        90 * time.Second,
 		MaxIdleConnsPerHost:    cfg.MaxInFlight, // over HTTP/1.1 each upload holds a connection
 		MaxResponseHeaderBytes: 64 << 10,
+	}, nil
+}
+
+// uplinkDial returns the uplink's dial function. With an interface named,
+// or no local address, the dialer is made once. With only a local address,
+// the NIC holding it is looked up at each dial: an address missing when
+// the agent starts (DHCP late, a cable out) must fail dials, which the
+// uplink retries while the buffer keeps everything, not the agent's start.
+// A local address that is no IP address is refused here, once.
+func uplinkDial(ifname, local string) (func(ctx context.Context, network, addr string) (net.Conn, error), error) {
+	if ifname != "" || local == "" {
+		d, err := nicbind.DialerFrom(ifname, local)
+		if err != nil {
+			return nil, err
+		}
+		d.KeepAlive = 30 * time.Second
+		return d.DialContext, nil
+	}
+	if _, err := netip.ParseAddr(local); err != nil {
+		return nil, fmt.Errorf("local address %q is not an IP address: give the uplink NIC's address, without a port", local)
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d, err := nicbind.DialerFrom("", local)
+		if err != nil {
+			return nil, fmt.Errorf("dialing %s: %w", addr, err)
+		}
+		d.KeepAlive = 30 * time.Second
+		return d.DialContext(ctx, network, addr)
 	}, nil
 }
 

@@ -54,3 +54,19 @@ func TestTransportBoundToUplinkNIC(t *testing.T) {
 		}
 	}
 }
+
+// TestUplinkStartsWithoutItsAddress: an uplink whose local address no NIC
+// holds yet (DHCP late, a cable out) is built, and its dials fail, to be
+// retried, instead of the agent failing to start.
+func TestUplinkStartsWithoutItsAddress(t *testing.T) {
+	dial, err := uplinkDial("", "192.0.2.77") // TEST-NET-1: on no interface here
+	if err != nil {
+		t.Fatalf("building the uplink's dialer: %v, want it built", err)
+	}
+	if _, err := dial(t.Context(), "tcp", "127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "192.0.2.77") {
+		t.Errorf("dial = %v, want an error naming the missing address", err)
+	}
+	if _, err := uplinkDial("", "not-an-ip"); err == nil {
+		t.Error("a local address that is no IP address was accepted")
+	}
+}
