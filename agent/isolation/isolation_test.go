@@ -163,7 +163,7 @@ func TestIsolationIntegration(t *testing.T) {
 	if out, err := exec.CommandContext(ctx, ingestBin, "ca", "init", "--dir", caDir, "--server-name", ingestAddr).CombinedOutput(); err != nil {
 		t.Fatalf("ca init: %v\n%s", err, out)
 	}
-	out, err := exec.CommandContext(ctx, ingestBin, "enroll", "create", "--ca-dir", caDir, "--db", db, "--tenant", "lab", "--site", "site-lab", "--ttl", "1h").Output()
+	out, err := exec.CommandContext(ctx, ingestBin, "enroll", "create", "--ca-dir", caDir, "--db", db, "--tenant", "lab", "--new-site", "--ttl", "1h").Output()
 	if err != nil {
 		t.Fatalf("enroll create: %v", err)
 	}

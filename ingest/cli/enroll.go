@@ -1,11 +1,13 @@
 package cli
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base32"
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,7 +23,7 @@ func newEnrollCmd() *cobra.Command {
 		Short: "Make one-time enrollment tokens for new agents",
 		Example: `  sightglass-ingest enroll create --tenant acme --new-site
   sightglass-ingest enroll create --tenant acme --site s-7f3a2kqm
-  sightglass-ingest enroll create --config /etc/sightglass-ingest/ingest.yaml --tenant acme --site s-7f3a --ttl 2h --json`,
+  sightglass-ingest enroll create --config /etc/sightglass-ingest/ingest.yaml --tenant acme --site s-7f3a2kqm --ttl 2h --json`,
 	}
 	cmd.AddCommand(newEnrollCreateCmd())
 	return cmd
@@ -50,10 +52,12 @@ func newEnrollCreateCmd() *cobra.Command {
 		Short: "Create a single-use enrollment token for one agent of a site",
 		Long: `create makes a token that lets one agent enroll for --tenant and --site, once,
 within --ttl (at most 24h). Name the building one of two ways, never neither:
---site with the id of a building already enrolled (another box, or a box
-replaced: its agent then keeps the site's point ids and history), or
---new-site for a new building, for which an opaque id (s- and 8 random
-characters) is made and printed. The site id is part of every archive path,
+--site with the id of a building the ingest knows (one made with --new-site,
+named with 'sightglass-ingest sites name', or with an agent enrolled: another
+box, or a box replaced, whose agent then keeps the site's point ids and
+history), or --new-site for a new building, for which an opaque id (s- and 8
+random characters) is made, recorded and printed. A --site the ingest does
+not know is refused, so a mistyped id cannot start a new building. The site id is part of every archive path,
 so it must never name the building or its address; give the building its
 human name with 'sightglass-ingest sites name'. The ingest stores only the
 token's hash. The token
@@ -78,7 +82,7 @@ password until it is used or has expired.`,
 			// agent new point ids and a history that starts again.
 			switch {
 			case site == "" && !newSite:
-				return errors.New("enroll create needs the building: --site ID for a building already enrolled (see 'sightglass-ingest sites list'), or --new-site to make an opaque id for a new building")
+				return errors.New("enroll create needs the building: --site ID for a building the ingest knows (see 'sightglass-ingest sites list'), or --new-site to make an opaque id for a new building")
 			case site != "" && newSite:
 				return fmt.Errorf("--site %s and --new-site: give one, --site for a building already enrolled or --new-site for a new one", site)
 			}
@@ -98,6 +102,12 @@ password until it is used or has expired.`,
 				return err
 			}
 			defer db.Close()
+			ref := store.SiteRef{Tenant: tenant, Site: site}
+			if !generated {
+				if err := knownSite(cmd.Context(), db, ref); err != nil {
+					return err
+				}
+			}
 			ca, err := pki.Load(rf.caDir)
 			if err != nil {
 				return err
@@ -106,6 +116,17 @@ password until it is used or has expired.`,
 			tok, err := pki.NewEnrollToken(fp)
 			if err != nil {
 				return err
+			}
+			if generated {
+				// Recorded before the token, so a second box for the same
+				// new building (or a token made again after this one
+				// expired) can name it with --site.
+				if err := db.PutSite(cmd.Context(), ref, ""); err != nil {
+					return fmt.Errorf("recording the new building %s: %w", ref, err)
+				}
+				if _, err := db.Audit(cmd.Context(), "cli", "site_create", ref.String(), "enroll create --new-site"); err != nil {
+					return err
+				}
 			}
 			exp := time.Now().Add(ttl).UTC().Truncate(time.Second)
 			if err := db.CreateToken(cmd.Context(), store.Token{Hash: tok.Hash(), Tenant: tenant, Site: site, ExpiresAt: exp, CreatedBy: "cli"}); err != nil {
@@ -136,12 +157,51 @@ password until it is used or has expired.`,
 	rf.add(cmd, true)
 	f := cmd.Flags()
 	f.StringVar(&tenant, "tenant", "", "tenant id (required)")
-	f.StringVar(&site, "site", "", "opaque site id of a building already enrolled (this or --new-site is required)")
+	f.StringVar(&site, "site", "", "opaque site id of a building the ingest knows (this or --new-site is required)")
 	f.BoolVar(&newSite, "new-site", false, "make an opaque site id for a new building (this or --site is required)")
 	f.DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token can be used (at most 24h)")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	_ = cmd.MarkFlagRequired("tenant")
 	return cmd
+}
+
+// knownSite returns nil when the ingest knows ref: the building is in the
+// registry's sites (made by --new-site, named with 'sites name', or
+// holding data) or an agent, revoked or not, was enrolled for it. An
+// unknown one is refused: a mistyped --site would otherwise give a token
+// for a building that does not exist, whose agent starts a new history.
+func knownSite(ctx context.Context, db *store.DB, ref store.SiteRef) error {
+	sites, err := db.Sites(ctx)
+	if err != nil {
+		return fmt.Errorf("checking that --site %s is a known building: %w", ref.Site, err)
+	}
+	var tenants []string // other tenants with a building of this id
+	for _, s := range sites {
+		switch {
+		case s.SiteRef == ref:
+			return nil
+		case s.Site == ref.Site:
+			tenants = append(tenants, s.Tenant)
+		}
+	}
+	agents, err := db.Agents(ctx)
+	if err != nil {
+		return fmt.Errorf("checking that --site %s is a known building: %w", ref.Site, err)
+	}
+	for _, a := range agents {
+		switch {
+		case a.Tenant == ref.Tenant && a.Site == ref.Site:
+			return nil
+		case a.Site == ref.Site && !slices.Contains(tenants, a.Tenant):
+			tenants = append(tenants, a.Tenant)
+		}
+	}
+	if len(tenants) > 0 {
+		return fmt.Errorf("--site %s: tenant %s has no such building (tenant %s has): check --tenant, or use --new-site for a new building",
+			ref.Site, ref.Tenant, strings.Join(tenants, ", "))
+	}
+	return fmt.Errorf("--site %s: tenant %s has no such building (see 'sightglass-ingest sites list'): check the id, or use --new-site to make one for a new building",
+		ref.Site, ref.Tenant)
 }
 
 // opaqueSiteID is the form newSiteID makes; a given id of another form

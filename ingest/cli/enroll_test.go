@@ -14,8 +14,19 @@ import (
 	"github.com/sightglass-bms/sightglass/pkg/batch"
 )
 
+// nameSite makes tenant/site a building the ingest knows, the way an
+// operator does before enrolling its first box with --site.
+func nameSite(t *testing.T, caDir, ref string) {
+	t.Helper()
+	if _, _, err := run(t, context.Background(), "sites", "name", "--db", dbOf(caDir), ref, "Test Building"); err != nil {
+		t.Fatalf("sites name %s: %v", ref, err)
+	}
+}
+
 func TestEnrollCreate(t *testing.T) {
 	caDir := newCA(t)
+	nameSite(t, caDir, "acme/s-7f3a")
+	nameSite(t, caDir, "acme/s1")
 	stdout, stderr, err := run(t, context.Background(), "enroll", "create", "--ca-dir", caDir, "--db", dbOf(caDir), "--tenant", "acme", "--site", "s-7f3a", "--ttl", "2h")
 	if err != nil {
 		t.Fatal(err)
@@ -127,6 +138,9 @@ func TestAgentsListRevokeStatusAudit(t *testing.T) {
 // operator replacing a box who forgot --site) or both, nothing is made.
 func TestEnrollCreateSite(t *testing.T) {
 	caDir := newCA(t)
+	for _, ref := range []string{"acme/mainlibrary", "acme/s-7f3a2kqm", "acme/s-7f3a2kqmx"} {
+		nameSite(t, caDir, ref)
+	}
 	opaque := regexp.MustCompile(`^s-[a-z2-7]{8}$`)
 	const warning = "must not name the building"
 	tests := []struct {
@@ -219,6 +233,7 @@ func TestEnrollCreateNeedsSite(t *testing.T) {
 // notes about the site id.
 func TestEnrollCreateTokenFirst(t *testing.T) {
 	caDir := newCA(t)
+	nameSite(t, caDir, "acme/s1")
 	for _, site := range [][]string{{"--new-site"}, {"--site", "s1"}} {
 		var both bytes.Buffer
 		root := New()
@@ -232,5 +247,98 @@ func TestEnrollCreateTokenFirst(t *testing.T) {
 		if _, err := pki.ParseEnrollToken(first); err != nil {
 			t.Errorf("site %v: first line %q is not the token: %v", site, first, err)
 		}
+	}
+}
+
+// TestEnrollCreateKnownSite: --site must name a building the ingest
+// knows (made by --new-site, named with sites name, or with an agent
+// enrolled, revoked or not); a mistyped or another tenant's id is refused,
+// pointing to --new-site, and makes no token and no building.
+func TestEnrollCreateKnownSite(t *testing.T) {
+	ctx := context.Background()
+	caDir := newCA(t)
+	db := dbOf(caDir)
+	nameSite(t, caDir, "acme/s-7f3a2kqm")
+	if _, _, err := run(t, ctx, "agents", "issue", "--ca-dir", caDir, "--db", db, "--tenant", "acme", "--site", "s-agentonl", "--out", filepath.Join(t.TempDir(), "b1")); err != nil {
+		t.Fatal(err)
+	}
+	revoked, _, err := run(t, ctx, "agents", "issue", "--ca-dir", caDir, "--db", db, "--tenant", "acme", "--site", "s-revoked1", "--out", filepath.Join(t.TempDir(), "b2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := run(t, ctx, "agents", "revoke", "--db", db, strings.TrimSpace(revoked), "--reason", "box replaced"); err != nil {
+		t.Fatal(err)
+	}
+	newOut, _, err := run(t, ctx, "enroll", "create", "--ca-dir", caDir, "--db", db, "--tenant", "acme", "--new-site", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var made tokenReport
+	if err := json.Unmarshal([]byte(newOut), &made); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, tenant, site string
+		want               []string // in the error; none: accepted
+	}{
+		{"named with sites name", "acme", "s-7f3a2kqm", nil},
+		{"an agent enrolled", "acme", "s-agentonl", nil},
+		{"its agent revoked (box replaced)", "acme", "s-revoked1", nil},
+		{"made by --new-site", "acme", made.Site, nil},
+		{"mistyped", "acme", "s-7f3a2kqn", []string{"s-7f3a2kqn", "no such building", "--new-site", "sites list"}},
+		{"another tenant's building", "other", "s-7f3a2kqm", []string{"tenant acme has", "--tenant", "--new-site"}},
+		{"another tenant's agent", "other", "s-agentonl", []string{"tenant acme has", "--new-site"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sdb, err := store.Open(ctx, db, store.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			before, err := sdb.Tokens(ctx)
+			sdb.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stdout, _, err := run(t, ctx, "enroll", "create", "--ca-dir", caDir, "--db", db, "--tenant", tt.tenant, "--site", tt.site)
+			sdb, oerr := store.Open(ctx, db, store.Options{})
+			if oerr != nil {
+				t.Fatal(oerr)
+			}
+			defer sdb.Close()
+			after, terr := sdb.Tokens(ctx)
+			if terr != nil {
+				t.Fatal(terr)
+			}
+			if tt.want == nil {
+				if err != nil || len(after) != len(before)+1 {
+					t.Fatalf("enroll create --site %s: %v, %d tokens made", tt.site, err, len(after)-len(before))
+				}
+				if _, perr := pki.ParseEnrollToken(stdout); perr != nil {
+					t.Errorf("stdout %q is not a token: %v", stdout, perr)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("enroll create --tenant %s --site %s succeeded, printing %q", tt.tenant, tt.site, stdout)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			if strings.TrimSpace(stdout) != "" || len(after) != len(before) {
+				t.Errorf("a refused enroll create printed %q and made %d tokens", stdout, len(after)-len(before))
+			}
+			sites, err := sdb.Sites(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range sites {
+				if s.SiteRef == (store.SiteRef{Tenant: tt.tenant, Site: tt.site}) {
+					t.Errorf("a refused enroll create recorded the building %s", s.SiteRef)
+				}
+			}
+		})
 	}
 }

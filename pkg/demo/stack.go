@@ -110,6 +110,18 @@ func (s *Stack) Init(ctx context.Context) error {
 	if _, err := s.runIngest(ctx, "ca", "init", "--dir", s.caDir()); err != nil {
 		return err
 	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	s.ingestAddr = fmt.Sprintf("127.0.0.1:%d", port)
+	s.IngestURL = "https://" + s.ingestAddr
+	// The dashboard's setup names the demo building (sites name), which
+	// enroll create --site needs: it refuses a building it does not know.
+	web, err := s.initDashboard(ctx)
+	if err != nil {
+		return err
+	}
 	// The agent enrolls the way an installer's box does: a one-time token
 	// from the operator, redeemed by `sightglass-agent enroll` once the
 	// ingest runs (StartAgent), with a key made on the agent's side.
@@ -118,16 +130,6 @@ func (s *Stack) Init(ctx context.Context) error {
 		return err
 	}
 	s.token = strings.TrimSpace(strings.SplitN(tok, "\n", 2)[0])
-	port, err := freePort()
-	if err != nil {
-		return err
-	}
-	s.ingestAddr = fmt.Sprintf("127.0.0.1:%d", port)
-	s.IngestURL = "https://" + s.ingestAddr
-	web, err := s.initDashboard(ctx)
-	if err != nil {
-		return err
-	}
 	cfg := fmt.Sprintf("listen: %s\nca_dir: %s\ndatabase: %s\n%s%slog_level: info\n",
 		s.ingestAddr, s.caDir(), s.database(), s.storeYAML(), web)
 	return os.WriteFile(s.ingestConfig(), []byte(cfg), 0o600)
