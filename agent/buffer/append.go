@@ -29,7 +29,32 @@ type appendReq struct {
 	// (AppendState).
 	stateKey string
 	state    []byte
-	done     chan error
+	// err is the request's answer, set by the committer: requests in one
+	// group may be answered differently (see commitFull).
+	err  error
+	done chan error
+}
+
+// need is what storing r takes at least: its record, mark and state, and
+// the record's key.
+func (r *appendReq) need() int64 {
+	return int64(len(r.rec) + len(r.mark) + len(r.state) + 8)
+}
+
+// groupNeed is the sum of the requests' needs.
+func groupNeed(group []*appendReq) int64 {
+	var n int64
+	for _, r := range group {
+		n += r.need()
+	}
+	return n
+}
+
+// answer sets err as the answer of every request in group.
+func answer(group []*appendReq, err error) {
+	for _, r := range group {
+		r.err = err
+	}
 }
 
 // Append stores samples as one pending record. When it returns nil the
@@ -39,7 +64,8 @@ type appendReq struct {
 // the file system's error (ENOSPC, EDQUOT) only when nothing is left to
 // drop, or at once, dropping nothing, when the samples need more than
 // dropping everything could free. Concurrent calls are committed
-// together, with one fsync per commit.
+// together, with one fsync per commit; a call refused on a full disk
+// fails alone, and the others of its commit are stored without it.
 //
 // Once the samples are handed to the committer, Append waits for the commit
 // even if ctx is cancelled, so that a nil error always means stored and an
@@ -102,16 +128,10 @@ func (b *Buffer) appendMarked(ctx context.Context, mark []byte, stateKey string,
 	if err := ctx.Err(); err != nil {
 		return false, fmt.Errorf("appending %d samples to buffer: %w", len(samples), err)
 	}
-	at := b.now().UnixMilli()
-	rec, err := encodeRecord(samples, at) // outside any lock: callers encode in parallel
+	req, err := b.newRequest(mark, stateKey, state, samples) // outside any lock: callers encode in parallel
 	if err != nil {
-		return false, fmt.Errorf("appending %d samples to buffer: %w", len(samples), err)
+		return false, err
 	}
-	if size := int64(len(rec) + 8); size > b.max {
-		return false, fmt.Errorf("appending %d samples to buffer: %w (%d bytes, cap %d): raise the buffer cap or poll fewer points per device",
-			len(samples), ErrTooLarge, size, b.max)
-	}
-	req := &appendReq{rec: rec, n: len(samples), at: at, mark: mark, stateKey: stateKey, state: state, done: make(chan error, 1)}
 	b.closeMu.RLock()
 	if b.closed {
 		b.closeMu.RUnlock()
@@ -128,6 +148,21 @@ func (b *Buffer) appendMarked(ctx context.Context, mark []byte, stateKey string,
 		return false, fmt.Errorf("appending %d samples to buffer %s: %w", len(samples), b.path, err)
 	}
 	return req.dup, nil
+}
+
+// newRequest encodes samples as a record and makes the request that hands
+// it to the committer, refusing a record larger than the whole cap.
+func (b *Buffer) newRequest(mark []byte, stateKey string, state []byte, samples []telemetry.Sample) (*appendReq, error) {
+	at := b.now().UnixMilli()
+	rec, err := encodeRecord(samples, at)
+	if err != nil {
+		return nil, fmt.Errorf("appending %d samples to buffer: %w", len(samples), err)
+	}
+	if size := int64(len(rec) + 8); size > b.max {
+		return nil, fmt.Errorf("appending %d samples to buffer: %w (%d bytes, cap %d): raise the buffer cap or poll fewer points on this device",
+			len(samples), ErrTooLarge, size, b.max)
+	}
+	return &appendReq{rec: rec, n: len(samples), at: at, mark: mark, stateKey: stateKey, state: state, done: make(chan error, 1)}, nil
 }
 
 // commitLoop is the group committer. It takes the first waiting append,
@@ -151,10 +186,10 @@ func (b *Buffer) commitLoop() {
 		group = append(group[:0], first)
 		open := b.gather(&group, lastSize, min(lastDur/4, maxLinger))
 		start := time.Now()
-		err := b.commitAppends(group)
+		b.commitAppends(group)
 		lastSize, lastDur = len(group), time.Since(start)
 		for _, r := range group {
-			r.done <- err
+			r.done <- r.err
 		}
 		clear(group) // drop references to the records
 		if !open {
@@ -199,39 +234,131 @@ func (b *Buffer) gather(group *[]*appendReq, want int, linger time.Duration) boo
 }
 
 // commitAppends stores a group of records in one transaction and applies
-// the cap. When the file system is full (or the quota used up), it drops
-// the oldest data to make room and commits again, so that the newest read
-// is kept, as the cap would keep it.
-func (b *Buffer) commitAppends(group []*appendReq) error {
-	var dropped dropInfo
-	commit := func() error {
-		return b.update(func(tx *bolt.Tx, c *counters) error {
-			var err error
-			dropped, err = b.putGroup(tx, c, group)
-			return err
-		})
-	}
+// the cap, and sets each request's answer (err). When the file system is
+// full (or the quota used up), it drops the oldest data to make room and
+// commits again, so that the newest read is kept, as the cap would keep it.
+func (b *Buffer) commitAppends(group []*appendReq) {
 	// Before the commit, so the reserve, when there is room for it again,
 	// is made before the data takes that room.
 	b.restoreReserve()
-	err := commit()
+	var dropped dropInfo
+	err := b.commitGroup(group, &dropped)
 	if isNoSpace(err) {
-		var need int64
-		for _, r := range group {
-			need += int64(len(r.rec) + len(r.mark) + len(r.state) + 8)
-		}
-		err = b.makeRoom(err, need, commit)
+		b.commitFull(group, err)
+		return
 	}
 	if err == nil {
-		// Under the disk cap every append drops: the change into that
-		// state was logged once (diskFull), so this is only detail.
-		level := slog.LevelWarn
-		if b.reserve.diskCap > 0 {
-			level = slog.LevelDebug
-		}
-		dropped.log(b, level, "buffer full: dropped oldest data")
+		b.logDropped(dropped)
 	}
-	return err
+	answer(group, err)
+}
+
+// commitGroup stores group in one transaction and applies the cap,
+// setting *dropped to what the cap dropped for it.
+func (b *Buffer) commitGroup(group []*appendReq, dropped *dropInfo) error {
+	return b.update(func(tx *bolt.Tx, c *counters) error {
+		var err error
+		*dropped, err = b.putGroup(tx, c, group)
+		return err
+	})
+}
+
+// logDropped logs what a successful commit's cap dropped.
+func (b *Buffer) logDropped(d dropInfo) {
+	// Under the disk cap every append drops: the change into that state
+	// was logged once (diskFull), so this is only detail.
+	level := slog.LevelWarn
+	if b.reserve.diskCap > 0 {
+		level = slog.LevelDebug
+	}
+	d.log(b, level, "buffer full: dropped oldest data")
+}
+
+// commitFull handles a group whose commit failed with cause, a full file
+// system. The group holds reads of different devices that only happened
+// to arrive together, so each is answered on its own merits:
+//
+//   - A read that needs more than dropping everything could ever give it
+//     (see roomCeiling; a read larger than the disk) is refused at once,
+//     with nothing dropped for it: the doubling of makeRoom would otherwise
+//     wipe the whole backlog and refuse it all the same. Only that read
+//     fails; the others are committed without it.
+//   - The rest are committed in consecutive parts that each fit the
+//     ceiling (in one part, unless reads that each fit exceed it
+//     together), each part dropping the oldest data as it needs, so that
+//     small reads are never refused for the company they arrived in.
+//
+// Where the file system cannot say how much it could free, the group is
+// committed whole, as makeRoom can.
+func (b *Buffer) commitFull(group []*appendReq, cause error) {
+	ceiling, ok := b.roomCeiling()
+	if !ok {
+		b.commitRoom(group, cause)
+		return
+	}
+	parts := b.splitGroup(group, ceiling, cause)
+	for _, part := range parts {
+		err := cause
+		if len(parts) > 1 || len(part) < len(group) {
+			// The commit that failed held other reads: this part alone
+			// may fit without dropping anything.
+			var dropped dropInfo
+			if err = b.commitGroup(part, &dropped); err == nil {
+				b.logDropped(dropped)
+				answer(part, nil)
+				continue
+			}
+			if !isNoSpace(err) {
+				answer(part, err)
+				continue
+			}
+		}
+		b.commitRoom(part, err)
+	}
+}
+
+// commitRoom commits group, whose commit failed with cause (a full file
+// system), by dropping the oldest data for it (makeRoom), and answers it.
+func (b *Buffer) commitRoom(group []*appendReq, cause error) {
+	var dropped dropInfo
+	err := b.makeRoom(cause, groupNeed(group), func() error { return b.commitGroup(group, &dropped) })
+	if err == nil {
+		b.logDropped(dropped)
+	}
+	answer(group, err)
+}
+
+// splitGroup refuses (answers with an error wrapping cause) each request
+// of group that alone, with the commit's slack, needs more than ceiling,
+// and returns the others in order, in consecutive parts that each need no
+// more than ceiling.
+func (b *Buffer) splitGroup(group []*appendReq, ceiling int64, cause error) [][]*appendReq {
+	var parts [][]*appendReq
+	var part []*appendReq
+	var partNeed int64
+	for _, r := range group {
+		need := r.need()
+		// With roomSlack: the commit needs its branch pages and freelist
+		// too, and a read that fits only without them would still empty
+		// the buffer.
+		if need+roomSlack > ceiling {
+			b.log.Warn("buffer's file system full and a read larger than all the space the buffer could free: refused it, dropped nothing for it",
+				"path", b.path, "samples", r.n, "need_bytes", need, "ceiling_bytes", ceiling, "group_reads", len(group))
+			r.err = fmt.Errorf("%w (this read of %d samples needs %d bytes, more than the %d the buffer could have by dropping everything it holds; nothing dropped for it): free space on the buffer's file system, give the buffer its own, or poll fewer points on this device",
+				cause, r.n, need, ceiling)
+			continue
+		}
+		if len(part) > 0 && partNeed+need+roomSlack > ceiling {
+			parts = append(parts, part)
+			part, partNeed = nil, 0
+		}
+		part = append(part, r)
+		partNeed += need
+	}
+	if len(part) > 0 {
+		parts = append(parts, part)
+	}
+	return parts
 }
 
 // putGroup stores a group of records in tx and applies the cap.
@@ -284,21 +411,9 @@ const roomSlack = 64 << 10
 // commit then reuses, and calls retry. A drop that itself finds no room
 // releases the disk-full reserve and is tried again. Each round that still
 // finds no room drops twice as much; it gives up, wrapping cause, when
-// nothing is left to drop or dropping fails too.
-//
-// A group that needs more than dropping everything could ever give it (a
-// read larger than the disk) fails at once with nothing dropped: the
-// doubling would otherwise wipe the whole backlog and refuse the read all
-// the same.
+// nothing is left to drop or dropping fails too. need is what the commit
+// needs; commitFull keeps reads that could never fit away from here.
 func (b *Buffer) makeRoom(cause error, need int64, retry func() error) error {
-	// With roomSlack: the commit needs its branch pages and freelist too,
-	// and a read that fits only without them would still empty the buffer.
-	if ceiling, ok := b.roomCeiling(); ok && need+roomSlack > ceiling {
-		b.log.Warn("buffer's file system full and a read larger than all the space the buffer could free: refused it, dropped nothing",
-			"path", b.path, "need_bytes", need, "ceiling_bytes", ceiling)
-		return fmt.Errorf("%w (the read needs %d bytes, more than the %d the buffer could have by dropping everything it holds; nothing dropped): free space on the buffer's file system, give the buffer its own, or poll fewer points per device",
-			cause, need, ceiling)
-	}
 	target := 2*need + roomSlack
 	for {
 		var d dropInfo

@@ -7,8 +7,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
 
 // tinyDisk mounts a tmpfs of size bytes on a fresh directory, so the
@@ -36,6 +40,23 @@ func tinyDisk(t *testing.T, size int) string {
 		}
 	})
 	return dir
+}
+
+// fillerDisk is tinyDisk(size) holding a file, filler, of fillerSize
+// bytes: space a test gives back by deleting it.
+func fillerDisk(t *testing.T, size int, fillerSize int64) (dir, filler string) {
+	t.Helper()
+	dir = tinyDisk(t, size)
+	filler = filepath.Join(dir, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.CopyN(f, zeroReader{}, fillerSize); err != nil {
+		t.Fatal(err)
+	}
+	return dir, filler
 }
 
 // fill writes path until the file system refuses (ENOSPC), so the file
@@ -68,18 +89,9 @@ func fill(t *testing.T, path string) {
 // (nothing left to drop) is counted by CountDropped, persistently.
 func TestDiskFull(t *testing.T) {
 	ctx := context.Background()
-	disk := tinyDisk(t, 8<<20)
-	filler := filepath.Join(disk, "filler")
 	// Leave the buffer and its reserve about 3 MiB: the rest goes to a file we delete to
 	// give space back.
-	f, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.CopyN(f, zeroReader{}, 5<<20); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	disk, filler := fillerDisk(t, 8<<20, 5<<20)
 
 	path := filepath.Join(disk, "buffer.db")
 	opts := Options{} // the 1 GiB default cap is far above the disk: only ENOSPC limits
@@ -184,7 +196,7 @@ func TestDiskFull(t *testing.T) {
 	fill(t, filler)
 	held := b.Stats()
 	big := mkSamples(appended, 500_000) // about 9 MB: more than the whole disk
-	err = b.Append(ctx, big)
+	err := b.Append(ctx, big)
 	if !isNoSpace(err) {
 		t.Fatalf("append of %d samples to a buffer on a full disk: %v, want an error saying the disk is full", len(big), err)
 	}
@@ -214,16 +226,7 @@ func TestDiskFull(t *testing.T) {
 // than the disk must not refuse this one.
 func TestDiskFullLargeRead(t *testing.T) {
 	ctx := context.Background()
-	disk := tinyDisk(t, 8<<20)
-	filler := filepath.Join(disk, "filler")
-	f, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.CopyN(f, zeroReader{}, 5<<20); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	disk, filler := fillerDisk(t, 8<<20, 5<<20)
 	path := filepath.Join(disk, "buffer.db")
 	b := openT(t, path, Options{})
 	defer func() { b.Close() }()
@@ -261,3 +264,135 @@ func TestDiskFullLargeRead(t *testing.T) {
 		t.Fatalf("survivors: got %d samples, want the newest %d of %d (dropped %d)", len(got), len(want), appended, dropped)
 	}
 }
+
+// TestDiskFullGroup: the reads of one group commit come from different
+// devices and only happened to arrive together, so a full disk answers
+// each on its own. A read larger than all the space dropping could give
+// fails alone, its message naming it, while the small reads beside it are
+// stored, dropping no more of the backlog than they need; and reads that
+// each fit but together exceed that space are all stored, the oldest data
+// dropped for them and counted.
+//
+// The group is handed to commitAppends directly: which appends the
+// committer gathers into one group depends on timing, and the test must
+// not.
+func TestDiskFullGroup(t *testing.T) {
+	tests := []struct {
+		name string
+		// reads builds the group, in order, from the buffer's ceiling;
+		// refused lists the indexes that must fail.
+		reads   func(t *testing.T, ceiling int64) [][2]int // base, n of each read
+		refused []int
+	}{
+		{
+			name: "one oversized read among small ones",
+			reads: func(t *testing.T, ceiling int64) [][2]int {
+				// The big one, about 9.5 MB, more than the whole disk.
+				return [][2]int{{groupBase, 100}, {bigBase, 500_000}, {groupBase + 100, 100}, {groupBase + 200, 100}}
+			},
+			refused: []int{1},
+		},
+		{
+			name: "reads that fit alone and not together",
+			reads: func(t *testing.T, ceiling int64) [][2]int {
+				n := int(ceiling*55/100) / 19 // about 19 bytes a sample in a record
+				return [][2]int{{groupBase, n}, {groupBase + n, n}}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			disk, filler := fillerDisk(t, 8<<20, 3<<20)
+			path := filepath.Join(disk, "buffer.db")
+			// A small reserve: the ceiling counts it, but makeRoom releases
+			// it only for a drop, never for a read, so with the default
+			// (1 MiB) a read of half the ceiling could not be stored.
+			opts := Options{ReserveBytes: 64 << 10}
+			b := openT(t, path, opts)
+			defer func() { b.Close() }()
+
+			// A backlog of about 3 MB, then a full disk.
+			const backlog, perRead = 150_000, 1000
+			for i := 0; i < backlog; i += perRead {
+				if err := b.Append(ctx, mkSamples(i, perRead)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fill(t, filler)
+			ceiling, ok := b.roomCeiling()
+			if !ok {
+				t.Fatal("the test tmpfs cannot say how much space the buffer could free")
+			}
+
+			reads := tt.reads(t, ceiling)
+			group := make([]*appendReq, len(reads))
+			var stored, need int64
+			for i, rd := range reads {
+				r, err := b.newRequest(nil, "", nil, mkSamples(rd[0], rd[1]))
+				if err != nil {
+					t.Fatal(err)
+				}
+				group[i] = r
+				need += r.need()
+				if !slices.Contains(tt.refused, i) {
+					stored += int64(rd[1])
+					if r.need()+roomSlack > ceiling {
+						t.Fatalf("read %d needs %d bytes, more than the %d dropping could give: the test is wrong", i, r.need(), ceiling)
+					}
+				}
+			}
+			if need+roomSlack <= ceiling {
+				t.Fatalf("the group needs %d bytes, within the %d dropping could give: the test shows nothing", need, ceiling)
+			}
+			b.commitAppends(group)
+
+			for i, r := range group {
+				switch {
+				case !slices.Contains(tt.refused, i) && r.err != nil:
+					t.Errorf("read %d (%d samples) refused for the company it arrived in: %v", i, r.n, r.err)
+				case slices.Contains(tt.refused, i) && !isNoSpace(r.err):
+					t.Errorf("read %d (%d samples, larger than the disk): %v, want an error saying the disk is full", i, r.n, r.err)
+				case slices.Contains(tt.refused, i) && !strings.Contains(r.err.Error(), fmt.Sprintf("read of %d samples", r.n)):
+					t.Errorf("read %d refused with %q, which does not name it (%d samples)", i, r.err, r.n)
+				}
+			}
+
+			// Survivors are the newest of the backlog and the stored reads,
+			// in order; survivors plus dropped are all of them.
+			b = reopen(t, b, path, opts)
+			dropped := int(b.Stats().DroppedSamples)
+			if err := os.Remove(filler); err != nil {
+				t.Fatal(err)
+			}
+			var want []telemetry.Sample
+			want = append(want, mkSamples(0, backlog)...)
+			for i, rd := range reads {
+				if !slices.Contains(tt.refused, i) {
+					want = append(want, mkSamples(rd[0], rd[1])...)
+				}
+			}
+			if dropped > len(want) {
+				t.Fatalf("dropped %d samples of %d", dropped, len(want))
+			}
+			if got := drainAll(t, b, 10_000); !sameSamples(got, want[dropped:]) {
+				t.Fatalf("survivors: got %d samples, want the newest %d of %d (dropped %d)", len(got), len(want)-dropped, len(want), dropped)
+			}
+			// The last read stored is kept whole, and the refused read cost
+			// the backlog nothing: what was dropped is no more than the
+			// stored reads needed.
+			if last := reads[len(reads)-1]; dropped > len(want)-last[1] {
+				t.Errorf("dropped %d samples: part of the newest read (%d samples) was lost", dropped, last[1])
+			}
+			if len(tt.refused) > 0 && dropped >= backlog/2 {
+				t.Errorf("dropped %d of the %d backlog samples for %d samples of small reads: the refused read's size drove the drop", dropped, backlog, stored)
+			}
+		})
+	}
+}
+
+// Bases of the samples a group test appends, apart from the backlog's.
+const (
+	groupBase = 1_000_000
+	bigBase   = 10_000_000
+)
