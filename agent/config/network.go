@@ -262,18 +262,31 @@ func (c *Config) fillLocalAddresses() {
 			continue
 		}
 		s := &d.Settings
-		switch s.Kind {
-		case 0:
+		target := s // what the settings are, through an alias
+		if s.Kind == yaml.AliasNode && s.Alias != nil {
+			target = s.Alias
+		}
+		switch {
+		case s.Kind == 0:
 			*s = yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: d.Line, Column: 1}
-		case yaml.AliasNode:
+		case target.Kind == yaml.ScalarNode && target.ShortTag() == "!!null":
+			// `settings:` or `settings: ~` (or an alias of one) decodes as
+			// no settings at all, so it is filled like absent ones; left
+			// as it is, the device would bind wherever the kernel chose.
+			*s = yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: s.Line, Column: s.Column}
+		case s.Kind == yaml.AliasNode && target.Kind == yaml.MappingNode:
 			// settings: *common. Made a mapping that merges the alias, so
-			// the device can have a key of its own.
+			// the device can have a key of its own. Only for a mapping: a
+			// merge of anything else fails with yaml's "map merge requires
+			// map", hiding the driver's own message about the settings.
 			alias := *s
 			*s = yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: s.Line, Column: s.Column, Content: []*yaml.Node{
 				{Kind: yaml.ScalarNode, Tag: "!!merge", Value: "<<", Line: s.Line, Column: s.Column}, &alias}}
-		case yaml.MappingNode:
+		case s.Kind == yaml.MappingNode:
 		default:
-			continue // not a mapping: the driver reports it
+			// Not a mapping (a scalar or a sequence, written or aliased):
+			// the driver reports it when it decodes its settings.
+			continue
 		}
 		// An explicit empty local_address means "the kernel's choice",
 		// which a box with a network section does not have: it is filled

@@ -166,6 +166,18 @@ func TestNetworkFillsLocalAddress(t *testing.T) {
     driver: csvtrend
     settings: {path: /srv/trends}
     points: [{ref: SAT}]
+  - name: blank
+    driver: modbus
+    settings:
+    points: [{ref: hr/0}]
+  - name: nothing
+    driver: opcua
+    settings: &null ~
+    points: [{ref: "ns=2;s=X"}]
+  - name: aliased-null
+    driver: bacnet
+    settings: *null
+    points: [{ref: analog-input:0}]
 `
 	tests := []struct {
 		network bool
@@ -195,6 +207,12 @@ func TestNetworkFillsLocalAddress(t *testing.T) {
 		{true, "trend", "", false},
 		{false, "meter", "", false},
 		{false, "vav", "", false},
+		// Settings that decode as none are filled like absent ones.
+		{true, "blank", "192.168.10.5", true},
+		{true, "nothing", "192.168.10.5", true},
+		{true, "aliased-null", "192.168.10.5:47808", true},
+		{false, "blank", "", false},
+		{false, "aliased-null", "", false},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s network=%v", tt.device, tt.network), func(t *testing.T) {
@@ -286,5 +304,50 @@ func TestNetworkBACnetShared(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestNetworkSettingsNotMapping: settings that are not a mapping, written
+// or through an alias, reach the driver as the file has them, with or
+// without a network section, so the driver's decoding error says what is
+// wrong; an aliased scalar wrapped in a merge mapping said only yaml's
+// "map merge requires map".
+func TestNetworkSettingsNotMapping(t *testing.T) {
+	tests := []struct {
+		name, anchored, settings string
+		want                     string // in the driver's error
+	}{
+		{"scalar", "", "5", "cannot construct !!int `5`"},
+		{"sequence", "", "[1, 2]", "cannot construct !!seq"},
+		{"aliased scalar", "&x 5", "*x", "cannot construct !!int `5`"},
+		{"aliased string", "&x eth0", "*x", "cannot construct !!str `eth0`"},
+		{"aliased sequence", "&x [1, 2]", "*x", "cannot construct !!seq"},
+	}
+	for _, tt := range tests {
+		for _, network := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s network=%v", tt.name, network), func(t *testing.T) {
+				devices := ""
+				if tt.anchored != "" {
+					devices = "  - name: anchor\n    driver: csvtrend\n    settings: " + tt.anchored + "\n    points: [{ref: SAT}]\n"
+				}
+				devices += "  - name: meter\n    driver: modbus\n    settings: " + tt.settings + "\n    points: [{ref: hr/0}]\n"
+				c, err := Parse([]byte(devicesConfig(network, devices)), "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				d := &c.Devices[len(c.Devices)-1]
+				if d.LocalAddressFilled {
+					t.Error("settings that are not a mapping were filled")
+				}
+				var s struct {
+					Host         string `yaml:"host"`
+					LocalAddress string `yaml:"local_address"`
+				}
+				err = d.DeviceSettings().Decode(&s)
+				if err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "merge") {
+					t.Errorf("the driver's decoding error is %v, want one saying %q (and nothing of a merge)", err, tt.want)
+				}
+			})
+		}
 	}
 }
