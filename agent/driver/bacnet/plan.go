@@ -78,11 +78,13 @@ const (
 // An abort may be passing (a device short of buffers while it runs a
 // schedule), so the budget is not lowered for good: once it has held for
 // budgetProbeAfter without an abort, it is tried one step larger (doubled;
-// past what the plan allows anyway, dropped). A step that holds for a poll
-// is kept, and the next is tried after budgetProbeAfter again; a step the
-// device aborts goes back to the size it had proven, and the next try
-// waits twice as long (at most budgetMaxWait), so a device whose limit is
-// real costs one aborted request a day at most.
+// past what the plan allows anyway, dropped). A step holds once the device
+// answers, in a poll it was not busy in, a batch longer than the size it
+// had proven; then it is kept, and the next is tried after
+// budgetProbeAfter again. A step the device aborts goes back to the size
+// it had proven, and the next try waits twice as long (at most
+// budgetMaxWait), so a device whose limit is real costs one aborted
+// request a day at most.
 type answerBudget struct {
 	mu     sync.Mutex
 	octets int // 0: nothing learned
@@ -126,15 +128,23 @@ func (b *answerBudget) lower(n int, now time.Time) bool {
 }
 
 // held records a poll at now whose batches the device answered without
-// an abort for length, and tries the next step up when it is due: it
-// reports whether it did. ceiling is the longest answer the plan makes
-// without a budget.
-func (b *answerBudget) held(now time.Time, ceiling int) bool {
+// an abort for length (none busy), the longest of them answered octets,
+// and tries the next step up when it is due: it reports whether it did.
+// ceiling is the longest answer the plan makes without a budget.
+//
+// A step being tried holds only once a batch longer than the size it was
+// proven at is answered: a poll of a few points, or one whose longer
+// batches failed otherwise, proves nothing, and the step stays on trial.
+func (b *answerBudget) held(now time.Time, ceiling, answered int) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.proven > 0 {
-		// The step held: the next is tried at the first pace again.
-		b.proven, b.wait = 0, budgetProbeAfter
+		if answered <= b.proven {
+			return false
+		}
+		// The step held: the next is tried at the first pace again, from
+		// now.
+		b.proven, b.wait, b.changed = 0, budgetProbeAfter, now
 	}
 	if b.octets == 0 || now.Sub(b.changed) < b.wait {
 		return false
@@ -264,8 +274,6 @@ type reader struct {
 	log    *slog.Logger
 	// now is the Read's time, for the budget's clock.
 	now time.Time
-	// tooLong is set when a batch of the Read was aborted as too long.
-	tooLong *bool
 }
 
 // readAll reads every valid point. It returns per-point results, whether
@@ -286,7 +294,6 @@ func (rd reader) readAll(ctx context.Context, rpm bool, points []point, valid []
 		// round instead of a third of every request.
 		batches := plan(dev, rd.budget.get(), points, valid, roleValue, roleFlags)
 		errs := runBatches(ctx, c, dev, batches, res)
-		rd.tooLong = new(bool)
 		for _, err := range errs {
 			if isRPMUnsupported(err) {
 				fellBack, rpm = true, false
@@ -294,17 +301,26 @@ func (rd reader) readAll(ctx context.Context, rpm bool, points []point, valid []
 			}
 		}
 		if !fellBack {
+			// What the poll proved of the budget: the longest answer the
+			// device sent whole, and whether it was too busy to tell.
+			tooLong, busy, answered := false, false, 0
 			for bi, err := range errs {
 				tried++
 				// A busy device is there: it counts as answering.
 				if err != nil && (isTransport(err) || ctx.Err() != nil) {
 					failed++
 				}
-				if err := rd.settle(ctx, points, batches[bi], err, res); err != nil {
+				if err == nil {
+					answered = max(answered, batches[bi].ack)
+				}
+				busy = busy || isBusy(err)
+				long, err := rd.settle(ctx, points, batches[bi], err, res)
+				if err != nil {
 					return nil, fellBack, err
 				}
+				tooLong = tooLong || long
 			}
-			if !*rd.tooLong && failed < tried && ctx.Err() == nil && rd.budget.held(rd.now, answerCeiling(dev)) {
+			if !tooLong && !busy && failed < tried && ctx.Err() == nil && rd.budget.held(rd.now, answerCeiling(dev), answered) {
 				rd.log.Info("the device answered without aborting for a while; trying longer requests again",
 					"instance", dev.Instance, "answer_budget", rd.budget.get())
 			}
@@ -355,25 +371,27 @@ func (rd reader) readAll(ctx context.Context, rpm bool, points []point, valid []
 
 // settle deals with a batch's outcome. A batch the device aborted as too
 // long for it is read again in halves, down to ReadProperty per property,
-// and lowers the device's answer budget; one that failed with an Error is
-// read point by point (many devices answer a whole RPM with one Error when
-// one of its objects is missing), so the others are not lost with it. One
-// the device aborted as busy, or that got no answer, is a comm failure of
-// its points: splitting it would send an overloaded device a request per
-// point, each aborted in turn. It returns an error only when ctx ends.
-func (rd reader) settle(ctx context.Context, points []point, b batch, err error, res []result) error {
+// and lowers the device's answer budget; one that failed with an Error or
+// any other answer (many devices answer a whole RPM with one Error when
+// one of its objects is missing, some a large one with Abort(other)) is
+// read point by point, so the others are not lost with it. One the device
+// aborted as busy, or that got no answer, is a comm failure of its points:
+// splitting it would send an overloaded device a request per point, each
+// aborted in turn. It reports whether the batch, of several objects, was
+// aborted as too long (the budget was tested and lowered), and returns an
+// error only when ctx ends.
+func (rd reader) settle(ctx context.Context, points []point, b batch, err error, res []result) (tooLong bool, _ error) {
 	switch {
 	case err == nil:
-		return nil
+		return false, nil
 	case isCommFailure(err) || ctx.Err() != nil:
 		markFailed(res, b, err)
-		return nil
+		return false, nil
 	case !isTooLong(err) || len(b.specs) == 1:
 		// One object too long alone says nothing of the device's buffers:
 		// its properties are asked one at a time, the budget is kept.
-		return readEach(ctx, rd.c, rd.dev, points, b, res)
+		return false, readEach(ctx, rd.c, rd.dev, points, b, res)
 	}
-	*rd.tooLong = true
 	if rd.budget.lower(b.ack/2, rd.now) {
 		rd.log.Info("device aborted an answer as too long for it; planning shorter requests",
 			"instance", rd.dev.Instance, "answer_budget", rd.budget.get(), "err", err)
@@ -381,11 +399,11 @@ func (rd reader) settle(ctx context.Context, points []point, b batch, err error,
 	halves := b.halves()
 	errs := runBatches(ctx, rd.c, rd.dev, halves[:], res)
 	for i, h := range halves {
-		if err := rd.settle(ctx, points, h, errs[i], res); err != nil {
-			return err
+		if _, err := rd.settle(ctx, points, h, errs[i], res); err != nil {
+			return true, err
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // isTooLong reports an Abort saying the answer would be longer than the
@@ -442,13 +460,23 @@ func isTransport(err error) bool {
 	return !errors.As(err, &e) && !errors.As(err, &r) && !errors.As(err, &a)
 }
 
-// isBusy reports an Abort that is not about the answer's length: the
-// device is there but could not answer now (preempted, out of resources,
-// its application or transaction timed out, or a reason it does not say).
-// Asking again in smaller pieces only loads it more.
+// isBusy reports an Abort saying the device could not answer now:
+// preempted by a higher-priority task, its application exceeded its reply
+// time, out of resources, or its transaction timed out. Asking again in
+// smaller pieces only loads it more. Abort(other) and reasons this list
+// does not know are not busy: some devices answer a request they cannot
+// handle (too large, a property they do not batch) with Abort(other) every
+// time, and only asking for less gets their data through.
 func isBusy(err error) bool {
 	var a *bacnet.AbortError
-	return errors.As(err, &a) && !isTooLong(err)
+	if !errors.As(err, &a) {
+		return false
+	}
+	switch a.Reason {
+	case bacnet.AbortPreempted, bacnet.AbortExceededReplyTime, bacnet.AbortOutOfResources, bacnet.AbortTSMTimeout:
+		return true
+	}
+	return false
 }
 
 // isCommFailure reports a read that says nothing of the point: the device

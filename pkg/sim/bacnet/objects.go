@@ -108,6 +108,11 @@ type Device struct {
 	// controller does until it catches up.
 	Busy       bool
 	BusyReason uint8
+	// AbortRPMOver, when above zero, makes the device answer every
+	// ReadPropertyMultiple naming more than AbortRPMOver objects with
+	// Abort(other), for ever, as devices do that find a request too large
+	// for them without saying so: ReadProperty still works.
+	AbortRPMOver int
 	// Delay holds every answer to a confirmed request this long (a slow
 	// MS/TP trunk), so tests can see how many requests are in flight.
 	Delay time.Duration

@@ -72,8 +72,8 @@ type Server struct {
 	// inflight and maxInflight count confirmed requests being answered,
 	// by device instance and (negative keys) by network.
 	inflight, maxInflight map[int64]int
-	// aborts counts the Aborts sent: answers too long for the device, and
-	// a busy device's.
+	// aborts counts the Aborts sent: answers too long for the device, a
+	// busy device's, and RPMs over AbortRPMOver.
 	aborts int
 	wg     sync.WaitGroup
 	done   chan struct{}
@@ -180,8 +180,8 @@ func (s *Server) Requests() []Request {
 }
 
 // Aborts reports how many answers the simulator aborted: as too long for
-// the device to send (segmentation-not-supported, apdu-too-long), or as
-// a Busy device.
+// the device to send (segmentation-not-supported, apdu-too-long), as a
+// Busy device, or as a ReadPropertyMultiple over AbortRPMOver.
 func (s *Server) Aborts() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -464,6 +464,10 @@ func (s *Server) answer(from netip.AddrPort, d *Device, a bacnet.APDU) (payload 
 		specs, err := bacnet.DecodeReadPropertyMultipleRequest(a.Payload)
 		if err != nil {
 			reject(4)
+			return nil, false, 0
+		}
+		if d.AbortRPMOver > 0 && len(specs) > d.AbortRPMOver {
+			s.abort(from, d, a, bacnet.AbortOther)
 			return nil, false, 0
 		}
 		if d.StrictRPM {
