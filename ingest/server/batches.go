@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sightglass-bms/sightglass/ingest/blob"
@@ -44,19 +46,22 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request, id pki.Iden
 			var status string
 			status, rf = s.storeBatch(sctx, body, b, id)
 			if rf == nil {
-				s.count(func(st *Stats) {
-					if status == StatusStored {
-						st.BatchesStored++
-						st.Samples += uint64(len(b.Samples))
-						st.Bytes += uint64(len(body))
-					} else {
-						st.BatchesDuplicate++
-					}
-				})
 				// A duplicate too: if the first attempt stopped between
 				// the archive and the Observer, the retry heals it; the
 				// Observer ignores a batch it has seen.
 				if rf = s.observe(r.Context(), id, b); rf == nil {
+					// Counted as answered: a batch observe turned into a
+					// 503 is counted once, as refused, and its retry as
+					// the duplicate it is answered as.
+					s.count(func(st *Stats) {
+						if status == StatusStored {
+							st.BatchesStored++
+							st.Samples += uint64(len(b.Samples))
+							st.Bytes += uint64(len(body))
+						} else {
+							st.BatchesDuplicate++
+						}
+					})
 					writeJSON(w, http.StatusOK, batchReply{Status: status, Seq: b.Seq})
 					return
 				}
@@ -259,11 +264,13 @@ func parseClaim(c []byte) (sum []byte, name string, ok bool) {
 
 // observe hands an archived batch to the Observer. The batch is
 // archived already, so neither an error nor the agent hanging up may undo
-// that: the context is detached, and a failure is logged, counted and
-// recorded in the ObserveQueue for a later retry. Only when that record
-// cannot be written either is the answer a refusal (503): the agent keeps
-// the batch and its retry shows it to the Observer again, so the hot store
-// never silently misses an acknowledged batch.
+// that: the context is detached, and a failure is counted and recorded in
+// the ObserveQueue for a later retry. Only when that record cannot be
+// written either is the answer a refusal (503): the agent keeps the batch
+// and its retry shows it to the Observer again, so the hot store never
+// silently misses an acknowledged batch. A run of failures (a hot-store
+// outage fails every batch) is logged at its first failure and once more
+// when the Observer works again (see observeOutage).
 func (s *Server) observe(ctx context.Context, id pki.Identity, b *batch.Batch) *refusal {
 	if s.cfg.Observer == nil {
 		return nil
@@ -271,23 +278,88 @@ func (s *Server) observe(ctx context.Context, id pki.Identity, b *batch.Batch) *
 	ctx = context.WithoutCancel(ctx)
 	err := s.cfg.Observer.Observe(ctx, id, b)
 	if err == nil {
+		s.observeOutage.ok(s.log, s.cfg.CertNow())
 		return nil
 	}
 	s.count(func(st *Stats) { st.ObserveErrors++ })
 	log := s.log.With("tenant", id.Tenant, "site", id.Site, "agent", id.Agent, "batch_seq", b.Seq)
 	if s.cfg.ObserveQueue == nil {
-		log.Error("updating the hot store failed; the batch is archived", "err", err)
+		s.observeOutage.fail(log, s.cfg.CertNow(), observeLost, err, nil)
 		return nil
 	}
 	qctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
 	defer cancel()
 	qerr := s.cfg.ObserveQueue.Add(qctx, id, b.Seq)
 	if qerr == nil {
-		log.Warn("updating the hot store failed; the batch is archived and queued for a retry", "err", err)
+		s.observeOutage.fail(log, s.cfg.CertNow(), observeQueued, err, nil)
 		return nil
 	}
-	log.Error("updating the hot store failed and the batch could not be queued for a retry; the agent is told to send it again",
-		"err", err, "queue_err", qerr)
+	s.observeOutage.fail(log, s.cfg.CertNow(), observeRefused, err, qerr)
 	return refuse(http.StatusServiceUnavailable, CodeStoreUnavailable,
 		"the batch is archived but the dashboard could not take it and the archive could not record that: retry in %d seconds", retryAfterStoreSeconds)
+}
+
+// What became of a batch the Observer failed on.
+const (
+	observeQueued  = iota // recorded in the ObserveQueue for a retry
+	observeRefused        // not recorded either: answered 503, the agent sends it again
+	observeLost           // no ObserveQueue: the hot store misses it until a rebuild or a resend
+	observeOutcomes
+)
+
+// observeOutage logs a run of Observer failures the way the ObserveQueue
+// logs its own: the first failure of each outcome once, the repeats only
+// counted (Stats.ObserveErrors, Refused), and one line when the Observer
+// works again with how many failed meanwhile. During a hot-store outage
+// every batch fails; a line for each would bury everything else in the log.
+type observeOutage struct {
+	failing atomic.Bool // the only cost on the path of a batch observed
+	mu      sync.Mutex
+	since   time.Time               // the run's first failure
+	counts  [observeOutcomes]uint64 // failures of the run by outcome
+}
+
+// fail counts a failure with its outcome and logs it when it is the
+// run's first of that outcome.
+func (o *observeOutage) fail(log *slog.Logger, now time.Time, outcome int, err, qerr error) {
+	o.mu.Lock()
+	if !o.failing.Load() {
+		o.since = now
+		o.failing.Store(true)
+	}
+	o.counts[outcome]++
+	first := o.counts[outcome] == 1
+	o.mu.Unlock()
+	if !first {
+		return
+	}
+	const repeats = "; repeats are counted, not logged, until the hot store works again"
+	switch outcome {
+	case observeQueued:
+		log.Warn("updating the hot store failed; the batch is archived and queued for a retry"+repeats, "err", err)
+	case observeRefused:
+		log.Error("updating the hot store failed and the batch could not be queued for a retry; the agent is told to send it again"+repeats,
+			"err", err, "queue_err", qerr)
+	default:
+		log.Error("updating the hot store failed; the batch is archived but the dashboard misses it until the agent resends it or "+
+			"the site is rebuilt (sightglass-ingest store rebuild)"+repeats, "err", err)
+	}
+}
+
+// ok ends a run of failures, logging what it came to.
+func (o *observeOutage) ok(log *slog.Logger, now time.Time) {
+	if !o.failing.Load() {
+		return
+	}
+	o.mu.Lock()
+	if !o.failing.Load() {
+		o.mu.Unlock()
+		return
+	}
+	counts, since := o.counts, o.since
+	o.counts = [observeOutcomes]uint64{}
+	o.failing.Store(false)
+	o.mu.Unlock()
+	log.Info("updating the hot store works again", "failed_for", now.Sub(since).Round(time.Millisecond),
+		"queued", counts[observeQueued], "refused", counts[observeRefused], "missed", counts[observeLost])
 }

@@ -221,6 +221,10 @@ func TestObserveQueueUnavailable(t *testing.T) {
 	if n := received(t, e, db); n != 0 {
 		t.Fatalf("hot store holds %d samples after the failure", n)
 	}
+	// Counted as answered: refused, not stored as well.
+	if st := e.srv.Stats(); st.BatchesStored != 0 || st.Samples != 0 || st.Bytes != 0 || st.BatchesDuplicate != 0 || st.Refused[CodeStoreUnavailable] != 1 {
+		t.Errorf("stats after the 503 %+v, want only 1 refused (%s)", st, CodeStoreUnavailable)
+	}
 	rm.mu.Lock()
 	rm.refused = false
 	rm.mu.Unlock()
@@ -234,6 +238,79 @@ func TestObserveQueueUnavailable(t *testing.T) {
 	}
 	if m := e.markers(); len(m) != 0 {
 		t.Errorf("markers %v, want none (the hot store took the retry)", m)
+	}
+	if st := e.srv.Stats(); st.BatchesStored != 0 || st.BatchesDuplicate != 1 || st.Refused[CodeStoreUnavailable] != 1 {
+		t.Errorf("stats after the retry %+v, want the 503 refused and the retry a duplicate, nothing stored twice", st)
+	}
+}
+
+// TestObserveOutageLoggedOnce: while the hot store fails every batch, the
+// server logs the first failure and, once the hot store works again, one
+// line with how many failed; a later outage is logged again. Whatever
+// became of the batches: queued, refused (the queue failed too) or missed
+// (no queue).
+func TestObserveOutageLoggedOnce(t *testing.T) {
+	tests := []struct {
+		name      string
+		queue     bool
+		refuse    bool // the archive cannot write markers either
+		status    int  // the answer to a batch during the outage
+		firstLine string
+		counts    string // in the recovery line
+	}{
+		{"queued", true, false, http.StatusOK, "queued for a retry", "queued=4 refused=0 missed=0"},
+		{"queue fails too", true, true, http.StatusServiceUnavailable, "could not be queued", "queued=0 refused=4 missed=0"},
+		{"no queue", false, false, http.StatusOK, "misses it", "queued=0 refused=0 missed=4"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			db := openHot(t)
+			obs := &flakyObserver{next: db}
+			var log syncBuffer
+			e := newEnvLog(t, slog.New(slog.NewTextHandler(&log, nil)), func(c *Config, s *blob.Store) {
+				c.Observer = obs
+				if tt.queue {
+					rm := &refuseMarkers{Store: (*s).(observequeue.Store), refused: tt.refuse}
+					*s = rm
+					c.ObserveQueue = newQueue(t, rm, db, slog.New(slog.DiscardHandler))
+				}
+			})
+			seq := uint64(0)
+			upload := func(want int) {
+				t.Helper()
+				seq++
+				if r := e.upload("a", e.encode("a", seq, samples(9, now.Add(-time.Duration(seq)*time.Minute)))); r.status != want {
+					t.Fatalf("batch %d answered %d %v, want %d", seq, r.status, r.body, want)
+				}
+			}
+			const recovered = `msg="updating the hot store works again"`
+			for outage := 1; outage <= 2; outage++ {
+				obs.setFails(4)
+				for range 4 {
+					upload(tt.status)
+				}
+				if n := strings.Count(log.String(), "updating the hot store failed"); n != outage {
+					t.Fatalf("outage %d: %d failure lines, want %d:\n%s", outage, n, outage, log.String())
+				}
+				if !strings.Contains(log.String(), tt.firstLine) {
+					t.Errorf("log does not say %q:\n%s", tt.firstLine, log.String())
+				}
+				if n := strings.Count(log.String(), recovered); n != outage-1 {
+					t.Fatalf("outage %d: %d recovery lines before the hot store recovered:\n%s", outage, n, log.String())
+				}
+				upload(http.StatusOK)
+				upload(http.StatusOK)
+				if n := strings.Count(log.String(), recovered); n != outage {
+					t.Fatalf("outage %d: %d recovery lines, want %d:\n%s", outage, n, outage, log.String())
+				}
+				if n := strings.Count(log.String(), tt.counts); n != outage {
+					t.Errorf("outage %d: the recovery lines do not say %q:\n%s", outage, tt.counts, log.String())
+				}
+			}
+			if st := e.srv.Stats(); st.ObserveErrors != 8 {
+				t.Errorf("stats %+v, want 8 observe errors counted", st)
+			}
+		})
 	}
 }
 

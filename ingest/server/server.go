@@ -209,6 +209,8 @@ type Server struct {
 	// refusalsAudited throttles the audit of refused requests (see
 	// auditRefusal); guarded by mu.
 	refusalsAudited map[refusalKey]*refusalRun
+	// observeOutage logs a run of Observer failures once (batches.go).
+	observeOutage observeOutage
 }
 
 // New returns a Server archiving into store and accepting agents whose
