@@ -139,8 +139,9 @@ type Queue struct {
 
 	mu     sync.Mutex
 	stats  Stats
-	cursor string         // the last marker a pass tried: the next pass starts after it
-	failed map[string]int // consecutive failures by kind, to log each kind once
+	cursor string          // the last marker a pass tried: the next pass starts after it
+	failed map[string]int  // consecutive failures by kind, to log each kind once
+	strays map[string]bool // the blobs under Prefix that are not markers, as the last listing found them
 }
 
 // New returns a Queue over store retrying into obs.
@@ -325,22 +326,35 @@ func (q *Queue) Pass(ctx context.Context) (PassResult, error) {
 	return res, nil
 }
 
-// markers keeps the names that are markers. Anything else under Prefix was
-// not written by a queue; it is logged once per name kind and left alone.
+// markers keeps the names that are markers. Anything else under Prefix (a
+// stray) was not written by a queue: it is left alone and logged once, in
+// the pass that first finds it. A stray is nothing to retry, so it is not
+// one of fail's kinds and never holds up a pass or its backoff.
 func (q *Queue) markers(names []string) []string {
 	out := names[:0:0]
-	var bad []string
+	var strays, fresh []string
 	for _, n := range names {
 		if _, _, err := ParseMarkerName(n); err != nil {
-			bad = append(bad, n)
+			strays = append(strays, n)
 			continue
 		}
 		out = append(out, n)
 	}
-	if len(bad) > 0 {
-		q.fail("stray", fmt.Errorf("%d blobs under %s are not observe markers (first: %s): they are ignored; remove them", len(bad), Prefix, bad[0]))
-	} else {
-		q.ok("stray")
+	q.mu.Lock()
+	seen := make(map[string]bool, len(strays))
+	for _, n := range strays {
+		seen[n] = true
+		if !q.strays[n] {
+			fresh = append(fresh, n)
+		}
+	}
+	// Only the strays still there are kept, so the set stays as small as
+	// the folder's litter, and one removed and put back is logged again.
+	q.strays = seen
+	q.mu.Unlock()
+	if len(fresh) > 0 {
+		q.log.Warn("found blobs under "+Prefix+" that are not observe markers: they are ignored, not retried; remove them",
+			"new", len(fresh), "strays", len(strays), "first", fresh[0])
 	}
 	return out
 }

@@ -391,20 +391,64 @@ func TestPassBatchGone(t *testing.T) {
 }
 
 // TestPassIgnoresStrays: a blob under Prefix that no queue wrote is
-// neither retried, nor counted, nor removed.
+// neither retried, nor counted, nor removed, and is logged once, with a
+// message of its own (nothing is retried for it), in the first pass that
+// finds it; one removed and put back is logged again.
 func TestPassIgnoresStrays(t *testing.T) {
 	ctx := context.Background()
 	d := newDir(t)
-	if _, err := d.Put(ctx, Prefix+"README", []byte("hello")); err != nil {
-		t.Fatal(err)
-	}
 	var log syncBuffer
 	q := newQueue(t, d, &observer{}, &log, Options{})
-	if _, err := q.Pass(ctx); err != nil {
-		t.Fatal(err)
+	steps := []struct {
+		name   string
+		put    []string // strays written before the pass
+		remove []string // and removed
+		lines  int      // stray lines in the log after the pass, in all
+		first  string   // the stray the newest line names
+	}{
+		{"a stray", []string{"README"}, nil, 1, "README"},
+		{"the same stray again", nil, nil, 1, ""},
+		{"another stray", []string{"notes.txt"}, nil, 2, "notes.txt"},
+		{"both again", nil, nil, 2, ""},
+		{"both removed", nil, []string{"README", "notes.txt"}, 2, ""},
+		{"one put back", []string{"README"}, nil, 3, "README"},
 	}
-	if q.Pending() != 0 || len(markers(t, d)) != 1 || !strings.Contains(log.String(), "not observe markers") {
-		t.Errorf("pending %d, names %v, log:\n%s", q.Pending(), markers(t, d), log.String())
+	for _, st := range steps {
+		for _, n := range st.put {
+			if _, err := d.Put(ctx, Prefix+n, []byte("hello")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, n := range st.remove {
+			if err := d.Delete(ctx, Prefix+n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := q.Pass(ctx); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		lines := strings.Split(strings.TrimSpace(log.String()), "\n")
+		var strays []string
+		for _, l := range lines {
+			if strings.Contains(l, "not observe markers") {
+				strays = append(strays, l)
+			}
+		}
+		if len(strays) != st.lines {
+			t.Fatalf("%s: %d stray lines, want %d:\n%s", st.name, len(strays), st.lines, log.String())
+		}
+		if st.first != "" && !strings.Contains(strays[len(strays)-1], "first="+Prefix+st.first) {
+			t.Errorf("%s: the newest stray line does not name %s:\n%s", st.name, st.first, log.String())
+		}
+		if strings.Contains(log.String(), "retrying") || strings.Contains(log.String(), "works again") {
+			t.Errorf("%s: strays are logged as a retry:\n%s", st.name, log.String())
+		}
+		if q.Pending() != 0 || q.Stats().Failures != 0 {
+			t.Errorf("%s: stats %+v, want strays neither pending nor failures", st.name, q.Stats())
+		}
+	}
+	if names := markers(t, d); len(names) != 1 {
+		t.Errorf("names %v, want the stray left alone", names)
 	}
 }
 
