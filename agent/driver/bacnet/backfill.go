@@ -213,6 +213,21 @@ func (s *backfillState) mark(ref string) mark {
 	return m
 }
 
+// ahead reports whether any point's mark, staged or committed, is later
+// than nowMS: the clock is still behind it.
+func (s *backfillState) ahead(nowMS int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, marks := range []map[string]mark{s.committed, s.staged} {
+		for _, m := range marks {
+			if m.Last > nowMS {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func (s *backfillState) stage(ref string, m mark) {
 	s.mu.Lock()
 	if m.Last >= s.staged[ref].Last {
@@ -315,20 +330,17 @@ func (d *Driver) backfill(ctx context.Context, c *bacnet.Client, dev bacnet.Devi
 	var out []telemetry.Sample
 	nowMS := now.UnixMilli()
 	oldest := now.Add(-d.cfg.backfillMax).UnixMilli()
-	checked, behind := false, false
 	for i, p := range points {
 		pt := parsed[i]
 		if !valid[i] || pt.trend == nil || res[i].commFailed {
 			continue
 		}
 		m := d.state.mark(p.Ref)
-		checked = true
 		if m.Last > nowMS {
 			// The clock stepped back behind the mark (an NTP correction, a
 			// box whose RTC lost its time). The mark stays where it is, so
 			// what this read fills is committed and not asked for again
 			// every poll; a gap opens only once the clock passes it.
-			behind = true
 			if d.clockBack.CompareAndSwap(false, true) {
 				d.log.Warn("the clock is behind the trend-log backfill mark of a point; backfill marks stay until it catches up (check the system clock)",
 					"point", p.Ref, "mark", fmtMS(m.Last), "now", fmtMS(nowMS))
@@ -367,7 +379,11 @@ func (d *Driver) backfill(ctx context.Context, c *bacnet.Client, dev bacnet.Devi
 		m.Last = max(m.Last, nowMS)
 		d.state.stage(p.Ref, m)
 	}
-	if checked && !behind && d.clockBack.CompareAndSwap(true, false) {
+	// Caught up only once no mark is ahead, not when this Read's points
+	// are: with per-point intervals a Read may hold none of those behind,
+	// and the warning and this line would alternate until the clock
+	// passes them all.
+	if d.clockBack.Load() && !d.state.ahead(nowMS) && d.clockBack.CompareAndSwap(true, false) {
 		d.log.Info("the clock has caught up with the trend-log backfill marks")
 	}
 	return out

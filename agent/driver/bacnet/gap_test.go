@@ -514,3 +514,55 @@ func TestBackfillClockStepsBack(t *testing.T) {
 		t.Errorf("%d logs of the clock catching up, want 1", n)
 	}
 }
+
+// TestBackfillClockStepsBackPerPoint: the clock steps back behind one
+// point's mark but not another's, and the points are read at their own
+// intervals, in separate Reads. The step is logged once, and the clock is
+// said to have caught up only once it passed every mark, not at each Read
+// of the point it is not behind (the two lines alternated every poll).
+func TestBackfillClockStepsBackPerPoint(t *testing.T) {
+	dev, _ := trendDevice(17, "drifting, per point", 50*time.Millisecond)
+	sim := startSim(t, bacnetsim.Config{Local: dev})
+	logs := &logCount{}
+	ahead := driver.Point{ID: 1, Ref: "analog-input:1", Settings: yamlText("trend_log: trend-log:1")}
+	other := driver.Point{ID: 2, Ref: "analog-input:1/present-value", Settings: yamlText("trend_log: trend-log:1")}
+	clock := newFakeClock()
+	drv := openDriver(t, driver.Device{Name: "drifting", Settings: yamlText(simSettings(sim, 17, "backfill_after: 1h\n")),
+		Points: []driver.Point{ahead, other}, Logger: slog.New(logs), DataDir: t.TempDir()})
+	drv.now = clock.now
+	read := func(p driver.Point) {
+		t.Helper()
+		s, err := drv.Read(t.Context(), []driver.Point{p})
+		if err != nil || len(s) != 1 || s[0].Status != telemetry.StatusOK {
+			t.Fatalf("reading %s: %v, %v", p.Ref, s, err)
+		}
+		if err := drv.Commit(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read(other)
+	clock.advance(10 * time.Minute)
+	read(ahead)
+	clock.advance(-5 * time.Minute) // behind ahead's mark, not other's
+	for range 3 {
+		read(ahead)
+		clock.advance(time.Second)
+		read(other)
+		clock.advance(time.Second)
+	}
+	if n := logs.count(slog.LevelWarn, "the clock is behind"); n != 1 {
+		t.Errorf("%d warnings of the clock stepping back, want 1", n)
+	}
+	if n := logs.count(slog.LevelInfo, "the clock has caught up"); n != 0 {
+		t.Errorf("%d logs of the clock catching up while it is still behind a mark, want none", n)
+	}
+	clock.advance(5 * time.Minute) // past every mark
+	read(other)
+	read(ahead)
+	if n := logs.count(slog.LevelInfo, "the clock has caught up"); n != 1 {
+		t.Errorf("%d logs of the clock catching up, want 1", n)
+	}
+	if n := logs.count(slog.LevelWarn, "the clock is behind"); n != 1 {
+		t.Errorf("%d warnings of the clock stepping back in all, want 1", n)
+	}
+}
