@@ -16,6 +16,7 @@ import (
 	"github.com/sightglass-bms/sightglass/ingest/server"
 	rdb "github.com/sightglass-bms/sightglass/ingest/store"
 	"github.com/sightglass-bms/sightglass/pkg/atomicfile"
+	"github.com/sightglass-bms/sightglass/pkg/batch"
 )
 
 func newServeCmd() *cobra.Command {
@@ -85,22 +86,13 @@ While the store does not answer, batches get 503 and stay with the agents.`,
 			if !ok {
 				return fmt.Errorf("the archive (%T) cannot delete blobs, which the hot store's retry queue needs: this is a bug; report it", store)
 			}
-			queue, err := observequeue.New(qstore, db, log, observequeue.Options{})
+			scfg, qopts := serveConfigs(cfg, db, batchLimits)
+			queue, err := observequeue.New(qstore, db, log, qopts)
 			if err != nil {
 				return err
 			}
-			srv, err := server.New(server.Config{
-				MaxBatchBytes: cfg.MaxBatchBytes,
-				MaxSkew:       cfg.MaxSkew,
-				MaxAge:        cfg.MaxAge,
-				Registry:      db,
-				AgentValidity: cfg.AgentValidity,
-				CatalogPolicy: cfg.CatalogPolicy,
-				// The dashboard's latest values and rollups, written as
-				// batches arrive.
-				Observer:     db,
-				ObserveQueue: queue,
-			}, store, ca, log)
+			scfg.ObserveQueue = queue
+			srv, err := server.New(scfg, store, ca, log)
 			if err != nil {
 				return err
 			}
@@ -168,4 +160,30 @@ While the store does not answer, batches get 503 and stay with the agents.`,
 	f.StringVar(&dataDir, "data-dir", defaultDataDir, "data directory of the built-in config")
 	f.StringVar(&addrFile, "addr-file", "", "write the agent listener's host:port to this file once listening")
 	return cmd
+}
+
+// batchLimits bound the batch decoder of serve: the decoder's defaults,
+// which every batch an agent's encoder makes fits.
+var batchLimits = batch.Limits{}
+
+// serveConfigs makes the agent server's Config (without its ObserveQueue,
+// which needs the queue made from the options) and its observe queue's
+// Options from cfg, with the same limits for both: the queue decodes the
+// batches the server accepted again, so a limit raised for the server
+// alone would make the queue abandon exactly the batches that needed it.
+func serveConfigs(cfg *config.Config, db *rdb.DB, limits batch.Limits) (server.Config, observequeue.Options) {
+	return server.Config{
+			MaxBatchBytes: cfg.MaxBatchBytes,
+			MaxSkew:       cfg.MaxSkew,
+			MaxAge:        cfg.MaxAge,
+			Limits:        limits,
+			Registry:      db,
+			AgentValidity: cfg.AgentValidity,
+			CatalogPolicy: cfg.CatalogPolicy,
+			// The dashboard's latest values and rollups, written as
+			// batches arrive.
+			Observer: db,
+		}, observequeue.Options{
+			Limits: limits,
+		}
 }
