@@ -1,7 +1,9 @@
 package opcua
 
 import (
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 	"github.com/sightglass-bms/sightglass/pkg/driver/drivertest"
@@ -10,15 +12,20 @@ import (
 
 // TestConformance runs the driver kit against the in-process simulator,
 // whose service log is the recording peer: anything it received that is
-// not a read is a write.
+// not a read is a write. One point keeps history (history: true), and
+// every simulator shares one Epoch a minute back, so each instance finds
+// the same history: the kit's resume check sees a driver without Restore
+// read the backfill_max window again, and one restored read only what
+// follows the checkpoint.
 func TestConformance(t *testing.T) {
 	var sim *simopcua.Server
+	epoch := time.Now().Add(-time.Minute)
 	drivertest.Run(t, drivertest.Harness{
 		New: func(t *testing.T) (driver.Driver, []driver.Point) {
 			// MaxNodesPerRead 4 with 10 points makes every read a batch.
-			sim = startSim(t, simopcua.Options{MaxNodesPerRead: 4})
-			points := simPoints(sim, 10)
-			d, err := New(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL), Points: points})
+			sim = startSim(t, simopcua.Options{MaxNodesPerRead: 4, Epoch: epoch, HistoryInterval: 100 * time.Millisecond})
+			points := append(simPoints(sim, 10), historyPoint(sim, 11))
+			d, err := New(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL, "backfill_max: 30s"), Points: points})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -34,4 +41,11 @@ func TestNotReads(t *testing.T) {
 	if len(got) != 3 || got[0] != "Write" || got[1] != "Call" || got[2] != "AddNodes" {
 		t.Fatalf("notReads = %q, want Write, Call, AddNodes", got)
 	}
+}
+
+// historyPoint is the simulator's history variable as point id, with
+// history: true.
+func historyPoint(sim *simopcua.Server, id uint64) driver.Point {
+	ref := fmt.Sprintf("ns=%d;s=%s", sim.NS, simopcua.HistoryNode)
+	return driver.Point{ID: id, Ref: ref, Name: simopcua.HistoryNode, Settings: yamlSettings("history: true")}
 }

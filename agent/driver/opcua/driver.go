@@ -116,12 +116,34 @@ type Driver struct {
 	pageTook    time.Duration // how long backfill requests take, to fit them in a Read
 	subGaps     uint64        // subscribed nodes whose gap could not be filled
 	histSamples uint64        // samples read from history
+
+	// Checkpoint (checkpoint.go), under mu: committed is the history
+	// points' progress as of the last Commit (or Restore), readSince is
+	// set by a Read since then, and resumed names the points a Restore
+	// gave a place, whose first session fills only the gap since.
+	committed map[string]pointProgress
+	readSince bool
+	resumed   map[string]bool
+	// commits is set when the driver is offered as a driver.Committer
+	// (New, for a device with history points): only then does Close
+	// rewind what was not committed, since only then does anyone commit.
+	commits bool
 }
 
 // New builds a driver for one device. It validates the settings and does
 // no network I/O.
 func New(dev driver.Device) (driver.Driver, error) {
-	return newDriver(dev)
+	d, err := newDriver(dev)
+	if err != nil {
+		return nil, err
+	}
+	for _, pc := range d.points {
+		if pc.history {
+			d.commits = true
+			return &historyDriver{d}, nil
+		}
+	}
+	return d, nil
 }
 
 func newDriver(dev driver.Device) (*Driver, error) {
@@ -137,6 +159,7 @@ func newDriver(dev driver.Device) (*Driver, error) {
 		now:      time.Now,
 		faulty:   map[string]ua.StatusCode{},
 		pageSize: historyPageSize,
+		resumed:  map[string]bool{},
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
@@ -534,6 +557,9 @@ func (d *Driver) Read(ctx context.Context, points []driver.Point) ([]telemetry.S
 	// Then history, in what is left of the Read's time: the gaps end at
 	// the live samples just taken, so the two never overlap.
 	out = append(out, d.runBackfill(ctx)...)
+	d.mu.Lock()
+	d.readSince = true
+	d.mu.Unlock()
 	return out, nil
 }
 
@@ -842,8 +868,9 @@ func isBusy(err error) bool {
 	return false
 }
 
-// Close ends the session and stops the subscription. Read fails until
-// Connect opens a new session; Close twice is harmless.
+// Close ends the session and stops the subscription, and rewinds the
+// backfill progress of Reads not committed. Read fails until Connect
+// opens a new session; Close twice is harmless.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	if d.closed {
@@ -855,6 +882,9 @@ func (d *Driver) Close() error {
 	sub := d.sub
 	d.sub = nil
 	d.droppedBefore += sub.droppedValues()
+	// The poller closes the driver after a read its buffer refused: what
+	// that read backfilled must be read again from the committed place.
+	d.rollback()
 	d.mu.Unlock()
 	d.retire(sub)
 	d.g.close(context.Background(), 2*time.Second)

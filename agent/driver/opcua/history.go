@@ -45,10 +45,12 @@ const maxJobsPerPoint = 3
 // history: values logged in [from, to). Jobs are made when a session opens
 // and worked off page by page by later Reads (runBackfill), never by
 // Connect, so a long history cannot keep a device from coming up. They
-// live in memory: Close and Connect keep them, an agent restart starts
-// afresh from the configured window (the archive drops what it already
-// has by (point, time)). The driver is not a driver.Checkpointer because
-// the driver host it runs in (package subprocess) cannot carry one.
+// live in memory: Close and Connect keep them (except the progress of a
+// Read not committed, which Close rewinds). Across agent restarts the
+// history points' jobs and marks travel in the driver's checkpoint
+// (checkpoint.go), which the agent stores with the samples and restores,
+// so a restart backfills only the gap since the last committed time; a
+// subscribed point's gap without history: true is not carried.
 type backfillJob struct {
 	p driver.Point
 	// from is the earliest time still to read; it moves past each page.
@@ -94,7 +96,9 @@ func (d *Driver) planBackfill(first bool, session int, opened time.Time) {
 			continue
 		}
 		j := &backfillJob{p: p, opened: opened, session: session, subscribed: pc.subscribe && !first, check: !pc.history}
-		if first {
+		// A point restored from a checkpoint has a place already: its
+		// first session fills the gap since, like a reconnect.
+		if first && !d.resumed[p.Ref] {
 			if !pc.history {
 				continue
 			}
