@@ -16,8 +16,10 @@
 // a few pages each within their deadlines, never by Connect: the window of
 // history: true points on the first session, and after a reconnect the gap
 // of those and of every subscribed node the server historizes. Polled
-// samples get strictly increasing times per point (timeline.go). See
-// README.md.
+// samples get strictly increasing times per point (timeline.go). A device
+// with history: true points is a driver.Checkpointer of its backfill
+// progress (checkpoint.go), so an agent restart backfills only the gap
+// since the last committed time. See README.md.
 package opcua
 
 import (
