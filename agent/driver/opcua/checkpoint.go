@@ -118,16 +118,19 @@ func decodeCheckpoint(b []byte) (map[string]pointProgress, error) {
 // caller holds d.mu.
 func (d *Driver) progress() map[string]pointProgress {
 	out := map[string]pointProgress{}
+	// One pass over the jobs: a device may have thousands of history
+	// points, and this runs at every Read.
+	jobs := make(map[string][]*backfillJob, len(d.jobs))
+	for _, j := range d.jobs {
+		jobs[j.p.Ref] = append(jobs[j.p.Ref], j)
+	}
 	for _, p := range d.pointList {
 		if !d.points[p.Ref].history {
 			continue
 		}
 		m := d.tl.of(p.ID)
 		st := pointProgress{Last: m.last}
-		for _, j := range d.jobs {
-			if j.p.Ref != p.Ref {
-				continue
-			}
+		for _, j := range jobs[p.Ref] {
 			end := j.to
 			if end.IsZero() {
 				end = j.opened
@@ -156,10 +159,23 @@ func (d *Driver) progress() map[string]pointProgress {
 func (d *Driver) checkpoint() []byte {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	var b []byte
 	if !d.readSince {
-		return encodeCheckpoint(d.committed)
+		b = encodeCheckpoint(d.committed)
+	} else {
+		b = encodeCheckpoint(d.progress())
 	}
-	return encodeCheckpoint(d.progress())
+	if len(b) > maxCheckpoint {
+		// Some 100 bytes a point: only many thousands of history points
+		// with gaps get here. None is stored then, and a restart goes on
+		// from an older state (or the window): repeats, never a loss.
+		if !d.warnedBig {
+			d.log.Warn("the backfill checkpoint is too large to store; a restart may read history again: give fewer points history: true", "bytes", len(b), "limit", maxCheckpoint)
+			d.warnedBig = true
+		}
+		return nil
+	}
+	return b
 }
 
 func (d *Driver) commit(ctx context.Context) error {

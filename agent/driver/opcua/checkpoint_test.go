@@ -274,3 +274,66 @@ func FuzzDecodeCheckpoint(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkCheckpoint10000 takes the checkpoint of a device with 10,000
+// history points, each with a gap still owed, as the poller does after
+// every Read, and reports its size.
+func BenchmarkCheckpoint10000(b *testing.B) {
+	const n = 10_000
+	points := make([]driver.Point, n)
+	for i := range points {
+		points[i] = driver.Point{ID: uint64(i + 1), Ref: fmt.Sprintf("ns=2;s=Zones.Zone%d.Temp", i+1), Settings: yamlSettings("history: true")}
+	}
+	d, err := newDriver(driver.Device{Name: "d", Settings: noneSettings(b, "opc.tcp://127.0.0.1:4840"), Points: points})
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := time.Now()
+	d.mu.Lock()
+	for _, p := range points {
+		d.tl.of(p.ID).last = now.UnixMilli()
+		d.jobs = append(d.jobs, &backfillJob{p: p, from: now.Add(-time.Hour), to: now.Add(-time.Minute)})
+	}
+	d.readSince = true
+	d.mu.Unlock()
+	var size int
+	b.ResetTimer()
+	for b.Loop() {
+		size = len(d.checkpoint())
+	}
+	b.ReportMetric(float64(size), "bytes")
+	b.ReportMetric(float64(size)/n, "bytes/point")
+}
+
+// TestCheckpointTooLarge: a checkpoint above the limit is not handed to
+// the agent (which would store it with every read, and the driver host
+// refuse it) but logged once; none is stored, and a restart repeats
+// history rather than losing any.
+func TestCheckpointTooLarge(t *testing.T) {
+	const n = 12_000 // ~100 bytes each: above 1 MiB
+	points := make([]driver.Point, n)
+	for i := range points {
+		points[i] = driver.Point{ID: uint64(i + 1), Ref: fmt.Sprintf("ns=2;s=Zones.Zone%d.Temperature", i+1), Settings: yamlSettings("history: true")}
+	}
+	logs := &logBuffer{}
+	d, err := newDriver(driver.Device{Name: "d", Settings: noneSettings(t, "opc.tcp://127.0.0.1:4840"), Points: points, Logger: logs.Logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	d.mu.Lock()
+	for _, p := range points {
+		d.tl.of(p.ID).last = now.UnixMilli()
+		d.jobs = append(d.jobs, &backfillJob{p: p, from: now.Add(-time.Hour), to: now.Add(-time.Minute)})
+	}
+	d.readSince = true
+	d.mu.Unlock()
+	for range 2 {
+		if b := d.checkpoint(); b != nil {
+			t.Fatalf("a checkpoint of %d bytes was handed out, above the %d limit", len(b), maxCheckpoint)
+		}
+	}
+	if got := strings.Count(logs.String(), "too large to store"); got != 1 {
+		t.Errorf("logged %d times, want once:\n%.2000s", got, logs.String())
+	}
+}

@@ -130,6 +130,8 @@ type Driver struct {
 	// (New, for a device with history points): only then does Close
 	// rewind what was not committed, since only then does anyone commit.
 	commits bool
+	// warnedBig is set once a checkpoint too large to store was logged.
+	warnedBig bool
 }
 
 // New builds a driver for one device. It validates the settings and does
