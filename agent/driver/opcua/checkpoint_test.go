@@ -280,22 +280,7 @@ func FuzzDecodeCheckpoint(f *testing.F) {
 // every Read, and reports its size.
 func BenchmarkCheckpoint10000(b *testing.B) {
 	const n = 10_000
-	points := make([]driver.Point, n)
-	for i := range points {
-		points[i] = driver.Point{ID: uint64(i + 1), Ref: fmt.Sprintf("ns=2;s=Zones.Zone%d.Temp", i+1), Settings: yamlSettings("history: true")}
-	}
-	d, err := newDriver(driver.Device{Name: "d", Settings: noneSettings(b, "opc.tcp://127.0.0.1:4840"), Points: points})
-	if err != nil {
-		b.Fatal(err)
-	}
-	now := time.Now()
-	d.mu.Lock()
-	for _, p := range points {
-		d.tl.of(p.ID).last = now.UnixMilli()
-		d.jobs = append(d.jobs, &backfillJob{p: p, from: now.Add(-time.Hour), to: now.Add(-time.Minute)})
-	}
-	d.readSince = true
-	d.mu.Unlock()
+	d := owingDriver(b, n, "ns=2;s=Zones.Zone%d.Temp", nil)
 	var size int
 	b.ResetTimer()
 	for b.Loop() {
@@ -310,24 +295,8 @@ func BenchmarkCheckpoint10000(b *testing.B) {
 // refuse it) but logged once; none is stored, and a restart repeats
 // history rather than losing any.
 func TestCheckpointTooLarge(t *testing.T) {
-	const n = 12_000 // ~100 bytes each: above 1 MiB
-	points := make([]driver.Point, n)
-	for i := range points {
-		points[i] = driver.Point{ID: uint64(i + 1), Ref: fmt.Sprintf("ns=2;s=Zones.Zone%d.Temperature", i+1), Settings: yamlSettings("history: true")}
-	}
 	logs := &logBuffer{}
-	d, err := newDriver(driver.Device{Name: "d", Settings: noneSettings(t, "opc.tcp://127.0.0.1:4840"), Points: points, Logger: logs.Logger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	d.mu.Lock()
-	for _, p := range points {
-		d.tl.of(p.ID).last = now.UnixMilli()
-		d.jobs = append(d.jobs, &backfillJob{p: p, from: now.Add(-time.Hour), to: now.Add(-time.Minute)})
-	}
-	d.readSince = true
-	d.mu.Unlock()
+	d := owingDriver(t, 12_000, "ns=2;s=Zones.Zone%d.Temperature", logs) // ~100 bytes each: above 1 MiB
 	for range 2 {
 		if b := d.checkpoint(); b != nil {
 			t.Fatalf("a checkpoint of %d bytes was handed out, above the %d limit", len(b), maxCheckpoint)
@@ -336,4 +305,31 @@ func TestCheckpointTooLarge(t *testing.T) {
 	if got := strings.Count(logs.String(), "too large to store"); got != 1 {
 		t.Errorf("logged %d times, want once:\n%.2000s", got, logs.String())
 	}
+}
+
+// owingDriver is a driver of n history points (refs from format and the
+// point's number) that were each read a moment ago and still owe a gap,
+// as after a Read: what a checkpoint of n points holds.
+func owingDriver(tb testing.TB, n int, format string, logs *logBuffer) *Driver {
+	tb.Helper()
+	points := make([]driver.Point, n)
+	for i := range points {
+		points[i] = driver.Point{ID: uint64(i + 1), Ref: fmt.Sprintf(format, i+1), Settings: yamlSettings("history: true")}
+	}
+	if logs == nil {
+		logs = &logBuffer{}
+	}
+	d, err := newDriver(driver.Device{Name: "d", Settings: noneSettings(tb, "opc.tcp://127.0.0.1:4840"), Points: points, Logger: logs.Logger()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range points {
+		d.tl.of(p.ID).last = now.UnixMilli()
+		d.jobs = append(d.jobs, &backfillJob{p: p, from: now.Add(-time.Hour), to: now.Add(-time.Minute)})
+	}
+	d.readSince = true
+	return d
 }
