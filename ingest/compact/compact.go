@@ -147,9 +147,9 @@ type Result struct {
 	Duplicates  int    `json:"duplicates"` // identical samples seen twice (retries, re-uploads)
 	Conflicts   int    `json:"conflicts"`  // same point and time, different value: the first kept
 	SourceBytes int    `json:"source_bytes"`
-	Bytes       int    `json:"bytes"`   // of the day blob's parts
-	Skipped     bool   `json:"skipped"` // nothing new to merge
-	Held        int    `json:"held"`    // batches left for later: the hot store still owes them
+	Bytes       int    `json:"bytes"`          // of the day blob's parts
+	Skipped     bool   `json:"skipped"`        // nothing new to merge
+	Held        int    `json:"held,omitempty"` // batches left for later: the hot store still owes them
 }
 
 // DayPrefix is where a day's batch blobs are: {tenant}/{site}/{yyyy}/{mm}/{dd}/.
