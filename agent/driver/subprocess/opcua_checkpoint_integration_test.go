@@ -32,6 +32,22 @@ func hostedOPCUA(t *testing.T, sim *simopcua.Server, points []driver.Point, wind
 	return d
 }
 
+// historySim starts our simulator with a minute of history logged every
+// 100 ms, and returns it with two points: its history variable (ID 1,
+// history: true) and a plain one.
+func historySim(t *testing.T) (*simopcua.Server, []driver.Point) {
+	t.Helper()
+	sim, err := simopcua.Start(t.Context(), simopcua.Options{Epoch: time.Now().Add(-time.Minute), HistoryInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	return sim, []driver.Point{
+		{ID: 1, Ref: fmt.Sprintf("ns=%d;s=%s", sim.NS, simopcua.HistoryNode), Settings: drivertest.YAML("history: true")},
+		{ID: 2, Ref: fmt.Sprintf("ns=%d;s=AHU1.FanSpeed", sim.NS)},
+	}
+}
+
 // readHosted reads points under a poller's deadline.
 func readHosted(t *testing.T, d driver.Driver, points []driver.Point) []telemetry.Sample {
 	t.Helper()
@@ -67,19 +83,12 @@ func TestOPCUACheckpointIntegration(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts an OPC UA server and driver hosts (not with -short)")
 	}
-	sim, err := simopcua.Start(t.Context(), simopcua.Options{Epoch: time.Now().Add(-time.Minute), HistoryInterval: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sim.Close()
-	points := []driver.Point{
-		{ID: 1, Ref: fmt.Sprintf("ns=%d;s=%s", sim.NS, simopcua.HistoryNode), Settings: drivertest.YAML("history: true")},
-		{ID: 2, Ref: fmt.Sprintf("ns=%d;s=AHU1.FanSpeed", sim.NS)},
-	}
+	sim, points := historySim(t)
 	const window = 20 * time.Second
 	var logs drivertest.LogBuffer
 
 	first := hostedOPCUA(t, sim, points, window, &logs)
+	var err error
 	cp, ok := first.(driver.Checkpointer)
 	if !ok {
 		t.Fatalf("the hosted OPC UA driver of a device with history is a %T, not a driver.Checkpointer", first)
@@ -269,15 +278,7 @@ func TestOPCUARestartUnderPollerIntegration(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts an OPC UA server and driver hosts (not with -short)")
 	}
-	sim, err := simopcua.Start(t.Context(), simopcua.Options{Epoch: time.Now().Add(-time.Minute), HistoryInterval: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sim.Close()
-	points := []driver.Point{
-		{ID: 1, Ref: fmt.Sprintf("ns=%d;s=%s", sim.NS, simopcua.HistoryNode), Settings: drivertest.YAML("history: true")},
-		{ID: 2, Ref: fmt.Sprintf("ns=%d;s=AHU1.FanSpeed", sim.NS)},
-	}
+	sim, points := historySim(t)
 	const window = 20 * time.Second
 	out := &stateSink{}
 	var logs drivertest.LogBuffer
