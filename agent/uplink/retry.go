@@ -128,6 +128,13 @@ func (u *Uplink) failed(b Batch, gen uint64, res result) {
 	now := time.Now()
 	msg := res.err.Error()
 	u.mu.Lock()
+	if gen < u.okGen {
+		// The attempt began before the last success: the outage it met is
+		// over, and logging it after "recovered" would say otherwise. The
+		// batch is simply tried again.
+		u.mu.Unlock()
+		return
+	}
 	u.stats.LastError = msg
 	u.stats.LastErrorAt = now
 	var wait time.Duration
@@ -164,6 +171,8 @@ func (u *Uplink) succeeded(b Batch, res result) {
 	u.stats.ConsecutiveFailures = 0
 	u.retryAt = time.Time{}
 	u.logged = ""
+	u.gen++
+	u.okGen = u.gen
 	close(u.recovered)
 	u.recovered = make(chan struct{})
 	u.stats.LastSuccess = time.Now()

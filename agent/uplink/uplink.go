@@ -170,7 +170,8 @@ type Uplink struct {
 	running  atomic.Bool
 
 	mu        sync.Mutex
-	gen       uint64        // bumped at every failed round; see failed
+	gen       uint64        // bumped at every failed round and every success; see failed
+	okGen     uint64        // gen just after the last success: older attempts are stale
 	retryAt   time.Time     // no attempt before this
 	recovered chan struct{} // closed and replaced at every success, waking waiters
 	logged    string        // the failure last logged, to log only changes
