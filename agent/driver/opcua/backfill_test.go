@@ -64,28 +64,54 @@ func TestBackfillAcrossReads(t *testing.T) {
 		t.Fatalf("Connect sent %d HistoryRead; history belongs to the Reads", n)
 	}
 
+	// read reads once and splits the samples of point 1 into live and
+	// history ones. A Read returns its history samples last, and the
+	// history_samples counter says how many there are. (Taking the first
+	// sample of point 1 as its live one is wrong: a Read whose live
+	// sample is left out, because it would repeat the time of the last
+	// one, may still carry history, and its first history sample would
+	// be miscounted as live, which looks like a lost millisecond.)
+	seen := counter(d, "history_samples")
+	sortRead := func(phase string, samples []telemetry.Sample) (live, hist []telemetry.Sample) {
+		t.Helper()
+		n := int(counter(d, "history_samples") - seen)
+		seen += uint64(n)
+		if n > len(samples) {
+			t.Fatalf("%s: a Read counted %d history samples and returned %d samples", phase, n, len(samples))
+		}
+		for j, s := range samples {
+			switch {
+			case j >= len(samples)-n:
+				if s.PointID != 1 {
+					t.Fatalf("%s: history sample %+v of a point without history", phase, s)
+				}
+				hist = append(hist, s)
+			case s.PointID == 1:
+				live = append(live, s)
+			}
+		}
+		return live, hist
+	}
+	read := func(phase string, i int) (live, hist []telemetry.Sample) {
+		t.Helper()
+		samples, err := deadlineRead(t, d, points, timeout)
+		if err != nil {
+			t.Fatalf("%s: Read %d under a %s deadline: %v\n%s", phase, i, timeout, err, logs.String())
+		}
+		return sortRead(phase, samples)
+	}
 	// drain reads until the backfill is done, and returns the samples of
-	// point 1 and how many Reads carried history.
-	drain := func(phase string) (live, hist []telemetry.Sample, reads int) {
+	// point 1 and how many Reads carried history. before, when not nil,
+	// runs before each Read.
+	drain := func(phase string, before func(i int)) (live, hist []telemetry.Sample, reads int) {
 		t.Helper()
 		for i := 0; i < 40; i++ {
-			samples, err := deadlineRead(t, d, points, timeout)
-			if err != nil {
-				t.Fatalf("%s: Read %d under a %s deadline: %v\n%s", phase, i, timeout, err, logs.String())
+			if before != nil {
+				before(i)
 			}
-			before := len(hist)
-			// Point 1 is polled and first: its live sample leads the
-			// Read, its history follows the live samples.
-			for j, s := range samples {
-				switch {
-				case s.PointID != 1:
-				case j == 0:
-					live = append(live, s)
-				default:
-					hist = append(hist, s)
-				}
-			}
-			if len(hist) > before {
+			l, h := read(phase, i)
+			live, hist = append(live, l...), append(hist, h...)
+			if len(h) > 0 {
 				reads++
 			}
 			d.mu.Lock()
@@ -99,7 +125,28 @@ func TestBackfillAcrossReads(t *testing.T) {
 		return nil, nil, 0
 	}
 
-	live, hist, reads := drain("first session")
+	// Two Reads within one millisecond (one that finds no room for a
+	// history page takes well under one, and the next may follow at
+	// once) leave the second's live sample of point 1 out, as it would
+	// repeat the first's time, while the second still carries history.
+	// That happened under load, to both points at once, so the Read's
+	// first sample was point 1's first from history. Read 1 is made such
+	// a Read by moving both points' marks just ahead of the clock.
+	var notLater uint64
+	live, hist, reads := drain("first session", func(i int) {
+		if i != 1 {
+			return
+		}
+		d.mu.Lock()
+		for _, m := range d.tl.configured {
+			m.last = time.Now().Add(200 * time.Millisecond).UnixMilli()
+		}
+		d.mu.Unlock()
+		notLater = counter(d, "samples_not_later")
+	})
+	if n := counter(d, "samples_not_later") - notLater; n < 2 {
+		t.Errorf("Read 1 left %d live samples out, want both; the test no longer covers a Read with history and no live sample", n)
+	}
 	t.Logf("first session: the window's history came in %d Reads of %s", reads, timeout)
 	if reads < 2 {
 		t.Errorf("the window's history came in %d Reads; with 300 ms pages and 1 s Reads it cannot fit in one", reads)
@@ -113,7 +160,7 @@ func TestBackfillAcrossReads(t *testing.T) {
 
 	// Drop the session for a while; the driver fills the gap between
 	// its last sample before and its first one after.
-	_, _, _ = drain("settle")
+	_, _, _ = drain("settle", nil)
 	lastBefore := d.tl.configured[1].last
 	historyReads := countOf(sim.Services(), "HistoryRead")
 	d.drop(t.Context(), errors.New("the test dropped the session"))
@@ -130,26 +177,22 @@ func TestBackfillAcrossReads(t *testing.T) {
 	if n := countOf(sim.Services(), "HistoryRead"); n != historyReads {
 		t.Fatalf("Connect sent %d HistoryRead; history belongs to the Reads", n-historyReads)
 	}
-	var after []telemetry.Sample
+	var live2, gap []telemetry.Sample
 	if !waitFor(t.Context(), 10*time.Second, func() bool {
-		after, err = deadlineRead(t, d, points, timeout)
-		return err == nil
+		var samples []telemetry.Sample
+		if samples, err = deadlineRead(t, d, points, timeout); err != nil {
+			return false
+		}
+		live2, gap = sortRead("after the reconnect", samples)
+		return true
 	}) {
 		t.Fatalf("no Read succeeded after the session dropped: %v\n%s", err, logs.String())
 	}
-	firstAfter := int64(0)
-	var gap []telemetry.Sample
-	for _, s := range after {
-		if s.PointID != 1 {
-			continue
-		}
-		if firstAfter == 0 {
-			firstAfter = s.Time // the live sample comes first
-			continue
-		}
-		gap = append(gap, s)
+	if len(live2) == 0 {
+		t.Fatalf("the first Read after the reconnect has no live sample of point 1\n%s", logs.String())
 	}
-	_, more, moreReads := drain("after the reconnect")
+	firstAfter := live2[0].Time
+	_, more, moreReads := drain("after the reconnect", nil)
 	t.Logf("after the reconnect: the gap's history came in %d Reads of %s after the first", moreReads, timeout)
 	gap = append(gap, more...)
 	if moreReads == 0 {
