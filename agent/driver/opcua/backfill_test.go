@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopcua/opcua/ua"
+
 	"github.com/sightglass-bms/sightglass/pkg/driver"
 	simopcua "github.com/sightglass-bms/sightglass/pkg/sim/opcua"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
@@ -497,5 +499,92 @@ func TestBackfillJobsBounded(t *testing.T) {
 		if j.check != (j.p.ID == 4) {
 			t.Errorf("job of point %d: check %v; only a subscribed point without history: true is checked for Historizing", j.p.ID, j.check)
 		}
+	}
+}
+
+// TestBackfillPageRetries works off a window of history (a value every
+// millisecond, pages of up to 1000) page by page while every third
+// HistoryRead fails: the server answers a service fault (BadTimeout,
+// after which the page is asked for again in a smaller size, or busy), or
+// the page's deadline cuts it off before the server answers. Whatever
+// fails, each page is asked for again from the millisecond after the last
+// value returned, so the window arrives whole and nothing twice.
+func TestBackfillPageRetries(t *testing.T) {
+	failing := func(call int) bool { return call%3 == 2 }
+	rows := []struct {
+		name  string
+		fault func(call int) (time.Duration, ua.StatusCode)
+		// cut: the failing pages' deadline ends before the server answers.
+		cut bool
+	}{
+		{name: "server timeouts", fault: func(call int) (time.Duration, ua.StatusCode) {
+			if failing(call) {
+				return 0, ua.StatusBadTimeout
+			}
+			return 0, ua.StatusOK
+		}},
+		{name: "server busy", fault: func(call int) (time.Duration, ua.StatusCode) {
+			if failing(call) {
+				return 0, ua.StatusBadResourceUnavailable
+			}
+			return 0, ua.StatusOK
+		}},
+		{name: "cut by the deadline", cut: true, fault: func(call int) (time.Duration, ua.StatusCode) {
+			if failing(call) {
+				return 300 * time.Millisecond, ua.StatusOK
+			}
+			return 0, ua.StatusOK
+		}},
+	}
+	for _, row := range rows {
+		t.Run(row.name, func(t *testing.T) {
+			opts := simopcua.Options{Epoch: time.Now().Add(-time.Minute), HistoryInterval: time.Millisecond, HistoryFault: row.fault}
+			sim := startSim(t, opts)
+			points := []driver.Point{{ID: 1, Ref: fmt.Sprintf("ns=%d;s=%s", sim.NS, simopcua.HistoryNode), Settings: yamlSettings("history: true")}}
+			d, logs := connected(t, noneSettings(t, sim.URL, "backfill_max: 5s"), points)
+			// The live read ends the window's gap; the pages are then
+			// driven one by one, so the n-th is the server's n-th
+			// HistoryRead.
+			live, err := d.readPolled(t.Context(), points)
+			if err != nil || len(live) != 1 {
+				t.Fatalf("live read: %v, %d samples", err, len(live))
+			}
+			var hist []telemetry.Sample
+			failed := 0
+			for call := 1; ; call++ {
+				if call > 100 {
+					t.Fatalf("backfill not done after 100 requests\n%s", logs.String())
+				}
+				d.mu.Lock()
+				j := d.nextJob()
+				d.mu.Unlock()
+				if j == nil {
+					break
+				}
+				ctx, cancel := context.WithCancel(t.Context())
+				if row.cut && failing(call) {
+					ctx, cancel = context.WithTimeout(t.Context(), 100*time.Millisecond)
+				}
+				samples, err := d.backfillPage(ctx, j)
+				cancel()
+				if (err != nil) != failing(call) {
+					t.Fatalf("request %d: err %v, want an error only on every third request", call, err)
+				}
+				if err != nil {
+					failed++
+				}
+				hist = append(hist, samples...)
+			}
+			if failed < 2 {
+				t.Fatalf("%d requests failed; the test wants pages asked for again", failed)
+			}
+			first := live[0].Time
+			if from := checkHistory(t, row.name, hist, first); from > first-4999 || from < first-6000 {
+				t.Errorf("the window's history starts %d ms before the live sample, want 5 s before the session opened", first-from)
+			}
+			if n := counter(d, "history_samples"); n != uint64(len(hist)) {
+				t.Errorf("history_samples = %d, want the %d returned", n, len(hist))
+			}
+		})
 	}
 }

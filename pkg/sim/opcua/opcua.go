@@ -75,6 +75,14 @@ type Options struct {
 	// HistoryDelay is how long each HistoryRead takes to answer, as a
 	// slow historian does; default none.
 	HistoryDelay time.Duration
+	// HistoryFault, when set, is asked before each HistoryRead is
+	// answered, with its number (1 for the first): a bad status it
+	// returns is the request's service fault instead of the values (as a
+	// historian that times out or is busy answers), and a delay it
+	// returns is waited first, beyond HistoryDelay (to outlast a client's
+	// deadline). The values such a request would have held are not lost:
+	// the next request for the same time range returns them.
+	HistoryFault func(call int) (time.Duration, ua.StatusCode)
 	// Logger receives the server's own log lines at debug level; nil
 	// discards them.
 	Logger *slog.Logger
@@ -100,8 +108,10 @@ type Server struct {
 	mu       sync.Mutex
 	services []string
 	removed  map[string]bool
-	vars     []string // node ids of the building's variables
-	closed   bool
+	// histCalls counts the HistoryRead requests, for HistoryFault.
+	histCalls int
+	vars      []string // node ids of the building's variables
+	closed    bool
 }
 
 // Start starts a simulator; Close stops it. ctx bounds only the start.
@@ -469,6 +479,19 @@ func (s *Server) historyRead(_ *uasc.SecureChannel, r ua.Request, _ uint32) (ua.
 	}
 	if s.opts.HistoryDelay > 0 {
 		time.Sleep(s.opts.HistoryDelay)
+	}
+	if s.opts.HistoryFault != nil {
+		s.mu.Lock()
+		s.histCalls++
+		call := s.histCalls
+		s.mu.Unlock()
+		delay, code := s.opts.HistoryFault(call)
+		if delay > 0 {
+			time.Sleep(delay)
+		}
+		if code&0x80000000 != 0 {
+			return nil, code
+		}
 	}
 	results := make([]*ua.HistoryReadResult, len(req.NodesToRead))
 	for i, n := range req.NodesToRead {
