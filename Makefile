@@ -4,8 +4,10 @@ GO      ?= go
 BIN     := .bin
 DEMO_FOR ?=
 FUZZTIME ?= 30s
-# How long `make test` fuzzes each target after the tests (CI runs each briefly).
-TEST_FUZZTIME ?= 3s
+# How much `make test` fuzzes each target after the tests (CI runs each
+# briefly): a count of inputs, not a duration, which also keeps clear of
+# the fuzz coordinator's deadline race (see fuzz).
+TEST_FUZZTIME ?= 3000x
 export PATH := /usr/local/go/bin:$(PATH)
 
 .PHONY: all build test vet fmt-check demo bench fuzz clean package
@@ -55,15 +57,23 @@ bench:
 # Every fuzz target in the repository, each for FUZZTIME with its seed
 # corpus in the package's testdata/fuzz/<Name>/. The targets are found in
 # the sources, so a new one cannot be left out; a target without a
-# committed corpus fails here.
+# committed corpus fails here. Go 1.26's fuzz coordinator can end a timed
+# run with a bare "context deadline exceeded" on a loaded machine
+# (golang/go#75804, fixed in 1.27): a run that ends so without writing a
+# failing input is reported and not counted as a finding.
 fuzz:
-	@set -e; for f in $$($(TEST_SRCS) | sort); do \
+	@mkdir -p $(BIN); set -e -o pipefail; for f in $$($(TEST_SRCS) | sort); do \
 	  dir=$$(dirname $$f); \
 	  for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
 	    if ! ls $$dir/testdata/fuzz/$$name/* >/dev/null 2>&1; then \
 	      echo "fuzz: $$name in $$dir has no seed corpus in $$dir/testdata/fuzz/$$name/"; exit 1; fi; \
 	    echo "fuzz: $$name in $$dir for $(FUZZTIME)"; \
-	    $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$dir; \
+	    seeds=$$(ls $$dir/testdata/fuzz/$$name | wc -l); \
+	    if ! $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$dir 2>&1 | tee $(BIN)/fuzz.out; then \
+	      if [ "$$(ls $$dir/testdata/fuzz/$$name | wc -l)" = "$$seeds" ] && grep -q '^    context deadline exceeded$$' $(BIN)/fuzz.out; then \
+	        echo "fuzz: $$name stopped on Go's fuzz-deadline race (golang/go#75804) and wrote no failing input: not a finding"; \
+	      else exit 1; fi; \
+	    fi; \
 	  done; \
 	done
 
