@@ -447,8 +447,9 @@ func TestNodeOPCUASubscriptionGapIntegration(t *testing.T) {
 }
 
 // TestBackfillJobsBounded opens sessions again and again for a point
-// whose gaps are never read: at most maxJobsPerPoint wait, the oldest are
-// given up and, the point being subscribed, counted as subscription gaps.
+// that each session hears but whose gaps are never read: at most
+// maxJobsPerPoint wait, the oldest are given up and, the point being
+// subscribed, counted as subscription gaps.
 // The first session plans the window of history: true points only.
 func TestBackfillJobsBounded(t *testing.T) {
 	points := []driver.Point{
@@ -481,7 +482,16 @@ func TestBackfillJobsBounded(t *testing.T) {
 		m.last = now.UnixMilli() - 1000
 	}
 	for s := 2; s <= 6; s++ {
-		d.planBackfill(false, s, now.Add(time.Duration(s)*time.Second))
+		opened := now.Add(time.Duration(s) * time.Second)
+		d.planBackfill(false, s, opened)
+		// Each session hears every point (its live read succeeds) and
+		// drops before a Read has time for history, so each leaves a gap
+		// of its own (one that does not hear a point goes on with the
+		// point's open gap: TestBackfillEndsAcrossSessions).
+		for _, m := range d.tl.configured {
+			ms := opened.UnixMilli() + 100
+			m.heard, m.first, m.last = true, ms, ms
+		}
 	}
 	per := map[uint64]int{}
 	for _, j := range d.jobs {
@@ -584,6 +594,93 @@ func TestBackfillPageRetries(t *testing.T) {
 			}
 			if n := counter(d, "history_samples"); n != uint64(len(hist)) {
 				t.Errorf("history_samples = %d, want the %d returned", n, len(hist))
+			}
+		})
+	}
+}
+
+// TestBackfillEndsAcrossSessions opens sessions one after another without
+// a Read reaching the backfill in between (each session drops before its
+// Reads have time left for history): a gap's end is fixed from the
+// session that heard its point, before the next session forgets it, so
+// the gaps neither overlap each other nor the live samples between them.
+// Without that, the oldest gap ran to the newest session's first sample:
+// the live samples and every later gap were read again from history.
+func TestBackfillEndsAcrossSessions(t *testing.T) {
+	const t0 = int64(1_700_000_000_000)
+	type span struct{ from, to int64 }
+	rows := []struct {
+		name string
+		// sessions lists, per session after the first, when it opens
+		// (ms after t0) and the live samples it reads; carry are the
+		// values a retired subscription left when it opened.
+		sessions []struct {
+			opened int64
+			live   []int64
+			carry  []int64
+		}
+		want []span
+	}{
+		{
+			name: "each session heard the point",
+			sessions: []struct {
+				opened int64
+				live   []int64
+				carry  []int64
+			}{{opened: 0, live: []int64{100, 500}}, {opened: 2000, live: []int64{2100, 2300}}, {opened: 4000, live: []int64{4100}}},
+			want: []span{{-3_600_000, 100}, {501, 2100}, {2301, 4100}},
+		},
+		{
+			name: "a session that did not hear the point",
+			sessions: []struct {
+				opened int64
+				live   []int64
+				carry  []int64
+			}{{opened: 0, live: []int64{100, 500}}, {opened: 2000}, {opened: 4000, live: []int64{4100}}},
+			want: []span{{-3_600_000, 100}, {501, 4100}},
+		},
+		{
+			name: "a session whose values a retired subscription left",
+			sessions: []struct {
+				opened int64
+				live   []int64
+				carry  []int64
+			}{{opened: 0, live: []int64{100, 500}}, {opened: 2000}, {opened: 4000, carry: []int64{2500, 2600}, live: []int64{2500, 2600, 4100}}},
+			want: []span{{-3_600_000, 100}, {501, 2500}, {2601, 4100}},
+		},
+	}
+	for _, row := range rows {
+		t.Run(row.name, func(t *testing.T) {
+			p := driver.Point{ID: 1, Ref: "ns=2;s=P", Settings: yamlSettings("mode: subscribe\nhistory: true")}
+			d, err := newDriver(driver.Device{Name: "d", Settings: yamlSettings("endpoint: opc.tcp://127.0.0.1:4840\npki_dir: /nonexistent\nbackfill_max: 1h\nrequest_timeout: 1h"), Points: []driver.Point{p}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := d.tl.of(1)
+			for i, s := range row.sessions {
+				d.mu.Lock()
+				d.carry = map[string][]*ua.DataValue{}
+				for _, ms := range s.carry {
+					d.carry[p.Ref] = append(d.carry[p.Ref], &ua.DataValue{SourceTimestamp: time.UnixMilli(t0 + ms)})
+				}
+				d.planBackfill(i == 0, i+1, time.UnixMilli(t0+s.opened))
+				d.mu.Unlock()
+				for k, ms := range s.live {
+					// Carried values are emitted first and are not fresh.
+					d.advance(p, m, t0+ms, true, k >= len(s.carry), time.UnixMilli(t0+ms))
+				}
+			}
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			var got []span
+			for _, j := range d.jobs {
+				if j.to.IsZero() && !d.fixEnd(j, false) {
+					t.Fatalf("job from %d has no end after the last session heard its point", j.from.UnixMilli()-t0)
+				}
+				got = append(got, span{j.from.UnixMilli() - t0, j.to.UnixMilli() - t0})
+			}
+			if !slices.Equal(got, row.want) {
+				t.Errorf("gaps %v, want %v", got, row.want)
 			}
 		})
 	}

@@ -88,6 +88,7 @@ type backfillJob struct {
 // forgotten. The caller holds d.mu.
 func (d *Driver) planBackfill(first bool, session int, opened time.Time) {
 	floor := opened.Add(-d.cfg.backfillMax)
+	open := d.closeEnds()
 	d.tl.newSession()
 	added := 0
 	for _, p := range d.pointList {
@@ -96,6 +97,13 @@ func (d *Driver) planBackfill(first bool, session int, opened time.Time) {
 			continue
 		}
 		j := &backfillJob{p: p, opened: opened, session: session, subscribed: pc.subscribe && !first, check: !pc.history}
+		if o := open[p.ID]; o != nil {
+			// The point was not heard since o was made: o's gap goes on
+			// into this session and ends at its first sample, covering
+			// the gap a new job would (which would read it twice).
+			o.subscribed = o.subscribed || j.subscribed
+			continue
+		}
 		// A point restored from a checkpoint has a place already: its
 		// first session fills the gap since, like a reconnect.
 		if first && !d.resumed[p.Ref] {
@@ -131,6 +139,60 @@ func (d *Driver) planBackfill(first bool, session int, opened time.Time) {
 	if added > 0 {
 		d.log.Info("backfilling from the server's history over the next reads", "points", added, "first_session", first)
 	}
+}
+
+// closeEnds fixes, before a new session makes the marks forget what the
+// last one heard, the end of every job no Read fixed in that session (none
+// got as far as its backfill): else the new session's first sample would
+// end it, and it would read again from history what the last session
+// read live, and the new session's own gap. It returns, by point, the
+// jobs whose point was not heard, which stay open. Jobs a rewind or a
+// checkpoint made (session -1) are left alone: a rewound window must read
+// again up to the next session, the uncommitted live samples included.
+// The caller holds d.mu.
+func (d *Driver) closeEnds() map[uint64]*backfillJob {
+	open := map[uint64]*backfillJob{}
+	for _, j := range d.jobs {
+		if !j.to.IsZero() || j.session < 0 {
+			continue
+		}
+		if !d.fixEnd(j, false) {
+			open[j.p.ID] = j
+		}
+	}
+	// Values a retired subscription left for the next Read were received
+	// in the session that is over: a gap still open ends at the first of
+	// them (the gap after them is the new session's job).
+	for id, j := range open {
+		for _, dv := range d.carry[j.p.Ref] {
+			if ms, ok := valueTime(dv); ok && ms > j.from.UnixMilli() && (j.to.IsZero() || ms < j.to.UnixMilli()) {
+				j.to = time.UnixMilli(ms)
+			}
+		}
+		if !j.to.IsZero() {
+			delete(open, id)
+		}
+	}
+	return open
+}
+
+// fixEnd fixes the end of j from its point's mark in the current session
+// and reports whether it is known: the point's first live sample since
+// the session opened, or the opening when that sample was left out (a
+// repeat: the value did not move). waited allows what only a Read in the
+// session may conclude: the point was not heard for request_timeout, so
+// the gap ends where the session began. The caller holds d.mu.
+func (d *Driver) fixEnd(j *backfillJob, waited bool) bool {
+	m := d.tl.of(j.p.ID)
+	switch {
+	case m.heard && m.first > 0:
+		j.to = time.UnixMilli(m.first)
+	case m.heard || waited:
+		j.to = j.opened
+	default:
+		return false
+	}
+	return true
 }
 
 // addJob queues j, dropping the point's oldest job when it has too many.
@@ -252,18 +314,8 @@ func (d *Driver) pendingChecks() []*backfillJob {
 func (d *Driver) nextJob() *backfillJob {
 	now := d.now()
 	for _, j := range d.jobs {
-		if j.to.IsZero() {
-			m := d.tl.of(j.p.ID)
-			switch {
-			case m.heard && m.first > 0:
-				j.to = time.UnixMilli(m.first)
-			case m.heard || now.Sub(j.opened) > d.cfg.requestTimeout:
-				// Heard but left out (a repeat: the value did not move),
-				// or never heard since: the gap ends where the session began.
-				j.to = j.opened
-			default:
-				continue
-			}
+		if j.to.IsZero() && !d.fixEnd(j, now.Sub(j.opened) > d.cfg.requestTimeout) {
+			continue
 		}
 		return j
 	}
