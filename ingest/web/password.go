@@ -110,23 +110,27 @@ func HashPassword(pw string, p HashParams) (string, error) {
 // VerifyPassword reports whether pw matches hash, in constant time. A hash
 // it cannot parse is an error, never a match.
 func VerifyPassword(hash, pw string) (bool, error) {
+	// The whole string is checked, not only its fields: a hash with bytes
+	// before it or after a field (found by FuzzVerifyPassword: "\xe7$argon2id…"
+	// matched) is damaged, and a damaged hash never matches.
 	parts := strings.Split(hash, "$")
-	if len(parts) != 6 || parts[1] != "argon2id" {
+	if len(parts) != 6 || parts[0] != "" || parts[1] != "argon2id" {
 		return false, errors.New("verifying a password: the stored hash is not argon2id")
 	}
 	var v int
-	if _, err := fmt.Sscanf(parts[2], "v=%d", &v); err != nil || v != argon2.Version {
+	if _, err := fmt.Sscanf(parts[2], "v=%d", &v); err != nil || v != argon2.Version || parts[2] != fmt.Sprintf("v=%d", v) {
 		return false, fmt.Errorf("verifying a password: argon2 version %q unsupported", parts[2])
 	}
 	var p HashParams
-	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &p.Memory, &p.Time, &p.Threads); err != nil || p.Time == 0 || p.Memory == 0 || p.Threads == 0 {
+	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &p.Memory, &p.Time, &p.Threads); err != nil || p.Time == 0 || p.Memory == 0 || p.Threads == 0 ||
+		parts[3] != fmt.Sprintf("m=%d,t=%d,p=%d", p.Memory, p.Time, p.Threads) {
 		return false, fmt.Errorf("verifying a password: bad parameters %q", parts[3])
 	}
 	// Refuse parameters that would let a tampered row exhaust memory.
 	if p.Memory > 1<<20 || p.Time > 16 {
 		return false, fmt.Errorf("verifying a password: parameters %q out of bounds", parts[3])
 	}
-	b64 := base64.RawStdEncoding
+	b64 := base64.RawStdEncoding.Strict()
 	salt, err := b64.DecodeString(parts[4])
 	if err != nil {
 		return false, fmt.Errorf("verifying a password: salt: %w", err)
