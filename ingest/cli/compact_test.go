@@ -29,7 +29,11 @@ func TestArchiveCompactAndExport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	day := time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC)
+	// Three days back from the machine's clock: compact without --day
+	// takes the days that ended --older-than (26 h) ago, so a fixed date
+	// passed only once the machine's clock was past it (this one failed
+	// before 2026-12-01T02:00Z).
+	day := time.Now().UTC().Truncate(24*time.Hour).AddDate(0, 0, -3)
 	n := 0
 	for h := range 3 {
 		var smp []telemetry.Sample
@@ -63,7 +67,7 @@ func TestArchiveCompactAndExport(t *testing.T) {
 		t.Errorf("archive cat printed %d samples, want %d", got, n)
 	}
 	pq := filepath.Join(t.TempDir(), "day.parquet")
-	if _, _, err := run(t, ctx, "archive", "export", "--store-dir", dir, "--tenant", "acme", "--site", "s1", "--day", "2026-11-29", "--out", pq); err != nil {
+	if _, _, err := run(t, ctx, "archive", "export", "--store-dir", dir, "--tenant", "acme", "--site", "s1", "--day", day.Format(time.DateOnly), "--out", pq); err != nil {
 		t.Fatal(err)
 	}
 	data, err := os.ReadFile(pq)
@@ -74,7 +78,7 @@ func TestArchiveCompactAndExport(t *testing.T) {
 	if err != nil || len(rows) != n {
 		t.Fatalf("%d Parquet rows (%v), want %d", len(rows), err, n)
 	}
-	if _, _, err := run(t, ctx, "archive", "export", "--store-dir", dir, "--tenant", "acme", "--site", "s1", "--day", "2026-11-28", "--out", pq); err == nil || !strings.Contains(err.Error(), "no samples") {
+	if _, _, err := run(t, ctx, "archive", "export", "--store-dir", dir, "--tenant", "acme", "--site", "s1", "--day", day.AddDate(0, 0, -1).Format(time.DateOnly), "--out", pq); err == nil || !strings.Contains(err.Error(), "no samples") {
 		t.Errorf("exporting an empty day: %v", err)
 	}
 }
