@@ -412,7 +412,7 @@ func TestTOTPLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ name, code, current string }{
-		{"a wrong set-up code", "000000", testPassword},
+		{"a wrong set-up code", wrongCode(secret, e.clk.now(), 0), testPassword},
 		{"no password", TOTPCode(secret, e.clk.now()), ""},
 		{"a wrong password", TOTPCode(secret, e.clk.now()), "not the password at all"},
 	} {
@@ -438,7 +438,7 @@ func TestTOTPLogin(t *testing.T) {
 	if r := d.get("/"); r.status != http.StatusSeeOther {
 		t.Errorf("portfolio before the second factor: %d", r.status)
 	}
-	if r := d.post("/login/totp", "/login/totp", url.Values{"code": {"123456"}}); r.status != http.StatusUnauthorized {
+	if r := d.post("/login/totp", "/login/totp", url.Values{"code": {wrongCode(secret, e.clk.now(), 0)}}); r.status != http.StatusUnauthorized {
 		t.Errorf("wrong code: %d", r.status)
 	}
 	code := TOTPCode(secret, e.clk.now())
@@ -677,7 +677,7 @@ func TestSourceAddress(t *testing.T) {
 // attempts; then even the password step is refused.
 func TestTOTPGuessesAcrossPasswordLogins(t *testing.T) {
 	e := newEnv(t)
-	e.enrol("alice")
+	secret := e.enrol("alice")
 	max := e.srv.cfg.MaxFailsPerUser
 	locked := false
 	for i := 0; i < 2*max && !locked; i++ {
@@ -690,7 +690,7 @@ func TestTOTPGuessesAcrossPasswordLogins(t *testing.T) {
 		if r.status != http.StatusSeeOther || r.header.Get("Location") != "/login/totp" {
 			t.Fatalf("password step %d: %d %s", i, r.status, r.header.Get("Location"))
 		}
-		if r := c.post("/login/totp", "/login/totp", url.Values{"code": {"000000"}}); r.status != http.StatusUnauthorized {
+		if r := c.post("/login/totp", "/login/totp", url.Values{"code": {wrongCode(secret, e.clk.now(), i)}}); r.status != http.StatusUnauthorized {
 			t.Fatalf("wrong code %d: %d", i, r.status)
 		}
 	}

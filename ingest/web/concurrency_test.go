@@ -119,7 +119,7 @@ func TestLockoutUnderConcurrency(t *testing.T) {
 	}
 	t.Run("second-factor codes", func(t *testing.T) {
 		e := newEnv(t)
-		e.enrol("alice")
+		secret := e.enrol("alice")
 		c := e.client()
 		if r := c.login("alice", testPassword); r.header.Get("Location") != "/login/totp" {
 			t.Fatalf("password step: %d %s", r.status, r.header.Get("Location"))
@@ -127,7 +127,7 @@ func TestLockoutUnderConcurrency(t *testing.T) {
 		tok := c.csrf("/login/totp")
 		cookie := sessionCookie + "=" + c.sessionCookie()
 		got := parallel(n, func(i int) string {
-			return e.rawPost("/login/totp", cookie, url.Values{"csrf": {tok}, "code": {fmt.Sprintf("%06d", i)}})
+			return e.rawPost("/login/totp", cookie, url.Values{"csrf": {tok}, "code": {wrongCode(secret, e.clk.now(), i)}})
 		})
 		// Refused with the form again, or (once the lockout ended the
 		// half-signed-in session) sent back to the password step.

@@ -159,7 +159,7 @@ func TestTOTPUpgradeFromPlaintext(t *testing.T) {
 	e.clk.add(totpStep)
 	c := e.client()
 	c.login("bob", testPassword)
-	if r := c.post("/login/totp", "/login/totp", url.Values{"code": {"000000"}}); r.status != http.StatusUnauthorized {
+	if r := c.post("/login/totp", "/login/totp", url.Values{"code": {wrongCode(secrets["bob"], e.clk.now(), 0)}}); r.status != http.StatusUnauthorized {
 		t.Fatalf("wrong code: %d", r.status)
 	}
 	if !bytes.Equal(e.rawTOTP("bob"), secrets["bob"]) {

@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -251,6 +252,24 @@ func (e *env) wantAudit(want ...string) {
 	if _, err := e.db.VerifyAudit(context.Background()); err != nil {
 		e.t.Errorf("audit chain: %v", err)
 	}
+}
+
+// wrongCode is the i-th six-digit code (counting from "000000") that
+// checkTOTP refuses for secret at t. A fixed wrong code is not wrong for a
+// random secret about three times in a million (a code and its neighbours
+// in the skew), and a test guessing many codes makes that likelier.
+func wrongCode(secret []byte, t time.Time, i int) string {
+	for n := 0; n < 1_000_000; n++ {
+		code := fmt.Sprintf("%06d", n)
+		if checkTOTP(secret, code, t) >= 0 {
+			continue
+		}
+		if i == 0 {
+			return code
+		}
+		i--
+	}
+	panic("no wrong code left")
 }
 
 func regexpFind(pattern, s string) string {
