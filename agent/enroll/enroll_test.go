@@ -203,12 +203,12 @@ func TestRenewOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Call dials only while the uplink runs, as in the agent.
+	// The uplink dials only while Run runs, as in the agent; a renewal
+	// asked before Run is under way waits for it.
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- up.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	time.Sleep(50 * time.Millisecond) // let Run open the uplink
 	r := &Renewer{Dir: dir, Cert: &current, Up: up, Log: slog.New(slog.DiscardHandler)}
 	if err := r.RenewOnce(context.Background()); err != nil {
 		t.Fatal(err)

@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -97,7 +99,11 @@ func TestCertificateRotatedWhileBusy(t *testing.T) {
 		}
 		slow <- err
 	}()
-	<-started
+	select {
+	case <-started:
+	case err := <-slow: // without this the test would hang on started
+		t.Fatalf("the slow request ended before the ingest had it: %v", err)
+	}
 
 	current.Store(1)
 	u.CertificateRotated()
@@ -127,5 +133,56 @@ func TestCertificateRotatedWhileBusy(t *testing.T) {
 	case <-ln.closedCh(got[1].addr):
 		t.Errorf("the new connection %s was closed", got[1].addr)
 	default:
+	}
+}
+
+// TestCallBeforeRunWaitsForIt: the agent starts Run and the catalogue
+// sender side by side, so a call may come before Run is under way; it
+// waits for Run and goes through instead of being refused as if the
+// uplink had stopped (the renewal or catalogue would then wait a whole
+// retry). A call after Run has returned still fails.
+func TestCallBeforeRunWaitsForIt(t *testing.T) {
+	e := newTestEnv(t)
+	e.ingest.before = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/v1/catalog" {
+			return false
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "stored"})
+		return true
+	}
+	reached := make(chan struct{}, 10)
+	e.cfg.Proxy = func(*http.Request) (*url.URL, error) { // the transport asks this first
+		reached <- struct{}{}
+		return nil, nil
+	}
+	u, err := New(e.cfg, e.src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		status int
+		err    error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		st, _, err := u.SendCatalog(t.Context(), []byte(`{"points":[]}`))
+		done <- answer{st, err}
+	}()
+	// Nothing may reach the transport before Run; a broken uplink does so
+	// (and fails) within this window, a correct one never does.
+	select {
+	case <-reached:
+		t.Fatal("a call made before Run went to the transport before Run started")
+	case a := <-done:
+		t.Fatalf("a call made before Run returned %d, %v without waiting for Run", a.status, a.err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	stop := run(t, u)
+	if a := <-done; a.err != nil || a.status != http.StatusOK {
+		t.Fatalf("the call made before Run: %d, %v; want it sent once Run started", a.status, a.err)
+	}
+	stop()
+	if _, _, err := u.SendCatalog(t.Context(), []byte(`{"points":[]}`)); err == nil || !strings.Contains(err.Error(), "uplink stopped") {
+		t.Errorf("a call after Run returned: %v, want it refused because the uplink stopped", err)
 	}
 }

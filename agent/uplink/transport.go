@@ -94,13 +94,25 @@ func uplinkDial(ifname, local string) (func(ctx context.Context, network, addr s
 // connection served the request) would sit idle until IdleConnTimeout, and
 // a stopped uplink would still hold sockets to the ingest or the proxy.
 type connTracker struct {
-	mu    sync.Mutex
-	open  bool // Run is running: dials are allowed
-	conns map[*trackedConn]struct{}
+	mu      sync.Mutex
+	open    bool // Run is running: dials are allowed
+	conns   map[*trackedConn]struct{}
+	started chan struct{} // closed at the first start
+	once    sync.Once
 }
 
 func newConnTracker() *connTracker {
-	return &connTracker{conns: map[*trackedConn]struct{}{}}
+	return &connTracker{conns: map[*trackedConn]struct{}{}, started: make(chan struct{})}
+}
+
+// waitStarted blocks until Run has started once, or ctx is done.
+func (ct *connTracker) waitStarted(ctx context.Context) error {
+	select {
+	case <-ct.started:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // wrap returns dial with every connection it makes tracked.
@@ -127,6 +139,7 @@ func (ct *connTracker) start() {
 	ct.mu.Lock()
 	ct.open = true
 	ct.mu.Unlock()
+	ct.once.Do(func() { close(ct.started) })
 }
 
 // stop refuses further dials and closes every connection still open.

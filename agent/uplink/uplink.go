@@ -448,7 +448,9 @@ func (b *doneBody) Close() error {
 // SendCatalog uploads the point catalogue (JSON, PUT /v1/catalog) over the
 // uplink's mTLS transport (proxy, local address and bandwidth cap
 // included) with the uplink's per-request timeout, and returns the
-// ingest's status and answer.
+// ingest's status and answer. The uplink dials only while Run runs: a
+// call made before Run has started waits for it (or for ctx), and one
+// made after Run has returned fails.
 func (u *Uplink) SendCatalog(ctx context.Context, catalog []byte) (int, []byte, error) {
 	return u.call(ctx, http.MethodPut, "v1/catalog", catalog)
 }
@@ -461,6 +463,14 @@ func (u *Uplink) RequestRenewal(ctx context.Context, request []byte) (int, []byt
 
 // call sends one JSON request to the ingest and returns its answer.
 func (u *Uplink) call(ctx context.Context, method, path string, body []byte) (int, []byte, error) {
+	// The agent starts Run and the callers (catalogue, renewal) side by
+	// side: a call that dialled before Run got under way would be refused
+	// as if the uplink had stopped, and wait a whole retry for nothing.
+	if u.conns != nil {
+		if err := u.conns.waitStarted(ctx); err != nil {
+			return 0, nil, fmt.Errorf("%s %s: waiting for the uplink to start: %w", method, path, err)
+		}
+	}
 	a, err := u.exchange(ctx, method, u.base.JoinPath(path).String(), "application/json", body, nil)
 	if err != nil {
 		return 0, nil, err
