@@ -274,10 +274,10 @@ func TestAzuriteKilledIntegration(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkArchive(t, s, f.expected(t, s, "ahu-1"))
-	// Azurite holds acknowledged writes in memory for up to 5s (see
-	// azuritetest.SaveInterval); real Azure acknowledges only durable
+	// Azurite holds acknowledged writes in memory for 5s or more (see
+	// azuritetest.WaitDurable); real Azure acknowledges only durable
 	// ones. Kill it once what was acknowledged is on its disk.
-	time.Sleep(azuritetest.SaveInterval)
+	srv.WaitDurable(t, s.Azure.Container, archiveNames(t, s)...)
 	srv.Kill()
 	for i := 1; i < 5; i++ {
 		f.write(t, i, 100)

@@ -370,9 +370,9 @@ func TestKilledIntegration(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Azurite keeps its metadata in memory and saves it every 5s, so a
-	// kill sooner loses what was written: an emulator's limit (Azure
-	// acknowledges a write once it is durable). Let it save first.
-	time.Sleep(azuritetest.SaveInterval)
+	// kill before the save loses what was written: an emulator's limit
+	// (Azure acknowledges a write once it is durable). Let it save first.
+	srv.WaitDurable(t, s.Container(), "before/kill")
 	srv.Kill()
 	start := time.Now()
 	_, err := s.Put(t.Context(), "during/kill", []byte("lost"))

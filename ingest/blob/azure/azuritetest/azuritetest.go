@@ -196,12 +196,120 @@ func readLog(path string) string {
 	return string(b)
 }
 
-// SaveInterval is how long Azurite may hold acknowledged writes in memory
-// only: its metadata database saves every 5s, so a kill sooner after a
-// write loses the write. Tests that kill it and count blobs wait this long
-// after the writes that must survive (real Azure acknowledges a write only
-// once it is durable).
-const SaveInterval = 5*time.Second + 750*time.Millisecond
+// Azurite's metadata databases (LokiJS) in its location: blobs, and the
+// extents their bytes live in.
+const (
+	blobDB   = "__azurite_db_blob__.json"
+	extentDB = "__azurite_db_blob_extent__.json"
+)
+
+// WaitDurable waits until Azurite's metadata on disk holds every named blob
+// of container and every extent holding their bytes, so a Kill loses none
+// of them. Azurite acknowledges a write while its metadata is in memory
+// only and saves it every 5s (later on a loaded machine: the save is a
+// timer and an asynchronous write); real Azure acknowledges a write only
+// once it is durable. Tests that kill Azurite and then count blobs wait
+// for this, not for a time. It fails the test after 60s.
+func (s *Server) WaitDurable(t testing.TB, container string, names ...string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		missing, err := s.notDurable(container, names)
+		if err == nil && len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("azuritetest: after 60s Azurite's saved metadata still lacks %d of %d blobs (%v) of container %s: %v",
+				len(missing), len(names), missing[:min(len(missing), 5)], container, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// lokiDB is the part of a saved LokiJS database WaitDurable reads.
+type lokiDB struct {
+	Collections []struct {
+		Name string            `json:"name"`
+		Data []json.RawMessage `json:"data"`
+	} `json:"collections"`
+}
+
+// savedBlob is the part of a saved blob document WaitDurable reads: its
+// bytes are in one extent (a blob put whole) or in one per committed block.
+type savedBlob struct {
+	ContainerName string `json:"containerName"`
+	Name          string `json:"name"`
+	Persistency   *struct {
+		ID string `json:"id"`
+	} `json:"persistency"`
+	CommittedBlocksInOrder []struct {
+		Persistency *struct {
+			ID string `json:"id"`
+		} `json:"persistency"`
+	} `json:"committedBlocksInOrder"`
+}
+
+// notDurable returns the names whose blob document, or an extent it needs,
+// is not yet in the metadata Azurite saved. LokiJS saves by writing a
+// temporary file and renaming it, so each read sees one whole save.
+func (s *Server) notDurable(container string, names []string) ([]string, error) {
+	read := func(file, collection string) ([]json.RawMessage, error) {
+		b, err := os.ReadFile(filepath.Join(s.Location, file))
+		if err != nil {
+			return nil, err
+		}
+		var db lokiDB
+		if err := json.Unmarshal(b, &db); err != nil {
+			return nil, fmt.Errorf("decoding %s: %w", file, err)
+		}
+		for _, c := range db.Collections {
+			if c.Name == collection {
+				return c.Data, nil
+			}
+		}
+		return nil, fmt.Errorf("%s has no collection %s", file, collection)
+	}
+	blobs, err := read(blobDB, "$BLOBS_COLLECTION$")
+	if err != nil {
+		return names, err
+	}
+	extentDocs, err := read(extentDB, "$EXTENTS_COLLECTION$")
+	if err != nil {
+		return names, err
+	}
+	extents := map[string]bool{}
+	for _, raw := range extentDocs {
+		var e struct {
+			ID string `json:"id"`
+		}
+		if err := json.Unmarshal(raw, &e); err != nil {
+			return names, fmt.Errorf("decoding an extent of %s: %w", extentDB, err)
+		}
+		extents[e.ID] = true
+	}
+	saved := map[string]bool{}
+	for _, raw := range blobs {
+		var b savedBlob
+		if err := json.Unmarshal(raw, &b); err != nil {
+			return names, fmt.Errorf("decoding a blob of %s: %w", blobDB, err)
+		}
+		if b.ContainerName != container {
+			continue
+		}
+		whole := b.Persistency == nil || extents[b.Persistency.ID]
+		for _, blk := range b.CommittedBlocksInOrder {
+			whole = whole && (blk.Persistency == nil || extents[blk.Persistency.ID])
+		}
+		saved[b.Name] = whole
+	}
+	var missing []string
+	for _, n := range names {
+		if !saved[n] {
+			missing = append(missing, n)
+		}
+	}
+	return missing, nil
+}
 
 // Kill stops Azurite with SIGKILL, as a crash would, and waits for it.
 func (s *Server) Kill() {
