@@ -17,14 +17,18 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"math/big"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/gopcua/opcua/id"
@@ -98,12 +102,16 @@ type Server struct {
 	Cert []byte
 
 	srv     *server.Server
-	cancel  context.CancelFunc
-	ticked  chan struct{} // closed when tick returns
-	nodes   *server.NodeNameSpace
-	start   time.Time
-	maxRead uint32
-	opts    Options
+	backend string // gopcua's server's internal address
+	// front is the public listener; frontDone counts its goroutines.
+	front     net.Listener
+	frontDone sync.WaitGroup
+	cancel    context.CancelFunc
+	ticked    chan struct{} // closed when tick returns
+	nodes     *server.NodeNameSpace
+	start     time.Time
+	maxRead   uint32
+	opts      Options
 
 	mu       sync.Mutex
 	services []string
@@ -112,9 +120,19 @@ type Server struct {
 	histCalls int
 	vars      []string // node ids of the building's variables
 	closed    bool
+	conns     map[net.Conn]bool // both ends of every relayed connection
+	dialed    int               // connections the front opened to gopcua's server
+	gopcua    gopcuaCounts
 }
 
 // Start starts a simulator; Close stops it. ctx bounds only the start.
+//
+// The simulator listens itself, on Host:Port (a free port when 0, taken at
+// once, so no other process can take it while the server is built), and
+// relays each connection to gopcua's server on a second, internal port:
+// gopcua binds the port it is given and cannot report one the kernel
+// chose, and its Close leaves the clients' connections open, where a
+// restarted server drops them. Close here drops every connection.
 func Start(ctx context.Context, o Options) (*Server, error) {
 	if o.Host == "" {
 		o.Host = "127.0.0.1"
@@ -128,25 +146,96 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if o.Zones == 0 {
 		o.Zones = 4
 	}
-	if o.Port == 0 {
-		// gopcua's server reports the port it was given, so a free port
-		// is picked first; the race with another process is tiny.
-		l, err := net.Listen("tcp", net.JoinHostPort(o.Host, "0"))
-		if err != nil {
-			return nil, fmt.Errorf("opcua sim: finding a free port: %w", err)
-		}
-		o.Port = l.Addr().(*net.TCPAddr).Port
-		l.Close()
-	}
 	if o.Epoch.IsZero() {
 		o.Epoch = time.Now()
 	}
 	if o.HistoryInterval <= 0 {
 		o.HistoryInterval = time.Second
 	}
-	s := &Server{start: o.Epoch, maxRead: o.MaxNodesPerRead, removed: map[string]bool{}, opts: o}
+	// Bound before the server is built (a key made, server.New parsing the
+	// standard address space: seconds under -race on a busy machine): a restarted
+	// simulator takes its port back at once, and clients that connect
+	// meanwhile wait in the backlog until the server answers.
+	front, err := net.Listen("tcp", net.JoinHostPort(o.Host, strconv.Itoa(o.Port)))
+	if err != nil {
+		return nil, fmt.Errorf("opcua sim: listening on %s: %w", net.JoinHostPort(o.Host, strconv.Itoa(o.Port)), err)
+	}
+	o.Port = front.Addr().(*net.TCPAddr).Port
+	if o.Secure && o.Key == nil {
+		key, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			front.Close()
+			return nil, fmt.Errorf("opcua sim: generating the server key: %w", err)
+		}
+		o.Key = key
+	}
+	// The internal port is reserved and held while the server is built,
+	// and let go just before gopcua binds it; should another process take
+	// it in that instant, another one is tried.
+	for attempt := 1; ; attempt++ {
+		l, err := net.Listen("tcp", net.JoinHostPort(o.Host, "0"))
+		if err != nil {
+			front.Close()
+			return nil, fmt.Errorf("opcua sim: finding a free internal port: %w", err)
+		}
+		s, err := start(ctx, o, l)
+		if err == nil {
+			s.front = front
+			s.frontDone.Add(1)
+			go s.serveFront()
+			return s, nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == maxPortAttempts {
+			front.Close()
+			return nil, err
+		}
+	}
+}
+
+// channelsEnded waits, at most max, until gopcua's server has finished
+// with every connection the front opened to it: each was refused or ended
+// its secure channel. gopcua's Close waits on a WaitGroup to which a
+// connection still being registered adds, and the race detector reports
+// that Add racing the Wait (a connection that came just before Close);
+// gopcua offers no other sign than its log lines, which the recorder
+// counts. The bound only keeps Close from hanging on a line gopcua did
+// not write.
+func (s *Server) channelsEnded(max time.Duration) {
+	deadline := time.Now().Add(max)
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		g := s.gopcua
+		s.mu.Unlock()
+		if (g.acceptStopped || g.accepted+g.refused >= s.dialed) && g.ended >= g.accepted {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// hookReserved and hookReleased, when set by a test, are called with the
+// internal port start is about to bind: while it is still reserved, and
+// once it is let go.
+var hookReserved, hookReleased func(port int)
+
+// maxPortAttempts bounds how often Start picks another internal port when
+// the one it reserved was taken before gopcua's server could bind it.
+const maxPortAttempts = 5
+
+// start builds gopcua's server on the internal port that reserved holds,
+// closes reserved and starts the server there.
+func start(ctx context.Context, o Options, reserved net.Listener) (*Server, error) {
+	release := sync.OnceFunc(func() { reserved.Close() })
+	defer release()
+	s := &Server{start: o.Epoch, maxRead: o.MaxNodesPerRead, removed: map[string]bool{}, opts: o, conns: map[net.Conn]bool{}}
 	s.URL = fmt.Sprintf("opc.tcp://%s:%d", o.Host, o.Port)
+	s.backend = reserved.Addr().String()
+	internal := reserved.Addr().(*net.TCPAddr).Port
 	opts := []server.Option{
+		// The first endpoint is where gopcua listens; GetEndpoints
+		// answers a client with the endpoints of the URL it asked for,
+		// the public one.
+		server.EndPoint(o.Host, internal),
 		server.EndPoint(o.Host, o.Port),
 		server.EnableSecurity("None", ua.MessageSecurityModeNone),
 		server.EnableAuthMode(ua.UserTokenTypeAnonymous),
@@ -154,19 +243,12 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		server.ServerName("Sightglass building simulator"),
 	}
 	if o.Secure {
-		key := o.Key
-		if key == nil {
-			var err error
-			if key, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-				return nil, fmt.Errorf("opcua sim: generating the server key: %w", err)
-			}
-		}
-		cert, err := selfSigned(key, o.Host)
+		cert, err := selfSigned(o.Key, o.Host)
 		if err != nil {
 			return nil, err
 		}
 		s.Cert = cert
-		opts = append(opts, server.PrivateKey(key), server.Certificate(cert))
+		opts = append(opts, server.PrivateKey(o.Key), server.Certificate(cert))
 		for _, p := range []string{"Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"} {
 			opts = append(opts,
 				server.EnableSecurity(p, ua.MessageSecurityModeSign),
@@ -185,16 +267,68 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	// Close is for, deliberately.
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
+	if hookReserved != nil {
+		hookReserved(internal)
+	}
+	release()
+	if hookReleased != nil {
+		hookReleased(internal)
+	}
 	if err := srv.Start(sctx); err != nil {
 		cancel()
-		return nil, fmt.Errorf("opcua sim: starting on %s: %w", s.URL, err)
+		return nil, fmt.Errorf("opcua sim: starting gopcua's server on %s: %w", s.backend, err)
 	}
 	s.ticked = make(chan struct{})
 	go s.tick(sctx)
 	return s, nil
 }
 
-// Close stops the server and drops every connection.
+// serveFront relays each connection to the public port to gopcua's
+// server, until Close.
+func (s *Server) serveFront() {
+	defer s.frontDone.Done()
+	for {
+		c, err := s.front.Accept()
+		if err != nil {
+			return // closed
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			continue
+		}
+		// Dialled under mu, so Close counts every connection gopcua
+		// may be registering.
+		b, err := net.Dial("tcp", s.backend)
+		if err != nil {
+			s.mu.Unlock()
+			c.Close()
+			continue
+		}
+		s.conns[c], s.conns[b] = true, true
+		s.dialed++
+		s.mu.Unlock()
+		s.frontDone.Add(2)
+		go s.relay(c, b)
+		go s.relay(b, c)
+	}
+}
+
+// relay copies src to dst until either ends, then closes both.
+func (s *Server) relay(dst, src net.Conn) {
+	defer s.frontDone.Done()
+	_, _ = io.Copy(dst, src)
+	dst.Close()
+	src.Close()
+	s.mu.Lock()
+	delete(s.conns, dst)
+	delete(s.conns, src)
+	s.mu.Unlock()
+}
+
+// Close stops the server and drops every connection, as a server that
+// restarts does.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -202,10 +336,21 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.front.Close()
+	for c := range s.conns {
+		c.Close()
+	}
 	s.mu.Unlock()
+	s.frontDone.Wait()
+	s.channelsEnded(10 * time.Second)
+	// Every secure channel has ended by now, so gopcua's Close does not
+	// wait out its 10 s for one still talking. The server before its
+	// context: a channel handing a request to the dispatcher, which the
+	// context stops, ends only while it runs.
+	err := s.srv.Close()
 	s.cancel()
 	<-s.ticked
-	return s.srv.Close()
+	return err
 }
 
 // Services returns every service request received so far, by name
@@ -263,6 +408,34 @@ type recorder struct {
 	log *slog.Logger
 }
 
+// gopcuaCounts is what gopcua's server logged of the connections it was
+// handed (see channelsEnded): accepted (a secure channel being
+// registered), refused at the transport handshake, and secure channels
+// that ended or never began. acceptStopped: its accept loop is over.
+type gopcuaCounts struct {
+	accepted, refused, ended int
+	acceptStopped            bool
+}
+
+// count notes the gopcua log lines channelsEnded waits on.
+func (r recorder) count(msg string) {
+	r.s.mu.Lock()
+	defer r.s.mu.Unlock()
+	g := &r.s.gopcua
+	switch {
+	case strings.HasPrefix(msg, "registered connection:"):
+		g.accepted++
+	case strings.HasPrefix(msg, "error accepting connection:"):
+		g.refused++
+	case strings.HasPrefix(msg, "socket closed:"):
+		g.acceptStopped = true
+	case strings.HasPrefix(msg, "Error creating secure channel"),
+		strings.HasPrefix(msg, "Context done, closing Secure Channel"),
+		strings.HasPrefix(msg, "Secure Channel "):
+		g.ended++
+	}
+}
+
 func (r recorder) Debug(msg string, args ...any) {
 	if strings.HasPrefix(msg, "handleService: Got:") && len(args) == 1 {
 		name := strings.TrimSuffix(strings.TrimPrefix(fmt.Sprintf("%T", args[0]), "*ua."), "Request")
@@ -272,9 +445,9 @@ func (r recorder) Debug(msg string, args ...any) {
 	}
 	r.logf(slog.LevelDebug, msg, args...)
 }
-func (r recorder) Info(msg string, args ...any)  { r.logf(slog.LevelDebug, msg, args...) }
-func (r recorder) Warn(msg string, args ...any)  { r.logf(slog.LevelDebug, msg, args...) }
-func (r recorder) Error(msg string, args ...any) { r.logf(slog.LevelDebug, msg, args...) }
+func (r recorder) Info(msg string, args ...any)  { r.count(msg); r.logf(slog.LevelDebug, msg, args...) }
+func (r recorder) Warn(msg string, args ...any)  { r.count(msg); r.logf(slog.LevelDebug, msg, args...) }
+func (r recorder) Error(msg string, args ...any) { r.count(msg); r.logf(slog.LevelDebug, msg, args...) }
 
 func (r recorder) logf(level slog.Level, msg string, args ...any) {
 	if r.log != nil {

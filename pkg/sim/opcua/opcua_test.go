@@ -11,6 +11,7 @@ import (
 
 	drv "github.com/sightglass-bms/sightglass/agent/driver/opcua"
 	"github.com/sightglass-bms/sightglass/pkg/driver"
+	"github.com/sightglass-bms/sightglass/pkg/driver/drivertest"
 	simopcua "github.com/sightglass-bms/sightglass/pkg/sim/opcua"
 	"github.com/sightglass-bms/sightglass/pkg/telemetry"
 )
@@ -21,6 +22,22 @@ func (s settings) Decode(v any) error {
 	dec := yaml.NewDecoder(strings.NewReader(string(s)))
 	dec.KnownFields(true)
 	return dec.Decode(v)
+}
+
+// connect opens an unsecured session of the OPC UA driver to s for
+// points; the test's clean-up closes it.
+func connect(t *testing.T, s *simopcua.Server, points []driver.Point) driver.Driver {
+	t.Helper()
+	d, err := drv.New(driver.Device{Name: "sim", Points: points, Settings: settings(fmt.Sprintf(
+		"endpoint: %s\nsecurity_policy: None\nsecurity_mode: None\npki_dir: %s\n", s.URL, t.TempDir()))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if err := d.Connect(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 func TestLoopbackOnly(t *testing.T) {
@@ -50,15 +67,7 @@ func TestSimulator(t *testing.T) {
 	for i, v := range vars {
 		points = append(points, driver.Point{ID: uint64(i + 1), Ref: v})
 	}
-	d, err := drv.New(driver.Device{Name: "sim", Points: points, Settings: settings(fmt.Sprintf(
-		"endpoint: %s\nsecurity_policy: None\nsecurity_mode: None\npki_dir: %s\n", s.URL, t.TempDir()))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if err := d.Connect(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	d := connect(t, s, points)
 	first, err := d.Read(t.Context(), points)
 	if err != nil {
 		t.Fatal(err)
@@ -118,5 +127,49 @@ func TestSimulator(t *testing.T) {
 		if got[i].Time-got[i-1].Time != 1000 {
 			t.Fatalf("history not one a second: %v then %v", got[i-1], got[i])
 		}
+	}
+}
+
+// TestCloseWithRequestsInFlight closes the simulator while a client
+// keeps reading: every secure channel ends at once. Cancelling the
+// server's context before gopcua's Close left a channel that was handing
+// a request to the stopped dispatcher stuck, and Close waited out
+// gopcua's 10 s timeout (logged as "timed out waiting for channels").
+func TestCloseWithRequestsInFlight(t *testing.T) {
+	var logs drivertest.LogBuffer
+	s, err := simopcua.Start(t.Context(), simopcua.Options{Logger: logs.Logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	points := []driver.Point{{ID: 1, Ref: s.Variables()[0]}}
+	d := connect(t, s, points)
+	stop := make(chan struct{})
+	read := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, err := d.Read(t.Context(), points)
+			if i == 0 {
+				read <- err
+			}
+		}
+	}()
+	if err := <-read; err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	close(stop)
+	<-done
+	if strings.Contains(logs.String(), "timed out waiting for channels") {
+		t.Errorf("Close waited out gopcua's timeout for a channel with a request in flight:\n%s", logs.String())
 	}
 }
