@@ -133,7 +133,9 @@ func TestBackfillAcrossReads(t *testing.T) {
 	// repeat the first's time, while the second still carries history.
 	// That happened under load, to both points at once, so the Read's
 	// first sample was point 1's first from history. Read 1 is made such
-	// a Read by moving both points' marks just ahead of the clock.
+	// a Read by moving both points' marks ahead of the clock by its
+	// deadline: whenever the server answers it, its values are not later
+	// (a margin any shorter is a bet on how fast a loaded machine is).
 	var notLater uint64
 	live, hist, reads := drain("first session", func(i int) {
 		if i != 1 {
@@ -141,7 +143,7 @@ func TestBackfillAcrossReads(t *testing.T) {
 		}
 		d.mu.Lock()
 		for _, m := range d.tl.configured {
-			m.last = time.Now().Add(200 * time.Millisecond).UnixMilli()
+			m.last = time.Now().Add(timeout).UnixMilli()
 		}
 		d.mu.Unlock()
 		notLater = counter(d, "samples_not_later")
