@@ -282,13 +282,8 @@ func TestTooManyOperations(t *testing.T) {
 // work once the server is up; and after Close of an open session, Read
 // fails until Connect opens a new one.
 func TestConnectAfterFailedConnect(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close() // nothing listens there now
-	url := fmt.Sprintf("opc.tcp://127.0.0.1:%d", port)
+	port := freePort(t) // nothing listens there now
+	url := fmt.Sprintf("opc.tcp://%s:%d", testHost, port)
 	d, err := New(driver.Device{Name: "late", Settings: noneSettings(t, url)})
 	if err != nil {
 		t.Fatal(err)

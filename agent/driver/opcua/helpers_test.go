@@ -2,6 +2,8 @@ package opcua
 
 import (
 	"fmt"
+	"net"
+	"os"
 	"slices"
 	"testing"
 
@@ -16,9 +18,37 @@ type (
 	logBuffer    = drivertest.LogBuffer
 )
 
-// startSim starts the in-process simulator for one test.
+// testHost is a loopback address of this test process's own, 127.x.y.z
+// from its pid, where the tests' servers listen (unless a test chooses).
+// Tests restart a server on the port it had, with seconds between (a
+// node-opcua peer takes that long to start): on 127.0.0.1, another
+// process on the machine that listens on a free port there (every test
+// does) could take the port meanwhile, and the restart failed with
+// "address already in use". No other process listens on this address.
+var testHost = func() string {
+	pid := os.Getpid() // at most 2^22 on Linux
+	return fmt.Sprintf("127.%d.%d.%d", 1+(pid>>16)&0x3f, (pid>>8)&0xff, pid&0xff)
+}()
+
+// freePort returns a port on testHost nothing listens on now, for a
+// server a test starts later.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(testHost, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startSim starts the in-process simulator for one test, on testHost
+// unless o says otherwise.
 func startSim(t testing.TB, o simopcua.Options) *simopcua.Server {
 	t.Helper()
+	if o.Host == "" {
+		o.Host = testHost
+	}
 	s, err := simopcua.Start(t.Context(), o)
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -91,7 +92,7 @@ func launchPeer(node, script string, o peerOptions) (*peer, error) {
 	if o.Zones == 0 {
 		o.Zones = 4
 	}
-	args := []string{script, "--port", o.Port, "--pki", o.PKI, "--max-nodes-per-read", fmt.Sprint(o.MaxNodesPerRead), "--zones", fmt.Sprint(o.Zones), "--exit-with-stdin"}
+	args := []string{script, "--host", testHost, "--port", o.Port, "--pki", o.PKI, "--max-nodes-per-read", fmt.Sprint(o.MaxNodesPerRead), "--zones", fmt.Sprint(o.Zones), "--exit-with-stdin"}
 	if o.Steady {
 		args = append(args, "--steady")
 	}
@@ -133,7 +134,7 @@ func launchPeer(node, script string, o peerOptions) (*peer, error) {
 	select {
 	case line := <-ready:
 		f := strings.Fields(line)
-		p.Port, p.URL = f[1], "opc.tcp://127.0.0.1:"+f[1]
+		p.Port, p.URL = f[1], "opc.tcp://"+net.JoinHostPort(testHost, f[1])
 		return p, nil
 	case <-p.done:
 		return nil, fmt.Errorf("the node-opcua peer exited before listening: %s", stderr.String())

@@ -3,7 +3,6 @@ package opcua
 import (
 	"context"
 	"fmt"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -37,13 +36,8 @@ func (s *sink) count() int {
 // the two outages that matter: the server is down when the agent starts,
 // and it restarts while the agent polls. Samples must flow after each.
 func TestUnderPoller(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	url := fmt.Sprintf("opc.tcp://127.0.0.1:%d", port)
+	port := freePort(t)
+	url := fmt.Sprintf("opc.tcp://%s:%d", testHost, port)
 	points := []driver.Point{{ID: 1, Ref: "ns=1;s=AHU1.SupplyAirTemp"}, {ID: 2, Ref: "ns=1;s=AHU1.FanSpeed", Settings: yamlSettings("mode: subscribe\nsampling_interval: 100ms")}}
 	var logs logBuffer
 	d, err := New(driver.Device{Name: "late", Settings: noneSettings(t, url, "request_timeout: 400ms", "publishing_interval: 200ms"), Points: points, Logger: logs.Logger()})
