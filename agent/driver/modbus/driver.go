@@ -162,7 +162,7 @@ type Driver struct {
 	tr      *Transport
 	profile map[string]spec  // the profile's points for the device's unit, by ref
 	state   string           // file keeping the learned limits; "" without a data dir
-	now     func() time.Time // the clock of the learned limits; tests replace it
+	now     func() time.Time // the clock of the learned limits and the units' rest; tests replace it
 	// saveMu makes saves of the learned limits one at a time, snapshot
 	// and write together, so two concurrent reads cannot leave the
 	// older snapshot in the file.
@@ -363,13 +363,13 @@ func (d *Driver) unitSilent(unit byte, err error) {
 	defer d.mu.Unlock()
 	h := d.units[unit]
 	if h == nil {
-		h = &unitHealth{since: time.Now()}
+		h = &unitHealth{since: d.now()}
 		d.units[unit] = h
 		d.log.Warn("unit not answering; its points get a comm-failure status, and it rests between tries", "unit", unit, "err", err)
 	}
 	h.failures++
 	rest := unitRestBase << min(h.failures-1, 10)
-	h.retryAt = time.Now().Add(min(rest, unitRestMax))
+	h.retryAt = d.now().Add(min(rest, unitRestMax))
 }
 
 // unitAnswered records that unit answered, logging a recovery.
@@ -377,7 +377,7 @@ func (d *Driver) unitAnswered(unit byte) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if h := d.units[unit]; h != nil {
-		d.log.Info("unit answering again", "unit", unit, "down_for", time.Since(h.since).Round(time.Second))
+		d.log.Info("unit answering again", "unit", unit, "down_for", d.now().Sub(h.since).Round(time.Second))
 		delete(d.units, unit)
 	}
 }
@@ -387,8 +387,8 @@ func (d *Driver) unitAnswered(unit byte) {
 // all are tried, so a read always asks something.
 func (r *read) skipResting(items []*item) []*item {
 	d := r.d
-	now := time.Now()
 	d.mu.Lock()
+	now := d.now()
 	resting := func(u byte) bool { h := d.units[u]; return h != nil && now.Before(h.retryAt) }
 	awake := slices.ContainsFunc(items, func(it *item) bool { return !resting(it.area.unit) })
 	var keep []*item
