@@ -522,6 +522,15 @@ func TestChildIgnoresGroupSignals(t *testing.T) {
 func TestHungCallsAreBounded(t *testing.T) {
 	t.Run("Connect", func(t *testing.T) {
 		d := newProxyT(t, "fake", "connect_error: hang", nil, nil)
+		// The child is started first, so the deadline is all the hung
+		// Connect's: a child slower to start than the deadline (this
+		// binary under -race on a loaded machine) spent it starting,
+		// answered ready within the grace, and the Connect call then
+		// failed on its spent context before reaching the child: a bare
+		// deadline error, nothing hung, nothing killed.
+		if _, err := d.(*discoverProxy).ensure(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 		defer cancel()
 		began := time.Now()
