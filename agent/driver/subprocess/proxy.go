@@ -670,8 +670,27 @@ func (c *child) roundTrip(ctx context.Context, id uint64, body []byte, want byte
 		delete(c.pending, id)
 		c.mu.Unlock()
 	}()
+	// With room in the queue the call is always sent, even when ctx ended
+	// meanwhile: the child is told its deadline or cancellation and
+	// answers at once. Left to one select with ctx.Done, which picks at
+	// random among ready cases, a context that ended just then could
+	// keep the call unsent, and the grace below would then kill a healthy
+	// child that never saw it. Only a full queue (a child that does not
+	// read its stdin) waits on ctx.
+	sent := false
 	select {
 	case c.outq <- body:
+		sent = true
+	default:
+		select {
+		case c.outq <- body:
+			sent = true
+		case <-c.dead:
+			return answer{}, c.err
+		case <-ctx.Done():
+		}
+	}
+	if sent {
 		select {
 		case a := <-ch:
 			c.p.noteCounters(c, a.counters)
@@ -690,9 +709,6 @@ func (c *child) roundTrip(ctx context.Context, id uint64, body []byte, want byte
 			default: // the queue is full: the child is not reading, the timer below decides
 			}
 		}
-	case <-c.dead:
-		return answer{}, c.err
-	case <-ctx.Done():
 	}
 	grace := c.p.o.grace()
 	t := time.NewTimer(grace)

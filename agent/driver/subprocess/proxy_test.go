@@ -582,3 +582,54 @@ func TestCountersOfARefusedRead(t *testing.T) {
 		t.Errorf("counters after a refused read = %v, want %v", got, want)
 	}
 }
+
+// endedAfterCheck is a context that ended just after the proxy checked
+// it: Done is closed from the start, but the first Err says it runs.
+type endedAfterCheck struct {
+	context.Context
+	done    chan struct{}
+	checked atomic.Bool
+}
+
+func newEndedAfterCheck() *endedAfterCheck {
+	c := &endedAfterCheck{Context: context.Background(), done: make(chan struct{})}
+	close(c.done)
+	return c
+}
+
+func (c *endedAfterCheck) Done() <-chan struct{} { return c.done }
+
+func (c *endedAfterCheck) Err() error {
+	if !c.checked.Swap(true) {
+		return nil
+	}
+	return context.Canceled
+}
+
+// TestCallAsContextEnds: a call whose context ends right after the
+// proxy checked it is still sent, with the cancellation after it, so the
+// child answers and lives on. Sending and giving up on the context were
+// one select, which picks at random when both are ready: half the time
+// the call stayed unsent, and the child that never saw it was killed as
+// hung after the grace.
+func TestCallAsContextEnds(t *testing.T) {
+	points := []driver.Point{{ID: 1, Ref: "pid"}, {ID: 2, Ref: "slow"}}
+	d := newProxyT(t, "fake", "", points, nil)
+	connect(t, d)
+	first, err := readT(t, d, points[:1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		_, err := d.Read(newEndedAfterCheck(), points[1:])
+		// The child answers: its driver saw the cancellation (before or
+		// while it read).
+		if !errors.Is(err, context.Canceled) || errors.Is(err, driver.ErrConnLost) {
+			t.Fatalf("Read %d = %v; want the child's driver cancelled, not the child killed", i, err)
+		}
+	}
+	again, err := readT(t, d, points[:1])
+	if err != nil || again[0].Value != first[0].Value {
+		t.Errorf("after the cancelled reads: %+v, %v; want the same child serving", again, err)
+	}
+}
