@@ -3,6 +3,7 @@ package uplink
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
@@ -62,14 +63,15 @@ func TestCertificateRotatedWhileBusy(t *testing.T) {
 	type seen struct{ cn, addr string }
 	var mu sync.Mutex
 	var requests []seen
-	started, release := make(chan struct{}), make(chan struct{})
+	started, hold := make(chan struct{}), make(chan struct{})
+	release := sync.OnceFunc(func() { close(hold) })
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		requests = append(requests, seen{r.TLS.PeerCertificates[0].Subject.CommonName, r.RemoteAddr})
 		mu.Unlock()
 		if r.Header.Get("Content-Length") == "4" { // the "slow" request
 			close(started)
-			<-release
+			<-hold
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "stored"})
 	})
@@ -79,6 +81,10 @@ func TestCertificateRotatedWhileBusy(t *testing.T) {
 	}
 	ln := &closeListener{Listener: raw, closed: map[string]chan struct{}{}}
 	srv := startIngest(t, h, ca.issue(t, "ingest", true), ca.pool, ln, nil)
+	// Released at the latest as the test ends, before the server's Close
+	// (cleanups run last in, first out), so a failure below does not leave
+	// the handler waiting and Close waiting for it.
+	t.Cleanup(release)
 
 	u, err := New(Config{
 		URL:   srv.URL,
@@ -95,7 +101,7 @@ func TestCertificateRotatedWhileBusy(t *testing.T) {
 	go func() {
 		st, _, err := u.SendCatalog(context.Background(), []byte("slow"))
 		if err == nil && st != http.StatusOK {
-			t.Errorf("slow request: status %d", st)
+			err = fmt.Errorf("status %d", st) // not t.Errorf: this may outlive a failed test
 		}
 		slow <- err
 	}()
@@ -110,7 +116,7 @@ func TestCertificateRotatedWhileBusy(t *testing.T) {
 	if st, _, err := u.SendCatalog(context.Background(), []byte("fast!")); err != nil || st != http.StatusOK {
 		t.Fatalf("request after the rotation: %d, %v", st, err)
 	}
-	close(release)
+	release()
 	if err := <-slow; err != nil {
 		t.Fatalf("the request in flight during the rotation failed: %v", err)
 	}
