@@ -360,26 +360,36 @@ func TestTimeoutAndRetries(t *testing.T) {
 // TestOutstandingLimits proves that concurrent reads never have more than
 // PerDevice requests outstanding to one device, nor PerNetwork to all
 // devices of one routed network, and that the limits are reached.
+//
+// The simulator holds each answer until the limit's count of requests is
+// in flight (HoldInFlight), so the limits are reached however slowly a
+// loaded machine sends the requests: the plain 20ms delay alone needed
+// them all sent within it. The delay that follows the hold leaves a
+// request over the limit time to arrive and be counted.
 func TestOutstandingLimits(t *testing.T) {
 	local := bacnetsim.NewDevice(100, "local", 1, 0, 0, false)
-	local.Delay = 20 * time.Millisecond
+	local.Delay, local.HoldInFlight = 20*time.Millisecond, 3
 	var routed []*bacnetsim.Device
 	for i := range 3 {
 		d := bacnetsim.NewDevice(uint32(501+i), fmt.Sprintf("mstp-%d", i), 1, 0, 0, false)
-		d.Network, d.MAC, d.Delay = 5, []byte{byte(i + 1)}, 20*time.Millisecond
+		d.Network, d.MAC, d.Delay, d.HoldInFlight = 5, []byte{byte(i + 1)}, 20*time.Millisecond, 2
 		routed = append(routed, d)
 	}
 	sim := startSim(t, bacnetsim.Config{Local: local, Routed: routed})
-	c := newClient(t, bacnet.Config{PerDevice: 3, PerNetwork: 2})
+	// The timeout is longer than any hold, so no request is sent twice.
+	c := newClient(t, bacnet.Config{PerDevice: 3, PerNetwork: 2, Timeout: time.Minute})
 	devs := []bacnet.Device{find(t, c, sim, 100), find(t, c, sim, 501), find(t, c, sim, 502), find(t, c, sim, 503)}
-	errs := make(chan error, 40)
-	for i := range 40 {
+	// 12 reads a device: whole rounds of 3 to the local device and of 2
+	// to network 5.
+	const reads = 48
+	errs := make(chan error, reads)
+	for i := range reads {
 		go func() {
 			_, err := c.ReadProperty(t.Context(), devs[i%4], ai1, bacnet.Prop(bacnet.PropPresentValue))
 			errs <- err
 		}()
 	}
-	for range 40 {
+	for range reads {
 		if err := <-errs; err != nil {
 			t.Error(err)
 		}

@@ -116,6 +116,16 @@ type Device struct {
 	// Delay holds every answer to a confirmed request this long (a slow
 	// MS/TP trunk), so tests can see how many requests are in flight.
 	Delay time.Duration
+	// HoldInFlight, when above zero, holds each answer to a confirmed
+	// request, before its Delay, until that many confirmed requests were
+	// in flight at once since the request arrived: to the device, or for a
+	// routed device to all devices of its network. A test then sees a
+	// client's limit on outstanding requests reached however slowly a
+	// loaded machine sends them, where a plain Delay needs them all to
+	// arrive within it. HoldFor bounds the hold, for requests that never
+	// make up the count (the last ones); default 5s.
+	HoldInFlight int
+	HoldFor      time.Duration
 	// Network and MAC place a routed device behind the simulator's router.
 	Network uint16
 	MAC     []byte

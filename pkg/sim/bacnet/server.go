@@ -72,6 +72,11 @@ type Server struct {
 	// inflight and maxInflight count confirmed requests being answered,
 	// by device instance and (negative keys) by network.
 	inflight, maxInflight map[int64]int
+	// held counts, by the same keys, the arrivals that brought the
+	// requests in flight up to a device's HoldInFlight; heldChanged is
+	// closed (and replaced) whenever it grows, waking the held answers.
+	held        map[int64]int
+	heldChanged chan struct{}
 	// aborts counts the Aborts sent: answers too long for the device, a
 	// busy device's, and RPMs over AbortRPMOver.
 	aborts int
@@ -106,7 +111,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: log, acks: map[ackKey]chan bacnet.APDU{}, done: make(chan struct{}),
-		inflight: map[int64]int{}, maxInflight: map[int64]int{}}
+		inflight: map[int64]int{}, maxInflight: map[int64]int{}, held: map[int64]int{}, heldChanged: make(chan struct{})}
 	if cfg.Local != nil {
 		cfg.Local.withDefaults()
 		s.all = append(s.all, cfg.Local)
@@ -374,8 +379,11 @@ func appendContext(b []byte, tag uint8, v bacnet.Value) []byte {
 // confirmed answers one confirmed request.
 func (s *Server) confirmed(from netip.AddrPort, d *Device, a bacnet.APDU) {
 	s.devMu.RLock()
-	hung, delay, busy, reason := d.Hung, d.Delay, d.Busy, d.BusyReason
+	hung, delay, busy, reason, hold, holdFor := d.Hung, d.Delay, d.Busy, d.BusyReason, d.HoldInFlight, d.HoldFor
 	s.devMu.RUnlock()
+	if holdFor <= 0 {
+		holdFor = 5 * time.Second
+	}
 	if hung {
 		return
 	}
@@ -388,6 +396,16 @@ func (s *Server) confirmed(from netip.AddrPort, d *Device, a bacnet.APDU) {
 	s.inflight[-int64(d.Network)-1]++
 	s.maxInflight[int64(d.Instance)] = max(s.maxInflight[int64(d.Instance)], s.inflight[int64(d.Instance)])
 	s.maxInflight[-int64(d.Network)-1] = max(s.maxInflight[-int64(d.Network)-1], s.inflight[-int64(d.Network)-1])
+	holdKey := int64(d.Instance)
+	if d.Network != 0 {
+		holdKey = -int64(d.Network) - 1
+	}
+	heldBefore := s.held[holdKey]
+	if hold > 0 && s.inflight[holdKey] >= hold {
+		s.held[holdKey]++
+		close(s.heldChanged)
+		s.heldChanged = make(chan struct{})
+	}
 	s.mu.Unlock()
 	// The request stops counting before its answer leaves, or the client's
 	// next request could arrive while this one still counts.
@@ -396,6 +414,10 @@ func (s *Server) confirmed(from netip.AddrPort, d *Device, a bacnet.APDU) {
 		s.inflight[int64(d.Instance)]--
 		s.inflight[-int64(d.Network)-1]--
 		s.mu.Unlock()
+	}
+	if hold > 0 && !s.hold(holdKey, hold, heldBefore, holdFor) {
+		finished()
+		return
 	}
 	if delay > 0 {
 		select {
@@ -411,6 +433,29 @@ func (s *Server) confirmed(from netip.AddrPort, d *Device, a bacnet.APDU) {
 	s.devMu.RUnlock()
 	if answer {
 		s.send(from, d, a, payload, maxResp)
+	}
+}
+
+// hold waits until the requests in flight under key reached hold after
+// held was heldBefore, or for at most limit. It returns false when the
+// server closes meanwhile.
+func (s *Server) hold(key int64, hold, heldBefore int, limit time.Duration) bool {
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		reached, changed := s.held[key] > heldBefore, s.heldChanged
+		s.mu.Unlock()
+		if reached {
+			return true
+		}
+		select {
+		case <-timer.C:
+			return true
+		case <-changed:
+		case <-s.done:
+			return false
+		}
 	}
 }
 
