@@ -131,6 +131,10 @@ func TestForeignDeviceBBMDDown(t *testing.T) {
 	sim := startSim(t, bacnetsim.Config{Local: bacnetsim.NewDevice(301, "near", 1, 0, 0, false)})
 	c := newClient(t, bacnet.Config{BBMD: silent.LocalAddr().String(), Timeout: 100 * time.Millisecond, Retries: -1})
 	dev := find(t, c, sim, 301)
+	// The short timeout is for the registration New waits out; the read
+	// gets a long one of its own, as a loaded machine under -race can take
+	// longer than 100ms over a loopback answer.
+	dev.Timeout = time.Minute
 	if _, err := c.ReadProperty(t.Context(), dev, ai1, bacnet.Prop(bacnet.PropPresentValue)); err != nil {
 		t.Fatal(err)
 	}
