@@ -6,7 +6,6 @@ package nodepeer
 import (
 	"bufio"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -40,6 +39,11 @@ type Peer struct {
 // markerBase is where the instance numbers of the log barrier's Who-Is
 // requests start; no test device uses them.
 const markerBase = 4_000_000
+
+// syncWait bounds the waits for the peer's log (sync, WaitFor). They end
+// as soon as the log shows what they wait for, so the bound costs nothing
+// on a fast machine and only stops a peer that stopped.
+const syncWait = 30 * time.Second
 
 // reads are the services a read-only client may send.
 var reads = []string{"whoIs", "whoHas", "readProperty", "readPropertyMultiple", "readRange"}
@@ -140,8 +144,8 @@ func Start(t testing.TB, iface string, device int, flags ...string) *Peer {
 	case <-ready:
 	case <-done:
 		t.Fatal("the node BACnet peer exited before listening")
-	case <-time.After(15 * time.Second):
-		t.Fatal("the node BACnet peer did not start listening within 15s")
+	case <-time.After(60 * time.Second): // node starts in a second, on a loaded machine in many
+		t.Fatal("the node BACnet peer did not start listening within 60s")
 	}
 	return p
 }
@@ -179,7 +183,9 @@ func (p *Peer) sync() error {
 	// with context tags 0 and 1 of three octets each.
 	m := []byte{byte(mark >> 16), byte(mark >> 8), byte(mark)}
 	frame := []byte{0x81, 0x0a, 0, 16, 0x01, 0x00, 0x10, 0x08, 0x0b, m[0], m[1], m[2], 0x1b, m[0], m[1], m[2]}
-	deadline := time.Now().Add(5 * time.Second)
+	// The bound only stops a peer that stopped: a loaded machine can leave
+	// node (and the pipe it logs on) waiting for seconds.
+	deadline := time.Now().Add(syncWait)
 	for time.Now().Before(deadline) {
 		if _, err := conn.Write(frame); err != nil {
 			return fmt.Errorf("syncing with the peer's log: %w", err)
@@ -200,7 +206,7 @@ func (p *Peer) sync() error {
 			break
 		}
 	}
-	return errors.New("the peer's log did not catch up within 5s: what it received is unknown")
+	return fmt.Errorf("the peer's log did not catch up within %v: what it received is unknown", syncWait)
 }
 
 // Count returns how often service was received.
@@ -225,10 +231,11 @@ func (p *Peer) Writes() []string {
 	return out
 }
 
-// WaitFor waits until service was received n times, or fails after 5s.
+// WaitFor waits until service was received n times, or fails after
+// syncWait.
 func (p *Peer) WaitFor(t testing.TB, service string, n int) {
 	t.Helper()
-	deadline := time.After(5 * time.Second)
+	deadline := time.After(syncWait)
 	for p.Count(service) < n {
 		select {
 		case <-p.changed:
