@@ -349,6 +349,10 @@ func TestNotifyAndPoll(t *testing.T) {
 		if got := time.Since(start); got != 0 {
 			t.Errorf("a notified batch left after %v, want at once", got)
 		}
+		// Run asks the source for the next batch as soon as batch 1 has
+		// left; only once it has found none and waits is a batch added
+		// without Notify one that must wait for the poll.
+		synctest.Wait()
 
 		src.add(2, 2, tableA, 100) // no Notify: the poll finds it
 		synctest.Wait()
