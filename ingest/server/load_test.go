@@ -387,7 +387,7 @@ func TestLoadManyAgentsIntegration(t *testing.T) {
 		}
 	}
 	// The server's connection goroutines end as they notice; on a loaded
-	// machine that can take a while (2 s was not always enough). What the
+	// machine that can take a while (the old 2 s left little room). What the
 	// server keeps for good stays over the bound, however long this waits.
 	retained := int64(liveHeap()) - int64(baseLive)
 	for settle := time.Now().Add(30 * time.Second); retained > loadRetainedBound && time.Now().Before(settle); {
