@@ -113,7 +113,10 @@ func newBrowserEnv(t *testing.T) *browserEnv {
 	t.Cleanup(cancelA)
 	ctx, cancelB := chromedp.NewContext(actx)
 	t.Cleanup(cancelB)
-	ctx, cancelT := context.WithTimeout(ctx, 120*time.Second)
+	// The one bound on the browser, for a hang only: every step waits
+	// for its event, and a loaded machine under -race is slow to start
+	// chromium and to draw.
+	ctx, cancelT := context.WithTimeout(ctx, 5*time.Minute)
 	t.Cleanup(cancelT)
 	b := &browserEnv{env: e, base: "https://" + ln.Addr().String(), shots: shots, ctx: ctx}
 	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
@@ -271,7 +274,9 @@ func TestBrowserIntegration(t *testing.T) {
 	}
 	b.do("export", chromedp.Click(sel("#csv")))
 	var csvText string
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline) && csvText == ""; time.Sleep(100 * time.Millisecond) {
+	// Until the download is there; 60 s only bounds a browser that never
+	// writes it (15 s was close to a deadline for a loaded machine).
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline) && csvText == ""; time.Sleep(100 * time.Millisecond) {
 		if m, _ := filepath.Glob(filepath.Join(dl, "*.csv")); len(m) > 0 {
 			if data, err := os.ReadFile(m[0]); err == nil {
 				csvText = string(data)
