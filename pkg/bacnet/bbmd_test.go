@@ -95,7 +95,9 @@ func TestForeignDeviceRefused(t *testing.T) {
 			c.WriteToUDPAddrPort(bacnet.AppendBVLC(nil, bacnet.BVLCResult, []byte{0, 0x30}), from) // registration NAK
 		}
 	}()
-	_, err = bacnet.New(t.Context(), bacnet.Config{Local: "127.0.0.1:0", BBMD: c.LocalAddr().String(), Timeout: time.Second})
+	// A long timeout: the refusal must arrive within it, or New takes the
+	// BBMD for one that is down and succeeds.
+	_, err = bacnet.New(t.Context(), bacnet.Config{Local: "127.0.0.1:0", BBMD: c.LocalAddr().String(), Timeout: 30 * time.Second})
 	if err == nil {
 		t.Fatal("registration with a BBMD that refused it succeeded")
 	}
@@ -164,7 +166,7 @@ func TestForeignDeviceResultFromElsewhere(t *testing.T) {
 		impostor.WriteToUDPAddrPort(bacnet.AppendBVLC(nil, bacnet.BVLCResult, []byte{0, 0x30}), from)
 		bbmd.WriteToUDPAddrPort(bacnet.AppendBVLC(nil, bacnet.BVLCResult, []byte{0, 0}), from)
 	}()
-	c, err := bacnet.New(t.Context(), bacnet.Config{Local: "127.0.0.1:0", BBMD: bbmd.LocalAddr().String(), Timeout: 2 * time.Second, Retries: -1})
+	c, err := bacnet.New(t.Context(), bacnet.Config{Local: "127.0.0.1:0", BBMD: bbmd.LocalAddr().String(), Timeout: 30 * time.Second, Retries: -1})
 	if err != nil {
 		t.Fatalf("registration failed on a result the BBMD did not send: %v", err)
 	}

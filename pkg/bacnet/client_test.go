@@ -35,7 +35,10 @@ func newClient(t *testing.T, cfg bacnet.Config) *bacnet.Client {
 		cfg.Local = "127.0.0.1:0"
 	}
 	if cfg.Timeout == 0 {
-		cfg.Timeout = time.Second
+		// Long: tests that wait a timeout out set their own, and one
+		// shorter than a loaded machine under -race can take over a
+		// loopback answer would send requests again (tests count them).
+		cfg.Timeout = 10 * time.Second
 	}
 	c, err := bacnet.New(t.Context(), cfg)
 	if err != nil {
