@@ -6,6 +6,7 @@ package nodepeer
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -67,6 +68,41 @@ func Start(t testing.TB, iface string, device int, flags ...string) *Peer {
 		}
 		t.Skip(msg)
 	}
+	// Another test's socket can take the port between the probe below and
+	// node's bind (test packages run in parallel): node then reports
+	// EADDRINUSE and never listens. Such a start is tried again, on a
+	// fresh port or address.
+	for attempt := 1; ; attempt++ {
+		p, err := launch(t, dir, node, iface, device, flags)
+		if err == nil {
+			return p
+		}
+		if !errors.Is(err, errBind) || attempt == 5 {
+			t.Fatal(err)
+		}
+		t.Logf("%v; starting it again", err)
+	}
+}
+
+// errBind marks a peer that reported an error before it listened, such as
+// EADDRINUSE from its bind.
+var errBind = errors.New("the node BACnet peer failed to listen")
+
+// freePort returns a UDP port that was free on loopback a moment ago, for
+// a peer bound to 0.0.0.0. A variable, so a test can hand out a taken one.
+var freePort = func() (int, error) {
+	l, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.LocalAddr().(*net.UDPAddr).Port, nil
+}
+
+// launch starts one peer process and waits until it listens. A peer that
+// failed is stopped before launch returns; one that listens is stopped
+// when the test ends.
+func launch(t testing.TB, dir, node, iface string, device int, flags []string) (*Peer, error) {
 	port := 47808
 	switch iface {
 	case "":
@@ -74,12 +110,10 @@ func Start(t testing.TB, iface string, device int, flags ...string) *Peer {
 		// the library binds with SO_REUSEADDR, so a fixed one could be shared.
 		iface = fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(250), rand.IntN(250), 2+rand.IntN(250))
 	case "0.0.0.0":
-		l, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
+		var err error
+		if port, err = freePort(); err != nil {
+			return nil, fmt.Errorf("finding a free port for the node BACnet peer: %w", err)
 		}
-		port = l.LocalAddr().(*net.UDPAddr).Port
-		l.Close()
 	}
 	args := append([]string{"bacnet_device.js", "--interface", iface, "--port", strconv.Itoa(port), "--device", strconv.Itoa(device)}, flags...)
 	cmd := exec.Command(node, args...)
@@ -88,10 +122,10 @@ func Start(t testing.TB, iface string, device int, flags ...string) *Peer {
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("starting the node BACnet peer: %w", err)
 	}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting the node BACnet peer: %v", err)
+		return nil, fmt.Errorf("starting the node BACnet peer: %w", err)
 	}
 	ip := netip.MustParseAddr(iface)
 	if ip.IsUnspecified() {
@@ -99,22 +133,33 @@ func Start(t testing.TB, iface string, device int, flags ...string) *Peer {
 	}
 	p := &Peer{Addr: netip.AddrPortFrom(ip, uint16(port)), changed: make(chan struct{}, 1), markers: map[int]bool{}}
 	ready := make(chan struct{})
+	failed := make(chan string, 1) // an error the peer reported before it listened
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		listening := false
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			var ev struct {
 				Event   string `json:"event"`
 				Service string `json:"service"`
 				Low     *int   `json:"low"`
+				Error   string `json:"error"`
 			}
 			if json.Unmarshal(sc.Bytes(), &ev) != nil {
 				continue
 			}
 			switch ev.Event {
 			case "listening":
+				listening = true
 				close(ready)
+			case "error":
+				if !listening {
+					select {
+					case failed <- ev.Error:
+					default:
+					}
+				}
 			case "service":
 				p.mu.Lock()
 				if ev.Service == "whoIs" && ev.Low != nil && *ev.Low >= markerBase {
@@ -130,7 +175,7 @@ func Start(t testing.TB, iface string, device int, flags ...string) *Peer {
 			}
 		}
 	}()
-	t.Cleanup(func() {
+	stop := func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-done:
@@ -139,15 +184,21 @@ func Start(t testing.TB, iface string, device int, flags ...string) *Peer {
 			<-done
 		}
 		_ = cmd.Wait()
-	})
+	}
 	select {
 	case <-ready:
+		t.Cleanup(stop)
+		return p, nil
+	case msg := <-failed:
+		stop()
+		return nil, fmt.Errorf("%w %s (%s)", errBind, p.Addr, msg)
 	case <-done:
-		t.Fatal("the node BACnet peer exited before listening")
+		stop()
+		return nil, errors.New("the node BACnet peer exited before listening")
 	case <-time.After(60 * time.Second): // node starts in a second, on a loaded machine in many
-		t.Fatal("the node BACnet peer did not start listening within 60s")
+		stop()
+		return nil, errors.New("the node BACnet peer did not start listening within 60s")
 	}
-	return p
 }
 
 // Services lists the services received, in order, once every datagram
