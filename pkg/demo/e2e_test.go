@@ -17,6 +17,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/sightglass-bms/sightglass/agent/daemon"
+	"github.com/sightglass-bms/sightglass/agent/uplink"
 	"github.com/sightglass-bms/sightglass/ingest/blob"
 	"github.com/sightglass-bms/sightglass/ingest/blob/azure/azuritetest"
 	"github.com/sightglass-bms/sightglass/pkg/anon"
@@ -173,11 +174,42 @@ func newStackOn(t *testing.T, az *AzureArchive) (*Stack, *trendFixture) {
 	return s, f
 }
 
+// catchUpTimeout bounds how long the agent may take to send what it holds
+// once the ingest answers again: a minute to send it, plus the longest wait
+// its uplink may still be in. The uplink retries with full-jitter
+// exponential backoff (a random wait of up to 1s·2^(n-1) after n failures
+// in a row, at most 5 minutes), so after an outage of half a minute its
+// next attempt can still be a minute away.
+func catchUpTimeout(t *testing.T, s *Stack) time.Duration {
+	t.Helper()
+	const send = time.Minute
+	st, err := s.AgentStatus(t.Context())
+	if err != nil {
+		return send + uplink.DefaultBackoffMax
+	}
+	// One more failure may come: an attempt begun before the ingest was back.
+	return send + backoffCeiling(st.Uplink.ConsecutiveFailures+1)
+}
+
+// backoffCeiling is the longest wait the agent's uplink draws after n
+// failures in a row (agent/uplink's backoff with the defaults the agent
+// runs it with).
+func backoffCeiling(n int) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	if n > 30 {
+		return uplink.DefaultBackoffMax
+	}
+	return min(uplink.DefaultBackoffBase<<(n-1), uplink.DefaultBackoffMax)
+}
+
 // checkArchive waits for the agent to drain and compares the archive with
 // want exactly: every sample once, values, times and statuses equal.
 func checkArchive(t *testing.T, s *Stack, want []telemetry.Sample) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	limit := catchUpTimeout(t, s)
+	ctx, cancel := context.WithTimeout(t.Context(), limit)
 	defer cancel()
 	var got []telemetry.Sample
 	for {
@@ -191,7 +223,7 @@ func checkArchive(t *testing.T, s *Stack, want []telemetry.Sample) {
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("archive holds %d samples after 60s, want %d", len(got), len(want))
+			t.Fatalf("archive holds %d samples after %v, want %d", len(got), limit, len(want))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

@@ -122,7 +122,9 @@ func TestBufferCapDropsCountedIntegration(t *testing.T) {
 	if err := s.StartIngest(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	dctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	// The agent's uplink failed all along the outage, so its next attempt
+	// may be a minute or more away (catchUpTimeout).
+	dctx, cancel := context.WithTimeout(t.Context(), catchUpTimeout(t, s))
 	defer cancel()
 	if err := s.WaitDrained(dctx); err != nil {
 		t.Fatal(err)
