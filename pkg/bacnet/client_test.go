@@ -288,7 +288,10 @@ func TestReadRange(t *testing.T) {
 		t.Fatal(err)
 	}
 	oldest := last - uint32(count[0].Uint) + 1
-	at := func(seq uint32) time.Time { return log.Start.Add(time.Duration(seq-1) * log.Interval) }
+	// In UTC, the simulator's zone (Config.Location): a by-time range
+	// carries the device's local date and time, which the machine's own
+	// zone would shift.
+	at := func(seq uint32) time.Time { return log.Start.Add(time.Duration(seq-1) * log.Interval).UTC() }
 	tests := []struct {
 		name      string
 		r         bacnet.Range
