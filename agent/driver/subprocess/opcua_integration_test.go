@@ -126,8 +126,8 @@ func TestOPCUAIntegration(t *testing.T) {
 	}
 	select {
 	case <-c.dead:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the killed child was not noticed")
+	case <-time.After(60 * time.Second): // only bounds a hang
+		t.Fatal("the killed child was not noticed in 60 s")
 	}
 	if _, err := d.Read(t.Context(), points[:3]); !errors.Is(err, driver.ErrConnLost) || !strings.Contains(err.Error(), "signal: killed") {
 		t.Errorf("Read after the kill = %v; want ErrConnLost naming the signal", err)

@@ -118,7 +118,9 @@ func TestNodeOPCUAIntegration(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	// The deadline only bounds a hang (a child started, a secure session
+	// opened, under -race on a loaded machine).
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	if err := d.Connect(ctx); err != nil {
 		t.Fatal(err)
@@ -139,13 +141,13 @@ func TestNodeOPCUAIntegration(t *testing.T) {
 	}
 	// The subscribed point reports what arrived since the last Read.
 	var sub []telemetry.Sample
-	for deadline := time.Now().Add(10 * time.Second); len(sub) == 0 && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+	for deadline := time.Now().Add(60 * time.Second); len(sub) == 0 && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 		if sub, err = d.Read(ctx, points[1:2]); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if len(sub) == 0 {
-		t.Error("the subscribed point delivered nothing in 10s")
+		t.Error("the subscribed point delivered nothing in 60 s")
 	}
 	found, err := d.(driver.Discoverer).Discover(ctx)
 	if err != nil {
@@ -156,6 +158,11 @@ func TestNodeOPCUAIntegration(t *testing.T) {
 	}
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
+	}
+	// The peer's log comes through a pipe, behind its answers: wait for
+	// the session's end before looking.
+	for deadline := time.Now().Add(60 * time.Second); !slices.Contains(peer.Services(), "CloseSession") && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
 	}
 	services := peer.Services()
 	for _, s := range services {
