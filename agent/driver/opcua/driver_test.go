@@ -243,6 +243,10 @@ func TestNodeIDUnknown(t *testing.T) {
 				t.Errorf("sample %d = %+v, want status %v for point %d", i, s, want, points[i].ID)
 			}
 		}
+		// The next Read's values get times a millisecond on at least:
+		// within the same one (two quick Reads on a fast machine), a
+		// point's sample would repeat its time and be left out.
+		time.Sleep(2 * time.Millisecond)
 	}
 	if n := strings.Count(logs.String(), "OPC UA point is faulty"); n != 1 {
 		t.Errorf("fault logged %d times, want once:\n%s", n, logs.String())
