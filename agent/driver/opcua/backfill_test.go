@@ -182,7 +182,7 @@ func TestBackfillAcrossReads(t *testing.T) {
 		t.Fatalf("Connect sent %d HistoryRead; history belongs to the Reads", n-historyReads)
 	}
 	var live2, gap []telemetry.Sample
-	if !waitFor(t.Context(), 10*time.Second, func() bool {
+	if !waitFor(t.Context(), 60*time.Second, func() bool {
 		var samples []telemetry.Sample
 		if samples, err = deadlineRead(t, d, points, timeout); err != nil {
 			return false
@@ -322,7 +322,7 @@ func TestSubscriptionGapBackfill(t *testing.T) {
 	sp := newSplit(t, d)
 	byPoint := sp.live
 	collect := sp.add
-	if !waitFor(t.Context(), 10*time.Second, func() bool {
+	if !waitFor(t.Context(), 60*time.Second, func() bool {
 		samples, err := d.Read(t.Context(), points)
 		if err != nil {
 			t.Fatal(err)
@@ -349,7 +349,7 @@ func TestSubscriptionGapBackfill(t *testing.T) {
 		d.mu.Unlock()
 		return d.Sessions() >= 2 && pending == 0 && counter(d, "history_samples") > 0
 	}
-	if !waitFor(t.Context(), 20*time.Second, reconnected) {
+	if !waitFor(t.Context(), 60*time.Second, reconnected) {
 		t.Fatalf("no backfill after the restart\n%s", logs.String())
 	}
 	// The history lies between the last value received before the
@@ -416,10 +416,10 @@ func TestNodeOPCUASubscriptionGapIntegration(t *testing.T) {
 		t.Fatalf("%d notifications of the historized node in 1.6 s", len(live[1]))
 	}
 	proxy.Cut()
-	waitFor(t.Context(), 5*time.Second, func() bool { return read() != nil })
+	waitFor(t.Context(), 60*time.Second, func() bool { return read() != nil })
 	time.Sleep(2 * time.Second)
 	proxy.Restore()
-	if !waitFor(t.Context(), 20*time.Second, func() bool {
+	if !waitFor(t.Context(), 60*time.Second, func() bool {
 		if read() != nil {
 			return false
 		}

@@ -299,7 +299,7 @@ func TestConnectAfterFailedConnect(t *testing.T) {
 	d.Close()
 	sim := startSim(t, simopcua.Options{Port: port})
 	points := simPoints(sim, 2)
-	if !waitFor(t.Context(), 5*time.Second, func() bool { return d.Connect(t.Context()) == nil }) {
+	if !waitFor(t.Context(), 60*time.Second, func() bool { return d.Connect(t.Context()) == nil }) {
 		t.Fatal("Connect after a failed Connect and Close never succeeded")
 	}
 	if _, err := d.Read(t.Context(), points); err != nil {

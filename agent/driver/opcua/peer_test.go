@@ -211,7 +211,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// waitFor polls cond until it holds or d passes.
+// waitFor polls cond until it holds or d passes. d only bounds a hang:
+// the tests give 60 s, since under -race on a loaded machine what takes a
+// second here can take many, and a deadline that fires on a correct
+// driver is a flaky test.
 func waitFor(ctx context.Context, d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {

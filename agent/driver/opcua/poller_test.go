@@ -63,14 +63,14 @@ func TestUnderPoller(t *testing.T) {
 		t.Fatal("samples with no server")
 	}
 	sim := startSim(t, simopcua.Options{Port: port})
-	if !waitFor(t.Context(), 10*time.Second, func() bool { return out.count() > 5 }) {
+	if !waitFor(t.Context(), 60*time.Second, func() bool { return out.count() > 5 }) {
 		t.Fatalf("no samples after the server came up late:\n%s", logs.String())
 	}
 	sim.Close()
 	time.Sleep(time.Second)
 	before := out.count()
 	startSim(t, simopcua.Options{Port: port})
-	if !waitFor(t.Context(), 15*time.Second, func() bool { return out.count() > before+5 }) {
+	if !waitFor(t.Context(), 60*time.Second, func() bool { return out.count() > before+5 }) {
 		t.Fatalf("no samples after the server restarted:\n%s", logs.String())
 	}
 }

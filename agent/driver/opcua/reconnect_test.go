@@ -51,7 +51,13 @@ publishing_interval: 200ms
 			}
 		}
 	}
-	for range 10 {
+	// FanSpeed changes all the time: a queue of values arrives per
+	// publish, 8 within 2 s on an idle machine. Reads go on until they
+	// came (and at least 10 Reads), the deadline only bounding a hang:
+	// a loaded machine samples and publishes late, not never.
+	// ReturnAirTemp moves less than the deadband: its first value only.
+	deadline := time.Now().Add(60 * time.Second)
+	for i := 0; (i < 10 || counts[3] < 8 || counts[4] == 0) && time.Now().Before(deadline); i++ {
 		samples, err := d.Read(t.Context(), points)
 		if err != nil {
 			t.Fatalf("Read: %v", err)
@@ -59,11 +65,8 @@ publishing_interval: 200ms
 		collect(samples)
 		time.Sleep(200 * time.Millisecond)
 	}
-	// FanSpeed changes all the time: a queue of values arrives per
-	// publish. ReturnAirTemp moves less than the deadband: its first
-	// value only.
 	if counts[3] < 8 {
-		t.Errorf("subscribed FanSpeed delivered %d values in 2s, want many", counts[3])
+		t.Errorf("subscribed FanSpeed delivered %d values in 60 s, want many", counts[3])
 	}
 	if counts[4] != 1 {
 		t.Errorf("ReturnAirTemp under a deadband of 100 delivered %d values, want the initial one only", counts[4])
@@ -117,10 +120,10 @@ publishing_interval: 200ms
 	listening := time.Now()
 	select {
 	case <-reads:
-	case <-time.After(20 * time.Second):
+	case <-time.After(60 * time.Second):
 		close(stopReads)
 		<-reads
-		t.Fatalf("no subscribed value within 20s of the server's restart\n%s", logs.String())
+		t.Fatalf("no subscribed value within 60 s of the server's restart\n%s", logs.String())
 	}
 	attempts := d.Attempts() - beforeAttempts
 	outage := listening.Sub(down)
@@ -184,7 +187,7 @@ func TestNodeOPCUARestartBetweenPollsIntegration(t *testing.T) {
 		t.Fatalf("the first poll after a restart failed: %v", err)
 	}
 	checkPeerSamples(t, samples, points, 0)
-	waitFor(t.Context(), 2*time.Second, func() bool { return p2.count("CreateSession") > 0 })
+	waitFor(t.Context(), 60*time.Second, func() bool { return p2.count("CreateSession") > 0 })
 	if n := p2.count("CreateSession"); n != 1 {
 		t.Errorf("%d CreateSession after the restart, want 1", n)
 	}
@@ -218,7 +221,7 @@ func TestNodeOPCUAUnansweredReadsIntegration(t *testing.T) {
 		t.Fatalf("4 unanswered Reads and no new connection tried: the driver waits on a dead session\n%s", logs.String())
 	}
 	proxy.Restore()
-	if !waitFor(t.Context(), 10*time.Second, func() bool {
+	if !waitFor(t.Context(), 60*time.Second, func() bool {
 		_, err := deadlineRead(t, d, points, 2*time.Second)
 		return err == nil
 	}) {
