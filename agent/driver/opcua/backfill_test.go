@@ -41,9 +41,9 @@ func simPort(t *testing.T, sim *simopcua.Server) int {
 // the same deadline, and the window of history (backfill_max 6s) arrives
 // over several Reads that all succeed. Then the session drops (as when a
 // request fails on it) for a while: the gap is filled the same way, every
-// millisecond of it, and nothing is read twice. (The simulator, gopcua's
-// server, takes 10 s to close, and answers GetEndpoints only for its own
-// URL, so neither a restart nor a proxy suits this test.)
+// millisecond of it, and nothing is read twice. (The simulator answers
+// GetEndpoints only for its own URL, so a proxy does not suit this test,
+// and a restart takes seconds more: it builds gopcua's server anew.)
 func TestBackfillAcrossReads(t *testing.T) {
 	opts := simopcua.Options{Epoch: time.Now().Add(-time.Minute), HistoryInterval: time.Millisecond, HistoryDelay: 300 * time.Millisecond}
 	sim := startSim(t, opts)
@@ -309,7 +309,7 @@ func (sp *split) bracket(id uint64) (prev, next int64) {
 // the node count.
 func TestSubscriptionGapBackfill(t *testing.T) {
 	if testing.Short() {
-		t.Skip("restarts the simulator, whose gopcua server takes 10 s to close; skipped under -short")
+		t.Skip("restarts the simulator (seconds: gopcua's server is built anew); skipped under -short")
 	}
 	opts := simopcua.Options{Epoch: time.Now().Add(-time.Minute), HistoryInterval: 50 * time.Millisecond}
 	sim := startSim(t, opts)

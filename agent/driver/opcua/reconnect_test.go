@@ -89,7 +89,9 @@ publishing_interval: 200ms
 	reads := make(chan struct{})
 	stopReads := make(chan struct{})
 	// Keep polling every 100 ms while the peer starts (it takes seconds).
-	var resumed time.Time
+	// resumed is when data came back, and resuming when the Read that
+	// brought it began (that Read opened the session).
+	var resumed, resuming time.Time
 	var afterCounts = map[uint64]int{}
 	go func() {
 		defer close(reads)
@@ -99,6 +101,7 @@ publishing_interval: 200ms
 				return
 			case <-time.After(100 * time.Millisecond):
 			}
+			began := time.Now()
 			samples, err := d.Read(t.Context(), points)
 			if err != nil {
 				continue
@@ -109,7 +112,7 @@ publishing_interval: 200ms
 				}
 			}
 			if resumed.IsZero() && afterCounts[1] > 0 {
-				resumed = time.Now()
+				resumed, resuming = time.Now(), began
 			}
 			if afterCounts[3] > 0 {
 				return
@@ -127,12 +130,19 @@ publishing_interval: 200ms
 	}
 	attempts := d.Attempts() - beforeAttempts
 	outage := listening.Sub(down)
-	t.Logf("reconnect: server down %s; data resumed %s after it listened again; %d connection attempts (%d reaching CreateSession) for about %d reads; %d CreateSession on the restarted server",
-		outage.Round(time.Millisecond), resumed.Sub(listening).Round(time.Millisecond), attempts, d.Sessions()-before, failures+int(time.Since(down)/(100*time.Millisecond)), p2.count("CreateSession"))
-	// The backoff caps at 2s; the rest is slack for a loaded machine
-	// (a secure session costs RSA work on both sides).
-	if resumed.Sub(listening) > 5*time.Second {
-		t.Errorf("data resumed %s after the server listened; the backoff caps at 2s", resumed.Sub(listening))
+	t.Logf("reconnect: server down %s; data resumed %s after it listened again (by a Read begun after %s); %d connection attempts (%d reaching CreateSession) for about %d reads; %d CreateSession on the restarted server",
+		outage.Round(time.Millisecond), resumed.Sub(listening).Round(time.Millisecond), resuming.Sub(listening).Round(time.Millisecond), attempts, d.Sessions()-before, failures+int(time.Since(down)/(100*time.Millisecond)), p2.count("CreateSession"))
+	// The backoff caps at 2s: the Read that reopened the session began
+	// at most that long after the server listened (after the last
+	// attempt it refused), plus an attempt the server, just started, let
+	// time out (request_timeout 3s) and a second of slack for the Read
+	// loop's wake-ups. How long that Read then took (a secure session
+	// costs RSA work on both sides; seconds under -race on a loaded
+	// machine) is the machine's speed, not the backoff, and is only
+	// logged: bounding it too would fail a correct driver on a machine
+	// slow enough.
+	if wait := resuming.Sub(listening); wait > 2*time.Second+3*time.Second+time.Second {
+		t.Errorf("the Read that brought data back began %s after the server listened; the backoff caps at 2s", wait)
 	}
 	// Backoff: 200ms doubling to 2s with jitter; a storm would be one
 	// attempt per Read (every 100ms).
