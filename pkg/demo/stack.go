@@ -50,6 +50,8 @@ type Stack struct {
 
 	ingest, agent *proc
 	token         string // the enrollment token, until the agent used it
+	// reserved hold the ingest's ports from Init until StartIngest.
+	reserved []net.Listener
 }
 
 // AzureArchive is an emulator account and container the ingest archives
@@ -85,8 +87,14 @@ func (s *Stack) AgentConfig() string { return filepath.Join(s.Dir, "agent", "age
 func (s *Stack) StatusSocket() string { return filepath.Join(s.AgentDir(), "agent.sock") }
 
 // Init empties Dir, creates the CA, issues the agent's certificate and
-// writes the ingest's configuration.
-func (s *Stack) Init(ctx context.Context) error {
+// writes the ingest's configuration. It holds the ports it chose for the
+// ingest until StartIngest (or Close).
+func (s *Stack) Init(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			s.release()
+		}
+	}()
 	if s.Tenant == "" {
 		s.Tenant = "demo"
 	}
@@ -110,7 +118,7 @@ func (s *Stack) Init(ctx context.Context) error {
 	if _, err := s.runIngest(ctx, "ca", "init", "--dir", s.caDir()); err != nil {
 		return err
 	}
-	port, err := freePort()
+	port, err := s.reservePort()
 	if err != nil {
 		return err
 	}
@@ -199,6 +207,7 @@ func (s *Stack) start(name string, args ...string) (*proc, error) {
 
 // StartIngest starts the ingest and waits until it accepts connections.
 func (s *Stack) StartIngest(ctx context.Context) error {
+	s.release() // the ingest binds the ports Init held
 	p, err := s.start("sightglass-ingest", "serve", "--config", s.ingestConfig())
 	if err != nil {
 		return err
@@ -290,6 +299,7 @@ func (p *proc) stop(sig syscall.Signal) error {
 
 // Close kills whatever is still running.
 func (s *Stack) Close() {
+	s.release()
 	_ = s.StopAgent(syscall.SIGKILL)
 	_ = s.StopIngest(syscall.SIGKILL)
 	s.agent, s.ingest = nil, nil
@@ -368,13 +378,27 @@ func ReadStore(ctx context.Context, store blob.Store) ([]telemetry.Sample, []*ba
 	return samples, batches, nil
 }
 
-func freePort() (int, error) {
+// reservePort returns a free loopback port and holds it, listening, until
+// release. The ingest's configuration must name its ports before it runs,
+// and a port merely found free could be taken by another process (a test
+// of another package binding 127.0.0.1:0) during the seconds Init spends
+// running ingest commands; held, it is free only from just before the
+// ingest starts until the ingest binds it.
+func (s *Stack) reservePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("finding a free port: %w", err)
 	}
-	defer ln.Close()
+	s.reserved = append(s.reserved, ln)
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// release frees the ports reservePort holds.
+func (s *Stack) release() {
+	for _, ln := range s.reserved {
+		ln.Close()
+	}
+	s.reserved = nil
 }
 
 // BuildBinaries builds sightglass-agent and sightglass-ingest into a new

@@ -17,7 +17,7 @@ const DemoUser = "demo"
 // engineer of the demo building, with a generated password. It returns
 // the ingest configuration's lines for the dashboard.
 func (s *Stack) initDashboard(ctx context.Context) (string, error) {
-	port, err := freePort()
+	port, err := s.reservePort()
 	if err != nil {
 		return "", err
 	}
