@@ -195,8 +195,7 @@ func TestPermanentRefusal(t *testing.T) {
 // gateListener drops every connection while down, as a dead ingest would.
 type gateListener struct {
 	net.Listener
-	down    atomic.Bool
-	dropped chan struct{}
+	down atomic.Bool
 }
 
 func (l *gateListener) Accept() (net.Conn, error) {
@@ -206,10 +205,6 @@ func (l *gateListener) Accept() (net.Conn, error) {
 			return c, err
 		}
 		c.Close()
-		select {
-		case l.dropped <- struct{}{}:
-		default:
-		}
 	}
 }
 
@@ -220,7 +215,7 @@ func TestServerDownThenUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := &gateListener{Listener: inner, dropped: make(chan struct{}, 1)}
+	ln := &gateListener{Listener: inner}
 	ln.down.Store(true)
 	ingest := newFakeIngest()
 	ingest.requireTables = true
@@ -237,8 +232,19 @@ func TestServerDownThenUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := run(t, u)
-	for range 3 { // several failed rounds
-		<-ln.dropped
+	// Several failed rounds, as the uplink counts them. Counting dropped
+	// connections instead is not the same: a failure is recorded only once
+	// its attempt returns (after asking the refusal probe), and one whose
+	// attempt began before the first success is stale and not recorded, so
+	// with the ingest back up after three drops the uplink could have
+	// recorded no failure at all, and rightly log neither the outage nor a
+	// recovery.
+	deadline := time.Now().Add(time.Minute) // bounds a hang only
+	for u.Stats().ConsecutiveFailures < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the uplink recorded %d failed rounds in a minute against a dead ingest: %+v", u.Stats().ConsecutiveFailures, u.Stats())
+		}
+		time.Sleep(time.Millisecond)
 	}
 	if acked, _, _ := src.snapshot(); len(acked) != 0 {
 		t.Fatalf("acked %v while the ingest was down", acked)
