@@ -12,18 +12,18 @@ import (
 
 // TestConformance runs the driver kit against the in-process simulator,
 // whose service log is the recording peer: anything it received that is
-// not a read is a write. One point keeps history (history: true), and
-// every simulator shares one Epoch a minute back, so each instance finds
-// the same history: the kit's resume check sees a driver without Restore
-// read the backfill_max window again, and one restored read only what
-// follows the checkpoint.
+// not a read is a write. One point keeps history (history: true) over a
+// history that began a minute back, and every instance the kit builds
+// reads the same simulator, so each finds the same history: the kit's
+// resume check sees a driver without Restore read the backfill_max window
+// again, and one restored read only what follows the checkpoint. (One
+// simulator for all: building gopcua's server takes seconds under -race,
+// and the kit builds some twenty instances.)
 func TestConformance(t *testing.T) {
-	var sim *simopcua.Server
-	epoch := time.Now().Add(-time.Minute)
+	// MaxNodesPerRead 4 with 10 points makes every read a batch.
+	sim := startSim(t, simopcua.Options{MaxNodesPerRead: 4, Epoch: time.Now().Add(-time.Minute), HistoryInterval: 100 * time.Millisecond})
 	drivertest.Run(t, drivertest.Harness{
 		New: func(t *testing.T) (driver.Driver, []driver.Point) {
-			// MaxNodesPerRead 4 with 10 points makes every read a batch.
-			sim = startSim(t, simopcua.Options{MaxNodesPerRead: 4, Epoch: epoch, HistoryInterval: 100 * time.Millisecond})
 			points := append(simPoints(sim, 10), historyPoint(sim, 11))
 			d, err := New(driver.Device{Name: "sim", Settings: noneSettings(t, sim.URL, "backfill_max: 30s"), Points: points})
 			if err != nil {
