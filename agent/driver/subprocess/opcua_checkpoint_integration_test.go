@@ -200,23 +200,23 @@ func notReadServices(got []string) []string {
 
 // TestOPCUAConformanceIntegration runs the driver kit against the OPC UA
 // driver in a driver host, with a history point over one simulated
-// history shared by every simulator: the kit's Checkpoint checks (resume,
-// garbage states) pass through the protocol as they do in-process, and
-// the recording simulator receives nothing but reads.
+// history that every instance the kit builds reads from the same
+// simulator: the kit's Checkpoint checks (resume, garbage states) pass
+// through the protocol as they do in-process, and the recording simulator
+// receives nothing but reads. (One simulator for all: building gopcua's
+// server takes seconds under -race, and with one per instance the test
+// took 130-230 s on a loaded machine.)
 func TestOPCUAConformanceIntegration(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts OPC UA servers and driver hosts (not with -short)")
 	}
-	epoch := time.Now().Add(-time.Minute)
-	var sim *simopcua.Server
+	s, err := simopcua.Start(t.Context(), simopcua.Options{MaxNodesPerRead: 2, Epoch: time.Now().Add(-time.Minute), HistoryInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
 	drivertest.Run(t, drivertest.Harness{
 		New: func(t *testing.T) (driver.Driver, []driver.Point) {
-			s, err := simopcua.Start(t.Context(), simopcua.Options{MaxNodesPerRead: 2, Epoch: epoch, HistoryInterval: 100 * time.Millisecond})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			sim = s
 			points := []driver.Point{
 				{ID: 1, Ref: fmt.Sprintf("ns=%d;s=AHU1.FanSpeed", s.NS)},
 				{ID: 2, Ref: fmt.Sprintf("ns=%d;s=%s", s.NS, simopcua.HistoryNode), Settings: drivertest.YAML("history: true")},
@@ -224,7 +224,7 @@ func TestOPCUAConformanceIntegration(t *testing.T) {
 			}
 			return hostedOPCUA(t, s, points, 20*time.Second, &drivertest.LogBuffer{}), points
 		},
-		Writes: func() []string { return notReadServices(sim.Services()) },
+		Writes: func() []string { return notReadServices(s.Services()) },
 	})
 }
 
