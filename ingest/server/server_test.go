@@ -719,12 +719,23 @@ func TestShutdownFinishesInFlightBatch(t *testing.T) {
 	}
 
 	flaky.hold, flaky.entered = make(chan struct{}), make(chan string, 2)
-	replied := make(chan reply, 1)
-	go func() { replied <- e.do(c, http.MethodPost, "/v1/batches", enc.Data) }()
-	<-flaky.entered // the batch is being stored
+	var r reply
+	uploaded := make(chan struct{})
+	go func() {
+		// e.do fails the test on a transport error and ends this
+		// goroutine: closing uploaded then stops the test instead of
+		// leaving it waiting for a store call that never comes.
+		defer close(uploaded)
+		r = e.do(c, http.MethodPost, "/v1/batches", enc.Data)
+	}()
+	select {
+	case <-flaky.entered: // the batch is being stored
+	case <-uploaded:
+		t.Fatalf("the upload ended before the batch reached the store: %d %v", r.status, r.body)
+	}
 	cancel()
 	close(flaky.hold)
-	r := <-replied
+	<-uploaded
 	wantReply(t, r, http.StatusOK, "")
 	if err := <-served; err != nil {
 		t.Fatalf("Run after shutdown: %v", err)
