@@ -50,8 +50,11 @@ type Stack struct {
 
 	ingest, agent *proc
 	token         string // the enrollment token, until the agent used it
-	// reserved hold the ingest's ports from Init until StartIngest.
-	reserved []net.Listener
+	// reserved hold the ingest's ports while it is not running: from
+	// Init, and from StopIngest, until StartIngest.
+	reserved []*reservation
+	// ingestPorts are the ports of ingestAddr and DashboardURL.
+	ingestPorts []int
 }
 
 // AzureArchive is an emulator account and container the ingest archives
@@ -274,8 +277,26 @@ func (s *Stack) StartAgent(ctx context.Context) error {
 // agent and waits for it to exit.
 func (s *Stack) StopAgent(sig syscall.Signal) error { return s.agent.stop(sig) }
 
-// StopIngest does the same for the ingest.
-func (s *Stack) StopIngest(sig syscall.Signal) error { return s.ingest.stop(sig) }
+// StopIngest does the same for the ingest, and holds its ports until
+// StartIngest starts it again on them.
+func (s *Stack) StopIngest(sig syscall.Signal) error {
+	err := s.ingest.stop(sig)
+	if s.ingest != nil {
+		s.holdIngestPorts()
+	}
+	return err
+}
+
+// holdIngestPorts reserves the ingest's ports again once it has exited.
+// One that cannot be held (taken in the moment since the exit) is left:
+// StartIngest then says the ingest could not start.
+func (s *Stack) holdIngestPorts() {
+	for _, port := range s.ingestPorts {
+		if r, _, err := reserve(port); err == nil {
+			s.reserved = append(s.reserved, r)
+		}
+	}
+}
 
 // stop signals the process and waits for it. After SIGKILL any exit is
 // expected; after SIGTERM the process must exit cleanly.
@@ -297,12 +318,12 @@ func (p *proc) stop(sig syscall.Signal) error {
 	return p.err
 }
 
-// Close kills whatever is still running.
+// Close kills whatever is still running and frees the ports it holds.
 func (s *Stack) Close() {
-	s.release()
 	_ = s.StopAgent(syscall.SIGKILL)
 	_ = s.StopIngest(syscall.SIGKILL)
 	s.agent, s.ingest = nil, nil
+	s.release()
 }
 
 // AgentStatus asks the running agent for its status.
@@ -378,25 +399,27 @@ func ReadStore(ctx context.Context, store blob.Store) ([]telemetry.Sample, []*ba
 	return samples, batches, nil
 }
 
-// reservePort returns a free loopback port and holds it, listening, until
-// release. The ingest's configuration must name its ports before it runs,
-// and a port merely found free could be taken by another process (a test
-// of another package binding 127.0.0.1:0) during the seconds Init spends
-// running ingest commands; held, it is free only from just before the
-// ingest starts until the ingest binds it.
+// reservePort returns a free loopback port for the ingest and holds it
+// until release. The ingest's configuration must name its ports before it
+// runs, and a port merely found free could be taken by another process (a
+// test of another package binding 127.0.0.1:0) during the seconds Init
+// spends running ingest commands, or while a test keeps the ingest down;
+// held, it is free only from just before the ingest starts until the
+// ingest binds it.
 func (s *Stack) reservePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	r, port, err := reserve(0)
 	if err != nil {
-		return 0, fmt.Errorf("finding a free port: %w", err)
+		return 0, err
 	}
-	s.reserved = append(s.reserved, ln)
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	s.reserved = append(s.reserved, r)
+	s.ingestPorts = append(s.ingestPorts, port)
+	return port, nil
 }
 
-// release frees the ports reservePort holds.
+// release frees the ports the stack holds.
 func (s *Stack) release() {
-	for _, ln := range s.reserved {
-		ln.Close()
+	for _, r := range s.reserved {
+		r.release()
 	}
 	s.reserved = nil
 }
