@@ -80,13 +80,26 @@ While the store does not answer, batches get 503 and stay with the agents.`,
 				return err
 			}
 			defer db.Close()
+			// The agent registry reads the same database through a pool
+			// of connections of its own. Every handshake and request
+			// checks it for revocation within a few seconds, and a write
+			// waiting for SQLite's write lock holds its connection while
+			// it waits: the hot store's writes, one for every batch, held
+			// all of a shared pool's under load and good agents were
+			// refused (503, or at the handshake). Reads never wait for a
+			// writer in WAL mode, so a pool apart keeps them quick.
+			reg, err := rdb.Open(cmd.Context(), cfg.Database, rdb.Options{})
+			if err != nil {
+				return err
+			}
+			defer reg.Close()
 			// Batches the hot store fails on are recorded in the archive
 			// and retried, so the dashboard does not silently miss them.
 			qstore, ok := store.(observequeue.Store)
 			if !ok {
 				return fmt.Errorf("the archive (%T) cannot delete blobs, which the hot store's retry queue needs: this is a bug; report it", store)
 			}
-			scfg, qopts := serveConfigs(cfg, db, batchLimits)
+			scfg, qopts := serveConfigs(cfg, reg, db, batchLimits)
 			queue, err := observequeue.New(qstore, db, log, qopts)
 			if err != nil {
 				return err
@@ -171,18 +184,20 @@ var batchLimits = batch.Limits{}
 // Options from cfg, with the same limits for both: the queue decodes the
 // batches the server accepted again, so a limit raised for the server
 // alone would make the queue abandon exactly the batches that needed it.
-func serveConfigs(cfg *config.Config, db *rdb.DB, limits batch.Limits) (server.Config, observequeue.Options) {
+// The registry and the hot store are two handles on one database (see
+// serve), so the hot store's writes never take the registry's connections.
+func serveConfigs(cfg *config.Config, registry, hot *rdb.DB, limits batch.Limits) (server.Config, observequeue.Options) {
 	return server.Config{
 			MaxBatchBytes: cfg.MaxBatchBytes,
 			MaxSkew:       cfg.MaxSkew,
 			MaxAge:        cfg.MaxAge,
 			Limits:        limits,
-			Registry:      db,
+			Registry:      registry,
 			AgentValidity: cfg.AgentValidity,
 			CatalogPolicy: cfg.CatalogPolicy,
 			// The dashboard's latest values and rollups, written as
 			// batches arrive.
-			Observer: db,
+			Observer: hot,
 		}, observequeue.Options{
 			Limits: limits,
 		}
