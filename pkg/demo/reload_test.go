@@ -2,6 +2,7 @@ package demo
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +17,9 @@ import (
 // keeps running as it was.
 func TestReloadOnSIGHUPIntegration(t *testing.T) {
 	s, f := newStack(t)
+	// The agent's log, to wait for it to refuse the bad file.
+	var logs syncBuffer
+	s.Logs = io.MultiWriter(s.Logs, &logs)
 	if err := s.StartAgent(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +60,7 @@ func TestReloadOnSIGHUPIntegration(t *testing.T) {
 	}
 	waitFor := func(what string, ok func() bool) {
 		t.Helper()
-		for deadline := time.Now().Add(20 * time.Second); !ok(); time.Sleep(100 * time.Millisecond) {
+		for deadline := time.Now().Add(60 * time.Second); !ok(); time.Sleep(100 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatalf("gave up waiting: %s", what)
 			}
@@ -68,7 +72,9 @@ func TestReloadOnSIGHUPIntegration(t *testing.T) {
 
 	// A broken file: refused, the agent keeps its two devices and runs on.
 	hup(withSecond + "bogus_key: 1\n")
-	time.Sleep(time.Second)
+	waitFor("the agent to refuse the bad file", func() bool {
+		return strings.Contains(logs.String(), "the new file is refused")
+	})
 	if n := devices(); n != 2 {
 		t.Fatalf("after a bad reload the agent has %d devices (want it running with 2)", n)
 	}
