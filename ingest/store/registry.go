@@ -58,7 +58,7 @@ func (s *DB) CreateToken(ctx context.Context, t Token) error {
 	if t.CreatedAt.IsZero() {
 		t.CreatedAt = s.now()
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (hash, tenant, site, created_at, expires_at, created_by) VALUES (?, ?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, `INSERT INTO tokens (hash, tenant, site, created_at, expires_at, created_by) VALUES (?, ?, ?, ?, ?, ?)`,
 		t.Hash, t.Tenant, t.Site, ms(t.CreatedAt), ms(t.ExpiresAt), t.CreatedBy)
 	if err != nil {
 		if isUnique(err) {

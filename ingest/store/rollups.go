@@ -34,7 +34,7 @@ const KeepObserved = 30 * 24 * time.Hour
 
 // PruneObserved forgets the batches folded in before before.
 func (s *DB) PruneObserved(ctx context.Context, before time.Time) (int64, error) {
-	r, err := s.db.ExecContext(ctx, `DELETE FROM observed WHERE at < ?`, ms(before))
+	r, err := s.exec(ctx, `DELETE FROM observed WHERE at < ?`, ms(before))
 	if err != nil {
 		return 0, fmt.Errorf("pruning the observed batches: %w", err)
 	}

@@ -7,7 +7,9 @@
 // Every method takes a context and is safe for concurrent use, including by
 // several processes sharing one database file (the CLI revokes an agent
 // while `serve` runs): writes run in IMMEDIATE transactions and wait for
-// each other up to the busy timeout.
+// each other up to the busy timeout. Within one DB, writes also take turns
+// before they take a connection (see DB.turn), so writers waiting for
+// SQLite's write lock never hold the connections readers need.
 //
 // To move to PostgreSQL when one node is not enough, implement the small
 // interfaces the ingest's packages define where they use the store (for
@@ -23,6 +25,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -59,6 +62,12 @@ type Options struct {
 type DB struct {
 	db  *sql.DB
 	now func() time.Time
+	// writeTurn holds a token while one of this DB's writes runs; see
+	// turn.
+	writeTurn chan struct{}
+	// turnWaiting counts the writes waiting for their turn (tests use it
+	// to know a burst has queued up).
+	turnWaiting atomic.Int64
 }
 
 // Open opens (creating if absent, mode 0600) the SQLite database at path and
@@ -98,7 +107,7 @@ func Open(ctx context.Context, path string, opts Options) (*DB, error) {
 	// writers anyway.
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(16)
-	s := &DB{db: db, now: opts.Now}
+	s := &DB{db: db, now: opts.Now, writeTurn: make(chan struct{}, 1)}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -115,8 +124,40 @@ func (s *DB) Close() error { return s.db.Close() }
 // Ping checks that the database answers, for /readyz.
 func (s *DB) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 
-// tx runs fn in a write transaction and commits it if fn returns nil.
+// turn waits until no other write of this DB runs, and returns the func
+// that ends the turn. Every write takes a turn before it takes a pool
+// connection: SQLite lets one writer at a time hold its write lock anyway,
+// and a write waiting for that lock holds its connection for up to the busy
+// timeout, so a burst of writes (a batch folded per upload, audit entries,
+// logins, sessions) used to hold every connection of the pool while the
+// revocation check of each handshake (5 s) and the dashboard's reads found
+// none. Waiting here, they hold one; WAL readers do not wait for a writer.
+// A write that waits honours its context. Writers in other processes (the
+// CLI) still meet ours at SQLite's lock, within the busy timeout.
+//
+// Turns are not reentrant: code holding one (a tx func) must write only
+// through its own *sql.Tx.
+func (s *DB) turn(ctx context.Context) (end func(), err error) {
+	s.turnWaiting.Add(1)
+	defer s.turnWaiting.Add(-1)
+	select {
+	case s.writeTurn <- struct{}{}:
+		return func() { <-s.writeTurn }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for another write to the store to finish: %w", ctx.Err())
+	}
+}
+
+// tx runs fn in a write transaction, in its turn, and commits it if fn
+// returns nil. Transactions begin IMMEDIATE (_txlock in Open): one that
+// read first and then wrote would take the write lock only at its first
+// write and could fail with SQLITE_BUSY at once, busy timeout or not.
 func (s *DB) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	end, err := s.turn(ctx)
+	if err != nil {
+		return err
+	}
+	defer end()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -126,6 +167,16 @@ func (s *DB) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 		return err
 	}
 	return tx.Commit()
+}
+
+// exec runs one writing statement outside a transaction, in its turn.
+func (s *DB) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	end, err := s.turn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer end()
+	return s.db.ExecContext(ctx, query, args...)
 }
 
 // ms and fromMS store times as Unix milliseconds: portable between SQLite

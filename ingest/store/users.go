@@ -122,7 +122,7 @@ func (s *DB) AddUser(ctx context.Context, name, role, hash string) (User, error)
 		return User{}, fmt.Errorf("adding user %q: a name, a password hash and a role (admin, engineer or viewer) are required", name)
 	}
 	now := s.now()
-	res, err := s.db.ExecContext(ctx, `INSERT INTO users (name, role, hash, created_at, password_at) VALUES (?, ?, ?, ?, ?)`,
+	res, err := s.exec(ctx, `INSERT INTO users (name, role, hash, created_at, password_at) VALUES (?, ?, ?, ?, ?)`,
 		name, role, hash, ms(now), ms(now))
 	if err != nil {
 		if isUnique(err) {
@@ -228,7 +228,7 @@ func (s *DB) Users(ctx context.Context) ([]User, error) {
 // updateUser runs one UPDATE on the user called name and fails with
 // ErrNotFound when there is none.
 func (s *DB) updateUser(ctx context.Context, what, name, set string, args ...any) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE users SET `+set+` WHERE name = ?`, append(args, name)...)
+	res, err := s.exec(ctx, `UPDATE users SET `+set+` WHERE name = ?`, append(args, name)...)
 	if err == nil {
 		if n, _ := res.RowsAffected(); n == 0 {
 			err = ErrNotFound
@@ -293,7 +293,7 @@ func (s *DB) SetTOTP(ctx context.Context, name string, secret []byte) error {
 // under a new key, which must neither undo a set-up or reset made
 // meanwhile nor let a used code work again. It reports whether it did.
 func (s *DB) ReplaceTOTP(ctx context.Context, userID int64, prev, next []byte) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE users SET totp_secret = ? WHERE id = ? AND totp_secret = ?`, next, userID, prev)
+	res, err := s.exec(ctx, `UPDATE users SET totp_secret = ? WHERE id = ? AND totp_secret = ?`, next, userID, prev)
 	if err != nil {
 		return false, fmt.Errorf("re-sealing the second factor of user %d: %w", userID, err)
 	}
@@ -304,7 +304,7 @@ func (s *DB) ReplaceTOTP(ctx context.Context, userID int64, prev, next []byte) (
 // UseTOTPStep records step as the last accepted TOTP step of the user and
 // reports false if it (or a later one) was already used: a code works once.
 func (s *DB) UseTOTPStep(ctx context.Context, userID, step int64) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE users SET totp_last = ? WHERE id = ? AND totp_last < ?`, step, userID, step)
+	res, err := s.exec(ctx, `UPDATE users SET totp_last = ? WHERE id = ? AND totp_last < ?`, step, userID, step)
 	if err != nil {
 		return false, fmt.Errorf("recording the second factor of user %d: %w", userID, err)
 	}
@@ -378,7 +378,7 @@ func countFailures(ctx context.Context, q queryer, name, source string, since ti
 // ClearLoginFailures forgets the failures of name, after a successful login
 // or when an admin unlocks the account.
 func (s *DB) ClearLoginFailures(ctx context.Context, name string) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM login_failures WHERE name = ?`, name); err != nil {
+	if _, err := s.exec(ctx, `DELETE FROM login_failures WHERE name = ?`, name); err != nil {
 		return fmt.Errorf("clearing failed logins of %q: %w", name, err)
 	}
 	return nil
@@ -404,7 +404,7 @@ func sessionHash(id []byte) []byte { h := sha256.Sum256(id); return h[:] }
 // CreateSession stores a new session under id (the cookie's random value).
 func (s *DB) CreateSession(ctx context.Context, id []byte, sess Session) error {
 	now := ms(s.now())
-	_, err := s.db.ExecContext(ctx, `INSERT INTO sessions (hash, user_id, csrf, stage, created_at, seen_at) VALUES (?, ?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, `INSERT INTO sessions (hash, user_id, csrf, stage, created_at, seen_at) VALUES (?, ?, ?, ?, ?, ?)`,
 		sessionHash(id), sess.UserID, sess.CSRF, sess.Stage, now, now)
 	if err != nil {
 		return fmt.Errorf("creating a session for user %d: %w", sess.UserID, err)
@@ -430,7 +430,7 @@ func (s *DB) Session(ctx context.Context, id []byte) (Session, error) {
 
 // TouchSession moves a session's last-seen time to now (the idle timeout).
 func (s *DB) TouchSession(ctx context.Context, id []byte) error {
-	if _, err := s.db.ExecContext(ctx, `UPDATE sessions SET seen_at = ? WHERE hash = ?`, ms(s.now()), sessionHash(id)); err != nil {
+	if _, err := s.exec(ctx, `UPDATE sessions SET seen_at = ? WHERE hash = ?`, ms(s.now()), sessionHash(id)); err != nil {
 		return fmt.Errorf("touching a session: %w", err)
 	}
 	return nil
@@ -438,7 +438,7 @@ func (s *DB) TouchSession(ctx context.Context, id []byte) error {
 
 // DeleteSession ends a session; ending one that does not exist is no error.
 func (s *DB) DeleteSession(ctx context.Context, id []byte) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM sessions WHERE hash = ?`, sessionHash(id)); err != nil {
+	if _, err := s.exec(ctx, `DELETE FROM sessions WHERE hash = ?`, sessionHash(id)); err != nil {
 		return fmt.Errorf("ending a session: %w", err)
 	}
 	return nil
@@ -447,14 +447,14 @@ func (s *DB) DeleteSession(ctx context.Context, id []byte) error {
 // DeleteSessionsBefore ends every session created before created or last
 // seen before seen: the absolute and idle timeouts, swept.
 func (s *DB) DeleteSessionsBefore(ctx context.Context, created, seen time.Time) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM sessions WHERE created_at < ? OR seen_at < ?`, ms(created), ms(seen)); err != nil {
+	if _, err := s.exec(ctx, `DELETE FROM sessions WHERE created_at < ? OR seen_at < ?`, ms(created), ms(seen)); err != nil {
 		return fmt.Errorf("sweeping sessions: %w", err)
 	}
 	return nil
 }
 
 func (s *DB) endSessionsOf(ctx context.Context, name string) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM sessions WHERE user_id = (SELECT id FROM users WHERE name = ?)`, name); err != nil {
+	if _, err := s.exec(ctx, `DELETE FROM sessions WHERE user_id = (SELECT id FROM users WHERE name = ?)`, name); err != nil {
 		return fmt.Errorf("ending the sessions of user %q: %w", name, err)
 	}
 	return nil
