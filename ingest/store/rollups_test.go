@@ -314,21 +314,27 @@ func BenchmarkObserveBatch(b *testing.B) {
 	defer db.Close()
 	// A typical batch: 500 points, 12 samples each (a minute at 5 s).
 	const points, per = 500, 12
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
-		bt := &batch.Batch{Header: batch.Header{AgentID: "ag", Site: "s1", Seq: uint64(i)}}
-		base := t0.Add(time.Duration(i) * time.Minute)
-		for p := range points {
-			for k := range per {
-				bt.Samples = append(bt.Samples, telemetry.Sample{PointID: uint64(p), Time: base.Add(time.Duration(k) * 5 * time.Second).UnixMilli(), Value: float64(k)})
-			}
-		}
-		if err := db.ObserveBatch(ctx, site1, "ag", bt); err != nil {
+		if err := db.ObserveBatch(ctx, site1, "ag", benchBatch(uint64(i), points, per)); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.ReportMetric(float64(points*per*b.N)/b.Elapsed().Seconds(), "samples/s")
+}
+
+// benchBatch is batch seq of agent "ag" at site1: points points with per
+// samples each, 5 s apart, in the seq-th minute of 2026.
+func benchBatch(seq uint64, points, per int) *batch.Batch {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	bt := &batch.Batch{Header: batch.Header{AgentID: "ag", Site: site1.Site, Seq: seq}}
+	base := t0.Add(time.Duration(seq) * time.Minute)
+	for p := range points {
+		for k := range per {
+			bt.Samples = append(bt.Samples, telemetry.Sample{PointID: uint64(p), Time: base.Add(time.Duration(k) * 5 * time.Second).UnixMilli(), Value: float64(k)})
+		}
+	}
+	return bt
 }
 
 // TestLatestKeepsItsAgent: an older sample arriving later (another agent's
