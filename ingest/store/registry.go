@@ -74,7 +74,8 @@ func (s *DB) CreateToken(ctx context.Context, t Token) error {
 // exactly one agent even when two requests race, and a failure leaves the
 // token unused. issue is called inside the transaction with the token's
 // tenant and site and returns the agent and certificate to record; its
-// error aborts everything.
+// error aborts everything. issue must not write to s: it runs in this
+// write's turn, and a write of its own would wait for that turn for ever.
 func (s *DB) Enroll(ctx context.Context, hash []byte, issue func(tenant, site string) (Agent, Cert, error)) (Agent, Cert, error) {
 	var agent Agent
 	var cert Cert
@@ -146,6 +147,7 @@ func (s *DB) AddAgent(ctx context.Context, a Agent, c Cert) error {
 // Renew records a renewed certificate for agentID. It refuses a revoked or
 // unknown agent; issue is called inside the transaction, so a revocation
 // racing a renewal either comes first (and the renewal fails) or after.
+// Like Enroll's, issue must not write to s.
 func (s *DB) Renew(ctx context.Context, agentID string, issue func(Agent) (Cert, error)) (Cert, error) {
 	var cert Cert
 	err := s.tx(ctx, func(tx *sql.Tx) error {
