@@ -444,13 +444,28 @@ func defaultRoutes(procNet fs.FS) ([]route, error) {
 	return out, nil
 }
 
-// hexIPv4 decodes /proc/net/route's little-endian hex address.
+// hexIPv4 decodes /proc/net/route's little-endian hex address for display,
+// giving the field as it is when it is none.
 func hexIPv4(h string) string {
-	v, err := strconv.ParseUint(h, 16, 32)
-	if err != nil {
+	a, ok := routeIPv4(h)
+	if !ok {
 		return h
 	}
-	return netip.AddrFrom4([4]byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)}).String()
+	return a.String()
+}
+
+// routeIPv4 parses an address field of /proc/net/route: eight hex digits,
+// the address's bytes little-endian. Anything else is no IPv4 address
+// (a damaged or foreign line, which egress skips).
+func routeIPv4(h string) (netip.Addr, bool) {
+	if len(h) != 8 {
+		return netip.Addr{}, false
+	}
+	v, err := strconv.ParseUint(h, 16, 32)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return netip.AddrFrom4([4]byte{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24)}), true
 }
 
 // ingestTarget is where the uplink connects first: the proxy when one
@@ -1237,10 +1252,13 @@ func egress(procNet fs.FS, ip netip.Addr) (iface, via string, err error) {
 		if i == 0 || len(f) < 8 {
 			continue
 		}
-		dst, err1 := netip.ParseAddr(hexIPv4(f[1]))
-		mask, err2 := netip.ParseAddr(hexIPv4(f[7]))
-		metric, err3 := strconv.Atoi(f[6])
-		if err1 != nil || err2 != nil || err3 != nil {
+		// Parsed as IPv4 only: a field such as "::" parsed as an address
+		// would be IPv6, and As4 below panics on one (found by
+		// FuzzRouteTable).
+		dst, ok1 := routeIPv4(f[1])
+		mask, ok2 := routeIPv4(f[7])
+		metric, err := strconv.Atoi(f[6])
+		if !ok1 || !ok2 || err != nil {
 			continue
 		}
 		bits := 0
