@@ -211,11 +211,6 @@ type Server struct {
 	refusalsAudited map[refusalKey]*refusalRun
 	// observeOutage logs a run of Observer failures once (batches.go).
 	observeOutage observeOutage
-	// auditTurn lets one audit write at a time reach the registry (see
-	// audit); the others wait for it here, not on a database connection.
-	// Made on first use (auditOnce), so a Server{} literal works too.
-	auditOnce sync.Once
-	auditTurn chan struct{}
 }
 
 // New returns a Server archiving into store and accepting agents whose

@@ -104,24 +104,13 @@ func (s *Server) checkValidity(leaf *x509.Certificate) *refusal {
 }
 
 // audit writes an audit entry; a failure is logged, not returned: the
-// operation it records has happened.
-//
-// One entry is written at a time. The log is a hash chain, so the
-// database takes its entries one after another anyway, and each write
-// waiting for its turn there holds one of the few connections that the
-// revocation check of every handshake and request needs too: a burst of
-// refusals from many agents at once (each one's first is audited) used
-// them all, and good agents were refused at the handshake because the
-// registry could not be read within registryTimeout
-// (TestLoadManyAgentsIntegration: 503s and "bad certificate" for good
-// agents under load).
+// operation it records has happened. A burst of entries cannot take the
+// registry's connections from the revocation check: the store's writes
+// take turns before they take a connection (ingest/store, DB.turn).
 func (s *Server) audit(ctx context.Context, actor, action, subject, detail string) {
 	if s.cfg.Registry == nil {
 		return
 	}
-	s.auditOnce.Do(func() { s.auditTurn = make(chan struct{}, 1) })
-	s.auditTurn <- struct{}{}
-	defer func() { <-s.auditTurn }()
 	if _, err := s.cfg.Registry.Audit(context.WithoutCancel(ctx), actor, action, subject, detail); err != nil {
 		s.log.Error("writing the audit log failed", "action", action, "subject", subject, "err", err)
 	}
